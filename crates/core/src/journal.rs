@@ -1,0 +1,245 @@
+//! Journal events and their hash chain.
+//!
+//! An event's hash is the SHA-256 of the RFC 8785 (JCS) canonical JSON of
+//! the object `{actor, kind, payload, prev, seq, subject, ts}`; `prev` is the
+//! previous event's hash (64 zeros for the first event). Any verifier that can
+//! canonicalise JSON recomputes the same bytes. This encoding is frozen: signed
+//! checkpoints will sign `(seq, hash)` pairs of it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// `prev` of the first event.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// An event before it is appended: the caller's part.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NewEvent {
+    /// `user:<name>`, `token:<id>` or `system:<component>`.
+    pub actor: String,
+    /// Dotted, past tense: `release.started`, `service.created`, …
+    pub kind: String,
+    /// Ids the event is about: `service`, `release`, `run`, `incident`.
+    pub subject: BTreeMap<String, String>,
+    pub payload: serde_json::Value,
+}
+
+impl NewEvent {
+    pub fn new(actor: impl Into<String>, kind: impl Into<String>) -> Self {
+        NewEvent {
+            actor: actor.into(),
+            kind: kind.into(),
+            subject: BTreeMap::new(),
+            payload: serde_json::Value::Object(Default::default()),
+        }
+    }
+    pub fn subject(mut self, key: &str, id: impl Into<String>) -> Self {
+        self.subject.insert(key.into(), id.into());
+        self
+    }
+    pub fn payload(mut self, payload: serde_json::Value) -> Self {
+        self.payload = payload;
+        self
+    }
+}
+
+/// An event as it stands in the journal.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    /// UTC, RFC 3339 with milliseconds: `2026-11-26T07:11:43.123Z`.
+    pub ts: String,
+    pub actor: String,
+    pub kind: String,
+    pub subject: BTreeMap<String, String>,
+    pub payload: serde_json::Value,
+    pub prev: String,
+    pub hash: String,
+}
+
+/// The bytes an event's hash covers.
+pub fn canonical_bytes(
+    seq: u64,
+    ts: &str,
+    new: &NewEvent,
+    prev: &str,
+) -> Result<Vec<u8>, serde_json::Error> {
+    let body = serde_json::json!({
+        "actor": new.actor,
+        "kind": new.kind,
+        "payload": new.payload,
+        "prev": prev,
+        "seq": seq,
+        "subject": new.subject,
+        "ts": ts,
+    });
+    serde_json_canonicalizer::to_vec(&body)
+}
+
+/// Lowercase hex SHA-256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+/// Lowercase hex of any bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    out
+}
+
+/// Seals `new` as event `seq` after `prev`.
+pub fn seal(seq: u64, ts: String, new: NewEvent, prev: &str) -> Result<Event, serde_json::Error> {
+    let hash = sha256_hex(&canonical_bytes(seq, &ts, &new, prev)?);
+    Ok(Event {
+        seq,
+        ts,
+        actor: new.actor,
+        kind: new.kind,
+        subject: new.subject,
+        payload: new.payload,
+        prev: prev.to_string(),
+        hash,
+    })
+}
+
+/// Why a chain does not verify, naming the first broken link.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    #[error("event {seq}: sequence gap, expected {expected}")]
+    Gap { seq: u64, expected: u64 },
+    #[error("event {seq}: prev is {found} but event {} has hash {expected}", seq - 1)]
+    BrokenLink { seq: u64, expected: String, found: String },
+    #[error("event {seq}: content does not match its hash (stored {stored}, computed {computed})")]
+    Altered { seq: u64, stored: String, computed: String },
+    #[error("event {seq}: cannot be encoded: {reason}")]
+    Unencodable { seq: u64, reason: String },
+}
+
+/// Walks a chain incrementally; feed events in sequence order.
+#[derive(Debug)]
+pub struct Verifier {
+    expected_seq: u64,
+    prev: String,
+}
+
+impl Default for Verifier {
+    fn default() -> Self {
+        Verifier { expected_seq: 1, prev: GENESIS.to_string() }
+    }
+}
+
+impl Verifier {
+    pub fn push(&mut self, e: &Event) -> Result<(), ChainError> {
+        if e.seq != self.expected_seq {
+            return Err(ChainError::Gap { seq: e.seq, expected: self.expected_seq });
+        }
+        if e.prev != self.prev {
+            return Err(ChainError::BrokenLink { seq: e.seq, expected: self.prev.clone(), found: e.prev.clone() });
+        }
+        let new = NewEvent {
+            actor: e.actor.clone(),
+            kind: e.kind.clone(),
+            subject: e.subject.clone(),
+            payload: e.payload.clone(),
+        };
+        let bytes = canonical_bytes(e.seq, &e.ts, &new, &e.prev)
+            .map_err(|err| ChainError::Unencodable { seq: e.seq, reason: err.to_string() })?;
+        let computed = sha256_hex(&bytes);
+        if computed != e.hash {
+            return Err(ChainError::Altered { seq: e.seq, stored: e.hash.clone(), computed });
+        }
+        self.expected_seq += 1;
+        self.prev = e.hash.clone();
+        Ok(())
+    }
+
+    /// Number of events verified so far.
+    pub fn verified(&self) -> u64 {
+        self.expected_seq - 1
+    }
+
+    /// Hash of the last verified event.
+    pub fn head(&self) -> &str {
+        &self.prev
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(n: u64) -> Vec<Event> {
+        let mut prev = GENESIS.to_string();
+        (1..=n)
+            .map(|seq| {
+                let e = seal(
+                    seq,
+                    format!("2026-11-26T07:00:0{seq}.000Z"),
+                    NewEvent::new("system:test", "thing.happened")
+                        .subject("service", "shop")
+                        .payload(serde_json::json!({"n": seq, "ratio": 0.5})),
+                    &prev,
+                )
+                .expect("seal");
+                prev = e.hash.clone();
+                e
+            })
+            .collect()
+    }
+
+    #[test]
+    fn canonical_bytes_sort_keys_and_have_no_whitespace() {
+        let new = NewEvent::new("user:ann", "x.y").subject("service", "s").payload(serde_json::json!({"b": 1, "a": [true, null]}));
+        let bytes = canonical_bytes(7, "2026-01-01T00:00:00.000Z", &new, GENESIS).expect("encode");
+        let text = String::from_utf8(bytes).expect("utf8");
+        assert_eq!(
+            text,
+            format!(r#"{{"actor":"user:ann","kind":"x.y","payload":{{"a":[true,null],"b":1}},"prev":"{GENESIS}","seq":7,"subject":{{"service":"s"}},"ts":"2026-01-01T00:00:00.000Z"}}"#)
+        );
+    }
+
+    #[test]
+    fn intact_chain_verifies() {
+        let mut v = Verifier::default();
+        for e in &chain(5) {
+            v.push(e).expect("verifies");
+        }
+        assert_eq!(v.verified(), 5);
+    }
+
+    #[test]
+    fn altered_payload_is_named() {
+        let mut events = chain(4);
+        events[2].payload = serde_json::json!({"n": 99});
+        let mut v = Verifier::default();
+        let err = events.iter().try_for_each(|e| v.push(e)).expect_err("detects");
+        assert!(matches!(err, ChainError::Altered { seq: 3, .. }), "{err}");
+    }
+
+    #[test]
+    fn rehashed_event_breaks_the_next_link() {
+        let mut events = chain(4);
+        events[1].actor = "user:mallory".into();
+        let new = NewEvent { actor: events[1].actor.clone(), kind: events[1].kind.clone(), subject: events[1].subject.clone(), payload: events[1].payload.clone() };
+        events[1].hash = sha256_hex(&canonical_bytes(2, &events[1].ts, &new, &events[1].prev).expect("encode"));
+        let mut v = Verifier::default();
+        let err = events.iter().try_for_each(|e| v.push(e)).expect_err("detects");
+        assert!(matches!(err, ChainError::BrokenLink { seq: 3, .. }), "{err}");
+    }
+
+    #[test]
+    fn deleted_event_is_a_gap() {
+        let mut events = chain(4);
+        events.remove(1);
+        let mut v = Verifier::default();
+        let err = events.iter().try_for_each(|e| v.push(e)).expect_err("detects");
+        assert_eq!(err, ChainError::Gap { seq: 3, expected: 2 });
+    }
+}

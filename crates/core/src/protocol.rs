@@ -1,0 +1,163 @@
+//! The typed protocol between control plane and agent (the data plane).
+//!
+//! Newline-delimited JSON over a unix socket in the data directory: one
+//! [`Request`] line, one [`Response`] line, then the connection may carry the
+//! next request. The agent owns instances and routes; the control plane only
+//! asks. Every request is idempotent, so a control plane that died mid-way
+//! can simply ask again after it restarts.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Protocol version; bumped on incompatible change.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// File name of the agent's socket inside the data directory.
+pub const SOCKET_FILE: &str = "agent.sock";
+
+/// A group of identical instances of one release of one service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GroupSpec {
+    pub service: String,
+    pub release: String,
+    /// Working directory of every instance (the release's files).
+    pub dir: String,
+    /// Run through `/bin/sh -c`, with `PORT` set.
+    pub command: String,
+    pub env: BTreeMap<String, String>,
+    pub instances: u32,
+    pub readiness: ProbeSpec,
+    #[serde(default)]
+    pub liveness: Option<ProbeSpec>,
+    pub stop_timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeKind {
+    Http { path: String },
+    Tcp,
+    Exec { command: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeSpec {
+    pub kind: ProbeKind,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub failures: u32,
+}
+
+/// Where traffic for a service comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteSpec {
+    pub host: String,
+    pub path_prefix: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Hello,
+    /// Everything the agent runs and routes.
+    Status,
+    /// Starts the group's instances unless it already exists.
+    StartGroup { group: GroupSpec },
+    /// Waits until every instance of the group is ready, or fails early when
+    /// one exits, or after `timeout_ms`.
+    WaitReady { service: String, release: String, timeout_ms: u64 },
+    /// Points the service's route at the group's ready instances, atomically.
+    /// Other groups of the service stop receiving new requests.
+    Activate { service: String, release: String, route: RouteSpec },
+    /// Drains the group (new requests go elsewhere, in-flight ones finish, up to
+    /// `drain_timeout_ms`), then stops its instances.
+    StopGroup { service: String, release: String, drain_timeout_ms: u64 },
+    /// The last lines of each instance log of a service (or of one release).
+    Logs { service: String, release: Option<String>, lines: usize },
+    /// Prometheus text exposition of the proxy's request metrics.
+    Metrics,
+    /// Stops every instance (when asked) and exits.
+    Shutdown { stop_instances: bool },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    Hello { version: u32, pid: u32, proxy_addr: String, started_at_ms: u64 },
+    Status { status: AgentStatus },
+    Started { instances: Vec<String> },
+    Ready { ready_at_ms: u64 },
+    NotReady { reason: String, log_tail: Vec<String> },
+    /// `switched_at_ms`: when the new route table was published.
+    Activated { switched_at_ms: u64, previous: Option<String> },
+    Stopped { instances: usize, drained_in_ms: u64, drain_timed_out: bool },
+    Logs { lines: Vec<LogLine> },
+    Metrics { text: String },
+    Ok,
+    Error { message: String },
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub pid: u32,
+    pub proxy_addr: String,
+    pub services: Vec<ServiceStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub service: String,
+    pub route: Option<RouteSpec>,
+    /// The release the route points at.
+    pub active: Option<String>,
+    pub instances: Vec<InstanceStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    pub id: String,
+    pub release: String,
+    pub pid: Option<u32>,
+    pub port: u16,
+    pub state: InstanceState,
+    pub ready: bool,
+    pub restarts: u32,
+    pub in_flight: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstanceState {
+    Starting,
+    Running,
+    /// Exited; waiting for its backoff to pass before a restart.
+    Backoff,
+    Draining,
+    Stopping,
+    Stopped,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub instance: String,
+    pub line: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_tagged_by_op() {
+        let text = serde_json::to_string(&Request::Activate {
+            service: "s".into(),
+            release: "r1".into(),
+            route: RouteSpec { host: "a.test".into(), path_prefix: "/".into() },
+        })
+        .expect("encode");
+        assert!(text.starts_with(r#"{"op":"activate","service":"s""#), "{text}");
+        let back: Request = serde_json::from_str(&text).expect("decode");
+        assert!(matches!(back, Request::Activate { .. }));
+    }
+}

@@ -1,0 +1,812 @@
+//! The `tandem.yaml` contract, v1: typed, validated, with defaults.
+//!
+//! [`Spec::parse`] is the only way in. Every field is checked while it is
+//! read, so each error carries the file, line and column it comes from, and an
+//! unknown field comes with a "did you mean" hint. A [`Spec`] that exists is
+//! valid; nothing downstream re-checks it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::units::{Duration, Percent};
+
+/// Default for `run.instances`.
+pub const DEFAULT_INSTANCES: u32 = 1;
+/// Upper bound for `run.instances` on one machine.
+pub const MAX_INSTANCES: u32 = 64;
+/// Default for `run.stop_timeout`.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for `release.deploy_timeout`.
+pub const DEFAULT_DEPLOY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default for `release.drain_timeout`.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for a build or test step's `timeout`.
+pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(600);
+/// Default probe interval for readiness.
+pub const DEFAULT_READINESS_INTERVAL: Duration = Duration::from_secs(1);
+/// Default probe interval for liveness.
+pub const DEFAULT_LIVENESS_INTERVAL: Duration = Duration::from_secs(10);
+/// Default probe timeout.
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default consecutive failures before a probe counts as failed.
+pub const DEFAULT_PROBE_FAILURES: u32 = 3;
+
+/// A whole, valid `tandem.yaml`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "tandem.yaml", description = "A tandem service, declared as code (v1)")]
+pub struct Spec {
+    pub service: ServiceMeta,
+    #[serde(default)]
+    pub build: Vec<Step>,
+    #[serde(default)]
+    pub test: Vec<Step>,
+    #[serde(default)]
+    pub artifact: Artifact,
+    pub run: Run,
+    pub route: Route,
+    #[serde(default)]
+    pub health: Health,
+    #[serde(default)]
+    pub release: Release,
+    #[serde(default)]
+    pub environments: BTreeMap<EnvName, Environment>,
+    #[serde(default)]
+    pub slo: Vec<Slo>,
+}
+
+/// Who the service is, who owns it and whom it is delivered to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceMeta {
+    pub name: ServiceName,
+    #[serde(default)]
+    pub description: String,
+    /// The supplier team responsible for development and operation.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// The customer the service is delivered to.
+    #[serde(default)]
+    pub customer: Option<String>,
+    #[serde(default)]
+    pub tier: Tier,
+    #[serde(default)]
+    pub links: BTreeMap<String, String>,
+}
+
+/// A service name: `[a-z0-9-]`, 1 to 63 characters, starting and ending with a
+/// letter or digit (a DNS label), unique within one tandem.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(try_from = "String", into = "String")]
+#[schemars(with = "String")]
+pub struct ServiceName(String);
+
+impl ServiceName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ServiceName {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        validate_label("service name", &name)?;
+        Ok(ServiceName(name))
+    }
+}
+
+impl std::str::FromStr for ServiceName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        ServiceName::try_from(s.to_owned())
+    }
+}
+
+impl From<ServiceName> for String {
+    fn from(name: ServiceName) -> String {
+        name.0
+    }
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An environment name (`staging`, `production`, …); same rules as a service name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(try_from = "String", into = "String")]
+#[schemars(with = "String")]
+pub struct EnvName(String);
+
+impl TryFrom<String> for EnvName {
+    type Error = String;
+    fn try_from(name: String) -> Result<Self, String> {
+        validate_label("environment name", &name)?;
+        Ok(EnvName(name))
+    }
+}
+
+impl From<EnvName> for String {
+    fn from(name: EnvName) -> String {
+        name.0
+    }
+}
+
+fn validate_label(what: &str, name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err(format!("{what} must not be empty"));
+    }
+    if name.len() > 63 {
+        return Err(format!("{what} `{name}` is {} characters long; at most 63 are allowed", name.len()));
+    }
+    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')) {
+        return Err(format!(
+            "{what} `{name}` contains `{bad}`; only lowercase letters, digits and `-` are allowed"
+        ));
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        return Err(format!("{what} `{name}` must start and end with a letter or digit"));
+    }
+    Ok(())
+}
+
+/// How critical a service is to its customer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Tier {
+    Critical,
+    #[default]
+    Standard,
+    BestEffort,
+}
+
+/// One build or test step, run through `/bin/sh -c` in the checkout.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    pub name: String,
+    pub run: String,
+    #[serde(default = "default_step_timeout")]
+    pub timeout: Duration,
+}
+
+fn default_step_timeout() -> Duration {
+    DEFAULT_STEP_TIMEOUT
+}
+
+/// What of the built tree becomes the release. Empty: the whole tree.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Artifact {
+    #[serde(default)]
+    pub paths: Vec<String>,
+}
+
+/// How to run an instance of the service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Run {
+    /// A shell command line, run in the release directory with `PORT` set.
+    pub command: NonEmpty,
+    #[serde(default = "default_instances")]
+    pub instances: Instances,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Names of secrets injected as environment variables at run time.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    #[serde(default = "default_stop_timeout")]
+    pub stop_timeout: Duration,
+}
+
+fn default_instances() -> Instances {
+    Instances(DEFAULT_INSTANCES)
+}
+fn default_stop_timeout() -> Duration {
+    DEFAULT_STOP_TIMEOUT
+}
+
+/// A non-empty string.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(try_from = "String", into = "String")]
+#[schemars(with = "String")]
+pub struct NonEmpty(String);
+
+impl NonEmpty {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for NonEmpty {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.trim().is_empty() {
+            Err("must not be empty".into())
+        } else {
+            Ok(NonEmpty(s))
+        }
+    }
+}
+
+impl From<NonEmpty> for String {
+    fn from(s: NonEmpty) -> String {
+        s.0
+    }
+}
+
+/// Number of instances, 1 to [`MAX_INSTANCES`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(try_from = "u32", into = "u32")]
+#[schemars(with = "u32")]
+pub struct Instances(u32);
+
+impl Instances {
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl TryFrom<u32> for Instances {
+    type Error = String;
+    fn try_from(n: u32) -> Result<Self, String> {
+        if (1..=MAX_INSTANCES).contains(&n) {
+            Ok(Instances(n))
+        } else {
+            Err(format!("instances must be between 1 and {MAX_INSTANCES}, not {n}"))
+        }
+    }
+}
+
+impl From<Instances> for u32 {
+    fn from(n: Instances) -> u32 {
+        n.0
+    }
+}
+
+/// Where the proxy sends traffic for this service from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub host: Host,
+    #[serde(default = "default_path_prefix")]
+    pub path_prefix: PathPrefix,
+}
+
+fn default_path_prefix() -> PathPrefix {
+    PathPrefix("/".into())
+}
+
+/// A host name matched against the request's `Host` (port ignored), lowercase.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(try_from = "String", into = "String")]
+#[schemars(with = "String")]
+pub struct Host(String);
+
+impl Host {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Host {
+    type Error = String;
+    fn try_from(host: String) -> Result<Self, String> {
+        let lower = host.to_ascii_lowercase();
+        if lower.is_empty() || lower.len() > 253 {
+            return Err("route host must be 1 to 253 characters".into());
+        }
+        if let Some(bad) = lower.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '.')) {
+            return Err(format!("route host `{host}` contains `{bad}`; write a bare host name such as shop.example.test"));
+        }
+        Ok(Host(lower))
+    }
+}
+
+impl From<Host> for String {
+    fn from(h: Host) -> String {
+        h.0
+    }
+}
+
+/// A path prefix starting with `/`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(try_from = "String", into = "String")]
+#[schemars(with = "String")]
+pub struct PathPrefix(String);
+
+impl PathPrefix {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for PathPrefix {
+    type Error = String;
+    fn try_from(p: String) -> Result<Self, String> {
+        if !p.starts_with('/') {
+            return Err(format!("path_prefix `{p}` must start with `/`"));
+        }
+        Ok(PathPrefix(p))
+    }
+}
+
+impl From<PathPrefix> for String {
+    fn from(p: PathPrefix) -> String {
+        p.0
+    }
+}
+
+/// Readiness gates traffic; liveness restarts an instance that stops answering.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    #[serde(default)]
+    pub readiness: Option<Probe>,
+    #[serde(default)]
+    pub liveness: Option<Probe>,
+}
+
+/// One probe: exactly one of `http`, `tcp` or `exec`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(try_from = "RawProbe", into = "RawProbe")]
+#[schemars(with = "RawProbe")]
+pub struct Probe {
+    pub check: Check,
+    pub interval: Option<Duration>,
+    pub timeout: Duration,
+    pub failures: u32,
+}
+
+/// What a probe checks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Check {
+    /// GET this path on `PORT`; 2xx and 3xx are healthy.
+    Http(String),
+    /// Connect to `PORT`.
+    Tcp,
+    /// Run this command; exit 0 is healthy.
+    Exec(String),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct RawProbe {
+    /// Path to GET, e.g. `/up`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    http: Option<String>,
+    /// `true` to check that `PORT` accepts connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tcp: Option<bool>,
+    /// A command; exit 0 is healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    exec: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    interval: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    failures: Option<u32>,
+}
+
+impl TryFrom<RawProbe> for Probe {
+    type Error = String;
+    fn try_from(raw: RawProbe) -> Result<Self, String> {
+        let check = match (raw.http, raw.tcp, raw.exec) {
+            (Some(path), None, None) if path.starts_with('/') => Check::Http(path),
+            (Some(path), None, None) => return Err(format!("probe http path `{path}` must start with `/`")),
+            (None, Some(true), None) => Check::Tcp,
+            (None, Some(false), None) => return Err("probe `tcp: false` checks nothing; remove the probe instead".into()),
+            (None, None, Some(cmd)) if !cmd.trim().is_empty() => Check::Exec(cmd),
+            (None, None, Some(_)) => return Err("probe exec command must not be empty".into()),
+            (None, None, None) => return Err("probe needs one of `http`, `tcp` or `exec`".into()),
+            _ => return Err("probe takes only one of `http`, `tcp` or `exec`".into()),
+        };
+        if raw.failures == Some(0) {
+            return Err("probe failures must be at least 1".into());
+        }
+        Ok(Probe {
+            check,
+            interval: raw.interval,
+            timeout: raw.timeout.unwrap_or(DEFAULT_PROBE_TIMEOUT),
+            failures: raw.failures.unwrap_or(DEFAULT_PROBE_FAILURES),
+        })
+    }
+}
+
+impl From<Probe> for RawProbe {
+    fn from(p: Probe) -> RawProbe {
+        let (http, tcp, exec) = match p.check {
+            Check::Http(path) => (Some(path), None, None),
+            Check::Tcp => (None, Some(true), None),
+            Check::Exec(cmd) => (None, None, Some(cmd)),
+        };
+        RawProbe {
+            http,
+            tcp,
+            exec,
+            interval: p.interval,
+            timeout: Some(p.timeout),
+            failures: Some(p.failures),
+        }
+    }
+}
+
+/// How a new release replaces the running one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Release {
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// Canary steps; only for `strategy: canary`.
+    #[serde(default)]
+    pub steps: Vec<ReleaseStep>,
+    #[serde(default = "default_deploy_timeout")]
+    pub deploy_timeout: Duration,
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for Release {
+    fn default() -> Self {
+        Release {
+            strategy: Strategy::default(),
+            steps: Vec::new(),
+            deploy_timeout: DEFAULT_DEPLOY_TIMEOUT,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
+}
+
+fn default_deploy_timeout() -> Duration {
+    DEFAULT_DEPLOY_TIMEOUT
+}
+fn default_drain_timeout() -> Duration {
+    DEFAULT_DRAIN_TIMEOUT
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    #[default]
+    Bluegreen,
+    Canary,
+    Rolling,
+}
+
+/// One canary step: exactly one of `weight`, `pause` or `analysis`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(try_from = "RawReleaseStep", into = "RawReleaseStep")]
+#[schemars(with = "RawReleaseStep")]
+pub enum ReleaseStep {
+    Weight(u8),
+    Pause(Duration),
+    Analysis(Analysis),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct RawReleaseStep {
+    /// Percent of traffic to the new release, 0 to 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    weight: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pause: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    analysis: Option<Analysis>,
+}
+
+impl TryFrom<RawReleaseStep> for ReleaseStep {
+    type Error = String;
+    fn try_from(raw: RawReleaseStep) -> Result<Self, String> {
+        match (raw.weight, raw.pause, raw.analysis) {
+            (Some(w), None, None) if w <= 100 => Ok(ReleaseStep::Weight(w as u8)),
+            (Some(w), None, None) => Err(format!("weight must be between 0 and 100, not {w}")),
+            (None, Some(p), None) => Ok(ReleaseStep::Pause(p)),
+            (None, None, Some(a)) => Ok(ReleaseStep::Analysis(a)),
+            (None, None, None) => Err("release step needs one of `weight`, `pause` or `analysis`".into()),
+            _ => Err("release step takes only one of `weight`, `pause` or `analysis`".into()),
+        }
+    }
+}
+
+impl From<ReleaseStep> for RawReleaseStep {
+    fn from(step: ReleaseStep) -> Self {
+        let mut raw = RawReleaseStep { weight: None, pause: None, analysis: None };
+        match step {
+            ReleaseStep::Weight(w) => raw.weight = Some(u32::from(w)),
+            ReleaseStep::Pause(p) => raw.pause = Some(p),
+            ReleaseStep::Analysis(a) => raw.analysis = Some(a),
+        }
+        raw
+    }
+}
+
+/// Limits a canary must stay within to be promoted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Analysis {
+    #[serde(default)]
+    pub max_error_rate: Option<Percent>,
+    #[serde(default)]
+    pub max_p99_latency: Option<Duration>,
+    #[serde(default)]
+    pub min_requests: u64,
+}
+
+/// One environment on the way to production.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Environment {
+    #[serde(default)]
+    pub auto_deploy: bool,
+    #[serde(default)]
+    pub promote: Promote,
+    #[serde(default)]
+    pub approvals: u32,
+    #[serde(default)]
+    pub route: Option<RouteOverride>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Promote {
+    #[default]
+    Auto,
+    Manual,
+}
+
+/// Route fields an environment overrides.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteOverride {
+    #[serde(default)]
+    pub host: Option<Host>,
+    #[serde(default)]
+    pub path_prefix: Option<PathPrefix>,
+}
+
+/// A service level objective.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Slo {
+    pub name: String,
+    pub objective: Percent,
+    /// Latency threshold; makes this a latency SLO.
+    #[serde(default)]
+    pub threshold: Option<Duration>,
+    #[serde(default)]
+    pub window: SloWindow,
+}
+
+/// `calendar-month`, or a rolling window such as `30d`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(try_from = "String", into = "String")]
+#[schemars(with = "String")]
+pub enum SloWindow {
+    #[default]
+    CalendarMonth,
+    Rolling(Duration),
+}
+
+impl TryFrom<String> for SloWindow {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s == "calendar-month" {
+            return Ok(SloWindow::CalendarMonth);
+        }
+        s.parse::<Duration>()
+            .map(SloWindow::Rolling)
+            .map_err(|e| format!("window must be `calendar-month` or a rolling duration such as `30d`: {e}"))
+    }
+}
+
+impl From<SloWindow> for String {
+    fn from(w: SloWindow) -> String {
+        match w {
+            SloWindow::CalendarMonth => "calendar-month".into(),
+            SloWindow::Rolling(d) => d.to_string(),
+        }
+    }
+}
+
+/// A spec error, located in its file.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}:{column}: {message}{}", hint.as_ref().map(|h| format!(" ({h})")).unwrap_or_default())]
+pub struct SpecError {
+    pub file: String,
+    pub line: u64,
+    pub column: u64,
+    pub message: String,
+    pub hint: Option<String>,
+    /// The offending lines with a caret, for terminals.
+    pub snippet: String,
+}
+
+impl Spec {
+    /// Parses and validates `text`, read from `file` (used in errors only).
+    pub fn parse(file: &str, text: &str) -> Result<Spec, Box<SpecError>> {
+        let spec: Spec = serde_saphyr::from_str(text).map_err(|e| Box::new(locate(file, &e)))?;
+        spec.check(file, text)?;
+        Ok(spec)
+    }
+
+    /// Cross-field rules serde cannot express; located via the key they concern.
+    fn check(&self, file: &str, text: &str) -> Result<(), Box<SpecError>> {
+        if self.release.strategy != Strategy::Canary && !self.release.steps.is_empty() {
+            return Err(Box::new(error_at_key(
+                file,
+                text,
+                "steps",
+                "release steps apply only to `strategy: canary`".into(),
+            )));
+        }
+        Ok(())
+    }
+
+    /// The JSON Schema of `tandem.yaml`, for editors.
+    pub fn json_schema() -> serde_json::Value {
+        serde_json::to_value(schemars::schema_for!(Spec)).unwrap_or_default()
+    }
+
+    /// The readiness probe, defaulting to a TCP connect to `PORT`.
+    pub fn readiness(&self) -> Probe {
+        self.health.readiness.clone().unwrap_or(Probe {
+            check: Check::Tcp,
+            interval: None,
+            timeout: DEFAULT_PROBE_TIMEOUT,
+            failures: DEFAULT_PROBE_FAILURES,
+        })
+    }
+}
+
+/// Locates a key that holds a cross-field error: the first line whose trimmed
+/// start is `key:`. Good enough for the rules in [`Spec::check`].
+fn error_at_key(file: &str, text: &str, key: &str, message: String) -> SpecError {
+    let needle = format!("{key}:");
+    let (line, column) = text
+        .lines()
+        .enumerate()
+        .find_map(|(i, l)| {
+            let trimmed = l.trim_start();
+            trimmed.starts_with(&needle).then(|| (i as u64 + 1, (l.len() - trimmed.len()) as u64 + 1))
+        })
+        .unwrap_or((1, 1));
+    SpecError { file: file.into(), line, column, message, hint: None, snippet: String::new() }
+}
+
+fn locate(file: &str, e: &serde_saphyr::Error) -> SpecError {
+    let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+    let plain = e.without_snippet().to_string();
+    // serde-saphyr renders "error: line L column C: <message>"; keep the message.
+    let message = match plain.split_once(&format!("column {column}: ")) {
+        Some((_, rest)) => rest.lines().next().unwrap_or(rest).to_string(),
+        None => plain.lines().next().unwrap_or(&plain).to_string(),
+    };
+    let hint = did_you_mean(&message);
+    let snippet = e.render_with_options(serde_saphyr::render_options! { source_name: Some(file) });
+    let snippet = snippet.split_once('\n').map(|(_, s)| s.to_string()).unwrap_or_default();
+    SpecError { file: file.into(), line, column, message, hint, snippet }
+}
+
+/// For serde's "unknown field `x`, expected one of a, b" (or "unknown
+/// variant"), suggests the closest expected name.
+fn did_you_mean(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `").or_else(|| message.strip_prefix("unknown variant `"))?;
+    let (given, expected) = rest.split_once('`')?;
+    let expected = expected.split_once("expected").map(|(_, e)| e)?;
+    let expected = expected.trim_start_matches(" one of").trim();
+    expected
+        .split(',')
+        .map(|c| c.trim().trim_matches('`'))
+        .filter(|c| !c.is_empty())
+        .map(|c| (strsim::jaro_winkler(given, c), c))
+        .filter(|(score, _)| *score > 0.7)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| format!("did you mean `{c}`?"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "service:\n  name: shop-api\nrun:\n  command: python3 -m http.server $PORT\nroute:\n  host: shop.example.test\n";
+
+    fn err(text: &str) -> SpecError {
+        *Spec::parse("tandem.yaml", text).expect_err("spec should be rejected")
+    }
+
+    #[test]
+    fn minimal_spec_gets_every_default() {
+        let spec = Spec::parse("tandem.yaml", MINIMAL).expect("minimal spec parses");
+        assert_eq!(spec.service.name.as_str(), "shop-api");
+        assert_eq!(spec.run.instances.get(), 1);
+        assert_eq!(spec.run.stop_timeout, DEFAULT_STOP_TIMEOUT);
+        assert_eq!(spec.route.path_prefix.as_str(), "/");
+        assert_eq!(spec.release.strategy, Strategy::Bluegreen);
+        assert_eq!(spec.release.deploy_timeout, DEFAULT_DEPLOY_TIMEOUT);
+        assert_eq!(spec.readiness().check, Check::Tcp);
+        assert!(spec.build.is_empty() && spec.test.is_empty());
+    }
+
+    #[test]
+    fn the_briefs_full_example_parses() {
+        let text = include_str!("../../../examples/shop-api/tandem.yaml");
+        let spec = Spec::parse("tandem.yaml", text).expect("brief example parses");
+        assert_eq!(spec.run.instances.get(), 2);
+        assert_eq!(spec.release.strategy, Strategy::Canary);
+        assert_eq!(spec.release.steps[2], ReleaseStep::Analysis(Analysis {
+            max_error_rate: Percent::new(1.0),
+            max_p99_latency: Some(Duration::from_millis(500)),
+            min_requests: 100,
+        }));
+        assert_eq!(spec.slo[0].objective.value(), 99.95);
+        assert_eq!(spec.slo[1].window, SloWindow::Rolling(Duration::from_secs(30 * 86_400)));
+        assert_eq!(spec.health.liveness.as_ref().map(|p| p.failures), Some(3));
+    }
+
+    #[test]
+    fn unknown_field_is_located_with_a_hint() {
+        let e = err(&MINIMAL.replace("  command:", "  instnces: 2\n  command:"));
+        assert_eq!((e.line, e.column), (4, 3));
+        assert!(e.message.contains("unknown field `instnces`"), "{}", e.message);
+        assert_eq!(e.hint.as_deref(), Some("did you mean `instances`?"));
+        assert!(e.to_string().starts_with("tandem.yaml:4:3: unknown field"));
+    }
+
+    #[test]
+    fn bad_duration_is_located_at_its_value() {
+        let e = err(&format!("{MINIMAL}release:\n  deploy_timeout: 60\n"));
+        assert_eq!((e.line, e.column), (8, 19));
+        assert!(e.message.contains("has no unit"), "{}", e.message);
+    }
+
+    #[test]
+    fn bad_name_is_located_at_its_value() {
+        let e = err(&MINIMAL.replace("shop-api", "Shop_API"));
+        assert_eq!((e.line, e.column), (2, 9));
+        assert!(e.message.contains("only lowercase letters"), "{}", e.message);
+    }
+
+    #[test]
+    fn missing_required_field_is_named() {
+        let e = err("service:\n  name: a\nroute:\n  host: a.test\n");
+        assert!(e.message.contains("missing field `run`"), "{}", e.message);
+        assert!(e.line >= 1);
+    }
+
+    #[test]
+    fn syntax_error_is_located() {
+        let e = err("service:\n  name: [a\nrun: {command: x}\n");
+        assert_eq!(e.line, 2, "{e}");
+    }
+
+    #[test]
+    fn probe_needs_exactly_one_check() {
+        let e = err(&format!("{MINIMAL}health:\n  readiness: {{ http: /up, tcp: true }}\n"));
+        assert_eq!(e.line, 8, "{e}");
+        assert!(e.message.contains("only one of"), "{}", e.message);
+    }
+
+    #[test]
+    fn steps_without_canary_are_rejected_at_the_key() {
+        let e = err(&format!("{MINIMAL}release:\n  steps:\n    - weight: 10\n"));
+        assert_eq!((e.line, e.column), (8, 3));
+    }
+
+    #[test]
+    fn schema_names_the_top_level_fields() {
+        let schema = Spec::json_schema();
+        let props = schema["properties"].as_object().expect("properties");
+        for key in ["service", "build", "test", "artifact", "run", "route", "health", "release", "environments", "slo"] {
+            assert!(props.contains_key(key), "{key}");
+        }
+    }
+}
