@@ -1,0 +1,87 @@
+//! The agent's unix socket: newline-delimited JSON requests and responses
+//! (see `tandem_core::protocol`), one task per connection.
+
+use std::time::Duration;
+
+use tandem_core::protocol::{PROTOCOL_VERSION, Request, Response};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+
+use crate::supervisor::Supervisor;
+
+/// What the socket needs besides the supervisor.
+#[derive(Clone)]
+pub struct Context {
+    pub supervisor: Supervisor,
+    pub proxy_addr: String,
+    pub started_at_ms: u64,
+    /// A `Shutdown` request sends here; the agent's main loop exits.
+    pub shutdown: mpsc::Sender<bool>,
+}
+
+pub async fn serve(listener: UnixListener, ctx: Context) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = connection(stream, ctx).await {
+                        tracing::debug!(error = %e, "control connection ended");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn connection(stream: UnixStream, ctx: Context) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    while let Some(line) = lines.next_line().await? {
+        let response = match serde_json::from_str::<Request>(&line) {
+            Ok(req) => dispatch(req, &ctx).await,
+            Err(e) => Response::Error { message: format!("bad request: {e}") },
+        };
+        let mut out = serde_json::to_vec(&response).unwrap_or_else(|_| b"{\"result\":\"error\",\"message\":\"unencodable\"}".to_vec());
+        out.push(b'\n');
+        write.write_all(&out).await?;
+    }
+    Ok(())
+}
+
+async fn dispatch(req: Request, ctx: &Context) -> Response {
+    let sup = &ctx.supervisor;
+    match req {
+        Request::Hello => Response::Hello {
+            version: PROTOCOL_VERSION,
+            pid: std::process::id(),
+            proxy_addr: ctx.proxy_addr.clone(),
+            started_at_ms: ctx.started_at_ms,
+        },
+        Request::Status => Response::Status { status: sup.status(&ctx.proxy_addr) },
+        Request::StartGroup { group } => {
+            if let Err(e) = std::fs::metadata(&group.dir) {
+                return Response::Error { message: format!("release directory {}: {e}", group.dir) };
+            }
+            Response::Started { instances: sup.start_group(group) }
+        }
+        Request::WaitReady { service, release, timeout_ms } => {
+            sup.wait_ready(&service, &release, Duration::from_millis(timeout_ms)).await
+        }
+        Request::Activate { service, release, route } => sup.activate(&service, &release, route),
+        Request::StopGroup { service, release, drain_timeout_ms } => {
+            sup.stop_group(&service, &release, Duration::from_millis(drain_timeout_ms)).await
+        }
+        Request::Logs { service, release, lines } => Response::Logs { lines: sup.logs(&service, release.as_deref(), lines) },
+        Request::Metrics => Response::Metrics { text: sup.metrics_text() },
+        Request::Shutdown { stop_instances } => {
+            let _ = ctx.shutdown.send(stop_instances).await;
+            Response::Ok
+        }
+    }
+}

@@ -1,0 +1,700 @@
+//! The instance supervisor: groups of identical instances per release, each
+//! instance a task that spawns its process, probes it, restarts it with
+//! exponential backoff when it exits, and stops it (SIGTERM, `stop_timeout`,
+//! SIGKILL to the process group) when asked. Every readiness change
+//! republishes the proxy's route table from this state.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use tandem_core::protocol::{
+    AgentStatus, GroupSpec, InstanceState, InstanceStatus, LogLine, Response, RouteSpec, ServiceStatus,
+};
+use tandem_proxy::{Proxy, RequestMetrics, Route, RouteTable, Target};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use crate::logs::{InstanceLog, read_tail};
+use crate::probe::Prober;
+
+/// First restart delay; doubles per quick crash.
+pub const BACKOFF_START: Duration = Duration::from_millis(100);
+/// Restart delay cap.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// An instance that ran this long before exiting restarts without delay growth.
+pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(30);
+/// Probe period until an instance is first ready, so deploys switch fast.
+pub const STARTUP_PROBE_PERIOD: Duration = Duration::from_millis(20);
+
+/// The supervisor; cheap to clone.
+#[derive(Clone)]
+pub struct Supervisor {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Pinged whenever an instance changes state.
+    changed: Notify,
+    proxy: Proxy,
+    prober: Prober,
+    data_dir: PathBuf,
+}
+
+#[derive(Default)]
+struct State {
+    services: BTreeMap<String, Service>,
+}
+
+#[derive(Default)]
+struct Service {
+    route: Option<RouteSpec>,
+    active: Option<String>,
+    groups: BTreeMap<String, Group>,
+    cursor: Arc<AtomicUsize>,
+    metrics: Arc<RequestMetrics>,
+}
+
+struct Group {
+    spec: GroupSpec,
+    instances: Vec<Arc<Instance>>,
+}
+
+struct Instance {
+    id: String,
+    log: InstanceLog,
+    live: Mutex<Live>,
+    stop: watch::Sender<bool>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+#[derive(Clone)]
+struct Live {
+    pid: Option<u32>,
+    port: u16,
+    state: InstanceState,
+    ready: bool,
+    ready_at_ms: u64,
+    restarts: u32,
+    target: Option<Arc<Target>>,
+    last_exit: Option<String>,
+    last_probe_error: Option<String>,
+}
+
+/// What the agent writes to its state file.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct SavedState {
+    pub services: BTreeMap<String, SavedService>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct SavedService {
+    pub route: Option<RouteSpec>,
+    pub active: Option<String>,
+    pub groups: Vec<GroupSpec>,
+    /// Process groups that were running, to clean up after an agent crash.
+    pub pgids: Vec<u32>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Instance {
+    fn live(&self) -> MutexGuard<'_, Live> {
+        lock(&self.live)
+    }
+}
+
+impl Supervisor {
+    pub fn new(proxy: Proxy, data_dir: PathBuf) -> Self {
+        Supervisor {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                changed: Notify::new(),
+                proxy,
+                prober: Prober::default(),
+                data_dir,
+            }),
+        }
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.shared.data_dir.join("agent-state.json")
+    }
+
+    /// Restores services from the state file of an earlier agent: kills what
+    /// it left running, starts the groups again and restores the routes.
+    pub fn restore(&self) {
+        let Ok(text) = std::fs::read_to_string(self.state_path()) else { return };
+        let saved: SavedState = match serde_json::from_str(&text) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "agent state file unreadable; starting empty");
+                return;
+            }
+        };
+        for (name, svc) in saved.services {
+            for pgid in svc.pgids {
+                let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
+            }
+            for group in svc.groups {
+                self.start_group(group);
+            }
+            let mut state = lock(&self.shared.state);
+            if let Some(s) = state.services.get_mut(&name) {
+                s.route = svc.route;
+                s.active = svc.active;
+            }
+            self.publish(&state);
+            tracing::info!(service = %name, "restored");
+        }
+        self.save();
+    }
+
+    fn save(&self) {
+        let saved = {
+            let state = lock(&self.shared.state);
+            SavedState {
+                services: state
+                    .services
+                    .iter()
+                    .map(|(name, s)| {
+                        let saved = SavedService {
+                            route: s.route.clone(),
+                            active: s.active.clone(),
+                            groups: s.groups.values().map(|g| g.spec.clone()).collect(),
+                            pgids: s.groups.values().flat_map(|g| &g.instances).filter_map(|i| i.live().pid).collect(),
+                        };
+                        (name.clone(), saved)
+                    })
+                    .collect(),
+            }
+        };
+        let path = self.state_path();
+        let tmp = path.with_extension("json.tmp");
+        let write = || -> std::io::Result<()> {
+            std::fs::write(&tmp, serde_json::to_vec_pretty(&saved).unwrap_or_default())?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        };
+        if let Err(e) = write() {
+            tracing::error!(error = %e, path = %path.display(), "could not write agent state");
+        }
+    }
+
+    /// Builds the route table from the state and publishes it. Called with the
+    /// state lock held, so publishes happen in state order.
+    fn publish(&self, state: &State) {
+        let routes = state.services.iter().filter_map(|(name, s)| {
+            let route = s.route.as_ref()?;
+            let active = s.groups.get(s.active.as_ref()?)?;
+            let targets = active
+                .instances
+                .iter()
+                .filter_map(|i| {
+                    let live = i.live();
+                    (live.ready && live.state == InstanceState::Running).then(|| live.target.clone()).flatten()
+                })
+                .collect();
+            Some(Route {
+                service: name.as_str().into(),
+                host: route.host.clone(),
+                path_prefix: route.path_prefix.clone(),
+                targets,
+                cursor: Arc::clone(&s.cursor),
+                metrics: Arc::clone(&s.metrics),
+            })
+        });
+        self.shared.proxy.publish(RouteTable::new(routes));
+    }
+
+    fn republish(&self) {
+        let state = lock(&self.shared.state);
+        self.publish(&state);
+    }
+
+    /// Starts a group unless one for the same release exists.
+    pub fn start_group(&self, spec: GroupSpec) -> Vec<String> {
+        let mut state = lock(&self.shared.state);
+        let svc = state.services.entry(spec.service.clone()).or_default();
+        if let Some(g) = svc.groups.get(&spec.release) {
+            return g.instances.iter().map(|i| i.id.clone()).collect();
+        }
+        let mut instances = Vec::new();
+        for slot in 0..spec.instances {
+            let id = format!("{}-{}-{}", spec.service, spec.release, slot + 1);
+            let log_path = self.shared.data_dir.join("logs").join(&spec.service).join(format!("{id}.log"));
+            let log = match InstanceLog::open(log_path.clone()) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %e, path = %log_path.display(), "cannot open instance log");
+                    continue;
+                }
+            };
+            let (stop, _) = watch::channel(false);
+            let inst = Arc::new(Instance {
+                id,
+                log,
+                live: Mutex::new(Live {
+                    pid: None,
+                    port: 0,
+                    state: InstanceState::Starting,
+                    ready: false,
+                    ready_at_ms: 0,
+                    restarts: 0,
+                    target: None,
+                    last_exit: None,
+                    last_probe_error: None,
+                }),
+                stop,
+                task: Mutex::new(None),
+            });
+            let handle = tokio::spawn(run_instance(self.clone(), Arc::clone(&inst), spec.clone()));
+            *lock(&inst.task) = Some(handle);
+            instances.push(inst);
+        }
+        let ids = instances.iter().map(|i| i.id.clone()).collect();
+        tracing::info!(service = %spec.service, release = %spec.release, instances = spec.instances, "group started");
+        svc.groups.insert(spec.release.clone(), Group { spec, instances });
+        drop(state);
+        self.save();
+        ids
+    }
+
+    /// Waits until every instance of the group is ready; fails early when an
+    /// instance exits before that.
+    pub async fn wait_ready(&self, service: &str, release: &str, timeout: Duration) -> Response {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let changed = self.shared.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let instances = {
+                let state = lock(&self.shared.state);
+                let Some(group) = state.services.get(service).and_then(|s| s.groups.get(release)) else {
+                    return Response::Error { message: format!("{service} has no release {release} running") };
+                };
+                group.instances.clone()
+            };
+            if !instances.is_empty() && instances.iter().all(|i| i.live().ready) {
+                let ready_at_ms = instances.iter().map(|i| i.live().ready_at_ms).max().unwrap_or(0);
+                return Response::Ready { ready_at_ms };
+            }
+            if let Some(crashed) = instances.iter().find(|i| i.live().restarts > 0 || i.live().state == InstanceState::Backoff) {
+                let exit = crashed.live().last_exit.clone().unwrap_or_else(|| "exited".into());
+                return Response::NotReady {
+                    reason: format!("instance {} exited while starting ({exit})", crashed.id),
+                    log_tail: crashed.log.tail(10),
+                };
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                let waiting = instances.iter().find(|i| !i.live().ready);
+                let (id, why, tail) = match waiting {
+                    Some(i) => (i.id.clone(), i.live().last_probe_error.clone().unwrap_or_else(|| "no probe answered".into()), i.log.tail(10)),
+                    None => (String::new(), String::new(), Vec::new()),
+                };
+                return Response::NotReady {
+                    reason: format!("instance {id} not ready within {}s: {why}", timeout.as_secs_f64()),
+                    log_tail: tail,
+                };
+            }
+        }
+    }
+
+    /// Points the service's route at the group, atomically.
+    pub fn activate(&self, service: &str, release: &str, route: RouteSpec) -> Response {
+        let mut state = lock(&self.shared.state);
+        let Some(svc) = state.services.get_mut(service) else {
+            return Response::Error { message: format!("{service} runs nothing") };
+        };
+        let Some(group) = svc.groups.get(release) else {
+            return Response::Error { message: format!("{service} has no release {release} running") };
+        };
+        if !group.instances.iter().any(|i| i.live().ready) {
+            return Response::Error { message: format!("{service} release {release} has no ready instance; traffic left as it was") };
+        }
+        let previous = svc.active.replace(release.to_owned()).filter(|p| p != release);
+        svc.route = Some(route);
+        self.publish(&state);
+        let switched_at_ms = now_ms();
+        drop(state);
+        self.save();
+        tracing::info!(service, release, previous = ?previous, "activated");
+        Response::Activated { switched_at_ms, previous }
+    }
+
+    /// Drains the group's instances, then stops them, and forgets the group.
+    pub async fn stop_group(&self, service: &str, release: &str, drain_timeout: Duration) -> Response {
+        let group = {
+            let mut state = lock(&self.shared.state);
+            let Some(svc) = state.services.get_mut(service) else { return Response::Stopped { instances: 0, drained_in_ms: 0, drain_timed_out: false } };
+            let Some(group) = svc.groups.remove(release) else { return Response::Stopped { instances: 0, drained_in_ms: 0, drain_timed_out: false } };
+            if svc.active.as_deref() == Some(release) {
+                svc.active = None;
+            }
+            if svc.groups.is_empty() && svc.active.is_none() {
+                state.services.remove(service);
+            }
+            self.publish(&state);
+            group
+        };
+        self.save();
+        let started = Instant::now();
+        let drains = group.instances.iter().map(|i| {
+            let target = {
+                let mut live = i.live();
+                if live.state == InstanceState::Running {
+                    live.state = InstanceState::Draining;
+                }
+                live.target.clone()
+            };
+            async move {
+                match target {
+                    Some(t) => t.drain(drain_timeout).await,
+                    None => true,
+                }
+            }
+        });
+        let drained = futures_util::future::join_all(drains).await;
+        let drained_in_ms = started.elapsed().as_millis() as u64;
+        for i in &group.instances {
+            let _ = i.stop.send(true);
+        }
+        for i in &group.instances {
+            let handle = lock(&i.task).take();
+            if let Some(h) = handle {
+                let _ = h.await;
+            }
+        }
+        self.shared.changed.notify_waiters();
+        tracing::info!(service, release, drained_in_ms, "group stopped");
+        Response::Stopped { instances: group.instances.len(), drained_in_ms, drain_timed_out: drained.iter().any(|d| !d) }
+    }
+
+    /// Stops every group of every service (drain bounded by `drain_timeout`).
+    pub async fn stop_all(&self, drain_timeout: Duration) {
+        let groups: Vec<(String, String)> = {
+            let state = lock(&self.shared.state);
+            state.services.iter().flat_map(|(s, svc)| svc.groups.keys().map(move |r| (s.clone(), r.clone()))).collect()
+        };
+        for (service, release) in groups {
+            self.stop_group(&service, &release, drain_timeout).await;
+        }
+    }
+
+    pub fn status(&self, proxy_addr: &str) -> AgentStatus {
+        let state = lock(&self.shared.state);
+        AgentStatus {
+            pid: std::process::id(),
+            proxy_addr: proxy_addr.to_owned(),
+            services: state
+                .services
+                .iter()
+                .map(|(name, s)| ServiceStatus {
+                    service: name.clone(),
+                    route: s.route.clone(),
+                    active: s.active.clone(),
+                    instances: s
+                        .groups
+                        .values()
+                        .flat_map(|g| g.instances.iter().map(move |i| (g, i)))
+                        .map(|(g, i)| {
+                            let live = i.live();
+                            InstanceStatus {
+                                id: i.id.clone(),
+                                release: g.spec.release.clone(),
+                                pid: live.pid,
+                                port: live.port,
+                                state: live.state,
+                                ready: live.ready,
+                                restarts: live.restarts,
+                                in_flight: live.target.as_ref().map(|t| t.in_flight()).unwrap_or(0),
+                            }
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    pub fn logs(&self, service: &str, release: Option<&str>, lines: usize) -> Vec<LogLine> {
+        let paths: Vec<(String, PathBuf)> = {
+            let state = lock(&self.shared.state);
+            state
+                .services
+                .get(service)
+                .map(|s| {
+                    s.groups
+                        .iter()
+                        .filter(|(r, _)| release.is_none_or(|want| want == r.as_str()))
+                        .flat_map(|(_, g)| g.instances.iter().map(|i| (i.id.clone(), i.log.path())))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let paths = if paths.is_empty() { self.logs_on_disk(service) } else { paths };
+        paths
+            .into_iter()
+            .flat_map(|(id, path)| read_tail(&path, lines).into_iter().map(move |line| LogLine { instance: id.clone(), line }))
+            .collect()
+    }
+
+    /// Log files of a service that runs nothing now (its last instances).
+    fn logs_on_disk(&self, service: &str) -> Vec<(String, PathBuf)> {
+        let dir = self.shared.data_dir.join("logs").join(service);
+        let mut files: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .map(|p| (p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(), p))
+            .collect();
+        files.sort();
+        files
+    }
+
+    pub fn metrics_text(&self) -> String {
+        let mut out = String::new();
+        let state = lock(&self.shared.state);
+        tandem_proxy::metrics::render_header(&mut out, "tandem_route", "service route");
+        for (name, s) in &state.services {
+            s.metrics.render(&mut out, "tandem_route", &[("service", name)]);
+        }
+        tandem_proxy::metrics::render_header(&mut out, "tandem_target", "instance");
+        for (name, s) in &state.services {
+            for g in s.groups.values() {
+                for i in &g.instances {
+                    if let Some(t) = i.live().target.clone() {
+                        t.metrics.render(&mut out, "tandem_target", &[("service", name), ("release", &g.spec.release), ("instance", &i.id)]);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn set_live(&self, inst: &Instance, f: impl FnOnce(&mut Live)) {
+        f(&mut inst.live());
+        self.republish();
+        self.shared.changed.notify_waiters();
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
+}
+
+/// One instance's life: spawn, probe, restart on exit, stop on request.
+async fn run_instance(sup: Supervisor, inst: Arc<Instance>, spec: GroupSpec) {
+    let mut stop_rx = inst.stop.subscribe();
+    let mut quick_crashes: u32 = 0;
+    loop {
+        if *stop_rx.borrow() {
+            break;
+        }
+        let spawned = free_port().and_then(|port| spawn(&spec, port, &inst.log).map(|child| (port, child)));
+        let (port, mut child) = match spawned {
+            Ok(s) => s,
+            Err(e) => {
+                inst.log.write_line(&format!("[tandem] could not start `{}`: {e}", spec.command));
+                sup.set_live(&inst, |l| {
+                    l.state = InstanceState::Backoff;
+                    l.restarts += 1;
+                    l.last_exit = Some(format!("could not start: {e}"));
+                });
+                if backoff(&mut stop_rx, &mut quick_crashes).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        let pid = child.id();
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let target = Target::new(inst.id.clone(), spec.service.clone(), spec.release.clone(), addr);
+        sup.set_live(&inst, |l| {
+            l.pid = pid;
+            l.port = port;
+            l.state = InstanceState::Running;
+            l.ready = false;
+            l.target = Some(target);
+        });
+        sup.save();
+        let started = Instant::now();
+        let outcome = watch_instance(&sup, &inst, &spec, &mut child, &mut stop_rx, port).await;
+        let pgid = pid.map(|p| Pid::from_raw(p as i32));
+        match outcome {
+            Outcome::Stop => {
+                sup.set_live(&inst, |l| {
+                    l.state = InstanceState::Stopping;
+                    l.ready = false;
+                });
+                terminate(&mut child, pgid, Duration::from_millis(spec.stop_timeout_ms)).await;
+                sup.set_live(&inst, |l| {
+                    l.state = InstanceState::Stopped;
+                    l.pid = None;
+                });
+                return;
+            }
+            Outcome::Exited(why) | Outcome::Unhealthy(why) => {
+                if let Some(pgid) = pgid {
+                    // Leftover children of the command must not hold the port.
+                    let _ = killpg(pgid, Signal::SIGKILL);
+                }
+                let _ = child.wait().await;
+                if started.elapsed() >= BACKOFF_RESET_AFTER {
+                    quick_crashes = 0;
+                }
+                inst.log.write_line(&format!("[tandem] instance {}: {why}; restarting", inst.id));
+                tracing::warn!(instance = %inst.id, reason = %why, "instance exited");
+                sup.set_live(&inst, |l| {
+                    l.state = InstanceState::Backoff;
+                    l.ready = false;
+                    l.pid = None;
+                    l.restarts += 1;
+                    l.last_exit = Some(why);
+                });
+                if backoff(&mut stop_rx, &mut quick_crashes).await {
+                    break;
+                }
+            }
+        }
+    }
+    sup.set_live(&inst, |l| {
+        l.state = InstanceState::Stopped;
+        l.pid = None;
+    });
+}
+
+/// Sleeps the backoff for the next restart; true when asked to stop meanwhile.
+async fn backoff(stop_rx: &mut watch::Receiver<bool>, quick_crashes: &mut u32) -> bool {
+    let delay = BACKOFF_START.saturating_mul(1 << (*quick_crashes).min(16)).min(BACKOFF_CAP);
+    *quick_crashes += 1;
+    tokio::select! {
+        () = tokio::time::sleep(delay) => false,
+        _ = stop_rx.changed() => true,
+    }
+}
+
+enum Outcome {
+    Stop,
+    Exited(String),
+    Unhealthy(String),
+}
+
+async fn watch_instance(
+    sup: &Supervisor,
+    inst: &Instance,
+    spec: &GroupSpec,
+    child: &mut tokio::process::Child,
+    stop_rx: &mut watch::Receiver<bool>,
+    port: u16,
+) -> Outcome {
+    let prober = sup.shared.prober.clone();
+    let readiness_every = Duration::from_millis(spec.readiness.interval_ms.max(10));
+    let mut next_ready = tokio::time::Instant::now() + STARTUP_PROBE_PERIOD;
+    let mut ever_ready = false;
+    let mut ready = false;
+    let mut ready_failures = 0;
+    let liveness_every = spec.liveness.as_ref().map(|l| Duration::from_millis(l.interval_ms.max(10)));
+    let mut next_live = tokio::time::Instant::now() + liveness_every.unwrap_or(Duration::from_secs(3600));
+    let mut live_failures = 0;
+    loop {
+        tokio::select! {
+            status = child.wait() => {
+                return Outcome::Exited(match status {
+                    Ok(s) => format!("exited with {s}"),
+                    Err(e) => format!("wait failed: {e}"),
+                });
+            }
+            _ = stop_rx.changed() => return Outcome::Stop,
+            () = tokio::time::sleep_until(next_ready) => {
+                let result = prober.check(&spec.readiness, port, &spec.dir).await;
+                match result {
+                    Ok(()) => {
+                        ready_failures = 0;
+                        if !ready {
+                            ready = true;
+                            ever_ready = true;
+                            sup.set_live(inst, |l| {
+                                l.ready = true;
+                                l.ready_at_ms = now_ms();
+                                l.last_probe_error = None;
+                                if let Some(t) = &l.target { t.readmit(); }
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        ready_failures += 1;
+                        if ready && ready_failures >= spec.readiness.failures {
+                            ready = false;
+                            inst.log.write_line(&format!("[tandem] readiness failing: {e}"));
+                            sup.set_live(inst, |l| { l.ready = false; l.last_probe_error = Some(e); });
+                        } else {
+                            inst.live().last_probe_error = Some(e);
+                        }
+                    }
+                }
+                next_ready = tokio::time::Instant::now() + if ever_ready { readiness_every } else { STARTUP_PROBE_PERIOD };
+            }
+            () = tokio::time::sleep_until(next_live), if liveness_every.is_some() && ever_ready => {
+                if let Some(live) = &spec.liveness {
+                    match prober.check(live, port, &spec.dir).await {
+                        Ok(()) => live_failures = 0,
+                        Err(e) => {
+                            live_failures += 1;
+                            if live_failures >= live.failures {
+                                return Outcome::Unhealthy(format!("liveness failed {live_failures} times: {e}"));
+                            }
+                        }
+                    }
+                }
+                next_live = tokio::time::Instant::now() + liveness_every.unwrap_or(Duration::from_secs(3600));
+            }
+        }
+    }
+}
+
+fn spawn(spec: &GroupSpec, port: u16, log: &InstanceLog) -> std::io::Result<tokio::process::Child> {
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(&spec.command)
+        .current_dir(&spec.dir)
+        .envs(&spec.env)
+        .env("PORT", port.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    let mut child = cmd.spawn()?;
+    if let Some(out) = child.stdout.take() {
+        log.capture(out);
+    }
+    if let Some(err) = child.stderr.take() {
+        log.capture(err);
+    }
+    Ok(child)
+}
+
+/// SIGTERM to the process group, up to `timeout`, then SIGKILL.
+async fn terminate(child: &mut tokio::process::Child, pgid: Option<Pid>, timeout: Duration) {
+    let Some(pgid) = pgid else { return };
+    let _ = killpg(pgid, Signal::SIGTERM);
+    if tokio::time::timeout(timeout, child.wait()).await.is_err() {
+        tracing::warn!(pgid = pgid.as_raw(), "instance ignored SIGTERM; killing");
+    }
+    let _ = killpg(pgid, Signal::SIGKILL);
+    let _ = child.wait().await;
+}

@@ -1,0 +1,20 @@
+//! tandem's reverse proxy, the hot half of the data plane.
+//!
+//! A request is matched against an immutable [`RouteTable`] snapshot (by
+//! `Host` and longest path prefix), balanced round-robin over the route's
+//! ready [`Target`]s and forwarded over pooled HTTP/1.1 connections. Whoever
+//! owns the targets (the agent) publishes a new table to switch traffic; a
+//! publish never blocks a request and a request never blocks a publish.
+//! The proxy knows nothing of releases, stores or the control plane.
+
+mod body;
+mod forward;
+pub mod metrics;
+mod router;
+mod server;
+mod target;
+
+pub use metrics::RequestMetrics;
+pub use router::{Route, RouteTable};
+pub use server::{Proxy, ProxyConfig};
+pub use target::Target;

@@ -1,0 +1,126 @@
+//! Request metrics: counts by status class and a latency histogram, kept in
+//! plain atomics so recording on the hot path is a handful of relaxed adds.
+//!
+//! Rendered by hand in the Prometheus text format: the whole exposition is
+//! two metric families, and a registry (prometheus-client) would put a lock
+//! and a label lookup on every request.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Upper bounds of the latency buckets, in microseconds.
+pub const BUCKETS_US: [u64; 14] = [
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+    5_000_000, 10_000_000,
+];
+
+/// Counters for one route or one target.
+#[derive(Debug, Default)]
+pub struct RequestMetrics {
+    /// Index 0 = 1xx … 4 = 5xx.
+    classes: [AtomicU64; 5],
+    /// Non-cumulative; the last slot is +Inf.
+    buckets: [AtomicU64; BUCKETS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+/// A point-in-time copy, for tests and analysis.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub classes: [u64; 5],
+    pub buckets: [u64; BUCKETS_US.len() + 1],
+    pub sum_us: u64,
+}
+
+impl Snapshot {
+    pub fn total(&self) -> u64 {
+        self.classes.iter().sum()
+    }
+}
+
+impl RequestMetrics {
+    pub fn record(&self, status: u16, latency: Duration) {
+        let class = usize::from((status / 100).clamp(1, 5)) - 1;
+        self.classes[class].fetch_add(1, Relaxed);
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let slot = BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(BUCKETS_US.len());
+        self.buckets[slot].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(us, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            classes: std::array::from_fn(|i| self.classes[i].load(Relaxed)),
+            buckets: std::array::from_fn(|i| self.buckets[i].load(Relaxed)),
+            sum_us: self.sum_us.load(Relaxed),
+        }
+    }
+
+    /// Appends this metric set as `<name>_requests_total` and
+    /// `<name>_request_duration_seconds` with the given labels.
+    pub fn render(&self, out: &mut String, name: &str, labels: &[(&str, &str)]) {
+        let snap = self.snapshot();
+        let base = labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let sep = if base.is_empty() { "" } else { "," };
+        for (i, count) in snap.classes.iter().enumerate() {
+            let _ = writeln!(out, "{name}_requests_total{{{base}{sep}class=\"{}xx\"}} {count}", i + 1);
+        }
+        let mut cumulative = 0;
+        for (i, count) in snap.buckets.iter().enumerate() {
+            cumulative += count;
+            let le = BUCKETS_US.get(i).map(|us| format!("{}", *us as f64 / 1e6)).unwrap_or_else(|| "+Inf".into());
+            let _ = writeln!(out, "{name}_request_duration_seconds_bucket{{{base}{sep}le=\"{le}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{name}_request_duration_seconds_sum{{{base}}} {}", snap.sum_us as f64 / 1e6);
+        let _ = writeln!(out, "{name}_request_duration_seconds_count{{{base}}} {cumulative}");
+    }
+}
+
+/// The HELP/TYPE header for a family rendered by [`RequestMetrics::render`].
+pub fn render_header(out: &mut String, name: &str, what: &str) {
+    let _ = writeln!(out, "# HELP {name}_requests_total Requests by status class, per {what}.");
+    let _ = writeln!(out, "# TYPE {name}_requests_total counter");
+    let _ = writeln!(out, "# HELP {name}_request_duration_seconds Time to response headers, per {what}.");
+    let _ = writeln!(out, "# TYPE {name}_request_duration_seconds histogram");
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_class_and_bucket_exactly() {
+        let m = RequestMetrics::default();
+        m.record(200, Duration::from_micros(400));
+        m.record(204, Duration::from_millis(3));
+        m.record(503, Duration::from_secs(60));
+        let s = m.snapshot();
+        assert_eq!(s.classes, [0, 2, 0, 0, 1]);
+        assert_eq!(s.buckets[0], 1);
+        assert_eq!(s.buckets[3], 1);
+        assert_eq!(s.buckets[BUCKETS_US.len()], 1);
+        assert_eq!(s.total(), 3);
+    }
+
+    #[test]
+    fn renders_cumulative_buckets() {
+        let m = RequestMetrics::default();
+        m.record(200, Duration::from_micros(400));
+        m.record(200, Duration::from_millis(3));
+        let mut out = String::new();
+        m.render(&mut out, "tandem_route", &[("service", "shop")]);
+        assert!(out.contains("tandem_route_requests_total{service=\"shop\",class=\"2xx\"} 2"), "{out}");
+        assert!(out.contains("tandem_route_request_duration_seconds_bucket{service=\"shop\",le=\"0.005\"} 2"), "{out}");
+        assert!(out.contains("tandem_route_request_duration_seconds_bucket{service=\"shop\",le=\"+Inf\"} 2"), "{out}");
+        assert!(out.contains("tandem_route_request_duration_seconds_count{service=\"shop\"} 2"), "{out}");
+    }
+}

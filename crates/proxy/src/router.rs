@@ -1,0 +1,128 @@
+//! The route table: an immutable snapshot mapping `Host` + path prefix to a
+//! route and its targets. The agent builds a new one for every change and
+//! publishes it whole.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use crate::metrics::RequestMetrics;
+use crate::target::{InFlight, Target};
+
+/// One route: where a service's traffic goes.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub service: Arc<str>,
+    pub host: String,
+    pub path_prefix: String,
+    pub targets: Vec<Arc<Target>>,
+    /// Round-robin cursor; shared across snapshots so balance survives publishes.
+    pub cursor: Arc<AtomicUsize>,
+    /// Per-route metrics; shared across snapshots so counters are cumulative.
+    pub metrics: Arc<RequestMetrics>,
+}
+
+impl Route {
+    /// Claims the next usable target, skipping draining and ejected ones and
+    /// `avoid` (a target that just failed).
+    pub fn pick(&self, avoid: Option<&Arc<Target>>) -> Option<InFlight> {
+        let n = self.targets.len();
+        let start = self.cursor.fetch_add(1, Relaxed);
+        for i in 0..n {
+            let t = &self.targets[(start + i) % n];
+            if t.is_ejected() || avoid.is_some_and(|a| Arc::ptr_eq(a, t)) {
+                continue;
+            }
+            if let Some(slot) = t.acquire() {
+                return Some(slot);
+            }
+        }
+        None
+    }
+
+    fn matches_path(&self, path: &str) -> bool {
+        let p = self.path_prefix.as_str();
+        path.starts_with(p) && (p.ends_with('/') || path.len() == p.len() || path.as_bytes()[p.len()] == b'/')
+    }
+}
+
+/// All routes, by host; within a host, longest prefix first.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    by_host: HashMap<String, Vec<Arc<Route>>>,
+}
+
+impl RouteTable {
+    pub fn new(routes: impl IntoIterator<Item = Route>) -> Self {
+        let mut by_host: HashMap<String, Vec<Arc<Route>>> = HashMap::new();
+        for r in routes {
+            by_host.entry(r.host.to_ascii_lowercase()).or_default().push(Arc::new(r));
+        }
+        for routes in by_host.values_mut() {
+            routes.sort_by(|a, b| b.path_prefix.len().cmp(&a.path_prefix.len()));
+        }
+        RouteTable { by_host }
+    }
+
+    /// The route for a request's host (any port stripped) and path.
+    pub fn lookup(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
+        let host = strip_port(host);
+        let routes = match self.by_host.get(host) {
+            Some(r) => r,
+            None => self.by_host.get(&host.to_ascii_lowercase())?,
+        };
+        routes.iter().find(|r| r.matches_path(path))
+    }
+
+    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.by_host.values().flatten()
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split_once(']').map(|(h, _)| &h[1..]).unwrap_or(host);
+    }
+    host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    fn route(host: &str, prefix: &str, service: &str) -> Route {
+        Route {
+            service: service.into(),
+            host: host.into(),
+            path_prefix: prefix.into(),
+            targets: vec![Target::new(format!("{service}-1"), service.into(), "r1".into(), SocketAddr::from(([127, 0, 0, 1], 9)))],
+            cursor: Arc::default(),
+            metrics: Arc::default(),
+        }
+    }
+
+    #[test]
+    fn longest_prefix_wins_and_port_is_ignored() {
+        let t = RouteTable::new([route("a.test", "/", "root"), route("a.test", "/api", "api")]);
+        assert_eq!(t.lookup("a.test:8080", "/api/x").map(|r| &*r.service), Some("api"));
+        assert_eq!(t.lookup("A.TEST", "/apix").map(|r| &*r.service), Some("root"));
+        assert_eq!(t.lookup("a.test", "/api").map(|r| &*r.service), Some("api"));
+        assert!(t.lookup("b.test", "/").is_none());
+    }
+
+    #[test]
+    fn pick_round_robins_and_skips_ejected() {
+        let mut r = route("a.test", "/", "s");
+        r.targets.push(Target::new("s-2".into(), "s".into(), "r1".into(), SocketAddr::from(([127, 0, 0, 1], 10))));
+        let first = r.pick(None).map(|s| s.target.id.clone());
+        let second = r.pick(None).map(|s| s.target.id.clone());
+        assert_ne!(first, second);
+        r.targets[0].eject();
+        for _ in 0..4 {
+            assert_eq!(r.pick(None).map(|s| s.target.id.clone()).as_deref(), Some("s-2"));
+        }
+        let avoid = Arc::clone(&r.targets[1]);
+        assert!(r.pick(Some(&avoid)).is_none());
+    }
+}
