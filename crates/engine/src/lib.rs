@@ -230,14 +230,7 @@ impl Engine {
                 self.stop_others(service, &name, spec.release.drain_timeout.as_millis(), reporter).await;
                 timings.drain_ms = drain_started.elapsed().as_millis() as u64;
                 timings.total_ms = began.elapsed().as_millis() as u64;
-                reporter.send(Progress::Done {
-                    ok: true,
-                    service: service.into(),
-                    release: Some(name.clone()),
-                    message: format!("{service} {name} is live"),
-                    log_tail: Vec::new(),
-                    timings: Some(timings),
-                });
+                reporter.send(Progress::Done { service: service.into(), release: name.clone(), message: format!("{service} {name} is live"), timings });
                 Ok(self.store.release(service, release.number).await?)
             }
             Err((reason, log_tail)) => {

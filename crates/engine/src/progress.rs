@@ -11,17 +11,11 @@ pub enum Progress {
     Phase { phase: String, message: String, at_ms: u64 },
     /// A line of step output.
     Log { step: String, line: String },
-    /// The end: success with the live release, or failure with the reason.
-    Done {
-        ok: bool,
-        service: String,
-        release: Option<String>,
-        message: String,
-        #[serde(default)]
-        log_tail: Vec<String>,
-        #[serde(default)]
-        timings: Option<Timings>,
-    },
+    /// The end, on success: the live release and what it took.
+    Done { service: String, release: String, message: String, timings: Timings },
+    /// The end, on failure. `kind` is `bad_input` (the caller's to fix) or
+    /// `failed` (the work ran and did not succeed).
+    Failed { message: String, log_tail: Vec<String>, kind: String },
 }
 
 /// What a release took, for people and `bench/deploy`.

@@ -1,0 +1,223 @@
+//! The control plane's HTTP API under `/api/v1`, plus `/metrics`.
+//!
+//! Handlers are thin: they read the actor, call the engine or the store, and
+//! let [`error::ApiError`] decide the status. Long work (deploy, rollback)
+//! answers with a stream of newline-delimited JSON progress events and goes on
+//! even when the client disconnects.
+
+pub mod error;
+mod openapi;
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use tandem_core::protocol::{Request, Response as AgentResponse};
+use tandem_engine::{Engine, EngineError, Progress, Reporter};
+
+pub use error::ApiError;
+
+/// Header the CLI sets to the local OS user (`user:<name>`).
+pub const ACTOR_HEADER: &str = "x-tandem-actor";
+
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Engine,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/v1/health", get(health))
+        .route("/api/v1/openapi.json", get(openapi::document))
+        .route("/api/v1/services", get(services))
+        .route("/api/v1/services/{name}", get(service))
+        .route("/api/v1/services/{name}/releases", get(releases))
+        .route("/api/v1/services/{name}/rollback", post(rollback))
+        .route("/api/v1/services/{name}/logs", get(logs))
+        .route("/api/v1/deploys", post(deploy))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/events", get(events))
+        .route("/api/v1/audit/verify", get(audit_verify))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// Who acts. Until accounts exist: the CLI's OS user, else `anonymous`.
+fn actor(headers: &HeaderMap) -> String {
+    headers
+        .get(ACTOR_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.starts_with("user:") && v.len() < 128)
+        .map(str::to_owned)
+        .unwrap_or_else(|| "user:anonymous".into())
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "ok": true, "version": env!("CARGO_PKG_VERSION") }))
+}
+
+async fn services(State(s): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(serde_json::to_value(s.engine.store.services().await?).unwrap_or_default()))
+}
+
+async fn service(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let svc = s.engine.store.service(&name).await?.ok_or_else(|| ApiError::NotFound(format!("no service named {name}")))?;
+    Ok(Json(serde_json::to_value(svc).unwrap_or_default()))
+}
+
+async fn releases(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    if s.engine.store.service(&name).await?.is_none() {
+        return Err(ApiError::NotFound(format!("no service named {name}")));
+    }
+    Ok(Json(serde_json::to_value(s.engine.store.releases(&name).await?).unwrap_or_default()))
+}
+
+#[derive(Deserialize)]
+struct DeployBody {
+    dir: PathBuf,
+}
+
+async fn deploy(State(s): State<AppState>, headers: HeaderMap, Json(body): Json<DeployBody>) -> Response {
+    let actor = actor(&headers);
+    stream_progress(move |reporter| async move { s.engine.deploy_dir(&body.dir, &actor, &reporter).await })
+}
+
+#[derive(Deserialize, Default)]
+struct RollbackBody {
+    to: Option<String>,
+}
+
+async fn rollback(State(s): State<AppState>, Path(name): Path<String>, headers: HeaderMap, body: Option<Json<RollbackBody>>) -> Response {
+    let actor = actor(&headers);
+    let to = body.and_then(|b| b.0.to);
+    let to = match to.as_deref().map(|t| t.trim_start_matches('r').parse::<i64>()) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(_)) => return ApiError::BadInput(format!("--to {} is not a release such as r3", to.unwrap_or_default())).into_response(),
+    };
+    stream_progress(move |reporter| async move { s.engine.rollback(&name, to, &actor, &reporter).await })
+}
+
+/// Runs `work` on its own task and streams its progress as NDJSON; the last
+/// line is always a `done` event.
+fn stream_progress<F, Fut>(work: F) -> Response
+where
+    F: FnOnce(Reporter) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<tandem_store::ReleaseRow, EngineError>> + Send,
+{
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let reporter = Reporter::new(tx.clone());
+    tokio::spawn(async move {
+        if let Err(e) = work(reporter.clone()).await {
+            let (message, log_tail, kind) = match e {
+                EngineError::Failed { reason, log_tail } => (reason, log_tail, "failed"),
+                EngineError::Spec(s) => (s.to_string(), Vec::new(), "bad_input"),
+                EngineError::BadInput(m) | EngineError::NotFound(m) => (m, Vec::new(), "bad_input"),
+                other => {
+                    tracing::error!(error = %other, "release failed");
+                    (other.to_string(), Vec::new(), "failed")
+                }
+            };
+            reporter.send(Progress::Failed { message, log_tail, kind: kind.into() });
+        }
+    });
+    drop(tx);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let p = rx.recv().await?;
+        let mut line = serde_json::to_vec(&p).unwrap_or_default();
+        line.push(b'\n');
+        Some((Ok::<_, Infallible>(bytes::Bytes::from(line)), rx))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+#[derive(Deserialize)]
+struct StatusQuery {
+    service: Option<String>,
+}
+
+async fn status(State(s): State<AppState>, Query(q): Query<StatusQuery>) -> Result<Json<serde_json::Value>, ApiError> {
+    let services = s.engine.store.services().await?;
+    if let Some(name) = &q.service {
+        if !services.iter().any(|x| &x.name == name) {
+            return Err(ApiError::NotFound(format!("no service named {name}")));
+        }
+    }
+    let agent = match s.engine.agent.call(&Request::Status).await {
+        Ok(AgentResponse::Status { status }) => Some(status),
+        _ => None,
+    };
+    let out: Vec<serde_json::Value> = services
+        .iter()
+        .filter(|svc| q.service.as_ref().is_none_or(|n| *n == svc.name))
+        .map(|svc| {
+            let running = agent.as_ref().and_then(|a| a.services.iter().find(|x| x.service == svc.name));
+            serde_json::json!({
+                "service": svc.name,
+                "owner": svc.owner,
+                "customer": svc.customer,
+                "tier": svc.tier,
+                "live_release": svc.live_release.map(|n| format!("r{n}")),
+                "route": running.and_then(|r| r.route.clone()),
+                "serving": running.and_then(|r| r.active.clone()),
+                "instances": running.map(|r| r.instances.clone()).unwrap_or_default(),
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({
+        "agent": agent.as_ref().map(|a| serde_json::json!({ "pid": a.pid, "proxy_addr": a.proxy_addr })),
+        "services": out,
+    })))
+}
+
+#[derive(Deserialize)]
+struct LogsQuery {
+    lines: Option<usize>,
+    release: Option<String>,
+}
+
+async fn logs(State(s): State<AppState>, Path(name): Path<String>, Query(q): Query<LogsQuery>) -> Result<Json<serde_json::Value>, ApiError> {
+    if s.engine.store.service(&name).await?.is_none() {
+        return Err(ApiError::NotFound(format!("no service named {name}")));
+    }
+    let lines = q.lines.unwrap_or(100).min(10_000);
+    match s.engine.agent.call(&Request::Logs { service: name, release: q.release, lines }).await.map_err(EngineError::from)? {
+        AgentResponse::Logs { lines } => Ok(Json(serde_json::to_value(lines).unwrap_or_default())),
+        other => Err(ApiError::Internal(format!("unexpected agent answer {other:?}"))),
+    }
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    after: Option<u64>,
+    limit: Option<u32>,
+}
+
+async fn events(State(s): State<AppState>, Query(q): Query<EventsQuery>) -> Result<Json<serde_json::Value>, ApiError> {
+    let events = s.engine.store.events(q.after.unwrap_or(0), q.limit.unwrap_or(1000).min(10_000)).await?;
+    Ok(Json(serde_json::to_value(events).unwrap_or_default()))
+}
+
+async fn audit_verify(State(s): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(match s.engine.store.verify().await? {
+        Ok((events, head)) => serde_json::json!({ "ok": true, "events": events, "head": head }),
+        Err(broken) => serde_json::json!({ "ok": false, "error": broken.to_string() }),
+    }))
+}
+
+async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
+    match s.engine.agent.call(&Request::Metrics).await.map_err(EngineError::from)? {
+        AgentResponse::Metrics { text } => Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()),
+        other => Err(ApiError::Internal(format!("unexpected agent answer {other:?}"))),
+    }
+}

@@ -1,0 +1,45 @@
+//! The OpenAPI 3.1 document of `/api/v1`, served at `/api/v1/openapi.json`.
+//! Written out here rather than derived: the API is small and the document
+//! is checked by a test against the router's paths.
+
+use axum::Json;
+
+pub const PATHS: [(&str, &str, &str); 11] = [
+    ("/api/v1/health", "get", "Liveness of the control plane"),
+    ("/api/v1/services", "get", "List services"),
+    ("/api/v1/services/{name}", "get", "One service"),
+    ("/api/v1/services/{name}/releases", "get", "Releases of a service, newest first"),
+    ("/api/v1/services/{name}/rollback", "post", "Re-release an earlier release; streams NDJSON progress"),
+    ("/api/v1/services/{name}/logs", "get", "Last lines of the service's instance logs"),
+    ("/api/v1/deploys", "post", "Deploy a directory holding a tandem.yaml; streams NDJSON progress"),
+    ("/api/v1/status", "get", "Services with their running instances"),
+    ("/api/v1/events", "get", "Journal events after a sequence number"),
+    ("/api/v1/audit/verify", "get", "Verify the journal's hash chain"),
+    ("/api/v1/openapi.json", "get", "This document"),
+];
+
+pub async fn document() -> Json<serde_json::Value> {
+    let mut paths = serde_json::Map::new();
+    for (path, method, summary) in PATHS {
+        let params: Vec<serde_json::Value> = path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| serde_json::json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }))
+            .collect();
+        let entry = paths.entry(path.to_string()).or_insert_with(|| serde_json::json!({}));
+        entry[method] = serde_json::json!({
+            "summary": summary,
+            "parameters": params,
+            "responses": {
+                "200": { "description": "OK" },
+                "400": { "description": "Bad input; `error` says what and where" },
+                "404": { "description": "No such service or release" }
+            }
+        });
+    }
+    Json(serde_json::json!({
+        "openapi": "3.1.0",
+        "info": { "title": "tandem API", "version": env!("CARGO_PKG_VERSION") },
+        "paths": paths,
+    }))
+}

@@ -1,0 +1,103 @@
+//! A small typed client for the control plane's API.
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::exit::Exit;
+
+pub struct Api {
+    base: String,
+    actor: String,
+    http: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Api {
+    pub fn new(base: &str) -> Self {
+        Api {
+            base: base.trim_end_matches('/').to_owned(),
+            actor: format!("user:{}", local_user()),
+            http: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    async fn send(&self, method: Method, path: &str, body: Option<serde_json::Value>) -> Result<hyper::Response<hyper::body::Incoming>, Exit> {
+        let url = format!("{}{path}", self.base);
+        let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        let req = Request::builder()
+            .method(method)
+            .uri(&url)
+            .header("content-type", "application/json")
+            .header(tandem_api::ACTOR_HEADER, &self.actor)
+            .body(Full::new(bytes))
+            .map_err(|e| Exit::bad_input(format!("bad server URL {url}: {e}")))?;
+        self.http
+            .request(req)
+            .await
+            .map_err(|e| Exit::failure(format!("cannot reach the tandem server at {}: {e}; is `tandem up` running? (set --server or TANDEM_SERVER)", self.base)))
+    }
+
+    pub async fn get(&self, path: &str) -> Result<serde_json::Value, Exit> {
+        let resp = self.send(Method::GET, path, None).await?;
+        json_or_exit(resp).await
+    }
+
+    /// POSTs and hands each NDJSON line of the answer to `on_line` as it arrives.
+    pub async fn post_stream(&self, path: &str, body: serde_json::Value, mut on_line: impl FnMut(serde_json::Value)) -> Result<(), Exit> {
+        let resp = self.send(Method::POST, path, Some(body)).await?;
+        if resp.status() != StatusCode::OK {
+            json_or_exit(resp).await?;
+            return Ok(());
+        }
+        let mut body = resp.into_body();
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| Exit::failure(format!("connection to the server broke: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                buf.extend_from_slice(&data);
+                while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=nl).collect();
+                    if let Ok(v) = serde_json::from_slice(&line) {
+                        on_line(v);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn json_or_exit(resp: hyper::Response<hyper::body::Incoming>) -> Result<serde_json::Value, Exit> {
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.map_err(|e| Exit::failure(format!("reading the answer failed: {e}")))?.to_bytes();
+    let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| serde_json::json!({ "error": String::from_utf8_lossy(&bytes) }));
+    if status.is_success() {
+        return Ok(value);
+    }
+    let message = value["error"].as_str().unwrap_or("request failed").to_owned();
+    let mut full = message;
+    if let Some(tail) = value["log_tail"].as_array().filter(|t| !t.is_empty()) {
+        full.push_str("\nlast log lines:");
+        for l in tail {
+            full.push_str("\n  ");
+            full.push_str(l.as_str().unwrap_or_default());
+        }
+    }
+    Err(match status {
+        StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND => Exit::bad_input(full),
+        _ => Exit::failure(full),
+    })
+}
+
+/// The OS user running the CLI.
+pub fn local_user() -> String {
+    nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "unknown".into())
+}

@@ -1,0 +1,174 @@
+//! The `tandem` command line: argument definitions here, one module per
+//! group of subcommands, each returning an [`Exit`] on failure.
+
+pub mod client;
+pub mod exit;
+mod output;
+mod release;
+mod run;
+mod spec;
+mod view;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+pub use exit::{CmdResult, Exit};
+
+#[derive(Parser, Debug)]
+#[command(name = "tandem", version, about = "Deliver and run services: development and operation in tandem.")]
+pub struct Cli {
+    /// URL of the tandem server.
+    #[arg(long, global = true, env = "TANDEM_SERVER", default_value = "http://127.0.0.1:7070")]
+    pub server: String,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DataDirArg {
+    /// Data directory (database, artifacts, logs, agent socket).
+    #[arg(long, env = "TANDEM_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl DataDirArg {
+    /// The flag, else `$TANDEM_DATA_DIR` (via clap), else the XDG data directory.
+    pub fn resolve(&self) -> PathBuf {
+        if let Some(d) = &self.data_dir {
+            return d.clone();
+        }
+        let base = std::env::var_os("XDG_DATA_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+            .unwrap_or_else(|| PathBuf::from("."));
+        base.join("tandem")
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run tandem on this machine: the agent (if none runs) and the server, in the foreground.
+    Up {
+        #[command(flatten)]
+        data: DataDirArg,
+        /// Address of the API and web UI.
+        #[arg(long, env = "TANDEM_API_ADDR", default_value = "127.0.0.1:7070")]
+        api_addr: SocketAddr,
+        /// Address the proxy serves traffic on.
+        #[arg(long, env = "TANDEM_PROXY_ADDR", default_value = "127.0.0.1:8080")]
+        proxy_addr: SocketAddr,
+    },
+    /// Stop every service and the agent of a data directory, and its server.
+    Down {
+        #[command(flatten)]
+        data: DataDirArg,
+    },
+    /// Run the data plane (proxy and supervisor) in the foreground.
+    Agent {
+        #[command(flatten)]
+        data: DataDirArg,
+        #[arg(long, env = "TANDEM_PROXY_ADDR", default_value = "127.0.0.1:8080")]
+        proxy_addr: SocketAddr,
+    },
+    /// Run only the control plane, against an agent that already runs.
+    Server {
+        #[command(flatten)]
+        data: DataDirArg,
+        #[arg(long, env = "TANDEM_API_ADDR", default_value = "127.0.0.1:7070")]
+        api_addr: SocketAddr,
+    },
+    /// Check a directory's tandem.yaml.
+    Validate {
+        /// Directory holding tandem.yaml (or the file itself).
+        #[arg(default_value = ".")]
+        path: PathBuf,
+    },
+    /// Print the JSON Schema of tandem.yaml.
+    Schema,
+    /// Build, test and release a service from a directory.
+    Deploy {
+        /// Service name (optional with --dir: it comes from tandem.yaml).
+        service: Option<String>,
+        /// Directory holding tandem.yaml.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Git ref to deploy (needs a service registered from a repository).
+        #[arg(long = "ref")]
+        git_ref: Option<String>,
+        /// Target environment.
+        #[arg(long)]
+        env: Option<String>,
+    },
+    /// Release an earlier release again, without rebuilding.
+    Rollback {
+        service: String,
+        /// Release to go back to (e.g. r3); default: the one live before.
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Services, their live release and instances.
+    Status { service: Option<String> },
+    /// Releases of a service, newest first.
+    Releases { service: String },
+    /// Instance logs of a service.
+    Logs {
+        service: String,
+        /// Keep printing new lines.
+        #[arg(short, long)]
+        follow: bool,
+        /// Lines per instance.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: usize,
+    },
+    /// Registered services.
+    Services,
+    /// The tamper-evident journal.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Walk the hash chain and name the first broken link.
+    Verify,
+    /// Print journal events.
+    Events {
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+    },
+}
+
+/// Runs a parsed command line.
+pub async fn dispatch(cli: Cli) -> CmdResult {
+    let api = || client::Api::new(&cli.server);
+    let fmt = cli.output;
+    match cli.command {
+        Command::Up { data, api_addr, proxy_addr } => run::up(&data.resolve(), api_addr, proxy_addr, true).await,
+        Command::Server { data, api_addr } => run::up(&data.resolve(), api_addr, "127.0.0.1:0".parse().map_err(|_| Exit::failure("addr"))?, false).await,
+        Command::Agent { data, proxy_addr } => run::agent(&data.resolve(), proxy_addr).await,
+        Command::Down { data } => run::down(&data.resolve()).await,
+        Command::Validate { path } => spec::validate(&path, fmt),
+        Command::Schema => spec::schema(),
+        Command::Deploy { service, dir, git_ref, env } => release::deploy(&api(), service, dir, git_ref, env, fmt).await,
+        Command::Rollback { service, to } => release::rollback(&api(), &service, to, fmt).await,
+        Command::Status { service } => view::status(&api(), service.as_deref(), fmt).await,
+        Command::Releases { service } => view::releases(&api(), &service, fmt).await,
+        Command::Logs { service, follow, lines } => view::logs(&api(), &service, follow, lines).await,
+        Command::Services => view::services(&api(), fmt).await,
+        Command::Audit { command: AuditCommand::Verify } => view::audit_verify(&api(), fmt).await,
+        Command::Audit { command: AuditCommand::Events { after } } => view::events(&api(), after).await,
+    }
+}

@@ -1,0 +1,136 @@
+//! Read-only commands: status, releases, logs, services, audit.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::Format;
+use crate::client::Api;
+use crate::exit::{CmdResult, Exit};
+use crate::output::{cell, json, table};
+
+pub async fn status(api: &Api, service: Option<&str>, fmt: Format) -> CmdResult {
+    let path = match service {
+        Some(s) => format!("/api/v1/status?service={s}"),
+        None => "/api/v1/status".into(),
+    };
+    let v = api.get(&path).await?;
+    if fmt == Format::Json {
+        json(&v);
+        return Ok(());
+    }
+    if v["agent"].is_null() {
+        eprintln!("warning: the agent does not answer; instance data is missing");
+    }
+    let mut rows = Vec::new();
+    for s in v["services"].as_array().into_iter().flatten() {
+        let instances = s["instances"].as_array().cloned().unwrap_or_default();
+        let ready = instances.iter().filter(|i| i["ready"] == true).count();
+        let route = if s["route"].is_null() { "-".into() } else { format!("{}{}", cell(&s["route"]["host"]), cell(&s["route"]["path_prefix"])) };
+        rows.push(vec![cell(&s["service"]), cell(&s["owner"]), cell(&s["live_release"]), route, format!("{ready}/{}", instances.len())]);
+        if service.is_some() {
+            for i in &instances {
+                rows.push(vec![
+                    format!("  {}", cell(&i["id"])),
+                    format!("pid {}", cell(&i["pid"])),
+                    cell(&i["release"]),
+                    format!("port {} {}", cell(&i["port"]), cell(&i["state"])),
+                    format!("{} restarts={}", if i["ready"] == true { "ready" } else { "not-ready" }, cell(&i["restarts"])),
+                ]);
+            }
+        }
+    }
+    table(&["service", "owner", "live", "route", "ready"], &rows);
+    Ok(())
+}
+
+pub async fn releases(api: &Api, service: &str, fmt: Format) -> CmdResult {
+    let v = api.get(&format!("/api/v1/services/{service}/releases")).await?;
+    if fmt == Format::Json {
+        json(&v);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            vec![
+                format!("r{}", cell(&r["number"])),
+                cell(&r["status"]),
+                cell(&r["digest"]).chars().take(12).collect(),
+                cell(&r["created_at"]),
+                cell(&r["reason"]),
+            ]
+        })
+        .collect();
+    table(&["release", "status", "digest", "created", "reason"], &rows);
+    Ok(())
+}
+
+pub async fn services(api: &Api, fmt: Format) -> CmdResult {
+    let v = api.get("/api/v1/services").await?;
+    if fmt == Format::Json {
+        json(&v);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| vec![cell(&s["name"]), cell(&s["owner"]), cell(&s["customer"]), cell(&s["tier"]), s["live_release"].as_i64().map(|n| format!("r{n}")).unwrap_or("-".into())])
+        .collect();
+    table(&["service", "owner", "customer", "tier", "live"], &rows);
+    Ok(())
+}
+
+pub async fn logs(api: &Api, service: &str, follow: bool, lines: usize) -> CmdResult {
+    let mut last_seen: HashMap<String, String> = HashMap::new();
+    loop {
+        let v = api.get(&format!("/api/v1/services/{service}/logs?lines={lines}")).await?;
+        let mut by_instance: Vec<(String, Vec<String>)> = Vec::new();
+        for l in v.as_array().into_iter().flatten() {
+            let inst = cell(&l["instance"]);
+            let line = cell(&l["line"]);
+            match by_instance.last_mut() {
+                Some((i, ls)) if *i == inst => ls.push(line),
+                _ => by_instance.push((inst, vec![line])),
+            }
+        }
+        for (inst, ls) in by_instance {
+            let start = last_seen.get(&inst).and_then(|seen| ls.iter().rposition(|l| l == seen)).map(|p| p + 1).unwrap_or(0);
+            for l in &ls[start..] {
+                println!("{inst} | {l}");
+            }
+            if let Some(l) = ls.last() {
+                last_seen.insert(inst, l.clone());
+            }
+        }
+        if !follow {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+pub async fn audit_verify(api: &Api, fmt: Format) -> CmdResult {
+    let v = api.get("/api/v1/audit/verify").await?;
+    if fmt == Format::Json {
+        json(&v);
+    }
+    if v["ok"] == true {
+        if fmt == Format::Table {
+            println!("journal intact: {} events, head {}", v["events"], cell(&v["head"]));
+        }
+        Ok(())
+    } else {
+        Err(Exit::failure(format!("journal broken: {}", cell(&v["error"]))))
+    }
+}
+
+pub async fn events(api: &Api, after: u64) -> CmdResult {
+    let v = api.get(&format!("/api/v1/events?after={after}")).await?;
+    for e in v.as_array().into_iter().flatten() {
+        println!("{}", e);
+    }
+    Ok(())
+}

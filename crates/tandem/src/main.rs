@@ -1,0 +1,30 @@
+//! `tandem`: parse, set up logging, dispatch, map the outcome to an exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tandem_cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let daemon = matches!(cli.command, Command::Up { .. } | Command::Agent { .. } | Command::Server { .. });
+    let default_filter = if daemon { "info" } else { "warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG").unwrap_or_else(|_| default_filter.into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(tandem_cli::dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(exit) => {
+            eprintln!("error: {exit}");
+            ExitCode::from(exit.code)
+        }
+    }
+}
