@@ -1,0 +1,126 @@
+//! End-to-end: the real binary releases real processes behind the real proxy
+//! while a load generator counts every failed request (issue 2).
+
+mod util;
+
+use std::time::{Duration, Instant};
+
+use util::{Env, Load, assert_ok};
+
+const DEPLOY: &str = "release:\n  deploy_timeout: 15s\n  drain_timeout: 5s\n";
+
+#[test]
+fn ten_deploys_and_a_rollback_under_load_fail_no_request() {
+    let env = Env::start();
+    let app = env.app("web", DEPLOY, "v0");
+    assert_ok(&env.deploy(&app));
+    let load = Load::start(&env.proxy, "web.test", 8);
+    for v in 1..=10 {
+        std::fs::write(app.join("index.html"), format!("v{v}")).expect("write");
+        assert_ok(&env.deploy(&app));
+        assert_eq!(env.get("web.test", "/index.html"), (200, format!("v{v}")));
+    }
+    assert_ok(&env.tandem(&["rollback", "web"]));
+    assert_eq!(env.get("web.test", "/index.html"), (200, "v9".to_string()));
+    // Keep load on the rolled-back release for a moment too.
+    let until = Instant::now() + Duration::from_secs(1);
+    while load.ok_so_far() < 2_000 || Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = load.finish();
+    eprintln!("requests ok={} failed={}", r.ok, r.failed);
+    assert_eq!(r.failed, 0, "failed requests: {:?}", &r.failures[..r.failures.len().min(10)]);
+    assert!(r.ok >= 2_000, "only {} requests", r.ok);
+    // Only the live release runs.
+    let instances = env.instances("web");
+    assert_eq!(instances.len(), 2);
+    assert!(instances.iter().all(|i| i["release"] == "r10"), "{instances:?}");
+}
+
+#[test]
+fn release_that_never_gets_ready_fails_in_time_and_leaves_the_old_one_serving() {
+    let env = Env::start();
+    let app = env.app("web", DEPLOY, "good");
+    assert_ok(&env.deploy(&app));
+    let bad = env.root.path().join("bad");
+    std::fs::create_dir_all(&bad).expect("mkdir");
+    std::fs::write(
+        bad.join("tandem.yaml"),
+        "service:\n  name: web\nrun:\n  command: echo booting; sleep 600\n  instances: 2\nroute:\n  host: web.test\nrelease:\n  deploy_timeout: 2s\n",
+    )
+    .expect("write");
+    let load = Load::start(&env.proxy, "web.test", 2);
+    let started = Instant::now();
+    let out = env.deploy(&bad);
+    let took = started.elapsed();
+    let r = load.finish();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("did not become ready"), "{stderr}");
+    assert!(stderr.contains("booting"), "the log tail is shown: {stderr}");
+    assert!(took < Duration::from_secs(2 + 5), "took {took:?}");
+    assert_eq!(r.failed, 0, "{:?}", r.failures);
+    assert_eq!(env.get("web.test", "/index.html"), (200, "good".to_string()));
+    let instances = env.instances("web");
+    assert!(instances.iter().all(|i| i["release"] == "r1"), "nothing of r2 runs: {instances:?}");
+    let sleeping = std::process::Command::new("pgrep").args(["-f", "sleep 600"]).output().expect("pgrep");
+    assert!(sleeping.stdout.is_empty(), "failed release left processes: {}", String::from_utf8_lossy(&sleeping.stdout));
+    let releases = env.tandem(&["releases", "web", "-o", "json"]);
+    let releases: serde_json::Value = serde_json::from_slice(&releases.stdout).expect("json");
+    assert_eq!(releases[0]["status"], "failed");
+}
+
+#[test]
+fn sigkill_of_the_control_plane_drops_no_request_and_a_new_up_reattaches() {
+    let mut env = Env::start();
+    let app = env.app("web", DEPLOY, "before");
+    assert_ok(&env.deploy(&app));
+    let load = Load::start(&env.proxy, "web.test", 4);
+    std::thread::sleep(Duration::from_millis(300));
+    env.kill_up();
+    std::thread::sleep(Duration::from_millis(700));
+    env.up_again();
+    std::fs::write(app.join("index.html"), "after").expect("write");
+    assert_ok(&env.deploy(&app));
+    std::thread::sleep(Duration::from_millis(300));
+    let r = load.finish();
+    assert_eq!(r.failed, 0, "{:?}", r.failures);
+    assert!(r.ok > 100, "load ran: {}", r.ok);
+    assert_eq!(env.get("web.test", "/index.html"), (200, "after".to_string()));
+    let verify = env.tandem(&["audit", "verify"]);
+    assert_ok(&verify);
+}
+
+#[test]
+fn sigkill_of_one_instance_drops_no_request_and_it_is_replaced() {
+    let env = Env::start();
+    let app = env.app("web", DEPLOY, "steady");
+    assert_ok(&env.deploy(&app));
+    let before = env.instances("web");
+    let victim = before[0]["pid"].as_u64().expect("pid") as i32;
+    let load = Load::start(&env.proxy, "web.test", 4);
+    std::thread::sleep(Duration::from_millis(300));
+    nix_kill(victim);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let replaced = loop {
+        let now = env.instances("web");
+        let ready = now.iter().filter(|i| i["ready"] == true).count();
+        if ready == 2 && now.iter().all(|i| i["pid"].as_u64() != Some(victim as u64)) {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let r = load.finish();
+    assert!(replaced, "instance was not replaced: {:?}", env.instances("web"));
+    assert_eq!(r.failed, 0, "{:?}", r.failures);
+    assert!(env.instances("web").iter().any(|i| i["restarts"] == 1));
+}
+
+fn nix_kill(pid: i32) {
+    let status = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().expect("kill");
+    assert!(status.success());
+}

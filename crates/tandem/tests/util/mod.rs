@@ -1,0 +1,247 @@
+//! Drives the real `tandem` binary in a temporary data directory, with the
+//! API and the proxy on port 0, plus a keep-alive load generator.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tandem"))
+}
+
+pub struct Env {
+    pub root: tempfile::TempDir,
+    pub api: String,
+    pub proxy: String,
+    pub up: Option<Child>,
+}
+
+impl Env {
+    pub fn data(&self) -> PathBuf {
+        self.root.path().join("data")
+    }
+
+    /// `tandem up` on port 0; waits for its banner.
+    pub fn start() -> Env {
+        let root = tempfile::tempdir().expect("tempdir");
+        let mut env = Env { root, api: String::new(), proxy: String::new(), up: None };
+        env.up_again();
+        env
+    }
+
+    /// Starts `tandem up` (again) on the same data directory.
+    pub fn up_again(&mut self) {
+        let proxy_arg = if self.proxy.is_empty() { "127.0.0.1:0".to_string() } else { self.proxy.clone() };
+        let mut child = Command::new(bin())
+            .args(["up", "--api-addr", "127.0.0.1:0", "--proxy-addr", &proxy_arg, "--data-dir"])
+            .arg(self.data())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tandem up");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        loop {
+            let line = lines.next().expect("tandem up ended before its banner").expect("read");
+            if let Some(rest) = line.strip_prefix("tandem up: api http://") {
+                let mut parts = rest.split_whitespace();
+                self.api = parts.next().expect("api").to_string();
+                parts.next();
+                self.proxy = parts.next().expect("proxy").trim_start_matches("http://").to_string();
+                break;
+            }
+        }
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        self.up = Some(child);
+    }
+
+    pub fn tandem(&self, args: &[&str]) -> Output {
+        Command::new(bin())
+            .args(args)
+            .env("TANDEM_SERVER", format!("http://{}", self.api))
+            .env("TANDEM_DATA_DIR", self.data())
+            .output()
+            .expect("run tandem")
+    }
+
+    /// Writes a service directory with `python3 -m http.server` serving `body`.
+    pub fn app(&self, name: &str, extra_yaml: &str, body: &str) -> PathBuf {
+        let dir = self.root.path().join(name);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(
+            dir.join("tandem.yaml"),
+            format!(
+                "service:\n  name: {name}\n  owner: team-test\nrun:\n  command: exec python3 -m http.server $PORT --bind 127.0.0.1\n  instances: 2\n  stop_timeout: 5s\nroute:\n  host: {name}.test\n{extra_yaml}"
+            ),
+        )
+        .expect("write spec");
+        std::fs::write(dir.join("index.html"), body).expect("write body");
+        dir
+    }
+
+    pub fn deploy(&self, dir: &Path) -> Output {
+        self.tandem(&["deploy", "--dir", dir.to_str().expect("utf8")])
+    }
+
+    /// One GET through the proxy on a fresh connection: (status, body).
+    pub fn get(&self, host: &str, path: &str) -> (u16, String) {
+        let mut stream = std::net::TcpStream::connect(&self.proxy).expect("connect proxy");
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").expect("write");
+        let mut resp = String::new();
+        stream.read_to_string(&mut resp).expect("read");
+        let status = resp.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        (status, body)
+    }
+
+    /// SIGKILL of the `tandem up` process (the control plane).
+    pub fn kill_up(&mut self) {
+        if let Some(mut c) = self.up.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn status_json(&self, service: &str) -> serde_json::Value {
+        let out = self.tandem(&["status", service, "-o", "json"]);
+        assert_ok(&out);
+        serde_json::from_slice(&out.stdout).expect("status json")
+    }
+
+    /// Instances of `service` as the agent reports them.
+    pub fn instances(&self, service: &str) -> Vec<serde_json::Value> {
+        self.status_json(service)["services"][0]["instances"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = Command::new(bin()).args(["down", "--data-dir"]).arg(self.data()).output();
+        self.kill_up();
+    }
+}
+
+pub fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Steady keep-alive GET load from `workers` connections until finished.
+pub struct Load {
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    failures: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+pub struct LoadResult {
+    pub ok: u64,
+    pub failed: u64,
+    pub failures: Vec<String>,
+}
+
+impl Load {
+    pub fn start(proxy: &str, host: &str, workers: usize) -> Load {
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..workers)
+            .map(|_| {
+                let (ok, failed, failures, stop) = (ok.clone(), failed.clone(), failures.clone(), stop.clone());
+                let (proxy, host) = (proxy.to_string(), host.to_string());
+                std::thread::spawn(move || worker(&proxy, &host, &ok, &failed, &failures, &stop))
+            })
+            .collect();
+        Load { ok, failed, failures, stop, threads }
+    }
+
+    pub fn ok_so_far(&self) -> u64 {
+        self.ok.load(Ordering::SeqCst)
+    }
+
+    pub fn finish(self) -> LoadResult {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads {
+            let _ = t.join();
+        }
+        let failures = self.failures.lock().map(|f| f.clone()).unwrap_or_default();
+        LoadResult { ok: self.ok.load(Ordering::SeqCst), failed: self.failed.load(Ordering::SeqCst), failures }
+    }
+}
+
+/// One keep-alive connection doing GETs; every error or non-200 is a failure.
+fn worker(proxy: &str, host: &str, ok: &AtomicU64, failed: &AtomicU64, failures: &Mutex<Vec<String>>, stop: &AtomicBool) {
+    let mut conn: Option<BufReader<std::net::TcpStream>> = None;
+    let fail = |why: String| {
+        failed.fetch_add(1, Ordering::SeqCst);
+        if let Ok(mut f) = failures.lock() {
+            f.push(why);
+        }
+    };
+    while !stop.load(Ordering::SeqCst) {
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match std::net::TcpStream::connect(proxy) {
+                Ok(s) => {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+                    conn.insert(BufReader::new(s))
+                }
+                Err(e) => {
+                    fail(format!("connect: {e}"));
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            },
+        };
+        match request(c, host) {
+            Ok(200) => {
+                ok.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(other) => fail(format!("status {other}")),
+            Err(e) => {
+                fail(e);
+                conn = None;
+            }
+        }
+    }
+}
+
+fn request(c: &mut BufReader<std::net::TcpStream>, host: &str) -> Result<u16, String> {
+    write!(c.get_mut(), "GET /index.html HTTP/1.1\r\nHost: {host}\r\n\r\n").map_err(|e| format!("write: {e}"))?;
+    let mut status_line = String::new();
+    c.read_line(&mut status_line).map_err(|e| format!("read: {e}"))?;
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or(format!("bad status line {status_line:?}"))?;
+    let mut len = 0usize;
+    loop {
+        let mut h = String::new();
+        c.read_line(&mut h).map_err(|e| format!("read header: {e}"))?;
+        if h == "\r\n" || h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut body = vec![0u8; len];
+    c.read_exact(&mut body).map_err(|e| format!("read body: {e}"))?;
+    Ok(status)
+}
