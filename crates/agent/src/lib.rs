@@ -33,13 +33,21 @@ pub enum AgentError {
     #[error("another agent already runs for data directory {0} (lock held on {1})")]
     AlreadyRunning(String, String),
     #[error("cannot use data directory {path}: {source}")]
-    DataDir { path: String, source: std::io::Error },
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot listen for proxy traffic on {addr}: {source}")]
-    ProxyBind { addr: SocketAddr, source: std::io::Error },
+    ProxyBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot open control socket {path}: {source}")]
-    Socket { path: String, source: std::io::Error },
+    Socket {
+        path: String,
+        source: std::io::Error,
+    },
 }
-
 
 /// Takes the agent lock of `data_dir`, or says who holds it.
 pub fn lock_data_dir(data_dir: &Path, name: &str) -> Result<Flock<std::fs::File>, AgentError> {
@@ -50,9 +58,13 @@ pub fn lock_data_dir(data_dir: &Path, name: &str) -> Result<Flock<std::fs::File>
         .read(true)
         .write(true)
         .open(&path)
-        .map_err(|source| AgentError::DataDir { path: data_dir.display().to_string(), source })?;
-    let mut lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
-        .map_err(|_| AgentError::AlreadyRunning(data_dir.display().to_string(), path.display().to_string()))?;
+        .map_err(|source| AgentError::DataDir {
+            path: data_dir.display().to_string(),
+            source,
+        })?;
+    let mut lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| {
+        AgentError::AlreadyRunning(data_dir.display().to_string(), path.display().to_string())
+    })?;
     use std::io::{Seek, Write};
     let _ = lock.set_len(0);
     let _ = lock.seek(std::io::SeekFrom::Start(0));
@@ -63,19 +75,31 @@ pub fn lock_data_dir(data_dir: &Path, name: &str) -> Result<Flock<std::fs::File>
 /// Runs the agent until SIGTERM/SIGINT or a `Shutdown` request.
 pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let dir = &config.data_dir;
-    std::fs::create_dir_all(dir).map_err(|source| AgentError::DataDir { path: dir.display().to_string(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| AgentError::DataDir {
+        path: dir.display().to_string(),
+        source,
+    })?;
     let _lock = lock_data_dir(dir, "agent.lock")?;
 
     let listener = tokio::net::TcpListener::bind(config.proxy_addr)
         .await
-        .map_err(|source| AgentError::ProxyBind { addr: config.proxy_addr, source })?;
-    let proxy_addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        .map_err(|source| AgentError::ProxyBind {
+            addr: config.proxy_addr,
+            source,
+        })?;
+    let proxy_addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
 
     let socket_path = dir.join(SOCKET_FILE);
     // We hold the lock, so a socket file left here belongs to a dead agent.
     let _ = std::fs::remove_file(&socket_path);
-    let control = tokio::net::UnixListener::bind(&socket_path)
-        .map_err(|source| AgentError::Socket { path: socket_path.display().to_string(), source })?;
+    let control =
+        tokio::net::UnixListener::bind(&socket_path).map_err(|source| AgentError::Socket {
+            path: socket_path.display().to_string(),
+            source,
+        })?;
 
     let proxy = Proxy::new(config.proxy.clone());
     let supervisor = Supervisor::new(proxy.clone(), dir.clone());
@@ -91,12 +115,19 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     tokio::spawn(socket::serve(control, ctx));
     let (stop_proxy_tx, stop_proxy_rx) = tokio::sync::oneshot::channel::<()>();
     let proxy_task = tokio::spawn(async move {
-        proxy.serve(listener, async { let _ = stop_proxy_rx.await; }).await;
+        proxy
+            .serve(listener, async {
+                let _ = stop_proxy_rx.await;
+            })
+            .await;
     });
     tracing::info!(proxy = %proxy_addr, socket = %socket_path.display(), pid = std::process::id(), "agent started");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|source| AgentError::Socket { path: "SIGTERM handler".into(), source })?;
+        .map_err(|source| AgentError::Socket {
+            path: "SIGTERM handler".into(),
+            source,
+        })?;
     let stop_instances = tokio::select! {
         asked = shutdown_rx.recv() => asked.unwrap_or(true),
         _ = term.recv() => true,

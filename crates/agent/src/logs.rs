@@ -35,7 +35,12 @@ impl InstanceLog {
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         let written = file.metadata().map(|m| m.len()).unwrap_or(0);
         Ok(InstanceLog {
-            inner: Arc::new(Mutex::new(Inner { path, file: Some(file), written, tail: VecDeque::new() })),
+            inner: Arc::new(Mutex::new(Inner {
+                path,
+                file: Some(file),
+                written,
+                tail: VecDeque::new(),
+            })),
         })
     }
 
@@ -52,11 +57,10 @@ impl InstanceLog {
         if inner.written > ROTATE_AT_BYTES {
             inner.rotate();
         }
-        if let Some(f) = inner.file.as_mut() {
-            if writeln!(f, "{line}").is_ok() {
+        if let Some(f) = inner.file.as_mut()
+            && writeln!(f, "{line}").is_ok() {
                 inner.written += line.len() as u64 + 1;
             }
-        }
         if inner.tail.len() == TAIL_LINES {
             inner.tail.pop_front();
         }
@@ -65,7 +69,12 @@ impl InstanceLog {
 
     pub fn tail(&self, n: usize) -> Vec<String> {
         let inner = self.lock();
-        inner.tail.iter().skip(inner.tail.len().saturating_sub(n)).cloned().collect()
+        inner
+            .tail
+            .iter()
+            .skip(inner.tail.len().saturating_sub(n))
+            .cloned()
+            .collect()
     }
 
     /// Copies lines from a child's stdout or stderr until it closes.
@@ -85,7 +94,11 @@ impl Inner {
         self.file = None;
         let rotated = rotated_path(&self.path);
         let _ = std::fs::rename(&self.path, rotated);
-        self.file = OpenOptions::new().create(true).append(true).open(&self.path).ok();
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .ok();
         self.written = 0;
     }
 }

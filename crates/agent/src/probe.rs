@@ -21,7 +21,9 @@ impl Default for Prober {
     fn default() -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        let http = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build(connector);
+        let http = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build(connector);
         Prober { http }
     }
 }
@@ -40,7 +42,11 @@ impl Prober {
                     let uri: http::Uri = format!("http://127.0.0.1:{port}{path}")
                         .parse()
                         .map_err(|e| format!("bad probe path {path}: {e}"))?;
-                    let resp = self.http.get(uri).await.map_err(|e| format!("GET {path}: {e}"))?;
+                    let resp = self
+                        .http
+                        .get(uri)
+                        .await
+                        .map_err(|e| format!("GET {path}: {e}"))?;
                     let status = resp.status();
                     if status.is_success() || status.is_redirection() {
                         Ok(())
@@ -61,7 +67,11 @@ impl Prober {
                         .status()
                         .await
                         .map_err(|e| format!("exec {command}: {e}"))?;
-                    if status.success() { Ok(()) } else { Err(format!("exec {command}: {status}")) }
+                    if status.success() {
+                        Ok(())
+                    } else {
+                        Err(format!("exec {command}: {status}"))
+                    }
                 }
             }
         };

@@ -45,9 +45,12 @@ async fn connection(stream: UnixStream, ctx: Context) -> std::io::Result<()> {
     while let Some(line) = lines.next_line().await? {
         let response = match serde_json::from_str::<Request>(&line) {
             Ok(req) => dispatch(req, &ctx).await,
-            Err(e) => Response::Error { message: format!("bad request: {e}") },
+            Err(e) => Response::Error {
+                message: format!("bad request: {e}"),
+            },
         };
-        let mut out = serde_json::to_vec(&response).unwrap_or_else(|_| b"{\"result\":\"error\",\"message\":\"unencodable\"}".to_vec());
+        let mut out = serde_json::to_vec(&response)
+            .unwrap_or_else(|_| b"{\"result\":\"error\",\"message\":\"unencodable\"}".to_vec());
         out.push(b'\n');
         write.write_all(&out).await?;
     }
@@ -63,22 +66,50 @@ async fn dispatch(req: Request, ctx: &Context) -> Response {
             proxy_addr: ctx.proxy_addr.clone(),
             started_at_ms: ctx.started_at_ms,
         },
-        Request::Status => Response::Status { status: sup.status(&ctx.proxy_addr) },
+        Request::Status => Response::Status {
+            status: sup.status(&ctx.proxy_addr),
+        },
         Request::StartGroup { group } => {
             if let Err(e) = std::fs::metadata(&group.dir) {
-                return Response::Error { message: format!("release directory {}: {e}", group.dir) };
+                return Response::Error {
+                    message: format!("release directory {}: {e}", group.dir),
+                };
             }
-            Response::Started { instances: sup.start_group(group) }
+            Response::Started {
+                instances: sup.start_group(group),
+            }
         }
-        Request::WaitReady { service, release, timeout_ms } => {
-            sup.wait_ready(&service, &release, Duration::from_millis(timeout_ms)).await
+        Request::WaitReady {
+            service,
+            release,
+            timeout_ms,
+        } => {
+            sup.wait_ready(&service, &release, Duration::from_millis(timeout_ms))
+                .await
         }
-        Request::Activate { service, release, route } => sup.activate(&service, &release, route),
-        Request::StopGroup { service, release, drain_timeout_ms } => {
-            sup.stop_group(&service, &release, Duration::from_millis(drain_timeout_ms)).await
+        Request::Activate {
+            service,
+            release,
+            route,
+        } => sup.activate(&service, &release, route),
+        Request::StopGroup {
+            service,
+            release,
+            drain_timeout_ms,
+        } => {
+            sup.stop_group(&service, &release, Duration::from_millis(drain_timeout_ms))
+                .await
         }
-        Request::Logs { service, release, lines } => Response::Logs { lines: sup.logs(&service, release.as_deref(), lines) },
-        Request::Metrics => Response::Metrics { text: sup.metrics_text() },
+        Request::Logs {
+            service,
+            release,
+            lines,
+        } => Response::Logs {
+            lines: sup.logs(&service, release.as_deref(), lines),
+        },
+        Request::Metrics => Response::Metrics {
+            text: sup.metrics_text(),
+        },
         Request::Shutdown { stop_instances } => {
             let _ = ctx.shutdown.send(stop_instances).await;
             Response::Ok

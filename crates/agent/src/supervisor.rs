@@ -14,7 +14,8 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use tandem_core::protocol::{
-    AgentStatus, GroupSpec, InstanceState, InstanceStatus, LogLine, Response, RouteSpec, ServiceStatus,
+    AgentStatus, GroupSpec, InstanceState, InstanceStatus, LogLine, Response, RouteSpec,
+    ServiceStatus,
 };
 use tandem_proxy::{Proxy, RequestMetrics, Route, RouteTable, Target};
 use tokio::sync::{Notify, watch};
@@ -107,7 +108,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Instance {
@@ -136,7 +140,9 @@ impl Supervisor {
     /// Restores services from the state file of an earlier agent: kills what
     /// it left running, starts the groups again and restores the routes.
     pub fn restore(&self) {
-        let Ok(text) = std::fs::read_to_string(self.state_path()) else { return };
+        let Ok(text) = std::fs::read_to_string(self.state_path()) else {
+            return;
+        };
         let saved: SavedState = match serde_json::from_str(&text) {
             Ok(s) => s,
             Err(e) => {
@@ -174,7 +180,12 @@ impl Supervisor {
                             route: s.route.clone(),
                             active: s.active.clone(),
                             groups: s.groups.values().map(|g| g.spec.clone()).collect(),
-                            pgids: s.groups.values().flat_map(|g| &g.instances).filter_map(|i| i.live().pid).collect(),
+                            pgids: s
+                                .groups
+                                .values()
+                                .flat_map(|g| &g.instances)
+                                .filter_map(|i| i.live().pid)
+                                .collect(),
                         };
                         (name.clone(), saved)
                     })
@@ -204,7 +215,9 @@ impl Supervisor {
                 .iter()
                 .filter_map(|i| {
                     let live = i.live();
-                    (live.ready && live.state == InstanceState::Running).then(|| live.target.clone()).flatten()
+                    (live.ready && live.state == InstanceState::Running)
+                        .then(|| live.target.clone())
+                        .flatten()
                 })
                 .collect();
             Some(Route {
@@ -234,7 +247,12 @@ impl Supervisor {
         let mut instances = Vec::new();
         for slot in 0..spec.instances {
             let id = format!("{}-{}-{}", spec.service, spec.release, slot + 1);
-            let log_path = self.shared.data_dir.join("logs").join(&spec.service).join(format!("{id}.log"));
+            let log_path = self
+                .shared
+                .data_dir
+                .join("logs")
+                .join(&spec.service)
+                .join(format!("{id}.log"));
             let log = match InstanceLog::open(log_path.clone()) {
                 Ok(l) => l,
                 Err(e) => {
@@ -266,7 +284,8 @@ impl Supervisor {
         }
         let ids = instances.iter().map(|i| i.id.clone()).collect();
         tracing::info!(service = %spec.service, release = %spec.release, instances = spec.instances, "group started");
-        svc.groups.insert(spec.release.clone(), Group { spec, instances });
+        svc.groups
+            .insert(spec.release.clone(), Group { spec, instances });
         drop(state);
         self.save();
         ids
@@ -282,17 +301,34 @@ impl Supervisor {
             changed.as_mut().enable();
             let instances = {
                 let state = lock(&self.shared.state);
-                let Some(group) = state.services.get(service).and_then(|s| s.groups.get(release)) else {
-                    return Response::Error { message: format!("{service} has no release {release} running") };
+                let Some(group) = state
+                    .services
+                    .get(service)
+                    .and_then(|s| s.groups.get(release))
+                else {
+                    return Response::Error {
+                        message: format!("{service} has no release {release} running"),
+                    };
                 };
                 group.instances.clone()
             };
             if !instances.is_empty() && instances.iter().all(|i| i.live().ready) {
-                let ready_at_ms = instances.iter().map(|i| i.live().ready_at_ms).max().unwrap_or(0);
+                let ready_at_ms = instances
+                    .iter()
+                    .map(|i| i.live().ready_at_ms)
+                    .max()
+                    .unwrap_or(0);
                 return Response::Ready { ready_at_ms };
             }
-            if let Some(crashed) = instances.iter().find(|i| i.live().restarts > 0 || i.live().state == InstanceState::Backoff) {
-                let exit = crashed.live().last_exit.clone().unwrap_or_else(|| "exited".into());
+            if let Some(crashed) = instances
+                .iter()
+                .find(|i| i.live().restarts > 0 || i.live().state == InstanceState::Backoff)
+            {
+                let exit = crashed
+                    .live()
+                    .last_exit
+                    .clone()
+                    .unwrap_or_else(|| "exited".into());
                 return Response::NotReady {
                     reason: format!("instance {} exited while starting ({exit})", crashed.id),
                     log_tail: crashed.log.tail(10),
@@ -301,11 +337,21 @@ impl Supervisor {
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
                 let waiting = instances.iter().find(|i| !i.live().ready);
                 let (id, why, tail) = match waiting {
-                    Some(i) => (i.id.clone(), i.live().last_probe_error.clone().unwrap_or_else(|| "no probe answered".into()), i.log.tail(10)),
+                    Some(i) => (
+                        i.id.clone(),
+                        i.live()
+                            .last_probe_error
+                            .clone()
+                            .unwrap_or_else(|| "no probe answered".into()),
+                        i.log.tail(10),
+                    ),
                     None => (String::new(), String::new(), Vec::new()),
                 };
                 return Response::NotReady {
-                    reason: format!("instance {id} not ready within {}s: {why}", timeout.as_secs_f64()),
+                    reason: format!(
+                        "instance {id} not ready within {}s: {why}",
+                        timeout.as_secs_f64()
+                    ),
                     log_tail: tail,
                 };
             }
@@ -316,30 +362,61 @@ impl Supervisor {
     pub fn activate(&self, service: &str, release: &str, route: RouteSpec) -> Response {
         let mut state = lock(&self.shared.state);
         let Some(svc) = state.services.get_mut(service) else {
-            return Response::Error { message: format!("{service} runs nothing") };
+            return Response::Error {
+                message: format!("{service} runs nothing"),
+            };
         };
         let Some(group) = svc.groups.get(release) else {
-            return Response::Error { message: format!("{service} has no release {release} running") };
+            return Response::Error {
+                message: format!("{service} has no release {release} running"),
+            };
         };
         if !group.instances.iter().any(|i| i.live().ready) {
-            return Response::Error { message: format!("{service} release {release} has no ready instance; traffic left as it was") };
+            return Response::Error {
+                message: format!(
+                    "{service} release {release} has no ready instance; traffic left as it was"
+                ),
+            };
         }
-        let previous = svc.active.replace(release.to_owned()).filter(|p| p != release);
+        let previous = svc
+            .active
+            .replace(release.to_owned())
+            .filter(|p| p != release);
         svc.route = Some(route);
         self.publish(&state);
         let switched_at_ms = now_ms();
         drop(state);
         self.save();
         tracing::info!(service, release, previous = ?previous, "activated");
-        Response::Activated { switched_at_ms, previous }
+        Response::Activated {
+            switched_at_ms,
+            previous,
+        }
     }
 
     /// Drains the group's instances, then stops them, and forgets the group.
-    pub async fn stop_group(&self, service: &str, release: &str, drain_timeout: Duration) -> Response {
+    pub async fn stop_group(
+        &self,
+        service: &str,
+        release: &str,
+        drain_timeout: Duration,
+    ) -> Response {
         let group = {
             let mut state = lock(&self.shared.state);
-            let Some(svc) = state.services.get_mut(service) else { return Response::Stopped { instances: 0, drained_in_ms: 0, drain_timed_out: false } };
-            let Some(group) = svc.groups.remove(release) else { return Response::Stopped { instances: 0, drained_in_ms: 0, drain_timed_out: false } };
+            let Some(svc) = state.services.get_mut(service) else {
+                return Response::Stopped {
+                    instances: 0,
+                    drained_in_ms: 0,
+                    drain_timed_out: false,
+                };
+            };
+            let Some(group) = svc.groups.remove(release) else {
+                return Response::Stopped {
+                    instances: 0,
+                    drained_in_ms: 0,
+                    drain_timed_out: false,
+                };
+            };
             if svc.active.as_deref() == Some(release) {
                 svc.active = None;
             }
@@ -379,14 +456,22 @@ impl Supervisor {
         }
         self.shared.changed.notify_waiters();
         tracing::info!(service, release, drained_in_ms, "group stopped");
-        Response::Stopped { instances: group.instances.len(), drained_in_ms, drain_timed_out: drained.iter().any(|d| !d) }
+        Response::Stopped {
+            instances: group.instances.len(),
+            drained_in_ms,
+            drain_timed_out: drained.iter().any(|d| !d),
+        }
     }
 
     /// Stops every group of every service (drain bounded by `drain_timeout`).
     pub async fn stop_all(&self, drain_timeout: Duration) {
         let groups: Vec<(String, String)> = {
             let state = lock(&self.shared.state);
-            state.services.iter().flat_map(|(s, svc)| svc.groups.keys().map(move |r| (s.clone(), r.clone()))).collect()
+            state
+                .services
+                .iter()
+                .flat_map(|(s, svc)| svc.groups.keys().map(move |r| (s.clone(), r.clone())))
+                .collect()
         };
         for (service, release) in groups {
             self.stop_group(&service, &release, drain_timeout).await;
@@ -443,10 +528,21 @@ impl Supervisor {
                 })
                 .unwrap_or_default()
         };
-        let paths = if paths.is_empty() { self.logs_on_disk(service) } else { paths };
+        let paths = if paths.is_empty() {
+            self.logs_on_disk(service)
+        } else {
+            paths
+        };
         paths
             .into_iter()
-            .flat_map(|(id, path)| read_tail(&path, lines).into_iter().map(move |line| LogLine { instance: id.clone(), line }))
+            .flat_map(|(id, path)| {
+                read_tail(&path, lines)
+                    .into_iter()
+                    .map(move |line| LogLine {
+                        instance: id.clone(),
+                        line,
+                    })
+            })
             .collect()
     }
 
@@ -459,7 +555,14 @@ impl Supervisor {
             .flatten()
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|e| e == "log"))
-            .map(|p| (p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(), p))
+            .map(|p| {
+                (
+                    p.file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    p,
+                )
+            })
             .collect();
         files.sort();
         files
@@ -470,14 +573,23 @@ impl Supervisor {
         let state = lock(&self.shared.state);
         tandem_proxy::metrics::render_header(&mut out, "tandem_route", "service route");
         for (name, s) in &state.services {
-            s.metrics.render(&mut out, "tandem_route", &[("service", name)]);
+            s.metrics
+                .render(&mut out, "tandem_route", &[("service", name)]);
         }
         tandem_proxy::metrics::render_header(&mut out, "tandem_target", "instance");
         for (name, s) in &state.services {
             for g in s.groups.values() {
                 for i in &g.instances {
                     if let Some(t) = i.live().target.clone() {
-                        t.metrics.render(&mut out, "tandem_target", &[("service", name), ("release", &g.spec.release), ("instance", &i.id)]);
+                        t.metrics.render(
+                            &mut out,
+                            "tandem_target",
+                            &[
+                                ("service", name),
+                                ("release", &g.spec.release),
+                                ("instance", &i.id),
+                            ],
+                        );
                     }
                 }
             }
@@ -493,7 +605,9 @@ impl Supervisor {
 }
 
 fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?
+        .local_addr()?
+        .port())
 }
 
 /// One instance's life: spawn, probe, restart on exit, stop on request.
@@ -504,11 +618,13 @@ async fn run_instance(sup: Supervisor, inst: Arc<Instance>, spec: GroupSpec) {
         if *stop_rx.borrow() {
             break;
         }
-        let spawned = free_port().and_then(|port| spawn(&spec, port, &inst.log).map(|child| (port, child)));
+        let spawned =
+            free_port().and_then(|port| spawn(&spec, port, &inst.log).map(|child| (port, child)));
         let (port, mut child) = match spawned {
             Ok(s) => s,
             Err(e) => {
-                inst.log.write_line(&format!("[tandem] could not start `{}`: {e}", spec.command));
+                inst.log
+                    .write_line(&format!("[tandem] could not start `{}`: {e}", spec.command));
                 sup.set_live(&inst, |l| {
                     l.state = InstanceState::Backoff;
                     l.restarts += 1;
@@ -522,7 +638,12 @@ async fn run_instance(sup: Supervisor, inst: Arc<Instance>, spec: GroupSpec) {
         };
         let pid = child.id();
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        let target = Target::new(inst.id.clone(), spec.service.clone(), spec.release.clone(), addr);
+        let target = Target::new(
+            inst.id.clone(),
+            spec.service.clone(),
+            spec.release.clone(),
+            addr,
+        );
         sup.set_live(&inst, |l| {
             l.pid = pid;
             l.port = port;
@@ -540,7 +661,12 @@ async fn run_instance(sup: Supervisor, inst: Arc<Instance>, spec: GroupSpec) {
                     l.state = InstanceState::Stopping;
                     l.ready = false;
                 });
-                terminate(&mut child, pgid, Duration::from_millis(spec.stop_timeout_ms)).await;
+                terminate(
+                    &mut child,
+                    pgid,
+                    Duration::from_millis(spec.stop_timeout_ms),
+                )
+                .await;
                 sup.set_live(&inst, |l| {
                     l.state = InstanceState::Stopped;
                     l.pid = None;
@@ -556,7 +682,8 @@ async fn run_instance(sup: Supervisor, inst: Arc<Instance>, spec: GroupSpec) {
                 if started.elapsed() >= BACKOFF_RESET_AFTER {
                     quick_crashes = 0;
                 }
-                inst.log.write_line(&format!("[tandem] instance {}: {why}; restarting", inst.id));
+                inst.log
+                    .write_line(&format!("[tandem] instance {}: {why}; restarting", inst.id));
                 tracing::warn!(instance = %inst.id, reason = %why, "instance exited");
                 sup.set_live(&inst, |l| {
                     l.state = InstanceState::Backoff;
@@ -579,7 +706,9 @@ async fn run_instance(sup: Supervisor, inst: Arc<Instance>, spec: GroupSpec) {
 
 /// Sleeps the backoff for the next restart; true when asked to stop meanwhile.
 async fn backoff(stop_rx: &mut watch::Receiver<bool>, quick_crashes: &mut u32) -> bool {
-    let delay = BACKOFF_START.saturating_mul(1 << (*quick_crashes).min(16)).min(BACKOFF_CAP);
+    let delay = BACKOFF_START
+        .saturating_mul(1 << (*quick_crashes).min(16))
+        .min(BACKOFF_CAP);
     *quick_crashes += 1;
     tokio::select! {
         () = tokio::time::sleep(delay) => false,
@@ -607,8 +736,12 @@ async fn watch_instance(
     let mut ever_ready = false;
     let mut ready = false;
     let mut ready_failures = 0;
-    let liveness_every = spec.liveness.as_ref().map(|l| Duration::from_millis(l.interval_ms.max(10)));
-    let mut next_live = tokio::time::Instant::now() + liveness_every.unwrap_or(Duration::from_secs(3600));
+    let liveness_every = spec
+        .liveness
+        .as_ref()
+        .map(|l| Duration::from_millis(l.interval_ms.max(10)));
+    let mut next_live =
+        tokio::time::Instant::now() + liveness_every.unwrap_or(Duration::from_secs(3600));
     let mut live_failures = 0;
     loop {
         tokio::select! {

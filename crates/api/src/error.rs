@@ -48,9 +48,17 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m, Vec::new()),
             ApiError::Internal(cause) => {
                 tracing::error!(%cause, "request failed");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal error; see the server log".to_string(), Vec::new())
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error; see the server log".to_string(),
+                    Vec::new(),
+                )
             }
         };
-        (status, Json(serde_json::json!({ "error": message, "log_tail": log_tail }))).into_response()
+        (
+            status,
+            Json(serde_json::json!({ "error": message, "log_tail": log_tail })),
+        )
+            .into_response()
     }
 }

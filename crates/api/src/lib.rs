@@ -63,19 +63,34 @@ async fn health() -> Json<serde_json::Value> {
 }
 
 async fn services(State(s): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(Json(serde_json::to_value(s.engine.store.services().await?).unwrap_or_default()))
+    Ok(Json(
+        serde_json::to_value(s.engine.store.services().await?).unwrap_or_default(),
+    ))
 }
 
-async fn service(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
-    let svc = s.engine.store.service(&name).await?.ok_or_else(|| ApiError::NotFound(format!("no service named {name}")))?;
+async fn service(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let svc = s
+        .engine
+        .store
+        .service(&name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no service named {name}")))?;
     Ok(Json(serde_json::to_value(svc).unwrap_or_default()))
 }
 
-async fn releases(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn releases(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     if s.engine.store.service(&name).await?.is_none() {
         return Err(ApiError::NotFound(format!("no service named {name}")));
     }
-    Ok(Json(serde_json::to_value(s.engine.store.releases(&name).await?).unwrap_or_default()))
+    Ok(Json(
+        serde_json::to_value(s.engine.store.releases(&name).await?).unwrap_or_default(),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -83,9 +98,15 @@ struct DeployBody {
     dir: PathBuf,
 }
 
-async fn deploy(State(s): State<AppState>, headers: HeaderMap, Json(body): Json<DeployBody>) -> Response {
+async fn deploy(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Json(body): Json<DeployBody>,
+) -> Response {
     let actor = actor(&headers);
-    stream_progress(move |reporter| async move { s.engine.deploy_dir(&body.dir, &actor, &reporter).await })
+    stream_progress(move |reporter| async move {
+        s.engine.deploy_dir(&body.dir, &actor, &reporter).await
+    })
 }
 
 #[derive(Deserialize, Default)]
@@ -93,15 +114,31 @@ struct RollbackBody {
     to: Option<String>,
 }
 
-async fn rollback(State(s): State<AppState>, Path(name): Path<String>, headers: HeaderMap, body: Option<Json<RollbackBody>>) -> Response {
+async fn rollback(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Option<Json<RollbackBody>>,
+) -> Response {
     let actor = actor(&headers);
     let to = body.and_then(|b| b.0.to);
-    let to = match to.as_deref().map(|t| t.trim_start_matches('r').parse::<i64>()) {
+    let to = match to
+        .as_deref()
+        .map(|t| t.trim_start_matches('r').parse::<i64>())
+    {
         None => None,
         Some(Ok(n)) => Some(n),
-        Some(Err(_)) => return ApiError::BadInput(format!("--to {} is not a release such as r3", to.unwrap_or_default())).into_response(),
+        Some(Err(_)) => {
+            return ApiError::BadInput(format!(
+                "--to {} is not a release such as r3",
+                to.unwrap_or_default()
+            ))
+            .into_response();
+        }
     };
-    stream_progress(move |reporter| async move { s.engine.rollback(&name, to, &actor, &reporter).await })
+    stream_progress(
+        move |reporter| async move { s.engine.rollback(&name, to, &actor, &reporter).await },
+    )
 }
 
 /// Runs `work` on its own task and streams its progress as NDJSON; the last
@@ -124,7 +161,11 @@ where
                     (other.to_string(), Vec::new(), "failed")
                 }
             };
-            reporter.send(Progress::Failed { message, log_tail, kind: kind.into() });
+            reporter.send(Progress::Failed {
+                message,
+                log_tail,
+                kind: kind.into(),
+            });
         }
     });
     drop(tx);
@@ -146,13 +187,15 @@ struct StatusQuery {
     service: Option<String>,
 }
 
-async fn status(State(s): State<AppState>, Query(q): Query<StatusQuery>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn status(
+    State(s): State<AppState>,
+    Query(q): Query<StatusQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let services = s.engine.store.services().await?;
-    if let Some(name) = &q.service {
-        if !services.iter().any(|x| &x.name == name) {
+    if let Some(name) = &q.service
+        && !services.iter().any(|x| &x.name == name) {
             return Err(ApiError::NotFound(format!("no service named {name}")));
         }
-    }
     let agent = match s.engine.agent.call(&Request::Status).await {
         Ok(AgentResponse::Status { status }) => Some(status),
         _ => None,
@@ -161,7 +204,9 @@ async fn status(State(s): State<AppState>, Query(q): Query<StatusQuery>) -> Resu
         .iter()
         .filter(|svc| q.service.as_ref().is_none_or(|n| *n == svc.name))
         .map(|svc| {
-            let running = agent.as_ref().and_then(|a| a.services.iter().find(|x| x.service == svc.name));
+            let running = agent
+                .as_ref()
+                .and_then(|a| a.services.iter().find(|x| x.service == svc.name));
             serde_json::json!({
                 "service": svc.name,
                 "owner": svc.owner,
@@ -186,14 +231,30 @@ struct LogsQuery {
     release: Option<String>,
 }
 
-async fn logs(State(s): State<AppState>, Path(name): Path<String>, Query(q): Query<LogsQuery>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn logs(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     if s.engine.store.service(&name).await?.is_none() {
         return Err(ApiError::NotFound(format!("no service named {name}")));
     }
     let lines = q.lines.unwrap_or(100).min(10_000);
-    match s.engine.agent.call(&Request::Logs { service: name, release: q.release, lines }).await.map_err(EngineError::from)? {
+    match s
+        .engine
+        .agent
+        .call(&Request::Logs {
+            service: name,
+            release: q.release,
+            lines,
+        })
+        .await
+        .map_err(EngineError::from)?
+    {
         AgentResponse::Logs { lines } => Ok(Json(serde_json::to_value(lines).unwrap_or_default())),
-        other => Err(ApiError::Internal(format!("unexpected agent answer {other:?}"))),
+        other => Err(ApiError::Internal(format!(
+            "unexpected agent answer {other:?}"
+        ))),
     }
 }
 
@@ -203,8 +264,15 @@ struct EventsQuery {
     limit: Option<u32>,
 }
 
-async fn events(State(s): State<AppState>, Query(q): Query<EventsQuery>) -> Result<Json<serde_json::Value>, ApiError> {
-    let events = s.engine.store.events(q.after.unwrap_or(0), q.limit.unwrap_or(1000).min(10_000)).await?;
+async fn events(
+    State(s): State<AppState>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let events = s
+        .engine
+        .store
+        .events(q.after.unwrap_or(0), q.limit.unwrap_or(1000).min(10_000))
+        .await?;
     Ok(Json(serde_json::to_value(events).unwrap_or_default()))
 }
 
@@ -216,8 +284,18 @@ async fn audit_verify(State(s): State<AppState>) -> Result<Json<serde_json::Valu
 }
 
 async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
-    match s.engine.agent.call(&Request::Metrics).await.map_err(EngineError::from)? {
-        AgentResponse::Metrics { text } => Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()),
-        other => Err(ApiError::Internal(format!("unexpected agent answer {other:?}"))),
+    match s
+        .engine
+        .agent
+        .call(&Request::Metrics)
+        .await
+        .map_err(EngineError::from)?
+    {
+        AgentResponse::Metrics { text } => {
+            Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+        }
+        other => Err(ApiError::Internal(format!(
+            "unexpected agent answer {other:?}"
+        ))),
     }
 }

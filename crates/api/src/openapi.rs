@@ -8,13 +8,41 @@ pub const PATHS: [(&str, &str, &str); 11] = [
     ("/api/v1/health", "get", "Liveness of the control plane"),
     ("/api/v1/services", "get", "List services"),
     ("/api/v1/services/{name}", "get", "One service"),
-    ("/api/v1/services/{name}/releases", "get", "Releases of a service, newest first"),
-    ("/api/v1/services/{name}/rollback", "post", "Re-release an earlier release; streams NDJSON progress"),
-    ("/api/v1/services/{name}/logs", "get", "Last lines of the service's instance logs"),
-    ("/api/v1/deploys", "post", "Deploy a directory holding a tandem.yaml; streams NDJSON progress"),
-    ("/api/v1/status", "get", "Services with their running instances"),
-    ("/api/v1/events", "get", "Journal events after a sequence number"),
-    ("/api/v1/audit/verify", "get", "Verify the journal's hash chain"),
+    (
+        "/api/v1/services/{name}/releases",
+        "get",
+        "Releases of a service, newest first",
+    ),
+    (
+        "/api/v1/services/{name}/rollback",
+        "post",
+        "Re-release an earlier release; streams NDJSON progress",
+    ),
+    (
+        "/api/v1/services/{name}/logs",
+        "get",
+        "Last lines of the service's instance logs",
+    ),
+    (
+        "/api/v1/deploys",
+        "post",
+        "Deploy a directory holding a tandem.yaml; streams NDJSON progress",
+    ),
+    (
+        "/api/v1/status",
+        "get",
+        "Services with their running instances",
+    ),
+    (
+        "/api/v1/events",
+        "get",
+        "Journal events after a sequence number",
+    ),
+    (
+        "/api/v1/audit/verify",
+        "get",
+        "Verify the journal's hash chain",
+    ),
     ("/api/v1/openapi.json", "get", "This document"),
 ];
 
@@ -26,7 +54,9 @@ pub async fn document() -> Json<serde_json::Value> {
             .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
             .map(|name| serde_json::json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }))
             .collect();
-        let entry = paths.entry(path.to_string()).or_insert_with(|| serde_json::json!({}));
+        let entry = paths
+            .entry(path.to_string())
+            .or_insert_with(|| serde_json::json!({}));
         entry[method] = serde_json::json!({
             "summary": summary,
             "parameters": params,

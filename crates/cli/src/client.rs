@@ -24,7 +24,12 @@ impl Api {
         }
     }
 
-    async fn send(&self, method: Method, path: &str, body: Option<serde_json::Value>) -> Result<hyper::Response<hyper::body::Incoming>, Exit> {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, Exit> {
         let url = format!("{}{path}", self.base);
         let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
         let req = Request::builder()
@@ -46,7 +51,12 @@ impl Api {
     }
 
     /// POSTs and hands each NDJSON line of the answer to `on_line` as it arrives.
-    pub async fn post_stream(&self, path: &str, body: serde_json::Value, mut on_line: impl FnMut(serde_json::Value)) -> Result<(), Exit> {
+    pub async fn post_stream(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+        mut on_line: impl FnMut(serde_json::Value),
+    ) -> Result<(), Exit> {
         let resp = self.send(Method::POST, path, Some(body)).await?;
         if resp.status() != StatusCode::OK {
             json_or_exit(resp).await?;
@@ -55,7 +65,8 @@ impl Api {
         let mut body = resp.into_body();
         let mut buf: Vec<u8> = Vec::new();
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| Exit::failure(format!("connection to the server broke: {e}")))?;
+            let frame =
+                frame.map_err(|e| Exit::failure(format!("connection to the server broke: {e}")))?;
             if let Ok(data) = frame.into_data() {
                 buf.extend_from_slice(&data);
                 while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
@@ -70,14 +81,25 @@ impl Api {
     }
 }
 
-async fn json_or_exit(resp: hyper::Response<hyper::body::Incoming>) -> Result<serde_json::Value, Exit> {
+async fn json_or_exit(
+    resp: hyper::Response<hyper::body::Incoming>,
+) -> Result<serde_json::Value, Exit> {
     let status = resp.status();
-    let bytes = resp.into_body().collect().await.map_err(|e| Exit::failure(format!("reading the answer failed: {e}")))?.to_bytes();
-    let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| serde_json::json!({ "error": String::from_utf8_lossy(&bytes) }));
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| Exit::failure(format!("reading the answer failed: {e}")))?
+        .to_bytes();
+    let value: serde_json::Value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| serde_json::json!({ "error": String::from_utf8_lossy(&bytes) }));
     if status.is_success() {
         return Ok(value);
     }
-    let message = value["error"].as_str().unwrap_or("request failed").to_owned();
+    let message = value["error"]
+        .as_str()
+        .unwrap_or("request failed")
+        .to_owned();
     let mut full = message;
     if let Some(tail) = value["log_tail"].as_array().filter(|t| !t.is_empty()) {
         full.push_str("\nlast log lines:");

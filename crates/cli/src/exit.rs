@@ -11,10 +11,16 @@ pub struct Exit {
 
 impl Exit {
     pub fn failure(message: impl Into<String>) -> Self {
-        Exit { code: 1, message: message.into() }
+        Exit {
+            code: 1,
+            message: message.into(),
+        }
     }
     pub fn bad_input(message: impl Into<String>) -> Self {
-        Exit { code: 2, message: message.into() }
+        Exit {
+            code: 2,
+            message: message.into(),
+        }
     }
 }
 

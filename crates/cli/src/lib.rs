@@ -17,10 +17,19 @@ use clap::{Parser, Subcommand, ValueEnum};
 pub use exit::{CmdResult, Exit};
 
 #[derive(Parser, Debug)]
-#[command(name = "tandem", version, about = "Deliver and run services: development and operation in tandem.")]
+#[command(
+    name = "tandem",
+    version,
+    about = "Deliver and run services: development and operation in tandem."
+)]
 pub struct Cli {
     /// URL of the tandem server.
-    #[arg(long, global = true, env = "TANDEM_SERVER", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        global = true,
+        env = "TANDEM_SERVER",
+        default_value = "http://127.0.0.1:7070"
+    )]
     pub server: String,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
@@ -156,19 +165,44 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
     let api = || client::Api::new(&cli.server);
     let fmt = cli.output;
     match cli.command {
-        Command::Up { data, api_addr, proxy_addr } => run::up(&data.resolve(), api_addr, proxy_addr, true).await,
-        Command::Server { data, api_addr } => run::up(&data.resolve(), api_addr, "127.0.0.1:0".parse().map_err(|_| Exit::failure("addr"))?, false).await,
+        Command::Up {
+            data,
+            api_addr,
+            proxy_addr,
+        } => run::up(&data.resolve(), api_addr, proxy_addr, true).await,
+        Command::Server { data, api_addr } => {
+            run::up(
+                &data.resolve(),
+                api_addr,
+                "127.0.0.1:0".parse().map_err(|_| Exit::failure("addr"))?,
+                false,
+            )
+            .await
+        }
         Command::Agent { data, proxy_addr } => run::agent(&data.resolve(), proxy_addr).await,
         Command::Down { data } => run::down(&data.resolve()).await,
         Command::Validate { path } => spec::validate(&path, fmt),
         Command::Schema => spec::schema(),
-        Command::Deploy { service, dir, git_ref, env } => release::deploy(&api(), service, dir, git_ref, env, fmt).await,
+        Command::Deploy {
+            service,
+            dir,
+            git_ref,
+            env,
+        } => release::deploy(&api(), service, dir, git_ref, env, fmt).await,
         Command::Rollback { service, to } => release::rollback(&api(), &service, to, fmt).await,
         Command::Status { service } => view::status(&api(), service.as_deref(), fmt).await,
         Command::Releases { service } => view::releases(&api(), &service, fmt).await,
-        Command::Logs { service, follow, lines } => view::logs(&api(), &service, follow, lines).await,
+        Command::Logs {
+            service,
+            follow,
+            lines,
+        } => view::logs(&api(), &service, follow, lines).await,
         Command::Services => view::services(&api(), fmt).await,
-        Command::Audit { command: AuditCommand::Verify } => view::audit_verify(&api(), fmt).await,
-        Command::Audit { command: AuditCommand::Events { after } } => view::events(&api(), after).await,
+        Command::Audit {
+            command: AuditCommand::Verify,
+        } => view::audit_verify(&api(), fmt).await,
+        Command::Audit {
+            command: AuditCommand::Events { after },
+        } => view::events(&api(), after).await,
     }
 }

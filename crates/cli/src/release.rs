@@ -9,22 +9,51 @@ use crate::Format;
 use crate::client::Api;
 use crate::exit::{CmdResult, Exit};
 
-pub async fn deploy(api: &Api, service: Option<String>, dir: Option<PathBuf>, git_ref: Option<String>, env: Option<String>, fmt: Format) -> CmdResult {
+pub async fn deploy(
+    api: &Api,
+    service: Option<String>,
+    dir: Option<PathBuf>,
+    git_ref: Option<String>,
+    env: Option<String>,
+    fmt: Format,
+) -> CmdResult {
     if git_ref.is_some() || env.is_some() {
-        return Err(Exit::bad_input("--ref and --env need services registered from a repository, which this version does not have yet; use --dir"));
+        return Err(Exit::bad_input(
+            "--ref and --env need services registered from a repository, which this version does not have yet; use --dir",
+        ));
     }
-    let dir = dir.ok_or_else(|| Exit::bad_input("tandem deploy needs --dir DIR (a directory holding tandem.yaml)"))?;
+    let dir = dir.ok_or_else(|| {
+        Exit::bad_input("tandem deploy needs --dir DIR (a directory holding tandem.yaml)")
+    })?;
     // Check the spec here first: located errors without a round trip.
     let (_, spec) = crate::spec::load(&dir)?;
     if let Some(s) = service.filter(|s| s != spec.service.name.as_str()) {
-        return Err(Exit::bad_input(format!("{} declares service {}, not {s}", dir.display(), spec.service.name)));
+        return Err(Exit::bad_input(format!(
+            "{} declares service {}, not {s}",
+            dir.display(),
+            spec.service.name
+        )));
     }
-    let dir = dir.canonicalize().map_err(|e| Exit::bad_input(format!("{}: {e}", dir.display())))?;
-    follow(api, "/api/v1/deploys", serde_json::json!({ "dir": dir }), fmt).await
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| Exit::bad_input(format!("{}: {e}", dir.display())))?;
+    follow(
+        api,
+        "/api/v1/deploys",
+        serde_json::json!({ "dir": dir }),
+        fmt,
+    )
+    .await
 }
 
 pub async fn rollback(api: &Api, service: &str, to: Option<String>, fmt: Format) -> CmdResult {
-    follow(api, &format!("/api/v1/services/{service}/rollback"), serde_json::json!({ "to": to }), fmt).await
+    follow(
+        api,
+        &format!("/api/v1/services/{service}/rollback"),
+        serde_json::json!({ "to": to }),
+        fmt,
+    )
+    .await
 }
 
 /// Prints progress lines until the final `done` or `failed`.
@@ -45,7 +74,11 @@ async fn follow(api: &Api, path: &str, body: serde_json::Value, fmt: Format) -> 
                 }
             }
             Some("log") if fmt == Format::Table => {
-                eprintln!("        {} | {}", event["step"].as_str().unwrap_or_default(), event["line"].as_str().unwrap_or_default());
+                eprintln!(
+                    "        {} | {}",
+                    event["step"].as_str().unwrap_or_default(),
+                    event["line"].as_str().unwrap_or_default()
+                );
             }
             Some("done") | Some("failed") => end = Some(event),
             _ => {}
@@ -53,7 +86,9 @@ async fn follow(api: &Api, path: &str, body: serde_json::Value, fmt: Format) -> 
     })
     .await?;
     let Some(end) = end else {
-        return Err(Exit::failure("the server ended the stream without a result; see `tandem releases` and the server log"));
+        return Err(Exit::failure(
+            "the server ended the stream without a result; see `tandem releases` and the server log",
+        ));
     };
     if fmt == Format::Json {
         crate::output::json(&end);
@@ -82,7 +117,11 @@ async fn follow(api: &Api, path: &str, body: serde_json::Value, fmt: Format) -> 
                     message.push_str(l.as_str().unwrap_or_default());
                 }
             }
-            if end["kind"] == "bad_input" { Err(Exit::bad_input(message)) } else { Err(Exit::failure(message)) }
+            if end["kind"] == "bad_input" {
+                Err(Exit::bad_input(message))
+            } else {
+                Err(Exit::failure(message))
+            }
         }
     }
 }

@@ -17,18 +17,34 @@ use crate::exit::{CmdResult, Exit};
 const AGENT_START_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn check_data_dir(dir: &Path) -> CmdResult {
-    std::fs::create_dir_all(dir).map_err(|e| Exit::bad_input(format!("cannot create data directory {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir).map_err(|e| {
+        Exit::bad_input(format!(
+            "cannot create data directory {}: {e}",
+            dir.display()
+        ))
+    })?;
     let probe = dir.join(".write-test");
-    std::fs::write(&probe, b"").map_err(|e| Exit::bad_input(format!("data directory {} is not writable: {e}", dir.display())))?;
+    std::fs::write(&probe, b"").map_err(|e| {
+        Exit::bad_input(format!(
+            "data directory {} is not writable: {e}",
+            dir.display()
+        ))
+    })?;
     let _ = std::fs::remove_file(probe);
     Ok(())
 }
 
 pub async fn agent(dir: &Path, proxy_addr: SocketAddr) -> CmdResult {
     check_data_dir(dir)?;
-    let config = AgentConfig { data_dir: dir.to_path_buf(), proxy_addr, proxy: ProxyConfig::default() };
+    let config = AgentConfig {
+        data_dir: dir.to_path_buf(),
+        proxy_addr,
+        proxy: ProxyConfig::default(),
+    };
     tandem_agent::run(config).await.map_err(|e| match e {
-        AgentError::AlreadyRunning(..) | AgentError::ProxyBind { .. } | AgentError::DataDir { .. } => Exit::bad_input(e.to_string()),
+        AgentError::AlreadyRunning(..)
+        | AgentError::ProxyBind { .. }
+        | AgentError::DataDir { .. } => Exit::bad_input(e.to_string()),
         AgentError::Socket { .. } => Exit::failure(e.to_string()),
     })
 }
@@ -37,13 +53,23 @@ pub async fn agent(dir: &Path, proxy_addr: SocketAddr) -> CmdResult {
 /// `up` does not reach it) unless one answers already.
 async fn ensure_agent(dir: &Path, proxy_addr: SocketAddr) -> Result<u32, Exit> {
     let client = AgentClient::for_data_dir(dir);
-    if let Ok(Response::Hello { pid, proxy_addr: addr, .. }) = client.call(&Request::Hello).await {
+    if let Ok(Response::Hello {
+        pid,
+        proxy_addr: addr,
+        ..
+    }) = client.call(&Request::Hello).await
+    {
         tracing::info!(pid, proxy = %addr, "reattached to running agent");
         return Ok(pid);
     }
-    let exe = std::env::current_exe().map_err(|e| Exit::failure(format!("cannot find own executable: {e}")))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| Exit::failure(format!("cannot find own executable: {e}")))?;
     let log_path = dir.join("agent.log");
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(|e| Exit::bad_input(format!("{}: {e}", log_path.display())))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| Exit::bad_input(format!("{}: {e}", log_path.display())))?;
     let log2 = log.try_clone().map_err(|e| Exit::failure(e.to_string()))?;
     let mut child = std::process::Command::new(exe)
         .arg("agent")
@@ -66,30 +92,59 @@ async fn ensure_agent(dir: &Path, proxy_addr: SocketAddr) -> Result<u32, Exit> {
         }
         if let Ok(Some(status)) = child.try_wait() {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").to_owned();
+            let last = log
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .to_owned();
             let code = if status.code() == Some(2) { 2 } else { 1 };
-            return Err(Exit { code, message: format!("the agent did not start ({status}): {last}") });
+            return Err(Exit {
+                code,
+                message: format!("the agent did not start ({status}): {last}"),
+            });
         }
         if tokio::time::Instant::now() > deadline {
-            return Err(Exit::failure(format!("the agent did not answer within {}s; see {}", AGENT_START_TIMEOUT.as_secs(), log_path.display())));
+            return Err(Exit::failure(format!(
+                "the agent did not answer within {}s; see {}",
+                AGENT_START_TIMEOUT.as_secs(),
+                log_path.display()
+            )));
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
-pub async fn up(dir: &Path, api_addr: SocketAddr, proxy_addr: SocketAddr, start_agent: bool) -> CmdResult {
+pub async fn up(
+    dir: &Path,
+    api_addr: SocketAddr,
+    proxy_addr: SocketAddr,
+    start_agent: bool,
+) -> CmdResult {
     check_data_dir(dir)?;
     let _lock = tandem_agent::lock_data_dir(dir, "server.lock").map_err(|_| {
         let pid = std::fs::read_to_string(dir.join("server.lock")).unwrap_or_default();
-        Exit::bad_input(format!("a tandem server for data directory {} already runs (pid {})", dir.display(), pid.trim()))
+        Exit::bad_input(format!(
+            "a tandem server for data directory {} already runs (pid {})",
+            dir.display(),
+            pid.trim()
+        ))
     })?;
     let listener = tokio::net::TcpListener::bind(api_addr)
         .await
         .map_err(|e| Exit::bad_input(format!("cannot listen for the API on {api_addr}: {e}")))?;
-    let api_local = listener.local_addr().map_err(|e| Exit::failure(e.to_string()))?;
-    let agent_pid = if start_agent { ensure_agent(dir, proxy_addr).await? } else { 0 };
+    let api_local = listener
+        .local_addr()
+        .map_err(|e| Exit::failure(e.to_string()))?;
+    let agent_pid = if start_agent {
+        ensure_agent(dir, proxy_addr).await?
+    } else {
+        0
+    };
 
-    let store = Store::open(&dir.join("tandem.db")).await.map_err(|e| Exit::failure(format!("cannot open the store: {e}")))?;
+    let store = Store::open(&dir.join("tandem.db"))
+        .await
+        .map_err(|e| Exit::failure(format!("cannot open the store: {e}")))?;
     let engine = Engine::new(store, dir);
     if let Err(e) = engine.reconcile().await {
         tracing::warn!(error = %e, "could not reconcile with the agent");
@@ -98,7 +153,10 @@ pub async fn up(dir: &Path, api_addr: SocketAddr, proxy_addr: SocketAddr, start_
         Ok(Response::Hello { proxy_addr, .. }) => proxy_addr,
         _ => "(agent not reachable)".into(),
     };
-    eprintln!("tandem up: api http://{api_local}  proxy http://{proxy}  data {}  agent pid {agent_pid}", dir.display());
+    eprintln!(
+        "tandem up: api http://{api_local}  proxy http://{proxy}  data {}  agent pid {agent_pid}",
+        dir.display()
+    );
     let app = tandem_api::router(tandem_api::AppState { engine });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
@@ -122,16 +180,22 @@ async fn shutdown_signal() {
 pub async fn down(dir: &Path) -> CmdResult {
     let client = AgentClient::for_data_dir(dir);
     let mut stopped_any = false;
-    if let Ok(pid) = std::fs::read_to_string(dir.join("server.lock")) {
-        if let Ok(pid) = pid.trim().parse::<i32>() {
-            if tandem_agent::lock_data_dir(dir, "server.lock").is_err() {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+    if let Ok(pid) = std::fs::read_to_string(dir.join("server.lock"))
+        && let Ok(pid) = pid.trim().parse::<i32>()
+            && tandem_agent::lock_data_dir(dir, "server.lock").is_err() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
                 eprintln!("stopped server (pid {pid})");
                 stopped_any = true;
             }
-        }
-    }
-    match client.call(&Request::Shutdown { stop_instances: true }).await {
+    match client
+        .call(&Request::Shutdown {
+            stop_instances: true,
+        })
+        .await
+    {
         Ok(_) => {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
             while client.socket().exists() && tokio::time::Instant::now() < deadline {
@@ -139,7 +203,12 @@ pub async fn down(dir: &Path) -> CmdResult {
             }
             eprintln!("stopped agent and its services");
         }
-        Err(e) if !stopped_any => return Err(Exit::failure(format!("nothing runs for {}: {e}", dir.display()))),
+        Err(e) if !stopped_any => {
+            return Err(Exit::failure(format!(
+                "nothing runs for {}: {e}",
+                dir.display()
+            )));
+        }
         Err(_) => {}
     }
     Ok(())

@@ -9,8 +9,13 @@ use crate::exit::{CmdResult, Exit};
 
 /// Reads and validates `path` (a directory with tandem.yaml, or the file).
 pub fn load(path: &Path) -> Result<(PathBuf, Spec), Exit> {
-    let file = if path.is_dir() { path.join("tandem.yaml") } else { path.to_path_buf() };
-    let text = std::fs::read_to_string(&file).map_err(|e| Exit::bad_input(format!("{}: {e}", file.display())))?;
+    let file = if path.is_dir() {
+        path.join("tandem.yaml")
+    } else {
+        path.to_path_buf()
+    };
+    let text = std::fs::read_to_string(&file)
+        .map_err(|e| Exit::bad_input(format!("{}: {e}", file.display())))?;
     let shown = file.display().to_string();
     let spec = Spec::parse(&shown, &text).map_err(|e| {
         let mut msg = e.to_string();

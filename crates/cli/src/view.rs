@@ -25,8 +25,22 @@ pub async fn status(api: &Api, service: Option<&str>, fmt: Format) -> CmdResult 
     for s in v["services"].as_array().into_iter().flatten() {
         let instances = s["instances"].as_array().cloned().unwrap_or_default();
         let ready = instances.iter().filter(|i| i["ready"] == true).count();
-        let route = if s["route"].is_null() { "-".into() } else { format!("{}{}", cell(&s["route"]["host"]), cell(&s["route"]["path_prefix"])) };
-        rows.push(vec![cell(&s["service"]), cell(&s["owner"]), cell(&s["live_release"]), route, format!("{ready}/{}", instances.len())]);
+        let route = if s["route"].is_null() {
+            "-".into()
+        } else {
+            format!(
+                "{}{}",
+                cell(&s["route"]["host"]),
+                cell(&s["route"]["path_prefix"])
+            )
+        };
+        rows.push(vec![
+            cell(&s["service"]),
+            cell(&s["owner"]),
+            cell(&s["live_release"]),
+            route,
+            format!("{ready}/{}", instances.len()),
+        ]);
         if service.is_some() {
             for i in &instances {
                 rows.push(vec![
@@ -34,7 +48,15 @@ pub async fn status(api: &Api, service: Option<&str>, fmt: Format) -> CmdResult 
                     format!("pid {}", cell(&i["pid"])),
                     cell(&i["release"]),
                     format!("port {} {}", cell(&i["port"]), cell(&i["state"])),
-                    format!("{} restarts={}", if i["ready"] == true { "ready" } else { "not-ready" }, cell(&i["restarts"])),
+                    format!(
+                        "{} restarts={}",
+                        if i["ready"] == true {
+                            "ready"
+                        } else {
+                            "not-ready"
+                        },
+                        cell(&i["restarts"])
+                    ),
                 ]);
             }
         }
@@ -44,7 +66,9 @@ pub async fn status(api: &Api, service: Option<&str>, fmt: Format) -> CmdResult 
 }
 
 pub async fn releases(api: &Api, service: &str, fmt: Format) -> CmdResult {
-    let v = api.get(&format!("/api/v1/services/{service}/releases")).await?;
+    let v = api
+        .get(&format!("/api/v1/services/{service}/releases"))
+        .await?;
     if fmt == Format::Json {
         json(&v);
         return Ok(());
@@ -77,7 +101,18 @@ pub async fn services(api: &Api, fmt: Format) -> CmdResult {
         .as_array()
         .into_iter()
         .flatten()
-        .map(|s| vec![cell(&s["name"]), cell(&s["owner"]), cell(&s["customer"]), cell(&s["tier"]), s["live_release"].as_i64().map(|n| format!("r{n}")).unwrap_or("-".into())])
+        .map(|s| {
+            vec![
+                cell(&s["name"]),
+                cell(&s["owner"]),
+                cell(&s["customer"]),
+                cell(&s["tier"]),
+                s["live_release"]
+                    .as_i64()
+                    .map(|n| format!("r{n}"))
+                    .unwrap_or("-".into()),
+            ]
+        })
         .collect();
     table(&["service", "owner", "customer", "tier", "live"], &rows);
     Ok(())
@@ -86,7 +121,9 @@ pub async fn services(api: &Api, fmt: Format) -> CmdResult {
 pub async fn logs(api: &Api, service: &str, follow: bool, lines: usize) -> CmdResult {
     let mut last_seen: HashMap<String, String> = HashMap::new();
     loop {
-        let v = api.get(&format!("/api/v1/services/{service}/logs?lines={lines}")).await?;
+        let v = api
+            .get(&format!("/api/v1/services/{service}/logs?lines={lines}"))
+            .await?;
         let mut by_instance: Vec<(String, Vec<String>)> = Vec::new();
         for l in v.as_array().into_iter().flatten() {
             let inst = cell(&l["instance"]);
@@ -97,7 +134,11 @@ pub async fn logs(api: &Api, service: &str, follow: bool, lines: usize) -> CmdRe
             }
         }
         for (inst, ls) in by_instance {
-            let start = last_seen.get(&inst).and_then(|seen| ls.iter().rposition(|l| l == seen)).map(|p| p + 1).unwrap_or(0);
+            let start = last_seen
+                .get(&inst)
+                .and_then(|seen| ls.iter().rposition(|l| l == seen))
+                .map(|p| p + 1)
+                .unwrap_or(0);
             for l in &ls[start..] {
                 println!("{inst} | {l}");
             }
@@ -119,11 +160,18 @@ pub async fn audit_verify(api: &Api, fmt: Format) -> CmdResult {
     }
     if v["ok"] == true {
         if fmt == Format::Table {
-            println!("journal intact: {} events, head {}", v["events"], cell(&v["head"]));
+            println!(
+                "journal intact: {} events, head {}",
+                v["events"],
+                cell(&v["head"])
+            );
         }
         Ok(())
     } else {
-        Err(Exit::failure(format!("journal broken: {}", cell(&v["error"]))))
+        Err(Exit::failure(format!(
+            "journal broken: {}",
+            cell(&v["error"])
+        )))
     }
 }
 

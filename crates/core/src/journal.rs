@@ -115,9 +115,17 @@ pub enum ChainError {
     #[error("event {seq}: sequence gap, expected {expected}")]
     Gap { seq: u64, expected: u64 },
     #[error("event {seq}: prev is {found} but event {} has hash {expected}", seq - 1)]
-    BrokenLink { seq: u64, expected: String, found: String },
+    BrokenLink {
+        seq: u64,
+        expected: String,
+        found: String,
+    },
     #[error("event {seq}: content does not match its hash (stored {stored}, computed {computed})")]
-    Altered { seq: u64, stored: String, computed: String },
+    Altered {
+        seq: u64,
+        stored: String,
+        computed: String,
+    },
     #[error("event {seq}: cannot be encoded: {reason}")]
     Unencodable { seq: u64, reason: String },
 }
@@ -131,17 +139,27 @@ pub struct Verifier {
 
 impl Default for Verifier {
     fn default() -> Self {
-        Verifier { expected_seq: 1, prev: GENESIS.to_string() }
+        Verifier {
+            expected_seq: 1,
+            prev: GENESIS.to_string(),
+        }
     }
 }
 
 impl Verifier {
     pub fn push(&mut self, e: &Event) -> Result<(), ChainError> {
         if e.seq != self.expected_seq {
-            return Err(ChainError::Gap { seq: e.seq, expected: self.expected_seq });
+            return Err(ChainError::Gap {
+                seq: e.seq,
+                expected: self.expected_seq,
+            });
         }
         if e.prev != self.prev {
-            return Err(ChainError::BrokenLink { seq: e.seq, expected: self.prev.clone(), found: e.prev.clone() });
+            return Err(ChainError::BrokenLink {
+                seq: e.seq,
+                expected: self.prev.clone(),
+                found: e.prev.clone(),
+            });
         }
         let new = NewEvent {
             actor: e.actor.clone(),
@@ -149,11 +167,19 @@ impl Verifier {
             subject: e.subject.clone(),
             payload: e.payload.clone(),
         };
-        let bytes = canonical_bytes(e.seq, &e.ts, &new, &e.prev)
-            .map_err(|err| ChainError::Unencodable { seq: e.seq, reason: err.to_string() })?;
+        let bytes = canonical_bytes(e.seq, &e.ts, &new, &e.prev).map_err(|err| {
+            ChainError::Unencodable {
+                seq: e.seq,
+                reason: err.to_string(),
+            }
+        })?;
         let computed = sha256_hex(&bytes);
         if computed != e.hash {
-            return Err(ChainError::Altered { seq: e.seq, stored: e.hash.clone(), computed });
+            return Err(ChainError::Altered {
+                seq: e.seq,
+                stored: e.hash.clone(),
+                computed,
+            });
         }
         self.expected_seq += 1;
         self.prev = e.hash.clone();
@@ -196,12 +222,16 @@ mod tests {
 
     #[test]
     fn canonical_bytes_sort_keys_and_have_no_whitespace() {
-        let new = NewEvent::new("user:ann", "x.y").subject("service", "s").payload(serde_json::json!({"b": 1, "a": [true, null]}));
+        let new = NewEvent::new("user:ann", "x.y")
+            .subject("service", "s")
+            .payload(serde_json::json!({"b": 1, "a": [true, null]}));
         let bytes = canonical_bytes(7, "2026-01-01T00:00:00.000Z", &new, GENESIS).expect("encode");
         let text = String::from_utf8(bytes).expect("utf8");
         assert_eq!(
             text,
-            format!(r#"{{"actor":"user:ann","kind":"x.y","payload":{{"a":[true,null],"b":1}},"prev":"{GENESIS}","seq":7,"subject":{{"service":"s"}},"ts":"2026-01-01T00:00:00.000Z"}}"#)
+            format!(
+                r#"{{"actor":"user:ann","kind":"x.y","payload":{{"a":[true,null],"b":1}},"prev":"{GENESIS}","seq":7,"subject":{{"service":"s"}},"ts":"2026-01-01T00:00:00.000Z"}}"#
+            )
         );
     }
 
@@ -219,7 +249,10 @@ mod tests {
         let mut events = chain(4);
         events[2].payload = serde_json::json!({"n": 99});
         let mut v = Verifier::default();
-        let err = events.iter().try_for_each(|e| v.push(e)).expect_err("detects");
+        let err = events
+            .iter()
+            .try_for_each(|e| v.push(e))
+            .expect_err("detects");
         assert!(matches!(err, ChainError::Altered { seq: 3, .. }), "{err}");
     }
 
@@ -227,11 +260,23 @@ mod tests {
     fn rehashed_event_breaks_the_next_link() {
         let mut events = chain(4);
         events[1].actor = "user:mallory".into();
-        let new = NewEvent { actor: events[1].actor.clone(), kind: events[1].kind.clone(), subject: events[1].subject.clone(), payload: events[1].payload.clone() };
-        events[1].hash = sha256_hex(&canonical_bytes(2, &events[1].ts, &new, &events[1].prev).expect("encode"));
+        let new = NewEvent {
+            actor: events[1].actor.clone(),
+            kind: events[1].kind.clone(),
+            subject: events[1].subject.clone(),
+            payload: events[1].payload.clone(),
+        };
+        events[1].hash =
+            sha256_hex(&canonical_bytes(2, &events[1].ts, &new, &events[1].prev).expect("encode"));
         let mut v = Verifier::default();
-        let err = events.iter().try_for_each(|e| v.push(e)).expect_err("detects");
-        assert!(matches!(err, ChainError::BrokenLink { seq: 3, .. }), "{err}");
+        let err = events
+            .iter()
+            .try_for_each(|e| v.push(e))
+            .expect_err("detects");
+        assert!(
+            matches!(err, ChainError::BrokenLink { seq: 3, .. }),
+            "{err}"
+        );
     }
 
     #[test]
@@ -239,7 +284,16 @@ mod tests {
         let mut events = chain(4);
         events.remove(1);
         let mut v = Verifier::default();
-        let err = events.iter().try_for_each(|e| v.push(e)).expect_err("detects");
-        assert_eq!(err, ChainError::Gap { seq: 3, expected: 2 });
+        let err = events
+            .iter()
+            .try_for_each(|e| v.push(e))
+            .expect_err("detects");
+        assert_eq!(
+            err,
+            ChainError::Gap {
+                seq: 3,
+                expected: 2
+            }
+        );
     }
 }

@@ -63,39 +63,86 @@ pub enum Request {
     /// Everything the agent runs and routes.
     Status,
     /// Starts the group's instances unless it already exists.
-    StartGroup { group: GroupSpec },
+    StartGroup {
+        group: GroupSpec,
+    },
     /// Waits until every instance of the group is ready, or fails early when
     /// one exits, or after `timeout_ms`.
-    WaitReady { service: String, release: String, timeout_ms: u64 },
+    WaitReady {
+        service: String,
+        release: String,
+        timeout_ms: u64,
+    },
     /// Points the service's route at the group's ready instances, atomically.
     /// Other groups of the service stop receiving new requests.
-    Activate { service: String, release: String, route: RouteSpec },
+    Activate {
+        service: String,
+        release: String,
+        route: RouteSpec,
+    },
     /// Drains the group (new requests go elsewhere, in-flight ones finish, up to
     /// `drain_timeout_ms`), then stops its instances.
-    StopGroup { service: String, release: String, drain_timeout_ms: u64 },
+    StopGroup {
+        service: String,
+        release: String,
+        drain_timeout_ms: u64,
+    },
     /// The last lines of each instance log of a service (or of one release).
-    Logs { service: String, release: Option<String>, lines: usize },
+    Logs {
+        service: String,
+        release: Option<String>,
+        lines: usize,
+    },
     /// Prometheus text exposition of the proxy's request metrics.
     Metrics,
     /// Stops every instance (when asked) and exits.
-    Shutdown { stop_instances: bool },
+    Shutdown {
+        stop_instances: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
-    Hello { version: u32, pid: u32, proxy_addr: String, started_at_ms: u64 },
-    Status { status: AgentStatus },
-    Started { instances: Vec<String> },
-    Ready { ready_at_ms: u64 },
-    NotReady { reason: String, log_tail: Vec<String> },
+    Hello {
+        version: u32,
+        pid: u32,
+        proxy_addr: String,
+        started_at_ms: u64,
+    },
+    Status {
+        status: AgentStatus,
+    },
+    Started {
+        instances: Vec<String>,
+    },
+    Ready {
+        ready_at_ms: u64,
+    },
+    NotReady {
+        reason: String,
+        log_tail: Vec<String>,
+    },
     /// `switched_at_ms`: when the new route table was published.
-    Activated { switched_at_ms: u64, previous: Option<String> },
-    Stopped { instances: usize, drained_in_ms: u64, drain_timed_out: bool },
-    Logs { lines: Vec<LogLine> },
-    Metrics { text: String },
+    Activated {
+        switched_at_ms: u64,
+        previous: Option<String>,
+    },
+    Stopped {
+        instances: usize,
+        drained_in_ms: u64,
+        drain_timed_out: bool,
+    },
+    Logs {
+        lines: Vec<LogLine>,
+    },
+    Metrics {
+        text: String,
+    },
     Ok,
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -153,10 +200,16 @@ mod tests {
         let text = serde_json::to_string(&Request::Activate {
             service: "s".into(),
             release: "r1".into(),
-            route: RouteSpec { host: "a.test".into(), path_prefix: "/".into() },
+            route: RouteSpec {
+                host: "a.test".into(),
+                path_prefix: "/".into(),
+            },
         })
         .expect("encode");
-        assert!(text.starts_with(r#"{"op":"activate","service":"s""#), "{text}");
+        assert!(
+            text.starts_with(r#"{"op":"activate","service":"s""#),
+            "{text}"
+        );
         let back: Request = serde_json::from_str(&text).expect("decode");
         assert!(matches!(back, Request::Activate { .. }));
     }

@@ -37,7 +37,10 @@ pub const DEFAULT_PROBE_FAILURES: u32 = 3;
 /// A whole, valid `tandem.yaml`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-#[schemars(title = "tandem.yaml", description = "A tandem service, declared as code (v1)")]
+#[schemars(
+    title = "tandem.yaml",
+    description = "A tandem service, declared as code (v1)"
+)]
 pub struct Spec {
     pub service: ServiceMeta,
     #[serde(default)]
@@ -79,7 +82,9 @@ pub struct ServiceMeta {
 
 /// A service name: `[a-z0-9-]`, 1 to 63 characters, starting and ending with a
 /// letter or digit (a DNS label), unique within one tandem.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(try_from = "String", into = "String")]
 #[schemars(with = "String")]
 pub struct ServiceName(String);
@@ -119,7 +124,9 @@ impl fmt::Display for ServiceName {
 }
 
 /// An environment name (`staging`, `production`, …); same rules as a service name.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(try_from = "String", into = "String")]
 #[schemars(with = "String")]
 pub struct EnvName(String);
@@ -143,15 +150,23 @@ fn validate_label(what: &str, name: &str) -> Result<(), String> {
         return Err(format!("{what} must not be empty"));
     }
     if name.len() > 63 {
-        return Err(format!("{what} `{name}` is {} characters long; at most 63 are allowed", name.len()));
+        return Err(format!(
+            "{what} `{name}` is {} characters long; at most 63 are allowed",
+            name.len()
+        ));
     }
-    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')) {
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
         return Err(format!(
             "{what} `{name}` contains `{bad}`; only lowercase letters, digits and `-` are allowed"
         ));
     }
     if name.starts_with('-') || name.ends_with('-') {
-        return Err(format!("{what} `{name}` must start and end with a letter or digit"));
+        return Err(format!(
+            "{what} `{name}` must start and end with a letter or digit"
+        ));
     }
     Ok(())
 }
@@ -259,7 +274,9 @@ impl TryFrom<u32> for Instances {
         if (1..=MAX_INSTANCES).contains(&n) {
             Ok(Instances(n))
         } else {
-            Err(format!("instances must be between 1 and {MAX_INSTANCES}, not {n}"))
+            Err(format!(
+                "instances must be between 1 and {MAX_INSTANCES}, not {n}"
+            ))
         }
     }
 }
@@ -302,8 +319,13 @@ impl TryFrom<String> for Host {
         if lower.is_empty() || lower.len() > 253 {
             return Err("route host must be 1 to 253 characters".into());
         }
-        if let Some(bad) = lower.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '.')) {
-            return Err(format!("route host `{host}` contains `{bad}`; write a bare host name such as shop.example.test"));
+        if let Some(bad) = lower
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '.'))
+        {
+            return Err(format!(
+                "route host `{host}` contains `{bad}`; write a bare host name such as shop.example.test"
+            ));
         }
         Ok(Host(lower))
     }
@@ -401,9 +423,13 @@ impl TryFrom<RawProbe> for Probe {
     fn try_from(raw: RawProbe) -> Result<Self, String> {
         let check = match (raw.http, raw.tcp, raw.exec) {
             (Some(path), None, None) if path.starts_with('/') => Check::Http(path),
-            (Some(path), None, None) => return Err(format!("probe http path `{path}` must start with `/`")),
+            (Some(path), None, None) => {
+                return Err(format!("probe http path `{path}` must start with `/`"));
+            }
             (None, Some(true), None) => Check::Tcp,
-            (None, Some(false), None) => return Err("probe `tcp: false` checks nothing; remove the probe instead".into()),
+            (None, Some(false), None) => {
+                return Err("probe `tcp: false` checks nothing; remove the probe instead".into());
+            }
             (None, None, Some(cmd)) if !cmd.trim().is_empty() => Check::Exec(cmd),
             (None, None, Some(_)) => return Err("probe exec command must not be empty".into()),
             (None, None, None) => return Err("probe needs one of `http`, `tcp` or `exec`".into()),
@@ -511,7 +537,9 @@ impl TryFrom<RawReleaseStep> for ReleaseStep {
             (Some(w), None, None) => Err(format!("weight must be between 0 and 100, not {w}")),
             (None, Some(p), None) => Ok(ReleaseStep::Pause(p)),
             (None, None, Some(a)) => Ok(ReleaseStep::Analysis(a)),
-            (None, None, None) => Err("release step needs one of `weight`, `pause` or `analysis`".into()),
+            (None, None, None) => {
+                Err("release step needs one of `weight`, `pause` or `analysis`".into())
+            }
             _ => Err("release step takes only one of `weight`, `pause` or `analysis`".into()),
         }
     }
@@ -519,7 +547,11 @@ impl TryFrom<RawReleaseStep> for ReleaseStep {
 
 impl From<ReleaseStep> for RawReleaseStep {
     fn from(step: ReleaseStep) -> Self {
-        let mut raw = RawReleaseStep { weight: None, pause: None, analysis: None };
+        let mut raw = RawReleaseStep {
+            weight: None,
+            pause: None,
+            analysis: None,
+        };
         match step {
             ReleaseStep::Weight(w) => raw.weight = Some(u32::from(w)),
             ReleaseStep::Pause(p) => raw.pause = Some(p),
@@ -602,9 +634,9 @@ impl TryFrom<String> for SloWindow {
         if s == "calendar-month" {
             return Ok(SloWindow::CalendarMonth);
         }
-        s.parse::<Duration>()
-            .map(SloWindow::Rolling)
-            .map_err(|e| format!("window must be `calendar-month` or a rolling duration such as `30d`: {e}"))
+        s.parse::<Duration>().map(SloWindow::Rolling).map_err(|e| {
+            format!("window must be `calendar-month` or a rolling duration such as `30d`: {e}")
+        })
     }
 }
 
@@ -676,30 +708,57 @@ fn error_at_key(file: &str, text: &str, key: &str, message: String) -> SpecError
         .enumerate()
         .find_map(|(i, l)| {
             let trimmed = l.trim_start();
-            trimmed.starts_with(&needle).then(|| (i as u64 + 1, (l.len() - trimmed.len()) as u64 + 1))
+            trimmed
+                .starts_with(&needle)
+                .then(|| (i as u64 + 1, (l.len() - trimmed.len()) as u64 + 1))
         })
         .unwrap_or((1, 1));
-    SpecError { file: file.into(), line, column, message, hint: None, snippet: String::new() }
+    SpecError {
+        file: file.into(),
+        line,
+        column,
+        message,
+        hint: None,
+        snippet: String::new(),
+    }
 }
 
 fn locate(file: &str, e: &serde_saphyr::Error) -> SpecError {
-    let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+    let (line, column) = e
+        .location()
+        .map(|l| (l.line(), l.column()))
+        .unwrap_or((1, 1));
     let plain = e.without_snippet().to_string();
     // serde-saphyr renders "error: line L column C: <message>"; keep the message.
     let message = match plain.split_once(&format!("column {column}: ")) {
         Some((_, rest)) => rest.lines().next().unwrap_or(rest).to_string(),
         None => plain.lines().next().unwrap_or(&plain).to_string(),
     };
+    let message = message
+        .trim_end_matches(&format!(" at line {line}, column {column}"))
+        .to_string();
     let hint = did_you_mean(&message);
     let snippet = e.render_with_options(serde_saphyr::render_options! { source_name: Some(file) });
-    let snippet = snippet.split_once('\n').map(|(_, s)| s.to_string()).unwrap_or_default();
-    SpecError { file: file.into(), line, column, message, hint, snippet }
+    let snippet = snippet
+        .split_once('\n')
+        .map(|(_, s)| s.to_string())
+        .unwrap_or_default();
+    SpecError {
+        file: file.into(),
+        line,
+        column,
+        message,
+        hint,
+        snippet,
+    }
 }
 
 /// For serde's "unknown field `x`, expected one of a, b" (or "unknown
 /// variant"), suggests the closest expected name.
 fn did_you_mean(message: &str) -> Option<String> {
-    let rest = message.strip_prefix("unknown field `").or_else(|| message.strip_prefix("unknown variant `"))?;
+    let rest = message
+        .strip_prefix("unknown field `")
+        .or_else(|| message.strip_prefix("unknown variant `"))?;
     let (given, expected) = rest.split_once('`')?;
     let expected = expected.split_once("expected").map(|(_, e)| e)?;
     let expected = expected.trim_start_matches(" one of").trim();
@@ -742,13 +801,19 @@ mod tests {
         let spec = Spec::parse("tandem.yaml", text).expect("brief example parses");
         assert_eq!(spec.run.instances.get(), 2);
         assert_eq!(spec.release.strategy, Strategy::Canary);
-        assert_eq!(spec.release.steps[2], ReleaseStep::Analysis(Analysis {
-            max_error_rate: Percent::new(1.0),
-            max_p99_latency: Some(Duration::from_millis(500)),
-            min_requests: 100,
-        }));
+        assert_eq!(
+            spec.release.steps[2],
+            ReleaseStep::Analysis(Analysis {
+                max_error_rate: Percent::new(1.0),
+                max_p99_latency: Some(Duration::from_millis(500)),
+                min_requests: 100,
+            })
+        );
         assert_eq!(spec.slo[0].objective.value(), 99.95);
-        assert_eq!(spec.slo[1].window, SloWindow::Rolling(Duration::from_secs(30 * 86_400)));
+        assert_eq!(
+            spec.slo[1].window,
+            SloWindow::Rolling(Duration::from_secs(30 * 86_400))
+        );
         assert_eq!(spec.health.liveness.as_ref().map(|p| p.failures), Some(3));
     }
 
@@ -756,7 +821,11 @@ mod tests {
     fn unknown_field_is_located_with_a_hint() {
         let e = err(&MINIMAL.replace("  command:", "  instnces: 2\n  command:"));
         assert_eq!((e.line, e.column), (4, 3));
-        assert!(e.message.contains("unknown field `instnces`"), "{}", e.message);
+        assert!(
+            e.message.contains("unknown field `instnces`"),
+            "{}",
+            e.message
+        );
         assert_eq!(e.hint.as_deref(), Some("did you mean `instances`?"));
         assert!(e.to_string().starts_with("tandem.yaml:4:3: unknown field"));
     }
@@ -772,7 +841,11 @@ mod tests {
     fn bad_name_is_located_at_its_value() {
         let e = err(&MINIMAL.replace("shop-api", "Shop_API"));
         assert_eq!((e.line, e.column), (2, 9));
-        assert!(e.message.contains("only lowercase letters"), "{}", e.message);
+        assert!(
+            e.message.contains("only lowercase letters"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
@@ -790,7 +863,9 @@ mod tests {
 
     #[test]
     fn probe_needs_exactly_one_check() {
-        let e = err(&format!("{MINIMAL}health:\n  readiness: {{ http: /up, tcp: true }}\n"));
+        let e = err(&format!(
+            "{MINIMAL}health:\n  readiness: {{ http: /up, tcp: true }}\n"
+        ));
         assert_eq!(e.line, 8, "{e}");
         assert!(e.message.contains("only one of"), "{}", e.message);
     }
@@ -805,7 +880,18 @@ mod tests {
     fn schema_names_the_top_level_fields() {
         let schema = Spec::json_schema();
         let props = schema["properties"].as_object().expect("properties");
-        for key in ["service", "build", "test", "artifact", "run", "route", "health", "release", "environments", "slo"] {
+        for key in [
+            "service",
+            "build",
+            "test",
+            "artifact",
+            "run",
+            "route",
+            "health",
+            "release",
+            "environments",
+            "slo",
+        ] {
             assert!(props.contains_key(key), "{key}");
         }
     }

@@ -63,8 +63,13 @@ impl FromStr for Duration {
 impl fmt::Display for Duration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0;
-        for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
-            if ms != 0 && ms % size == 0 {
+        for (unit, size) in [
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1_000),
+        ] {
+            if ms != 0 && ms.is_multiple_of(size) {
                 return write!(f, "{}{unit}", ms / size);
             }
         }
@@ -179,14 +184,23 @@ mod tests {
             ("7d", 604_800_000),
         ];
         for (text, ms) in cases {
-            assert_eq!(text.parse::<Duration>().map(Duration::as_millis), Ok(ms), "{text}");
+            assert_eq!(
+                text.parse::<Duration>().map(Duration::as_millis),
+                Ok(ms),
+                "{text}"
+            );
         }
     }
 
     #[test]
     fn durations_without_or_with_bad_unit_are_rejected_with_a_hint() {
-        assert!("30".parse::<Duration>().unwrap_err().contains("`30s`"));
-        assert!("30x".parse::<Duration>().unwrap_err().contains("unknown unit `x`"));
+        assert!("30".parse::<Duration>().expect_err("rejected").contains("`30s`"));
+        assert!(
+            "30x"
+                .parse::<Duration>()
+                .expect_err("rejected")
+                .contains("unknown unit `x`")
+        );
         assert!("s".parse::<Duration>().is_err());
     }
 
@@ -200,7 +214,12 @@ mod tests {
     #[test]
     fn percentages_parse_and_are_bounded() {
         assert_eq!("99.95%".parse::<Percent>().map(Percent::value), Ok(99.95));
-        assert!("99.95".parse::<Percent>().unwrap_err().contains("end with `%`"));
+        assert!(
+            "99.95"
+                .parse::<Percent>()
+                .expect_err("rejected")
+                .contains("end with `%`")
+        );
         assert!("101%".parse::<Percent>().is_err());
     }
 }

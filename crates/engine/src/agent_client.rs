@@ -10,7 +10,10 @@ use tokio::net::UnixStream;
 #[derive(Debug, thiserror::Error)]
 pub enum AgentClientError {
     #[error("agent not reachable at {path}: {source}")]
-    Unreachable { path: String, source: std::io::Error },
+    Unreachable {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("agent closed the connection without answering")]
     NoAnswer,
     #[error("agent sent an unreadable answer: {0}")]
@@ -26,7 +29,9 @@ pub struct AgentClient {
 
 impl AgentClient {
     pub fn for_data_dir(data_dir: &Path) -> Self {
-        AgentClient { socket: data_dir.join(SOCKET_FILE) }
+        AgentClient {
+            socket: data_dir.join(SOCKET_FILE),
+        }
     }
 
     pub fn socket(&self) -> &Path {
@@ -35,21 +40,31 @@ impl AgentClient {
 
     /// Sends one request; an agent `Error` answer becomes `Refused`.
     pub async fn call(&self, request: &Request) -> Result<Response, AgentClientError> {
-        let stream = UnixStream::connect(&self.socket)
-            .await
-            .map_err(|source| AgentClientError::Unreachable { path: self.socket.display().to_string(), source })?;
+        let stream = UnixStream::connect(&self.socket).await.map_err(|source| {
+            AgentClientError::Unreachable {
+                path: self.socket.display().to_string(),
+                source,
+            }
+        })?;
         let (read, mut write) = stream.into_split();
-        let mut line = serde_json::to_vec(request).map_err(|e| AgentClientError::Garbled(e.to_string()))?;
+        let mut line =
+            serde_json::to_vec(request).map_err(|e| AgentClientError::Garbled(e.to_string()))?;
         line.push(b'\n');
         write
             .write_all(&line)
             .await
-            .map_err(|source| AgentClientError::Unreachable { path: self.socket.display().to_string(), source })?;
+            .map_err(|source| AgentClientError::Unreachable {
+                path: self.socket.display().to_string(),
+                source,
+            })?;
         let mut answer = String::new();
         BufReader::new(read)
             .read_line(&mut answer)
             .await
-            .map_err(|source| AgentClientError::Unreachable { path: self.socket.display().to_string(), source })?;
+            .map_err(|source| AgentClientError::Unreachable {
+                path: self.socket.display().to_string(),
+                source,
+            })?;
         if answer.is_empty() {
             return Err(AgentClientError::NoAnswer);
         }

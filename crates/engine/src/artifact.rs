@@ -19,11 +19,17 @@ pub enum ArtifactError {
     #[error("artifact path {0} leaves the build tree")]
     Escapes(String),
     #[error("cannot read or copy {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ArtifactError + '_ {
-    move |source| ArtifactError::Io { path: path.display().to_string(), source }
+    move |source| ArtifactError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// Files to take from `root`: everything (`paths` empty) or the listed
@@ -35,7 +41,11 @@ pub fn collect(root: &Path, paths: &[String]) -> Result<Vec<PathBuf>, ArtifactEr
     } else {
         for p in paths {
             let rel = Path::new(p.trim_end_matches('/'));
-            if rel.is_absolute() || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+            if rel.is_absolute()
+                || rel
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
                 return Err(ArtifactError::Escapes(p.clone()));
             }
             let full = root.join(rel);
@@ -96,7 +106,12 @@ pub fn digest(root: &Path, files: &[PathBuf]) -> Result<String, ArtifactError> {
 
 /// Copies `files` into the store under `digest`, unless already there.
 /// Returns the artifact directory.
-pub fn store(artifacts: &Path, digest: &str, root: &Path, files: &[PathBuf]) -> Result<PathBuf, ArtifactError> {
+pub fn store(
+    artifacts: &Path,
+    digest: &str,
+    root: &Path,
+    files: &[PathBuf],
+) -> Result<PathBuf, ArtifactError> {
     let dest = artifacts.join(digest);
     if dest.is_dir() {
         return Ok(dest);
@@ -119,7 +134,10 @@ pub fn store(artifacts: &Path, digest: &str, root: &Path, files: &[PathBuf]) -> 
             let _ = std::fs::remove_dir_all(&tmp);
             Ok(dest)
         }
-        Err(e) => Err(ArtifactError::Io { path: dest.display().to_string(), source: e }),
+        Err(e) => Err(ArtifactError::Io {
+            path: dest.display().to_string(),
+            source: e,
+        }),
     }
 }
 
@@ -138,7 +156,10 @@ mod tests {
         assert_eq!(files, vec![PathBuf::from("static/index.html")]);
         let d1 = digest(a.path(), &files).expect("digest");
         std::fs::write(a.path().join(".git/HEAD"), "other").expect("write");
-        assert_eq!(digest(a.path(), &collect(a.path(), &[]).expect("collect")).expect("digest"), d1);
+        assert_eq!(
+            digest(a.path(), &collect(a.path(), &[]).expect("collect")).expect("digest"),
+            d1
+        );
         std::fs::write(a.path().join("static/index.html"), "changed").expect("write");
         assert_ne!(digest(a.path(), &files).expect("digest"), d1);
     }
@@ -146,8 +167,14 @@ mod tests {
     #[test]
     fn listed_paths_must_exist_and_stay_inside() {
         let a = tempfile::tempdir().expect("tempdir");
-        assert!(matches!(collect(a.path(), &["nope".into()]), Err(ArtifactError::Missing(_))));
-        assert!(matches!(collect(a.path(), &["../x".into()]), Err(ArtifactError::Escapes(_))));
+        assert!(matches!(
+            collect(a.path(), &["nope".into()]),
+            Err(ArtifactError::Missing(_))
+        ));
+        assert!(matches!(
+            collect(a.path(), &["../x".into()]),
+            Err(ArtifactError::Escapes(_))
+        ));
     }
 
     #[test]
@@ -160,6 +187,9 @@ mod tests {
         let p1 = store(arts.path(), &d, src.path(), &files).expect("store");
         let p2 = store(arts.path(), &d, src.path(), &files).expect("store");
         assert_eq!(p1, p2);
-        assert_eq!(std::fs::read_to_string(p1.join("app")).expect("read"), "bin");
+        assert_eq!(
+            std::fs::read_to_string(p1.join("app")).expect("read"),
+            "bin"
+        );
     }
 }

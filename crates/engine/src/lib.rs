@@ -17,7 +17,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tandem_core::journal::NewEvent;
 use tandem_core::protocol::{GroupSpec, ProbeKind, ProbeSpec, Request, Response, RouteSpec};
-use tandem_core::spec::{Check, DEFAULT_LIVENESS_INTERVAL, DEFAULT_READINESS_INTERVAL, Probe, Spec, SpecError};
+use tandem_core::spec::{
+    Check, DEFAULT_LIVENESS_INTERVAL, DEFAULT_READINESS_INTERVAL, Probe, Spec, SpecError,
+};
 use tandem_store::{ReleaseRow, ServiceUpsert, Store, StoreError};
 
 pub use agent_client::{AgentClient, AgentClientError};
@@ -37,7 +39,10 @@ pub enum EngineError {
     NotFound(String),
     /// The work ran and did not succeed; the journal says so too.
     #[error("{reason}")]
-    Failed { reason: String, log_tail: Vec<String> },
+    Failed {
+        reason: String,
+        log_tail: Vec<String>,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -47,7 +52,10 @@ pub enum EngineError {
 }
 
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[derive(Clone)]
@@ -75,19 +83,31 @@ impl Engine {
     }
 
     /// Reads `dir/tandem.yaml`, builds, tests, stores the release and rolls it out.
-    pub async fn deploy_dir(&self, dir: &Path, actor: &str, reporter: &Reporter) -> Result<ReleaseRow, EngineError> {
-        let dir = dir.canonicalize().map_err(|e| EngineError::BadInput(format!("{}: {e}", dir.display())))?;
+    pub async fn deploy_dir(
+        &self,
+        dir: &Path,
+        actor: &str,
+        reporter: &Reporter,
+    ) -> Result<ReleaseRow, EngineError> {
+        let dir = dir
+            .canonicalize()
+            .map_err(|e| EngineError::BadInput(format!("{}: {e}", dir.display())))?;
         let spec_path = dir.join("tandem.yaml");
         let text = std::fs::read_to_string(&spec_path)
             .map_err(|e| EngineError::BadInput(format!("{}: {e}", spec_path.display())))?;
-        let spec = Spec::parse(&spec_path.display().to_string(), &text).map_err(EngineError::Spec)?;
+        let spec =
+            Spec::parse(&spec_path.display().to_string(), &text).map_err(EngineError::Spec)?;
         let name = spec.service.name.to_string();
         let lock = self.service_lock(&name);
         let _guard = lock.lock().await;
 
-        let spec_json = serde_json::to_value(&spec).map_err(|e| EngineError::BadInput(e.to_string()))?;
+        let spec_json =
+            serde_json::to_value(&spec).map_err(|e| EngineError::BadInput(e.to_string()))?;
         let source = dir.display().to_string();
-        let tier = serde_json::to_value(spec.service.tier).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        let tier = serde_json::to_value(spec.service.tier)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
         self.store
             .upsert_service(
                 ServiceUpsert {
@@ -111,31 +131,55 @@ impl Engine {
         let files = artifact::collect(&build_root, &spec.artifact.paths)?;
         let digest = artifact::digest(&build_root, &files)?;
         let artifacts = self.data_dir.join("artifacts");
-        std::fs::create_dir_all(&artifacts).map_err(|e| EngineError::BadInput(format!("{}: {e}", artifacts.display())))?;
+        std::fs::create_dir_all(&artifacts)
+            .map_err(|e| EngineError::BadInput(format!("{}: {e}", artifacts.display())))?;
         let path = artifact::store(&artifacts, &digest, &build_root, &files)?;
         if build_root != dir {
             let _ = std::fs::remove_dir_all(&build_root);
         }
         let release = self
             .store
-            .create_release(&name, &digest, &path.display().to_string(), &spec_json, &source, actor)
+            .create_release(
+                &name,
+                &digest,
+                &path.display().to_string(),
+                &spec_json,
+                &source,
+                actor,
+            )
             .await?;
-        reporter.phase("artifact", format!("release {} is {}", release.name(), &digest[..12]));
+        reporter.phase(
+            "artifact",
+            format!("release {} is {}", release.name(), &digest[..12]),
+        );
         self.rollout(&release, &spec, actor, false, reporter).await
     }
 
     /// Runs build and test steps in a fresh copy of `dir`; returns the copy.
-    async fn build(&self, name: &str, dir: &Path, spec: &Spec, actor: &str, reporter: &Reporter) -> Result<PathBuf, EngineError> {
-        let work = self.data_dir.join("work").join(format!("{name}-{}", now_ms()));
+    async fn build(
+        &self,
+        name: &str,
+        dir: &Path,
+        spec: &Spec,
+        actor: &str,
+        reporter: &Reporter,
+    ) -> Result<PathBuf, EngineError> {
+        let work = self
+            .data_dir
+            .join("work")
+            .join(format!("{name}-{}", now_ms()));
         let files = artifact::collect(dir, &[])?;
         for rel in &files {
             let to = work.join(rel);
             if let Some(p) = to.parent() {
-                std::fs::create_dir_all(p).map_err(|e| EngineError::BadInput(format!("{}: {e}", p.display())))?;
+                std::fs::create_dir_all(p)
+                    .map_err(|e| EngineError::BadInput(format!("{}: {e}", p.display())))?;
             }
-            std::fs::copy(dir.join(rel), &to).map_err(|e| EngineError::BadInput(format!("{}: {e}", rel.display())))?;
+            std::fs::copy(dir.join(rel), &to)
+                .map_err(|e| EngineError::BadInput(format!("{}: {e}", rel.display())))?;
         }
-        std::fs::create_dir_all(&work).map_err(|e| EngineError::BadInput(format!("{}: {e}", work.display())))?;
+        std::fs::create_dir_all(&work)
+            .map_err(|e| EngineError::BadInput(format!("{}: {e}", work.display())))?;
         for (stage, steps) in [("build", &spec.build), ("test", &spec.test)] {
             for step in steps {
                 reporter.phase(stage, format!("{stage} step {}: {}", step.name, step.run));
@@ -158,32 +202,60 @@ impl Engine {
 
     /// Re-releases an earlier release without rebuilding: `to`, or the one
     /// that was live before the current one.
-    pub async fn rollback(&self, service: &str, to: Option<i64>, actor: &str, reporter: &Reporter) -> Result<ReleaseRow, EngineError> {
+    pub async fn rollback(
+        &self,
+        service: &str,
+        to: Option<i64>,
+        actor: &str,
+        reporter: &Reporter,
+    ) -> Result<ReleaseRow, EngineError> {
         let lock = self.service_lock(service);
         let _guard = lock.lock().await;
-        let svc = self.store.service(service).await?.ok_or_else(|| EngineError::NotFound(format!("no service named {service}")))?;
+        let svc = self
+            .store
+            .service(service)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(format!("no service named {service}")))?;
         let releases = self.store.releases(service).await?;
         let target = match to {
-            Some(n) => releases.into_iter().find(|r| r.number == n).ok_or_else(|| EngineError::NotFound(format!("{service} has no release r{n}")))?,
+            Some(n) => releases
+                .into_iter()
+                .find(|r| r.number == n)
+                .ok_or_else(|| EngineError::NotFound(format!("{service} has no release r{n}")))?,
             None => {
                 let live = svc.live_release.unwrap_or(i64::MAX);
                 releases
                     .into_iter()
                     .find(|r| r.number < live && r.status == "retired")
-                    .ok_or_else(|| EngineError::NotFound(format!("{service} has no earlier release that was live")))?
+                    .ok_or_else(|| {
+                        EngineError::NotFound(format!(
+                            "{service} has no earlier release that was live"
+                        ))
+                    })?
             }
         };
         if svc.live_release == Some(target.number) {
-            return Err(EngineError::BadInput(format!("{service} {} is already live", target.name())));
+            return Err(EngineError::BadInput(format!(
+                "{service} {} is already live",
+                target.name()
+            )));
         }
-        let spec: Spec = serde_json::from_value(target.spec.clone()).map_err(|e| EngineError::BadInput(format!("stored spec of {}: {e}", target.name())))?;
+        let spec: Spec = serde_json::from_value(target.spec.clone())
+            .map_err(|e| EngineError::BadInput(format!("stored spec of {}: {e}", target.name())))?;
         self.rollout(&target, &spec, actor, true, reporter).await
     }
 
     /// Blue/green: start the new group, wait until ready, switch, drain and
     /// stop the old one. On failure, the old release keeps serving and the new
     /// group is stopped.
-    async fn rollout(&self, release: &ReleaseRow, spec: &Spec, actor: &str, rollback: bool, reporter: &Reporter) -> Result<ReleaseRow, EngineError> {
+    async fn rollout(
+        &self,
+        release: &ReleaseRow,
+        spec: &Spec,
+        actor: &str,
+        rollback: bool,
+        reporter: &Reporter,
+    ) -> Result<ReleaseRow, EngineError> {
         let began = Instant::now();
         let service = release.service.as_str();
         let name = release.name();
@@ -201,7 +273,13 @@ impl Engine {
                     .payload(serde_json::json!({ "digest": release.digest, "strategy": "bluegreen", "instances": spec.run.instances.get() })),
             )
             .await?;
-        reporter.phase("start", format!("starting {} instance(s) of {name}", spec.run.instances.get()));
+        reporter.phase(
+            "start",
+            format!(
+                "starting {} instance(s) of {name}",
+                spec.run.instances.get()
+            ),
+        );
         let group = group_spec(release, spec);
         let started_at = now_ms();
         let result = self.switch(service, &name, group, spec, reporter).await;
@@ -227,14 +305,32 @@ impl Engine {
                     .await?;
                 reporter.phase("switch", format!("traffic switched to {name}"));
                 let drain_started = Instant::now();
-                self.stop_others(service, &name, spec.release.drain_timeout.as_millis(), reporter).await;
+                self.stop_others(
+                    service,
+                    &name,
+                    spec.release.drain_timeout.as_millis(),
+                    reporter,
+                )
+                .await;
                 timings.drain_ms = drain_started.elapsed().as_millis() as u64;
                 timings.total_ms = began.elapsed().as_millis() as u64;
-                reporter.send(Progress::Done { service: service.into(), release: name.clone(), message: format!("{service} {name} is live"), timings });
+                reporter.send(Progress::Done {
+                    service: service.into(),
+                    release: name.clone(),
+                    message: format!("{service} {name} is live"),
+                    timings,
+                });
                 Ok(self.store.release(service, release.number).await?)
             }
             Err((reason, log_tail)) => {
-                let _ = self.agent.call(&Request::StopGroup { service: service.into(), release: name.clone(), drain_timeout_ms: 0 }).await;
+                let _ = self
+                    .agent
+                    .call(&Request::StopGroup {
+                        service: service.into(),
+                        release: name.clone(),
+                        drain_timeout_ms: 0,
+                    })
+                    .await;
                 self.store
                     .transition(
                         service,
@@ -254,29 +350,72 @@ impl Engine {
     }
 
     /// Start, wait ready, activate. Returns (ready_at, switched_at, previous).
-    async fn switch(&self, service: &str, name: &str, group: GroupSpec, spec: &Spec, reporter: &Reporter) -> Result<(u64, u64, Option<String>), (String, Vec<String>)> {
+    async fn switch(
+        &self,
+        service: &str,
+        name: &str,
+        group: GroupSpec,
+        spec: &Spec,
+        reporter: &Reporter,
+    ) -> Result<(u64, u64, Option<String>), (String, Vec<String>)> {
         let agent_err = |e: AgentClientError| (e.to_string(), Vec::new());
-        self.agent.call(&Request::StartGroup { group }).await.map_err(agent_err)?;
-        reporter.phase("ready", format!("waiting up to {} for readiness", spec.release.deploy_timeout));
+        self.agent
+            .call(&Request::StartGroup { group })
+            .await
+            .map_err(agent_err)?;
+        reporter.phase(
+            "ready",
+            format!(
+                "waiting up to {} for readiness",
+                spec.release.deploy_timeout
+            ),
+        );
         let ready = self
             .agent
-            .call(&Request::WaitReady { service: service.into(), release: name.into(), timeout_ms: spec.release.deploy_timeout.as_millis() })
+            .call(&Request::WaitReady {
+                service: service.into(),
+                release: name.into(),
+                timeout_ms: spec.release.deploy_timeout.as_millis(),
+            })
             .await
             .map_err(agent_err)?;
         let ready_at_ms = match ready {
             Response::Ready { ready_at_ms } => ready_at_ms,
-            Response::NotReady { reason, log_tail } => return Err((format!("{name} did not become ready: {reason}"), log_tail)),
+            Response::NotReady { reason, log_tail } => {
+                return Err((format!("{name} did not become ready: {reason}"), log_tail));
+            }
             other => return Err((format!("unexpected agent answer {other:?}"), Vec::new())),
         };
-        let route = RouteSpec { host: spec.route.host.as_str().into(), path_prefix: spec.route.path_prefix.as_str().into() };
-        match self.agent.call(&Request::Activate { service: service.into(), release: name.into(), route }).await.map_err(agent_err)? {
-            Response::Activated { switched_at_ms, previous } => Ok((ready_at_ms, switched_at_ms, previous)),
+        let route = RouteSpec {
+            host: spec.route.host.as_str().into(),
+            path_prefix: spec.route.path_prefix.as_str().into(),
+        };
+        match self
+            .agent
+            .call(&Request::Activate {
+                service: service.into(),
+                release: name.into(),
+                route,
+            })
+            .await
+            .map_err(agent_err)?
+        {
+            Response::Activated {
+                switched_at_ms,
+                previous,
+            } => Ok((ready_at_ms, switched_at_ms, previous)),
             other => Err((format!("unexpected agent answer {other:?}"), Vec::new())),
         }
     }
 
     /// Drains and stops every group of `service` but `keep`.
-    async fn stop_others(&self, service: &str, keep: &str, drain_timeout_ms: u64, reporter: &Reporter) {
+    async fn stop_others(
+        &self,
+        service: &str,
+        keep: &str,
+        drain_timeout_ms: u64,
+        reporter: &Reporter,
+    ) {
         let others: Vec<String> = match self.agent.call(&Request::Status).await {
             Ok(Response::Status { status }) => status
                 .services
@@ -291,7 +430,15 @@ impl Engine {
         };
         for release in others {
             reporter.phase("drain", format!("draining and stopping {release}"));
-            if let Err(e) = self.agent.call(&Request::StopGroup { service: service.into(), release: release.clone(), drain_timeout_ms }).await {
+            if let Err(e) = self
+                .agent
+                .call(&Request::StopGroup {
+                    service: service.into(),
+                    release: release.clone(),
+                    drain_timeout_ms,
+                })
+                .await
+            {
                 tracing::warn!(service, release, error = %e, "could not stop old release");
             }
         }
@@ -303,7 +450,11 @@ impl Engine {
         let Response::Status { status } = self.agent.call(&Request::Status).await? else {
             return Ok(());
         };
-        let active: BTreeMap<String, Option<String>> = status.services.iter().map(|s| (s.service.clone(), s.active.clone())).collect();
+        let active: BTreeMap<String, Option<String>> = status
+            .services
+            .iter()
+            .map(|s| (s.service.clone(), s.active.clone()))
+            .collect();
         for r in self.store.deploying().await? {
             let name = r.name();
             let serving = active.get(&r.service).and_then(|a| a.as_deref()) == Some(name.as_str());
@@ -312,18 +463,40 @@ impl Engine {
                 .subject("release", &name)
                 .payload(serde_json::json!({ "reconciled": true, "reason": "control plane restarted during the release" }));
             if serving {
-                self.store.transition(&r.service, r.number, "live", None, true, event).await?;
+                self.store
+                    .transition(&r.service, r.number, "live", None, true, event)
+                    .await?;
             } else {
-                self.store.transition(&r.service, r.number, "failed", Some("interrupted: control plane restarted"), false, event).await?;
+                self.store
+                    .transition(
+                        &r.service,
+                        r.number,
+                        "failed",
+                        Some("interrupted: control plane restarted"),
+                        false,
+                        event,
+                    )
+                    .await?;
             }
             tracing::info!(service = %r.service, release = %name, serving, "settled interrupted release");
         }
         for s in &status.services {
             let keep = s.active.clone().unwrap_or_default();
-            let orphans: std::collections::BTreeSet<_> = s.instances.iter().map(|i| i.release.clone()).filter(|r| *r != keep).collect();
+            let orphans: std::collections::BTreeSet<_> = s
+                .instances
+                .iter()
+                .map(|i| i.release.clone())
+                .filter(|r| *r != keep)
+                .collect();
             for release in orphans {
                 tracing::info!(service = %s.service, release, "stopping orphaned group");
-                self.agent.call(&Request::StopGroup { service: s.service.clone(), release, drain_timeout_ms: 1000 }).await?;
+                self.agent
+                    .call(&Request::StopGroup {
+                        service: s.service.clone(),
+                        release,
+                        drain_timeout_ms: 1000,
+                    })
+                    .await?;
             }
         }
         self.store
@@ -338,7 +511,9 @@ fn probe_spec(p: &Probe, default_interval: tandem_core::Duration) -> ProbeSpec {
         kind: match &p.check {
             Check::Http(path) => ProbeKind::Http { path: path.clone() },
             Check::Tcp => ProbeKind::Tcp,
-            Check::Exec(command) => ProbeKind::Exec { command: command.clone() },
+            Check::Exec(command) => ProbeKind::Exec {
+                command: command.clone(),
+            },
         },
         interval_ms: p.interval.unwrap_or(default_interval).as_millis(),
         timeout_ms: p.timeout.as_millis(),
@@ -356,7 +531,11 @@ pub fn group_spec(release: &ReleaseRow, spec: &Spec) -> GroupSpec {
         env: spec.run.env.clone(),
         instances: spec.run.instances.get(),
         readiness: probe_spec(&spec.readiness(), DEFAULT_READINESS_INTERVAL),
-        liveness: spec.health.liveness.as_ref().map(|p| probe_spec(p, DEFAULT_LIVENESS_INTERVAL)),
+        liveness: spec
+            .health
+            .liveness
+            .as_ref()
+            .map(|p| probe_spec(p, DEFAULT_LIVENESS_INTERVAL)),
         stop_timeout_ms: spec.run.stop_timeout.as_millis(),
     }
 }

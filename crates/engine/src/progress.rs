@@ -8,14 +8,27 @@ use tokio::sync::mpsc;
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Progress {
     /// A phase began: `build`, `test`, `artifact`, `start`, `ready`, `switch`, `drain`.
-    Phase { phase: String, message: String, at_ms: u64 },
+    Phase {
+        phase: String,
+        message: String,
+        at_ms: u64,
+    },
     /// A line of step output.
     Log { step: String, line: String },
     /// The end, on success: the live release and what it took.
-    Done { service: String, release: String, message: String, timings: Timings },
+    Done {
+        service: String,
+        release: String,
+        message: String,
+        timings: Timings,
+    },
     /// The end, on failure. `kind` is `bad_input` (the caller's to fix) or
     /// `failed` (the work ran and did not succeed).
-    Failed { message: String, log_tail: Vec<String>, kind: String },
+    Failed {
+        message: String,
+        log_tail: Vec<String>,
+        kind: String,
+    },
 }
 
 /// What a release took, for people and `bench/deploy`.
@@ -48,6 +61,10 @@ impl Reporter {
         }
     }
     pub fn phase(&self, phase: &str, message: impl Into<String>) {
-        self.send(Progress::Phase { phase: phase.into(), message: message.into(), at_ms: crate::now_ms() });
+        self.send(Progress::Phase {
+            phase: phase.into(),
+            message: message.into(),
+            at_ms: crate::now_ms(),
+        });
     }
 }

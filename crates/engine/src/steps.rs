@@ -15,7 +15,11 @@ use crate::progress::{Progress, Reporter};
 const TAIL: usize = 20;
 
 /// Runs `step` in `dir`; `Err` carries the reason and the last output lines.
-pub async fn run(step: &Step, dir: &Path, reporter: &Reporter) -> Result<(), (String, Vec<String>)> {
+pub async fn run(
+    step: &Step,
+    dir: &Path,
+    reporter: &Reporter,
+) -> Result<(), (String, Vec<String>)> {
     let mut child = tokio::process::Command::new("/bin/sh")
         .arg("-c")
         .arg(&step.run)
@@ -27,10 +31,24 @@ pub async fn run(step: &Step, dir: &Path, reporter: &Reporter) -> Result<(), (St
         .process_group(0)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| (format!("step {} could not start: {e}", step.name), Vec::new()))?;
+        .map_err(|e| {
+            (
+                format!("step {} could not start: {e}", step.name),
+                Vec::new(),
+            )
+        })?;
     let pgid = child.id().map(|p| Pid::from_raw(p as i32));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    for stream in [child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>), child.stderr.take().map(|s| Box::new(s) as _)].into_iter().flatten() {
+    for stream in [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        child.stderr.take().map(|s| Box::new(s) as _),
+    ]
+    .into_iter()
+    .flatten()
+    {
         let tx = tx.clone();
         tokio::spawn(async move {
             let mut lines = BufReader::new(stream).lines();
@@ -43,7 +61,10 @@ pub async fn run(step: &Step, dir: &Path, reporter: &Reporter) -> Result<(), (St
     let mut tail: Vec<String> = Vec::new();
     let collect = async {
         while let Some(line) = rx.recv().await {
-            reporter.send(Progress::Log { step: step.name.clone(), line: line.clone() });
+            reporter.send(Progress::Log {
+                step: step.name.clone(),
+                line: line.clone(),
+            });
             if tail.len() == TAIL {
                 tail.remove(0);
             }
@@ -55,12 +76,18 @@ pub async fn run(step: &Step, dir: &Path, reporter: &Reporter) -> Result<(), (St
     match status {
         Ok(Ok(s)) if s.success() => Ok(()),
         Ok(Ok(s)) => Err((format!("step {} failed: {s}", step.name), tail)),
-        Ok(Err(e)) => Err((format!("step {} could not be waited for: {e}", step.name), tail)),
+        Ok(Err(e)) => Err((
+            format!("step {} could not be waited for: {e}", step.name),
+            tail,
+        )),
         Err(_) => {
             if let Some(pgid) = pgid {
                 let _ = killpg(pgid, Signal::SIGKILL);
             }
-            Err((format!("step {} timed out after {}", step.name, step.timeout), tail))
+            Err((
+                format!("step {} timed out after {}", step.name, step.timeout),
+                tail,
+            ))
         }
     }
 }

@@ -35,7 +35,9 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
 /// Removes hop-by-hop headers, including those named in `Connection`.
 /// Returns the `Upgrade` value when the message asked for one.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
-    let upgrade = wants_upgrade(headers).then(|| headers.get(UPGRADE).cloned()).flatten();
+    let upgrade = wants_upgrade(headers)
+        .then(|| headers.get(UPGRADE).cloned())
+        .flatten();
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -101,7 +103,10 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
         h.insert(UPGRADE, HeaderValue::from_static("websocket"));
-        assert_eq!(strip_hop_by_hop(&mut h), Some(HeaderValue::from_static("websocket")));
+        assert_eq!(
+            strip_hop_by_hop(&mut h),
+            Some(HeaderValue::from_static("websocket"))
+        );
         assert!(h.is_empty());
     }
 
@@ -109,7 +114,11 @@ mod tests {
     fn appends_forwarded_for() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        add_forwarded(&mut h, SocketAddr::from(([127, 0, 0, 1], 5000)), "shop.test");
+        add_forwarded(
+            &mut h,
+            SocketAddr::from(([127, 0, 0, 1], 5000)),
+            "shop.test",
+        );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-host"], "shop.test");
         assert_eq!(h["host"], "shop.test");

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 /// Upper bounds of the latency buckets, in microseconds.
 pub const BUCKETS_US: [u64; 14] = [
-    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
-    5_000_000, 10_000_000,
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000, 5_000_000, 10_000_000,
 ];
 
 /// Counters for one route or one target.
@@ -44,7 +44,10 @@ impl RequestMetrics {
         let class = usize::from((status / 100).clamp(1, 5)) - 1;
         self.classes[class].fetch_add(1, Relaxed);
         let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        let slot = BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(BUCKETS_US.len());
+        let slot = BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(BUCKETS_US.len());
         self.buckets[slot].fetch_add(1, Relaxed);
         self.sum_us.fetch_add(us, Relaxed);
     }
@@ -68,29 +71,54 @@ impl RequestMetrics {
             .join(",");
         let sep = if base.is_empty() { "" } else { "," };
         for (i, count) in snap.classes.iter().enumerate() {
-            let _ = writeln!(out, "{name}_requests_total{{{base}{sep}class=\"{}xx\"}} {count}", i + 1);
+            let _ = writeln!(
+                out,
+                "{name}_requests_total{{{base}{sep}class=\"{}xx\"}} {count}",
+                i + 1
+            );
         }
         let mut cumulative = 0;
         for (i, count) in snap.buckets.iter().enumerate() {
             cumulative += count;
-            let le = BUCKETS_US.get(i).map(|us| format!("{}", *us as f64 / 1e6)).unwrap_or_else(|| "+Inf".into());
-            let _ = writeln!(out, "{name}_request_duration_seconds_bucket{{{base}{sep}le=\"{le}\"}} {cumulative}");
+            let le = BUCKETS_US
+                .get(i)
+                .map(|us| format!("{}", *us as f64 / 1e6))
+                .unwrap_or_else(|| "+Inf".into());
+            let _ = writeln!(
+                out,
+                "{name}_request_duration_seconds_bucket{{{base}{sep}le=\"{le}\"}} {cumulative}"
+            );
         }
-        let _ = writeln!(out, "{name}_request_duration_seconds_sum{{{base}}} {}", snap.sum_us as f64 / 1e6);
-        let _ = writeln!(out, "{name}_request_duration_seconds_count{{{base}}} {cumulative}");
+        let _ = writeln!(
+            out,
+            "{name}_request_duration_seconds_sum{{{base}}} {}",
+            snap.sum_us as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "{name}_request_duration_seconds_count{{{base}}} {cumulative}"
+        );
     }
 }
 
 /// The HELP/TYPE header for a family rendered by [`RequestMetrics::render`].
 pub fn render_header(out: &mut String, name: &str, what: &str) {
-    let _ = writeln!(out, "# HELP {name}_requests_total Requests by status class, per {what}.");
+    let _ = writeln!(
+        out,
+        "# HELP {name}_requests_total Requests by status class, per {what}."
+    );
     let _ = writeln!(out, "# TYPE {name}_requests_total counter");
-    let _ = writeln!(out, "# HELP {name}_request_duration_seconds Time to response headers, per {what}.");
+    let _ = writeln!(
+        out,
+        "# HELP {name}_request_duration_seconds Time to response headers, per {what}."
+    );
     let _ = writeln!(out, "# TYPE {name}_request_duration_seconds histogram");
 }
 
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -118,9 +146,25 @@ mod tests {
         m.record(200, Duration::from_millis(3));
         let mut out = String::new();
         m.render(&mut out, "tandem_route", &[("service", "shop")]);
-        assert!(out.contains("tandem_route_requests_total{service=\"shop\",class=\"2xx\"} 2"), "{out}");
-        assert!(out.contains("tandem_route_request_duration_seconds_bucket{service=\"shop\",le=\"0.005\"} 2"), "{out}");
-        assert!(out.contains("tandem_route_request_duration_seconds_bucket{service=\"shop\",le=\"+Inf\"} 2"), "{out}");
-        assert!(out.contains("tandem_route_request_duration_seconds_count{service=\"shop\"} 2"), "{out}");
+        assert!(
+            out.contains("tandem_route_requests_total{service=\"shop\",class=\"2xx\"} 2"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "tandem_route_request_duration_seconds_bucket{service=\"shop\",le=\"0.005\"} 2"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "tandem_route_request_duration_seconds_bucket{service=\"shop\",le=\"+Inf\"} 2"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("tandem_route_request_duration_seconds_count{service=\"shop\"} 2"),
+            "{out}"
+        );
     }
 }

@@ -42,7 +42,8 @@ impl Route {
 
     fn matches_path(&self, path: &str) -> bool {
         let p = self.path_prefix.as_str();
-        path.starts_with(p) && (p.ends_with('/') || path.len() == p.len() || path.as_bytes()[p.len()] == b'/')
+        path.starts_with(p)
+            && (p.ends_with('/') || path.len() == p.len() || path.as_bytes()[p.len()] == b'/')
     }
 }
 
@@ -56,10 +57,13 @@ impl RouteTable {
     pub fn new(routes: impl IntoIterator<Item = Route>) -> Self {
         let mut by_host: HashMap<String, Vec<Arc<Route>>> = HashMap::new();
         for r in routes {
-            by_host.entry(r.host.to_ascii_lowercase()).or_default().push(Arc::new(r));
+            by_host
+                .entry(r.host.to_ascii_lowercase())
+                .or_default()
+                .push(Arc::new(r));
         }
         for routes in by_host.values_mut() {
-            routes.sort_by(|a, b| b.path_prefix.len().cmp(&a.path_prefix.len()));
+            routes.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
         }
         RouteTable { by_host }
     }
@@ -96,7 +100,12 @@ mod tests {
             service: service.into(),
             host: host.into(),
             path_prefix: prefix.into(),
-            targets: vec![Target::new(format!("{service}-1"), service.into(), "r1".into(), SocketAddr::from(([127, 0, 0, 1], 9)))],
+            targets: vec![Target::new(
+                format!("{service}-1"),
+                service.into(),
+                "r1".into(),
+                SocketAddr::from(([127, 0, 0, 1], 9)),
+            )],
             cursor: Arc::default(),
             metrics: Arc::default(),
         }
@@ -105,8 +114,14 @@ mod tests {
     #[test]
     fn longest_prefix_wins_and_port_is_ignored() {
         let t = RouteTable::new([route("a.test", "/", "root"), route("a.test", "/api", "api")]);
-        assert_eq!(t.lookup("a.test:8080", "/api/x").map(|r| &*r.service), Some("api"));
-        assert_eq!(t.lookup("A.TEST", "/apix").map(|r| &*r.service), Some("root"));
+        assert_eq!(
+            t.lookup("a.test:8080", "/api/x").map(|r| &*r.service),
+            Some("api")
+        );
+        assert_eq!(
+            t.lookup("A.TEST", "/apix").map(|r| &*r.service),
+            Some("root")
+        );
         assert_eq!(t.lookup("a.test", "/api").map(|r| &*r.service), Some("api"));
         assert!(t.lookup("b.test", "/").is_none());
     }
@@ -114,13 +129,21 @@ mod tests {
     #[test]
     fn pick_round_robins_and_skips_ejected() {
         let mut r = route("a.test", "/", "s");
-        r.targets.push(Target::new("s-2".into(), "s".into(), "r1".into(), SocketAddr::from(([127, 0, 0, 1], 10))));
+        r.targets.push(Target::new(
+            "s-2".into(),
+            "s".into(),
+            "r1".into(),
+            SocketAddr::from(([127, 0, 0, 1], 10)),
+        ));
         let first = r.pick(None).map(|s| s.target.id.clone());
         let second = r.pick(None).map(|s| s.target.id.clone());
         assert_ne!(first, second);
         r.targets[0].eject();
         for _ in 0..4 {
-            assert_eq!(r.pick(None).map(|s| s.target.id.clone()).as_deref(), Some("s-2"));
+            assert_eq!(
+                r.pick(None).map(|s| s.target.id.clone()).as_deref(),
+                Some("s-2")
+            );
         }
         let avoid = Arc::clone(&r.targets[1]);
         assert!(r.pick(Some(&avoid)).is_none());

@@ -110,7 +110,10 @@ impl Proxy {
             tokio::spawn(async move {
                 let svc = service_fn(move |req| handle(Arc::clone(&inner), client, req));
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await {
+                if let Err(e) = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .await
+                {
                     tracing::debug!(error = %e, %client, "client connection ended with error");
                 }
             });
@@ -118,21 +121,34 @@ impl Proxy {
     }
 }
 
-async fn handle(inner: Arc<Inner>, client: SocketAddr, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+async fn handle(
+    inner: Arc<Inner>,
+    client: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
     let Some(host) = request_host(&req) else {
         return Ok(plain(StatusCode::BAD_REQUEST, "request has no Host\n"));
     };
     let (route, slot) = match claim(&inner, &host, req.uri().path()).await {
         Claim::Got(route, slot) => (route, slot),
-        Claim::NoRoute => return Ok(plain(StatusCode::NOT_FOUND, format!("no route for {host}\n"))),
+        Claim::NoRoute => {
+            return Ok(plain(
+                StatusCode::NOT_FOUND,
+                format!("no route for {host}\n"),
+            ));
+        }
         Claim::NoTarget(route) => {
             route.metrics.record(503, started.elapsed());
-            return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, format!("{} has no ready instance\n", route.service)));
+            return Ok(plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{} has no ready instance\n", route.service),
+            ));
         }
     };
 
-    let client_upgrade = forward::wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+    let client_upgrade =
+        forward::wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
     let upgrade = forward::strip_hop_by_hop(&mut headers);
@@ -144,7 +160,12 @@ async fn handle(inner: Arc<Inner>, client: SocketAddr, mut req: Request<Incoming
         && matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS)
         && body.is_end_stream();
     let mut body = Some(body);
-    let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_owned();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_owned();
 
     let mut slot = slot;
     let mut retried = false;
@@ -162,7 +183,11 @@ async fn handle(inner: Arc<Inner>, client: SocketAddr, mut req: Request<Incoming
             Ok(uri) => *upstream.uri_mut() = uri,
             Err(_) => return Ok(plain(StatusCode::BAD_REQUEST, "bad request target\n")),
         }
-        let outcome = tokio::time::timeout(inner.config.response_timeout, inner.client.request(upstream)).await;
+        let outcome = tokio::time::timeout(
+            inner.config.response_timeout,
+            inner.client.request(upstream),
+        )
+        .await;
         match outcome {
             Ok(Ok(resp)) => {
                 let status = resp.status();
@@ -176,23 +201,28 @@ async fn handle(inner: Arc<Inner>, client: SocketAddr, mut req: Request<Incoming
                     target.eject();
                 }
                 tracing::debug!(error = %e, target = %target.id, "upstream request failed");
-                if retryable && !retried {
-                    if let Some(next) = route.pick(Some(&target)) {
+                if retryable && !retried
+                    && let Some(next) = route.pick(Some(&target)) {
                         retried = true;
                         slot = next;
                         continue;
                     }
-                }
                 let latency = started.elapsed();
                 target.metrics.record(502, latency);
                 route.metrics.record(502, latency);
-                return Ok(plain(StatusCode::BAD_GATEWAY, format!("{} did not answer\n", route.service)));
+                return Ok(plain(
+                    StatusCode::BAD_GATEWAY,
+                    format!("{} did not answer\n", route.service),
+                ));
             }
             Err(_) => {
                 let latency = started.elapsed();
                 target.metrics.record(504, latency);
                 route.metrics.record(504, latency);
-                return Ok(plain(StatusCode::GATEWAY_TIMEOUT, format!("{} did not answer in time\n", route.service)));
+                return Ok(plain(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("{} did not answer in time\n", route.service),
+                ));
             }
         }
     }
@@ -223,7 +253,11 @@ async fn claim(inner: &Inner, host: &str, path: &str) -> Claim {
         drop(table);
         // Ejected targets come back on their own; poll so they are seen.
         let wake = tokio::time::Instant::now() + Duration::from_millis(100);
-        if tokio::time::timeout_at(wake.min(deadline), changed).await.is_err() && tokio::time::Instant::now() >= deadline {
+        if tokio::time::timeout_at(wake.min(deadline), changed)
+            .await
+            .is_err()
+            && tokio::time::Instant::now() >= deadline
+        {
             return Claim::NoTarget(route);
         }
     }
@@ -234,19 +268,20 @@ fn respond(
     slot: InFlight,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<ProxyBody> {
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client_upgrade) = client_upgrade {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_upgrade) = client_upgrade {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             tokio::spawn(async move {
                 let _slot = slot;
                 if let (Ok(a), Ok(b)) = tokio::join!(client_upgrade, upstream_upgrade) {
-                    let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(b)).await;
+                    let _ =
+                        tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(b))
+                            .await;
                 }
             });
             let (parts, _) = resp.into_parts();
             return Response::from_parts(parts, body::empty());
         }
-    }
     let (mut parts, incoming) = resp.into_parts();
     forward::strip_hop_by_hop(&mut parts.headers);
     Response::from_parts(parts, Tracked::boxed(incoming, slot))
@@ -259,12 +294,18 @@ fn request_host(req: &Request<Incoming>) -> Option<String> {
             None => h.to_owned(),
         });
     }
-    req.headers().get(http::header::HOST).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    req.headers()
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 fn plain(status: StatusCode, text: impl Into<bytes::Bytes>) -> Response<ProxyBody> {
     let mut resp = Response::new(body::text(text));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }

@@ -80,7 +80,9 @@ impl Target {
             self.release_slot();
             return None;
         }
-        Some(InFlight { target: Arc::clone(self) })
+        Some(InFlight {
+            target: Arc::clone(self),
+        })
     }
 
     fn release_slot(&self) {
@@ -126,7 +128,12 @@ mod tests {
     use super::*;
 
     fn target() -> Arc<Target> {
-        Target::new("i1".into(), "s".into(), "r1".into(), SocketAddr::from(([127, 0, 0, 1], 1)))
+        Target::new(
+            "i1".into(),
+            "s".into(),
+            "r1".into(),
+            SocketAddr::from(([127, 0, 0, 1], 1)),
+        )
     }
 
     #[tokio::test]
@@ -137,7 +144,10 @@ mod tests {
         let drain = tokio::spawn(async move { t2.drain(Duration::from_secs(5)).await });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!drain.is_finished());
-        assert!(t.acquire().is_none(), "a draining target takes no new request");
+        assert!(
+            t.acquire().is_none(),
+            "a draining target takes no new request"
+        );
         drop(slot);
         assert!(drain.await.expect("join"));
         assert_eq!(t.in_flight(), 0);

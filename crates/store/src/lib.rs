@@ -95,9 +95,15 @@ impl Store {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(std::time::Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Store { pool, writer: Default::default() })
+        Ok(Store {
+            pool,
+            writer: Default::default(),
+        })
     }
 
     /// Appends one event on its own.
@@ -114,10 +120,11 @@ impl Store {
         let _w = self.writer.lock().await;
         let mut tx = self.pool.begin().await?;
         let now = now_ts();
-        let existed: Option<String> = sqlx::query_scalar("SELECT spec FROM services WHERE name = ?")
-            .bind(s.name)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let existed: Option<String> =
+            sqlx::query_scalar("SELECT spec FROM services WHERE name = ?")
+                .bind(s.name)
+                .fetch_optional(&mut *tx)
+                .await?;
         let spec_text = serde_json::to_string(s.spec)?;
         let (kind, changed) = match &existed {
             None => ("service.created", true),
@@ -159,10 +166,12 @@ impl Store {
     ) -> Result<ReleaseRow> {
         let _w = self.writer.lock().await;
         let mut tx = self.pool.begin().await?;
-        let number: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(number), 0) + 1 FROM releases WHERE service = ?")
-            .bind(service)
-            .fetch_one(&mut *tx)
-            .await?;
+        let number: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(number), 0) + 1 FROM releases WHERE service = ?",
+        )
+        .bind(service)
+        .fetch_one(&mut *tx)
+        .await?;
         let now = now_ts();
         sqlx::query(
             "INSERT INTO releases (service, number, digest, path, spec, source, status, created_at, updated_at)
@@ -228,7 +237,9 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         if updated.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("{service} has no release r{number}")));
+            return Err(StoreError::NotFound(format!(
+                "{service} has no release r{number}"
+            )));
         }
         let e = append_in(&mut tx, event).await?;
         tx.commit().await?;
@@ -236,12 +247,17 @@ impl Store {
     }
 
     pub async fn services(&self) -> Result<Vec<ServiceRow>> {
-        let rows = sqlx::query("SELECT * FROM services ORDER BY name").fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT * FROM services ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(service_row).collect()
     }
 
     pub async fn service(&self, name: &str) -> Result<Option<ServiceRow>> {
-        let row = sqlx::query("SELECT * FROM services WHERE name = ?").bind(name).fetch_optional(&self.pool).await?;
+        let row = sqlx::query("SELECT * FROM services WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(service_row).transpose()
     }
 
@@ -259,12 +275,17 @@ impl Store {
             .bind(number)
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(release_row).transpose()?.ok_or_else(|| StoreError::NotFound(format!("{service} has no release r{number}")))
+        row.as_ref()
+            .map(release_row)
+            .transpose()?
+            .ok_or_else(|| StoreError::NotFound(format!("{service} has no release r{number}")))
     }
 
     /// Releases left in `deploying` (by a control plane that died mid-release).
     pub async fn deploying(&self) -> Result<Vec<ReleaseRow>> {
-        let rows = sqlx::query("SELECT * FROM releases WHERE status = 'deploying'").fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT * FROM releases WHERE status = 'deploying'")
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(release_row).collect()
     }
 
@@ -303,9 +324,10 @@ impl Store {
 }
 
 async fn append_in(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, event: NewEvent) -> Result<Event> {
-    let last: Option<(i64, String)> = sqlx::query_as("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
-        .fetch_optional(&mut **tx)
-        .await?;
+    let last: Option<(i64, String)> =
+        sqlx::query_as("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut **tx)
+            .await?;
     let (seq, prev) = match last {
         Some((seq, hash)) => (seq as u64 + 1, hash),
         None => (1, GENESIS.to_string()),

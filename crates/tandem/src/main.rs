@@ -7,10 +7,16 @@ use tandem_cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let daemon = matches!(cli.command, Command::Up { .. } | Command::Agent { .. } | Command::Server { .. });
+    let daemon = matches!(
+        cli.command,
+        Command::Up { .. } | Command::Agent { .. } | Command::Server { .. }
+    );
     let default_filter = if daemon { "info" } else { "warn" };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG").unwrap_or_else(|_| default_filter.into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG")
+                .unwrap_or_else(|_| default_filter.into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let runtime = match tokio::runtime::Runtime::new() {

@@ -29,12 +29,20 @@ fn ten_deploys_and_a_rollback_under_load_fail_no_request() {
     }
     let r = load.finish();
     eprintln!("requests ok={} failed={}", r.ok, r.failed);
-    assert_eq!(r.failed, 0, "failed requests: {:?}", &r.failures[..r.failures.len().min(10)]);
+    assert_eq!(
+        r.failed,
+        0,
+        "failed requests: {:?}",
+        &r.failures[..r.failures.len().min(10)]
+    );
     assert!(r.ok >= 2_000, "only {} requests", r.ok);
     // Only the live release runs.
     let instances = env.instances("web");
     assert_eq!(instances.len(), 2);
-    assert!(instances.iter().all(|i| i["release"] == "r10"), "{instances:?}");
+    assert!(
+        instances.iter().all(|i| i["release"] == "r10"),
+        "{instances:?}"
+    );
 }
 
 #[test]
@@ -54,17 +62,38 @@ fn release_that_never_gets_ready_fails_in_time_and_leaves_the_old_one_serving() 
     let out = env.deploy(&bad);
     let took = started.elapsed();
     let r = load.finish();
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("did not become ready"), "{stderr}");
-    assert!(stderr.contains("booting"), "the log tail is shown: {stderr}");
+    assert!(
+        stderr.contains("booting"),
+        "the log tail is shown: {stderr}"
+    );
     assert!(took < Duration::from_secs(2 + 5), "took {took:?}");
     assert_eq!(r.failed, 0, "{:?}", r.failures);
-    assert_eq!(env.get("web.test", "/index.html"), (200, "good".to_string()));
+    assert_eq!(
+        env.get("web.test", "/index.html"),
+        (200, "good".to_string())
+    );
     let instances = env.instances("web");
-    assert!(instances.iter().all(|i| i["release"] == "r1"), "nothing of r2 runs: {instances:?}");
-    let sleeping = std::process::Command::new("pgrep").args(["-f", "sleep 600"]).output().expect("pgrep");
-    assert!(sleeping.stdout.is_empty(), "failed release left processes: {}", String::from_utf8_lossy(&sleeping.stdout));
+    assert!(
+        instances.iter().all(|i| i["release"] == "r1"),
+        "nothing of r2 runs: {instances:?}"
+    );
+    let sleeping = std::process::Command::new("pgrep")
+        .args(["-f", "sleep 600"])
+        .output()
+        .expect("pgrep");
+    assert!(
+        sleeping.stdout.is_empty(),
+        "failed release left processes: {}",
+        String::from_utf8_lossy(&sleeping.stdout)
+    );
     let releases = env.tandem(&["releases", "web", "-o", "json"]);
     let releases: serde_json::Value = serde_json::from_slice(&releases.stdout).expect("json");
     assert_eq!(releases[0]["status"], "failed");
@@ -86,7 +115,10 @@ fn sigkill_of_the_control_plane_drops_no_request_and_a_new_up_reattaches() {
     let r = load.finish();
     assert_eq!(r.failed, 0, "{:?}", r.failures);
     assert!(r.ok > 100, "load ran: {}", r.ok);
-    assert_eq!(env.get("web.test", "/index.html"), (200, "after".to_string()));
+    assert_eq!(
+        env.get("web.test", "/index.html"),
+        (200, "after".to_string())
+    );
     let verify = env.tandem(&["audit", "verify"]);
     assert_ok(&verify);
 }
@@ -115,12 +147,19 @@ fn sigkill_of_one_instance_drops_no_request_and_it_is_replaced() {
     };
     std::thread::sleep(Duration::from_millis(300));
     let r = load.finish();
-    assert!(replaced, "instance was not replaced: {:?}", env.instances("web"));
+    assert!(
+        replaced,
+        "instance was not replaced: {:?}",
+        env.instances("web")
+    );
     assert_eq!(r.failed, 0, "{:?}", r.failures);
     assert!(env.instances("web").iter().any(|i| i["restarts"] == 1));
 }
 
 fn nix_kill(pid: i32) {
-    let status = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().expect("kill");
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill");
     assert!(status.success());
 }

@@ -28,16 +28,32 @@ impl Env {
     /// `tandem up` on port 0; waits for its banner.
     pub fn start() -> Env {
         let root = tempfile::tempdir().expect("tempdir");
-        let mut env = Env { root, api: String::new(), proxy: String::new(), up: None };
+        let mut env = Env {
+            root,
+            api: String::new(),
+            proxy: String::new(),
+            up: None,
+        };
         env.up_again();
         env
     }
 
     /// Starts `tandem up` (again) on the same data directory.
     pub fn up_again(&mut self) {
-        let proxy_arg = if self.proxy.is_empty() { "127.0.0.1:0".to_string() } else { self.proxy.clone() };
+        let proxy_arg = if self.proxy.is_empty() {
+            "127.0.0.1:0".to_string()
+        } else {
+            self.proxy.clone()
+        };
         let mut child = Command::new(bin())
-            .args(["up", "--api-addr", "127.0.0.1:0", "--proxy-addr", &proxy_arg, "--data-dir"])
+            .args([
+                "up",
+                "--api-addr",
+                "127.0.0.1:0",
+                "--proxy-addr",
+                &proxy_arg,
+                "--data-dir",
+            ])
             .arg(self.data())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -47,12 +63,19 @@ impl Env {
         let stderr = child.stderr.take().expect("stderr");
         let mut lines = BufReader::new(stderr).lines();
         loop {
-            let line = lines.next().expect("tandem up ended before its banner").expect("read");
+            let line = lines
+                .next()
+                .expect("tandem up ended before its banner")
+                .expect("read");
             if let Some(rest) = line.strip_prefix("tandem up: api http://") {
                 let mut parts = rest.split_whitespace();
                 self.api = parts.next().expect("api").to_string();
                 parts.next();
-                self.proxy = parts.next().expect("proxy").trim_start_matches("http://").to_string();
+                self.proxy = parts
+                    .next()
+                    .expect("proxy")
+                    .trim_start_matches("http://")
+                    .to_string();
                 break;
             }
         }
@@ -92,11 +115,22 @@ impl Env {
     /// One GET through the proxy on a fresh connection: (status, body).
     pub fn get(&self, host: &str, path: &str) -> (u16, String) {
         let mut stream = std::net::TcpStream::connect(&self.proxy).expect("connect proxy");
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").expect("write");
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("write");
         let mut resp = String::new();
         stream.read_to_string(&mut resp).expect("read");
-        let status = resp.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let status = resp
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         (status, body)
     }
 
@@ -116,13 +150,19 @@ impl Env {
 
     /// Instances of `service` as the agent reports them.
     pub fn instances(&self, service: &str) -> Vec<serde_json::Value> {
-        self.status_json(service)["services"][0]["instances"].as_array().cloned().unwrap_or_default()
+        self.status_json(service)["services"][0]["instances"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
 impl Drop for Env {
     fn drop(&mut self) {
-        let _ = Command::new(bin()).args(["down", "--data-dir"]).arg(self.data()).output();
+        let _ = Command::new(bin())
+            .args(["down", "--data-dir"])
+            .arg(self.data())
+            .output();
         self.kill_up();
     }
 }
@@ -160,12 +200,19 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let threads = (0..workers)
             .map(|_| {
-                let (ok, failed, failures, stop) = (ok.clone(), failed.clone(), failures.clone(), stop.clone());
+                let (ok, failed, failures, stop) =
+                    (ok.clone(), failed.clone(), failures.clone(), stop.clone());
                 let (proxy, host) = (proxy.to_string(), host.to_string());
                 std::thread::spawn(move || worker(&proxy, &host, &ok, &failed, &failures, &stop))
             })
             .collect();
-        Load { ok, failed, failures, stop, threads }
+        Load {
+            ok,
+            failed,
+            failures,
+            stop,
+            threads,
+        }
     }
 
     pub fn ok_so_far(&self) -> u64 {
@@ -178,12 +225,23 @@ impl Load {
             let _ = t.join();
         }
         let failures = self.failures.lock().map(|f| f.clone()).unwrap_or_default();
-        LoadResult { ok: self.ok.load(Ordering::SeqCst), failed: self.failed.load(Ordering::SeqCst), failures }
+        LoadResult {
+            ok: self.ok.load(Ordering::SeqCst),
+            failed: self.failed.load(Ordering::SeqCst),
+            failures,
+        }
     }
 }
 
 /// One keep-alive connection doing GETs; every error or non-200 is a failure.
-fn worker(proxy: &str, host: &str, ok: &AtomicU64, failed: &AtomicU64, failures: &Mutex<Vec<String>>, stop: &AtomicBool) {
+fn worker(
+    proxy: &str,
+    host: &str,
+    ok: &AtomicU64,
+    failed: &AtomicU64,
+    failures: &Mutex<Vec<String>>,
+    stop: &AtomicBool,
+) {
     let mut conn: Option<BufReader<std::net::TcpStream>> = None;
     let fail = |why: String| {
         failed.fetch_add(1, Ordering::SeqCst);
@@ -220,9 +278,14 @@ fn worker(proxy: &str, host: &str, ok: &AtomicU64, failed: &AtomicU64, failures:
 }
 
 fn request(c: &mut BufReader<std::net::TcpStream>, host: &str) -> Result<u16, String> {
-    write!(c.get_mut(), "GET /index.html HTTP/1.1\r\nHost: {host}\r\n\r\n").map_err(|e| format!("write: {e}"))?;
+    write!(
+        c.get_mut(),
+        "GET /index.html HTTP/1.1\r\nHost: {host}\r\n\r\n"
+    )
+    .map_err(|e| format!("write: {e}"))?;
     let mut status_line = String::new();
-    c.read_line(&mut status_line).map_err(|e| format!("read: {e}"))?;
+    c.read_line(&mut status_line)
+        .map_err(|e| format!("read: {e}"))?;
     let status: u16 = status_line
         .split_whitespace()
         .nth(1)
@@ -231,17 +294,18 @@ fn request(c: &mut BufReader<std::net::TcpStream>, host: &str) -> Result<u16, St
     let mut len = 0usize;
     loop {
         let mut h = String::new();
-        c.read_line(&mut h).map_err(|e| format!("read header: {e}"))?;
+        c.read_line(&mut h)
+            .map_err(|e| format!("read header: {e}"))?;
         if h == "\r\n" || h.is_empty() {
             break;
         }
-        if let Some((k, v)) = h.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
+        if let Some((k, v)) = h.split_once(':')
+            && k.eq_ignore_ascii_case("content-length") {
                 len = v.trim().parse().unwrap_or(0);
             }
-        }
     }
     let mut body = vec![0u8; len];
-    c.read_exact(&mut body).map_err(|e| format!("read body: {e}"))?;
+    c.read_exact(&mut body)
+        .map_err(|e| format!("read body: {e}"))?;
     Ok(status)
 }

@@ -1,0 +1,22 @@
+# One entry point for the usual chores.
+.PHONY: fmt lint test ci bench build
+
+build:
+	cargo build --release
+
+fmt:
+	cargo fmt --all
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+
+test:
+	cargo test --workspace
+
+ci:
+	bash .ci/run
+
+bench: build
+	bash bench/proxy
+	bash bench/deploy

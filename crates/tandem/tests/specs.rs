@@ -1,0 +1,141 @@
+//! Bad input: every class of malformed spec gives file:line:column, exit
+//! code 2, and changes nothing (issue 2).
+
+mod util;
+
+use util::{Env, assert_ok};
+
+const GOOD: &str = "service:\n  name: web\nrun:\n  command: exec python3 -m http.server $PORT --bind 127.0.0.1\nroute:\n  host: web.test\n";
+
+fn check_rejected(env: &Env, yaml: &str, expect_loc: &str, expect_msg: &str) {
+    let dir = env.root.path().join("bad");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("tandem.yaml"), yaml).expect("write");
+    let events_before = env.tandem(&["audit", "verify", "-o", "json"]);
+    for args in [
+        vec!["validate", dir.to_str().expect("utf8")],
+        vec!["deploy", "--dir", dir.to_str().expect("utf8")],
+    ] {
+        let out = env.tandem(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        let file = dir.join("tandem.yaml");
+        assert!(
+            stderr.contains(&format!("{}:{expect_loc}", file.display())),
+            "{args:?} names file:line:col {expect_loc}: {stderr}"
+        );
+        assert!(stderr.contains(expect_msg), "{args:?}: {stderr}");
+    }
+    let events_after = env.tandem(&["audit", "verify", "-o", "json"]);
+    assert_eq!(
+        events_before.stdout, events_after.stdout,
+        "nothing was recorded"
+    );
+    let services = env.tandem(&["services", "-o", "json"]);
+    assert_eq!(
+        String::from_utf8_lossy(&services.stdout).trim(),
+        "[]",
+        "no service was created"
+    );
+}
+
+#[test]
+fn malformed_specs_are_located_and_change_nothing() {
+    let env = Env::start();
+    check_rejected(&env, "service:\n  name: [web\nrun: {}\n", "2:", "");
+    check_rejected(
+        &env,
+        &GOOD.replace("  host: web.test", "  host: web.test\n  hots: x"),
+        "7:3",
+        "did you mean `host`?",
+    );
+    check_rejected(
+        &env,
+        &format!("{GOOD}release:\n  drain_timeout: 30\n"),
+        "8:18",
+        "has no unit",
+    );
+    check_rejected(
+        &env,
+        &GOOD.replace("name: web", "name: Web_App"),
+        "2:9",
+        "only lowercase letters",
+    );
+    check_rejected(
+        &env,
+        "service:\n  name: web\nroute:\n  host: web.test\n",
+        "3:1",
+        "missing field `run`",
+    );
+}
+
+#[test]
+fn valid_spec_validates_and_schema_prints() {
+    let env = Env::start();
+    let dir = env.root.path().join("ok");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("tandem.yaml"), GOOD).expect("write");
+    assert_ok(&env.tandem(&["validate", dir.to_str().expect("utf8")]));
+    let schema = env.tandem(&["schema"]);
+    assert_ok(&schema);
+    let v: serde_json::Value = serde_json::from_slice(&schema.stdout).expect("json schema");
+    assert!(v["properties"]["run"].is_object());
+}
+
+#[test]
+fn unknown_service_and_bad_usage_exit_2() {
+    let env = Env::start();
+    let out = env.tandem(&["releases", "nope"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = env.tandem(&["deploy"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = env.tandem(&["frobnicate"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn second_up_on_the_same_data_dir_and_a_busy_address_are_refused() {
+    let env = Env::start();
+    let out = std::process::Command::new(util::bin())
+        .args([
+            "up",
+            "--api-addr",
+            "127.0.0.1:0",
+            "--proxy-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(env.data())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already runs"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let other = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(util::bin())
+        .args([
+            "up",
+            "--api-addr",
+            &env.api,
+            "--proxy-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(other.path())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&env.api),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
