@@ -58,9 +58,10 @@ impl InstanceLog {
             inner.rotate();
         }
         if let Some(f) = inner.file.as_mut()
-            && writeln!(f, "{line}").is_ok() {
-                inner.written += line.len() as u64 + 1;
-            }
+            && writeln!(f, "{line}").is_ok()
+        {
+            inner.written += line.len() as u64 + 1;
+        }
         if inner.tail.len() == TAIL_LINES {
             inner.tail.pop_front();
         }

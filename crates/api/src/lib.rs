@@ -193,9 +193,10 @@ async fn status(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let services = s.engine.store.services().await?;
     if let Some(name) = &q.service
-        && !services.iter().any(|x| &x.name == name) {
-            return Err(ApiError::NotFound(format!("no service named {name}")));
-        }
+        && !services.iter().any(|x| &x.name == name)
+    {
+        return Err(ApiError::NotFound(format!("no service named {name}")));
+    }
     let agent = match s.engine.agent.call(&Request::Status).await {
         Ok(AgentResponse::Status { status }) => Some(status),
         _ => None,

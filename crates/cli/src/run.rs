@@ -182,14 +182,15 @@ pub async fn down(dir: &Path) -> CmdResult {
     let mut stopped_any = false;
     if let Ok(pid) = std::fs::read_to_string(dir.join("server.lock"))
         && let Ok(pid) = pid.trim().parse::<i32>()
-            && tandem_agent::lock_data_dir(dir, "server.lock").is_err() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-                eprintln!("stopped server (pid {pid})");
-                stopped_any = true;
-            }
+        && tandem_agent::lock_data_dir(dir, "server.lock").is_err()
+    {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        eprintln!("stopped server (pid {pid})");
+        stopped_any = true;
+    }
     match client
         .call(&Request::Shutdown {
             stop_instances: true,

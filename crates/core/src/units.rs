@@ -194,7 +194,11 @@ mod tests {
 
     #[test]
     fn durations_without_or_with_bad_unit_are_rejected_with_a_hint() {
-        assert!("30".parse::<Duration>().expect_err("rejected").contains("`30s`"));
+        assert!(
+            "30".parse::<Duration>()
+                .expect_err("rejected")
+                .contains("`30s`")
+        );
         assert!(
             "30x"
                 .parse::<Duration>()

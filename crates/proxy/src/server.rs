@@ -201,12 +201,14 @@ async fn handle(
                     target.eject();
                 }
                 tracing::debug!(error = %e, target = %target.id, "upstream request failed");
-                if retryable && !retried
-                    && let Some(next) = route.pick(Some(&target)) {
-                        retried = true;
-                        slot = next;
-                        continue;
-                    }
+                if retryable
+                    && !retried
+                    && let Some(next) = route.pick(Some(&target))
+                {
+                    retried = true;
+                    slot = next;
+                    continue;
+                }
                 let latency = started.elapsed();
                 target.metrics.record(502, latency);
                 route.metrics.record(502, latency);
@@ -269,19 +271,19 @@ fn respond(
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<ProxyBody> {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-        && let Some(client_upgrade) = client_upgrade {
-            let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            tokio::spawn(async move {
-                let _slot = slot;
-                if let (Ok(a), Ok(b)) = tokio::join!(client_upgrade, upstream_upgrade) {
-                    let _ =
-                        tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(b))
-                            .await;
-                }
-            });
-            let (parts, _) = resp.into_parts();
-            return Response::from_parts(parts, body::empty());
-        }
+        && let Some(client_upgrade) = client_upgrade
+    {
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            let _slot = slot;
+            if let (Ok(a), Ok(b)) = tokio::join!(client_upgrade, upstream_upgrade) {
+                let _ =
+                    tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(b)).await;
+            }
+        });
+        let (parts, _) = resp.into_parts();
+        return Response::from_parts(parts, body::empty());
+    }
     let (mut parts, incoming) = resp.into_parts();
     forward::strip_hop_by_hop(&mut parts.headers);
     Response::from_parts(parts, Tracked::boxed(incoming, slot))

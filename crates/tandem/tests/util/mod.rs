@@ -300,9 +300,10 @@ fn request(c: &mut BufReader<std::net::TcpStream>, host: &str) -> Result<u16, St
             break;
         }
         if let Some((k, v)) = h.split_once(':')
-            && k.eq_ignore_ascii_case("content-length") {
-                len = v.trim().parse().unwrap_or(0);
-            }
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            len = v.trim().parse().unwrap_or(0);
+        }
     }
     let mut body = vec![0u8; len];
     c.read_exact(&mut body)
