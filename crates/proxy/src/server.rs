@@ -178,7 +178,12 @@ async fn handle(
         let mut upstream = Request::new(upstream_body);
         *upstream.method_mut() = parts.method.clone();
         *upstream.version_mut() = Version::HTTP_11;
-        *upstream.headers_mut() = headers.clone();
+        // Only a retryable request can need the headers a second time.
+        *upstream.headers_mut() = if retryable && !retried {
+            headers.clone()
+        } else {
+            std::mem::take(&mut headers)
+        };
         match format!("http://{}{}", target.addr, path_and_query).parse() {
             Ok(uri) => *upstream.uri_mut() = uri,
             Err(_) => return Ok(plain(StatusCode::BAD_REQUEST, "bad request target\n")),
@@ -239,6 +244,19 @@ enum Claim {
 /// Finds the route and claims a target; while the route has none, waits for
 /// the next published table, up to the hold timeout.
 async fn claim(inner: &Inner, host: &str, path: &str) -> Claim {
+    // Fast path: no waiter registration (a lock on the shared Notify) unless
+    // the route has no usable target right now.
+    {
+        let table = inner.table.load();
+        match table.lookup(host, path) {
+            None => return Claim::NoRoute,
+            Some(route) => {
+                if let Some(slot) = route.pick(None) {
+                    return Claim::Got(Arc::clone(route), slot);
+                }
+            }
+        }
+    }
     let deadline = tokio::time::Instant::now() + inner.config.hold_timeout;
     loop {
         let changed = inner.changed.notified();

@@ -62,6 +62,10 @@ fn release_that_never_gets_ready_fails_in_time_and_leaves_the_old_one_serving() 
     let out = env.deploy(&bad);
     let took = started.elapsed();
     let r = load.finish();
+    eprintln!(
+        "failed release ended after {took:?} (deploy_timeout 2s); requests ok={} failed={}",
+        r.ok, r.failed
+    );
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -113,6 +117,10 @@ fn sigkill_of_the_control_plane_drops_no_request_and_a_new_up_reattaches() {
     assert_ok(&env.deploy(&app));
     std::thread::sleep(Duration::from_millis(300));
     let r = load.finish();
+    eprintln!(
+        "control-plane kill: requests ok={} failed={}",
+        r.ok, r.failed
+    );
     assert_eq!(r.failed, 0, "{:?}", r.failures);
     assert!(r.ok > 100, "load ran: {}", r.ok);
     assert_eq!(
@@ -133,6 +141,7 @@ fn sigkill_of_one_instance_drops_no_request_and_it_is_replaced() {
     let load = Load::start(&env.proxy, "web.test", 4);
     std::thread::sleep(Duration::from_millis(300));
     nix_kill(victim);
+    let killed_at = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(10);
     let replaced = loop {
         let now = env.instances("web");
@@ -145,8 +154,10 @@ fn sigkill_of_one_instance_drops_no_request_and_it_is_replaced() {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
+    eprintln!("replacement ready {:?} after SIGKILL", killed_at.elapsed());
     std::thread::sleep(Duration::from_millis(300));
     let r = load.finish();
+    eprintln!("instance kill: requests ok={} failed={}", r.ok, r.failed);
     assert!(
         replaced,
         "instance was not replaced: {:?}",
