@@ -75,13 +75,12 @@ struct Instance {
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
-#[derive(Clone)]
 struct Live {
     pid: Option<u32>,
     port: u16,
     state: InstanceState,
-    ready: bool,
-    ready_at_ms: u64,
+    /// When the readiness probe last turned healthy; `None` while not ready.
+    ready_at_ms: Option<u64>,
     restarts: u32,
     target: Option<Arc<Target>>,
     last_exit: Option<String>,
@@ -215,7 +214,7 @@ impl Supervisor {
                 .iter()
                 .filter_map(|i| {
                     let live = i.live();
-                    (live.ready && live.state == InstanceState::Running)
+                    (live.ready_at_ms.is_some() && live.state == InstanceState::Running)
                         .then(|| live.target.clone())
                         .flatten()
                 })
@@ -268,8 +267,7 @@ impl Supervisor {
                     pid: None,
                     port: 0,
                     state: InstanceState::Starting,
-                    ready: false,
-                    ready_at_ms: 0,
+                    ready_at_ms: None,
                     restarts: 0,
                     target: None,
                     last_exit: None,
@@ -312,12 +310,9 @@ impl Supervisor {
                 };
                 group.instances.clone()
             };
-            if !instances.is_empty() && instances.iter().all(|i| i.live().ready) {
-                let ready_at_ms = instances
-                    .iter()
-                    .map(|i| i.live().ready_at_ms)
-                    .max()
-                    .unwrap_or(0);
+            let ready_at: Option<Vec<u64>> =
+                instances.iter().map(|i| i.live().ready_at_ms).collect();
+            if let Some(ready_at_ms) = ready_at.and_then(|at| at.into_iter().max()) {
                 return Response::Ready { ready_at_ms };
             }
             if let Some(crashed) = instances
@@ -335,7 +330,7 @@ impl Supervisor {
                 };
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                let waiting = instances.iter().find(|i| !i.live().ready);
+                let waiting = instances.iter().find(|i| i.live().ready_at_ms.is_none());
                 let (id, why, tail) = match waiting {
                     Some(i) => (
                         i.id.clone(),
@@ -371,7 +366,11 @@ impl Supervisor {
                 message: format!("{service} has no release {release} running"),
             };
         };
-        if !group.instances.iter().any(|i| i.live().ready) {
+        if !group
+            .instances
+            .iter()
+            .any(|i| i.live().ready_at_ms.is_some())
+        {
             return Response::Error {
                 message: format!(
                     "{service} release {release} has no ready instance; traffic left as it was"
@@ -403,28 +402,29 @@ impl Supervisor {
     ) -> Response {
         let group = {
             let mut state = lock(&self.shared.state);
-            let Some(svc) = state.services.get_mut(service) else {
-                return Response::Stopped {
-                    instances: 0,
-                    drained_in_ms: 0,
-                    drain_timed_out: false,
-                };
-            };
-            let Some(group) = svc.groups.remove(release) else {
-                return Response::Stopped {
-                    instances: 0,
-                    drained_in_ms: 0,
-                    drain_timed_out: false,
-                };
-            };
-            if svc.active.as_deref() == Some(release) {
-                svc.active = None;
-            }
-            if svc.groups.is_empty() && svc.active.is_none() {
+            let group = state.services.get_mut(service).and_then(|svc| {
+                let group = svc.groups.remove(release)?;
+                if svc.active.as_deref() == Some(release) {
+                    svc.active = None;
+                }
+                Some(group)
+            });
+            if state
+                .services
+                .get(service)
+                .is_some_and(|s| s.groups.is_empty() && s.active.is_none())
+            {
                 state.services.remove(service);
             }
             self.publish(&state);
             group
+        };
+        let Some(group) = group else {
+            return Response::Stopped {
+                instances: 0,
+                drained_in_ms: 0,
+                drain_timed_out: false,
+            };
         };
         self.save();
         let started = Instant::now();
@@ -502,7 +502,7 @@ impl Supervisor {
                                 pid: live.pid,
                                 port: live.port,
                                 state: live.state,
-                                ready: live.ready,
+                                ready: live.ready_at_ms.is_some(),
                                 restarts: live.restarts,
                                 in_flight: live.target.as_ref().map(|t| t.in_flight()).unwrap_or(0),
                             }
@@ -638,17 +638,12 @@ async fn run_instance(sup: Supervisor, inst: Arc<Instance>, spec: GroupSpec) {
         };
         let pid = child.id();
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        let target = Target::new(
-            inst.id.clone(),
-            spec.service.clone(),
-            spec.release.clone(),
-            addr,
-        );
+        let target = Target::new(inst.id.clone(), addr);
         sup.set_live(&inst, |l| {
             l.pid = pid;
             l.port = port;
             l.state = InstanceState::Running;
-            l.ready = false;
+            l.ready_at_ms = None;
             l.target = Some(target);
         });
         sup.save();
@@ -659,7 +654,7 @@ async fn run_instance(sup: Supervisor, inst: Arc<Instance>, spec: GroupSpec) {
             Outcome::Stop => {
                 sup.set_live(&inst, |l| {
                     l.state = InstanceState::Stopping;
-                    l.ready = false;
+                    l.ready_at_ms = None;
                 });
                 terminate(
                     &mut child,
@@ -687,7 +682,7 @@ async fn run_instance(sup: Supervisor, inst: Arc<Instance>, spec: GroupSpec) {
                 tracing::warn!(instance = %inst.id, reason = %why, "instance exited");
                 sup.set_live(&inst, |l| {
                     l.state = InstanceState::Backoff;
-                    l.ready = false;
+                    l.ready_at_ms = None;
                     l.pid = None;
                     l.restarts += 1;
                     l.last_exit = Some(why);
@@ -761,8 +756,7 @@ async fn watch_instance(
                             ready = true;
                             ever_ready = true;
                             sup.set_live(inst, |l| {
-                                l.ready = true;
-                                l.ready_at_ms = now_ms();
+                                l.ready_at_ms = Some(now_ms());
                                 l.last_probe_error = None;
                                 if let Some(t) = &l.target { t.readmit(); }
                             });
@@ -773,7 +767,7 @@ async fn watch_instance(
                         if ready && ready_failures >= spec.readiness.failures {
                             ready = false;
                             inst.log.write_line(&format!("[tandem] readiness failing: {e}"));
-                            sup.set_live(inst, |l| { l.ready = false; l.last_probe_error = Some(e); });
+                            sup.set_live(inst, |l| { l.ready_at_ms = None; l.last_probe_error = Some(e); });
                         } else {
                             inst.live().last_probe_error = Some(e);
                         }

@@ -21,23 +21,21 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Whether the message asks for a protocol upgrade (WebSocket and the like).
-pub fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(UPGRADE)
-        && headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+/// The `Upgrade` value when the message asks for a protocol upgrade
+/// (`Connection: upgrade` plus `Upgrade: …`, as for WebSocket).
+pub fn upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let value = headers.get(UPGRADE)?;
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        .then(|| value.clone())
 }
 
 /// Removes hop-by-hop headers, including those named in `Connection`.
-/// Returns the `Upgrade` value when the message asked for one.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
-    let upgrade = wants_upgrade(headers)
-        .then(|| headers.get(UPGRADE).cloned())
-        .flatten();
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -52,12 +50,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
         headers.remove(name);
     }
     headers.remove(UPGRADE);
-    upgrade
 }
 
 /// Sets `X-Forwarded-For` (appended), `-Proto` and `-Host`, and `Host` when
 /// the client spoke HTTP/2 and sent only `:authority`.
-pub fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, host: &str) {
+pub fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, host: &HeaderValue) {
     let ip = client.ip().to_string();
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prior) => format!("{prior}, {ip}"),
@@ -67,12 +64,10 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, host: &str) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    if let Ok(v) = HeaderValue::from_str(host) {
-        if !headers.contains_key(HOST) {
-            headers.insert(HOST, v.clone());
-        }
-        headers.insert(X_FORWARDED_HOST.clone(), v);
+    if !headers.contains_key(HOST) {
+        headers.insert(HOST, host.clone());
     }
+    headers.insert(X_FORWARDED_HOST.clone(), host.clone());
 }
 
 /// Puts back the two headers an upgrade needs.
@@ -93,7 +88,8 @@ mod tests {
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("te", HeaderValue::from_static("trailers"));
         h.insert("accept", HeaderValue::from_static("*/*"));
-        assert!(strip_hop_by_hop(&mut h).is_none());
+        assert!(upgrade(&h).is_none());
+        strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("accept"));
     }
@@ -103,10 +99,8 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
         h.insert(UPGRADE, HeaderValue::from_static("websocket"));
-        assert_eq!(
-            strip_hop_by_hop(&mut h),
-            Some(HeaderValue::from_static("websocket"))
-        );
+        assert_eq!(upgrade(&h), Some(HeaderValue::from_static("websocket")));
+        strip_hop_by_hop(&mut h);
         assert!(h.is_empty());
     }
 
@@ -117,7 +111,7 @@ mod tests {
         add_forwarded(
             &mut h,
             SocketAddr::from(([127, 0, 0, 1], 5000)),
-            "shop.test",
+            &HeaderValue::from_static("shop.test"),
         );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-host"], "shop.test");

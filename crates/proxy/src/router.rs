@@ -77,10 +77,6 @@ impl RouteTable {
         };
         routes.iter().find(|r| r.matches_path(path))
     }
-
-    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
-        self.by_host.values().flatten()
-    }
 }
 
 fn strip_port(host: &str) -> &str {
@@ -102,8 +98,6 @@ mod tests {
             path_prefix: prefix.into(),
             targets: vec![Target::new(
                 format!("{service}-1"),
-                service.into(),
-                "r1".into(),
                 SocketAddr::from(([127, 0, 0, 1], 9)),
             )],
             cursor: Arc::default(),
@@ -131,8 +125,6 @@ mod tests {
         let mut r = route("a.test", "/", "s");
         r.targets.push(Target::new(
             "s-2".into(),
-            "s".into(),
-            "r1".into(),
             SocketAddr::from(([127, 0, 0, 1], 10)),
         ));
         let first = r.pick(None).map(|s| s.target.id.clone());

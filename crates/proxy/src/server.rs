@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::uri::{self, PathAndQuery, Scheme};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
@@ -23,7 +24,7 @@ use tokio::sync::Notify;
 use crate::body::{self, ProxyBody, Tracked};
 use crate::forward;
 use crate::router::{Route, RouteTable};
-use crate::target::InFlight;
+use crate::target::{InFlight, Target};
 
 /// Tunables of the proxy, with production defaults.
 #[derive(Clone, Debug)]
@@ -84,14 +85,11 @@ impl Proxy {
         self.inner.changed.notify_waiters();
     }
 
-    pub fn table(&self) -> Arc<RouteTable> {
-        self.inner.table.load_full()
-    }
-
     /// Serves `listener` until `shutdown` completes; connections already
     /// accepted finish on their own tasks.
     pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         loop {
             let (stream, client) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -107,9 +105,9 @@ impl Proxy {
             };
             let _ = stream.set_nodelay(true);
             let inner = Arc::clone(&self.inner);
+            let builder = builder.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| handle(Arc::clone(&inner), client, req));
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 if let Err(e) = builder
                     .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                     .await
@@ -128,46 +126,48 @@ async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
     let Some(host) = request_host(&req) else {
-        return Ok(plain(StatusCode::BAD_REQUEST, "request has no Host\n"));
+        return Ok(plain(
+            StatusCode::BAD_REQUEST,
+            "request has no valid Host\n",
+        ));
     };
-    let (route, slot) = match claim(&inner, &host, req.uri().path()).await {
+    let host_name = host.to_str().unwrap_or_default();
+    let (route, mut slot) = match claim(&inner, host_name, req.uri().path()).await {
         Claim::Got(route, slot) => (route, slot),
         Claim::NoRoute => {
-            return Ok(plain(
-                StatusCode::NOT_FOUND,
-                format!("no route for {host}\n"),
-            ));
+            let text = format!("no route for {host_name}\n");
+            return Ok(plain(StatusCode::NOT_FOUND, text));
         }
         Claim::NoTarget(route) => {
             route.metrics.record(503, started.elapsed());
-            return Ok(plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("{} has no ready instance\n", route.service),
-            ));
+            let text = format!("{} has no ready instance\n", route.service);
+            return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, text));
         }
     };
 
-    let client_upgrade =
-        forward::wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+    let upgrade = forward::upgrade(req.headers());
+    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
-    let upgrade = forward::strip_hop_by_hop(&mut headers);
+    forward::strip_hop_by_hop(&mut headers);
     forward::add_forwarded(&mut headers, client, &host);
-    if let Some(u) = upgrade.clone() {
-        forward::restore_upgrade(&mut headers, u);
-    }
-    let retryable = upgrade.is_none()
-        && matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS)
-        && body.is_end_stream();
-    let mut body = Some(body);
+    let retryable = match upgrade {
+        Some(u) => {
+            forward::restore_upgrade(&mut headers, u);
+            false
+        }
+        None => {
+            matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS)
+                && body.is_end_stream()
+        }
+    };
     let path_and_query = parts
         .uri
         .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/")
-        .to_owned();
-
-    let mut slot = slot;
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    // A retryable request has no body, so it can be sent again as is.
+    let mut body = Some(body);
     let mut retried = false;
     loop {
         let target = Arc::clone(&slot.target);
@@ -178,27 +178,21 @@ async fn handle(
         let mut upstream = Request::new(upstream_body);
         *upstream.method_mut() = parts.method.clone();
         *upstream.version_mut() = Version::HTTP_11;
-        // Only a retryable request can need the headers a second time.
+        *upstream.uri_mut() = upstream_uri(&target, &path_and_query);
+        // Only a first attempt that may be retried needs to keep the headers.
         *upstream.headers_mut() = if retryable && !retried {
             headers.clone()
         } else {
             std::mem::take(&mut headers)
         };
-        match format!("http://{}{}", target.addr, path_and_query).parse() {
-            Ok(uri) => *upstream.uri_mut() = uri,
-            Err(_) => return Ok(plain(StatusCode::BAD_REQUEST, "bad request target\n")),
-        }
-        let outcome = tokio::time::timeout(
+        let sent = tokio::time::timeout(
             inner.config.response_timeout,
             inner.client.request(upstream),
         )
         .await;
-        match outcome {
+        let (status, why) = match sent {
             Ok(Ok(resp)) => {
-                let status = resp.status();
-                let latency = started.elapsed();
-                target.metrics.record(status.as_u16(), latency);
-                route.metrics.record(status.as_u16(), latency);
+                record(&route, &target, resp.status(), started);
                 return Ok(respond(resp, slot, client_upgrade));
             }
             Ok(Err(e)) => {
@@ -214,25 +208,28 @@ async fn handle(
                     slot = next;
                     continue;
                 }
-                let latency = started.elapsed();
-                target.metrics.record(502, latency);
-                route.metrics.record(502, latency);
-                return Ok(plain(
-                    StatusCode::BAD_GATEWAY,
-                    format!("{} did not answer\n", route.service),
-                ));
+                (StatusCode::BAD_GATEWAY, "did not answer")
             }
-            Err(_) => {
-                let latency = started.elapsed();
-                target.metrics.record(504, latency);
-                route.metrics.record(504, latency);
-                return Ok(plain(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!("{} did not answer in time\n", route.service),
-                ));
-            }
-        }
+            Err(_) => (StatusCode::GATEWAY_TIMEOUT, "did not answer in time"),
+        };
+        record(&route, &target, status, started);
+        return Ok(plain(status, format!("{} {why}\n", route.service)));
     }
+}
+
+/// Counts a finished request against its route and its target.
+fn record(route: &Route, target: &Target, status: StatusCode, started: Instant) {
+    let latency = started.elapsed();
+    target.metrics.record(status.as_u16(), latency);
+    route.metrics.record(status.as_u16(), latency);
+}
+
+fn upstream_uri(target: &Target, path_and_query: &PathAndQuery) -> Uri {
+    let mut parts = uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(target.authority.clone());
+    parts.path_and_query = Some(path_and_query.clone());
+    Uri::from_parts(parts).expect("scheme, authority and path make a valid URI")
 }
 
 enum Claim {
@@ -244,33 +241,21 @@ enum Claim {
 /// Finds the route and claims a target; while the route has none, waits for
 /// the next published table, up to the hold timeout.
 async fn claim(inner: &Inner, host: &str, path: &str) -> Claim {
-    // Fast path: no waiter registration (a lock on the shared Notify) unless
-    // the route has no usable target right now.
-    {
-        let table = inner.table.load();
-        match table.lookup(host, path) {
-            None => return Claim::NoRoute,
-            Some(route) => {
-                if let Some(slot) = route.pick(None) {
-                    return Claim::Got(Arc::clone(route), slot);
-                }
-            }
-        }
+    // First try without registering as a waiter: registering takes a lock on
+    // the shared Notify, and almost every request finds a target at once.
+    let claimed = claim_now(inner, host, path);
+    if !matches!(claimed, Claim::NoTarget(_)) {
+        return claimed;
     }
     let deadline = tokio::time::Instant::now() + inner.config.hold_timeout;
     loop {
         let changed = inner.changed.notified();
         tokio::pin!(changed);
         changed.as_mut().enable();
-        let table = inner.table.load();
-        let Some(route) = table.lookup(host, path) else {
-            return Claim::NoRoute;
+        let route = match claim_now(inner, host, path) {
+            Claim::NoTarget(route) => route,
+            claimed => return claimed,
         };
-        if let Some(slot) = route.pick(None) {
-            return Claim::Got(Arc::clone(route), slot);
-        }
-        let route = Arc::clone(route);
-        drop(table);
         // Ejected targets come back on their own; poll so they are seen.
         let wake = tokio::time::Instant::now() + Duration::from_millis(100);
         if tokio::time::timeout_at(wake.min(deadline), changed)
@@ -280,6 +265,17 @@ async fn claim(inner: &Inner, host: &str, path: &str) -> Claim {
         {
             return Claim::NoTarget(route);
         }
+    }
+}
+
+fn claim_now(inner: &Inner, host: &str, path: &str) -> Claim {
+    let table = inner.table.load();
+    match table.lookup(host, path) {
+        None => Claim::NoRoute,
+        Some(route) => match route.pick(None) {
+            Some(slot) => Claim::Got(Arc::clone(route), slot),
+            None => Claim::NoTarget(Arc::clone(route)),
+        },
     }
 }
 
@@ -307,17 +303,12 @@ fn respond(
     Response::from_parts(parts, Tracked::boxed(incoming, slot))
 }
 
-fn request_host(req: &Request<Incoming>) -> Option<String> {
-    if let Some(h) = req.uri().host() {
-        return Some(match req.uri().port_u16() {
-            Some(p) => format!("{h}:{p}"),
-            None => h.to_owned(),
-        });
+/// The request's host: `:authority` for HTTP/2, else the `Host` header.
+fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
+    match req.uri().authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None => req.headers().get(http::header::HOST).cloned(),
     }
-    req.headers()
-        .get(http::header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
 }
 
 fn plain(status: StatusCode, text: impl Into<bytes::Bytes>) -> Response<ProxyBody> {

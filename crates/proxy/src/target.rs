@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
+use http::uri::Authority;
 use tokio::sync::Notify;
 
 use crate::metrics::RequestMetrics;
@@ -16,9 +17,9 @@ pub const EJECT_FOR: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub struct Target {
     pub id: String,
-    pub service: String,
-    pub release: String,
     pub addr: SocketAddr,
+    /// `addr` as a URI authority, built once so forwarding does not format it.
+    pub authority: Authority,
     pub metrics: RequestMetrics,
     in_flight: AtomicU64,
     draining: AtomicBool,
@@ -29,12 +30,13 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn new(id: String, service: String, release: String, addr: SocketAddr) -> Arc<Self> {
+    pub fn new(id: String, addr: SocketAddr) -> Arc<Self> {
+        let authority =
+            Authority::try_from(addr.to_string()).expect("a socket address is a valid authority");
         Arc::new(Target {
             id,
-            service,
-            release,
             addr,
+            authority,
             metrics: RequestMetrics::default(),
             in_flight: AtomicU64::new(0),
             draining: AtomicBool::new(false),
@@ -46,10 +48,6 @@ impl Target {
 
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(SeqCst)
-    }
-
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(SeqCst)
     }
 
     pub fn is_ejected(&self) -> bool {
@@ -128,12 +126,7 @@ mod tests {
     use super::*;
 
     fn target() -> Arc<Target> {
-        Target::new(
-            "i1".into(),
-            "s".into(),
-            "r1".into(),
-            SocketAddr::from(([127, 0, 0, 1], 1)),
-        )
+        Target::new("i1".into(), SocketAddr::from(([127, 0, 0, 1], 1)))
     }
 
     #[tokio::test]
