@@ -4,7 +4,8 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use tandem_engine::EngineError;
+use tandem_engine::artifact::ArtifactError;
+use tandem_engine::{EngineError, Progress};
 use tandem_store::StoreError;
 
 #[derive(Debug)]
@@ -25,6 +26,9 @@ impl From<EngineError> for ApiError {
             EngineError::Failed { reason, log_tail } => ApiError::Failed(reason, log_tail),
             EngineError::Agent(a) => ApiError::Unavailable(a.to_string()),
             EngineError::Store(s) => s.into(),
+            EngineError::Artifact(a @ (ArtifactError::Missing(_) | ArtifactError::Escapes(_))) => {
+                ApiError::BadInput(a.to_string())
+            }
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -39,6 +43,30 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// The last event of a progress stream that ended in this error. A bad
+    /// input is the caller's to fix (`bad_input`); anything else `failed`.
+    pub fn into_progress(self) -> Progress {
+        let (message, log_tail, kind) = match self {
+            ApiError::BadInput(m) | ApiError::NotFound(m) => (m, Vec::new(), "bad_input"),
+            ApiError::Failed(m, tail) => (m, tail, "failed"),
+            ApiError::Unavailable(m) => (m, Vec::new(), "failed"),
+            ApiError::Internal(cause) => {
+                tracing::error!(%cause, "request failed");
+                (INTERNAL.to_string(), Vec::new(), "failed")
+            }
+        };
+        Progress::Failed {
+            message,
+            log_tail,
+            kind: kind.into(),
+        }
+    }
+}
+
+/// What a client is told about an internal error; the cause goes to the log.
+const INTERNAL: &str = "internal error; see the server log";
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, message, log_tail) = match self {
@@ -50,7 +78,7 @@ impl IntoResponse for ApiError {
                 tracing::error!(%cause, "request failed");
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal error; see the server log".to_string(),
+                    INTERNAL.to_string(),
                     Vec::new(),
                 )
             }

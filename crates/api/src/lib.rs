@@ -18,8 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use tandem_core::protocol::{Request, Response as AgentResponse};
-use tandem_engine::{Engine, EngineError, Progress, Reporter};
+use tandem_engine::{Engine, EngineError, Reporter};
 
 pub use error::ApiError;
 
@@ -149,26 +148,12 @@ where
     Fut: std::future::Future<Output = Result<tandem_store::ReleaseRow, EngineError>> + Send,
 {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let reporter = Reporter::new(tx.clone());
+    let reporter = Reporter::new(tx);
     tokio::spawn(async move {
         if let Err(e) = work(reporter.clone()).await {
-            let (message, log_tail, kind) = match e {
-                EngineError::Failed { reason, log_tail } => (reason, log_tail, "failed"),
-                EngineError::Spec(s) => (s.to_string(), Vec::new(), "bad_input"),
-                EngineError::BadInput(m) | EngineError::NotFound(m) => (m, Vec::new(), "bad_input"),
-                other => {
-                    tracing::error!(error = %other, "release failed");
-                    (other.to_string(), Vec::new(), "failed")
-                }
-            };
-            reporter.send(Progress::Failed {
-                message,
-                log_tail,
-                kind: kind.into(),
-            });
+            reporter.send(ApiError::from(e).into_progress());
         }
     });
-    drop(tx);
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         let p = rx.recv().await?;
         let mut line = serde_json::to_vec(&p).unwrap_or_default();
@@ -197,10 +182,7 @@ async fn status(
     {
         return Err(ApiError::NotFound(format!("no service named {name}")));
     }
-    let agent = match s.engine.agent.call(&Request::Status).await {
-        Ok(AgentResponse::Status { status }) => Some(status),
-        _ => None,
-    };
+    let agent = s.engine.agent.status().await.ok();
     let out: Vec<serde_json::Value> = services
         .iter()
         .filter(|svc| q.service.as_ref().is_none_or(|n| *n == svc.name))
@@ -241,22 +223,13 @@ async fn logs(
         return Err(ApiError::NotFound(format!("no service named {name}")));
     }
     let lines = q.lines.unwrap_or(100).min(10_000);
-    match s
+    let lines = s
         .engine
         .agent
-        .call(&Request::Logs {
-            service: name,
-            release: q.release,
-            lines,
-        })
+        .logs(&name, q.release, lines)
         .await
-        .map_err(EngineError::from)?
-    {
-        AgentResponse::Logs { lines } => Ok(Json(serde_json::to_value(lines).unwrap_or_default())),
-        other => Err(ApiError::Internal(format!(
-            "unexpected agent answer {other:?}"
-        ))),
-    }
+        .map_err(EngineError::from)?;
+    Ok(Json(serde_json::to_value(lines).unwrap_or_default()))
 }
 
 #[derive(Deserialize)]
@@ -285,18 +258,6 @@ async fn audit_verify(State(s): State<AppState>) -> Result<Json<serde_json::Valu
 }
 
 async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
-    match s
-        .engine
-        .agent
-        .call(&Request::Metrics)
-        .await
-        .map_err(EngineError::from)?
-    {
-        AgentResponse::Metrics { text } => {
-            Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
-        }
-        other => Err(ApiError::Internal(format!(
-            "unexpected agent answer {other:?}"
-        ))),
-    }
+    let text = s.engine.agent.metrics().await.map_err(EngineError::from)?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }

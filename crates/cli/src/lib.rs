@@ -169,16 +169,8 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
             data,
             api_addr,
             proxy_addr,
-        } => run::up(&data.resolve(), api_addr, proxy_addr, true).await,
-        Command::Server { data, api_addr } => {
-            run::up(
-                &data.resolve(),
-                api_addr,
-                "127.0.0.1:0".parse().map_err(|_| Exit::failure("addr"))?,
-                false,
-            )
-            .await
-        }
+        } => run::up(&data.resolve(), api_addr, Some(proxy_addr)).await,
+        Command::Server { data, api_addr } => run::up(&data.resolve(), api_addr, None).await,
         Command::Agent { data, proxy_addr } => run::agent(&data.resolve(), proxy_addr).await,
         Command::Down { data } => run::down(&data.resolve()).await,
         Command::Validate { path } => spec::validate(&path, fmt),

@@ -6,7 +6,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use tandem_agent::{AgentConfig, AgentError};
-use tandem_core::protocol::{Request, Response};
 use tandem_engine::{AgentClient, Engine};
 use tandem_proxy::ProxyConfig;
 use tandem_store::Store;
@@ -51,16 +50,12 @@ pub async fn agent(dir: &Path, proxy_addr: SocketAddr) -> CmdResult {
 
 /// Starts the agent as its own process (own process group, so Ctrl-C on
 /// `up` does not reach it) unless one answers already.
-async fn ensure_agent(dir: &Path, proxy_addr: SocketAddr) -> Result<u32, Exit> {
+/// Returns the agent's pid and proxy address.
+async fn ensure_agent(dir: &Path, proxy_addr: SocketAddr) -> Result<(u32, String), Exit> {
     let client = AgentClient::for_data_dir(dir);
-    if let Ok(Response::Hello {
-        pid,
-        proxy_addr: addr,
-        ..
-    }) = client.call(&Request::Hello).await
-    {
+    if let Ok((pid, addr)) = client.hello().await {
         tracing::info!(pid, proxy = %addr, "reattached to running agent");
-        return Ok(pid);
+        return Ok((pid, addr));
     }
     let exe = std::env::current_exe()
         .map_err(|e| Exit::failure(format!("cannot find own executable: {e}")))?;
@@ -85,10 +80,10 @@ async fn ensure_agent(dir: &Path, proxy_addr: SocketAddr) -> Result<u32, Exit> {
         .map_err(|e| Exit::failure(format!("cannot start the agent: {e}")))?;
     let deadline = tokio::time::Instant::now() + AGENT_START_TIMEOUT;
     loop {
-        if let Ok(Response::Hello { pid, .. }) = client.call(&Request::Hello).await {
+        if let Ok(hello) = client.hello().await {
             // The agent outlives us: nobody waits for it but init.
             drop(child);
-            return Ok(pid);
+            return Ok(hello);
         }
         if let Ok(Some(status)) = child.try_wait() {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
@@ -115,12 +110,7 @@ async fn ensure_agent(dir: &Path, proxy_addr: SocketAddr) -> Result<u32, Exit> {
     }
 }
 
-pub async fn up(
-    dir: &Path,
-    api_addr: SocketAddr,
-    proxy_addr: SocketAddr,
-    start_agent: bool,
-) -> CmdResult {
+pub async fn up(dir: &Path, api_addr: SocketAddr, start_agent_on: Option<SocketAddr>) -> CmdResult {
     check_data_dir(dir)?;
     let _lock = tandem_agent::lock_data_dir(dir, "server.lock").map_err(|_| {
         let pid = std::fs::read_to_string(dir.join("server.lock")).unwrap_or_default();
@@ -136,23 +126,22 @@ pub async fn up(
     let api_local = listener
         .local_addr()
         .map_err(|e| Exit::failure(e.to_string()))?;
-    let agent_pid = if start_agent {
-        ensure_agent(dir, proxy_addr).await?
-    } else {
-        0
+    let engine = Engine::new(
+        Store::open(&dir.join("tandem.db"))
+            .await
+            .map_err(|e| Exit::failure(format!("cannot open the store: {e}")))?,
+        dir,
+    );
+    let (agent_pid, proxy) = match start_agent_on {
+        Some(proxy_addr) => ensure_agent(dir, proxy_addr).await?,
+        None => engine.agent.hello().await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "no agent answers; start one with `tandem agent`");
+            (0, "(agent not reachable)".into())
+        }),
     };
-
-    let store = Store::open(&dir.join("tandem.db"))
-        .await
-        .map_err(|e| Exit::failure(format!("cannot open the store: {e}")))?;
-    let engine = Engine::new(store, dir);
     if let Err(e) = engine.reconcile().await {
         tracing::warn!(error = %e, "could not reconcile with the agent");
     }
-    let proxy = match engine.agent.call(&Request::Hello).await {
-        Ok(Response::Hello { proxy_addr, .. }) => proxy_addr,
-        _ => "(agent not reachable)".into(),
-    };
     eprintln!(
         "tandem up: api http://{api_local}  proxy http://{proxy}  data {}  agent pid {agent_pid}",
         dir.display()
@@ -191,12 +180,7 @@ pub async fn down(dir: &Path) -> CmdResult {
         eprintln!("stopped server (pid {pid})");
         stopped_any = true;
     }
-    match client
-        .call(&Request::Shutdown {
-            stop_instances: true,
-        })
-        .await
-    {
+    match client.shutdown(true).await {
         Ok(_) => {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
             while client.socket().exists() && tokio::time::Instant::now() < deadline {

@@ -66,55 +66,50 @@ pub async fn status(api: &Api, service: Option<&str>, fmt: Format) -> CmdResult 
 }
 
 pub async fn releases(api: &Api, service: &str, fmt: Format) -> CmdResult {
-    let v = api
-        .get(&format!("/api/v1/services/{service}/releases"))
-        .await?;
-    if fmt == Format::Json {
-        json(&v);
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = v
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|r| {
-            vec![
-                format!("r{}", cell(&r["number"])),
-                cell(&r["status"]),
-                cell(&r["digest"]).chars().take(12).collect(),
-                cell(&r["created_at"]),
-                cell(&r["reason"]),
-            ]
-        })
-        .collect();
-    table(&["release", "status", "digest", "created", "reason"], &rows);
-    Ok(())
+    let path = format!("/api/v1/services/{service}/releases");
+    let header = ["release", "status", "digest", "created", "reason"];
+    list(api, &path, fmt, &header, |r| {
+        vec![
+            format!("r{}", cell(&r["number"])),
+            cell(&r["status"]),
+            cell(&r["digest"]).chars().take(12).collect(),
+            cell(&r["created_at"]),
+            cell(&r["reason"]),
+        ]
+    })
+    .await
 }
 
 pub async fn services(api: &Api, fmt: Format) -> CmdResult {
-    let v = api.get("/api/v1/services").await?;
+    let header = ["service", "owner", "customer", "tier", "live"];
+    list(api, "/api/v1/services", fmt, &header, |s| {
+        let live = s["live_release"].as_i64().map(|n| format!("r{n}"));
+        vec![
+            cell(&s["name"]),
+            cell(&s["owner"]),
+            cell(&s["customer"]),
+            cell(&s["tier"]),
+            live.unwrap_or_else(|| "-".into()),
+        ]
+    })
+    .await
+}
+
+/// GETs a JSON array and prints it as JSON or as a table, a row per item.
+async fn list(
+    api: &Api,
+    path: &str,
+    fmt: Format,
+    header: &[&str],
+    row: impl Fn(&serde_json::Value) -> Vec<String>,
+) -> CmdResult {
+    let v = api.get(path).await?;
     if fmt == Format::Json {
         json(&v);
         return Ok(());
     }
-    let rows: Vec<Vec<String>> = v
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|s| {
-            vec![
-                cell(&s["name"]),
-                cell(&s["owner"]),
-                cell(&s["customer"]),
-                cell(&s["tier"]),
-                s["live_release"]
-                    .as_i64()
-                    .map(|n| format!("r{n}"))
-                    .unwrap_or("-".into()),
-            ]
-        })
-        .collect();
-    table(&["service", "owner", "customer", "tier", "live"], &rows);
+    let rows: Vec<Vec<String>> = v.as_array().into_iter().flatten().map(row).collect();
+    table(header, &rows);
     Ok(())
 }
 

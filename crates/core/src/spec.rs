@@ -181,6 +181,17 @@ pub enum Tier {
     BestEffort,
 }
 
+impl Tier {
+    /// The name as written in `tandem.yaml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Critical => "critical",
+            Tier::Standard => "standard",
+            Tier::BestEffort => "best-effort",
+        }
+    }
+}
+
 /// One build or test step, run through `/bin/sh -c` in the checkout.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -467,17 +478,42 @@ impl From<Probe> for RawProbe {
 
 /// How a new release replaces the running one.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawRelease")]
 pub struct Release {
-    #[serde(default)]
     pub strategy: Strategy,
     /// Canary steps; only for `strategy: canary`.
-    #[serde(default)]
     pub steps: Vec<ReleaseStep>,
-    #[serde(default = "default_deploy_timeout")]
     pub deploy_timeout: Duration,
-    #[serde(default = "default_drain_timeout")]
     pub drain_timeout: Duration,
+}
+
+/// `release` as written; [`Release`] once its fields agree with each other.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct RawRelease {
+    #[serde(default)]
+    strategy: Strategy,
+    #[serde(default)]
+    steps: Vec<ReleaseStep>,
+    #[serde(default = "default_deploy_timeout")]
+    deploy_timeout: Duration,
+    #[serde(default = "default_drain_timeout")]
+    drain_timeout: Duration,
+}
+
+impl TryFrom<RawRelease> for Release {
+    type Error = String;
+    fn try_from(raw: RawRelease) -> Result<Self, String> {
+        if raw.strategy != Strategy::Canary && !raw.steps.is_empty() {
+            return Err("release steps apply only to `strategy: canary`".into());
+        }
+        Ok(Release {
+            strategy: raw.strategy,
+            steps: raw.steps,
+            deploy_timeout: raw.deploy_timeout,
+            drain_timeout: raw.drain_timeout,
+        })
+    }
 }
 
 impl Default for Release {
@@ -665,22 +701,7 @@ pub struct SpecError {
 impl Spec {
     /// Parses and validates `text`, read from `file` (used in errors only).
     pub fn parse(file: &str, text: &str) -> Result<Spec, Box<SpecError>> {
-        let spec: Spec = serde_saphyr::from_str(text).map_err(|e| Box::new(locate(file, &e)))?;
-        spec.check(file, text)?;
-        Ok(spec)
-    }
-
-    /// Cross-field rules serde cannot express; located via the key they concern.
-    fn check(&self, file: &str, text: &str) -> Result<(), Box<SpecError>> {
-        if self.release.strategy != Strategy::Canary && !self.release.steps.is_empty() {
-            return Err(Box::new(error_at_key(
-                file,
-                text,
-                "steps",
-                "release steps apply only to `strategy: canary`".into(),
-            )));
-        }
-        Ok(())
+        serde_saphyr::from_str(text).map_err(|e| Box::new(locate(file, &e)))
     }
 
     /// The JSON Schema of `tandem.yaml`, for editors.
@@ -696,30 +717,6 @@ impl Spec {
             timeout: DEFAULT_PROBE_TIMEOUT,
             failures: DEFAULT_PROBE_FAILURES,
         })
-    }
-}
-
-/// Locates a key that holds a cross-field error: the first line whose trimmed
-/// start is `key:`. Good enough for the rules in [`Spec::check`].
-fn error_at_key(file: &str, text: &str, key: &str, message: String) -> SpecError {
-    let needle = format!("{key}:");
-    let (line, column) = text
-        .lines()
-        .enumerate()
-        .find_map(|(i, l)| {
-            let trimmed = l.trim_start();
-            trimmed
-                .starts_with(&needle)
-                .then(|| (i as u64 + 1, (l.len() - trimmed.len()) as u64 + 1))
-        })
-        .unwrap_or((1, 1));
-    SpecError {
-        file: file.into(),
-        line,
-        column,
-        message,
-        hint: None,
-        snippet: String::new(),
     }
 }
 
@@ -874,6 +871,21 @@ mod tests {
     fn steps_without_canary_are_rejected_at_the_key() {
         let e = err(&format!("{MINIMAL}release:\n  steps:\n    - weight: 10\n"));
         assert_eq!((e.line, e.column), (8, 3));
+        assert!(
+            e.message.contains("only to `strategy: canary`"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn tier_names_match_the_spec() {
+        for tier in [Tier::Critical, Tier::Standard, Tier::BestEffort] {
+            assert_eq!(
+                serde_json::to_value(tier).ok(),
+                Some(serde_json::json!(tier.as_str()))
+            );
+        }
     }
 
     #[test]

@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use tandem_core::protocol::{Request, Response, SOCKET_FILE};
+use tandem_core::protocol::{
+    AgentStatus, GroupSpec, LogLine, Request, Response, RouteSpec, SOCKET_FILE,
+};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
@@ -20,6 +22,30 @@ pub enum AgentClientError {
     Garbled(String),
     #[error("agent refused: {0}")]
     Refused(String),
+    #[error("agent gave an unexpected answer to {request}: {answer}")]
+    Unexpected {
+        request: &'static str,
+        answer: String,
+    },
+}
+
+/// What `WaitReady` found.
+#[derive(Debug)]
+pub enum Readiness {
+    Ready {
+        at_ms: u64,
+    },
+    NotReady {
+        reason: String,
+        log_tail: Vec<String>,
+    },
+}
+
+fn unexpected(request: &'static str, answer: &Response) -> AgentClientError {
+    AgentClientError::Unexpected {
+        request,
+        answer: format!("{answer:?}"),
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -72,6 +98,119 @@ impl AgentClient {
             Ok(Response::Error { message }) => Err(AgentClientError::Refused(message)),
             Ok(r) => Ok(r),
             Err(e) => Err(AgentClientError::Garbled(e.to_string())),
+        }
+    }
+
+    /// The agent's pid and the address its proxy listens on.
+    pub async fn hello(&self) -> Result<(u32, String), AgentClientError> {
+        match self.call(&Request::Hello).await? {
+            Response::Hello {
+                pid, proxy_addr, ..
+            } => Ok((pid, proxy_addr)),
+            other => Err(unexpected("hello", &other)),
+        }
+    }
+
+    pub async fn status(&self) -> Result<AgentStatus, AgentClientError> {
+        match self.call(&Request::Status).await? {
+            Response::Status { status } => Ok(status),
+            other => Err(unexpected("status", &other)),
+        }
+    }
+
+    pub async fn start_group(&self, group: GroupSpec) -> Result<Vec<String>, AgentClientError> {
+        match self.call(&Request::StartGroup { group }).await? {
+            Response::Started { instances } => Ok(instances),
+            other => Err(unexpected("start_group", &other)),
+        }
+    }
+
+    pub async fn wait_ready(
+        &self,
+        service: &str,
+        release: &str,
+        timeout_ms: u64,
+    ) -> Result<Readiness, AgentClientError> {
+        let request = Request::WaitReady {
+            service: service.into(),
+            release: release.into(),
+            timeout_ms,
+        };
+        match self.call(&request).await? {
+            Response::Ready { ready_at_ms } => Ok(Readiness::Ready { at_ms: ready_at_ms }),
+            Response::NotReady { reason, log_tail } => Ok(Readiness::NotReady { reason, log_tail }),
+            other => Err(unexpected("wait_ready", &other)),
+        }
+    }
+
+    /// Switches the route; returns when it switched and the release it replaced.
+    pub async fn activate(
+        &self,
+        service: &str,
+        release: &str,
+        route: RouteSpec,
+    ) -> Result<(u64, Option<String>), AgentClientError> {
+        let request = Request::Activate {
+            service: service.into(),
+            release: release.into(),
+            route,
+        };
+        match self.call(&request).await? {
+            Response::Activated {
+                switched_at_ms,
+                previous,
+            } => Ok((switched_at_ms, previous)),
+            other => Err(unexpected("activate", &other)),
+        }
+    }
+
+    pub async fn stop_group(
+        &self,
+        service: &str,
+        release: &str,
+        drain_timeout_ms: u64,
+    ) -> Result<(), AgentClientError> {
+        let request = Request::StopGroup {
+            service: service.into(),
+            release: release.into(),
+            drain_timeout_ms,
+        };
+        match self.call(&request).await? {
+            Response::Stopped { .. } => Ok(()),
+            other => Err(unexpected("stop_group", &other)),
+        }
+    }
+
+    pub async fn logs(
+        &self,
+        service: &str,
+        release: Option<String>,
+        lines: usize,
+    ) -> Result<Vec<LogLine>, AgentClientError> {
+        match self
+            .call(&Request::Logs {
+                service: service.into(),
+                release,
+                lines,
+            })
+            .await?
+        {
+            Response::Logs { lines } => Ok(lines),
+            other => Err(unexpected("logs", &other)),
+        }
+    }
+
+    pub async fn metrics(&self) -> Result<String, AgentClientError> {
+        match self.call(&Request::Metrics).await? {
+            Response::Metrics { text } => Ok(text),
+            other => Err(unexpected("metrics", &other)),
+        }
+    }
+
+    pub async fn shutdown(&self, stop_instances: bool) -> Result<(), AgentClientError> {
+        match self.call(&Request::Shutdown { stop_instances }).await? {
+            Response::Ok => Ok(()),
+            other => Err(unexpected("shutdown", &other)),
         }
     }
 }

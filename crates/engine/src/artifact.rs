@@ -104,6 +104,20 @@ pub fn digest(root: &Path, files: &[PathBuf]) -> Result<String, ArtifactError> {
     Ok(tandem_core::journal::hex(&h.finalize()))
 }
 
+/// Copies `files` (relative to `root`) into `dest`, creating directories.
+pub fn copy(root: &Path, files: &[PathBuf], dest: &Path) -> Result<(), ArtifactError> {
+    std::fs::create_dir_all(dest).map_err(io(dest))?;
+    for rel in files {
+        let from = root.join(rel);
+        let to = dest.join(rel);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).map_err(io(parent))?;
+        }
+        std::fs::copy(&from, &to).map_err(io(&from))?;
+    }
+    Ok(())
+}
+
 /// Copies `files` into the store under `digest`, unless already there.
 /// Returns the artifact directory.
 pub fn store(
@@ -118,15 +132,7 @@ pub fn store(
     }
     let tmp = artifacts.join(format!(".tmp-{digest}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    for rel in files {
-        let from = root.join(rel);
-        let to = tmp.join(rel);
-        if let Some(parent) = to.parent() {
-            std::fs::create_dir_all(parent).map_err(io(parent))?;
-        }
-        std::fs::copy(&from, &to).map_err(io(&from))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    copy(root, files, &tmp)?;
     match std::fs::rename(&tmp, &dest) {
         Ok(()) => Ok(dest),
         // Someone stored the same digest meanwhile: theirs is identical.

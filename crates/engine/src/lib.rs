@@ -10,23 +10,25 @@ pub mod artifact;
 pub mod progress;
 pub mod steps;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tandem_core::journal::NewEvent;
-use tandem_core::protocol::{GroupSpec, ProbeKind, ProbeSpec, Request, Response, RouteSpec};
+use tandem_core::protocol::{GroupSpec, ProbeKind, ProbeSpec, RouteSpec};
 use tandem_core::spec::{
     Check, DEFAULT_LIVENESS_INTERVAL, DEFAULT_READINESS_INTERVAL, Probe, Spec, SpecError,
 };
 use tandem_store::{ReleaseRow, ServiceUpsert, Store, StoreError};
 
-pub use agent_client::{AgentClient, AgentClientError};
+pub use agent_client::{AgentClient, AgentClientError, Readiness};
 pub use progress::{Progress, Reporter, Timings};
 
 /// Actor of what the engine does on its own.
 pub const SYSTEM_ACTOR: &str = "system:engine";
+/// Drain bound for groups found orphaned after a control-plane restart.
+const RECONCILE_DRAIN_MS: u64 = 1_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -49,6 +51,9 @@ pub enum EngineError {
     Agent(#[from] AgentClientError),
     #[error(transparent)]
     Artifact(#[from] artifact::ArtifactError),
+    /// Local I/O or encoding on the control plane's side.
+    #[error("{0}")]
+    Io(String),
 }
 
 pub fn now_ms() -> u64 {
@@ -101,20 +106,15 @@ impl Engine {
         let lock = self.service_lock(&name);
         let _guard = lock.lock().await;
 
-        let spec_json =
-            serde_json::to_value(&spec).map_err(|e| EngineError::BadInput(e.to_string()))?;
+        let spec_json = serde_json::to_value(&spec).map_err(|e| EngineError::Io(e.to_string()))?;
         let source = dir.display().to_string();
-        let tier = serde_json::to_value(spec.service.tier)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
         self.store
             .upsert_service(
                 ServiceUpsert {
                     name: &name,
                     owner: spec.service.owner.as_deref(),
                     customer: spec.service.customer.as_deref(),
-                    tier: &tier,
+                    tier: spec.service.tier.as_str(),
                     spec: &spec_json,
                     source: &source,
                 },
@@ -128,15 +128,11 @@ impl Engine {
             self.build(&name, &dir, &spec, actor, reporter).await?
         };
         reporter.phase("artifact", "storing the release");
-        let files = artifact::collect(&build_root, &spec.artifact.paths)?;
-        let digest = artifact::digest(&build_root, &files)?;
-        let artifacts = self.data_dir.join("artifacts");
-        std::fs::create_dir_all(&artifacts)
-            .map_err(|e| EngineError::BadInput(format!("{}: {e}", artifacts.display())))?;
-        let path = artifact::store(&artifacts, &digest, &build_root, &files)?;
+        let stored = self.store_artifact(&build_root, &spec);
         if build_root != dir {
             let _ = std::fs::remove_dir_all(&build_root);
         }
+        let (digest, path) = stored?;
         let release = self
             .store
             .create_release(
@@ -155,6 +151,14 @@ impl Engine {
         self.rollout(&release, &spec, actor, false, reporter).await
     }
 
+    /// Collects the artifact from `root` and stores it content-addressed.
+    fn store_artifact(&self, root: &Path, spec: &Spec) -> Result<(String, PathBuf), EngineError> {
+        let files = artifact::collect(root, &spec.artifact.paths)?;
+        let digest = artifact::digest(root, &files)?;
+        let path = artifact::store(&self.data_dir.join("artifacts"), &digest, root, &files)?;
+        Ok((digest, path))
+    }
+
     /// Runs build and test steps in a fresh copy of `dir`; returns the copy.
     async fn build(
         &self,
@@ -168,31 +172,22 @@ impl Engine {
             .data_dir
             .join("work")
             .join(format!("{name}-{}", now_ms()));
-        let files = artifact::collect(dir, &[])?;
-        for rel in &files {
-            let to = work.join(rel);
-            if let Some(p) = to.parent() {
-                std::fs::create_dir_all(p)
-                    .map_err(|e| EngineError::BadInput(format!("{}: {e}", p.display())))?;
-            }
-            std::fs::copy(dir.join(rel), &to)
-                .map_err(|e| EngineError::BadInput(format!("{}: {e}", rel.display())))?;
-        }
-        std::fs::create_dir_all(&work)
-            .map_err(|e| EngineError::BadInput(format!("{}: {e}", work.display())))?;
+        artifact::copy(dir, &artifact::collect(dir, &[])?, &work)?;
         for (stage, steps) in [("build", &spec.build), ("test", &spec.test)] {
             for step in steps {
                 reporter.phase(stage, format!("{stage} step {}: {}", step.name, step.run));
                 let started = Instant::now();
                 if let Err((reason, log_tail)) = steps::run(step, &work, reporter).await {
-                    self.store
-                        .append(
-                            NewEvent::new(actor, format!("{stage}.failed"))
-                                .subject("service", name)
-                                .payload(serde_json::json!({ "step": step.name, "reason": reason, "duration_ms": started.elapsed().as_millis() as u64 })),
-                        )
-                        .await?;
                     let _ = std::fs::remove_dir_all(&work);
+                    let payload = serde_json::json!({
+                        "step": step.name,
+                        "reason": reason,
+                        "duration_ms": started.elapsed().as_millis() as u64,
+                    });
+                    let event = NewEvent::new(actor, format!("{stage}.failed"))
+                        .subject("service", name)
+                        .payload(payload);
+                    self.store.append(event).await?;
                     return Err(EngineError::Failed { reason, log_tail });
                 }
             }
@@ -241,7 +236,7 @@ impl Engine {
             )));
         }
         let spec: Spec = serde_json::from_value(target.spec.clone())
-            .map_err(|e| EngineError::BadInput(format!("stored spec of {}: {e}", target.name())))?;
+            .map_err(|e| EngineError::Io(format!("stored spec of {}: {e}", target.name())))?;
         self.rollout(&target, &spec, actor, true, reporter).await
     }
 
@@ -259,49 +254,37 @@ impl Engine {
         let began = Instant::now();
         let service = release.service.as_str();
         let name = release.name();
-        let kind_prefix = if rollback { "rollback" } else { "release" };
-        self.store
-            .transition(
-                service,
-                release.number,
-                "deploying",
-                None,
-                false,
-                NewEvent::new(actor, format!("{kind_prefix}.started"))
-                    .subject("service", service)
-                    .subject("release", &name)
-                    .payload(serde_json::json!({ "digest": release.digest, "strategy": "bluegreen", "instances": spec.run.instances.get() })),
+        let kind = |outcome: &str| {
+            format!(
+                "{}.{outcome}",
+                if rollback { "rollback" } else { "release" }
             )
+        };
+        let payload = serde_json::json!({
+            "digest": release.digest,
+            "strategy": "bluegreen",
+            "instances": spec.run.instances.get(),
+        });
+        let started = release_event(actor, kind("started"), release, payload);
+        self.store
+            .transition(service, release.number, "deploying", None, false, started)
             .await?;
+        let instances = spec.run.instances.get();
         reporter.phase(
             "start",
-            format!(
-                "starting {} instance(s) of {name}",
-                spec.run.instances.get()
-            ),
+            format!("starting {instances} instance(s) of {name}"),
         );
-        let group = group_spec(release, spec);
         let started_at = now_ms();
-        let result = self.switch(service, &name, group, spec, reporter).await;
-        match result {
+        match self.switch(release, spec, reporter).await {
             Ok((ready_at_ms, switched_at_ms, previous)) => {
-                let mut timings = Timings {
-                    start_to_ready_ms: ready_at_ms.saturating_sub(started_at),
-                    ready_to_switch_ms: switched_at_ms.saturating_sub(ready_at_ms),
-                    ..Timings::default()
-                };
+                let payload = serde_json::json!({
+                    "previous": previous,
+                    "ready_at_ms": ready_at_ms,
+                    "switched_at_ms": switched_at_ms,
+                });
+                let succeeded = release_event(actor, kind("succeeded"), release, payload);
                 self.store
-                    .transition(
-                        service,
-                        release.number,
-                        "live",
-                        None,
-                        true,
-                        NewEvent::new(actor, format!("{kind_prefix}.succeeded"))
-                            .subject("service", service)
-                            .subject("release", &name)
-                            .payload(serde_json::json!({ "previous": previous, "ready_at_ms": ready_at_ms, "switched_at_ms": switched_at_ms })),
-                    )
+                    .transition(service, release.number, "live", None, true, succeeded)
                     .await?;
                 reporter.phase("switch", format!("traffic switched to {name}"));
                 let drain_started = Instant::now();
@@ -312,25 +295,27 @@ impl Engine {
                     reporter,
                 )
                 .await;
-                timings.drain_ms = drain_started.elapsed().as_millis() as u64;
-                timings.total_ms = began.elapsed().as_millis() as u64;
+                let timings = Timings {
+                    start_to_ready_ms: ready_at_ms.saturating_sub(started_at),
+                    ready_to_switch_ms: switched_at_ms.saturating_sub(ready_at_ms),
+                    drain_ms: drain_started.elapsed().as_millis() as u64,
+                    total_ms: began.elapsed().as_millis() as u64,
+                };
+                let message = format!("{service} {name} is live");
                 reporter.send(Progress::Done {
                     service: service.into(),
-                    release: name.clone(),
-                    message: format!("{service} {name} is live"),
+                    release: name,
+                    message,
                     timings,
                 });
                 Ok(self.store.release(service, release.number).await?)
             }
             Err((reason, log_tail)) => {
-                let _ = self
-                    .agent
-                    .call(&Request::StopGroup {
-                        service: service.into(),
-                        release: name.clone(),
-                        drain_timeout_ms: 0,
-                    })
-                    .await;
+                if let Err(e) = self.agent.stop_group(service, &name, 0).await {
+                    tracing::warn!(service, release = %name, error = %e, "could not stop the failed release");
+                }
+                let payload = serde_json::json!({ "reason": reason, "log_tail": log_tail });
+                let failed = release_event(actor, kind("failed"), release, payload);
                 self.store
                     .transition(
                         service,
@@ -338,10 +323,7 @@ impl Engine {
                         "failed",
                         Some(&reason),
                         false,
-                        NewEvent::new(actor, format!("{kind_prefix}.failed"))
-                            .subject("service", service)
-                            .subject("release", &name)
-                            .payload(serde_json::json!({ "reason": reason, "log_tail": log_tail })),
+                        failed,
                     )
                     .await?;
                 Err(EngineError::Failed { reason, log_tail })
@@ -352,15 +334,14 @@ impl Engine {
     /// Start, wait ready, activate. Returns (ready_at, switched_at, previous).
     async fn switch(
         &self,
-        service: &str,
-        name: &str,
-        group: GroupSpec,
+        release: &ReleaseRow,
         spec: &Spec,
         reporter: &Reporter,
     ) -> Result<(u64, u64, Option<String>), (String, Vec<String>)> {
         let agent_err = |e: AgentClientError| (e.to_string(), Vec::new());
+        let (service, name) = (release.service.as_str(), release.name());
         self.agent
-            .call(&Request::StartGroup { group })
+            .start_group(group_spec(release, spec))
             .await
             .map_err(agent_err)?;
         reporter.phase(
@@ -370,45 +351,31 @@ impl Engine {
                 spec.release.deploy_timeout
             ),
         );
-        let ready = self
+        let timeout_ms = spec.release.deploy_timeout.as_millis();
+        let ready_at_ms = match self
             .agent
-            .call(&Request::WaitReady {
-                service: service.into(),
-                release: name.into(),
-                timeout_ms: spec.release.deploy_timeout.as_millis(),
-            })
+            .wait_ready(service, &name, timeout_ms)
             .await
-            .map_err(agent_err)?;
-        let ready_at_ms = match ready {
-            Response::Ready { ready_at_ms } => ready_at_ms,
-            Response::NotReady { reason, log_tail } => {
+            .map_err(agent_err)?
+        {
+            Readiness::Ready { at_ms } => at_ms,
+            Readiness::NotReady { reason, log_tail } => {
                 return Err((format!("{name} did not become ready: {reason}"), log_tail));
             }
-            other => return Err((format!("unexpected agent answer {other:?}"), Vec::new())),
         };
         let route = RouteSpec {
             host: spec.route.host.as_str().into(),
             path_prefix: spec.route.path_prefix.as_str().into(),
         };
-        match self
+        let (switched_at_ms, previous) = self
             .agent
-            .call(&Request::Activate {
-                service: service.into(),
-                release: name.into(),
-                route,
-            })
+            .activate(service, &name, route)
             .await
-            .map_err(agent_err)?
-        {
-            Response::Activated {
-                switched_at_ms,
-                previous,
-            } => Ok((ready_at_ms, switched_at_ms, previous)),
-            other => Err((format!("unexpected agent answer {other:?}"), Vec::new())),
-        }
+            .map_err(agent_err)?;
+        Ok((ready_at_ms, switched_at_ms, previous))
     }
 
-    /// Drains and stops every group of `service` but `keep`.
+    /// Drains and stops every group of `service` the agent runs but `keep`.
     async fn stop_others(
         &self,
         service: &str,
@@ -416,27 +383,26 @@ impl Engine {
         drain_timeout_ms: u64,
         reporter: &Reporter,
     ) {
-        let others: Vec<String> = match self.agent.call(&Request::Status).await {
-            Ok(Response::Status { status }) => status
-                .services
-                .into_iter()
-                .filter(|s| s.service == service)
-                .flat_map(|s| s.instances.into_iter().map(|i| i.release))
-                .filter(|r| r != keep)
-                .collect::<std::collections::BTreeSet<_>>()
-                .into_iter()
-                .collect(),
-            _ => Vec::new(),
+        let status = match self.agent.status().await {
+            Ok(status) => status,
+            Err(e) => {
+                tracing::warn!(service, error = %e, "could not list old releases to stop");
+                return;
+            }
         };
+        let others: BTreeSet<String> = status
+            .services
+            .into_iter()
+            .filter(|s| s.service == service)
+            .flat_map(|s| s.instances)
+            .map(|i| i.release)
+            .filter(|r| r != keep)
+            .collect();
         for release in others {
             reporter.phase("drain", format!("draining and stopping {release}"));
             if let Err(e) = self
                 .agent
-                .call(&Request::StopGroup {
-                    service: service.into(),
-                    release: release.clone(),
-                    drain_timeout_ms,
-                })
+                .stop_group(service, &release, drain_timeout_ms)
                 .await
             {
                 tracing::warn!(service, release, error = %e, "could not stop old release");
@@ -447,63 +413,60 @@ impl Engine {
     /// After a control-plane restart: settles releases left `deploying`
     /// against what the agent actually serves, and stops orphaned groups.
     pub async fn reconcile(&self) -> Result<(), EngineError> {
-        let Response::Status { status } = self.agent.call(&Request::Status).await? else {
-            return Ok(());
-        };
-        let active: BTreeMap<String, Option<String>> = status
+        let status = self.agent.status().await?;
+        let active: BTreeMap<&str, &str> = status
             .services
             .iter()
-            .map(|s| (s.service.clone(), s.active.clone()))
+            .filter_map(|s| Some((s.service.as_str(), s.active.as_deref()?)))
             .collect();
         for r in self.store.deploying().await? {
             let name = r.name();
-            let serving = active.get(&r.service).and_then(|a| a.as_deref()) == Some(name.as_str());
-            let event = NewEvent::new(SYSTEM_ACTOR, if serving { "release.succeeded" } else { "release.failed" })
-                .subject("service", &r.service)
-                .subject("release", &name)
-                .payload(serde_json::json!({ "reconciled": true, "reason": "control plane restarted during the release" }));
-            if serving {
-                self.store
-                    .transition(&r.service, r.number, "live", None, true, event)
-                    .await?;
+            let serving = active.get(r.service.as_str()) == Some(&name.as_str());
+            let payload = serde_json::json!({
+                "reconciled": true,
+                "reason": "control plane restarted during the release",
+            });
+            let kind = if serving {
+                "release.succeeded"
             } else {
-                self.store
-                    .transition(
-                        &r.service,
-                        r.number,
-                        "failed",
-                        Some("interrupted: control plane restarted"),
-                        false,
-                        event,
-                    )
-                    .await?;
-            }
+                "release.failed"
+            };
+            let event = release_event(SYSTEM_ACTOR, kind.into(), &r, payload);
+            let (status, reason) = if serving {
+                ("live", None)
+            } else {
+                ("failed", Some("interrupted: control plane restarted"))
+            };
+            self.store
+                .transition(&r.service, r.number, status, reason, serving, event)
+                .await?;
             tracing::info!(service = %r.service, release = %name, serving, "settled interrupted release");
         }
         for s in &status.services {
-            let keep = s.active.clone().unwrap_or_default();
-            let orphans: std::collections::BTreeSet<_> = s
-                .instances
-                .iter()
-                .map(|i| i.release.clone())
-                .filter(|r| *r != keep)
-                .collect();
-            for release in orphans {
-                tracing::info!(service = %s.service, release, "stopping orphaned group");
-                self.agent
-                    .call(&Request::StopGroup {
-                        service: s.service.clone(),
-                        release,
-                        drain_timeout_ms: 1000,
-                    })
-                    .await?;
-            }
+            let keep = s.active.as_deref().unwrap_or_default();
+            self.stop_others(&s.service, keep, RECONCILE_DRAIN_MS, &Reporter::silent())
+                .await;
         }
+        let payload =
+            serde_json::json!({ "agent_pid": status.pid, "services": status.services.len() });
         self.store
-            .append(NewEvent::new(SYSTEM_ACTOR, "controlplane.reattached").payload(serde_json::json!({ "agent_pid": status.pid, "services": status.services.len() })))
+            .append(NewEvent::new(SYSTEM_ACTOR, "controlplane.reattached").payload(payload))
             .await?;
         Ok(())
     }
+}
+
+/// A journal event about one release of one service.
+fn release_event(
+    actor: &str,
+    kind: String,
+    release: &ReleaseRow,
+    payload: serde_json::Value,
+) -> NewEvent {
+    NewEvent::new(actor, kind)
+        .subject("service", &release.service)
+        .subject("release", release.name())
+        .payload(payload)
 }
 
 fn probe_spec(p: &Probe, default_interval: tandem_core::Duration) -> ProbeSpec {

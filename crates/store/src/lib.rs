@@ -28,12 +28,13 @@ pub enum StoreError {
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// A service as the store knows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct ServiceRow {
     pub name: String,
     pub owner: Option<String>,
     pub customer: Option<String>,
     pub tier: String,
+    #[sqlx(json)]
     pub spec: serde_json::Value,
     pub source: String,
     pub live_release: Option<i64>,
@@ -42,12 +43,13 @@ pub struct ServiceRow {
 }
 
 /// A release: an immutable artifact plus the spec it came with.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct ReleaseRow {
     pub service: String,
     pub number: i64,
     pub digest: String,
     pub path: String,
+    #[sqlx(json)]
     pub spec: serde_json::Value,
     pub source: String,
     /// created | deploying | live | retired | failed
@@ -247,46 +249,43 @@ impl Store {
     }
 
     pub async fn services(&self) -> Result<Vec<ServiceRow>> {
-        let rows = sqlx::query("SELECT * FROM services ORDER BY name")
+        Ok(sqlx::query_as("SELECT * FROM services ORDER BY name")
             .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(service_row).collect()
+            .await?)
     }
 
     pub async fn service(&self, name: &str) -> Result<Option<ServiceRow>> {
-        let row = sqlx::query("SELECT * FROM services WHERE name = ?")
+        Ok(sqlx::query_as("SELECT * FROM services WHERE name = ?")
             .bind(name)
             .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(service_row).transpose()
+            .await?)
     }
 
     pub async fn releases(&self, service: &str) -> Result<Vec<ReleaseRow>> {
-        let rows = sqlx::query("SELECT * FROM releases WHERE service = ? ORDER BY number DESC")
-            .bind(service)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(release_row).collect()
+        Ok(
+            sqlx::query_as("SELECT * FROM releases WHERE service = ? ORDER BY number DESC")
+                .bind(service)
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     pub async fn release(&self, service: &str, number: i64) -> Result<ReleaseRow> {
-        let row = sqlx::query("SELECT * FROM releases WHERE service = ? AND number = ?")
+        sqlx::query_as("SELECT * FROM releases WHERE service = ? AND number = ?")
             .bind(service)
             .bind(number)
             .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref()
-            .map(release_row)
-            .transpose()?
+            .await?
             .ok_or_else(|| StoreError::NotFound(format!("{service} has no release r{number}")))
     }
 
     /// Releases left in `deploying` (by a control plane that died mid-release).
     pub async fn deploying(&self) -> Result<Vec<ReleaseRow>> {
-        let rows = sqlx::query("SELECT * FROM releases WHERE status = 'deploying'")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(release_row).collect()
+        Ok(
+            sqlx::query_as("SELECT * FROM releases WHERE status = 'deploying'")
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     /// Events after `after`, oldest first, at most `limit`.
@@ -345,40 +344,6 @@ async fn append_in(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, event: NewEvent
         .execute(&mut **tx)
         .await?;
     Ok(e)
-}
-
-fn json_col(row: &sqlx::sqlite::SqliteRow, col: &str) -> Result<serde_json::Value> {
-    let text: String = row.try_get(col)?;
-    Ok(serde_json::from_str(&text)?)
-}
-
-fn service_row(row: &sqlx::sqlite::SqliteRow) -> Result<ServiceRow> {
-    Ok(ServiceRow {
-        name: row.try_get("name")?,
-        owner: row.try_get("owner")?,
-        customer: row.try_get("customer")?,
-        tier: row.try_get("tier")?,
-        spec: json_col(row, "spec")?,
-        source: row.try_get("source")?,
-        live_release: row.try_get("live_release")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}
-
-fn release_row(row: &sqlx::sqlite::SqliteRow) -> Result<ReleaseRow> {
-    Ok(ReleaseRow {
-        service: row.try_get("service")?,
-        number: row.try_get("number")?,
-        digest: row.try_get("digest")?,
-        path: row.try_get("path")?,
-        spec: json_col(row, "spec")?,
-        source: row.try_get("source")?,
-        status: row.try_get("status")?,
-        reason: row.try_get("reason")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
 }
 
 fn event_row(row: &sqlx::sqlite::SqliteRow) -> Result<Event> {
