@@ -6,7 +6,7 @@
 //! even when the client disconnects.
 
 pub mod error;
-mod openapi;
+pub mod openapi;
 
 use std::convert::Infallible;
 use std::path::PathBuf;

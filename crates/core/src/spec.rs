@@ -854,8 +854,14 @@ mod tests {
 
     #[test]
     fn syntax_error_is_located() {
-        let e = err("service:\n  name: [a\nrun: {command: x}\n");
-        assert_eq!(e.line, 2, "{e}");
+        // Indentation that breaks the block mapping: a YAML syntax error.
+        let e = err("service:\n  name: web\n run: x\n");
+        assert_eq!((e.line, e.column), (3, 2), "{e}");
+        assert!(
+            e.message.contains("did not find expected key"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

@@ -174,3 +174,52 @@ fn nix_kill(pid: i32) {
         .expect("kill");
     assert!(status.success());
 }
+
+#[test]
+fn metrics_and_logs_account_for_every_proxied_request() {
+    let env = Env::start();
+    let app = env.app("web", DEPLOY, "counted");
+    assert_ok(&env.deploy(&app));
+    for _ in 0..50 {
+        assert_eq!(env.get("web.test", "/index.html").0, 200);
+    }
+    let metrics = http_get(&env.api, "/metrics");
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with(r#"tandem_route_requests_total{service="web",class="2xx"}"#))
+        .unwrap_or_else(|| panic!("no 2xx line for web in:\n{metrics}"));
+    assert_eq!(line.rsplit(' ').next(), Some("50"), "{line}");
+    let per_instance: u64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("tandem_target_requests_total{service=\"web\"")
+                && l.contains("class=\"2xx\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(per_instance, 50, "{metrics}");
+    // python's http.server logs each request to stderr, which the agent keeps.
+    let logs = env.tandem(&["logs", "web", "-n", "200"]);
+    assert_ok(&logs);
+    let logged = String::from_utf8_lossy(&logs.stdout)
+        .lines()
+        .filter(|l| l.contains("\"GET /index.html "))
+        .count();
+    assert_eq!(logged, 50);
+}
+
+/// A plain HTTP/1.1 GET; returns the body.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}

@@ -42,7 +42,12 @@ fn check_rejected(env: &Env, yaml: &str, expect_loc: &str, expect_msg: &str) {
 #[test]
 fn malformed_specs_are_located_and_change_nothing() {
     let env = Env::start();
-    check_rejected(&env, "service:\n  name: [web\nrun: {}\n", "2:", "");
+    check_rejected(
+        &env,
+        "service:\n  name: web\n run: x\n",
+        "3:2",
+        "did not find expected key",
+    );
     check_rejected(
         &env,
         &GOOD.replace("  host: web.test", "  host: web.test\n  hots: x"),
@@ -99,43 +104,34 @@ fn unknown_service_and_bad_usage_exit_2() {
 }
 
 #[test]
-fn second_up_on_the_same_data_dir_and_a_busy_address_are_refused() {
+fn second_up_a_busy_address_and_an_unwritable_data_dir_are_refused() {
     let env = Env::start();
-    let out = std::process::Command::new(util::bin())
-        .args([
-            "up",
-            "--api-addr",
-            "127.0.0.1:0",
-            "--proxy-addr",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(env.data())
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("already runs"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let refused = |api: &str, data: &std::path::Path, expect: &str| {
+        let out = std::process::Command::new(util::bin())
+            .args([
+                "up",
+                "--api-addr",
+                api,
+                "--proxy-addr",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(data)
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(expect), "{stderr}");
+    };
+    refused("127.0.0.1:0", &env.data(), "already runs");
     let other = tempfile::tempdir().expect("tempdir");
-    let out = std::process::Command::new(util::bin())
-        .args([
-            "up",
-            "--api-addr",
-            &env.api,
-            "--proxy-addr",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(other.path())
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains(&env.api),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    refused(&env.api, other.path(), &env.api);
+    // Under a regular file no directory can be made, even by root.
+    let file = other.path().join("a-file");
+    std::fs::write(&file, "").expect("write");
+    refused(
+        "127.0.0.1:0",
+        &file.join("data"),
+        "cannot create data directory",
     );
 }

@@ -1,0 +1,252 @@
+//! The proxy against real sockets: a hyper backend on port 0, the proxy on
+//! port 0, and clients speaking HTTP/1.1, h2c and a raw upgrade.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tandem_proxy::{Proxy, ProxyConfig, Route, RouteTable, Target};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Answers with the request headers it received, one `name: value` a line;
+/// `/ws` upgrades to a byte echo.
+async fn backend(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.uri().path() == "/ws" {
+        let upgrade = hyper::upgrade::on(req);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = upgrade.await {
+                let mut io = TokioIo::new(upgraded);
+                let mut buf = [0u8; 64];
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let resp = Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "echo")
+            .body(Full::default())
+            .expect("response");
+        return Ok(resp);
+    }
+    let mut seen = String::new();
+    for (name, value) in req.headers() {
+        seen.push_str(&format!("{name}: {}\n", value.to_str().unwrap_or("?")));
+    }
+    Ok(Response::new(Full::new(Bytes::from(seen))))
+}
+
+async fn start_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind backend");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service_fn(backend))
+                    .with_upgrades();
+                let _ = conn.await;
+            });
+        }
+    });
+    addr
+}
+
+/// A port nothing listens on.
+fn dead_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+struct Setup {
+    proxy_addr: SocketAddr,
+    route_metrics: Arc<tandem_proxy::RequestMetrics>,
+    targets: Vec<Arc<Target>>,
+}
+
+async fn start_proxy(targets: Vec<SocketAddr>) -> Setup {
+    let config = ProxyConfig {
+        hold_timeout: Duration::from_millis(200),
+        ..ProxyConfig::default()
+    };
+    let proxy = Proxy::new(config);
+    let targets: Vec<Arc<Target>> = targets
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| Target::new(format!("t{i}"), a))
+        .collect();
+    let route_metrics = Arc::new(tandem_proxy::RequestMetrics::default());
+    let route = |host: &str, targets: Vec<Arc<Target>>| Route {
+        service: "app".into(),
+        host: host.into(),
+        path_prefix: "/".into(),
+        targets,
+        cursor: Arc::default(),
+        metrics: Arc::clone(&route_metrics),
+    };
+    proxy.publish(RouteTable::new([
+        route("app.test", targets.clone()),
+        route("empty.test", Vec::new()),
+    ]));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+    let proxy_addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { proxy.serve(listener, std::future::pending()).await });
+    Setup {
+        proxy_addr,
+        route_metrics,
+        targets,
+    }
+}
+
+/// One HTTP/1.1 exchange on a fresh connection: (status, body).
+async fn http1(addr: SocketAddr, raw_request: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(raw_request.as_bytes()).await.expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test]
+async fn forwards_with_x_forwarded_headers_and_without_hop_by_hop_ones() {
+    let setup = start_proxy(vec![start_backend().await]).await;
+    let (status, seen) = http1(
+        setup.proxy_addr,
+        "GET /x HTTP/1.1\r\nHost: app.test\r\nConnection: close, x-secret\r\nx-secret: 1\r\nTE: trailers\r\nKeep-Alive: timeout=5\r\nAccept: */*\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{seen}");
+    assert!(seen.contains("x-forwarded-for: 127.0.0.1\n"), "{seen}");
+    assert!(seen.contains("x-forwarded-host: app.test\n"), "{seen}");
+    assert!(seen.contains("x-forwarded-proto: http\n"), "{seen}");
+    assert!(seen.contains("host: app.test\n"), "{seen}");
+    assert!(seen.contains("accept: */*\n"), "{seen}");
+    for gone in ["x-secret", "te:", "keep-alive"] {
+        assert!(!seen.contains(gone), "{gone} was forwarded: {seen}");
+    }
+}
+
+#[tokio::test]
+async fn h2c_clients_are_served_and_their_authority_becomes_host() {
+    let setup = start_proxy(vec![start_backend().await]).await;
+    let stream = TcpStream::connect(setup.proxy_addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(conn);
+    let req = Request::get("http://app.test/h2")
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let resp = sender.send_request(req).await.expect("response");
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    let seen = String::from_utf8_lossy(&body);
+    assert!(seen.contains("host: app.test\n"), "{seen}");
+    assert!(seen.contains("x-forwarded-host: app.test\n"), "{seen}");
+}
+
+#[tokio::test]
+async fn idempotent_request_is_retried_on_another_target_and_the_dead_one_ejected() {
+    let setup = start_proxy(vec![dead_port(), start_backend().await]).await;
+    for _ in 0..6 {
+        let (status, body) = http1(
+            setup.proxy_addr,
+            "GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert!(
+        setup.targets[0].is_ejected(),
+        "a refusing target is ejected"
+    );
+    assert_eq!(
+        setup.route_metrics.snapshot().classes[1],
+        6,
+        "every request counted once, as a 2xx"
+    );
+}
+
+#[tokio::test]
+async fn request_with_a_body_is_not_retried() {
+    let setup = start_proxy(vec![dead_port()]).await;
+    let (status, _) = http1(
+        setup.proxy_addr,
+        "POST / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi",
+    )
+    .await;
+    assert_eq!(status, 502);
+    assert_eq!(setup.route_metrics.snapshot().classes[4], 1);
+}
+
+#[tokio::test]
+async fn upgrade_is_passed_through_both_ways() {
+    let setup = start_proxy(vec![start_backend().await]).await;
+    let mut s = TcpStream::connect(setup.proxy_addr).await.expect("connect");
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        s.read_exact(&mut byte).await.expect("read head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    s.write_all(b"ping").await.expect("write");
+    let mut back = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
+        .await
+        .expect("echo in time")
+        .expect("read");
+    assert_eq!(&back, b"ping");
+}
+
+#[tokio::test]
+async fn unknown_host_is_404_and_a_route_without_targets_503_after_the_hold() {
+    let setup = start_proxy(vec![start_backend().await]).await;
+    let (status, _) = http1(
+        setup.proxy_addr,
+        "GET / HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 404);
+    let started = std::time::Instant::now();
+    let (status, body) = http1(
+        setup.proxy_addr,
+        "GET / HTTP/1.1\r\nHost: empty.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "held for the hold timeout first"
+    );
+}
