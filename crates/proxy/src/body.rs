@@ -1,5 +1,6 @@
 //! Response bodies that hold their target's in-flight slot until the last
-//! byte is sent, so a drain waits for streamed responses too.
+//! byte is sent, so a drain waits for streamed responses too, and drive the
+//! upstream connection the body comes from.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -10,18 +11,33 @@ use http_body_util::combinators::BoxBody;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::target::InFlight;
+use crate::upstream::Upstream;
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
-/// An upstream body plus the slot it occupies.
+/// An upstream body, the connection it arrives on and the slot it occupies.
+/// Once the body has ended the connection goes back to the target's pool.
 pub struct Tracked {
     inner: Incoming,
-    _slot: InFlight,
+    upstream: Option<Upstream>,
+    slot: InFlight,
 }
 
 impl Tracked {
-    pub fn boxed(inner: Incoming, slot: InFlight) -> ProxyBody {
-        Tracked { inner, _slot: slot }.boxed()
+    /// `upstream` is `None` when someone else drives the connection.
+    pub fn boxed(inner: Incoming, upstream: Option<Upstream>, slot: InFlight) -> ProxyBody {
+        Tracked {
+            inner,
+            upstream,
+            slot,
+        }
+        .boxed()
+    }
+
+    fn finish(&mut self) {
+        if let Some(up) = self.upstream.take() {
+            self.slot.target.checkin(up);
+        }
     }
 }
 
@@ -33,7 +49,21 @@ impl Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let this = &mut *self;
+        let mut frame = Pin::new(&mut this.inner).poll_frame(cx);
+        if frame.is_pending()
+            && let Some(up) = &mut this.upstream
+        {
+            // The data comes from the connection: let it read, then look again.
+            up.drive(cx);
+            frame = Pin::new(&mut this.inner).poll_frame(cx);
+        }
+        match &frame {
+            Poll::Ready(None) => this.finish(),
+            Poll::Ready(Some(Err(_))) => this.upstream = None,
+            _ => {}
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
@@ -42,6 +72,16 @@ impl Body for Tracked {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        // A body nobody read to its end (HEAD, 204, a client that went away)
+        // leaves the connection reusable only if nothing is left unread.
+        if self.inner.is_end_stream() {
+            self.finish();
+        }
     }
 }
 

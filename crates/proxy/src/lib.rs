@@ -2,7 +2,8 @@
 //!
 //! A request is matched against an immutable [`RouteTable`] snapshot (by
 //! `Host` and longest path prefix), balanced round-robin over the route's
-//! ready [`Target`]s and forwarded over pooled HTTP/1.1 connections. Whoever
+//! ready [`Target`]s and forwarded over HTTP/1.1 connections pooled per target and driven by
+//! the request's own task (see `upstream`). Whoever
 //! owns the targets (the agent) publishes a new table to switch traffic; a
 //! publish never blocks a request and a request never blocks a publish.
 //! The proxy knows nothing of releases, stores or the control plane.
@@ -13,6 +14,7 @@ pub mod metrics;
 mod router;
 mod server;
 mod target;
+mod upstream;
 
 pub use metrics::RequestMetrics;
 pub use router::{Route, RouteTable};

@@ -5,19 +5,16 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use http::uri::{self, PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
@@ -25,6 +22,7 @@ use crate::body::{self, ProxyBody, Tracked};
 use crate::forward;
 use crate::router::{Route, RouteTable};
 use crate::target::{InFlight, Target};
+use crate::upstream::{self, Upstream, UpstreamError};
 
 /// Tunables of the proxy, with production defaults.
 #[derive(Clone, Debug)]
@@ -55,25 +53,15 @@ pub struct Proxy {
 struct Inner {
     table: ArcSwap<RouteTable>,
     changed: Notify,
-    client: Client<HttpConnector, ProxyBody>,
     config: ProxyConfig,
 }
 
 impl Proxy {
     pub fn new(config: ProxyConfig) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(1024)
-            .build(connector);
         Proxy {
             inner: Arc::new(Inner {
                 table: ArcSwap::from_pointee(RouteTable::default()),
                 changed: Notify::new(),
-                client,
                 config,
             }),
         }
@@ -107,7 +95,10 @@ impl Proxy {
             let inner = Arc::clone(&self.inner);
             let builder = builder.clone();
             tokio::spawn(async move {
-                let svc = service_fn(move |req| handle(Arc::clone(&inner), client, req));
+                // Formatted once per connection rather than per request.
+                let client_ip = HeaderValue::try_from(client.ip().to_string())
+                    .expect("an IP address is a valid header value");
+                let svc = service_fn(move |req| handle(Arc::clone(&inner), client_ip.clone(), req));
                 if let Err(e) = builder
                     .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                     .await
@@ -121,7 +112,7 @@ impl Proxy {
 
 async fn handle(
     inner: Arc<Inner>,
-    client: SocketAddr,
+    client_ip: HeaderValue,
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
@@ -150,7 +141,8 @@ async fn handle(
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
     forward::strip_hop_by_hop(&mut headers);
-    forward::add_forwarded(&mut headers, client, &host);
+    forward::add_forwarded(&mut headers, &client_ip, &host);
+    let upgrading = upgrade.is_some();
     let retryable = match upgrade {
         Some(u) => {
             forward::restore_upgrade(&mut headers, u);
@@ -178,25 +170,33 @@ async fn handle(
         let mut upstream = Request::new(upstream_body);
         *upstream.method_mut() = parts.method.clone();
         *upstream.version_mut() = Version::HTTP_11;
-        *upstream.uri_mut() = upstream_uri(&target, &path_and_query);
+        *upstream.uri_mut() = Uri::from(path_and_query.clone());
         // Only a first attempt that may be retried needs to keep the headers.
         *upstream.headers_mut() = if retryable && !retried {
             headers.clone()
         } else {
             std::mem::take(&mut headers)
         };
-        let sent = tokio::time::timeout(
-            inner.config.response_timeout,
-            inner.client.request(upstream),
-        )
+        let config = &inner.config;
+        let sent = tokio::time::timeout(config.response_timeout, async {
+            if upgrading {
+                upstream::exchange_upgrade(target.addr, config.connect_timeout, upstream)
+                    .await
+                    .map(|resp| (resp, None))
+            } else {
+                upstream::exchange(&target.pool, target.addr, config.connect_timeout, upstream)
+                    .await
+                    .map(|(resp, up)| (resp, Some(up)))
+            }
+        })
         .await;
         let (status, why) = match sent {
-            Ok(Ok(resp)) => {
+            Ok(Ok((resp, conn))) => {
                 record(&route, &target, resp.status(), started);
-                return Ok(respond(resp, slot, client_upgrade));
+                return Ok(respond(resp, conn, slot, client_upgrade));
             }
             Ok(Err(e)) => {
-                if e.is_connect() {
+                if matches!(e, UpstreamError::Connect(_)) {
                     target.eject();
                 }
                 tracing::debug!(error = %e, target = %target.id, "upstream request failed");
@@ -222,14 +222,6 @@ fn record(route: &Route, target: &Target, status: StatusCode, started: Instant) 
     let latency = started.elapsed();
     target.metrics.record(status.as_u16(), latency);
     route.metrics.record(status.as_u16(), latency);
-}
-
-fn upstream_uri(target: &Target, path_and_query: &PathAndQuery) -> Uri {
-    let mut parts = uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(target.authority.clone());
-    parts.path_and_query = Some(path_and_query.clone());
-    Uri::from_parts(parts).expect("scheme, authority and path make a valid URI")
 }
 
 enum Claim {
@@ -281,6 +273,7 @@ fn claim_now(inner: &Inner, host: &str, path: &str) -> Claim {
 
 fn respond(
     mut resp: Response<Incoming>,
+    conn: Option<Upstream>,
     slot: InFlight,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<ProxyBody> {
@@ -300,7 +293,7 @@ fn respond(
     }
     let (mut parts, incoming) = resp.into_parts();
     forward::strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, Tracked::boxed(incoming, slot))
+    Response::from_parts(parts, Tracked::boxed(incoming, conn, slot))
 }
 
 /// The request's host: `:authority` for HTTP/2, else the `Host` header.

@@ -10,6 +10,7 @@ use http::uri::Authority;
 use tokio::sync::Notify;
 
 use crate::metrics::RequestMetrics;
+use crate::upstream::{Pool, Upstream};
 
 /// How long a target that refused a connection is skipped.
 pub const EJECT_FOR: Duration = Duration::from_secs(2);
@@ -21,6 +22,8 @@ pub struct Target {
     /// `addr` as a URI authority, built once so forwarding does not format it.
     pub authority: Authority,
     pub metrics: RequestMetrics,
+    /// Idle keep-alive connections to this target.
+    pub pool: Pool,
     in_flight: AtomicU64,
     draining: AtomicBool,
     /// Milliseconds since `epoch` until which the target is skipped.
@@ -38,6 +41,7 @@ impl Target {
             addr,
             authority,
             metrics: RequestMetrics::default(),
+            pool: Pool::default(),
             in_flight: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             ejected_until_ms: AtomicU64::new(0),
@@ -89,10 +93,18 @@ impl Target {
         }
     }
 
+    /// Takes back a connection whose exchange finished, unless draining.
+    pub fn checkin(&self, up: Upstream) {
+        if !self.draining.load(SeqCst) {
+            self.pool.checkin(up);
+        }
+    }
+
     /// Stops new requests and waits until in-flight ones finish, at most
     /// `timeout`. Returns whether it finished in time.
     pub async fn drain(&self, timeout: Duration) -> bool {
         self.draining.store(true, SeqCst);
+        self.pool.clear();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let idle = self.idle.notified();

@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,8 +18,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Answers with the request headers it received, one `name: value` a line;
-/// `/ws` upgrades to a byte echo.
+/// `/echo` with the request body; `/ws` upgrades to a byte echo.
 async fn backend(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.uri().path() == "/echo" {
+        let body = req.into_body().collect().await.map(|b| b.to_bytes());
+        return Ok(Response::new(Full::new(body.unwrap_or_default())));
+    }
     if req.uri().path() == "/ws" {
         let upgrade = hyper::upgrade::on(req);
         tokio::spawn(async move {
@@ -48,12 +53,20 @@ async fn backend(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infall
 }
 
 async fn start_backend() -> SocketAddr {
+    start_counting_backend().await.0
+}
+
+/// The backend and the number of connections it has accepted.
+async fn start_counting_backend() -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind backend");
     let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let conn = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service_fn(backend))
@@ -62,7 +75,7 @@ async fn start_backend() -> SocketAddr {
             });
         }
     });
-    addr
+    (addr, accepted)
 }
 
 /// A port nothing listens on.
@@ -249,4 +262,95 @@ async fn unknown_host_is_404_and_a_route_without_targets_503_after_the_hold() {
         started.elapsed() >= Duration::from_millis(200),
         "held for the hold timeout first"
     );
+}
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let (backend, accepted) = start_counting_backend().await;
+    let setup = start_proxy(vec![backend]).await;
+    for i in 0..20 {
+        let (status, body) = http1(
+            setup.proxy_addr,
+            &format!("GET /{i} HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "20 sequential requests share one upstream connection"
+    );
+}
+
+#[tokio::test]
+async fn large_bodies_stream_through_both_ways_intact() {
+    let setup = start_proxy(vec![start_backend().await]).await;
+    let stream = TcpStream::connect(setup.proxy_addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    for round in 0..3u8 {
+        let payload: Bytes = (0..4 * 1024 * 1024u32)
+            .map(|i| (i % 251) as u8 ^ round)
+            .collect::<Vec<u8>>()
+            .into();
+        let req = Request::post("/echo")
+            .header("host", "app.test")
+            .body(Full::new(payload.clone()))
+            .expect("request");
+        let resp = sender.send_request(req).await.expect("response");
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(body.len(), payload.len(), "round {round}");
+        assert!(body == payload, "round {round}: body differs");
+    }
+}
+
+/// A backend that answers each request with keep-alive and then closes the
+/// connection shortly after, as servers do with idle keep-alive connections.
+async fn start_closing_backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_backend_closed_is_replaced_even_for_a_post() {
+    let (backend, accepted) = start_closing_backend().await;
+    let setup = start_proxy(vec![backend]).await;
+    for _ in 0..3 {
+        let (status, body) = http1(
+            setup.proxy_addr,
+            "POST / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi",
+        )
+        .await;
+        assert_eq!((status, body.as_str()), (200, "ok"));
+        // Let the backend close the now idle upstream connection.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 3, "one connection each");
+    assert_eq!(setup.route_metrics.snapshot().classes[1], 3);
 }

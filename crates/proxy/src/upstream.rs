@@ -1,0 +1,211 @@
+//! Upstream HTTP/1.1 connections, pooled per target and driven by the task
+//! that uses them.
+//!
+//! A hyper client connection is two halves: a `SendRequest` handle and a
+//! `Connection` future that does the I/O. The usual client spawns the future
+//! on its own task, so every exchange hops between tasks several times. Here
+//! the request's own task polls it: [`exchange`] while waiting for the
+//! response head, then the response body ([`crate::body::Tracked`]) while
+//! the body streams. When the body ends, the connection goes back to its
+//! target's [`Pool`]; an idle connection is not polled at all, and a
+//! checkout first lets it notice a close that happened meanwhile.
+//!
+//! Upgrades (WebSocket) need the connection to outlive the exchange, so they
+//! get a fresh connection on a task of its own ([`exchange_upgrade`]).
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::body::ProxyBody;
+
+/// Idle connections kept per target; beyond that a finished one is closed.
+const POOL_MAX_IDLE: usize = 1024;
+/// An idle connection older than this is closed rather than reused (most
+/// servers close idle keep-alive connections after a minute or more).
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why an exchange with a target failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection could be made: nothing was sent.
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    #[error(transparent)]
+    Http(hyper::Error),
+}
+
+/// One HTTP/1.1 connection to a target.
+pub struct Upstream {
+    send: http1::SendRequest<ProxyBody>,
+    /// `None` once the connection has closed. Dropping it at once matters:
+    /// a request still queued for it then fails (and comes back unsent)
+    /// instead of waiting forever.
+    conn: Option<http1::Connection<TokioIo<TcpStream>, ProxyBody>>,
+    idle_since: Instant,
+}
+
+impl Upstream {
+    async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Upstream, UpstreamError> {
+        let stream = connect_tcp(addr, timeout).await?;
+        let (send, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(UpstreamError::Http)?;
+        Ok(Upstream {
+            send,
+            conn: Some(conn),
+            idle_since: Instant::now(),
+        })
+    }
+
+    /// Advances the connection's I/O; `cx` is woken when it can go further.
+    pub fn drive(&mut self, cx: &mut Context<'_>) {
+        if let Some(conn) = &mut self.conn
+            && Pin::new(conn).poll(cx).is_ready()
+        {
+            self.conn = None;
+        }
+    }
+
+    /// Whether the connection can take another request now. Drives it once
+    /// without registering for wake-ups, so a close by the server that
+    /// already arrived is seen.
+    fn reusable(&mut self) -> bool {
+        self.drive(&mut Context::from_waker(Waker::noop()));
+        self.conn.is_some() && self.send.is_ready()
+    }
+
+    /// Sends `req` and drives the connection until the response head is in.
+    /// A request that was never written comes back in the error.
+    async fn send(
+        &mut self,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<ProxyBody>>> {
+        let mut response = std::pin::pin!(self.send.try_send_request(req));
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = response.as_mut().poll(cx) {
+                return Poll::Ready(r);
+            }
+            self.drive(cx);
+            response.as_mut().poll(cx)
+        })
+        .await
+    }
+}
+
+/// A target's idle connections, most recently used last.
+#[derive(Default)]
+pub struct Pool {
+    idle: Mutex<Vec<Upstream>>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("idle", &self.idle.lock().map(|v| v.len()).unwrap_or(0))
+            .finish()
+    }
+}
+
+impl Pool {
+    /// The most recently used idle connection that is still good.
+    fn checkout(&self) -> Option<Upstream> {
+        loop {
+            let mut up = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            if up.idle_since.elapsed() < POOL_IDLE_TIMEOUT && up.reusable() {
+                return Some(up);
+            }
+        }
+    }
+
+    /// Returns a connection whose exchange finished; closes it instead when
+    /// it cannot be reused or the pool is full.
+    pub fn checkin(&self, mut up: Upstream) {
+        if !up.reusable() {
+            return;
+        }
+        up.idle_since = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        // The oldest idle connections are at the front; let expired ones go.
+        let expired = idle
+            .iter()
+            .take_while(|u| u.idle_since.elapsed() >= POOL_IDLE_TIMEOUT)
+            .count();
+        idle.drain(..expired);
+        if idle.len() < POOL_MAX_IDLE {
+            idle.push(up);
+        }
+    }
+
+    /// Closes every idle connection (the target is going away).
+    pub fn clear(&self) {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+/// Sends `req` to `addr` over a pooled connection (or a new one) and returns
+/// the response head with the connection, which the response body must
+/// keep driving. A pooled connection that turns out to be closed before the
+/// request was written is replaced transparently.
+pub async fn exchange(
+    pool: &Pool,
+    addr: SocketAddr,
+    connect_timeout: Duration,
+    mut req: Request<ProxyBody>,
+) -> Result<(Response<Incoming>, Upstream), UpstreamError> {
+    loop {
+        let (mut up, pooled) = match pool.checkout() {
+            Some(up) => (up, true),
+            None => (Upstream::connect(addr, connect_timeout).await?, false),
+        };
+        match up.send(req).await {
+            Ok(resp) => return Ok((resp, up)),
+            Err(mut e) => match e.take_message() {
+                Some(unsent) if pooled => req = unsent,
+                _ => return Err(UpstreamError::Http(e.into_error())),
+            },
+        }
+    }
+}
+
+/// Sends an upgrade request over a fresh connection that runs on its own
+/// task, so the upgraded stream can outlive this call.
+pub async fn exchange_upgrade(
+    addr: SocketAddr,
+    connect_timeout: Duration,
+    req: Request<ProxyBody>,
+) -> Result<Response<Incoming>, UpstreamError> {
+    let stream = connect_tcp(addr, connect_timeout).await?;
+    let (mut send, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(UpstreamError::Http)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upgraded upstream connection ended with error");
+        }
+    });
+    send.send_request(req).await.map_err(UpstreamError::Http)
+}
+
+async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, UpstreamError> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(UpstreamError::Connect(e)),
+        Err(_) => {
+            return Err(UpstreamError::Connect(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no connection within {timeout:?}"),
+            )));
+        }
+    };
+    stream.set_nodelay(true).map_err(UpstreamError::Connect)?;
+    Ok(stream)
+}
