@@ -12,6 +12,8 @@ use tandem_store::StoreError;
 pub enum ApiError {
     BadInput(String),
     NotFound(String),
+    /// The request conflicts with the current state (409).
+    Conflict(String),
     Failed(String, Vec<String>),
     Unavailable(String),
     Internal(String),
@@ -34,6 +36,20 @@ impl From<EngineError> for ApiError {
     }
 }
 
+impl From<tandem_delivery::DeliveryError> for ApiError {
+    fn from(e: tandem_delivery::DeliveryError) -> Self {
+        use tandem_delivery::DeliveryError as D;
+        match e {
+            D::BadInput(m) => ApiError::BadInput(m),
+            D::NotFound(m) => ApiError::NotFound(m),
+            D::Conflict(m) => ApiError::Conflict(m),
+            D::Git(g) => ApiError::Failed(g.to_string(), Vec::new()),
+            D::Engine(e) => e.into(),
+            D::Store(s) => s.into(),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
@@ -48,7 +64,9 @@ impl ApiError {
     /// input is the caller's to fix (`bad_input`); anything else `failed`.
     pub fn into_progress(self) -> Progress {
         let (message, log_tail, kind) = match self {
-            ApiError::BadInput(m) | ApiError::NotFound(m) => (m, Vec::new(), "bad_input"),
+            ApiError::BadInput(m) | ApiError::NotFound(m) | ApiError::Conflict(m) => {
+                (m, Vec::new(), "bad_input")
+            }
             ApiError::Failed(m, tail) => (m, tail, "failed"),
             ApiError::Unavailable(m) => (m, Vec::new(), "failed"),
             ApiError::Internal(cause) => {
@@ -72,6 +90,7 @@ impl IntoResponse for ApiError {
         let (status, message, log_tail) = match self {
             ApiError::BadInput(m) => (StatusCode::BAD_REQUEST, m, Vec::new()),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m, Vec::new()),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, m, Vec::new()),
             ApiError::Failed(m, tail) => (StatusCode::UNPROCESSABLE_ENTITY, m, tail),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m, Vec::new()),
             ApiError::Internal(cause) => {

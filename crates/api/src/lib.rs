@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod openapi;
+mod pipelines;
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -28,14 +29,31 @@ pub const ACTOR_HEADER: &str = "x-tandem-actor";
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Engine,
+    pub delivery: tandem_delivery::Delivery,
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/health", get(health))
         .route("/api/v1/openapi.json", get(openapi::document))
-        .route("/api/v1/services", get(services))
-        .route("/api/v1/services/{name}", get(service))
+        .route(
+            "/api/v1/services",
+            get(services).post(pipelines::add_service),
+        )
+        .route(
+            "/api/v1/services/{name}",
+            get(service).delete(pipelines::remove_service),
+        )
+        .route(
+            "/api/v1/services/{name}/hooks/{provider}",
+            post(pipelines::hook),
+        )
+        .route("/api/v1/services/{name}/runs", post(pipelines::start_run))
+        .route("/api/v1/runs", get(pipelines::runs))
+        .route("/api/v1/runs/{id}", get(pipelines::run))
+        .route("/api/v1/runs/{id}/logs", get(pipelines::logs))
+        .route("/api/v1/runs/{id}/cancel", post(pipelines::cancel))
+        .route("/api/v1/runs/{id}/retry", post(pipelines::retry))
         .route("/api/v1/services/{name}/releases", get(releases))
         .route("/api/v1/services/{name}/rollback", post(rollback))
         .route("/api/v1/services/{name}/logs", get(logs))

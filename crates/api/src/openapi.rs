@@ -4,10 +4,43 @@
 
 use axum::Json;
 
-pub const PATHS: [(&str, &str, &str); 11] = [
+pub const PATHS: [(&str, &str, &str); 20] = [
     ("/api/v1/health", "get", "Liveness of the control plane"),
     ("/api/v1/services", "get", "List services"),
+    (
+        "/api/v1/services",
+        "post",
+        "Register a service from a git repository and queue a run of its head",
+    ),
     ("/api/v1/services/{name}", "get", "One service"),
+    (
+        "/api/v1/services/{name}",
+        "delete",
+        "Stop a service's instances and forget it",
+    ),
+    (
+        "/api/v1/services/{name}/hooks/{provider}",
+        "post",
+        "Push webhook (github, gitlab, gitea); 401 on a bad signature, 202 otherwise",
+    ),
+    (
+        "/api/v1/services/{name}/runs",
+        "post",
+        "Queue a pipeline run of a ref (default: the branch head)",
+    ),
+    ("/api/v1/runs", "get", "Pipeline runs, newest first"),
+    ("/api/v1/runs/{id}", "get", "One pipeline run"),
+    (
+        "/api/v1/runs/{id}/logs",
+        "get",
+        "A run's log as Server-Sent Events (`follow=true` until it ends)",
+    ),
+    ("/api/v1/runs/{id}/cancel", "post", "Cancel a run"),
+    (
+        "/api/v1/runs/{id}/retry",
+        "post",
+        "Run a finished run's commit again",
+    ),
     (
         "/api/v1/services/{name}/releases",
         "get",

@@ -50,6 +50,44 @@ impl Api {
         json_or_exit(resp).await
     }
 
+    pub async fn post(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> Result<serde_json::Value, Exit> {
+        let resp = self.send(Method::POST, path, Some(body)).await?;
+        json_or_exit(resp).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<serde_json::Value, Exit> {
+        let resp = self.send(Method::DELETE, path, None).await?;
+        json_or_exit(resp).await
+    }
+
+    /// GETs a Server-Sent Events stream and hands each event (name, data) to
+    /// `on_event` as it arrives; returns when the server ends the stream.
+    pub async fn get_events(
+        &self,
+        path: &str,
+        mut on_event: impl FnMut(&str, &str),
+    ) -> Result<(), Exit> {
+        let resp = self.send(Method::GET, path, None).await?;
+        for_each_record(resp, b"\n\n", |block| {
+            let block = String::from_utf8_lossy(block);
+            let mut event = "message";
+            let mut lines = Vec::new();
+            for line in block.lines() {
+                if let Some(e) = line.strip_prefix("event: ") {
+                    event = e;
+                } else if let Some(d) = line.strip_prefix("data: ") {
+                    lines.push(d);
+                }
+            }
+            on_event(event, &lines.join("\n"));
+        })
+        .await
+    }
+
     /// POSTs and hands each NDJSON line of the answer to `on_line` as it arrives.
     pub async fn post_stream(
         &self,
@@ -58,27 +96,41 @@ impl Api {
         mut on_line: impl FnMut(serde_json::Value),
     ) -> Result<(), Exit> {
         let resp = self.send(Method::POST, path, Some(body)).await?;
-        if resp.status() != StatusCode::OK {
-            json_or_exit(resp).await?;
-            return Ok(());
-        }
-        let mut body = resp.into_body();
-        let mut buf: Vec<u8> = Vec::new();
-        while let Some(frame) = body.frame().await {
-            let frame =
-                frame.map_err(|e| Exit::failure(format!("connection to the server broke: {e}")))?;
-            if let Ok(data) = frame.into_data() {
-                buf.extend_from_slice(&data);
-                while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = buf.drain(..=nl).collect();
-                    if let Ok(v) = serde_json::from_slice(&line) {
-                        on_line(v);
-                    }
-                }
+        for_each_record(resp, b"\n", |line| {
+            if let Ok(v) = serde_json::from_slice(line) {
+                on_line(v);
             }
-        }
-        Ok(())
+        })
+        .await
     }
+}
+
+/// Splits a streamed 200 answer into records ending in `sep` as they
+/// arrive; any other status is turned into the error it carries.
+async fn for_each_record(
+    resp: hyper::Response<hyper::body::Incoming>,
+    sep: &[u8],
+    mut on_record: impl FnMut(&[u8]),
+) -> Result<(), Exit> {
+    if resp.status() != StatusCode::OK {
+        json_or_exit(resp).await?;
+        return Ok(());
+    }
+    let mut body = resp.into_body();
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| Exit::failure(format!("connection to the server broke: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        buf.extend_from_slice(&data);
+        while let Some(end) = buf.windows(sep.len()).position(|w| w == sep) {
+            let record: Vec<u8> = buf.drain(..end + sep.len()).collect();
+            on_record(&record[..end]);
+        }
+    }
+    Ok(())
 }
 
 async fn json_or_exit(

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod exit;
 mod output;
+mod pipelines;
 mod release;
 mod run;
 mod spec;
@@ -105,14 +106,15 @@ pub enum Command {
     },
     /// Print the JSON Schema of tandem.yaml.
     Schema,
-    /// Build, test and release a service from a directory.
+    /// Build, test and release a service: from a directory (--dir), or a
+    /// commit of a service registered from a repository (run a pipeline).
     Deploy {
         /// Service name (optional with --dir: it comes from tandem.yaml).
         service: Option<String>,
         /// Directory holding tandem.yaml.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "git_ref")]
         dir: Option<PathBuf>,
-        /// Git ref to deploy (needs a service registered from a repository).
+        /// Commit, branch or tag to deploy; default: the branch head.
         #[arg(long = "ref")]
         git_ref: Option<String>,
         /// Target environment.
@@ -140,13 +142,59 @@ pub enum Command {
         #[arg(short = 'n', long, default_value_t = 50)]
         lines: usize,
     },
-    /// Registered services.
-    Services,
+    /// Registered services; `add` one from a git repository, `rm` one.
+    #[command(args_conflicts_with_subcommands = true)]
+    Services {
+        #[command(subcommand)]
+        command: Option<ServicesCommand>,
+    },
+    /// Pipeline runs, newest first; their logs, cancel and retry.
+    #[command(args_conflicts_with_subcommands = true)]
+    Pipelines {
+        /// Only the runs of this service.
+        service: Option<String>,
+        #[command(subcommand)]
+        command: Option<PipelinesCommand>,
+    },
     /// The tamper-evident journal.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ServicesCommand {
+    /// Register the service whose tandem.yaml is in a git repository; its
+    /// pushes then flow to production.
+    Add {
+        /// Repository URL, or path of a local repository.
+        repo: String,
+        #[arg(long, default_value = "main")]
+        branch: String,
+        /// Shared secret of push webhooks (GitHub, GitLab, Gitea).
+        #[arg(long, env = "TANDEM_WEBHOOK_SECRET")]
+        webhook_secret: Option<String>,
+        /// How often to look for new commits (e.g. 30s, 1m).
+        #[arg(long)]
+        poll_interval: Option<String>,
+    },
+    /// Stop a service's instances and forget it (history stays in the journal).
+    Rm { service: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PipelinesCommand {
+    /// A run's log; -f follows it live until the run ends.
+    Logs {
+        run: i64,
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Cancel a queued run, or a running one before it releases.
+    Cancel { run: i64 },
+    /// Run a finished run's commit again.
+    Retry { run: i64 },
 }
 
 #[derive(Subcommand, Debug)]
@@ -176,11 +224,14 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
         Command::Validate { path } => spec::validate(&path, fmt),
         Command::Schema => spec::schema(),
         Command::Deploy {
-            service,
-            dir,
+            service: Some(service),
+            dir: None,
             git_ref,
-            env,
-        } => release::deploy(&api(), service, dir, git_ref, env, fmt).await,
+            env: None,
+        } => pipelines::deploy_ref(&api(), &service, git_ref, fmt).await,
+        Command::Deploy {
+            service, dir, env, ..
+        } => release::deploy(&api(), service, dir, env, fmt).await,
         Command::Rollback { service, to } => release::rollback(&api(), &service, to, fmt).await,
         Command::Status { service } => view::status(&api(), service.as_deref(), fmt).await,
         Command::Releases { service } => view::releases(&api(), &service, fmt).await,
@@ -189,7 +240,35 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
             follow,
             lines,
         } => view::logs(&api(), &service, follow, lines).await,
-        Command::Services => view::services(&api(), fmt).await,
+        Command::Services { command: None } => view::services(&api(), fmt).await,
+        Command::Services {
+            command:
+                Some(ServicesCommand::Add {
+                    repo,
+                    branch,
+                    webhook_secret,
+                    poll_interval,
+                }),
+        } => pipelines::add(&api(), &repo, &branch, webhook_secret, poll_interval, fmt).await,
+        Command::Services {
+            command: Some(ServicesCommand::Rm { service }),
+        } => pipelines::remove(&api(), &service).await,
+        Command::Pipelines {
+            service,
+            command: None,
+        } => pipelines::list(&api(), service.as_deref(), fmt).await,
+        Command::Pipelines {
+            command: Some(PipelinesCommand::Logs { run, follow }),
+            ..
+        } => pipelines::logs(&api(), run, follow, fmt).await,
+        Command::Pipelines {
+            command: Some(PipelinesCommand::Cancel { run }),
+            ..
+        } => pipelines::act(&api(), run, "cancel", fmt).await,
+        Command::Pipelines {
+            command: Some(PipelinesCommand::Retry { run }),
+            ..
+        } => pipelines::act(&api(), run, "retry", fmt).await,
         Command::Audit {
             command: AuditCommand::Verify,
         } => view::audit_verify(&api(), fmt).await,

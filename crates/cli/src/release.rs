@@ -13,17 +13,18 @@ pub async fn deploy(
     api: &Api,
     service: Option<String>,
     dir: Option<PathBuf>,
-    git_ref: Option<String>,
     env: Option<String>,
     fmt: Format,
 ) -> CmdResult {
-    if git_ref.is_some() || env.is_some() {
+    if env.is_some() {
         return Err(Exit::bad_input(
-            "--ref and --env need services registered from a repository, which this version does not have yet; use --dir",
+            "--env is not supported yet: environments are promoted by pipelines",
         ));
     }
     let dir = dir.ok_or_else(|| {
-        Exit::bad_input("tandem deploy needs --dir DIR (a directory holding tandem.yaml)")
+        Exit::bad_input(
+            "tandem deploy needs --dir DIR (a directory holding tandem.yaml), or a service registered from a repository: tandem deploy SERVICE [--ref R]",
+        )
     })?;
     // Check the spec here first: located errors without a round trip.
     let (_, spec) = crate::spec::load(&dir)?;

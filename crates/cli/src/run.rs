@@ -146,13 +146,25 @@ pub async fn up(dir: &Path, api_addr: SocketAddr, start_agent_on: Option<SocketA
         "tandem up: api http://{api_local}  proxy http://{proxy}  data {}  agent pid {agent_pid}",
         dir.display()
     );
-    let app = tandem_api::router(tandem_api::AppState { engine });
+    let delivery = tandem_delivery::Delivery::start(engine.clone(), dir, pipeline_parallelism())
+        .await
+        .map_err(|e| Exit::failure(format!("cannot start pipelines: {e}")))?;
+    let app = tandem_api::router(tandem_api::AppState { engine, delivery });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(|e| Exit::failure(format!("server failed: {e}")))?;
     eprintln!("tandem server stopped; services keep running (tandem down stops them)");
     Ok(())
+}
+
+/// Runs of different services at once: `TANDEM_PIPELINES` (default 2).
+fn pipeline_parallelism() -> usize {
+    std::env::var("TANDEM_PIPELINES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(2)
 }
 
 async fn shutdown_signal() {

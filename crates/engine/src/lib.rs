@@ -87,6 +87,11 @@ impl Engine {
         Arc::clone(locks.entry(service.to_owned()).or_default())
     }
 
+    /// One release at a time per service: held across build, store and rollout.
+    pub async fn lock_service(&self, service: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        self.service_lock(service).lock_owned().await
+    }
+
     /// Reads `dir/tandem.yaml`, builds, tests, stores the release and rolls it out.
     pub async fn deploy_dir(
         &self,
@@ -97,50 +102,92 @@ impl Engine {
         let dir = dir
             .canonicalize()
             .map_err(|e| EngineError::BadInput(format!("{}: {e}", dir.display())))?;
-        let spec_path = dir.join("tandem.yaml");
-        let text = std::fs::read_to_string(&spec_path)
-            .map_err(|e| EngineError::BadInput(format!("{}: {e}", spec_path.display())))?;
-        let spec =
-            Spec::parse(&spec_path.display().to_string(), &text).map_err(EngineError::Spec)?;
+        let spec = read_spec(&dir)?;
         let name = spec.service.name.to_string();
-        let lock = self.service_lock(&name);
-        let _guard = lock.lock().await;
-
-        let spec_json = serde_json::to_value(&spec).map_err(|e| EngineError::Io(e.to_string()))?;
+        let _guard = self.lock_service(&name).await;
         let source = dir.display().to_string();
-        self.store
-            .upsert_service(
-                ServiceUpsert {
-                    name: &name,
-                    owner: spec.service.owner.as_deref(),
-                    customer: spec.service.customer.as_deref(),
-                    tier: spec.service.tier.as_str(),
-                    spec: &spec_json,
-                    source: &source,
-                },
-                actor,
-            )
-            .await?;
+        self.register(&spec, &source, actor).await?;
 
         let build_root = if spec.build.is_empty() && spec.test.is_empty() {
             dir.clone()
         } else {
-            self.build(&name, &dir, &spec, actor, reporter).await?
+            let work = self
+                .data_dir
+                .join("work")
+                .join(format!("{name}-{}", now_ms()));
+            artifact::copy(&dir, &artifact::collect(&dir, &[])?, &work)?;
+            let built = self
+                .run_steps(&spec, "build", &work, &[], actor, reporter)
+                .await;
+            let tested = match built {
+                Ok(()) => {
+                    self.run_steps(&spec, "test", &work, &[], actor, reporter)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = tested {
+                let _ = std::fs::remove_dir_all(&work);
+                return Err(e);
+            }
+            work
         };
-        reporter.phase("artifact", "storing the release");
-        let stored = self.store_artifact(&build_root, &spec);
+        let release = self
+            .store_release(&spec, &build_root, &source, actor, reporter)
+            .await;
         if build_root != dir {
             let _ = std::fs::remove_dir_all(&build_root);
         }
-        let (digest, path) = stored?;
+        self.rollout(&release?, &spec, actor, false, reporter).await
+    }
+
+    /// Creates or updates the service from its spec.
+    pub async fn register(
+        &self,
+        spec: &Spec,
+        source: &str,
+        actor: &str,
+    ) -> Result<(), EngineError> {
+        let spec_json = serde_json::to_value(spec).map_err(|e| EngineError::Io(e.to_string()))?;
+        self.store
+            .upsert_service(
+                ServiceUpsert {
+                    name: spec.service.name.as_str(),
+                    owner: spec.service.owner.as_deref(),
+                    customer: spec.service.customer.as_deref(),
+                    tier: spec.service.tier.as_str(),
+                    spec: &spec_json,
+                    source,
+                },
+                actor,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Collects the artifact from the built tree `root` and records it as a
+    /// new, immutable release.
+    pub async fn store_release(
+        &self,
+        spec: &Spec,
+        root: &Path,
+        source: &str,
+        actor: &str,
+        reporter: &Reporter,
+    ) -> Result<ReleaseRow, EngineError> {
+        reporter.phase("artifact", "storing the release");
+        let files = artifact::collect(root, &spec.artifact.paths)?;
+        let digest = artifact::digest(root, &files)?;
+        let path = artifact::store(&self.data_dir.join("artifacts"), &digest, root, &files)?;
+        let spec_json = serde_json::to_value(spec).map_err(|e| EngineError::Io(e.to_string()))?;
         let release = self
             .store
             .create_release(
-                &name,
+                spec.service.name.as_str(),
                 &digest,
                 &path.display().to_string(),
                 &spec_json,
-                &source,
+                source,
                 actor,
             )
             .await?;
@@ -148,51 +195,43 @@ impl Engine {
             "artifact",
             format!("release {} is {}", release.name(), &digest[..12]),
         );
-        self.rollout(&release, &spec, actor, false, reporter).await
+        Ok(release)
     }
 
-    /// Collects the artifact from `root` and stores it content-addressed.
-    fn store_artifact(&self, root: &Path, spec: &Spec) -> Result<(String, PathBuf), EngineError> {
-        let files = artifact::collect(root, &spec.artifact.paths)?;
-        let digest = artifact::digest(root, &files)?;
-        let path = artifact::store(&self.data_dir.join("artifacts"), &digest, root, &files)?;
-        Ok((digest, path))
-    }
-
-    /// Runs build and test steps in a fresh copy of `dir`; returns the copy.
-    async fn build(
+    /// Runs the spec's `stage` steps (`build` or `test`) in `work`, with
+    /// `env` added to each step's environment.
+    pub async fn run_steps(
         &self,
-        name: &str,
-        dir: &Path,
         spec: &Spec,
+        stage: &str,
+        work: &Path,
+        env: &[(String, String)],
         actor: &str,
         reporter: &Reporter,
-    ) -> Result<PathBuf, EngineError> {
-        let work = self
-            .data_dir
-            .join("work")
-            .join(format!("{name}-{}", now_ms()));
-        artifact::copy(dir, &artifact::collect(dir, &[])?, &work)?;
-        for (stage, steps) in [("build", &spec.build), ("test", &spec.test)] {
-            for step in steps {
-                reporter.phase(stage, format!("{stage} step {}: {}", step.name, step.run));
-                let started = Instant::now();
-                if let Err((reason, log_tail)) = steps::run(step, &work, reporter).await {
-                    let _ = std::fs::remove_dir_all(&work);
-                    let payload = serde_json::json!({
-                        "step": step.name,
-                        "reason": reason,
-                        "duration_ms": started.elapsed().as_millis() as u64,
-                    });
-                    let event = NewEvent::new(actor, format!("{stage}.failed"))
-                        .subject("service", name)
-                        .payload(payload);
-                    self.store.append(event).await?;
-                    return Err(EngineError::Failed { reason, log_tail });
-                }
+    ) -> Result<(), EngineError> {
+        let steps = if stage == "build" {
+            &spec.build
+        } else {
+            &spec.test
+        };
+        let name = spec.service.name.as_str();
+        for step in steps {
+            reporter.phase(stage, format!("{stage} step {}: {}", step.name, step.run));
+            let started = Instant::now();
+            if let Err((reason, log_tail)) = steps::run(step, work, env, reporter).await {
+                let payload = serde_json::json!({
+                    "step": step.name,
+                    "reason": reason,
+                    "duration_ms": started.elapsed().as_millis() as u64,
+                });
+                let event = NewEvent::new(actor, format!("{stage}.failed"))
+                    .subject("service", name)
+                    .payload(payload);
+                self.store.append(event).await?;
+                return Err(EngineError::Failed { reason, log_tail });
             }
         }
-        Ok(work)
+        Ok(())
     }
 
     /// Re-releases an earlier release without rebuilding: `to`, or the one
@@ -204,8 +243,7 @@ impl Engine {
         actor: &str,
         reporter: &Reporter,
     ) -> Result<ReleaseRow, EngineError> {
-        let lock = self.service_lock(service);
-        let _guard = lock.lock().await;
+        let _guard = self.lock_service(service).await;
         let svc = self
             .store
             .service(service)
@@ -243,7 +281,7 @@ impl Engine {
     /// Blue/green: start the new group, wait until ready, switch, drain and
     /// stop the old one. On failure, the old release keeps serving and the new
     /// group is stopped.
-    async fn rollout(
+    pub async fn rollout(
         &self,
         release: &ReleaseRow,
         spec: &Spec,
@@ -410,6 +448,25 @@ impl Engine {
         }
     }
 
+    /// Drains and stops every instance of `service` (its route goes with
+    /// its last group). For removing a service.
+    pub async fn stop_service(&self, service: &str) -> Result<(), EngineError> {
+        let status = self.agent.status().await?;
+        let releases: BTreeSet<String> = status
+            .services
+            .into_iter()
+            .filter(|s| s.service == service)
+            .flat_map(|s| s.instances)
+            .map(|i| i.release)
+            .collect();
+        for release in releases {
+            self.agent
+                .stop_group(service, &release, RECONCILE_DRAIN_MS)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// After a control-plane restart: settles releases left `deploying`
     /// against what the agent actually serves, and stops orphaned groups.
     pub async fn reconcile(&self) -> Result<(), EngineError> {
@@ -454,6 +511,14 @@ impl Engine {
             .await?;
         Ok(())
     }
+}
+
+/// Reads and checks `dir/tandem.yaml`.
+pub fn read_spec(dir: &Path) -> Result<Spec, EngineError> {
+    let spec_path = dir.join("tandem.yaml");
+    let text = std::fs::read_to_string(&spec_path)
+        .map_err(|e| EngineError::BadInput(format!("{}: {e}", spec_path.display())))?;
+    Spec::parse(&spec_path.display().to_string(), &text).map_err(EngineError::Spec)
 }
 
 /// A journal event about one release of one service.

@@ -1,5 +1,6 @@
-//! Build and test steps: `/bin/sh -c` in the build tree, in their own process
-//! group, output streamed line by line, killed as a group on timeout.
+//! Build and test steps: `/bin/sh -c` in the build tree, in a clean
+//! environment, in their own process group, output streamed line by line,
+//! killed as a group on timeout.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -11,20 +12,33 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::progress::{Progress, Reporter};
 
+/// Variables a step inherits from the control plane; everything else is
+/// cleared, so a build does not depend on how the server was started.
+const INHERITED: [&str; 6] = ["PATH", "HOME", "LANG", "TMPDIR", "USER", "CARGO_HOME"];
+
 /// Lines of a failing step kept for the error message.
 const TAIL: usize = 20;
 
-/// Runs `step` in `dir`; `Err` carries the reason and the last output lines.
+/// Runs `step` in `dir` with `CI=true` and `env` added; `Err` carries the
+/// reason and the last output lines.
 pub async fn run(
     step: &Step,
     dir: &Path,
+    env: &[(String, String)],
     reporter: &Reporter,
 ) -> Result<(), (String, Vec<String>)> {
     let mut child = tokio::process::Command::new("/bin/sh")
         .arg("-c")
         .arg(&step.run)
         .current_dir(dir)
+        .env_clear()
+        .envs(
+            INHERITED
+                .iter()
+                .filter_map(|k| Some((k, std::env::var_os(k)?))),
+        )
         .env("CI", "true")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -38,6 +52,9 @@ pub async fn run(
             )
         })?;
     let pgid = child.id().map(|p| Pid::from_raw(p as i32));
+    // Dropping this future (a cancelled run) must not leave the step's
+    // children behind: the guard kills the whole group unless disarmed.
+    let mut guard = GroupGuard(pgid);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     for stream in [
         child
@@ -73,6 +90,10 @@ pub async fn run(
         child.wait().await
     };
     let status = tokio::time::timeout(step.timeout.to_std(), collect).await;
+    if matches!(status, Ok(Ok(_))) {
+        guard.0 = None;
+    }
+    drop(guard);
     match status {
         Ok(Ok(s)) if s.success() => Ok(()),
         Ok(Ok(s)) => Err((format!("step {} failed: {s}", step.name), tail)),
@@ -80,14 +101,20 @@ pub async fn run(
             format!("step {} could not be waited for: {e}", step.name),
             tail,
         )),
-        Err(_) => {
-            if let Some(pgid) = pgid {
-                let _ = killpg(pgid, Signal::SIGKILL);
-            }
-            Err((
-                format!("step {} timed out after {}", step.name, step.timeout),
-                tail,
-            ))
+        Err(_) => Err((
+            format!("step {} timed out after {}", step.name, step.timeout),
+            tail,
+        )),
+    }
+}
+
+/// Kills a step's process group when dropped, unless disarmed (`None`).
+struct GroupGuard(Option<Pid>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            let _ = killpg(pgid, Signal::SIGKILL);
         }
     }
 }

@@ -5,6 +5,8 @@
 //! and updates the read models in one transaction; writers are serialised so
 //! the chain has no forks.
 
+mod pipeline;
+
 use std::path::Path;
 use std::str::FromStr;
 
@@ -26,6 +28,8 @@ pub enum StoreError {
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
+
+pub use pipeline::{NewRun, RepoRow, RunRow, RunUpdate, StageRecord};
 
 /// A service as the store knows it.
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]

@@ -1,0 +1,264 @@
+//! Continuous delivery over HTTP: registering services from repositories,
+//! push webhooks, runs, and run logs as Server-Sent Events.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use tandem_delivery::hooks::Provider;
+use tandem_delivery::{AddService, DEFAULT_POLL_INTERVAL, HookOutcome};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use crate::{ApiError, AppState, actor};
+
+#[derive(Deserialize)]
+pub(crate) struct AddBody {
+    url: String,
+    branch: Option<String>,
+    webhook_secret: Option<String>,
+    /// A duration such as `30s`.
+    poll_interval: Option<String>,
+}
+
+pub(crate) async fn add_service(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Json(body): Json<AddBody>,
+) -> Result<Response, ApiError> {
+    let poll_interval = match body.poll_interval.as_deref() {
+        None => DEFAULT_POLL_INTERVAL,
+        Some(text) => text
+            .parse::<tandem_core::Duration>()
+            .map_err(|e| ApiError::BadInput(format!("poll interval {text:?}: {e}")))?
+            .to_std(),
+    };
+    if poll_interval < Duration::from_millis(100) {
+        return Err(ApiError::BadInput(
+            "poll interval must be at least 100ms".into(),
+        ));
+    }
+    let req = AddService {
+        url: body.url,
+        branch: body.branch.unwrap_or_else(|| "main".into()),
+        webhook_secret: body.webhook_secret.filter(|s| !s.is_empty()),
+        poll_interval,
+    };
+    let (service, run) = s.delivery.add_service(req, &actor(&headers)).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "service": service, "run": run })),
+    )
+        .into_response())
+}
+
+pub(crate) async fn remove_service(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    s.delivery.remove_service(&name, &actor(&headers)).await?;
+    Ok(Json(serde_json::json!({ "removed": name })))
+}
+
+pub(crate) async fn hook(
+    State(s): State<AppState>,
+    Path((name, provider)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let provider = Provider::from_path(&provider).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no webhook provider {provider}; use github, gitlab or gitea"
+        ))
+    })?;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let outcome = s.delivery.hook(&name, provider, header, &body).await?;
+    let (status, body) = match outcome {
+        HookOutcome::Refused(why) => (
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({ "error": why }),
+        ),
+        HookOutcome::Ignored(why) => (StatusCode::ACCEPTED, serde_json::json!({ "ignored": why })),
+        HookOutcome::Queued(run) => (StatusCode::ACCEPTED, serde_json::json!({ "run": run })),
+    };
+    Ok((status, Json(body)).into_response())
+}
+
+#[derive(Deserialize, Default)]
+pub(crate) struct RunBody {
+    #[serde(rename = "ref")]
+    rev: Option<String>,
+}
+
+pub(crate) async fn start_run(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Option<Json<RunBody>>,
+) -> Result<Response, ApiError> {
+    let rev = body.and_then(|b| b.0.rev);
+    let run = s
+        .delivery
+        .deploy_ref(&name, rev.as_deref(), &actor(&headers))
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!(run))).into_response())
+}
+
+#[derive(Deserialize)]
+pub(crate) struct RunsQuery {
+    service: Option<String>,
+    limit: Option<u32>,
+}
+
+pub(crate) async fn runs(
+    State(s): State<AppState>,
+    Query(q): Query<RunsQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if let Some(name) = &q.service
+        && s.engine.store.service(name).await?.is_none()
+    {
+        return Err(ApiError::NotFound(format!("no service named {name}")));
+    }
+    let runs = s
+        .engine
+        .store
+        .runs(q.service.as_deref(), q.limit.unwrap_or(50).min(1000))
+        .await?;
+    Ok(Json(serde_json::json!(runs)))
+}
+
+pub(crate) async fn run(
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(serde_json::json!(s.delivery.run(id).await?)))
+}
+
+pub(crate) async fn cancel(
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(serde_json::json!(
+        s.delivery.cancel(id, &actor(&headers)).await?
+    )))
+}
+
+pub(crate) async fn retry(
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let run = s.delivery.retry(id, &actor(&headers)).await?;
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!(run))).into_response())
+}
+
+#[derive(Deserialize)]
+pub(crate) struct LogQuery {
+    follow: Option<bool>,
+}
+
+/// The run's log as Server-Sent Events: one `line` event per line, then an
+/// `end` event with the run's status. With `follow`, new lines are sent as
+/// they are written until the run finishes.
+pub(crate) async fn logs(
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+    Query(q): Query<LogQuery>,
+) -> Result<Response, ApiError> {
+    s.delivery.run(id).await?;
+    let follow = q.follow.unwrap_or(false);
+    let state = Tail {
+        s,
+        id,
+        follow,
+        offset: 0,
+        partial: Vec::new(),
+        ended: false,
+    };
+    let stream = futures_util::stream::unfold(state, |mut t| async move {
+        let chunk = t.next().await?;
+        Some((Ok::<_, Infallible>(chunk), t))
+    });
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
+}
+
+struct Tail {
+    s: AppState,
+    id: i64,
+    follow: bool,
+    offset: u64,
+    partial: Vec<u8>,
+    ended: bool,
+}
+
+impl Tail {
+    /// The next SSE frames: new lines, or the end event; `None` after it.
+    async fn next(&mut self) -> Option<Bytes> {
+        if self.ended {
+            return None;
+        }
+        loop {
+            // Read the status first: lines written before it are then all seen.
+            let run = self.s.delivery.run(self.id).await.ok()?;
+            let lines = self.read_lines().await;
+            if !lines.is_empty() {
+                let mut out = String::new();
+                for line in lines {
+                    out.push_str("event: line\n");
+                    for part in line.split('\r') {
+                        out.push_str("data: ");
+                        out.push_str(part);
+                        out.push('\n');
+                    }
+                    out.push('\n');
+                }
+                return Some(Bytes::from(out));
+            }
+            if run.is_finished() || !self.follow {
+                self.ended = true;
+                let end = serde_json::json!({ "status": run.status, "reason": run.reason });
+                return Some(Bytes::from(format!("event: end\ndata: {end}\n\n")));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn read_lines(&mut self) -> Vec<String> {
+        let path = self.s.delivery.log_path(self.id);
+        let Ok(mut file) = tokio::fs::File::open(&path).await else {
+            return Vec::new();
+        };
+        if file
+            .seek(std::io::SeekFrom::Start(self.offset))
+            .await
+            .is_err()
+        {
+            return Vec::new();
+        }
+        let mut buf = Vec::new();
+        let Ok(n) = file.read_to_end(&mut buf).await else {
+            return Vec::new();
+        };
+        self.offset += n as u64;
+        self.partial.extend_from_slice(&buf);
+        let Some(last) = self.partial.iter().rposition(|b| *b == b'\n') else {
+            return Vec::new();
+        };
+        let complete: Vec<u8> = self.partial.drain(..=last).collect();
+        String::from_utf8_lossy(&complete)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}

@@ -1,0 +1,174 @@
+//! Continuous delivery from the command line: `services add|rm`,
+//! `deploy <svc> --ref`, `pipelines` and their logs, cancel and retry.
+
+use crate::Format;
+use crate::client::Api;
+use crate::exit::{CmdResult, Exit};
+use crate::output::{cell, json, table};
+
+pub async fn add(
+    api: &Api,
+    repo: &str,
+    branch: &str,
+    webhook_secret: Option<String>,
+    poll_interval: Option<String>,
+    fmt: Format,
+) -> CmdResult {
+    // A local path is resolved here: the server may run elsewhere.
+    let url = match std::path::Path::new(repo).canonicalize() {
+        Ok(p) if !repo.contains("://") => p.display().to_string(),
+        _ => repo.to_owned(),
+    };
+    let body = serde_json::json!({
+        "url": url,
+        "branch": branch,
+        "webhook_secret": webhook_secret,
+        "poll_interval": poll_interval,
+    });
+    let v = api.post("/api/v1/services", body).await?;
+    if fmt == Format::Json {
+        json(&v);
+        return Ok(());
+    }
+    let service = v["service"].as_str().unwrap_or_default();
+    println!("registered {service} from {url}#{branch}");
+    if let Some(id) = v["run"]["id"].as_i64() {
+        println!(
+            "run {id} queued for {}; follow it with `tandem pipelines logs {id} -f`",
+            short(&v["run"]["commit"])
+        );
+    }
+    Ok(())
+}
+
+pub async fn remove(api: &Api, service: &str) -> CmdResult {
+    api.delete(&format!("/api/v1/services/{service}")).await?;
+    println!("removed {service}; its instances are stopped, its history stays in the journal");
+    Ok(())
+}
+
+/// Queues a run of `rev` and follows it to its end.
+pub async fn deploy_ref(api: &Api, service: &str, rev: Option<String>, fmt: Format) -> CmdResult {
+    let run = api
+        .post(
+            &format!("/api/v1/services/{service}/runs"),
+            serde_json::json!({ "ref": rev }),
+        )
+        .await?;
+    let id = run["id"]
+        .as_i64()
+        .ok_or_else(|| Exit::failure("the server did not say which run it queued"))?;
+    if fmt == Format::Table {
+        eprintln!("run {id}: {} of {service}", short(&run["commit"]));
+    }
+    logs(api, id, true, fmt).await
+}
+
+pub async fn list(api: &Api, service: Option<&str>, fmt: Format) -> CmdResult {
+    let path = match service {
+        Some(s) => format!("/api/v1/runs?service={s}"),
+        None => "/api/v1/runs".into(),
+    };
+    let v = api.get(&path).await?;
+    if fmt == Format::Json {
+        json(&v);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            let stages = r["stages"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| {
+                    let took = match (s["started_ms"].as_u64(), s["ended_ms"].as_u64()) {
+                        (Some(a), Some(b)) => {
+                            format!("{:.1}s", (b.saturating_sub(a)) as f64 / 1000.0)
+                        }
+                        _ => "…".into(),
+                    };
+                    format!("{} {took}", cell(&s["name"]))
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            vec![
+                cell(&r["id"]),
+                cell(&r["service"]),
+                short(&r["commit"]),
+                cell(&r["status"]),
+                cell(&r["author"]),
+                cell(&r["message"]).chars().take(40).collect(),
+                stages,
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "RUN", "SERVICE", "COMMIT", "STATUS", "AUTHOR", "MESSAGE", "STAGES",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+/// Prints a run's log; with `follow`, until the run ends, and exits with
+/// its outcome.
+pub async fn logs(api: &Api, id: i64, follow: bool, fmt: Format) -> CmdResult {
+    let mut end: Option<serde_json::Value> = None;
+    api.get_events(
+        &format!("/api/v1/runs/{id}/logs?follow={follow}"),
+        |event, data| match event {
+            "line" if fmt == Format::Table => println!("{data}"),
+            "end" => end = serde_json::from_str(data).ok(),
+            _ => {}
+        },
+    )
+    .await?;
+    let end = end.unwrap_or_default();
+    if fmt == Format::Json {
+        json(&api.get(&format!("/api/v1/runs/{id}")).await?);
+    }
+    if !follow {
+        return Ok(());
+    }
+    match end["status"].as_str() {
+        Some("succeeded") => Ok(()),
+        Some(status) => Err(Exit::failure(format!(
+            "run {id} {status}{}",
+            end["reason"]
+                .as_str()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        ))),
+        None => Err(Exit::failure(format!(
+            "the log of run {id} ended without an outcome; see `tandem pipelines`"
+        ))),
+    }
+}
+
+pub async fn act(api: &Api, id: i64, action: &str, fmt: Format) -> CmdResult {
+    let v = api
+        .post(
+            &format!("/api/v1/runs/{id}/{action}"),
+            serde_json::json!({}),
+        )
+        .await?;
+    if fmt == Format::Json {
+        json(&v);
+    } else {
+        match action {
+            "retry" => println!("run {} queued for {}", cell(&v["id"]), short(&v["commit"])),
+            _ => println!("run {id} is {}", cell(&v["status"])),
+        }
+    }
+    Ok(())
+}
+
+fn short(v: &serde_json::Value) -> String {
+    v.as_str()
+        .map(|s| s.chars().take(12).collect())
+        .unwrap_or_else(|| "-".into())
+}

@@ -1,0 +1,145 @@
+//! Git, through the `git` command line: every transport (file, ssh, https),
+//! credential helper and config the operator already has works unchanged.
+//!
+//! Each service has a bare mirror under `data/git/<service>.git`; a run
+//! fetches into it and checks its commit out into a fresh workspace that
+//! shares the mirror's objects.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::Command;
+
+/// Longest a single git command may take (a fetch of a large repository).
+const GIT_TIMEOUT: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+#[error("git {args}: {message}")]
+pub struct GitError {
+    pub args: String,
+    pub message: String,
+}
+
+/// A commit as the journal records it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CommitInfo {
+    pub sha: String,
+    /// `Name <email>`
+    pub author: String,
+    /// RFC 3339, from the committer date.
+    pub committed_at: String,
+    /// The subject line.
+    pub message: String,
+}
+
+async fn git(cwd: Option<&Path>, args: &[&str]) -> Result<String, GitError> {
+    let mut cmd = Command::new("git");
+    if let Some(cwd) = cwd {
+        cmd.current_dir(cwd);
+    }
+    cmd.args(args)
+        // Never prompt for credentials: a daemon has no terminal.
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let err = |message: String| GitError {
+        args: args.join(" "),
+        message,
+    };
+    let out = tokio::time::timeout(GIT_TIMEOUT, cmd.output())
+        .await
+        .map_err(|_| err(format!("no answer within {GIT_TIMEOUT:?}")))?
+        .map_err(|e| err(format!("cannot run git: {e}")))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(err(stderr.trim().to_owned()));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The commit `branch` points at in the repository at `url`, without
+/// fetching anything (`git ls-remote`); `None` when there is no such branch.
+pub async fn remote_head(url: &str, branch: &str) -> Result<Option<String>, GitError> {
+    let refname = format!("refs/heads/{branch}");
+    let out = git(None, &["ls-remote", "--", url, &refname]).await?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .find(|(_, r)| *r == refname)
+        .map(|(sha, _)| sha.to_owned()))
+}
+
+/// Creates the bare mirror of `url` at `mirror` if missing, then fetches
+/// `branch` into it. Returns the fetched head.
+pub async fn fetch(mirror: &Path, url: &str, branch: &str) -> Result<String, GitError> {
+    let m = mirror.display().to_string();
+    if !mirror.join("HEAD").exists() {
+        if let Some(parent) = mirror.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| GitError {
+                args: "init".into(),
+                message: format!("{}: {e}", parent.display()),
+            })?;
+        }
+        git(None, &["init", "--quiet", "--bare", &m]).await?;
+    }
+    let refspec = format!("+refs/heads/{branch}:refs/heads/{branch}");
+    git(
+        Some(mirror),
+        &["fetch", "--quiet", "--no-tags", "--", url, &refspec],
+    )
+    .await?;
+    let head = git(
+        Some(mirror),
+        &["rev-parse", &format!("refs/heads/{branch}")],
+    )
+    .await?;
+    Ok(head.trim().to_owned())
+}
+
+/// Resolves `rev` (a sha, a branch, a tag that was fetched) in the mirror.
+pub async fn resolve(mirror: &Path, rev: &str) -> Result<String, GitError> {
+    let spec = format!("{rev}^{{commit}}");
+    Ok(
+        git(Some(mirror), &["rev-parse", "--verify", "--quiet", &spec])
+            .await?
+            .trim()
+            .to_owned(),
+    )
+}
+
+pub async fn commit_info(mirror: &Path, sha: &str) -> Result<CommitInfo, GitError> {
+    let out = git(
+        Some(mirror),
+        &["show", "-s", "--format=%H%x00%an <%ae>%x00%cI%x00%s", sha],
+    )
+    .await?;
+    let mut parts = out.trim_end().splitn(4, '\0');
+    let mut next = || parts.next().unwrap_or_default().to_owned();
+    Ok(CommitInfo {
+        sha: next(),
+        author: next(),
+        committed_at: next(),
+        message: next(),
+    })
+}
+
+/// Checks `sha` out into `dest` (which must not exist), sharing the mirror's
+/// objects, detached.
+pub async fn checkout(mirror: &Path, sha: &str, dest: &Path) -> Result<(), GitError> {
+    let (m, d) = (mirror.display().to_string(), dest.display().to_string());
+    git(
+        None,
+        &["clone", "--quiet", "--shared", "--no-checkout", &m, &d],
+    )
+    .await?;
+    git(Some(dest), &["checkout", "--quiet", "--detach", sha]).await?;
+    Ok(())
+}
+
+/// Reads one file of a commit (`tandem.yaml` at the head, at registration).
+pub async fn show_file(mirror: &Path, sha: &str, path: &str) -> Result<String, GitError> {
+    git(Some(mirror), &["show", &format!("{sha}:{path}")]).await
+}

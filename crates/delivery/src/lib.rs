@@ -1,0 +1,572 @@
+//! Continuous delivery: services that come from a git repository, the
+//! triggers that notice new commits (polling, push webhooks, by hand) and
+//! the pipeline runs that take a commit to production.
+//!
+//! The store's `runs` table is the queue: a trigger inserts a `queued` run
+//! (superseding older queued runs of the service), the scheduler starts the
+//! oldest queued run of every service that has none running, up to a limit
+//! across services, and each run records every stage in the journal with its
+//! commit. The engine does the building and releasing; this crate decides
+//! what to build and when.
+
+pub mod git;
+pub mod hooks;
+mod log;
+mod run;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tandem_core::spec::Spec;
+use tandem_engine::{Engine, EngineError};
+use tandem_store::{NewRun, RepoRow, RunRow, StoreError};
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinHandle;
+
+pub use log::RunLog;
+
+/// Actor of what the pipeline machinery does on its own.
+pub const POLLER_ACTOR: &str = "system:poller";
+pub const SCHEDULER_ACTOR: &str = "system:pipeline";
+/// Default for `--poll-interval`.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("{0}")]
+    BadInput(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with the run's state.
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Git(#[from] git::GitError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A registration request.
+#[derive(Clone, Debug)]
+pub struct AddService {
+    pub url: String,
+    pub branch: String,
+    pub webhook_secret: Option<String>,
+    pub poll_interval: Duration,
+}
+
+/// The continuous delivery service of one control plane; cheap to clone.
+#[derive(Clone)]
+pub struct Delivery {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    data_dir: PathBuf,
+    wake: Notify,
+    slots: Arc<Semaphore>,
+    /// Services with a run in progress.
+    busy: Mutex<HashSet<String>>,
+    /// Cancel switches of the runs in progress, by run id: the canceller's
+    /// actor is sent through.
+    cancels: Mutex<HashMap<i64, watch::Sender<Option<String>>>>,
+    pollers: Mutex<HashMap<String, JoinHandle<()>>>,
+}
+
+impl Delivery {
+    /// Settles runs a previous control plane left behind (`interrupted`,
+    /// then queued again), then starts the scheduler and the pollers.
+    pub async fn start(
+        engine: Engine,
+        data_dir: &Path,
+        parallel: usize,
+    ) -> Result<Delivery, DeliveryError> {
+        let delivery = Delivery {
+            inner: Arc::new(Inner {
+                engine,
+                data_dir: data_dir.to_path_buf(),
+                wake: Notify::new(),
+                slots: Arc::new(Semaphore::new(parallel.max(1))),
+                busy: Mutex::default(),
+                cancels: Mutex::default(),
+                pollers: Mutex::default(),
+            }),
+        };
+        delivery.recover().await?;
+        let scheduler = delivery.clone();
+        tokio::spawn(async move { scheduler.schedule().await });
+        for repo in delivery.store().repos().await? {
+            delivery.start_poller(&repo);
+        }
+        Ok(delivery)
+    }
+
+    fn store(&self) -> &tandem_store::Store {
+        &self.inner.engine.store
+    }
+
+    fn mirror(&self, service: &str) -> PathBuf {
+        self.inner
+            .data_dir
+            .join("git")
+            .join(format!("{service}.git"))
+    }
+
+    pub fn log_path(&self, run: i64) -> PathBuf {
+        self.inner.data_dir.join("runs").join(format!("{run}.log"))
+    }
+
+    /// Registers the service whose `tandem.yaml` is at the head of `branch`
+    /// of `url`, and queues a run for that head.
+    pub async fn add_service(
+        &self,
+        req: AddService,
+        actor: &str,
+    ) -> Result<(String, Option<RunRow>), DeliveryError> {
+        let url = normalize_url(&req.url)?;
+        let head = git::remote_head(&url, &req.branch)
+            .await
+            .map_err(|e| DeliveryError::BadInput(format!("cannot read {url}: {}", e.message)))?
+            .ok_or_else(|| {
+                DeliveryError::BadInput(format!("{url} has no branch {}", req.branch))
+            })?;
+        // The service's name is in its spec, so fetch into a scratch mirror first.
+        let scratch = self
+            .inner
+            .data_dir
+            .join("git")
+            .join(format!(".new-{}", tandem_engine::now_ms()));
+        let result = self.register_from(&scratch, &url, &req, &head, actor).await;
+        let _ = std::fs::remove_dir_all(&scratch);
+        let name = result?;
+        let run = self
+            .enqueue(&name, &head, &req.branch, "register", false, None, actor)
+            .await?;
+        if let Some(repo) = self.store().repo(&name).await? {
+            self.start_poller(&repo);
+        }
+        Ok((name, run))
+    }
+
+    async fn register_from(
+        &self,
+        scratch: &Path,
+        url: &str,
+        req: &AddService,
+        head: &str,
+        actor: &str,
+    ) -> Result<String, DeliveryError> {
+        git::fetch(scratch, url, &req.branch).await?;
+        let text = git::show_file(scratch, head, "tandem.yaml")
+            .await
+            .map_err(|_| {
+                DeliveryError::BadInput(format!(
+                    "{url} has no tandem.yaml at the head of {}",
+                    req.branch
+                ))
+            })?;
+        let file = format!("{url}@{}:tandem.yaml", req.branch);
+        let spec = Spec::parse(&file, &text).map_err(EngineError::Spec)?;
+        let name = spec.service.name.to_string();
+        if let Some(existing) = self.store().repo(&name).await?
+            && (existing.url != url || existing.branch != req.branch)
+        {
+            return Err(DeliveryError::BadInput(format!(
+                "service {name} is already registered from {}#{}",
+                existing.url, existing.branch
+            )));
+        }
+        let mirror = self.mirror(&name);
+        if !mirror.exists() {
+            std::fs::create_dir_all(mirror.parent().unwrap_or(scratch))
+                .and_then(|()| std::fs::rename(scratch, &mirror))
+                .map_err(|e| {
+                    DeliveryError::BadInput(format!("cannot keep {}: {e}", mirror.display()))
+                })?;
+        }
+        self.inner
+            .engine
+            .register(&spec, &format!("{url}#{}", req.branch), actor)
+            .await?;
+        let repo = RepoRow {
+            service: name.clone(),
+            url: url.to_owned(),
+            branch: req.branch.clone(),
+            webhook_secret: req.webhook_secret.clone(),
+            poll_interval_ms: req.poll_interval.as_millis() as i64,
+            created_at: String::new(),
+        };
+        self.store().add_repo(&repo, actor).await?;
+        Ok(name)
+    }
+
+    /// Stops the service's instances, its poller and its queued runs, and
+    /// forgets it (its history stays in the journal).
+    pub async fn remove_service(&self, service: &str, actor: &str) -> Result<(), DeliveryError> {
+        if self.store().service(service).await?.is_none() {
+            return Err(DeliveryError::NotFound(format!(
+                "no service named {service}"
+            )));
+        }
+        if let Some(poller) = lock(&self.inner.pollers).remove(service) {
+            poller.abort();
+        }
+        let ids: Vec<i64> = self
+            .store()
+            .runs_in("running")
+            .await?
+            .into_iter()
+            .filter(|r| r.service == service)
+            .map(|r| r.id)
+            .collect();
+        for id in ids {
+            if let Some(cancel) = lock(&self.inner.cancels).get(&id) {
+                let _ = cancel.send(Some(actor.to_owned()));
+            }
+        }
+        let _guard = self.inner.engine.lock_service(service).await;
+        self.inner.engine.stop_service(service).await?;
+        self.store().remove_service(service, actor).await?;
+        let _ = std::fs::remove_dir_all(self.mirror(service));
+        Ok(())
+    }
+
+    /// Queues a run of `rev` (default: the branch head) by hand; builds it
+    /// again even when that commit was built before.
+    pub async fn deploy_ref(
+        &self,
+        service: &str,
+        rev: Option<&str>,
+        actor: &str,
+    ) -> Result<RunRow, DeliveryError> {
+        let repo = self.repo(service).await?;
+        let mirror = self.mirror(service);
+        git::fetch(&mirror, &repo.url, &repo.branch).await?;
+        let rev = rev.unwrap_or(&repo.branch);
+        let sha = git::resolve(&mirror, rev).await.map_err(|_| {
+            DeliveryError::BadInput(format!("{rev} is not a commit of {}", repo.url))
+        })?;
+        let run = self
+            .enqueue(service, &sha, &repo.branch, "manual", true, None, actor)
+            .await?;
+        run.ok_or_else(|| DeliveryError::Conflict("the run was not queued".into()))
+    }
+
+    /// Takes a push webhook: checks its signature, then queues its commit
+    /// unless it is for another branch or was seen before.
+    pub async fn hook<'a>(
+        &self,
+        service: &str,
+        provider: hooks::Provider,
+        header: impl Fn(&str) -> Option<&'a str>,
+        body: &[u8],
+    ) -> Result<HookOutcome, DeliveryError> {
+        let repo = self.repo(service).await?;
+        if let Err(e) = hooks::verify(provider, repo.webhook_secret.as_deref(), &header, body) {
+            return Ok(HookOutcome::Refused(e.to_string()));
+        }
+        let push = match hooks::parse(provider, &header, body) {
+            Ok(p) => p,
+            Err(e) => return Ok(HookOutcome::Ignored(e.to_string())),
+        };
+        if push.branch != repo.branch {
+            return Ok(HookOutcome::Ignored(format!(
+                "push to {}, {service} follows {}",
+                push.branch, repo.branch
+            )));
+        }
+        let actor = format!("webhook:{}", provider.as_str());
+        match self
+            .enqueue(
+                service,
+                &push.after,
+                &repo.branch,
+                &actor,
+                false,
+                None,
+                &actor,
+            )
+            .await?
+        {
+            Some(run) => Ok(HookOutcome::Queued(Box::new(run))),
+            None => Ok(HookOutcome::Ignored(format!(
+                "commit {} already has a run",
+                &push.after
+            ))),
+        }
+    }
+
+    /// Cancels a queued run, or a running one before it starts releasing.
+    pub async fn cancel(&self, id: i64, actor: &str) -> Result<RunRow, DeliveryError> {
+        let run = self.run(id).await?;
+        match run.status.as_str() {
+            "queued" | "waiting-approval" => {
+                let event = tandem_core::journal::NewEvent::new(actor, "run.cancelled")
+                    .subject("service", &run.service)
+                    .subject("run", id.to_string())
+                    .payload(serde_json::json!({ "commit": run.commit }));
+                let update = tandem_store::RunUpdate {
+                    status: "cancelled",
+                    stage: run.stage.as_deref(),
+                    reason: Some(&format!("cancelled by {actor}")),
+                    release: None,
+                    stages: &run.stages,
+                };
+                self.store().update_run(id, update, event).await?;
+            }
+            "running" => {
+                if run.stage.as_deref() == Some("deploy") {
+                    return Err(DeliveryError::Conflict(format!(
+                        "run {id} is releasing; it ends on its own (roll back afterwards if needed)"
+                    )));
+                }
+                let sent = lock(&self.inner.cancels)
+                    .get(&id)
+                    .map(|c| c.send(Some(actor.to_owned())).is_ok());
+                if sent != Some(true) {
+                    return Err(DeliveryError::Conflict(format!("run {id} is finishing")));
+                }
+                // The run notices at once; let it record the end first.
+                for _ in 0..50 {
+                    if self.run(id).await?.is_finished() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            other => {
+                return Err(DeliveryError::Conflict(format!(
+                    "run {id} is already {other}"
+                )));
+            }
+        }
+        self.run(id).await
+    }
+
+    /// Queues the same commit again as a new run.
+    pub async fn retry(&self, id: i64, actor: &str) -> Result<RunRow, DeliveryError> {
+        let run = self.run(id).await?;
+        if !run.is_finished() {
+            return Err(DeliveryError::Conflict(format!(
+                "run {id} is {}; only a finished run can be retried",
+                run.status
+            )));
+        }
+        self.repo(&run.service).await?;
+        self.enqueue(
+            &run.service,
+            &run.commit,
+            &run.branch,
+            "retry",
+            true,
+            Some(id),
+            actor,
+        )
+        .await?
+        .ok_or_else(|| DeliveryError::Conflict("the run was not queued".into()))
+    }
+
+    pub async fn run(&self, id: i64) -> Result<RunRow, DeliveryError> {
+        self.store()
+            .run(id)
+            .await?
+            .ok_or_else(|| DeliveryError::NotFound(format!("no run {id}")))
+    }
+
+    async fn repo(&self, service: &str) -> Result<RepoRow, DeliveryError> {
+        self.store().repo(service).await?.ok_or_else(|| {
+            DeliveryError::NotFound(format!("no service named {service} from a repository"))
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn enqueue(
+        &self,
+        service: &str,
+        commit: &str,
+        branch: &str,
+        trigger: &str,
+        force: bool,
+        retry_of: Option<i64>,
+        actor: &str,
+    ) -> Result<Option<RunRow>, DeliveryError> {
+        let new = NewRun {
+            service: service.into(),
+            commit: commit.into(),
+            branch: branch.into(),
+            trigger: trigger.into(),
+            retry_of,
+            ..NewRun::default()
+        };
+        let run = self.store().enqueue_run(new, force, actor).await?;
+        if run.is_some() {
+            self.inner.wake.notify_one();
+        }
+        Ok(run)
+    }
+
+    /// Runs a previous control plane left `running` did not finish: they are
+    /// marked `interrupted` and their commits queued again.
+    async fn recover(&self) -> Result<(), DeliveryError> {
+        for r in self.store().runs_in("running").await? {
+            let event = tandem_core::journal::NewEvent::new(SCHEDULER_ACTOR, "run.interrupted")
+                .subject("service", &r.service)
+                .subject("run", r.id.to_string())
+                .payload(run::commit_payload(
+                    &r,
+                    serde_json::json!({
+                        "stage": r.stage,
+                        "reason": "control plane restarted during the run",
+                    }),
+                ));
+            let update = tandem_store::RunUpdate {
+                status: "interrupted",
+                stage: r.stage.as_deref(),
+                reason: Some("control plane restarted during the run"),
+                release: None,
+                stages: &r.stages,
+            };
+            self.store().update_run(r.id, update, event).await?;
+            let _ = std::fs::remove_dir_all(run::workspace(&self.inner.data_dir, r.id));
+            let again = self
+                .enqueue(
+                    &r.service,
+                    &r.commit,
+                    &r.branch,
+                    "recovery",
+                    true,
+                    Some(r.id),
+                    SCHEDULER_ACTOR,
+                )
+                .await?;
+            tracing::info!(run = r.id, service = %r.service, requeued = ?again.map(|a| a.id), "interrupted run queued again");
+        }
+        Ok(())
+    }
+
+    /// Starts queued runs: the oldest of each idle service, within the limit.
+    async fn schedule(&self) {
+        loop {
+            let wake = self.inner.wake.notified();
+            tokio::pin!(wake);
+            wake.as_mut().enable();
+            match self.store().runs_in("queued").await {
+                Ok(queued) => {
+                    for r in queued {
+                        let Ok(permit) = Arc::clone(&self.inner.slots).try_acquire_owned() else {
+                            break;
+                        };
+                        if !lock(&self.inner.busy).insert(r.service.clone()) {
+                            continue;
+                        }
+                        let this = self.clone();
+                        tokio::spawn(async move {
+                            let service = r.service.clone();
+                            this.execute(r).await;
+                            lock(&this.inner.busy).remove(&service);
+                            drop(permit);
+                            this.inner.wake.notify_one();
+                        });
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "cannot read the run queue"),
+            }
+            // The timeout is a safety net; triggers and finished runs wake us.
+            let _ = tokio::time::timeout(Duration::from_secs(5), wake).await;
+        }
+    }
+
+    fn start_poller(&self, repo: &RepoRow) {
+        let this = self.clone();
+        let repo = repo.clone();
+        let service = repo.service.clone();
+        let handle = tokio::spawn(async move { this.poll(repo).await });
+        if let Some(old) = lock(&self.inner.pollers).insert(service, handle) {
+            old.abort();
+        }
+    }
+
+    /// Compares the remote branch head every interval (`git ls-remote`:
+    /// refs only, no objects) and queues a commit it has not seen.
+    async fn poll(&self, repo: RepoRow) {
+        let every = Duration::from_millis(repo.poll_interval_ms.max(100) as u64);
+        let mut last: Option<String> = None;
+        loop {
+            tokio::time::sleep(every).await;
+            let head = match git::remote_head(&repo.url, &repo.branch).await {
+                Ok(Some(head)) => head,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(service = %repo.service, error = %e, "polling failed");
+                    continue;
+                }
+            };
+            if last.as_deref() == Some(head.as_str()) {
+                continue;
+            }
+            match self.store().has_run(&repo.service, &head).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    if let Err(e) = self
+                        .enqueue(
+                            &repo.service,
+                            &head,
+                            &repo.branch,
+                            "poll",
+                            false,
+                            None,
+                            POLLER_ACTOR,
+                        )
+                        .await
+                    {
+                        tracing::warn!(service = %repo.service, error = %e, "cannot queue a run");
+                        continue;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(service = %repo.service, error = %e, "cannot read runs");
+                    continue;
+                }
+            }
+            last = Some(head);
+        }
+    }
+}
+
+/// What became of a webhook delivery.
+#[derive(Debug)]
+pub enum HookOutcome {
+    /// 401: not authentic; nothing started.
+    Refused(String),
+    /// 202: authentic, but nothing to do.
+    Ignored(String),
+    /// 202: a run was queued.
+    Queued(Box<RunRow>),
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A local path becomes an absolute path (git takes it as is); URLs pass.
+fn normalize_url(url: &str) -> Result<String, DeliveryError> {
+    let url = url.trim();
+    if url.is_empty() {
+        return Err(DeliveryError::BadInput(
+            "the repository URL is empty".into(),
+        ));
+    }
+    if url.contains("://") || url.contains('@') {
+        return Ok(url.to_owned());
+    }
+    let path = Path::new(url);
+    let abs = path
+        .canonicalize()
+        .map_err(|e| DeliveryError::BadInput(format!("{url}: {e}")))?;
+    Ok(abs.display().to_string())
+}

@@ -1,0 +1,348 @@
+//! Read models of continuous delivery: repositories services come from, and
+//! pipeline runs. As everywhere in the store, a change and its journal event
+//! commit together.
+
+use serde::{Deserialize, Serialize};
+use tandem_core::journal::{Event, NewEvent};
+
+use crate::{Result, Store, StoreError, append_in, now_ts};
+
+/// Where a service's code comes from.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct RepoRow {
+    pub service: String,
+    pub url: String,
+    pub branch: String,
+    /// Never serialised: the API must not hand it out.
+    #[serde(skip)]
+    pub webhook_secret: Option<String>,
+    pub poll_interval_ms: i64,
+    pub created_at: String,
+}
+
+/// One stage of a run and its timing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StageRecord {
+    pub name: String,
+    /// running | succeeded | failed | skipped
+    pub status: String,
+    pub started_ms: u64,
+    pub ended_ms: Option<u64>,
+}
+
+/// A pipeline run: one commit of one service on its way to production.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct RunRow {
+    pub id: i64,
+    pub service: String,
+    #[sqlx(rename = "commit_sha")]
+    #[serde(rename = "commit")]
+    pub commit: String,
+    pub branch: String,
+    pub trigger: String,
+    pub author: Option<String>,
+    pub committed_at: Option<String>,
+    pub message: Option<String>,
+    pub status: String,
+    pub stage: Option<String>,
+    pub reason: Option<String>,
+    pub release: Option<i64>,
+    pub retry_of: Option<i64>,
+    #[sqlx(json)]
+    pub stages: Vec<StageRecord>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl RunRow {
+    /// Whether the run has reached an end state.
+    pub fn is_finished(&self) -> bool {
+        matches!(
+            self.status.as_str(),
+            "succeeded" | "failed" | "superseded" | "cancelled" | "interrupted"
+        )
+    }
+}
+
+/// What a new run is for.
+#[derive(Clone, Debug, Default)]
+pub struct NewRun {
+    pub service: String,
+    pub commit: String,
+    pub branch: String,
+    /// poll | webhook:<provider> | manual | retry | register | recovery
+    pub trigger: String,
+    pub author: Option<String>,
+    pub committed_at: Option<String>,
+    pub message: Option<String>,
+    pub retry_of: Option<i64>,
+}
+
+/// A change of a run's state, applied with its event.
+#[derive(Clone, Debug, Default)]
+pub struct RunUpdate<'a> {
+    pub status: &'a str,
+    pub stage: Option<&'a str>,
+    pub reason: Option<&'a str>,
+    pub release: Option<i64>,
+    pub stages: &'a [StageRecord],
+}
+
+impl Store {
+    /// Registers the repository of an existing service.
+    pub async fn add_repo(&self, repo: &RepoRow, actor: &str) -> Result<Event> {
+        let _w = self.writer.lock().await;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO repos (service, url, branch, webhook_secret, poll_interval_ms, created_at)
+             VALUES (?, ?, ?, ?, ?, ?)
+             ON CONFLICT(service) DO UPDATE SET url = excluded.url, branch = excluded.branch,
+               webhook_secret = excluded.webhook_secret, poll_interval_ms = excluded.poll_interval_ms",
+        )
+        .bind(&repo.service)
+        .bind(&repo.url)
+        .bind(&repo.branch)
+        .bind(&repo.webhook_secret)
+        .bind(repo.poll_interval_ms)
+        .bind(now_ts())
+        .execute(&mut *tx)
+        .await?;
+        let event = NewEvent::new(actor, "repo.added")
+            .subject("service", &repo.service)
+            .payload(serde_json::json!({
+                "url": repo.url,
+                "branch": repo.branch,
+                "poll_interval_ms": repo.poll_interval_ms,
+                "webhook": repo.webhook_secret.is_some(),
+            }));
+        let e = append_in(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(e)
+    }
+
+    pub async fn repos(&self) -> Result<Vec<RepoRow>> {
+        Ok(sqlx::query_as("SELECT * FROM repos ORDER BY service")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    pub async fn repo(&self, service: &str) -> Result<Option<RepoRow>> {
+        Ok(sqlx::query_as("SELECT * FROM repos WHERE service = ?")
+            .bind(service)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// Removes a service and its repository from the read models; its
+    /// history stays in the journal and in the runs.
+    pub async fn remove_service(&self, service: &str, actor: &str) -> Result<Event> {
+        let _w = self.writer.lock().await;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM repos WHERE service = ?")
+            .bind(service)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM releases WHERE service = ?")
+            .bind(service)
+            .execute(&mut *tx)
+            .await?;
+        let gone = sqlx::query("DELETE FROM services WHERE name = ?")
+            .bind(service)
+            .execute(&mut *tx)
+            .await?;
+        if gone.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("no service named {service}")));
+        }
+        sqlx::query(
+            "UPDATE runs SET status = 'cancelled', reason = 'service removed', updated_at = ?
+             WHERE service = ? AND status IN ('queued', 'waiting-approval')",
+        )
+        .bind(now_ts())
+        .bind(service)
+        .execute(&mut *tx)
+        .await?;
+        let e = append_in(
+            &mut tx,
+            NewEvent::new(actor, "service.removed").subject("service", service),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(e)
+    }
+
+    /// Queues a run. Without `force`, a commit that already has a run is not
+    /// queued again (`None`). Older queued runs of the service are superseded.
+    pub async fn enqueue_run(
+        &self,
+        run: NewRun,
+        force: bool,
+        actor: &str,
+    ) -> Result<Option<RunRow>> {
+        let _w = self.writer.lock().await;
+        let mut tx = self.pool.begin().await?;
+        if !force {
+            let seen: Option<i64> = sqlx::query_scalar(
+                "SELECT id FROM runs WHERE service = ? AND commit_sha = ? LIMIT 1",
+            )
+            .bind(&run.service)
+            .bind(&run.commit)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if seen.is_some() {
+                return Ok(None);
+            }
+        }
+        let now = now_ts();
+        let older: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT id, commit_sha FROM runs WHERE service = ? AND status = 'queued' ORDER BY id",
+        )
+        .bind(&run.service)
+        .fetch_all(&mut *tx)
+        .await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO runs (service, commit_sha, branch, trigger, author, committed_at, message,
+               status, retry_of, created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?) RETURNING id",
+        )
+        .bind(&run.service)
+        .bind(&run.commit)
+        .bind(&run.branch)
+        .bind(&run.trigger)
+        .bind(&run.author)
+        .bind(&run.committed_at)
+        .bind(&run.message)
+        .bind(run.retry_of)
+        .bind(&now)
+        .bind(&now)
+        .fetch_one(&mut *tx)
+        .await?;
+        for (old, commit) in older {
+            sqlx::query(
+                "UPDATE runs SET status = 'superseded', reason = ?, updated_at = ? WHERE id = ?",
+            )
+            .bind(format!("superseded by run {id}"))
+            .bind(&now)
+            .bind(old)
+            .execute(&mut *tx)
+            .await?;
+            let event = NewEvent::new(actor, "run.superseded")
+                .subject("service", &run.service)
+                .subject("run", old.to_string())
+                .payload(serde_json::json!({ "commit": commit, "by_run": id }));
+            append_in(&mut tx, event).await?;
+        }
+        let event = NewEvent::new(actor, "run.queued")
+            .subject("service", &run.service)
+            .subject("run", id.to_string())
+            .payload(serde_json::json!({
+                "commit": run.commit,
+                "branch": run.branch,
+                "trigger": run.trigger,
+                "author": run.author,
+                "committed_at": run.committed_at,
+                "message": run.message,
+                "retry_of": run.retry_of,
+            }));
+        append_in(&mut tx, event).await?;
+        tx.commit().await?;
+        drop(_w);
+        self.run(id).await
+    }
+
+    /// Applies `update` to run `id` and appends `event` with it. Refused
+    /// (`NotFound`) when the run has already finished: a cancel or a
+    /// supersede wins over a late update.
+    pub async fn update_run(
+        &self,
+        id: i64,
+        update: RunUpdate<'_>,
+        event: NewEvent,
+    ) -> Result<Event> {
+        let _w = self.writer.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE runs SET status = ?, stage = ?, reason = COALESCE(?, reason),
+               release = COALESCE(?, release), stages = ?, updated_at = ?
+             WHERE id = ? AND status NOT IN ('succeeded', 'failed', 'superseded', 'cancelled', 'interrupted')",
+        )
+        .bind(update.status)
+        .bind(update.stage)
+        .bind(update.reason)
+        .bind(update.release)
+        .bind(serde_json::to_string(update.stages)?)
+        .bind(now_ts())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("run {id} is not active")));
+        }
+        let e = append_in(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(e)
+    }
+
+    pub async fn run(&self, id: i64) -> Result<Option<RunRow>> {
+        Ok(sqlx::query_as("SELECT * FROM runs WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// Runs, newest first; of one service when given.
+    pub async fn runs(&self, service: Option<&str>, limit: u32) -> Result<Vec<RunRow>> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM runs WHERE (?1 IS NULL OR service = ?1) ORDER BY id DESC LIMIT ?2",
+        )
+        .bind(service)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Runs in a given state, oldest first.
+    pub async fn runs_in(&self, status: &str) -> Result<Vec<RunRow>> {
+        Ok(
+            sqlx::query_as("SELECT * FROM runs WHERE status = ? ORDER BY id")
+                .bind(status)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+}
+
+impl Store {
+    /// Whether `commit` of `service` has had a run already.
+    pub async fn has_run(&self, service: &str, commit: &str) -> Result<bool> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM runs WHERE service = ? AND commit_sha = ?")
+                .bind(service)
+                .bind(commit)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(n > 0)
+    }
+
+    /// Fills in what the checkout learned about the run's commit.
+    pub async fn describe_run(
+        &self,
+        id: i64,
+        commit: &str,
+        author: &str,
+        committed_at: &str,
+        message: &str,
+    ) -> Result<()> {
+        let _w = self.writer.lock().await;
+        sqlx::query(
+            "UPDATE runs SET commit_sha = ?, author = ?, committed_at = ?, message = ? WHERE id = ?",
+        )
+        .bind(commit)
+        .bind(author)
+        .bind(committed_at)
+        .bind(message)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}

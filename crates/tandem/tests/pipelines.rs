@@ -1,0 +1,512 @@
+//! End-to-end continuous delivery (issue 3): real bare git repositories,
+//! pushes found by polling and by signed webhooks, pipeline runs, and load
+//! on production the whole time.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use util::{Env, Load, assert_ok};
+
+/// A bare "origin" and a working clone that commits and pushes to it.
+struct Repo {
+    origin: PathBuf,
+    work: PathBuf,
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Ada Lovelace")
+        .env("GIT_AUTHOR_EMAIL", "ada@example.test")
+        .env("GIT_COMMITTER_NAME", "Ada Lovelace")
+        .env("GIT_COMMITTER_EMAIL", "ada@example.test")
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+impl Repo {
+    fn new(root: &Path, spec: &str) -> Repo {
+        let origin = root.join("origin.git");
+        let work = root.join("checkout");
+        std::fs::create_dir_all(&origin).expect("mkdir");
+        std::fs::create_dir_all(&work).expect("mkdir");
+        git(&origin, &["init", "--quiet", "--bare", "-b", "main"]);
+        git(&work, &["init", "--quiet", "-b", "main"]);
+        git(
+            &work,
+            &["remote", "add", "origin", origin.to_str().expect("utf8")],
+        );
+        std::fs::write(work.join("tandem.yaml"), spec).expect("write spec");
+        Repo { origin, work }
+    }
+
+    /// Writes `files`, commits them and pushes `branch`; returns the commit.
+    fn push(&self, branch: &str, message: &str, files: &[(&str, &str)]) -> String {
+        for (name, text) in files {
+            std::fs::write(self.work.join(name), text).expect("write");
+        }
+        git(&self.work, &["checkout", "--quiet", "-B", branch]);
+        git(&self.work, &["add", "-A"]);
+        git(&self.work, &["commit", "--quiet", "-m", message]);
+        git(&self.work, &["push", "--quiet", "origin", branch]);
+        git(&self.work, &["rev-parse", "HEAD"])
+    }
+}
+
+const SPEC: &str = "service:\n  name: shop\n  owner: team-shop\nbuild:\n  - { name: stamp, run: \"echo built $TANDEM_COMMIT > built.txt\" }\ntest:\n  - { name: unit, run: \"sh check.sh\" }\nrun:\n  command: exec python3 -m http.server $PORT --bind 127.0.0.1\n  instances: 2\n  stop_timeout: 5s\nroute:\n  host: shop.test\nrelease:\n  deploy_timeout: 15s\n  drain_timeout: 5s\n";
+
+const PASSING: &str = "test -f index.html && echo tests passed\n";
+
+fn runs(env: &Env) -> Vec<serde_json::Value> {
+    let out = env.tandem(&["pipelines", "shop", "-o", "json"]);
+    assert_ok(&out);
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .expect("runs json")
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Waits until the run of `commit` has finished; returns it.
+fn wait_for_run(env: &Env, commit: &str, within: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(run) = runs(env).into_iter().find(|r| r["commit"] == commit)
+            && ["succeeded", "failed", "cancelled", "superseded"]
+                .contains(&run["status"].as_str().unwrap_or_default())
+        {
+            return run;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no finished run of {commit} within {within:?}: {:?}",
+            runs(env)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `tandem services add <origin> <args>`, which must succeed.
+fn register(env: &Env, repo: &Repo, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["services", "add", repo.origin.to_str().expect("utf8")];
+    all.extend_from_slice(args);
+    let out = env.tandem(&all);
+    assert_ok(&out);
+    out
+}
+
+fn events(env: &Env) -> Vec<serde_json::Value> {
+    let out = env.tandem(&["audit", "events"]);
+    assert_ok(&out);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+fn pushes_flow_to_production_by_registration_and_polling_and_a_failing_test_stops_one() {
+    let env = Env::start();
+    let repo = Repo::new(env.root.path(), SPEC);
+    let c1 = repo.push(
+        "main",
+        "first page",
+        &[("index.html", "v1"), ("check.sh", PASSING)],
+    );
+    let out = register(&env, &repo, &["--poll-interval", "300ms"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("registered shop"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let run = wait_for_run(&env, &c1, Duration::from_secs(60));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["trigger"], "register");
+    assert_eq!(run["author"], "Ada Lovelace <ada@example.test>");
+    assert_eq!(env.get("shop.test", "/index.html"), (200, "v1".into()));
+    assert_eq!(
+        env.get("shop.test", "/built.txt"),
+        (200, format!("built {c1}\n")),
+        "build steps run in the checkout with TANDEM_COMMIT"
+    );
+
+    let load = Load::start(&env.proxy, "shop.test", 4);
+    let pushed = Instant::now();
+    let c2 = repo.push("main", "second page", &[("index.html", "v2")]);
+    let run = wait_for_run(&env, &c2, Duration::from_secs(60));
+    eprintln!("push to live by polling: {:?}", pushed.elapsed());
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["trigger"], "poll");
+    assert_eq!(env.get("shop.test", "/index.html"), (200, "v2".into()));
+    let stages: Vec<&str> = run["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .map(|s| s["name"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(stages, ["checkout", "build", "test", "deploy"]);
+
+    let c3 = repo.push(
+        "main",
+        "break the tests",
+        &[
+            ("index.html", "v3"),
+            (
+                "check.sh",
+                "echo 'assertion failed: expected v2 layout' >&2; exit 1\n",
+            ),
+        ],
+    );
+    let run = wait_for_run(&env, &c3, Duration::from_secs(60));
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(run["stage"], "test");
+    let id = run["id"].as_i64().expect("id").to_string();
+    let out = env.tandem(&["pipelines", "logs", &id]);
+    assert_ok(&out);
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        log.contains("assertion failed: expected v2 layout"),
+        "{log}"
+    );
+    assert_eq!(
+        env.get("shop.test", "/index.html"),
+        (200, "v2".into()),
+        "production is unchanged"
+    );
+
+    // The same commit is not built twice by polling; a retry is explicit.
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        runs(&env)
+            .iter()
+            .filter(|r| r["commit"] == c3.as_str())
+            .count(),
+        1
+    );
+
+    let until = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = load.finish();
+    eprintln!("requests ok={} failed={}", r.ok, r.failed);
+    assert_eq!(
+        r.failed,
+        0,
+        "failed: {:?}",
+        &r.failures[..r.failures.len().min(5)]
+    );
+    assert!(r.ok > 100, "only {} requests", r.ok);
+
+    // Every stage is in the journal with its commit and author.
+    let journal = events(&env);
+    let stage_events: Vec<&serde_json::Value> = journal
+        .iter()
+        .filter(|e| {
+            e["kind"]
+                .as_str()
+                .is_some_and(|k| k.starts_with("run.stage."))
+        })
+        .collect();
+    assert!(stage_events.len() >= 8 * 2 + 3, "{stage_events:?}");
+    for e in &stage_events {
+        assert_eq!(
+            e["payload"]["author"], "Ada Lovelace <ada@example.test>",
+            "{e}"
+        );
+        assert!(e["payload"]["committed_at"].is_string(), "{e}");
+        assert!(e["payload"]["commit"].is_string(), "{e}");
+    }
+    let succeeded = journal
+        .iter()
+        .find(|e| e["kind"] == "run.succeeded" && e["payload"]["commit"] == c2.as_str())
+        .expect("run.succeeded of the second commit");
+    assert!(
+        succeeded["payload"]["lead_time_ms"].as_i64().is_some(),
+        "{succeeded}"
+    );
+    assert_ok(&env.tandem(&["audit", "verify"]));
+}
+
+type Header = (&'static str, String);
+
+/// POSTs `body` to the API with `headers`: (status, body).
+fn post(api: &str, path: &str, headers: &[(&str, String)], body: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(api).expect("connect api");
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).expect("write");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read");
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (
+        status,
+        resp.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default(),
+    )
+}
+
+/// A push payload as the provider documents it (the fields tandem reads and
+/// the usual company).
+fn payload(provider: &str, branch: &str, before: &str, after: &str) -> String {
+    let commit = serde_json::json!({
+        "id": after,
+        "message": "a change",
+        "timestamp": "2026-11-26T10:00:00Z",
+        "author": { "name": "Ada Lovelace", "email": "ada@example.test" },
+    });
+    let v = match provider {
+        "gitlab" => serde_json::json!({
+            "object_kind": "push",
+            "event_name": "push",
+            "before": before,
+            "after": after,
+            "ref": format!("refs/heads/{branch}"),
+            "checkout_sha": after,
+            "user_name": "Ada Lovelace",
+            "project": { "name": "shop", "default_branch": "main" },
+            "commits": [commit],
+            "total_commits_count": 1,
+        }),
+        _ => serde_json::json!({
+            "ref": format!("refs/heads/{branch}"),
+            "before": before,
+            "after": after,
+            "repository": { "full_name": "acme/shop", "default_branch": "main" },
+            "pusher": { "name": "ada", "email": "ada@example.test" },
+            "commits": [commit],
+            "head_commit": commit,
+        }),
+    };
+    v.to_string()
+}
+
+fn sign(secret: &str, body: &str) -> String {
+    tandem_delivery::hooks::sign(secret, body.as_bytes())
+}
+
+#[test]
+fn signed_webhooks_from_github_gitlab_and_gitea_start_runs_and_bad_ones_get_401() {
+    let env = Env::start();
+    let repo = Repo::new(env.root.path(), SPEC);
+    let c1 = repo.push(
+        "main",
+        "first",
+        &[("index.html", "v1"), ("check.sh", PASSING)],
+    );
+    register(
+        &env,
+        &repo,
+        &["--webhook-secret", "s3cret", "--poll-interval", "1h"],
+    );
+    assert_eq!(
+        wait_for_run(&env, &c1, Duration::from_secs(60))["status"],
+        "succeeded"
+    );
+    let load = Load::start(&env.proxy, "shop.test", 2);
+
+    let mut before = c1;
+    for (n, provider) in ["github", "gitlab", "gitea"].into_iter().enumerate() {
+        let version = format!("v{}", n + 2);
+        let after = repo.push("main", &version, &[("index.html", &version)]);
+        let body = payload(provider, "main", &before, &after);
+        let path = format!("/api/v1/services/shop/hooks/{provider}");
+        let (event, good, bad): (Vec<Header>, Header, Header) = match provider {
+            "github" => (
+                vec![
+                    ("X-GitHub-Event", "push".into()),
+                    ("X-GitHub-Delivery", "d-1".into()),
+                ],
+                (
+                    "X-Hub-Signature-256",
+                    format!("sha256={}", sign("s3cret", &body)),
+                ),
+                (
+                    "X-Hub-Signature-256",
+                    format!("sha256={}", sign("wrong", &body)),
+                ),
+            ),
+            "gitlab" => (
+                vec![("X-Gitlab-Event", "Push Hook".into())],
+                ("X-Gitlab-Token", "s3cret".into()),
+                ("X-Gitlab-Token", "wrong".into()),
+            ),
+            _ => (
+                vec![
+                    ("X-Gitea-Event", "push".into()),
+                    ("X-Gitea-Delivery", "d-3".into()),
+                ],
+                ("X-Gitea-Signature", sign("s3cret", &body)),
+                ("X-Gitea-Signature", sign("wrong", &body)),
+            ),
+        };
+        let runs_before = runs(&env).len();
+        let (status, answer) = post(&env.api, &path, &event, &body);
+        assert_eq!(status, 401, "{provider} without a signature: {answer}");
+        let mut with_bad = event.clone();
+        with_bad.push(bad);
+        let (status, answer) = post(&env.api, &path, &with_bad, &body);
+        assert_eq!(status, 401, "{provider} with a bad signature: {answer}");
+        assert_eq!(
+            runs(&env).len(),
+            runs_before,
+            "a refused delivery starts nothing"
+        );
+
+        let mut with_good = event.clone();
+        with_good.push(good);
+        let pushed = Instant::now();
+        let (status, answer) = post(&env.api, &path, &with_good, &body);
+        assert_eq!(status, 202, "{provider}: {answer}");
+        assert!(answer.contains("\"run\""), "{provider}: {answer}");
+        let run = wait_for_run(&env, &after, Duration::from_secs(60));
+        eprintln!("push to live by {provider} webhook: {:?}", pushed.elapsed());
+        assert_eq!(run["status"], "succeeded", "{run}");
+        assert_eq!(run["trigger"], format!("webhook:{provider}"));
+        assert_eq!(env.get("shop.test", "/index.html"), (200, version.clone()));
+
+        // The same delivery again starts nothing.
+        let (status, answer) = post(&env.api, &path, &with_good, &body);
+        assert_eq!(status, 202, "{answer}");
+        assert!(answer.contains("already has a run"), "{answer}");
+        before = after;
+    }
+
+    // A push to another branch, and an event that is not a push: ignored.
+    let other = repo.push("feature", "elsewhere", &[("index.html", "feature")]);
+    let body = payload("github", "feature", &before, &other);
+    let headers = vec![
+        ("X-GitHub-Event", "push".to_string()),
+        (
+            "X-Hub-Signature-256",
+            format!("sha256={}", sign("s3cret", &body)),
+        ),
+    ];
+    let (status, answer) = post(
+        &env.api,
+        "/api/v1/services/shop/hooks/github",
+        &headers,
+        &body,
+    );
+    assert_eq!(
+        (status, answer.contains("ignored")),
+        (202, true),
+        "{answer}"
+    );
+    let ping = r#"{"zen":"Keep it logically awesome."}"#;
+    let headers = vec![
+        ("X-GitHub-Event", "ping".to_string()),
+        (
+            "X-Hub-Signature-256",
+            format!("sha256={}", sign("s3cret", ping)),
+        ),
+    ];
+    let (status, answer) = post(
+        &env.api,
+        "/api/v1/services/shop/hooks/github",
+        &headers,
+        ping,
+    );
+    assert_eq!(
+        (status, answer.contains("ignored")),
+        (202, true),
+        "{answer}"
+    );
+    assert!(runs(&env).iter().all(|r| r["commit"] != other.as_str()));
+
+    let r = load.finish();
+    eprintln!("requests ok={} failed={}", r.ok, r.failed);
+    assert_eq!(
+        r.failed,
+        0,
+        "failed: {:?}",
+        &r.failures[..r.failures.len().min(5)]
+    );
+}
+
+#[test]
+fn a_run_interrupted_by_a_control_plane_crash_is_marked_and_completes_after_restart() {
+    let mut env = Env::start();
+    let spec = SPEC.replace(
+        "run: \"echo built $TANDEM_COMMIT > built.txt\"",
+        "run: \"sh build.sh\"",
+    );
+    let repo = Repo::new(env.root.path(), &spec);
+    let c1 = repo.push(
+        "main",
+        "first",
+        &[
+            ("index.html", "v1"),
+            ("check.sh", PASSING),
+            ("build.sh", "echo building; sleep 2; echo built\n"),
+        ],
+    );
+    register(&env, &repo, &["--poll-interval", "1h"]);
+    // Kill the control plane while the build step runs.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let run = runs(&env).into_iter().find(|r| r["commit"] == c1.as_str());
+        if run.is_some_and(|r| r["stage"] == "build") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the run never reached its build");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    env.kill_up();
+    env.up_again();
+    let all = runs(&env);
+    let first = all
+        .iter()
+        .find(|r| r["commit"] == c1.as_str() && r["retry_of"].is_null())
+        .expect("the first run");
+    assert_eq!(first["status"], "interrupted", "{first}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let again = loop {
+        let again = runs(&env)
+            .into_iter()
+            .find(|r| r["retry_of"] == first["id"])
+            .expect("the interrupted run is queued again");
+        if again["status"] == "succeeded" {
+            break again;
+        }
+        assert!(
+            !["failed", "cancelled", "interrupted"]
+                .contains(&again["status"].as_str().unwrap_or("")),
+            "{again}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the requeued run did not finish: {again}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(again["trigger"], "recovery");
+    assert_eq!(env.get("shop.test", "/index.html"), (200, "v1".into()));
+    assert!(
+        events(&env).iter().any(|e| e["kind"] == "run.interrupted"),
+        "the interruption is in the journal"
+    );
+}
