@@ -54,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/runs/{id}/logs", get(pipelines::logs))
         .route("/api/v1/runs/{id}/cancel", post(pipelines::cancel))
         .route("/api/v1/runs/{id}/retry", post(pipelines::retry))
+        .route("/api/v1/runs/{id}/approve", post(pipelines::approve))
         .route("/api/v1/services/{name}/releases", get(releases))
         .route("/api/v1/services/{name}/rollback", post(rollback))
         .route("/api/v1/services/{name}/logs", get(logs))
@@ -201,14 +202,36 @@ async fn status(
         return Err(ApiError::NotFound(format!("no service named {name}")));
     }
     let agent = s.engine.agent.status().await.ok();
-    let out: Vec<serde_json::Value> = services
+    let unit = |name: &str| {
+        agent
+            .as_ref()
+            .and_then(|a| a.services.iter().find(|x| x.service == name))
+    };
+    let mut out = Vec::new();
+    for svc in services
         .iter()
         .filter(|svc| q.service.as_ref().is_none_or(|n| *n == svc.name))
-        .map(|svc| {
-            let running = agent
-                .as_ref()
-                .and_then(|a| a.services.iter().find(|x| x.service == svc.name));
-            serde_json::json!({
+    {
+        let running = unit(&svc.name);
+        // Environments before production run as `<service>@<env>`.
+        let environments: Vec<serde_json::Value> = s
+            .engine
+            .store
+            .deployments(&svc.name)
+            .await?
+            .into_iter()
+            .map(|d| {
+                let running = unit(&format!("{}@{}", d.service, d.env));
+                serde_json::json!({
+                    "env": d.env,
+                    "release": format!("r{}", d.release),
+                    "route": running.and_then(|r| r.route.clone()),
+                    "serving": running.and_then(|r| r.active.clone()),
+                    "instances": running.map(|r| r.instances.clone()).unwrap_or_default(),
+                })
+            })
+            .collect();
+        out.push(serde_json::json!({
                 "service": svc.name,
                 "owner": svc.owner,
                 "customer": svc.customer,
@@ -217,9 +240,9 @@ async fn status(
                 "route": running.and_then(|r| r.route.clone()),
                 "serving": running.and_then(|r| r.active.clone()),
                 "instances": running.map(|r| r.instances.clone()).unwrap_or_default(),
-            })
-        })
-        .collect();
+                "environments": environments,
+        }));
+    }
     Ok(Json(serde_json::json!({
         "agent": agent.as_ref().map(|a| serde_json::json!({ "pid": a.pid, "proxy_addr": a.proxy_addr })),
         "services": out,

@@ -4,7 +4,7 @@
 
 use axum::Json;
 
-pub const PATHS: [(&str, &str, &str); 20] = [
+pub const PATHS: [(&str, &str, &str); 21] = [
     ("/api/v1/health", "get", "Liveness of the control plane"),
     ("/api/v1/services", "get", "List services"),
     (
@@ -40,6 +40,11 @@ pub const PATHS: [(&str, &str, &str); 20] = [
         "/api/v1/runs/{id}/retry",
         "post",
         "Run a finished run's commit again",
+    ),
+    (
+        "/api/v1/runs/{id}/approve",
+        "post",
+        "Approve the promotion a run waits for; the approver is recorded",
     ),
     (
         "/api/v1/services/{name}/releases",

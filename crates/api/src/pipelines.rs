@@ -149,6 +149,16 @@ pub(crate) async fn cancel(
     )))
 }
 
+pub(crate) async fn approve(
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(serde_json::json!(
+        s.delivery.approve(id, &actor(&headers)).await?
+    )))
+}
+
 pub(crate) async fn retry(
     State(s): State<AppState>,
     Path(id): Path<i64>,
@@ -165,7 +175,7 @@ pub(crate) struct LogQuery {
 
 /// The run's log as Server-Sent Events: one `line` event per line, then an
 /// `end` event with the run's status. With `follow`, new lines are sent as
-/// they are written until the run finishes.
+/// they are written until the run finishes or waits for an approval.
 pub(crate) async fn logs(
     State(s): State<AppState>,
     Path(id): Path<i64>,
@@ -225,7 +235,8 @@ impl Tail {
                 }
                 return Some(Bytes::from(out));
             }
-            if run.is_finished() || !self.follow {
+            // A run parked for an approval ends the stream too: it may wait for days.
+            if run.is_finished() || run.status == "waiting-approval" || !self.follow {
                 self.ended = true;
                 let end = serde_json::json!({ "status": run.status, "reason": run.reason });
                 return Some(Bytes::from(format!("event: end\ndata: {end}\n\n")));

@@ -156,6 +156,8 @@ pub enum Command {
         #[command(subcommand)]
         command: Option<PipelinesCommand>,
     },
+    /// Approve the promotion a pipeline run waits for (your identity is recorded).
+    Approve { run: i64 },
     /// The tamper-evident journal.
     Audit {
         #[command(subcommand)]
@@ -269,6 +271,7 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
             command: Some(PipelinesCommand::Retry { run }),
             ..
         } => pipelines::act(&api(), run, "retry", fmt).await,
+        Command::Approve { run } => pipelines::act(&api(), run, "approve", fmt).await,
         Command::Audit {
             command: AuditCommand::Verify,
         } => view::audit_verify(&api(), fmt).await,

@@ -136,6 +136,10 @@ pub async fn logs(api: &Api, id: i64, follow: bool, fmt: Format) -> CmdResult {
     }
     match end["status"].as_str() {
         Some("succeeded") => Ok(()),
+        Some("waiting-approval") => {
+            eprintln!("run {id} waits for approval: tandem approve {id}");
+            Ok(())
+        }
         Some(status) => Err(Exit::failure(format!(
             "run {id} {status}{}",
             end["reason"]
@@ -161,6 +165,10 @@ pub async fn act(api: &Api, id: i64, action: &str, fmt: Format) -> CmdResult {
     } else {
         match action {
             "retry" => println!("run {} queued for {}", cell(&v["id"]), short(&v["commit"])),
+            "approve" if v["status"] == "queued" => {
+                println!("run {id} approved; it promotes now")
+            }
+            "approve" => println!("run {id}: approval recorded; more are needed"),
             _ => println!("run {id} is {}", cell(&v["status"])),
         }
     }

@@ -47,6 +47,10 @@ pub struct Spec {
     pub build: Vec<Step>,
     #[serde(default)]
     pub test: Vec<Step>,
+    /// Steps run after each deployment to an environment, against it
+    /// (`TANDEM_ENV`, `TANDEM_HOST`, `TANDEM_PROXY` are set).
+    #[serde(default)]
+    pub verify: Vec<Step>,
     #[serde(default)]
     pub artifact: Artifact,
     pub run: Run,
@@ -55,8 +59,10 @@ pub struct Spec {
     pub health: Health,
     #[serde(default)]
     pub release: Release,
+    /// Promoted in the order written; the last one is production.
     #[serde(default)]
-    pub environments: BTreeMap<EnvName, Environment>,
+    #[schemars(with = "indexmap::IndexMap<EnvName, Environment>")]
+    pub environments: Environments,
     #[serde(default)]
     pub slo: Vec<Slo>,
 }
@@ -609,12 +615,69 @@ pub struct Analysis {
     pub min_requests: u64,
 }
 
+/// The environments a release is promoted through, in order. Every one but
+/// the last (production) needs its own `route.host`; one named `production`
+/// must be the last.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(
+    try_from = "indexmap::IndexMap<EnvName, Environment>",
+    into = "indexmap::IndexMap<EnvName, Environment>"
+)]
+pub struct Environments(indexmap::IndexMap<EnvName, Environment>);
+
+impl TryFrom<indexmap::IndexMap<EnvName, Environment>> for Environments {
+    type Error = String;
+    fn try_from(envs: indexmap::IndexMap<EnvName, Environment>) -> Result<Self, String> {
+        let last = envs.len().saturating_sub(1);
+        for (i, (name, env)) in envs.iter().enumerate() {
+            if name.0 == "production" && i != last {
+                return Err("`production` must be the last environment: environments are promoted in the order written".into());
+            }
+            if i != last && env.route.as_ref().and_then(|r| r.host.as_ref()).is_none() {
+                return Err(format!(
+                    "environment `{}` needs its own `route: {{ host: … }}`; only the last environment ({}) serves on the service's route",
+                    name.0,
+                    envs.keys().last().map(|k| k.0.as_str()).unwrap_or_default()
+                ));
+            }
+        }
+        Ok(Environments(envs))
+    }
+}
+
+impl From<Environments> for indexmap::IndexMap<EnvName, Environment> {
+    fn from(e: Environments) -> Self {
+        e.0
+    }
+}
+
+impl Environments {
+    /// In promotion order; production last.
+    pub fn iter(&self) -> impl Iterator<Item = (&EnvName, &Environment)> {
+        self.0.iter()
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl EnvName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// One environment on the way to production.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Environment {
+    /// For the first environment: `false` makes every deployment into it
+    /// wait for an approval. Later environments follow `promote`.
     #[serde(default)]
-    pub auto_deploy: bool,
+    pub auto_deploy: Option<bool>,
     #[serde(default)]
     pub promote: Promote,
     #[serde(default)]
@@ -790,6 +853,35 @@ mod tests {
         assert_eq!(spec.release.deploy_timeout, DEFAULT_DEPLOY_TIMEOUT);
         assert_eq!(spec.readiness().check, Check::Tcp);
         assert!(spec.build.is_empty() && spec.test.is_empty());
+    }
+
+    #[test]
+    fn environments_keep_their_order_and_production_comes_last() {
+        let text = format!(
+            "{MINIMAL}environments:\n  staging: {{ auto_deploy: true, route: {{ host: s.test }} }}\n  production: {{ promote: manual, approvals: 2 }}\n"
+        );
+        let spec = Spec::parse("tandem.yaml", &text).expect("parses");
+        let names: Vec<&str> = spec.environments.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["staging", "production"],
+            "written order, not sorted"
+        );
+        let prod = spec.environments.iter().last().expect("production").1;
+        assert_eq!((prod.promote, prod.approvals), (Promote::Manual, 2));
+
+        let text = format!(
+            "{MINIMAL}environments:\n  production: {{ promote: manual }}\n  staging: {{ route: {{ host: s.test }} }}\n"
+        );
+        let e = err(&text);
+        assert_eq!(e.line, 8, "{e}");
+        assert!(e.message.contains("`production` must be the last"), "{e}");
+
+        let text = format!(
+            "{MINIMAL}environments:\n  staging: {{ auto_deploy: true }}\n  production: {{}}\n"
+        );
+        let e = err(&text);
+        assert!(e.message.contains("`staging` needs its own `route"), "{e}");
     }
 
     #[test]

@@ -320,7 +320,11 @@ impl Delivery {
                 self.store().update_run(id, update, event).await?;
             }
             "running" => {
-                if run.stage.as_deref() == Some("deploy") {
+                if run
+                    .stage
+                    .as_deref()
+                    .is_some_and(|s| s.starts_with("deploy"))
+                {
                     return Err(DeliveryError::Conflict(format!(
                         "run {id} is releasing; it ends on its own (roll back afterwards if needed)"
                     )));
@@ -344,6 +348,62 @@ impl Delivery {
                     "run {id} is already {other}"
                 )));
             }
+        }
+        self.run(id).await
+    }
+
+    /// Records `actor`'s approval of the environment a run waits for; with
+    /// enough approvals the run is queued again and promotes itself.
+    pub async fn approve(&self, id: i64, actor: &str) -> Result<RunRow, DeliveryError> {
+        let run = self.run(id).await?;
+        let env = match (run.status.as_str(), run.stage.as_deref()) {
+            ("waiting-approval", Some(stage)) => stage.strip_prefix("approval:").unwrap_or(stage),
+            (status, _) => {
+                return Err(DeliveryError::Conflict(format!(
+                    "run {id} is {status}; only a run waiting for approval can be approved"
+                )));
+            }
+        }
+        .to_owned();
+        let number = run.release.ok_or_else(|| {
+            DeliveryError::Conflict(format!("run {id} has no release to promote"))
+        })?;
+        let release = self.store().release(&run.service, number).await?;
+        let spec: Spec = serde_json::from_value(release.spec)
+            .map_err(|e| DeliveryError::Conflict(format!("stored spec of r{number}: {e}")))?;
+        let required = spec
+            .environments
+            .iter()
+            .find(|(n, _)| n.as_str() == env)
+            .map(|(_, e)| e.approvals.max(1))
+            .unwrap_or(1);
+        let event = tandem_core::journal::NewEvent::new(actor, "run.approved")
+            .subject("service", &run.service)
+            .subject("run", id.to_string())
+            .subject("env", &env)
+            .payload(run::commit_payload(
+                &run,
+                serde_json::json!({ "env": env, "approver": actor, "release": format!("r{number}") }),
+            ));
+        let approvals = self.store().approve(id, &env, actor, event).await?;
+        if approvals >= required {
+            let event = tandem_core::journal::NewEvent::new(SCHEDULER_ACTOR, "run.promoting")
+                .subject("service", &run.service)
+                .subject("run", id.to_string())
+                .subject("env", &env)
+                .payload(run::commit_payload(
+                    &run,
+                    serde_json::json!({ "env": env, "approvals": approvals, "required": required }),
+                ));
+            let update = tandem_store::RunUpdate {
+                status: "queued",
+                stage: run.stage.as_deref(),
+                reason: None,
+                release: None,
+                stages: &run.stages,
+            };
+            self.store().update_run(id, update, event).await?;
+            self.inner.wake.notify_one();
         }
         self.run(id).await
     }

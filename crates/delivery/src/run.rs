@@ -1,13 +1,17 @@
-//! One pipeline run: checkout → build → test → release → deploy, each stage
+//! One pipeline run: checkout → build → test → release, then for each
+//! environment in order: (approval) → deploy → verify. Each stage is
 //! recorded (state and journal event, with the commit) as it starts and
-//! ends. A run can be cancelled until it starts releasing.
+//! ends. A run waiting for an approval ends its task; the approval queues it
+//! again and it resumes at that environment. A run can be cancelled except
+//! while it deploys.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tandem_core::journal::NewEvent;
-use tandem_engine::{EngineError, Progress, Reporter, now_ms, read_spec};
+use tandem_core::spec::{Promote, Spec};
+use tandem_engine::{EngineError, Placement, Progress, Reporter, now_ms, read_spec};
 use tandem_store::{RunRow, RunUpdate, StageRecord};
 use tokio::sync::watch;
 
@@ -31,6 +35,33 @@ pub fn commit_payload(run: &RunRow, extra: serde_json::Value) -> serde_json::Val
         p.extend(extra);
     }
     payload
+}
+
+/// Where a run got to without failing.
+enum Reached {
+    /// Live everywhere, with this release.
+    End(i64),
+    /// Parked until enough approvals for the next environment.
+    Waiting,
+}
+
+/// What opens the way into an environment.
+#[derive(Clone, Copy)]
+enum Gate {
+    Open,
+    Approvals(u32),
+}
+
+/// `deploy` without environments, `deploy:staging` with them.
+fn stage_name(stage: &str, place: &Placement) -> String {
+    match &place.env {
+        Some(env) => format!("{stage}:{env}"),
+        None => stage.to_owned(),
+    }
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..12.min(sha.len())]
 }
 
 /// How a run ended, short of success.
@@ -85,10 +116,11 @@ impl Delivery {
         lock(&self.inner.cancels).insert(id, cancel_tx);
         let (reporter, writer) = RunLog::new(self.log_path(id)).start();
         let releasing = Arc::new(AtomicBool::new(false));
+        let stages = run.stages.clone();
         let mut ctx = Ctx {
             delivery: self,
             run,
-            stages: Vec::new(),
+            stages,
             reporter,
             releasing: Arc::clone(&releasing),
         };
@@ -119,9 +151,119 @@ impl Delivery {
 }
 
 impl Ctx<'_> {
-    async fn go(&mut self) -> Result<Option<i64>, Stop> {
+    async fn go(&mut self) -> Result<Reached, Stop> {
+        let service = self.run.service.clone();
+        let (spec, release) = match self.run.release {
+            None => self.build().await?,
+            Some(number) => {
+                // Resumed after an approval: the release exists already.
+                let store = self.delivery.store();
+                let release = store
+                    .release(&service, number)
+                    .await
+                    .map_err(DeliveryError::from)?;
+                let spec: Spec =
+                    serde_json::from_value(release.spec.clone()).map_err(|e| Stop::Failed {
+                        reason: format!("stored spec of r{number}: {e}"),
+                        log_tail: Vec::new(),
+                    })?;
+                (spec, release)
+            }
+        };
+        let engine = &self.delivery.inner.engine;
+        let places: Vec<(Placement, Gate)> = if spec.environments.is_empty() {
+            vec![(Placement::production(&spec), Gate::Open)]
+        } else {
+            spec.environments
+                .iter()
+                .enumerate()
+                .map(|(i, (name, env))| {
+                    let manual = env.promote == Promote::Manual
+                        || (i == 0 && env.auto_deploy == Some(false));
+                    let gate = if manual {
+                        Gate::Approvals(env.approvals.max(1))
+                    } else {
+                        Gate::Open
+                    };
+                    (Placement::environment(&spec, name), gate)
+                })
+                .collect()
+        };
+        for (i, (place, gate)) in places.iter().enumerate() {
+            let deploy = stage_name("deploy", place);
+            if self.stage_succeeded(&deploy) {
+                continue;
+            }
+            let env = place.env.clone().unwrap_or_else(|| "production".into());
+            if let Gate::Approvals(required) = *gate {
+                let approvers = self
+                    .delivery
+                    .store()
+                    .approvals(self.run.id, &env)
+                    .await
+                    .map_err(DeliveryError::from)?;
+                if (approvers.len() as u32) < required {
+                    return self.wait_for_approval(&env, required, approvers).await;
+                }
+                self.close_approval(&env);
+            }
+            if i == 0 {
+                self.delivery
+                    .store()
+                    .supersede_waiting(&service, self.run.id, SCHEDULER_ACTOR)
+                    .await
+                    .map_err(DeliveryError::from)?;
+            }
+            self.releasing.store(true, Ordering::SeqCst);
+            self.stage_start(&deploy).await?;
+            {
+                let _guard = engine.lock_service(&service).await;
+                engine
+                    .rollout(
+                        &release,
+                        &spec,
+                        place,
+                        SCHEDULER_ACTOR,
+                        false,
+                        &self.reporter,
+                    )
+                    .await?;
+            }
+            self.stage_end("succeeded").await?;
+            self.releasing.store(false, Ordering::SeqCst);
+            if !spec.verify.is_empty() {
+                self.stage_start(&stage_name("verify", place)).await?;
+                let work = self.ensure_checkout().await?;
+                let (_, proxy) = engine.agent.hello().await.map_err(EngineError::from)?;
+                let mut vars = self.step_env();
+                vars.push(("TANDEM_ENV".into(), env.clone()));
+                vars.push(("TANDEM_HOST".into(), place.route.host.clone()));
+                vars.push(("TANDEM_PROXY".into(), proxy.clone()));
+                vars.push((
+                    "TANDEM_URL".into(),
+                    format!("http://{proxy}{}", place.route.path_prefix),
+                ));
+                engine
+                    .run_steps(
+                        &service,
+                        "verify",
+                        &spec.verify,
+                        &work,
+                        &vars,
+                        SCHEDULER_ACTOR,
+                        &self.reporter,
+                    )
+                    .await?;
+                self.stage_end("succeeded").await?;
+            }
+        }
+        Ok(Reached::End(release.number))
+    }
+
+    /// Checkout, build, test and the immutable release: everything that
+    /// happens once per run, whatever the environments.
+    async fn build(&mut self) -> Result<(Spec, tandem_store::ReleaseRow), Stop> {
         let d = self.delivery;
-        let data_dir = d.inner.data_dir.clone();
         let service = self.run.service.clone();
         let repo = d.repo(&service).await?;
         let mirror = d.mirror(&service);
@@ -158,24 +300,17 @@ impl Ctx<'_> {
         self.run.committed_at = Some(info.committed_at.clone());
         self.run.message = Some(info.message.clone());
         self.stage_start_at("checkout", checkout_started).await?;
-        let work = workspace(&data_dir, self.run.id);
-        let _ = std::fs::remove_dir_all(&work);
-        git::checkout(&mirror, &sha, &work).await?;
+        let work = self.ensure_checkout().await?;
         self.reporter.phase(
             "checkout",
-            format!(
-                "{} by {}: {}",
-                &sha[..12.min(sha.len())],
-                info.author,
-                info.message
-            ),
+            format!("{} by {}: {}", short(&sha), info.author, info.message),
         );
         let spec = read_spec(&work)?;
         if spec.service.name.as_str() != service {
             return Err(Stop::Failed {
                 reason: format!(
                     "tandem.yaml at {} names the service {}, but this repository is registered as {service}",
-                    &sha[..12.min(sha.len())],
+                    short(&sha),
                     spec.service.name
                 ),
                 log_tail: Vec::new(),
@@ -183,43 +318,113 @@ impl Ctx<'_> {
         }
         self.stage_end("succeeded").await?;
 
-        let env = vec![
-            ("TANDEM_COMMIT".to_owned(), sha.clone()),
-            ("TANDEM_BRANCH".to_owned(), self.run.branch.clone()),
-            ("TANDEM_RUN".to_owned(), self.run.id.to_string()),
-            ("TANDEM_SERVICE".to_owned(), service.clone()),
-        ];
+        let env = self.step_env();
         let engine = &d.inner.engine;
-        for stage in ["build", "test"] {
-            let steps = if stage == "build" {
-                &spec.build
-            } else {
-                &spec.test
-            };
+        for (stage, steps) in [("build", &spec.build), ("test", &spec.test)] {
             if steps.is_empty() {
                 continue;
             }
             self.stage_start(stage).await?;
             engine
-                .run_steps(&spec, stage, &work, &env, SCHEDULER_ACTOR, &self.reporter)
+                .run_steps(
+                    &service,
+                    stage,
+                    steps,
+                    &work,
+                    &env,
+                    SCHEDULER_ACTOR,
+                    &self.reporter,
+                )
                 .await?;
             self.stage_end("succeeded").await?;
         }
 
-        self.releasing.store(true, Ordering::SeqCst);
-        self.stage_start("deploy").await?;
-        let _guard = engine.lock_service(&service).await;
-        let source = format!("{}@{sha}", repo.url);
-        engine.register(&spec, &source, SCHEDULER_ACTOR).await?;
-        let release = engine
-            .store_release(&spec, &work, &source, SCHEDULER_ACTOR, &self.reporter)
+        self.stage_start("release").await?;
+        let release = {
+            let _guard = engine.lock_service(&service).await;
+            let source = format!("{}@{sha}", repo.url);
+            engine.register(&spec, &source, SCHEDULER_ACTOR).await?;
+            engine
+                .store_release(&spec, &work, &source, SCHEDULER_ACTOR, &self.reporter)
+                .await?
+        };
+        self.run.release = Some(release.number);
+        let event = self.event(
+            "run.stage.succeeded",
+            serde_json::json!({ "stage": "release", "release": release.name() }),
+        );
+        self.end_current_stage("succeeded");
+        self.update("running", None, Some(release.number), event)
             .await?;
-        let _ = std::fs::remove_dir_all(&work);
-        engine
-            .rollout(&release, &spec, SCHEDULER_ACTOR, false, &self.reporter)
-            .await?;
-        self.stage_end("succeeded").await?;
-        Ok(Some(release.number))
+        Ok((spec, release))
+    }
+
+    /// The run's checkout, made again if it is gone (a run resumed after an
+    /// approval verifies with the same commit's files).
+    async fn ensure_checkout(&self) -> Result<PathBuf, Stop> {
+        let work = workspace(&self.delivery.inner.data_dir, self.run.id);
+        if !work.join(".git").exists() {
+            let _ = std::fs::remove_dir_all(&work);
+            let mirror = self.delivery.mirror(&self.run.service);
+            git::checkout(&mirror, &self.run.commit, &work).await?;
+        }
+        Ok(work)
+    }
+
+    fn step_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("TANDEM_COMMIT".to_owned(), self.run.commit.clone()),
+            ("TANDEM_BRANCH".to_owned(), self.run.branch.clone()),
+            ("TANDEM_RUN".to_owned(), self.run.id.to_string()),
+            ("TANDEM_SERVICE".to_owned(), self.run.service.clone()),
+        ]
+    }
+
+    fn stage_succeeded(&self, name: &str) -> bool {
+        self.stages
+            .iter()
+            .any(|s| s.name == name && s.status == "succeeded")
+    }
+
+    /// Parks the run until `tandem approve`: the run's task ends here and
+    /// an approval queues it again.
+    async fn wait_for_approval(
+        &mut self,
+        env: &str,
+        required: u32,
+        approvers: Vec<String>,
+    ) -> Result<Reached, Stop> {
+        let name = format!("approval:{env}");
+        if !self.stages.iter().any(|s| s.name == name) {
+            self.stages.push(StageRecord {
+                name: name.clone(),
+                status: "waiting".into(),
+                started_ms: now_ms(),
+                ended_ms: None,
+            });
+        }
+        let event = self.event(
+            "run.waiting_approval",
+            serde_json::json!({ "env": env, "required": required, "approvers": approvers }),
+        );
+        self.update("waiting-approval", None, None, event).await?;
+        self.reporter.phase(
+            "approval",
+            format!(
+                "waiting for {required} approval(s) to promote to {env}: tandem approve {}",
+                self.run.id
+            ),
+        );
+        Ok(Reached::Waiting)
+    }
+
+    /// Marks the approval stage of `env` as done (its event is the approval).
+    fn close_approval(&mut self, env: &str) {
+        let name = format!("approval:{env}");
+        if let Some(stage) = self.stages.iter_mut().find(|s| s.name == name) {
+            stage.status = "approved".into();
+            stage.ended_ms.get_or_insert_with(now_ms);
+        }
     }
 
     fn event(&self, kind: &str, extra: serde_json::Value) -> NewEvent {
@@ -244,14 +449,19 @@ impl Ctx<'_> {
         self.update("running", None, None, event).await
     }
 
-    async fn stage_end(&mut self, status: &str) -> Result<(), Stop> {
-        let Some(stage) = self.stages.last_mut() else {
-            return Ok(());
-        };
+    /// Closes the last stage in memory; returns its name and duration.
+    fn end_current_stage(&mut self, status: &str) -> Option<(String, u64)> {
+        let stage = self.stages.last_mut()?;
         stage.status = status.to_owned();
         let ended = now_ms();
         stage.ended_ms = Some(ended);
-        let (name, took) = (stage.name.clone(), ended.saturating_sub(stage.started_ms));
+        Some((stage.name.clone(), ended.saturating_sub(stage.started_ms)))
+    }
+
+    async fn stage_end(&mut self, status: &str) -> Result<(), Stop> {
+        let Some((name, took)) = self.end_current_stage(status) else {
+            return Ok(());
+        };
         let event = self.event(
             &format!("run.stage.{status}"),
             serde_json::json!({ "stage": name, "duration_ms": took }),
@@ -283,10 +493,14 @@ impl Ctx<'_> {
     }
 
     /// Records the end: the current stage's outcome, then the run's.
-    async fn finish(&mut self, outcome: Result<Option<i64>, Stop>) -> Result<(), DeliveryError> {
-        let still_running = self.stages.last().is_some_and(|s| s.ended_ms.is_none());
+    async fn finish(&mut self, outcome: Result<Reached, Stop>) -> Result<(), DeliveryError> {
+        let still_running = self
+            .stages
+            .last()
+            .is_some_and(|s| s.ended_ms.is_none() && s.status == "running");
         let (status, reason, release) = match outcome {
-            Ok(release) => ("succeeded", None, release),
+            Ok(Reached::Waiting) => return Ok(()),
+            Ok(Reached::End(release)) => ("succeeded", None, Some(release)),
             Err(Stop::Failed { reason, log_tail }) => {
                 self.reporter.send(Progress::Failed {
                     message: reason.clone(),

@@ -7,6 +7,7 @@
 
 pub mod agent_client;
 pub mod artifact;
+mod placement;
 pub mod progress;
 pub mod steps;
 
@@ -16,13 +17,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tandem_core::journal::NewEvent;
-use tandem_core::protocol::{GroupSpec, ProbeKind, ProbeSpec, RouteSpec};
+use tandem_core::protocol::{GroupSpec, ProbeKind, ProbeSpec};
 use tandem_core::spec::{
     Check, DEFAULT_LIVENESS_INTERVAL, DEFAULT_READINESS_INTERVAL, Probe, Spec, SpecError,
 };
 use tandem_store::{ReleaseRow, ServiceUpsert, Store, StoreError};
 
 pub use agent_client::{AgentClient, AgentClientError, Readiness};
+pub use placement::Placement;
 pub use progress::{Progress, Reporter, Timings};
 
 /// Actor of what the engine does on its own.
@@ -117,11 +119,11 @@ impl Engine {
                 .join(format!("{name}-{}", now_ms()));
             artifact::copy(&dir, &artifact::collect(&dir, &[])?, &work)?;
             let built = self
-                .run_steps(&spec, "build", &work, &[], actor, reporter)
+                .run_steps(&name, "build", &spec.build, &work, &[], actor, reporter)
                 .await;
             let tested = match built {
                 Ok(()) => {
-                    self.run_steps(&spec, "test", &work, &[], actor, reporter)
+                    self.run_steps(&name, "test", &spec.test, &work, &[], actor, reporter)
                         .await
                 }
                 Err(e) => Err(e),
@@ -138,7 +140,9 @@ impl Engine {
         if build_root != dir {
             let _ = std::fs::remove_dir_all(&build_root);
         }
-        self.rollout(&release?, &spec, actor, false, reporter).await
+        let to = Placement::production(&spec);
+        self.rollout(&release?, &spec, &to, actor, false, reporter)
+            .await
     }
 
     /// Creates or updates the service from its spec.
@@ -198,23 +202,19 @@ impl Engine {
         Ok(release)
     }
 
-    /// Runs the spec's `stage` steps (`build` or `test`) in `work`, with
-    /// `env` added to each step's environment.
+    /// Runs `steps` of the `stage` (`build`, `test`, `verify`) of
+    /// `name` in `work`, with `env` added to each step's environment.
+    #[allow(clippy::too_many_arguments)]
     pub async fn run_steps(
         &self,
-        spec: &Spec,
+        name: &str,
         stage: &str,
+        steps: &[tandem_core::spec::Step],
         work: &Path,
         env: &[(String, String)],
         actor: &str,
         reporter: &Reporter,
     ) -> Result<(), EngineError> {
-        let steps = if stage == "build" {
-            &spec.build
-        } else {
-            &spec.test
-        };
-        let name = spec.service.name.as_str();
         for step in steps {
             reporter.phase(stage, format!("{stage} step {}: {}", step.name, step.run));
             let started = Instant::now();
@@ -275,7 +275,9 @@ impl Engine {
         }
         let spec: Spec = serde_json::from_value(target.spec.clone())
             .map_err(|e| EngineError::Io(format!("stored spec of {}: {e}", target.name())))?;
-        self.rollout(&target, &spec, actor, true, reporter).await
+        let to = Placement::production(&spec);
+        self.rollout(&target, &spec, &to, actor, true, reporter)
+            .await
     }
 
     /// Blue/green: start the new group, wait until ready, switch, drain and
@@ -285,12 +287,14 @@ impl Engine {
         &self,
         release: &ReleaseRow,
         spec: &Spec,
+        to: &Placement,
         actor: &str,
         rollback: bool,
         reporter: &Reporter,
     ) -> Result<ReleaseRow, EngineError> {
         let began = Instant::now();
         let service = release.service.as_str();
+        let unit = to.unit.as_str();
         let name = release.name();
         let kind = |outcome: &str| {
             format!(
@@ -302,32 +306,33 @@ impl Engine {
             "digest": release.digest,
             "strategy": "bluegreen",
             "instances": spec.run.instances.get(),
+            "env": to.env,
         });
-        let started = release_event(actor, kind("started"), release, payload);
-        self.store
-            .transition(service, release.number, "deploying", None, false, started)
-            .await?;
+        let started = to.event(release_event(actor, kind("started"), release, payload));
+        self.record(to, release, "deploying", None, started).await?;
         let instances = spec.run.instances.get();
         reporter.phase(
             "start",
             format!("starting {instances} instance(s) of {name}"),
         );
         let started_at = now_ms();
-        match self.switch(release, spec, reporter).await {
+        match self.switch(release, spec, to, reporter).await {
             Ok((ready_at_ms, switched_at_ms, previous)) => {
                 let payload = serde_json::json!({
                     "previous": previous,
                     "ready_at_ms": ready_at_ms,
                     "switched_at_ms": switched_at_ms,
+                    "env": to.env,
                 });
-                let succeeded = release_event(actor, kind("succeeded"), release, payload);
-                self.store
-                    .transition(service, release.number, "live", None, true, succeeded)
-                    .await?;
-                reporter.phase("switch", format!("traffic switched to {name}"));
+                let succeeded = to.event(release_event(actor, kind("succeeded"), release, payload));
+                self.record(to, release, "live", None, succeeded).await?;
+                reporter.phase(
+                    "switch",
+                    format!("traffic switched to {name}{}", to.suffix()),
+                );
                 let drain_started = Instant::now();
                 self.stop_others(
-                    service,
+                    unit,
                     &name,
                     spec.release.drain_timeout.as_millis(),
                     reporter,
@@ -339,7 +344,7 @@ impl Engine {
                     drain_ms: drain_started.elapsed().as_millis() as u64,
                     total_ms: began.elapsed().as_millis() as u64,
                 };
-                let message = format!("{service} {name} is live");
+                let message = format!("{service} {name} is live{}", to.suffix());
                 reporter.send(Progress::Done {
                     service: service.into(),
                     release: name,
@@ -349,24 +354,48 @@ impl Engine {
                 Ok(self.store.release(service, release.number).await?)
             }
             Err((reason, log_tail)) => {
-                if let Err(e) = self.agent.stop_group(service, &name, 0).await {
-                    tracing::warn!(service, release = %name, error = %e, "could not stop the failed release");
+                if let Err(e) = self.agent.stop_group(unit, &name, 0).await {
+                    tracing::warn!(unit, release = %name, error = %e, "could not stop the failed release");
                 }
-                let payload = serde_json::json!({ "reason": reason, "log_tail": log_tail });
-                let failed = release_event(actor, kind("failed"), release, payload);
-                self.store
-                    .transition(
-                        service,
-                        release.number,
-                        "failed",
-                        Some(&reason),
-                        false,
-                        failed,
-                    )
+                let payload =
+                    serde_json::json!({ "reason": reason, "log_tail": log_tail, "env": to.env });
+                let failed = to.event(release_event(actor, kind("failed"), release, payload));
+                self.record(to, release, "failed", Some(&reason), failed)
                     .await?;
                 Err(EngineError::Failed { reason, log_tail })
             }
         }
+    }
+
+    /// Records a step of a rollout: production moves the release's status
+    /// (and the service's live release); another environment records which
+    /// release it runs.
+    async fn record(
+        &self,
+        to: &Placement,
+        release: &ReleaseRow,
+        status: &str,
+        reason: Option<&str>,
+        event: NewEvent,
+    ) -> Result<(), EngineError> {
+        let (service, number) = (release.service.as_str(), release.number);
+        match (&to.env, to.production) {
+            (_, true) => {
+                let live = status == "live";
+                self.store
+                    .transition(service, number, status, reason, live, event)
+                    .await?;
+            }
+            (Some(env), false) if status == "live" => {
+                self.store
+                    .record_deployment(service, env, number, event)
+                    .await?;
+            }
+            _ => {
+                self.store.append(event).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Start, wait ready, activate. Returns (ready_at, switched_at, previous).
@@ -374,12 +403,13 @@ impl Engine {
         &self,
         release: &ReleaseRow,
         spec: &Spec,
+        to: &Placement,
         reporter: &Reporter,
     ) -> Result<(u64, u64, Option<String>), (String, Vec<String>)> {
         let agent_err = |e: AgentClientError| (e.to_string(), Vec::new());
-        let (service, name) = (release.service.as_str(), release.name());
+        let (service, name) = (to.unit.as_str(), release.name());
         self.agent
-            .start_group(group_spec(release, spec))
+            .start_group(group_spec(release, spec, &to.unit))
             .await
             .map_err(agent_err)?;
         reporter.phase(
@@ -401,13 +431,9 @@ impl Engine {
                 return Err((format!("{name} did not become ready: {reason}"), log_tail));
             }
         };
-        let route = RouteSpec {
-            host: spec.route.host.as_str().into(),
-            path_prefix: spec.route.path_prefix.as_str().into(),
-        };
         let (switched_at_ms, previous) = self
             .agent
-            .activate(service, &name, route)
+            .activate(service, &name, to.route.clone())
             .await
             .map_err(agent_err)?;
         Ok((ready_at_ms, switched_at_ms, previous))
@@ -452,16 +478,21 @@ impl Engine {
     /// its last group). For removing a service.
     pub async fn stop_service(&self, service: &str) -> Result<(), EngineError> {
         let status = self.agent.status().await?;
-        let releases: BTreeSet<String> = status
+        let env_prefix = format!("{service}@");
+        let groups: BTreeSet<(String, String)> = status
             .services
             .into_iter()
-            .filter(|s| s.service == service)
-            .flat_map(|s| s.instances)
-            .map(|i| i.release)
+            .filter(|s| s.service == service || s.service.starts_with(&env_prefix))
+            .flat_map(|s| {
+                let unit = s.service;
+                s.instances
+                    .into_iter()
+                    .map(move |i| (unit.clone(), i.release))
+            })
             .collect();
-        for release in releases {
+        for (unit, release) in groups {
             self.agent
-                .stop_group(service, &release, RECONCILE_DRAIN_MS)
+                .stop_group(&unit, &release, RECONCILE_DRAIN_MS)
                 .await?;
         }
         Ok(())
@@ -550,9 +581,9 @@ fn probe_spec(p: &Probe, default_interval: tandem_core::Duration) -> ProbeSpec {
 }
 
 /// What the agent needs to run a release.
-pub fn group_spec(release: &ReleaseRow, spec: &Spec) -> GroupSpec {
+pub fn group_spec(release: &ReleaseRow, spec: &Spec, unit: &str) -> GroupSpec {
     GroupSpec {
-        service: release.service.clone(),
+        service: unit.to_owned(),
         release: release.name(),
         dir: release.path.clone(),
         command: spec.run.command.as_str().into(),

@@ -29,7 +29,7 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-pub use pipeline::{NewRun, RepoRow, RunRow, RunUpdate, StageRecord};
+pub use pipeline::{DeploymentRow, NewRun, RepoRow, RunRow, RunUpdate, StageRecord};
 
 /// A service as the store knows it.
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]

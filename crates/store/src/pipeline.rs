@@ -194,7 +194,7 @@ impl Store {
         }
         let now = now_ts();
         let older: Vec<(i64, String)> = sqlx::query_as(
-            "SELECT id, commit_sha FROM runs WHERE service = ? AND status = 'queued' ORDER BY id",
+            "SELECT id, commit_sha FROM runs WHERE service = ? AND status = 'queued' AND release IS NULL ORDER BY id",
         )
         .bind(&run.service)
         .fetch_all(&mut *tx)
@@ -344,5 +344,127 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+}
+
+/// Which release an environment before production runs.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct DeploymentRow {
+    pub service: String,
+    pub env: String,
+    pub release: i64,
+    pub updated_at: String,
+}
+
+impl Store {
+    /// Records that `env` of `service` now runs release `number`, with the
+    /// event that says so.
+    pub async fn record_deployment(
+        &self,
+        service: &str,
+        env: &str,
+        number: i64,
+        event: NewEvent,
+    ) -> Result<Event> {
+        let _w = self.writer.lock().await;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO deployments (service, env, release, updated_at) VALUES (?, ?, ?, ?)
+             ON CONFLICT(service, env) DO UPDATE SET release = excluded.release, updated_at = excluded.updated_at",
+        )
+        .bind(service)
+        .bind(env)
+        .bind(number)
+        .bind(now_ts())
+        .execute(&mut *tx)
+        .await?;
+        let e = append_in(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(e)
+    }
+
+    pub async fn deployments(&self, service: &str) -> Result<Vec<DeploymentRow>> {
+        Ok(
+            sqlx::query_as("SELECT * FROM deployments WHERE service = ? ORDER BY env")
+                .bind(service)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Records `approver`'s approval of run `id` into `env` with its event;
+    /// returns how many distinct approvers that environment now has. A
+    /// second approval by the same approver counts once.
+    pub async fn approve(
+        &self,
+        id: i64,
+        env: &str,
+        approver: &str,
+        event: NewEvent,
+    ) -> Result<u32> {
+        let _w = self.writer.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let added = sqlx::query(
+            "INSERT INTO approvals (run, env, approver, at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(id)
+        .bind(env)
+        .bind(approver)
+        .bind(now_ts())
+        .execute(&mut *tx)
+        .await?;
+        if added.rows_affected() == 1 {
+            append_in(&mut tx, event).await?;
+        }
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM approvals WHERE run = ? AND env = ?")
+            .bind(id)
+            .bind(env)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(n as u32)
+    }
+
+    /// Approvers of run `id` into `env`.
+    pub async fn approvals(&self, id: i64, env: &str) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT approver FROM approvals WHERE run = ? AND env = ? ORDER BY at",
+        )
+        .bind(id)
+        .bind(env)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Supersedes the service's runs that wait for an approval, when a newer
+    /// run (`by`) starts deploying; returns their ids.
+    pub async fn supersede_waiting(&self, service: &str, by: i64, actor: &str) -> Result<Vec<i64>> {
+        let _w = self.writer.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let waiting: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT id, commit_sha FROM runs WHERE service = ? AND id < ? AND (status = 'waiting-approval'
+               OR (status = 'queued' AND release IS NOT NULL)) ORDER BY id",
+        )
+        .bind(service)
+        .bind(by)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (id, commit) in &waiting {
+            sqlx::query(
+                "UPDATE runs SET status = 'superseded', reason = ?, updated_at = ? WHERE id = ?",
+            )
+            .bind(format!("superseded by run {by}"))
+            .bind(now_ts())
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            let event = NewEvent::new(actor, "run.superseded")
+                .subject("service", service)
+                .subject("run", id.to_string())
+                .payload(serde_json::json!({ "commit": commit, "by_run": by }));
+            append_in(&mut tx, event).await?;
+        }
+        tx.commit().await?;
+        Ok(waiting.into_iter().map(|(id, _)| id).collect())
     }
 }

@@ -155,7 +155,7 @@ fn pushes_flow_to_production_by_registration_and_polling_and_a_failing_test_stop
         .iter()
         .map(|s| s["name"].as_str().unwrap_or_default())
         .collect();
-    assert_eq!(stages, ["checkout", "build", "test", "deploy"]);
+    assert_eq!(stages, ["checkout", "build", "test", "release", "deploy"]);
 
     let c3 = repo.push(
         "main",
@@ -509,4 +509,139 @@ fn a_run_interrupted_by_a_control_plane_crash_is_marked_and_completes_after_rest
         events(&env).iter().any(|e| e["kind"] == "run.interrupted"),
         "the interruption is in the journal"
     );
+}
+
+const SMOKE: &str = "import os, urllib.request\nreq = urllib.request.Request('http://' + os.environ['TANDEM_PROXY'] + '/index.html', headers={'Host': os.environ['TANDEM_HOST']})\nbody = urllib.request.urlopen(req, timeout=5).read().decode()\nprint('smoke', os.environ['TANDEM_ENV'], body)\n";
+
+#[test]
+fn staging_serves_each_push_while_production_waits_for_a_recorded_approval() {
+    let env = Env::start();
+    let spec = format!(
+        "{SPEC}verify:\n  - {{ name: smoke, run: \"python3 smoke.py\" }}\nenvironments:\n  staging: {{ auto_deploy: true, route: {{ host: staging.shop.test }} }}\n  production: {{ promote: manual, approvals: 1 }}\n"
+    );
+    let repo = Repo::new(env.root.path(), &spec);
+    let c1 = repo.push(
+        "main",
+        "first",
+        &[
+            ("index.html", "v1"),
+            ("check.sh", PASSING),
+            ("smoke.py", SMOKE),
+        ],
+    );
+    register(&env, &repo, &["--poll-interval", "300ms"]);
+    let first = wait_for_status(&env, &c1, "waiting-approval");
+    assert_eq!(
+        env.get("staging.shop.test", "/index.html"),
+        (200, "v1".into())
+    );
+    assert_eq!(
+        env.get("shop.test", "/index.html").0,
+        404,
+        "nothing in production yet"
+    );
+    let id = first["id"].as_i64().expect("id").to_string();
+    let log = String::from_utf8_lossy(&env.tandem(&["pipelines", "logs", &id]).stdout).into_owned();
+    assert!(
+        log.contains("smoke staging v1"),
+        "verify ran against staging: {log}"
+    );
+    assert_ok(&env.tandem(&["approve", &id]));
+    assert_eq!(
+        wait_for_run(&env, &c1, Duration::from_secs(60))["status"],
+        "succeeded"
+    );
+    assert_eq!(env.get("shop.test", "/index.html"), (200, "v1".into()));
+
+    let load = Load::start(&env.proxy, "shop.test", 4);
+    let c2 = repo.push("main", "second", &[("index.html", "v2")]);
+    let second = wait_for_status(&env, &c2, "waiting-approval");
+    assert_eq!(
+        env.get("staging.shop.test", "/index.html"),
+        (200, "v2".into())
+    );
+    assert_eq!(
+        env.get("shop.test", "/index.html"),
+        (200, "v1".into()),
+        "production waits for the approval"
+    );
+    let status = env.status_json("shop");
+    assert_eq!(status["services"][0]["environments"][0]["env"], "staging");
+    assert_eq!(status["services"][0]["live_release"], "r1");
+    let id = second["id"].as_i64().expect("id").to_string();
+    let out = env.tandem(&["approve", &id]);
+    assert_ok(&out);
+    let run = wait_for_run(&env, &c2, Duration::from_secs(60));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(env.get("shop.test", "/index.html"), (200, "v2".into()));
+    let stages: Vec<(String, String)> = run["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap_or_default().into(),
+                s["status"].as_str().unwrap_or_default().into(),
+            )
+        })
+        .collect();
+    let names: Vec<&str> = stages.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "checkout",
+            "build",
+            "test",
+            "release",
+            "deploy:staging",
+            "verify:staging",
+            "approval:production",
+            "deploy:production",
+            "verify:production"
+        ]
+    );
+    let r = load.finish();
+    eprintln!("requests ok={} failed={}", r.ok, r.failed);
+    assert_eq!(
+        r.failed,
+        0,
+        "failed: {:?}",
+        &r.failures[..r.failures.len().min(5)]
+    );
+
+    let journal = events(&env);
+    let approval = journal
+        .iter()
+        .find(|e| e["kind"] == "run.approved" && e["payload"]["commit"] == c2.as_str())
+        .expect("the approval is in the journal");
+    let me = approval["actor"].as_str().expect("actor");
+    assert!(me.starts_with("user:") && me.len() > 5, "{approval}");
+    assert_eq!(approval["payload"]["approver"], me);
+    assert_eq!(approval["payload"]["env"], "production");
+    assert_eq!(
+        approval["payload"]["author"],
+        "Ada Lovelace <ada@example.test>"
+    );
+}
+
+/// Waits until the run of `commit` is in `status`.
+fn wait_for_status(env: &Env, commit: &str, status: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(run) = runs(env).into_iter().find(|r| r["commit"] == commit) {
+            if run["status"] == status {
+                return run;
+            }
+            assert!(
+                !["failed", "cancelled", "superseded"]
+                    .contains(&run["status"].as_str().unwrap_or("")),
+                "{run}"
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "run of {commit} never got {status}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -1,0 +1,90 @@
+//! Where a release runs. Production is the service itself: its name in the
+//! agent and its `route`. Every other environment runs as its own unit in
+//! the agent, `<service>@<env>`, on the route the environment declares, so
+//! staging and production of one service are two independent blue/green
+//! pairs behind the same proxy.
+
+use tandem_core::journal::NewEvent;
+use tandem_core::protocol::RouteSpec;
+use tandem_core::spec::{EnvName, Spec};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Placement {
+    /// The environment's name; `None` for a service without environments.
+    pub env: Option<String>,
+    /// Whether this is production (the last environment, or the only place).
+    pub production: bool,
+    /// The agent's service key.
+    pub unit: String,
+    pub route: RouteSpec,
+}
+
+impl Placement {
+    /// Production: the last environment, or the service itself when it
+    /// declares none.
+    pub fn production(spec: &Spec) -> Placement {
+        match spec.environments.iter().last() {
+            Some((name, _)) => Placement::environment(spec, name),
+            None => Placement {
+                env: None,
+                production: true,
+                unit: spec.service.name.to_string(),
+                route: route(spec, None),
+            },
+        }
+    }
+
+    /// One of the spec's environments.
+    pub fn environment(spec: &Spec, env: &EnvName) -> Placement {
+        let last = spec.environments.iter().last().map(|(n, _)| n);
+        let production = last == Some(env);
+        let unit = if production {
+            spec.service.name.to_string()
+        } else {
+            format!("{}@{}", spec.service.name, env.as_str())
+        };
+        Placement {
+            env: Some(env.as_str().to_owned()),
+            production,
+            unit,
+            route: route(spec, Some(env)),
+        }
+    }
+
+    /// ` in staging`, for messages.
+    pub fn suffix(&self) -> String {
+        self.env
+            .as_deref()
+            .map(|e| format!(" in {e}"))
+            .unwrap_or_default()
+    }
+
+    /// Adds the environment to an event's subject.
+    pub fn event(&self, event: NewEvent) -> NewEvent {
+        match &self.env {
+            Some(env) => event.subject("env", env),
+            None => event,
+        }
+    }
+}
+
+fn route(spec: &Spec, env: Option<&EnvName>) -> RouteSpec {
+    let over = env.and_then(|name| {
+        spec.environments
+            .iter()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, e)| e.route.clone())
+    });
+    let host = over
+        .as_ref()
+        .and_then(|o| o.host.as_ref())
+        .unwrap_or(&spec.route.host);
+    let prefix = over
+        .as_ref()
+        .and_then(|o| o.path_prefix.as_ref())
+        .unwrap_or(&spec.route.path_prefix);
+    RouteSpec {
+        host: host.as_str().into(),
+        path_prefix: prefix.as_str().into(),
+    }
+}
