@@ -19,4 +19,5 @@ ci:
 
 bench: build
 	bash bench/proxy
-	bash bench/deploy
+	python3 bench/deploy
+	python3 bench/pipeline
