@@ -194,8 +194,17 @@ impl Supervisor {
         let path = self.state_path();
         let tmp = path.with_extension("json.tmp");
         let write = || -> std::io::Result<()> {
-            std::fs::write(&tmp, serde_json::to_vec_pretty(&saved).unwrap_or_default())?;
-            std::fs::File::open(&tmp)?.sync_all()?;
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            // Instances' environments hold secrets: owner-only, like the store.
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            file.write_all(&serde_json::to_vec_pretty(&saved).unwrap_or_default())?;
+            file.sync_all()?;
             std::fs::rename(&tmp, &path)
         };
         if let Err(e) = write() {

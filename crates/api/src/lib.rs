@@ -49,6 +49,11 @@ pub fn router(state: AppState) -> Router {
             post(pipelines::hook),
         )
         .route("/api/v1/services/{name}/runs", post(pipelines::start_run))
+        .route("/api/v1/services/{name}/secrets", get(pipelines::secrets))
+        .route(
+            "/api/v1/services/{name}/secrets/{secret}",
+            axum::routing::put(pipelines::set_secret).delete(pipelines::remove_secret),
+        )
         .route("/api/v1/runs", get(pipelines::runs))
         .route("/api/v1/runs/{id}", get(pipelines::run))
         .route("/api/v1/runs/{id}/logs", get(pipelines::logs))

@@ -4,7 +4,7 @@
 
 use axum::Json;
 
-pub const PATHS: [(&str, &str, &str); 21] = [
+pub const PATHS: [(&str, &str, &str); 24] = [
     ("/api/v1/health", "get", "Liveness of the control plane"),
     ("/api/v1/services", "get", "List services"),
     (
@@ -27,6 +27,21 @@ pub const PATHS: [(&str, &str, &str); 21] = [
         "/api/v1/services/{name}/runs",
         "post",
         "Queue a pipeline run of a ref (default: the branch head)",
+    ),
+    (
+        "/api/v1/services/{name}/secrets",
+        "get",
+        "Names of a service's secrets (never their values)",
+    ),
+    (
+        "/api/v1/services/{name}/secrets/{secret}",
+        "put",
+        "Set a secret; injected into instances and steps that declare it",
+    ),
+    (
+        "/api/v1/services/{name}/secrets/{secret}",
+        "delete",
+        "Remove a secret",
     ),
     ("/api/v1/runs", "get", "Pipeline runs, newest first"),
     ("/api/v1/runs/{id}", "get", "One pipeline run"),

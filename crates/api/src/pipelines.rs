@@ -273,3 +273,73 @@ impl Tail {
             .collect()
     }
 }
+
+/// Secret names as environment variables name them.
+fn check_secret_name(name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::BadInput(format!(
+            "secret name {name:?} must look like an environment variable: letters, digits and _, not starting with a digit"
+        )))
+    }
+}
+
+fn check_service_name(name: &str) -> Result<(), ApiError> {
+    tandem_core::spec::ServiceName::try_from(name.to_owned())
+        .map(drop)
+        .map_err(ApiError::BadInput)
+}
+
+pub(crate) async fn secrets(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_service_name(&name)?;
+    Ok(Json(serde_json::json!(
+        s.engine.store.secrets(&name).await?
+    )))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct SecretBody {
+    value: String,
+}
+
+/// Secrets may be set before the service is registered, so its first
+/// release finds them.
+pub(crate) async fn set_secret(
+    State(s): State<AppState>,
+    Path((name, secret)): Path<(String, String)>,
+    headers: HeaderMap,
+    Json(body): Json<SecretBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_service_name(&name)?;
+    check_secret_name(&secret)?;
+    if body.value.is_empty() || body.value.len() > 64 * 1024 {
+        return Err(ApiError::BadInput(
+            "a secret value must be 1 byte to 64 KiB".into(),
+        ));
+    }
+    s.engine
+        .store
+        .set_secret(&name, &secret, &body.value, &actor(&headers))
+        .await?;
+    Ok(Json(serde_json::json!({ "service": name, "name": secret })))
+}
+
+pub(crate) async fn remove_secret(
+    State(s): State<AppState>,
+    Path((name, secret)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    s.engine
+        .store
+        .remove_secret(&name, &secret, &actor(&headers))
+        .await?;
+    Ok(Json(serde_json::json!({ "removed": secret })))
+}

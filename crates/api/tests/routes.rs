@@ -53,7 +53,8 @@ async fn every_documented_path_is_routed() {
             let concrete = path
                 .replace("{name}", "nope")
                 .replace("{id}", "0")
-                .replace("{provider}", "github");
+                .replace("{provider}", "github")
+                .replace("{secret}", "S");
             let (status, body) = call(&app, &method.to_uppercase(), &concrete).await;
             // axum's own 404/405 for an unrouted path has an empty body;
             // ours always explains itself.

@@ -59,6 +59,15 @@ impl Api {
         json_or_exit(resp).await
     }
 
+    pub async fn put(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> Result<serde_json::Value, Exit> {
+        let resp = self.send(Method::PUT, path, Some(body)).await?;
+        json_or_exit(resp).await
+    }
+
     pub async fn delete(&self, path: &str) -> Result<serde_json::Value, Exit> {
         let resp = self.send(Method::DELETE, path, None).await?;
         json_or_exit(resp).await

@@ -156,6 +156,12 @@ pub enum Command {
         #[command(subcommand)]
         command: Option<PipelinesCommand>,
     },
+    /// Secrets of a service: injected into its instances and steps by name
+    /// (`run.secrets`), masked in logs, never shown.
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
     /// Approve the promotion a pipeline run waits for (your identity is recorded).
     Approve { run: i64 },
     /// The tamper-evident journal.
@@ -183,6 +189,16 @@ pub enum ServicesCommand {
     },
     /// Stop a service's instances and forget it (history stays in the journal).
     Rm { service: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SecretsCommand {
+    /// Set a secret; the value is read from standard input.
+    Set { service: String, name: String },
+    /// Names of a service's secrets.
+    Ls { service: String },
+    /// Remove a secret.
+    Rm { service: String, name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -271,6 +287,7 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
             command: Some(PipelinesCommand::Retry { run }),
             ..
         } => pipelines::act(&api(), run, "retry", fmt).await,
+        Command::Secrets { command } => pipelines::secrets(&api(), command, fmt).await,
         Command::Approve { run } => pipelines::act(&api(), run, "approve", fmt).await,
         Command::Audit {
             command: AuditCommand::Verify,

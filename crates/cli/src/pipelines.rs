@@ -175,6 +175,52 @@ pub async fn act(api: &Api, id: i64, action: &str, fmt: Format) -> CmdResult {
     Ok(())
 }
 
+pub async fn secrets(api: &Api, command: crate::SecretsCommand, fmt: Format) -> CmdResult {
+    use crate::SecretsCommand as S;
+    match command {
+        S::Set { service, name } => {
+            let mut value = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut value)
+                .map_err(|e| Exit::bad_input(format!("cannot read the value from stdin: {e}")))?;
+            let value = value.strip_suffix('\n').unwrap_or(&value);
+            let value = value.strip_suffix('\r').unwrap_or(value);
+            if value.is_empty() {
+                return Err(Exit::bad_input(format!(
+                    "no value on stdin; e.g. printf %s \"$VALUE\" | tandem secrets set {service} {name}"
+                )));
+            }
+            api.put(
+                &format!("/api/v1/services/{service}/secrets/{name}"),
+                serde_json::json!({ "value": value }),
+            )
+            .await?;
+            println!("{service}: {name} set");
+        }
+        S::Ls { service } => {
+            let v = api
+                .get(&format!("/api/v1/services/{service}/secrets"))
+                .await?;
+            if fmt == Format::Json {
+                json(&v);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = v
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| vec![cell(&s["name"]), cell(&s["updated_at"])])
+                .collect();
+            table(&["NAME", "UPDATED"], &rows);
+        }
+        S::Rm { service, name } => {
+            api.delete(&format!("/api/v1/services/{service}/secrets/{name}"))
+                .await?;
+            println!("{service}: {name} removed");
+        }
+    }
+    Ok(())
+}
+
 fn short(v: &serde_json::Value) -> String {
     v.as_str()
         .map(|s| s.chars().take(12).collect())

@@ -115,6 +115,18 @@ impl Delivery {
         let (cancel_tx, mut cancel_rx) = watch::channel(None::<String>);
         lock(&self.inner.cancels).insert(id, cancel_tx);
         let (reporter, writer) = RunLog::new(self.log_path(id)).start();
+        // Nothing a run logs shows a secret of its service.
+        let secrets = self
+            .store()
+            .all_secret_values(&run.service)
+            .await
+            .unwrap_or_default();
+        // (The unmasked reporter goes out of scope here: the writer ends
+        // once the last sender is gone.)
+        let reporter = {
+            let unmasked = reporter;
+            unmasked.masking(secrets)
+        };
         let releasing = Arc::new(AtomicBool::new(false));
         let stages = run.stages.clone();
         let mut ctx = Ctx {
@@ -236,6 +248,7 @@ impl Ctx<'_> {
                 let work = self.ensure_checkout().await?;
                 let (_, proxy) = engine.agent.hello().await.map_err(EngineError::from)?;
                 let mut vars = self.step_env();
+                vars.extend(engine.secret_env(&service, &spec).await?);
                 vars.push(("TANDEM_ENV".into(), env.clone()));
                 vars.push(("TANDEM_HOST".into(), place.route.host.clone()));
                 vars.push(("TANDEM_PROXY".into(), proxy.clone()));
@@ -318,8 +331,9 @@ impl Ctx<'_> {
         }
         self.stage_end("succeeded").await?;
 
-        let env = self.step_env();
         let engine = &d.inner.engine;
+        let mut env = self.step_env();
+        env.extend(engine.secret_env(&service, &spec).await?);
         for (stage, steps) in [("build", &spec.build), ("test", &spec.test)] {
             if steps.is_empty() {
                 continue;

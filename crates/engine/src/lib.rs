@@ -109,6 +109,8 @@ impl Engine {
         let _guard = self.lock_service(&name).await;
         let source = dir.display().to_string();
         self.register(&spec, &source, actor).await?;
+        let secrets = self.secret_env(&name, &spec).await?;
+        let reporter = &reporter.masking(self.store.all_secret_values(&name).await?);
 
         let build_root = if spec.build.is_empty() && spec.test.is_empty() {
             dir.clone()
@@ -119,11 +121,19 @@ impl Engine {
                 .join(format!("{name}-{}", now_ms()));
             artifact::copy(&dir, &artifact::collect(&dir, &[])?, &work)?;
             let built = self
-                .run_steps(&name, "build", &spec.build, &work, &[], actor, reporter)
+                .run_steps(
+                    &name,
+                    "build",
+                    &spec.build,
+                    &work,
+                    &secrets,
+                    actor,
+                    reporter,
+                )
                 .await;
             let tested = match built {
                 Ok(()) => {
-                    self.run_steps(&name, "test", &spec.test, &work, &[], actor, reporter)
+                    self.run_steps(&name, "test", &spec.test, &work, &secrets, actor, reporter)
                         .await
                 }
                 Err(e) => Err(e),
@@ -296,6 +306,8 @@ impl Engine {
         let service = release.service.as_str();
         let unit = to.unit.as_str();
         let name = release.name();
+        let secrets = self.secret_env(service, spec).await?;
+        let reporter = &reporter.masking(secrets.iter().map(|(_, v)| v.clone()).collect());
         let kind = |outcome: &str| {
             format!(
                 "{}.{outcome}",
@@ -316,7 +328,7 @@ impl Engine {
             format!("starting {instances} instance(s) of {name}"),
         );
         let started_at = now_ms();
-        match self.switch(release, spec, to, reporter).await {
+        match self.switch(release, spec, to, &secrets, reporter).await {
             Ok((ready_at_ms, switched_at_ms, previous)) => {
                 let payload = serde_json::json!({
                     "previous": previous,
@@ -354,6 +366,7 @@ impl Engine {
                 Ok(self.store.release(service, release.number).await?)
             }
             Err((reason, log_tail)) => {
+                let log_tail: Vec<String> = log_tail.iter().map(|l| reporter.mask(l)).collect();
                 if let Err(e) = self.agent.stop_group(unit, &name, 0).await {
                     tracing::warn!(unit, release = %name, error = %e, "could not stop the failed release");
                 }
@@ -404,14 +417,14 @@ impl Engine {
         release: &ReleaseRow,
         spec: &Spec,
         to: &Placement,
+        secrets: &[(String, String)],
         reporter: &Reporter,
     ) -> Result<(u64, u64, Option<String>), (String, Vec<String>)> {
         let agent_err = |e: AgentClientError| (e.to_string(), Vec::new());
         let (service, name) = (to.unit.as_str(), release.name());
-        self.agent
-            .start_group(group_spec(release, spec, &to.unit))
-            .await
-            .map_err(agent_err)?;
+        let mut group = group_spec(release, spec, &to.unit);
+        group.env.extend(secrets.iter().cloned());
+        self.agent.start_group(group).await.map_err(agent_err)?;
         reporter.phase(
             "ready",
             format!(
@@ -471,6 +484,23 @@ impl Engine {
             {
                 tracing::warn!(service, release, error = %e, "could not stop old release");
             }
+        }
+    }
+
+    /// The values of the spec's `run.secrets`, for instances and steps.
+    /// A secret that is not set is the operator's to fix.
+    pub async fn secret_env(
+        &self,
+        service: &str,
+        spec: &Spec,
+    ) -> Result<Vec<(String, String)>, EngineError> {
+        match self.store.secret_values(service, &spec.run.secrets).await? {
+            Ok(values) => Ok(values),
+            Err(missing) => Err(EngineError::BadInput(format!(
+                "run.secrets of {service} names {}, not set; set it with `tandem secrets set {service} {}`",
+                missing.join(", "),
+                missing[0]
+            ))),
         }
     }
 

@@ -46,19 +46,74 @@ pub struct Timings {
 #[derive(Clone)]
 pub struct Reporter {
     tx: Option<mpsc::UnboundedSender<Progress>>,
+    /// Secret values, replaced by `***` in everything sent.
+    secrets: std::sync::Arc<Vec<String>>,
 }
 
 impl Reporter {
     pub fn new(tx: mpsc::UnboundedSender<Progress>) -> Self {
-        Reporter { tx: Some(tx) }
+        Reporter {
+            tx: Some(tx),
+            secrets: Default::default(),
+        }
     }
     pub fn silent() -> Self {
-        Reporter { tx: None }
-    }
-    pub fn send(&self, p: Progress) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(p);
+        Reporter {
+            tx: None,
+            secrets: Default::default(),
         }
+    }
+
+    /// The same reporter, masking `secrets` (empty values are ignored).
+    pub fn masking(&self, secrets: Vec<String>) -> Self {
+        let mut all: Vec<String> = self.secrets.iter().cloned().chain(secrets).collect();
+        all.retain(|s| !s.is_empty());
+        // Longest first, so a secret that contains another is masked whole.
+        all.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        all.dedup();
+        Reporter {
+            tx: self.tx.clone(),
+            secrets: std::sync::Arc::new(all),
+        }
+    }
+
+    /// `text` with every secret value replaced by `***`.
+    pub fn mask(&self, text: &str) -> String {
+        mask(text, &self.secrets)
+    }
+
+    pub fn send(&self, p: Progress) {
+        let Some(tx) = &self.tx else { return };
+        let p = if self.secrets.is_empty() {
+            p
+        } else {
+            match p {
+                Progress::Phase {
+                    phase,
+                    message,
+                    at_ms,
+                } => Progress::Phase {
+                    phase,
+                    message: self.mask(&message),
+                    at_ms,
+                },
+                Progress::Log { step, line } => Progress::Log {
+                    step,
+                    line: self.mask(&line),
+                },
+                Progress::Failed {
+                    message,
+                    log_tail,
+                    kind,
+                } => Progress::Failed {
+                    message: self.mask(&message),
+                    log_tail: log_tail.iter().map(|l| self.mask(l)).collect(),
+                    kind,
+                },
+                done => done,
+            }
+        };
+        let _ = tx.send(p);
     }
     pub fn phase(&self, phase: &str, message: impl Into<String>) {
         self.send(Progress::Phase {
@@ -66,5 +121,53 @@ impl Reporter {
             message: message.into(),
             at_ms: crate::now_ms(),
         });
+    }
+}
+
+/// `text` with each of `secrets` replaced by `***`.
+pub fn mask(text: &str, secrets: &[String]) -> String {
+    let mut out = text.to_owned();
+    for s in secrets.iter().filter(|s| !s.is_empty()) {
+        if out.contains(s.as_str()) {
+            out = out.replace(s.as_str(), "***");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn secrets_are_masked_in_every_line_sent() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let r =
+            Reporter::new(tx).masking(vec!["hunter2".into(), "hunter2-long".into(), String::new()]);
+        r.send(Progress::Log {
+            step: "s".into(),
+            line: "password=hunter2-long and hunter2".into(),
+        });
+        r.send(Progress::Failed {
+            message: "bad hunter2".into(),
+            log_tail: vec!["x hunter2".into()],
+            kind: "failed".into(),
+        });
+        assert_eq!(
+            rx.recv().await,
+            Some(Progress::Log {
+                step: "s".into(),
+                line: "password=*** and ***".into()
+            })
+        );
+        match rx.recv().await {
+            Some(Progress::Failed {
+                message, log_tail, ..
+            }) => {
+                assert_eq!(message, "bad ***");
+                assert_eq!(log_tail, ["x ***"]);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

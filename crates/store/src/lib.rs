@@ -6,6 +6,7 @@
 //! the chain has no forks.
 
 mod pipeline;
+mod secrets;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -30,6 +31,7 @@ pub enum StoreError {
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 pub use pipeline::{DeploymentRow, NewRun, RepoRow, RunRow, RunUpdate, StageRecord};
+pub use secrets::SecretInfo;
 
 /// A service as the store knows it.
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
@@ -106,6 +108,13 @@ impl Store {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
+        // The database holds secret values: owner-only, with its WAL files.
+        for suffix in ["", "-wal", "-shm"] {
+            use std::os::unix::fs::PermissionsExt;
+            let mut file = path.as_os_str().to_owned();
+            file.push(suffix);
+            let _ = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600));
+        }
         Ok(Store {
             pool,
             writer: Default::default(),

@@ -447,41 +447,60 @@ fn signed_webhooks_from_github_gitlab_and_gitea_start_runs_and_bad_ones_get_401(
     );
 }
 
+/// A spec whose build sleeps `seconds` when the commit has a `slow` file.
+fn slow_build_spec() -> String {
+    SPEC.replace(
+        "run: \"echo built $TANDEM_COMMIT > built.txt\"",
+        "run: \"sh build.sh\"",
+    )
+}
+
+const BUILD_SH: &str =
+    "if [ -f slow ]; then echo building slowly; sleep $(cat slow); fi; echo built\n";
+
+/// Waits until the run of `commit` is in `stage`.
+fn wait_for_stage(env: &Env, commit: &str, stage: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(run) = runs(env).into_iter().find(|r| r["commit"] == commit)
+            && run["stage"] == stage
+        {
+            return run;
+        }
+        assert!(Instant::now() < deadline, "the run never reached {stage}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn a_run_interrupted_by_a_control_plane_crash_is_marked_and_completes_after_restart() {
     let mut env = Env::start();
-    let spec = SPEC.replace(
-        "run: \"echo built $TANDEM_COMMIT > built.txt\"",
-        "run: \"sh build.sh\"",
-    );
-    let repo = Repo::new(env.root.path(), &spec);
+    let repo = Repo::new(env.root.path(), &slow_build_spec());
     let c1 = repo.push(
         "main",
         "first",
         &[
             ("index.html", "v1"),
             ("check.sh", PASSING),
-            ("build.sh", "echo building; sleep 2; echo built\n"),
+            ("build.sh", BUILD_SH),
         ],
     );
-    register(&env, &repo, &["--poll-interval", "1h"]);
+    register(&env, &repo, &["--poll-interval", "300ms"]);
+    assert_eq!(
+        wait_for_run(&env, &c1, Duration::from_secs(60))["status"],
+        "succeeded"
+    );
+    let load = Load::start(&env.proxy, "shop.test", 4);
+    let c2 = repo.push("main", "second", &[("index.html", "v2"), ("slow", "2")]);
     // Kill the control plane while the build step runs.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let run = runs(&env).into_iter().find(|r| r["commit"] == c1.as_str());
-        if run.is_some_and(|r| r["stage"] == "build") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the run never reached its build");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_stage(&env, &c2, "build");
     env.kill_up();
     env.up_again();
     let all = runs(&env);
     let first = all
         .iter()
-        .find(|r| r["commit"] == c1.as_str() && r["retry_of"].is_null())
-        .expect("the first run");
+        .find(|r| r["commit"] == c2.as_str() && r["retry_of"].is_null())
+        .expect("the interrupted run");
     assert_eq!(first["status"], "interrupted", "{first}");
     let deadline = Instant::now() + Duration::from_secs(60);
     let again = loop {
@@ -504,11 +523,87 @@ fn a_run_interrupted_by_a_control_plane_crash_is_marked_and_completes_after_rest
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(again["trigger"], "recovery");
-    assert_eq!(env.get("shop.test", "/index.html"), (200, "v1".into()));
+    assert_eq!(env.get("shop.test", "/index.html"), (200, "v2".into()));
+    let r = load.finish();
+    eprintln!("requests ok={} failed={}", r.ok, r.failed);
+    assert_eq!(
+        r.failed,
+        0,
+        "failed: {:?}",
+        &r.failures[..r.failures.len().min(5)]
+    );
     assert!(
         events(&env).iter().any(|e| e["kind"] == "run.interrupted"),
         "the interruption is in the journal"
     );
+}
+
+#[test]
+fn a_cancelled_run_leaves_no_process_and_a_removed_service_stops_serving() {
+    let env = Env::start();
+    let repo = Repo::new(env.root.path(), &slow_build_spec());
+    let c1 = repo.push(
+        "main",
+        "first",
+        &[
+            ("index.html", "v1"),
+            ("check.sh", PASSING),
+            ("build.sh", BUILD_SH),
+        ],
+    );
+    register(&env, &repo, &["--poll-interval", "300ms"]);
+    assert_eq!(
+        wait_for_run(&env, &c1, Duration::from_secs(60))["status"],
+        "succeeded"
+    );
+    // 4711 marks the sleep so the test can look for it.
+    let c2 = repo.push("main", "slow", &[("index.html", "v2"), ("slow", "4711")]);
+    let run = wait_for_stage(&env, &c2, "build");
+    let id = run["id"].as_i64().expect("id").to_string();
+    let started = Instant::now();
+    let out = env.tandem(&["pipelines", "cancel", &id]);
+    assert_ok(&out);
+    let run = wait_for_run(&env, &c2, Duration::from_secs(5));
+    eprintln!("cancelled in {:?}", started.elapsed());
+    assert_eq!(run["status"], "cancelled", "{run}");
+    let left = Command::new("pgrep")
+        .args(["-f", "sleep 4711"])
+        .output()
+        .expect("pgrep");
+    assert!(
+        left.stdout.is_empty(),
+        "the step's process group is gone: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+    assert_eq!(env.get("shop.test", "/index.html"), (200, "v1".into()));
+    // Retry runs the same commit again (and cancel it again at once).
+    let out = env.tandem(&["pipelines", "retry", &id, "-o", "json"]);
+    assert_ok(&out);
+    let retry: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(retry["commit"], c2.as_str());
+    assert_eq!(retry["retry_of"].as_i64(), run["id"].as_i64());
+    let retry_id = retry["id"].as_i64().expect("id").to_string();
+    assert_ok(&env.tandem(&["pipelines", "cancel", &retry_id]));
+
+    assert_ok(&env.tandem(&["services", "rm", "shop"]));
+    assert_eq!(
+        env.get("shop.test", "/index.html").0,
+        404,
+        "the route is gone"
+    );
+    let out = env.tandem(&["services", "-o", "json"]);
+    assert_ok(&out);
+    let services: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(services.as_array().map(Vec::len), Some(0), "{services}");
+    assert_eq!(env.tandem(&["status", "shop"]).status.code(), Some(2));
+    let agent_state = std::fs::read_to_string(env.data().join("agent-state.json")).expect("state");
+    assert!(
+        !agent_state.contains("\"shop\""),
+        "the agent runs nothing of shop: {agent_state}"
+    );
+    assert!(events(&env).iter().any(|e| e["kind"] == "service.removed"));
+    let out = env.tandem(&["services", "rm", "shop"]);
+    assert_eq!(out.status.code(), Some(2), "removing it twice is bad input");
 }
 
 const SMOKE: &str = "import os, urllib.request\nreq = urllib.request.Request('http://' + os.environ['TANDEM_PROXY'] + '/index.html', headers={'Host': os.environ['TANDEM_HOST']})\nbody = urllib.request.urlopen(req, timeout=5).read().decode()\nprint('smoke', os.environ['TANDEM_ENV'], body)\n";
@@ -643,5 +738,96 @@ fn wait_for_status(env: &Env, commit: &str, status: &str) -> serde_json::Value {
             "run of {commit} never got {status}"
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn secrets_reach_instances_and_steps_and_are_masked_everywhere_else() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::start();
+    let value = "s3cr3t-Value-8842";
+    let spec = SPEC
+        .replace(
+            "command: exec python3 -m http.server $PORT --bind 127.0.0.1",
+            "command: echo \"token=$API_TOKEN\" > token.txt && exec python3 -m http.server $PORT --bind 127.0.0.1",
+        )
+        .replace("  instances: 2\n", "  instances: 2\n  secrets: [API_TOKEN]\n");
+    let repo = Repo::new(env.root.path(), &spec);
+    let check = "echo \"testing with $API_TOKEN\"; test -n \"$API_TOKEN\"\n";
+    let c1 = repo.push(
+        "main",
+        "needs a secret",
+        &[("index.html", "v1"), ("check.sh", check)],
+    );
+    register(&env, &repo, &["--poll-interval", "1h"]);
+    let run = wait_for_run(&env, &c1, Duration::from_secs(60));
+    assert_eq!(run["status"], "failed", "{run}");
+    let reason = run["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("API_TOKEN") && reason.contains("tandem secrets set shop API_TOKEN"),
+        "{reason}"
+    );
+
+    let mut set = Command::new(util::bin())
+        .args(["secrets", "set", "shop", "API_TOKEN"])
+        .env("TANDEM_SERVER", format!("http://{}", env.api))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    set.stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{value}\n").as_bytes())
+        .expect("write value");
+    assert!(set.wait().expect("wait").success());
+    let id = run["id"].as_i64().expect("id").to_string();
+    let out = env.tandem(&["pipelines", "retry", &id, "-o", "json"]);
+    assert_ok(&out);
+    let retry: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let retry_id = retry["id"].as_i64().expect("id");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let run = loop {
+        let run = runs(&env)
+            .into_iter()
+            .find(|r| r["id"] == retry_id)
+            .expect("retry run");
+        if run["status"] != "queued" && run["status"] != "running" {
+            break run;
+        }
+        assert!(Instant::now() < deadline, "{run}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(
+        env.get("shop.test", "/token.txt"),
+        (200, format!("token={value}\n")),
+        "the instances got the secret"
+    );
+    let log = env.tandem(&["pipelines", "logs", &retry_id.to_string()]);
+    let log = String::from_utf8_lossy(&log.stdout);
+    assert!(
+        log.contains("testing with ***"),
+        "the step got it, the log masks it: {log}"
+    );
+    assert!(!log.contains(value), "{log}");
+
+    let out = env.tandem(&["secrets", "ls", "shop", "-o", "json"]);
+    assert_ok(&out);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.contains("API_TOKEN") && !listed.contains(value),
+        "{listed}"
+    );
+    let journal = env.tandem(&["audit", "events"]);
+    let journal = String::from_utf8_lossy(&journal.stdout);
+    assert!(journal.contains("secret.set"), "setting it is journaled");
+    assert!(!journal.contains(value), "the value is not");
+    for file in ["tandem.db", "agent-state.json"] {
+        let mode = std::fs::metadata(env.data().join(file))
+            .expect(file)
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file} is owner-only");
     }
 }
