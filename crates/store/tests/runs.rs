@@ -1,0 +1,141 @@
+//! The run queue's rules against a real SQLite file: a commit is queued
+//! once, a newer one supersedes older queued runs, a finished run takes no
+//! more updates, and every change is a chained event.
+
+use tandem_core::journal::NewEvent;
+use tandem_store::{NewRun, RunUpdate, Store, StoreError};
+
+fn run(commit: &str) -> NewRun {
+    NewRun {
+        service: "shop".into(),
+        commit: commit.into(),
+        branch: "main".into(),
+        trigger: "poll".into(),
+        ..NewRun::default()
+    }
+}
+
+#[tokio::test]
+async fn a_commit_is_queued_once_and_newer_commits_supersede_queued_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Store::open(&dir.path().join("tandem.db"))
+        .await
+        .expect("open");
+    let a = s
+        .enqueue_run(run("aaa"), false, "system:poller")
+        .await
+        .expect("enqueue")
+        .expect("queued");
+    assert_eq!(a.status, "queued");
+    assert!(
+        s.enqueue_run(run("aaa"), false, "system:poller")
+            .await
+            .expect("enqueue")
+            .is_none(),
+        "the same commit is not queued twice"
+    );
+    let b = s
+        .enqueue_run(run("bbb"), false, "system:poller")
+        .await
+        .expect("enqueue")
+        .expect("queued");
+    let a = s.run(a.id).await.expect("read").expect("a");
+    assert_eq!(a.status, "superseded");
+    assert_eq!(
+        a.reason.as_deref(),
+        Some(format!("superseded by run {}", b.id).as_str())
+    );
+    assert!(s.has_run("shop", "aaa").await.expect("read"));
+    // Forced (a retry): queued again even though the commit was seen.
+    let again = s
+        .enqueue_run(run("aaa"), true, "user:ann")
+        .await
+        .expect("enqueue")
+        .expect("forced");
+    assert_eq!(
+        s.run(b.id).await.expect("read").expect("b").status,
+        "superseded"
+    );
+
+    // A finished run refuses further updates: a cancel wins over a late end.
+    let update = RunUpdate {
+        status: "running",
+        stages: &[],
+        ..RunUpdate::default()
+    };
+    let err = s
+        .update_run(
+            a.id,
+            update,
+            NewEvent::new("system:pipeline", "run.stage.started"),
+        )
+        .await
+        .expect_err("superseded is final");
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    let queued = s.runs_in("queued").await.expect("read");
+    assert_eq!(queued.iter().map(|r| r.id).collect::<Vec<_>>(), [again.id]);
+
+    let kinds: Vec<String> = s
+        .events(0, 100)
+        .await
+        .expect("events")
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "run.queued",
+            "run.superseded",
+            "run.queued",
+            "run.superseded",
+            "run.queued"
+        ]
+    );
+    assert!(s.verify().await.expect("read").is_ok());
+}
+
+#[tokio::test]
+async fn approvals_count_distinct_approvers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Store::open(&dir.path().join("tandem.db"))
+        .await
+        .expect("open");
+    let r = s
+        .enqueue_run(run("ccc"), false, "system:poller")
+        .await
+        .expect("enqueue")
+        .expect("queued");
+    let ev = || NewEvent::new("user:ann", "run.approved");
+    assert_eq!(
+        s.approve(r.id, "production", "user:ann", ev())
+            .await
+            .expect("approve"),
+        1
+    );
+    assert_eq!(
+        s.approve(r.id, "production", "user:ann", ev())
+            .await
+            .expect("approve"),
+        1,
+        "twice by one person counts once"
+    );
+    assert_eq!(
+        s.approve(r.id, "production", "user:bob", ev())
+            .await
+            .expect("approve"),
+        2
+    );
+    assert_eq!(
+        s.approvals(r.id, "production").await.expect("read"),
+        ["user:ann", "user:bob"]
+    );
+    let approved = s
+        .events(0, 100)
+        .await
+        .expect("events")
+        .iter()
+        .filter(|e| e.kind == "run.approved")
+        .count();
+    assert_eq!(approved, 2, "one event per distinct approval");
+}
