@@ -14,8 +14,8 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use tandem_core::protocol::{
-    AgentStatus, GroupSpec, InstanceState, InstanceStatus, LogLine, Response, RouteSpec,
-    ServiceStatus,
+    AgentStatus, GroupSpec, InstanceState, InstanceStatus, LogLine, RequestCounts, Response,
+    RouteSpec, ServiceStatus,
 };
 use tandem_proxy::{Proxy, RequestMetrics, Route, RouteTable, Target};
 use tokio::sync::{Notify, watch};
@@ -28,6 +28,8 @@ use crate::probe::Prober;
 pub const BACKOFF_START: Duration = Duration::from_millis(100);
 /// Restart delay cap.
 pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// Quick crashes in a row after which an instance counts as crash-looping.
+pub const CRASH_LOOP_AFTER: u32 = 5;
 /// An instance that ran this long before exiting restarts without delay growth.
 pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(30);
 /// Probe period until an instance is first ready, so deploys switch fast.
@@ -85,6 +87,8 @@ struct Live {
     target: Option<Arc<Target>>,
     last_exit: Option<String>,
     last_probe_error: Option<String>,
+    /// Consecutive exits that came soon after a start (the backoff exponent).
+    quick_crashes: u32,
 }
 
 /// What the agent writes to its state file.
@@ -281,6 +285,7 @@ impl Supervisor {
                     target: None,
                     last_exit: None,
                     last_probe_error: None,
+                    quick_crashes: 0,
                 }),
                 stop,
                 task: Mutex::new(None),
@@ -499,6 +504,14 @@ impl Supervisor {
                     service: name.clone(),
                     route: s.route.clone(),
                     active: s.active.clone(),
+                    requests: {
+                        let snap = s.metrics.snapshot();
+                        RequestCounts {
+                            classes: snap.classes,
+                            buckets: snap.buckets.to_vec(),
+                            bounds_us: tandem_proxy::metrics::BUCKETS_US.to_vec(),
+                        }
+                    },
                     instances: s
                         .groups
                         .values()
@@ -514,6 +527,14 @@ impl Supervisor {
                                 ready: live.ready_at_ms.is_some(),
                                 restarts: live.restarts,
                                 in_flight: live.target.as_ref().map(|t| t.in_flight()).unwrap_or(0),
+                                // Until it has been ready for as long as resets the backoff.
+                                crash_looping: live.quick_crashes >= CRASH_LOOP_AFTER
+                                    && !live.ready_at_ms.is_some_and(|at| {
+                                        now_ms().saturating_sub(at)
+                                            >= BACKOFF_RESET_AFTER.as_millis() as u64
+                                    }),
+                                last_exit: live.last_exit.clone(),
+                                last_probe_error: live.last_probe_error.clone(),
                             }
                         })
                         .collect(),
@@ -686,6 +707,7 @@ async fn run_instance(sup: Supervisor, inst: Arc<Instance>, spec: GroupSpec) {
                 if started.elapsed() >= BACKOFF_RESET_AFTER {
                     quick_crashes = 0;
                 }
+                let crashes = quick_crashes + 1;
                 inst.log
                     .write_line(&format!("[tandem] instance {}: {why}; restarting", inst.id));
                 tracing::warn!(instance = %inst.id, reason = %why, "instance exited");
@@ -695,6 +717,7 @@ async fn run_instance(sup: Supervisor, inst: Arc<Instance>, spec: GroupSpec) {
                     l.pid = None;
                     l.restarts += 1;
                     l.last_exit = Some(why);
+                    l.quick_crashes = crashes;
                 });
                 if backoff(&mut stop_rx, &mut quick_crashes).await {
                     break;
@@ -708,11 +731,23 @@ async fn run_instance(sup: Supervisor, inst: Arc<Instance>, spec: GroupSpec) {
     });
 }
 
+/// The backoff cap: `BACKOFF_CAP`, or `TANDEM_BACKOFF_CAP_MS` (tests).
+fn backoff_cap() -> Duration {
+    static CAP: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *CAP.get_or_init(|| {
+        std::env::var("TANDEM_BACKOFF_CAP_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis)
+            .unwrap_or(BACKOFF_CAP)
+    })
+}
+
 /// Sleeps the backoff for the next restart; true when asked to stop meanwhile.
 async fn backoff(stop_rx: &mut watch::Receiver<bool>, quick_crashes: &mut u32) -> bool {
     let delay = BACKOFF_START
         .saturating_mul(1 << (*quick_crashes).min(16))
-        .min(BACKOFF_CAP);
+        .min(backoff_cap());
     *quick_crashes += 1;
     tokio::select! {
         () = tokio::time::sleep(delay) => false,

@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod openapi;
+mod ops;
 mod pipelines;
 
 use std::convert::Infallible;
@@ -30,6 +31,7 @@ pub const ACTOR_HEADER: &str = "x-tandem-actor";
 pub struct AppState {
     pub engine: Engine,
     pub delivery: tandem_delivery::Delivery,
+    pub ops: tandem_ops::Ops,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -65,6 +67,18 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/services/{name}/logs", get(logs))
         .route("/api/v1/deploys", post(deploy))
         .route("/api/v1/status", get(status))
+        .route("/api/v1/incidents", get(ops::incidents))
+        .route("/api/v1/incidents/{id}", get(ops::incident))
+        .route("/api/v1/incidents/{id}/ack", post(ops::acknowledge))
+        .route("/api/v1/incidents/{id}/resolve", post(ops::resolve))
+        .route(
+            "/api/v1/channels",
+            get(ops::channels).post(ops::add_channel),
+        )
+        .route(
+            "/api/v1/channels/{id}",
+            axum::routing::delete(ops::remove_channel),
+        )
         .route("/api/v1/events", get(events))
         .route("/api/v1/audit/verify", get(audit_verify))
         .route("/metrics", get(metrics))

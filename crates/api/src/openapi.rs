@@ -4,7 +4,7 @@
 
 use axum::Json;
 
-pub const PATHS: [(&str, &str, &str); 24] = [
+pub const PATHS: [(&str, &str, &str); 31] = [
     ("/api/v1/health", "get", "Liveness of the control plane"),
     ("/api/v1/services", "get", "List services"),
     (
@@ -96,6 +96,33 @@ pub const PATHS: [(&str, &str, &str); 24] = [
         "get",
         "Verify the journal's hash chain",
     ),
+    (
+        "/api/v1/incidents",
+        "get",
+        "Incidents, newest first (`open=true`: unresolved only)",
+    ),
+    (
+        "/api/v1/incidents/{id}",
+        "get",
+        "One incident with its notification attempts",
+    ),
+    (
+        "/api/v1/incidents/{id}/ack",
+        "post",
+        "Acknowledge an incident",
+    ),
+    (
+        "/api/v1/incidents/{id}/resolve",
+        "post",
+        "Resolve an incident with a note",
+    ),
+    ("/api/v1/channels", "get", "Notification channels"),
+    (
+        "/api/v1/channels",
+        "post",
+        "Add a channel: webhook (signed), slack or email",
+    ),
+    ("/api/v1/channels/{id}", "delete", "Remove a channel"),
     ("/api/v1/openapi.json", "get", "This document"),
 ];
 

@@ -15,7 +15,12 @@ async fn app(dir: &tempfile::TempDir) -> axum::Router {
     let delivery = tandem_delivery::Delivery::start(engine.clone(), dir.path(), 1)
         .await
         .expect("delivery");
-    router(AppState { engine, delivery })
+    let ops = tandem_ops::Ops::new(engine.clone());
+    router(AppState {
+        engine,
+        delivery,
+        ops,
+    })
 }
 
 async fn call(app: &axum::Router, method: &str, path: &str) -> (u16, Vec<u8>) {

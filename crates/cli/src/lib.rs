@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod exit;
+mod ops;
 mod output;
 mod pipelines;
 mod release;
@@ -162,6 +163,20 @@ pub enum Command {
         #[command(subcommand)]
         command: SecretsCommand,
     },
+    /// Incidents, newest first; acknowledge or resolve one.
+    #[command(args_conflicts_with_subcommands = true)]
+    Incidents {
+        /// Only unresolved incidents.
+        #[arg(long)]
+        open: bool,
+        #[command(subcommand)]
+        command: Option<IncidentsCommand>,
+    },
+    /// Where incidents are told: webhooks, Slack, e-mail.
+    Channels {
+        #[command(subcommand)]
+        command: Option<ChannelsCommand>,
+    },
     /// Approve the promotion a pipeline run waits for (your identity is recorded).
     Approve { run: i64 },
     /// The tamper-evident journal.
@@ -189,6 +204,66 @@ pub enum ServicesCommand {
     },
     /// Stop a service's instances and forget it (history stays in the journal).
     Rm { service: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum IncidentsCommand {
+    /// Acknowledge: someone is on it (recorded with your identity).
+    Ack { id: i64 },
+    /// Resolve by hand, with a note.
+    Resolve {
+        id: i64,
+        #[arg(long)]
+        note: Option<String>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ChannelScope {
+    /// Only incidents of this service.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Only incidents of services of this tier.
+    #[arg(long)]
+    pub tier: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ChannelsCommand {
+    /// Add a channel.
+    Add {
+        #[command(subcommand)]
+        kind: ChannelKind,
+    },
+    /// Remove a channel.
+    Rm { id: i64 },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ChannelKind {
+    /// JSON POSTs, signed with X-Tandem-Signature: sha256=<HMAC-SHA256 of the body>.
+    Webhook {
+        url: String,
+        #[arg(long, env = "TANDEM_CHANNEL_SECRET")]
+        secret: Option<String>,
+        #[command(flatten)]
+        scope: ChannelScope,
+    },
+    /// A Slack-compatible incoming webhook.
+    Slack {
+        url: String,
+        #[command(flatten)]
+        scope: ChannelScope,
+    },
+    /// E-mail through an SMTP relay.
+    Email {
+        address: String,
+        /// host:port of the SMTP relay.
+        #[arg(long)]
+        smtp: String,
+        #[command(flatten)]
+        scope: ChannelScope,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -288,6 +363,42 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
             ..
         } => pipelines::act(&api(), run, "retry", fmt).await,
         Command::Secrets { command } => pipelines::secrets(&api(), command, fmt).await,
+        Command::Incidents {
+            open,
+            command: None,
+        } => ops::incidents(&api(), open, fmt).await,
+        Command::Incidents {
+            command: Some(IncidentsCommand::Ack { id }),
+            ..
+        } => ops::transition(&api(), id, "ack", None, fmt).await,
+        Command::Incidents {
+            command: Some(IncidentsCommand::Resolve { id, note }),
+            ..
+        } => ops::transition(&api(), id, "resolve", note, fmt).await,
+        Command::Channels { command: None } => ops::channels(&api(), fmt).await,
+        Command::Channels {
+            command: Some(ChannelsCommand::Rm { id }),
+        } => ops::remove_channel(&api(), id).await,
+        Command::Channels {
+            command: Some(ChannelsCommand::Add { kind }),
+        } => {
+            let (kind, target, secret, smtp, scope) = match kind {
+                ChannelKind::Webhook { url, secret, scope } => {
+                    ("webhook", url, secret, None, scope)
+                }
+                ChannelKind::Slack { url, scope } => ("slack", url, None, None, scope),
+                ChannelKind::Email {
+                    address,
+                    smtp,
+                    scope,
+                } => ("email", address, None, Some(smtp), scope),
+            };
+            let body = serde_json::json!({
+                "kind": kind, "target": target, "secret": secret, "smtp": smtp,
+                "service": scope.service, "tier": scope.tier,
+            });
+            ops::add_channel(&api(), body, fmt).await
+        }
         Command::Approve { run } => pipelines::act(&api(), run, "approve", fmt).await,
         Command::Audit {
             command: AuditCommand::Verify,

@@ -149,7 +149,13 @@ pub async fn up(dir: &Path, api_addr: SocketAddr, start_agent_on: Option<SocketA
     let delivery = tandem_delivery::Delivery::start(engine.clone(), dir, pipeline_parallelism())
         .await
         .map_err(|e| Exit::failure(format!("cannot start pipelines: {e}")))?;
-    let app = tandem_api::router(tandem_api::AppState { engine, delivery });
+    let ops = tandem_ops::Ops::new(engine.clone());
+    ops.start();
+    let app = tandem_api::router(tandem_api::AppState {
+        engine,
+        delivery,
+        ops,
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await

@@ -159,6 +159,21 @@ pub struct ServiceStatus {
     /// The release the route points at.
     pub active: Option<String>,
     pub instances: Vec<InstanceStatus>,
+    /// Requests through the proxy on this service's route since the agent
+    /// started (cumulative; consumers take differences).
+    #[serde(default)]
+    pub requests: RequestCounts,
+}
+
+/// Cumulative request counters of one route.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestCounts {
+    /// By status class: 1xx … 5xx.
+    pub classes: [u64; 5],
+    /// Latency histogram, non-cumulative, with the upper bounds (µs) of
+    /// `bounds_us`; the last count is above the last bound.
+    pub buckets: Vec<u64>,
+    pub bounds_us: Vec<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -171,6 +186,15 @@ pub struct InstanceStatus {
     pub ready: bool,
     pub restarts: u32,
     pub in_flight: u64,
+    /// Crashed again and again without staying up: backing off toward the cap.
+    #[serde(default)]
+    pub crash_looping: bool,
+    /// Why it last exited or was restarted.
+    #[serde(default)]
+    pub last_exit: Option<String>,
+    /// The last failing probe's error, while it is failing.
+    #[serde(default)]
+    pub last_probe_error: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

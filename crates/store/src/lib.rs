@@ -5,6 +5,7 @@
 //! and updates the read models in one transaction; writers are serialised so
 //! the chain has no forks.
 
+mod ops;
 mod pipeline;
 mod secrets;
 
@@ -26,10 +27,14 @@ pub enum StoreError {
     Encode(#[from] serde_json::Error),
     #[error("{0}")]
     NotFound(String),
+    /// The change conflicts with the current state.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+pub use ops::{ChannelRow, DeliveryRow, IncidentRow, NewIncident};
 pub use pipeline::{DeploymentRow, NewRun, RepoRow, RunRow, RunUpdate, StageRecord};
 pub use secrets::SecretInfo;
 

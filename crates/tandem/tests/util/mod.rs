@@ -18,6 +18,8 @@ pub struct Env {
     pub api: String,
     pub proxy: String,
     pub up: Option<Child>,
+    /// Extra environment of `tandem up` (and so of its agent).
+    pub vars: Vec<(String, String)>,
 }
 
 impl Env {
@@ -27,12 +29,21 @@ impl Env {
 
     /// `tandem up` on port 0; waits for its banner.
     pub fn start() -> Env {
+        Env::start_with(&[])
+    }
+
+    /// `tandem up` with extra environment variables.
+    pub fn start_with(vars: &[(&str, &str)]) -> Env {
         let root = tempfile::tempdir().expect("tempdir");
         let mut env = Env {
             root,
             api: String::new(),
             proxy: String::new(),
             up: None,
+            vars: vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         env.up_again();
         env
@@ -55,6 +66,7 @@ impl Env {
                 "--data-dir",
             ])
             .arg(self.data())
+            .envs(self.vars.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

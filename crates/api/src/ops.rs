@@ -1,0 +1,162 @@
+//! Operations over HTTP: incidents (list, acknowledge, resolve) and the
+//! channels that hear of them.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use tandem_store::ChannelRow;
+
+use crate::{ApiError, AppState, actor};
+
+#[derive(Deserialize)]
+pub(crate) struct IncidentsQuery {
+    /// Only unresolved incidents.
+    open: Option<bool>,
+    limit: Option<u32>,
+}
+
+pub(crate) async fn incidents(
+    State(s): State<AppState>,
+    Query(q): Query<IncidentsQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let rows = s
+        .engine
+        .store
+        .incidents(q.open.unwrap_or(false), q.limit.unwrap_or(100).min(10_000))
+        .await?;
+    Ok(Json(serde_json::json!(rows)))
+}
+
+pub(crate) async fn incident(
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let row = s
+        .engine
+        .store
+        .incident(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no incident {id}")))?;
+    let deliveries = s.engine.store.deliveries(id).await?;
+    let mut v = serde_json::json!(row);
+    v["deliveries"] = serde_json::json!(deliveries);
+    Ok(Json(v))
+}
+
+pub(crate) async fn acknowledge(
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(serde_json::json!(
+        s.ops.acknowledge(id, &actor(&headers)).await?
+    )))
+}
+
+#[derive(Deserialize, Default)]
+pub(crate) struct ResolveBody {
+    note: Option<String>,
+}
+
+pub(crate) async fn resolve(
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+    body: Option<Json<ResolveBody>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let note = body.and_then(|b| b.0.note).filter(|n| !n.trim().is_empty());
+    Ok(Json(serde_json::json!(
+        s.ops.resolve(id, &actor(&headers), note.as_deref()).await?
+    )))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ChannelBody {
+    kind: String,
+    target: String,
+    secret: Option<String>,
+    smtp: Option<String>,
+    service: Option<String>,
+    tier: Option<String>,
+}
+
+pub(crate) async fn channels(
+    State(s): State<AppState>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(serde_json::json!(s.engine.store.channels().await?)))
+}
+
+pub(crate) async fn add_channel(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Json(b): Json<ChannelBody>,
+) -> Result<Response, ApiError> {
+    match b.kind.as_str() {
+        "webhook" | "slack" => {
+            let uri: axum::http::Uri = b
+                .target
+                .parse()
+                .map_err(|e| ApiError::BadInput(format!("{}: not a URL: {e}", b.target)))?;
+            if uri.scheme_str() != Some("http") && uri.scheme_str() != Some("https") {
+                return Err(ApiError::BadInput(format!(
+                    "{}: only http:// and https:// URLs",
+                    b.target
+                )));
+            }
+            if uri.scheme_str() == Some("https") {
+                return Err(ApiError::BadInput(
+                    "https receivers are not supported yet (no TLS client); use an http:// relay"
+                        .into(),
+                ));
+            }
+        }
+        "email" => {
+            if !b.target.contains('@') {
+                return Err(ApiError::BadInput(format!(
+                    "{} is not an e-mail address",
+                    b.target
+                )));
+            }
+            let smtp = b.smtp.as_deref().ok_or_else(|| {
+                ApiError::BadInput("an e-mail channel needs --smtp host:port".into())
+            })?;
+            if smtp
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
+                return Err(ApiError::BadInput(format!(
+                    "--smtp {smtp} is not host:port"
+                )));
+            }
+        }
+        other => {
+            return Err(ApiError::BadInput(format!(
+                "no channel kind {other}; use webhook, slack or email"
+            )));
+        }
+    }
+    let row = ChannelRow {
+        id: 0,
+        kind: b.kind,
+        target: b.target,
+        secret: b.secret.filter(|s| !s.is_empty()),
+        smtp: b.smtp,
+        service: b.service,
+        tier: b.tier,
+        created_at: String::new(),
+    };
+    let row = s.engine.store.add_channel(&row, &actor(&headers)).await?;
+    Ok((StatusCode::CREATED, Json(serde_json::json!(row))).into_response())
+}
+
+pub(crate) async fn remove_channel(
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    s.engine.store.remove_channel(id, &actor(&headers)).await?;
+    Ok(Json(serde_json::json!({ "removed": id })))
+}

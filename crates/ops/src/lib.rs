@@ -1,0 +1,272 @@
+//! Operations around the clock: a monitor that watches what the agent runs
+//! every second, opens an incident when a service has no ready instance,
+//! crash-loops or answers with too many errors, resolves it on recovery, and
+//! tells the channels. People acknowledge and resolve through [`Ops`] too.
+//!
+//! The monitor only reads: the agent's status (instances, readiness,
+//! crash loops, cumulative request counters per route) and the store. It
+//! never acts on the data plane; the supervisor heals, the monitor reports.
+
+pub mod notify;
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use tandem_core::protocol::{AgentStatus, ServiceStatus};
+use tandem_engine::Engine;
+use tandem_store::{IncidentRow, NewIncident, StoreError};
+
+pub use notify::Notifier;
+
+/// Actor of what the monitor does.
+pub const MONITOR_ACTOR: &str = "system:monitor";
+/// How often the monitor looks.
+pub const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// A condition must be gone this long before its incident resolves.
+pub const RESOLVE_AFTER: Duration = Duration::from_secs(3);
+/// Error-ratio incidents: over this window, at least this many requests,
+/// at least this share of them 5xx.
+pub const ERROR_WINDOW: Duration = Duration::from_secs(60);
+pub const ERROR_MIN_REQUESTS: u64 = 20;
+pub const ERROR_RATIO: f64 = 0.05;
+/// A release that went live this recently is suspected when an incident opens.
+pub const SUSPECT_WITHIN: Duration = Duration::from_secs(15 * 60);
+
+/// The kinds of incident the monitor opens by itself.
+pub const KINDS: [&str; 3] = ["no-ready-instance", "crash-loop", "error-ratio"];
+
+#[derive(Clone)]
+pub struct Ops {
+    engine: Engine,
+    notifier: Notifier,
+}
+
+impl Ops {
+    pub fn new(engine: Engine) -> Self {
+        let notifier = Notifier::new(engine.store.clone());
+        Ops { engine, notifier }
+    }
+
+    /// Starts the monitor on its own task.
+    pub fn start(&self) {
+        let monitor = Monitor {
+            ops: self.clone(),
+            pending_clear: HashMap::new(),
+            samples: HashMap::new(),
+        };
+        tokio::spawn(monitor.run());
+    }
+
+    pub async fn acknowledge(&self, id: i64, by: &str) -> Result<IncidentRow, StoreError> {
+        let row = self
+            .engine
+            .store
+            .incident_transition(id, "acknowledged", by, None)
+            .await?;
+        self.notifier.notify(&row, "incident.acknowledged").await;
+        Ok(row)
+    }
+
+    pub async fn resolve(
+        &self,
+        id: i64,
+        by: &str,
+        note: Option<&str>,
+    ) -> Result<IncidentRow, StoreError> {
+        let row = self
+            .engine
+            .store
+            .incident_transition(id, "resolved", by, note)
+            .await?;
+        self.notifier.notify(&row, "incident.resolved").await;
+        Ok(row)
+    }
+}
+
+/// Request counters of one route at one moment.
+struct Sample {
+    at: Instant,
+    total: u64,
+    errors: u64,
+}
+
+struct Monitor {
+    ops: Ops,
+    /// When each (unit, kind) was first seen clear while its incident is open.
+    pending_clear: HashMap<(String, &'static str), Instant>,
+    /// Recent counters per unit, for error ratios.
+    samples: HashMap<String, VecDeque<Sample>>,
+}
+
+impl Monitor {
+    async fn run(mut self) {
+        let mut tick = tokio::time::interval(CHECK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let status = match self.ops.engine.agent.status().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(error = %e, "monitor: agent not reachable");
+                    continue;
+                }
+            };
+            if let Err(e) = self.check(&status).await {
+                tracing::warn!(error = %e, "monitor check failed");
+            }
+        }
+    }
+
+    async fn check(&mut self, status: &AgentStatus) -> Result<(), StoreError> {
+        let store = self.ops.engine.store.clone();
+        let open: HashMap<(String, Option<String>, String), IncidentRow> = store
+            .incidents(true, 10_000)
+            .await?
+            .into_iter()
+            .map(|i| ((i.service.clone(), i.env.clone(), i.kind.clone()), i))
+            .collect();
+        for svc in &status.services {
+            let Some(active) = svc.active.as_deref() else {
+                continue;
+            };
+            let (service, env) = match svc.service.split_once('@') {
+                Some((s, e)) => (s.to_owned(), Some(e.to_owned())),
+                None => (svc.service.clone(), None),
+            };
+            let found = self.conditions(svc, active);
+            for kind in KINDS {
+                let key = (service.clone(), env.clone(), kind.to_owned());
+                let clear_key = (svc.service.clone(), kind);
+                match (found.iter().find(|(k, _)| *k == kind), open.get(&key)) {
+                    (Some((_, summary)), None) => {
+                        self.pending_clear.remove(&clear_key);
+                        let new = NewIncident {
+                            service: service.clone(),
+                            env: env.clone(),
+                            kind: kind.to_owned(),
+                            severity: if env.is_none() { "page" } else { "ticket" }.into(),
+                            summary: summary.clone(),
+                            release: Some(active.to_owned()),
+                            suspect_release: self.suspect(&service, env.as_deref(), active).await,
+                        };
+                        let row = store.open_incident(&new, MONITOR_ACTOR).await?;
+                        tracing::warn!(incident = row.id, service = %service, kind, summary = %row.summary, "incident opened");
+                        self.ops.notifier.notify(&row, "incident.opened").await;
+                    }
+                    (Some(_), Some(_)) => {
+                        self.pending_clear.remove(&clear_key);
+                    }
+                    (None, Some(incident)) => {
+                        let since = *self
+                            .pending_clear
+                            .entry(clear_key.clone())
+                            .or_insert_with(Instant::now);
+                        if since.elapsed() >= RESOLVE_AFTER {
+                            self.pending_clear.remove(&clear_key);
+                            let row = self
+                                .ops
+                                .resolve(incident.id, MONITOR_ACTOR, Some("recovered"))
+                                .await?;
+                            tracing::info!(incident = row.id, service = %service, kind, "incident resolved");
+                        }
+                    }
+                    (None, None) => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The incident conditions `svc` is in now, with a summary each.
+    fn conditions(&mut self, svc: &ServiceStatus, active: &str) -> Vec<(&'static str, String)> {
+        let mut found = Vec::new();
+        let serving: Vec<_> = svc
+            .instances
+            .iter()
+            .filter(|i| i.release == active)
+            .collect();
+        if !serving.iter().any(|i| i.ready) {
+            let why = serving
+                .iter()
+                .find_map(|i| i.last_probe_error.clone().or_else(|| i.last_exit.clone()))
+                .unwrap_or_else(|| "not ready".into());
+            found.push((
+                "no-ready-instance",
+                format!("{} has no ready instance of {active}: {why}", svc.service),
+            ));
+        }
+        if let Some(i) = svc.instances.iter().find(|i| i.crash_looping) {
+            found.push((
+                "crash-loop",
+                format!(
+                    "{} instance {} is crash-looping ({} restarts; last: {})",
+                    svc.service,
+                    i.id,
+                    i.restarts,
+                    i.last_exit.as_deref().unwrap_or("?")
+                ),
+            ));
+        }
+        let total: u64 = svc.requests.classes.iter().sum();
+        let errors = svc.requests.classes[4];
+        let samples = self.samples.entry(svc.service.clone()).or_default();
+        samples.push_back(Sample {
+            at: Instant::now(),
+            total,
+            errors,
+        });
+        while samples.len() > 2
+            && samples
+                .front()
+                .is_some_and(|s| s.at.elapsed() > ERROR_WINDOW)
+        {
+            samples.pop_front();
+        }
+        if let (Some(first), Some(last)) = (samples.front(), samples.back()) {
+            // A restarted agent starts its counters at zero again.
+            let (t, e) = if last.total >= first.total {
+                (
+                    last.total - first.total,
+                    last.errors.saturating_sub(first.errors),
+                )
+            } else {
+                (last.total, last.errors)
+            };
+            if t >= ERROR_MIN_REQUESTS && e as f64 / t as f64 >= ERROR_RATIO {
+                found.push((
+                    "error-ratio",
+                    format!(
+                        "{} answered {e} of {t} requests with 5xx in the last {}s",
+                        svc.service,
+                        ERROR_WINDOW.as_secs()
+                    ),
+                ));
+            }
+        }
+        found
+    }
+
+    /// The release that went live shortly before, if any.
+    async fn suspect(&self, service: &str, env: Option<&str>, active: &str) -> Option<String> {
+        let store = &self.ops.engine.store;
+        let updated_at = match env {
+            None => {
+                let number: i64 = active.trim_start_matches('r').parse().ok()?;
+                store.release(service, number).await.ok()?.updated_at
+            }
+            Some(env) => {
+                store
+                    .deployments(service)
+                    .await
+                    .ok()?
+                    .into_iter()
+                    .find(|d| d.env == env)?
+                    .updated_at
+            }
+        };
+        let at: jiff::Timestamp = updated_at.parse().ok()?;
+        let age = jiff::Timestamp::now().duration_since(at);
+        (age.as_secs() >= 0 && (age.as_secs() as u64) < SUSPECT_WITHIN.as_secs())
+            .then(|| active.to_owned())
+    }
+}

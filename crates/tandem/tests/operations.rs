@@ -1,0 +1,421 @@
+//! End-to-end operations (issue 4): incidents opened and resolved by the
+//! monitor, told to a real HTTP receiver (signature checked) and a real SMTP
+//! server, and a crash-looping service that harms nobody else.
+
+mod util;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+use util::{Env, Load, assert_ok};
+
+/// A tiny app: `/health` answers 200 while `$HEALTH_FILE` exists, else 503;
+/// everything else `ok`. Exits at once when `$CRASH_FILE` exists.
+const APP: &str = r#"import http.server, os, sys
+if os.path.exists(os.environ.get("CRASH_FILE", "/nonexistent")):
+    print("crash file present; exiting", flush=True)
+    sys.exit(3)
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        if self.path == "/health":
+            code = 200 if os.path.exists(os.environ["HEALTH_FILE"]) else 503
+        else:
+            code = 200
+        body = b"ok" if code == 200 else b"unhealthy"
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+"#;
+
+/// Writes a service directory for [`APP`]; returns (dir, health file, crash file).
+fn app(env: &Env, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let dir = env.root.path().join(name);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let health = env.root.path().join(format!("{name}.healthy"));
+    let crash = env.root.path().join(format!("{name}.crash"));
+    std::fs::write(&health, "").expect("health file");
+    std::fs::write(dir.join("app.py"), APP).expect("app");
+    std::fs::write(
+        dir.join("tandem.yaml"),
+        format!(
+            "service:\n  name: {name}\n  tier: critical\nrun:\n  command: exec python3 app.py\n  instances: 2\n  stop_timeout: 5s\n  env:\n    HEALTH_FILE: {}\n    CRASH_FILE: {}\nroute:\n  host: {name}.test\nhealth:\n  readiness: {{ http: /health, interval: 1s, timeout: 1s, failures: 1 }}\nrelease:\n  deploy_timeout: 20s\n  drain_timeout: 2s\n",
+            health.display(),
+            crash.display()
+        ),
+    )
+    .expect("spec");
+    (dir, health, crash)
+}
+
+/// One received HTTP request: headers (lower-case names) and body.
+#[derive(Clone, Debug)]
+struct Received {
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Received {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A real HTTP receiver on port 0 that answers 200 and keeps every request.
+fn receiver() -> (String, Arc<Mutex<Vec<Received>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind receiver");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let keep = Arc::clone(&got);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut headers = Vec::new();
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((k, v)) = line.trim_end().split_once(':') {
+                    headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+                }
+            }
+            let len: usize = headers
+                .iter()
+                .find(|(k, _)| k == "content-length")
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0);
+            let mut body = vec![0u8; len];
+            if reader.read_exact(&mut body).is_err() {
+                continue;
+            }
+            keep.lock().expect("lock").push(Received {
+                headers,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            });
+            let mut stream = reader.into_inner();
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (addr, got)
+}
+
+fn incidents(env: &Env) -> Vec<serde_json::Value> {
+    let out = env.tandem(&["incidents", "-o", "json"]);
+    assert_ok(&out);
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .expect("json")
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn wait_until<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what} within {within:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn hmac_hex(secret: &str, body: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+    mac.update(body.as_bytes());
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn failing_health_opens_an_incident_that_is_told_signed_and_resolves_on_recovery() {
+    let env = Env::start();
+    let (hook, got) = receiver();
+    let out = env.tandem(&[
+        "channels",
+        "add",
+        "webhook",
+        &format!("http://{hook}/tandem"),
+        "--secret",
+        "hook-secret",
+    ]);
+    assert_ok(&out);
+    let (dir, health, _) = app(&env, "api");
+    assert_ok(&env.deploy(&dir));
+    assert_eq!(env.get("api.test", "/").0, 200);
+
+    std::fs::remove_file(&health).expect("make it unhealthy");
+    let failing = Instant::now();
+    let incident = wait_until(Duration::from_secs(10), "an incident", || {
+        incidents(&env)
+            .into_iter()
+            .find(|i| i["kind"] == "no-ready-instance")
+    });
+    eprintln!(
+        "incident opened {:?} after health started failing",
+        failing.elapsed()
+    );
+    assert_eq!(incident["service"], "api");
+    assert_eq!(incident["status"], "open");
+    assert_eq!(incident["severity"], "page");
+    assert_eq!(incident["release"], "r1", "linked to the live release");
+    assert_eq!(incident["suspect_release"], "r1", "deployed moments before");
+    assert!(
+        incident["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("503"),
+        "{incident}"
+    );
+
+    let opened = wait_until(Duration::from_secs(10), "the opened notification", || {
+        got.lock().expect("lock").first().cloned()
+    });
+    let sig = opened.header("x-tandem-signature").expect("signed");
+    assert_eq!(
+        sig,
+        format!("sha256={}", hmac_hex("hook-secret", &opened.body))
+    );
+    let body: serde_json::Value = serde_json::from_str(&opened.body).expect("json body");
+    assert_eq!(body["event"], "incident.opened");
+    assert_eq!(body["incident"]["id"], incident["id"]);
+
+    std::fs::write(&health, "").expect("healthy again");
+    let recovered = Instant::now();
+    let resolved = wait_until(Duration::from_secs(15), "resolution", || {
+        incidents(&env)
+            .into_iter()
+            .find(|i| i["id"] == incident["id"] && i["status"] == "resolved")
+    });
+    eprintln!("resolved {:?} after health returned", recovered.elapsed());
+    assert_eq!(resolved["resolved_by"], "system:monitor");
+    let second = wait_until(Duration::from_secs(10), "the resolved notification", || {
+        got.lock().expect("lock").get(1).cloned()
+    });
+    assert_eq!(
+        second.header("x-tandem-signature").map(str::to_owned),
+        Some(format!("sha256={}", hmac_hex("hook-secret", &second.body)))
+    );
+    let body: serde_json::Value = serde_json::from_str(&second.body).expect("json");
+    assert_eq!(body["event"], "incident.resolved");
+
+    // Every attempt is recorded; a resolved incident cannot be acknowledged.
+    let id = incident["id"].as_i64().expect("id").to_string();
+    let out = env.tandem(&["incidents", "ack", &id]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let journal = String::from_utf8_lossy(&env.tandem(&["audit", "events"]).stdout).into_owned();
+    assert!(journal.contains("incident.opened") && journal.contains("incident.resolved"));
+}
+
+/// Python with aiosmtpd: `$TANDEM_TEST_PYTHON` (set by .ci/run), else python3.
+fn smtp_python() -> String {
+    std::env::var("TANDEM_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+const SMTPD: &str = r#"import sys, time
+from aiosmtpd.controller import Controller
+class Keep:
+    async def handle_DATA(self, server, session, envelope):
+        with open(sys.argv[2], "a") as f:
+            f.write("RCPT " + ",".join(envelope.rcpt_tos) + "\n")
+            f.write(envelope.content.decode("utf8", "replace") + "\n=====\n")
+        return "250 OK"
+c = Controller(Keep(), hostname="127.0.0.1", port=int(sys.argv[1]))
+c.start()
+print("ready", flush=True)
+while True:
+    time.sleep(3600)
+"#;
+
+#[test]
+fn incidents_reach_a_real_smtp_server_and_manual_ack_and_resolve_are_recorded() {
+    let env = Env::start();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let mailbox = env.root.path().join("mailbox");
+    let script = env.root.path().join("smtpd.py");
+    std::fs::write(&script, SMTPD).expect("script");
+    let mut smtpd = std::process::Command::new(smtp_python())
+        .arg(&script)
+        .arg(port.to_string())
+        .arg(&mailbox)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the SMTP server");
+    let mut ready = String::new();
+    BufReader::new(smtpd.stdout.take().expect("stdout"))
+        .read_line(&mut ready)
+        .expect("read");
+    if ready.trim() != "ready" {
+        let mut err = String::new();
+        let _ = smtpd.stderr.take().map(|mut e| e.read_to_string(&mut err));
+        panic!("aiosmtpd did not start (install it: .ci/run does): {err}");
+    }
+    assert_ok(&env.tandem(&[
+        "channels",
+        "add",
+        "email",
+        "oncall@example.test",
+        "--smtp",
+        &format!("127.0.0.1:{port}"),
+        "--tier",
+        "critical",
+    ]));
+    let (dir, health, _) = app(&env, "mail");
+    assert_ok(&env.deploy(&dir));
+    std::fs::remove_file(&health).expect("unhealthy");
+    let incident = wait_until(Duration::from_secs(10), "an incident", || {
+        incidents(&env)
+            .into_iter()
+            .find(|i| i["kind"] == "no-ready-instance")
+    });
+    let id = incident["id"].as_i64().expect("id").to_string();
+    let mail = wait_until(Duration::from_secs(10), "the e-mail", || {
+        std::fs::read_to_string(&mailbox)
+            .ok()
+            .filter(|m| m.contains("====="))
+    });
+    assert!(mail.contains("RCPT oncall@example.test"), "{mail}");
+    assert!(mail.contains(&format!("incident #{id} opened")), "{mail}");
+    assert!(mail.contains("release: r1"), "{mail}");
+
+    assert_ok(&env.tandem(&["incidents", "ack", &id]));
+    assert_ok(&env.tandem(&[
+        "incidents",
+        "resolve",
+        &id,
+        "--note",
+        "restarted the database",
+    ]));
+    let row = incidents(&env)
+        .into_iter()
+        .find(|i| i["id"].as_i64().map(|n| n.to_string()) == Some(id.clone()))
+        .expect("incident");
+    assert_eq!(row["status"], "resolved");
+    assert!(
+        row["acknowledged_by"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("user:")
+    );
+    assert!(
+        row["resolved_by"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("user:")
+    );
+    assert_eq!(row["note"], "restarted the database");
+    let mails = wait_until(Duration::from_secs(10), "three e-mails", || {
+        std::fs::read_to_string(&mailbox)
+            .ok()
+            .filter(|m| m.matches("=====").count() >= 3)
+    });
+    assert!(
+        mails.contains("acknowledged") && mails.contains("resolved"),
+        "{mails}"
+    );
+    let _ = smtpd.kill();
+    let _ = smtpd.wait();
+}
+
+fn kill_instances(env: &Env, service: &str) {
+    for i in env.instances(service) {
+        if let Some(pid) = i["pid"].as_i64() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+#[test]
+fn a_crash_looping_service_backs_off_to_its_cap_raises_an_incident_and_harms_no_other() {
+    let env = Env::start_with(&[("TANDEM_BACKOFF_CAP_MS", "800")]);
+    let (steady, _, _) = app(&env, "steady");
+    assert_ok(&env.deploy(&steady));
+    let (crashy, _, crash) = app(&env, "crashy");
+    assert_ok(&env.deploy(&crashy));
+    let load = Load::start(&env.proxy, "steady.test", 4);
+
+    std::fs::write(&crash, "").expect("crash from now on");
+    kill_instances(&env, "crashy");
+    let incident = wait_until(Duration::from_secs(20), "a crash-loop incident", || {
+        incidents(&env)
+            .into_iter()
+            .find(|i| i["kind"] == "crash-loop" && i["service"] == "crashy")
+    });
+    assert!(
+        incident["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("crash-looping"),
+        "{incident}"
+    );
+    // Backed off to the cap: restarts go on, about one per 800 ms, not faster.
+    let restarts = |env: &Env| -> u64 {
+        env.instances("crashy")
+            .iter()
+            .filter_map(|i| i["restarts"].as_u64())
+            .max()
+            .unwrap_or(0)
+    };
+    let before = restarts(&env);
+    std::thread::sleep(Duration::from_secs(4));
+    let during = restarts(&env) - before;
+    eprintln!("restarts in 4 s at the 800 ms cap: {during}");
+    assert!((2..=7).contains(&during), "{during} restarts in 4 s");
+    assert!(
+        env.instances("crashy")
+            .iter()
+            .all(|i| i["crash_looping"] == true)
+    );
+
+    let r = load.finish();
+    eprintln!("steady: requests ok={} failed={}", r.ok, r.failed);
+    assert_eq!(
+        r.failed,
+        0,
+        "failed: {:?}",
+        &r.failures[..r.failures.len().min(5)]
+    );
+    assert!(r.ok > 100);
+    assert!(
+        incidents(&env).iter().all(|i| i["service"] != "steady"),
+        "the other service has no incident"
+    );
+
+    // Fixed: it stops crashing, gets ready, and the incident resolves.
+    std::fs::remove_file(&crash).expect("no more crashes");
+    let _ = Path::new(&crash);
+    wait_until(Duration::from_secs(20), "readiness again", || {
+        env.instances("crashy")
+            .iter()
+            .all(|i| i["ready"] == true)
+            .then_some(())
+    });
+    assert_eq!(env.get("crashy.test", "/").0, 200);
+}
