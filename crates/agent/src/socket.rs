@@ -110,6 +110,11 @@ async fn dispatch(req: Request, ctx: &Context) -> Response {
         Request::Metrics => Response::Metrics {
             text: sup.metrics_text(),
         },
+        Request::Maintenance {
+            service,
+            on,
+            retry_after_s,
+        } => sup.maintenance(&service, on, retry_after_s),
         Request::Shutdown { stop_instances } => {
             let _ = ctx.shutdown.send(stop_instances).await;
             Response::Ok

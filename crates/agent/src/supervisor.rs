@@ -62,6 +62,8 @@ struct Service {
     groups: BTreeMap<String, Group>,
     cursor: Arc<AtomicUsize>,
     metrics: Arc<RequestMetrics>,
+    /// `Retry-After` seconds while in maintenance mode.
+    maintenance: Option<u32>,
 }
 
 struct Group {
@@ -104,6 +106,8 @@ pub struct SavedService {
     pub groups: Vec<GroupSpec>,
     /// Process groups that were running, to clean up after an agent crash.
     pub pgids: Vec<u32>,
+    #[serde(default)]
+    pub maintenance: Option<u32>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -164,6 +168,7 @@ impl Supervisor {
             if let Some(s) = state.services.get_mut(&name) {
                 s.route = svc.route;
                 s.active = svc.active;
+                s.maintenance = svc.maintenance;
             }
             self.publish(&state);
             tracing::info!(service = %name, "restored");
@@ -189,6 +194,7 @@ impl Supervisor {
                                 .flat_map(|g| &g.instances)
                                 .filter_map(|i| i.live().pid)
                                 .collect(),
+                            maintenance: s.maintenance,
                         };
                         (name.clone(), saved)
                     })
@@ -239,6 +245,7 @@ impl Supervisor {
                 targets,
                 cursor: Arc::clone(&s.cursor),
                 metrics: Arc::clone(&s.metrics),
+                maintenance: s.maintenance,
             })
         });
         self.shared.proxy.publish(RouteTable::new(routes));
@@ -504,6 +511,7 @@ impl Supervisor {
                     service: name.clone(),
                     route: s.route.clone(),
                     active: s.active.clone(),
+                    maintenance: s.maintenance,
                     requests: {
                         let snap = s.metrics.snapshot();
                         RequestCounts {
@@ -541,6 +549,22 @@ impl Supervisor {
                 })
                 .collect(),
         }
+    }
+
+    /// Turns maintenance mode of a service's route on or off.
+    pub fn maintenance(&self, service: &str, on: bool, retry_after_s: u32) -> Response {
+        {
+            let mut state = lock(&self.shared.state);
+            let Some(svc) = state.services.get_mut(service) else {
+                return Response::Error {
+                    message: format!("the agent runs no service {service}"),
+                };
+            };
+            svc.maintenance = on.then_some(retry_after_s);
+            self.publish(&state);
+        }
+        self.save();
+        Response::Ok
     }
 
     pub fn logs(&self, service: &str, release: Option<&str>, lines: usize) -> Vec<LogLine> {

@@ -72,6 +72,19 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/incidents/{id}/ack", post(ops::acknowledge))
         .route("/api/v1/incidents/{id}/resolve", post(ops::resolve))
         .route(
+            "/api/v1/services/{name}/maintenance",
+            post(ops::schedule_maintenance),
+        )
+        .route(
+            "/api/v1/services/{name}/maintenance-mode",
+            post(ops::maintenance_mode),
+        )
+        .route("/api/v1/maintenance", get(ops::maintenance))
+        .route(
+            "/api/v1/maintenance/{id}",
+            axum::routing::delete(ops::remove_maintenance),
+        )
+        .route(
             "/api/v1/channels",
             get(ops::channels).post(ops::add_channel),
         )
@@ -250,8 +263,34 @@ async fn status(
                 })
             })
             .collect();
+        // SLOs only for one service: reading a month of minutes each is not free.
+        let slos = match (
+            &q.service,
+            serde_json::from_value::<tandem_core::Spec>(svc.spec.clone()),
+        ) {
+            (Some(_), Ok(spec)) => {
+                tandem_ops::slo::report(&s.engine.store, &spec, tandem_ops::slo::now_minute())
+                    .await?
+            }
+            _ => Vec::new(),
+        };
+        let maintenance: Vec<_> = s
+            .engine
+            .store
+            .maintenance(Some(&svc.name))
+            .await?
+            .into_iter()
+            .filter(|w| {
+                w.ends_at
+                    .parse::<jiff::Timestamp>()
+                    .is_ok_and(|end| end > jiff::Timestamp::now())
+            })
+            .collect();
         out.push(serde_json::json!({
                 "service": svc.name,
+                "slo": slos,
+                "maintenance": maintenance,
+                "maintenance_mode": running.and_then(|r| r.maintenance),
                 "owner": svc.owner,
                 "customer": svc.customer,
                 "tier": svc.tier,

@@ -4,7 +4,7 @@
 
 use axum::Json;
 
-pub const PATHS: [(&str, &str, &str); 31] = [
+pub const PATHS: [(&str, &str, &str); 35] = [
     ("/api/v1/health", "get", "Liveness of the control plane"),
     ("/api/v1/services", "get", "List services"),
     (
@@ -115,6 +115,22 @@ pub const PATHS: [(&str, &str, &str); 31] = [
         "/api/v1/incidents/{id}/resolve",
         "post",
         "Resolve an incident with a note",
+    ),
+    (
+        "/api/v1/services/{name}/maintenance",
+        "post",
+        "Schedule a maintenance window (announced; its minutes are excluded from SLOs)",
+    ),
+    (
+        "/api/v1/services/{name}/maintenance-mode",
+        "post",
+        "Serve 503 with Retry-After instead of forwarding (on/off)",
+    ),
+    ("/api/v1/maintenance", "get", "Maintenance windows"),
+    (
+        "/api/v1/maintenance/{id}",
+        "delete",
+        "Cancel a maintenance window",
     ),
     ("/api/v1/channels", "get", "Notification channels"),
     (

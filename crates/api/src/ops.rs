@@ -160,3 +160,99 @@ pub(crate) async fn remove_channel(
     s.engine.store.remove_channel(id, &actor(&headers)).await?;
     Ok(Json(serde_json::json!({ "removed": id })))
 }
+
+#[derive(Deserialize)]
+pub(crate) struct MaintenanceBody {
+    from: String,
+    to: String,
+    reason: String,
+}
+
+fn timestamp(what: &str, text: &str) -> Result<jiff::Timestamp, ApiError> {
+    text.parse().map_err(|e| {
+        ApiError::BadInput(format!(
+            "{what} {text:?} is not an RFC 3339 time such as 2026-12-01T02:00:00Z: {e}"
+        ))
+    })
+}
+
+pub(crate) async fn schedule_maintenance(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Json(b): Json<MaintenanceBody>,
+) -> Result<Response, ApiError> {
+    if s.engine.store.service(&name).await?.is_none() {
+        return Err(ApiError::NotFound(format!("no service named {name}")));
+    }
+    let (from, to) = (timestamp("--from", &b.from)?, timestamp("--to", &b.to)?);
+    if to <= from {
+        return Err(ApiError::BadInput(format!(
+            "--to {} is not after --from {}",
+            b.to, b.from
+        )));
+    }
+    if to <= jiff::Timestamp::now() {
+        return Err(ApiError::BadInput(format!("--to {} is in the past", b.to)));
+    }
+    if b.reason.trim().is_empty() {
+        return Err(ApiError::BadInput(
+            "a maintenance window needs a --reason".into(),
+        ));
+    }
+    let row = s
+        .ops
+        .schedule_maintenance(&name, from, to, b.reason.trim(), &actor(&headers))
+        .await?;
+    Ok((StatusCode::CREATED, Json(serde_json::json!(row))).into_response())
+}
+
+#[derive(Deserialize)]
+pub(crate) struct MaintenanceQuery {
+    service: Option<String>,
+}
+
+pub(crate) async fn maintenance(
+    State(s): State<AppState>,
+    Query(q): Query<MaintenanceQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(serde_json::json!(
+        s.engine.store.maintenance(q.service.as_deref()).await?
+    )))
+}
+
+pub(crate) async fn remove_maintenance(
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    s.engine
+        .store
+        .remove_maintenance(id, &actor(&headers))
+        .await?;
+    Ok(Json(serde_json::json!({ "removed": id })))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ModeBody {
+    on: bool,
+    retry_after_s: Option<u32>,
+}
+
+pub(crate) async fn maintenance_mode(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Json(b): Json<ModeBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if s.engine.store.service(&name).await?.is_none() {
+        return Err(ApiError::NotFound(format!("no service named {name}")));
+    }
+    let retry = b.retry_after_s.unwrap_or(300);
+    s.ops
+        .maintenance_mode(&name, b.on, retry, &actor(&headers))
+        .await?;
+    Ok(Json(
+        serde_json::json!({ "service": name, "maintenance_mode": b.on, "retry_after_s": retry }),
+    ))
+}

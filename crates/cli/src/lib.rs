@@ -172,6 +172,12 @@ pub enum Command {
         #[command(subcommand)]
         command: Option<IncidentsCommand>,
     },
+    /// Maintenance windows (announced, excluded from SLOs, alerts muted) and
+    /// the proxy's maintenance page.
+    Maintenance {
+        #[command(subcommand)]
+        command: MaintenanceCommand,
+    },
     /// Where incidents are told: webhooks, Slack, e-mail.
     Channels {
         #[command(subcommand)]
@@ -204,6 +210,33 @@ pub enum ServicesCommand {
     },
     /// Stop a service's instances and forget it (history stays in the journal).
     Rm { service: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MaintenanceCommand {
+    /// Schedule a window (RFC 3339 times, e.g. 2026-12-01T02:00:00Z).
+    Add {
+        service: String,
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Scheduled windows.
+    Ls { service: Option<String> },
+    /// Cancel a window.
+    Rm { id: i64 },
+    /// Serve a maintenance page (503 with Retry-After) instead of the service.
+    On {
+        service: String,
+        /// Seconds clients are told to wait.
+        #[arg(long, default_value_t = 300)]
+        retry_after: u32,
+    },
+    /// Let traffic through again.
+    Off { service: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -375,6 +408,7 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
             command: Some(IncidentsCommand::Resolve { id, note }),
             ..
         } => ops::transition(&api(), id, "resolve", note, fmt).await,
+        Command::Maintenance { command } => ops::maintenance(&api(), command, fmt).await,
         Command::Channels { command: None } => ops::channels(&api(), fmt).await,
         Command::Channels {
             command: Some(ChannelsCommand::Rm { id }),

@@ -108,3 +108,94 @@ pub async fn remove_channel(api: &Api, id: i64) -> CmdResult {
     println!("channel {id} removed");
     Ok(())
 }
+
+pub async fn maintenance(api: &Api, command: crate::MaintenanceCommand, fmt: Format) -> CmdResult {
+    use crate::MaintenanceCommand as M;
+    let v = match command {
+        M::Add {
+            service,
+            from,
+            to,
+            reason,
+        } => {
+            let body = serde_json::json!({ "from": from, "to": to, "reason": reason });
+            let v = api
+                .post(&format!("/api/v1/services/{service}/maintenance"), body)
+                .await?;
+            if fmt == Format::Table {
+                println!(
+                    "maintenance #{} of {service} from {} to {} scheduled and announced",
+                    cell(&v["id"]),
+                    cell(&v["starts_at"]),
+                    cell(&v["ends_at"])
+                );
+            }
+            v
+        }
+        M::Ls { service } => {
+            let path = match service {
+                Some(s) => format!("/api/v1/maintenance?service={s}"),
+                None => "/api/v1/maintenance".into(),
+            };
+            let v = api.get(&path).await?;
+            if fmt == Format::Table {
+                let rows: Vec<Vec<String>> = v
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|w| {
+                        vec![
+                            cell(&w["id"]),
+                            cell(&w["service"]),
+                            cell(&w["starts_at"]),
+                            cell(&w["ends_at"]),
+                            cell(&w["reason"]),
+                        ]
+                    })
+                    .collect();
+                table(&["ID", "SERVICE", "FROM", "TO", "REASON"], &rows);
+            }
+            v
+        }
+        M::Rm { id } => {
+            let v = api.delete(&format!("/api/v1/maintenance/{id}")).await?;
+            if fmt == Format::Table {
+                println!("maintenance #{id} cancelled");
+            }
+            v
+        }
+        M::On {
+            service,
+            retry_after,
+        } => {
+            let body = serde_json::json!({ "on": true, "retry_after_s": retry_after });
+            let v = api
+                .post(
+                    &format!("/api/v1/services/{service}/maintenance-mode"),
+                    body,
+                )
+                .await?;
+            if fmt == Format::Table {
+                println!("{service}: maintenance page on (503, Retry-After {retry_after}s)");
+            }
+            v
+        }
+        M::Off { service } => {
+            let body = serde_json::json!({ "on": false });
+            let v = api
+                .post(
+                    &format!("/api/v1/services/{service}/maintenance-mode"),
+                    body,
+                )
+                .await?;
+            if fmt == Format::Table {
+                println!("{service}: maintenance page off; traffic flows again");
+            }
+            v
+        }
+    };
+    if fmt == Format::Json {
+        json(&v);
+    }
+    Ok(())
+}

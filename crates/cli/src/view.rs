@@ -62,7 +62,78 @@ pub async fn status(api: &Api, service: Option<&str>, fmt: Format) -> CmdResult 
         }
     }
     table(&["service", "owner", "live", "route", "ready"], &rows);
+    if service.is_some() {
+        for s in v["services"].as_array().into_iter().flatten() {
+            print_slos(s);
+        }
+    }
     Ok(())
+}
+
+/// SLO attainment, budget left and burn rates; environments; maintenance.
+fn print_slos(s: &serde_json::Value) {
+    for e in s["environments"].as_array().into_iter().flatten() {
+        println!(
+            "environment {}: {} ({} serving)",
+            cell(&e["env"]),
+            cell(&e["release"]),
+            cell(&e["serving"])
+        );
+    }
+    if let Some(retry) = s["maintenance_mode"].as_u64() {
+        println!("maintenance mode: on (503, Retry-After {retry}s)");
+    }
+    for w in s["maintenance"].as_array().into_iter().flatten() {
+        println!(
+            "maintenance #{}: {} to {} ({})",
+            cell(&w["id"]),
+            cell(&w["starts_at"]),
+            cell(&w["ends_at"]),
+            cell(&w["reason"])
+        );
+    }
+    let slos = s["slo"].as_array().cloned().unwrap_or_default();
+    if slos.is_empty() {
+        return;
+    }
+    let rows: Vec<Vec<String>> = slos
+        .iter()
+        .map(|o| {
+            let pct = |v: &serde_json::Value| {
+                v.as_f64()
+                    .map(|x| format!("{:.3}%", x * 100.0))
+                    .unwrap_or_else(|| "-".into())
+            };
+            let burns = o["burn_rates"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|b| Some(format!("{} {:.1}x", b[0].as_str()?, b[1].as_f64()?)))
+                .collect::<Vec<_>>()
+                .join("  ");
+            vec![
+                cell(&o["name"]),
+                pct(&o["objective"]),
+                cell(&o["window"]),
+                pct(&o["attainment"]),
+                pct(&o["budget_remaining"]),
+                burns,
+                o["alert"].as_str().unwrap_or("-").to_owned(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "slo",
+            "objective",
+            "window",
+            "attained",
+            "budget left",
+            "burn rates",
+            "alert",
+        ],
+        &rows,
+    );
 }
 
 pub async fn releases(api: &Api, service: &str, fmt: Format) -> CmdResult {

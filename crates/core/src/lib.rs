@@ -9,3 +9,4 @@ pub use spec::{Spec, SpecError};
 pub use units::{Duration, Percent};
 pub mod journal;
 pub mod protocol;
+pub mod slo;

@@ -95,6 +95,13 @@ pub enum Request {
     },
     /// Prometheus text exposition of the proxy's request metrics.
     Metrics,
+    /// Maintenance mode of a service's route: while on, the proxy answers
+    /// 503 with `Retry-After: retry_after_s` instead of forwarding.
+    Maintenance {
+        service: String,
+        on: bool,
+        retry_after_s: u32,
+    },
     /// Stops every instance (when asked) and exits.
     Shutdown {
         stop_instances: bool,
@@ -163,6 +170,9 @@ pub struct ServiceStatus {
     /// started (cumulative; consumers take differences).
     #[serde(default)]
     pub requests: RequestCounts,
+    /// `Retry-After` seconds while in maintenance mode.
+    #[serde(default)]
+    pub maintenance: Option<u32>,
 }
 
 /// Cumulative request counters of one route.

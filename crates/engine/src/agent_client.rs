@@ -207,6 +207,23 @@ impl AgentClient {
         }
     }
 
+    pub async fn maintenance(
+        &self,
+        service: &str,
+        on: bool,
+        retry_after_s: u32,
+    ) -> Result<(), AgentClientError> {
+        let request = Request::Maintenance {
+            service: service.into(),
+            on,
+            retry_after_s,
+        };
+        match self.call(&request).await? {
+            Response::Ok => Ok(()),
+            other => Err(unexpected("maintenance", &other)),
+        }
+    }
+
     pub async fn shutdown(&self, stop_instances: bool) -> Result<(), AgentClientError> {
         match self.call(&Request::Shutdown { stop_instances }).await? {
             Response::Ok => Ok(()),

@@ -8,13 +8,14 @@
 //! never acts on the data plane; the supervisor heals, the monitor reports.
 
 pub mod notify;
+pub mod slo;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use tandem_core::protocol::{AgentStatus, ServiceStatus};
+use tandem_core::protocol::{AgentStatus, RequestCounts, ServiceStatus};
 use tandem_engine::Engine;
-use tandem_store::{IncidentRow, NewIncident, StoreError};
+use tandem_store::{IncidentRow, MinuteRow, NewIncident, StoreError};
 
 pub use notify::Notifier;
 
@@ -32,8 +33,16 @@ pub const ERROR_RATIO: f64 = 0.05;
 /// A release that went live this recently is suspected when an incident opens.
 pub const SUSPECT_WITHIN: Duration = Duration::from_secs(15 * 60);
 
+/// Minutes are kept this long (13 months and some).
+pub const KEEP_MINUTES: i64 = 400 * 24 * 60;
+
 /// The kinds of incident the monitor opens by itself.
-pub const KINDS: [&str; 3] = ["no-ready-instance", "crash-loop", "error-ratio"];
+pub const KINDS: [&str; 4] = [
+    "no-ready-instance",
+    "crash-loop",
+    "error-ratio",
+    "burn-rate",
+];
 
 #[derive(Clone)]
 pub struct Ops {
@@ -53,6 +62,9 @@ impl Ops {
             ops: self.clone(),
             pending_clear: HashMap::new(),
             samples: HashMap::new(),
+            rollups: HashMap::new(),
+            burning: HashMap::new(),
+            pruned_at: None,
         };
         tokio::spawn(monitor.run());
     }
@@ -83,6 +95,50 @@ impl Ops {
     }
 }
 
+impl Ops {
+    /// Schedules a maintenance window and announces it to the channels.
+    pub async fn schedule_maintenance(
+        &self,
+        service: &str,
+        from: jiff::Timestamp,
+        to: jiff::Timestamp,
+        reason: &str,
+        actor: &str,
+    ) -> Result<tandem_store::MaintenanceRow, StoreError> {
+        let (row, _) = self
+            .engine
+            .store
+            .add_maintenance(service, &from.to_string(), &to.to_string(), reason, actor)
+            .await?;
+        self.notifier.announce(&row).await;
+        Ok(row)
+    }
+
+    /// Turns the proxy's maintenance page for a service on or off.
+    pub async fn maintenance_mode(
+        &self,
+        service: &str,
+        on: bool,
+        retry_after_s: u32,
+        actor: &str,
+    ) -> Result<(), tandem_engine::EngineError> {
+        self.engine
+            .agent
+            .maintenance(service, on, retry_after_s)
+            .await?;
+        let kind = if on {
+            "maintenance.mode_on"
+        } else {
+            "maintenance.mode_off"
+        };
+        let event = tandem_core::journal::NewEvent::new(actor, kind)
+            .subject("service", service)
+            .payload(serde_json::json!({ "retry_after_s": on.then_some(retry_after_s) }));
+        self.engine.store.append(event).await?;
+        Ok(())
+    }
+}
+
 /// Request counters of one route at one moment.
 struct Sample {
     at: Instant,
@@ -96,6 +152,20 @@ struct Monitor {
     pending_clear: HashMap<(String, &'static str), Instant>,
     /// Recent counters per unit, for error ratios.
     samples: HashMap<String, VecDeque<Sample>>,
+    /// The minute being measured, per unit.
+    rollups: HashMap<String, Rollup>,
+    /// Services whose SLO burns at a page-level rate, with why.
+    burning: HashMap<String, String>,
+    pruned_at: Option<Instant>,
+}
+
+/// The minute being measured for one unit.
+struct Rollup {
+    minute: i64,
+    /// Counters when the minute began.
+    base: RequestCounts,
+    /// A ready instance at every look during the minute.
+    ready: bool,
 }
 
 impl Monitor {
@@ -125,6 +195,8 @@ impl Monitor {
             .into_iter()
             .map(|i| ((i.service.clone(), i.env.clone(), i.kind.clone()), i))
             .collect();
+        let maintenance = store.maintenance(None).await?;
+        let now = jiff::Timestamp::now();
         for svc in &status.services {
             let Some(active) = svc.active.as_deref() else {
                 continue;
@@ -133,7 +205,25 @@ impl Monitor {
                 Some((s, e)) => (s.to_owned(), Some(e.to_owned())),
                 None => (svc.service.clone(), None),
             };
-            let found = self.conditions(svc, active);
+            let windows: Vec<_> = maintenance
+                .iter()
+                .filter(|w| w.service == service)
+                .cloned()
+                .collect();
+            let muted = slo::in_maintenance(&windows, now);
+            self.roll(svc, active, &service, env.as_deref()).await?;
+            let mut found = self.conditions(svc, active);
+            if env.is_none()
+                && let Some(why) = self.burning.get(&service)
+            {
+                found.push(("burn-rate", why.clone()));
+            }
+            if muted {
+                // Alerts are muted in maintenance; open incidents still resolve.
+                found.retain(|(kind, _)| {
+                    open.contains_key(&(service.clone(), env.clone(), kind.to_string()))
+                });
+            }
             for kind in KINDS {
                 let key = (service.clone(), env.clone(), kind.to_owned());
                 let clear_key = (svc.service.clone(), kind);
@@ -173,6 +263,101 @@ impl Monitor {
                     (None, None) => {}
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Measures the current minute of `svc`; when a minute ends, stores it
+    /// and, in production, re-evaluates the service's SLO burn rates.
+    async fn roll(
+        &mut self,
+        svc: &ServiceStatus,
+        active: &str,
+        service: &str,
+        env: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let minute = slo::now_minute();
+        let ready = svc.instances.iter().any(|i| i.release == active && i.ready);
+        let entry = self
+            .rollups
+            .entry(svc.service.clone())
+            .or_insert_with(|| Rollup {
+                minute,
+                base: svc.requests.clone(),
+                ready: true,
+            });
+        entry.ready &= ready;
+        if entry.minute == minute {
+            return Ok(());
+        }
+        let now = &svc.requests;
+        // A restarted agent starts again from zero: then all it counted is new.
+        let restarted = now.classes.iter().sum::<u64>() < entry.base.classes.iter().sum::<u64>();
+        let delta = |a: u64, b: u64| if restarted { a } else { a.saturating_sub(b) };
+        let total: u64 = (0..5)
+            .map(|i| delta(now.classes[i], entry.base.classes[i]))
+            .sum();
+        let row = MinuteRow {
+            service: service.to_owned(),
+            env: env.unwrap_or_default().to_owned(),
+            minute: entry.minute,
+            total: total as i64,
+            errors: delta(now.classes[4], entry.base.classes[4]) as i64,
+            buckets: now
+                .buckets
+                .iter()
+                .enumerate()
+                .map(|(i, n)| delta(*n, entry.base.buckets.get(i).copied().unwrap_or(0)))
+                .collect(),
+            ready: entry.ready,
+        };
+        *entry = Rollup {
+            minute,
+            base: now.clone(),
+            ready,
+        };
+        let store = self.ops.engine.store.clone();
+        store.record_minute(&row).await?;
+        if env.is_none() {
+            self.evaluate_slos(service, minute).await?;
+        }
+        if self
+            .pruned_at
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(3600))
+        {
+            self.pruned_at = Some(Instant::now());
+            store.prune_minutes(minute - KEEP_MINUTES).await?;
+        }
+        Ok(())
+    }
+
+    async fn evaluate_slos(&mut self, service: &str, now: i64) -> Result<(), StoreError> {
+        let store = &self.ops.engine.store;
+        let Some(row) = store.service(service).await? else {
+            return Ok(());
+        };
+        let Ok(spec) = serde_json::from_value::<tandem_core::Spec>(row.spec) else {
+            return Ok(());
+        };
+        let paging: Vec<String> = slo::report(store, &spec, now)
+            .await?
+            .into_iter()
+            .filter(|r| r.alert == Some(tandem_core::slo::Alert::Page))
+            .map(|r| {
+                let rate = |w: &str| r.burn_rates.iter().find(|(n, _)| n == w).map(|(_, v)| *v).unwrap_or(0.0);
+                format!(
+                    "SLO {} burns its error budget at {:.1}× over 1h and {:.1}× over 5m ({:.1}% of the budget left)",
+                    r.name,
+                    rate("1h"),
+                    rate("5m"),
+                    r.budget_remaining * 100.0
+                )
+            })
+            .collect();
+        if paging.is_empty() {
+            self.burning.remove(service);
+        } else {
+            self.burning.insert(service.to_owned(), paging.join("; "));
         }
         Ok(())
     }

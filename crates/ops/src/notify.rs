@@ -11,7 +11,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use sha2::Sha256;
-use tandem_store::{ChannelRow, IncidentRow, Store};
+use tandem_store::{ChannelRow, IncidentRow, MaintenanceRow, Store};
 
 /// Attempts per delivery; waits double from `FIRST_RETRY` between them.
 const ATTEMPTS: u32 = 5;
@@ -36,6 +36,15 @@ impl Notifier {
     /// Sends `event` (`incident.opened`, `.acknowledged`, `.resolved`) of
     /// `incident` to every channel routed to it, each on its own task.
     pub async fn notify(&self, incident: &IncidentRow, event: &str) {
+        self.send_all(Notice::incident(incident, event)).await;
+    }
+
+    /// Announces a scheduled maintenance window.
+    pub async fn announce(&self, window: &MaintenanceRow) {
+        self.send_all(Notice::maintenance(window)).await;
+    }
+
+    async fn send_all(&self, notice: Notice) {
         let channels = match self.store.channels().await {
             Ok(c) => c,
             Err(e) => {
@@ -43,24 +52,24 @@ impl Notifier {
                 return;
             }
         };
-        let tier = match self.store.service(&incident.service).await {
+        let tier = match self.store.service(&notice.service).await {
             Ok(Some(s)) => Some(s.tier),
             _ => None,
         };
         for ch in channels
             .into_iter()
-            .filter(|c| routed(c, incident, tier.as_deref()))
+            .filter(|c| routed(c, &notice.service, tier.as_deref()))
         {
             let this = self.clone();
-            let (incident, event) = (incident.clone(), event.to_owned());
-            tokio::spawn(async move { this.deliver(ch, incident, event).await });
+            let notice = notice.clone();
+            tokio::spawn(async move { this.deliver(ch, notice).await });
         }
     }
 
-    async fn deliver(&self, ch: ChannelRow, incident: IncidentRow, event: String) {
+    async fn deliver(&self, ch: ChannelRow, notice: Notice) {
         let mut wait = FIRST_RETRY;
         for attempt in 1..=ATTEMPTS {
-            let result = tokio::time::timeout(SEND_TIMEOUT, self.send(&ch, &incident, &event))
+            let result = tokio::time::timeout(SEND_TIMEOUT, self.send(&ch, &notice))
                 .await
                 .unwrap_or_else(|_| Err(format!("no answer within {SEND_TIMEOUT:?}")));
             let (ok, detail) = match &result {
@@ -69,7 +78,7 @@ impl Notifier {
             };
             if let Err(e) = self
                 .store
-                .record_delivery(ch.id, incident.id, &event, attempt, ok, &detail)
+                .record_delivery(ch.id, notice.incident, &notice.event, attempt, ok, &detail)
                 .await
             {
                 tracing::warn!(error = %e, "cannot record a delivery attempt");
@@ -77,7 +86,7 @@ impl Notifier {
             if ok {
                 return;
             }
-            tracing::warn!(channel = ch.id, incident = incident.id, attempt, %detail, "notification failed");
+            tracing::warn!(channel = ch.id, event = %notice.event, attempt, %detail, "notification failed");
             if attempt < ATTEMPTS {
                 tokio::time::sleep(wait).await;
                 wait *= 2;
@@ -85,20 +94,13 @@ impl Notifier {
         }
     }
 
-    async fn send(
-        &self,
-        ch: &ChannelRow,
-        incident: &IncidentRow,
-        event: &str,
-    ) -> Result<String, String> {
+    async fn send(&self, ch: &ChannelRow, notice: &Notice) -> Result<String, String> {
         match ch.kind.as_str() {
             "webhook" => {
-                let body = serde_json::json!({
-                    "event": event,
-                    "incident": incident,
-                    "sent_at": jiff::Timestamp::now().to_string(),
-                })
-                .to_string();
+                let mut body = notice.json.clone();
+                body["event"] = serde_json::json!(notice.event);
+                body["sent_at"] = serde_json::json!(jiff::Timestamp::now().to_string());
+                let body = body.to_string();
                 let mut headers = vec![("content-type", "application/json".to_owned())];
                 if let Some(secret) = &ch.secret {
                     headers.push((
@@ -109,15 +111,11 @@ impl Notifier {
                 self.post(&ch.target, headers, body).await
             }
             "slack" => {
-                let body = serde_json::json!({ "text": one_line(incident, event) }).to_string();
-                self.post(
-                    &ch.target,
-                    vec![("content-type", "application/json".into())],
-                    body,
-                )
-                .await
+                let body = serde_json::json!({ "text": notice.line }).to_string();
+                let headers = vec![("content-type", "application/json".into())];
+                self.post(&ch.target, headers, body).await
             }
-            "email" => send_mail(ch, incident, event).await,
+            "email" => send_mail(ch, notice).await,
             other => Err(format!("unknown channel kind {other}")),
         }
     }
@@ -151,9 +149,9 @@ impl Notifier {
     }
 }
 
-/// Whether `ch` wants to hear of `incident`: all, one service, or a tier.
-fn routed(ch: &ChannelRow, incident: &IncidentRow, tier: Option<&str>) -> bool {
-    ch.service.as_deref().is_none_or(|s| s == incident.service)
+/// Whether `ch` wants to hear about `service`: all, one service, or a tier.
+fn routed(ch: &ChannelRow, service: &str, tier: Option<&str>) -> bool {
+    ch.service.as_deref().is_none_or(|s| s == service)
         && ch.tier.as_deref().is_none_or(|t| Some(t) == tier)
 }
 
@@ -168,24 +166,72 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
         .collect()
 }
 
-fn one_line(i: &IncidentRow, event: &str) -> String {
-    let what = event.strip_prefix("incident.").unwrap_or(event);
-    let env = i
-        .env
-        .as_deref()
-        .map(|e| format!(" ({e})"))
-        .unwrap_or_default();
-    format!(
-        "[tandem] incident #{} {what}: {}{env} — {} [{}; release {}]",
-        i.id,
-        i.service,
-        i.summary,
-        i.severity,
-        i.release.as_deref().unwrap_or("-")
-    )
+/// One thing to tell: the JSON a webhook gets, the line Slack and an
+/// e-mail subject get, and an e-mail body.
+#[derive(Clone, Debug)]
+struct Notice {
+    /// The incident it is about (0: a maintenance announcement).
+    incident: i64,
+    service: String,
+    event: String,
+    json: serde_json::Value,
+    line: String,
+    text: String,
 }
 
-async fn send_mail(ch: &ChannelRow, incident: &IncidentRow, event: &str) -> Result<String, String> {
+impl Notice {
+    fn incident(i: &IncidentRow, event: &str) -> Notice {
+        let what = event.strip_prefix("incident.").unwrap_or(event);
+        let env = i
+            .env
+            .as_deref()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default();
+        let line = format!(
+            "[tandem] incident #{} {what}: {}{env} — {} [{}; release {}]",
+            i.id,
+            i.service,
+            i.summary,
+            i.severity,
+            i.release.as_deref().unwrap_or("-")
+        );
+        let text = format!(
+            "{line}\n\nservice: {}\nkind: {}\nseverity: {}\nstatus: {}\nopened: {}\nrelease: {}\nsuspected deployment: {}\n",
+            i.service,
+            i.kind,
+            i.severity,
+            i.status,
+            i.opened_at,
+            i.release.as_deref().unwrap_or("-"),
+            i.suspect_release.as_deref().unwrap_or("-"),
+        );
+        Notice {
+            incident: i.id,
+            service: i.service.clone(),
+            event: event.to_owned(),
+            json: serde_json::json!({ "incident": i }),
+            line,
+            text,
+        }
+    }
+
+    fn maintenance(m: &MaintenanceRow) -> Notice {
+        let line = format!(
+            "[tandem] maintenance of {} scheduled from {} to {}: {}",
+            m.service, m.starts_at, m.ends_at, m.reason
+        );
+        Notice {
+            incident: 0,
+            service: m.service.clone(),
+            event: "maintenance.scheduled".into(),
+            json: serde_json::json!({ "maintenance": m }),
+            text: format!("{line}\n\nscheduled by {}\n", m.created_by),
+            line,
+        }
+    }
+}
+
+async fn send_mail(ch: &ChannelRow, notice: &Notice) -> Result<String, String> {
     use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
     let smtp = ch.smtp.as_deref().ok_or("e-mail channel without --smtp")?;
     let (host, port) = smtp
@@ -193,17 +239,6 @@ async fn send_mail(ch: &ChannelRow, incident: &IncidentRow, event: &str) -> Resu
         .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
         .ok_or_else(|| format!("--smtp {smtp} is not host:port"))?;
     let from = std::env::var("TANDEM_MAIL_FROM").unwrap_or_else(|_| "tandem@localhost".into());
-    let mut body = one_line(incident, event);
-    body.push_str(&format!(
-        "\n\nservice: {}\nkind: {}\nseverity: {}\nstatus: {}\nopened: {}\nrelease: {}\nsuspected deployment: {}\n",
-        incident.service,
-        incident.kind,
-        incident.severity,
-        incident.status,
-        incident.opened_at,
-        incident.release.as_deref().unwrap_or("-"),
-        incident.suspect_release.as_deref().unwrap_or("-"),
-    ));
     let message = Message::builder()
         .from(
             from.parse()
@@ -213,8 +248,8 @@ async fn send_mail(ch: &ChannelRow, incident: &IncidentRow, event: &str) -> Resu
             .target
             .parse()
             .map_err(|e| format!("address {}: {e}", ch.target))?)
-        .subject(one_line(incident, event))
-        .body(body)
+        .subject(notice.line.clone())
+        .body(notice.text.clone())
         .map_err(|e| format!("cannot build the message: {e}"))?;
     // Plain SMTP to the relay the operator named (usually local).
     let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)

@@ -9,11 +9,9 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-/// Upper bounds of the latency buckets, in microseconds.
-pub const BUCKETS_US: [u64; 14] = [
-    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
-    2_500_000, 5_000_000, 10_000_000,
-];
+/// Upper bounds of the latency buckets, in microseconds: the ones SLOs are
+/// computed with (`tandem_core::slo::LATENCY_BOUNDS_US`).
+pub const BUCKETS_US: [u64; 19] = tandem_core::slo::LATENCY_BOUNDS_US;
 
 /// Counters for one route or one target.
 #[derive(Debug, Default)]

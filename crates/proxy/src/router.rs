@@ -20,6 +20,8 @@ pub struct Route {
     pub cursor: Arc<AtomicUsize>,
     /// Per-route metrics; shared across snapshots so counters are cumulative.
     pub metrics: Arc<RequestMetrics>,
+    /// In maintenance mode: answer 503 with this `Retry-After` (seconds).
+    pub maintenance: Option<u32>,
 }
 
 impl Route {
@@ -102,6 +104,7 @@ mod tests {
             )],
             cursor: Arc::default(),
             metrics: Arc::default(),
+            maintenance: None,
         }
     }
 

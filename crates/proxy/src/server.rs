@@ -134,6 +134,14 @@ async fn handle(
             let text = format!("{} has no ready instance\n", route.service);
             return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, text));
         }
+        Claim::Maintenance(route, retry_after) => {
+            route.metrics.record(503, started.elapsed());
+            let text = format!("{} is down for maintenance\n", route.service);
+            let mut resp = plain(StatusCode::SERVICE_UNAVAILABLE, text);
+            resp.headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from(retry_after));
+            return Ok(resp);
+        }
     };
 
     let upgrade = forward::upgrade(req.headers());
@@ -228,6 +236,7 @@ enum Claim {
     Got(Arc<Route>, InFlight),
     NoRoute,
     NoTarget(Arc<Route>),
+    Maintenance(Arc<Route>, u32),
 }
 
 /// Finds the route and claims a target; while the route has none, waits for
@@ -264,6 +273,9 @@ fn claim_now(inner: &Inner, host: &str, path: &str) -> Claim {
     let table = inner.table.load();
     match table.lookup(host, path) {
         None => Claim::NoRoute,
+        Some(route) if route.maintenance.is_some() => {
+            Claim::Maintenance(Arc::clone(route), route.maintenance.unwrap_or(0))
+        }
         Some(route) => match route.pick(None) {
             Some(slot) => Claim::Got(Arc::clone(route), slot),
             None => Claim::NoTarget(Arc::clone(route)),

@@ -109,10 +109,16 @@ async fn start_proxy(targets: Vec<SocketAddr>) -> Setup {
         targets,
         cursor: Arc::default(),
         metrics: Arc::clone(&route_metrics),
+        maintenance: None,
+    };
+    let maintenance = Route {
+        maintenance: Some(120),
+        ..route("maint.test", targets.clone())
     };
     proxy.publish(RouteTable::new([
         route("app.test", targets.clone()),
         route("empty.test", Vec::new()),
+        maintenance,
     ]));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
     let proxy_addr = listener.local_addr().expect("addr");
@@ -353,4 +359,27 @@ async fn a_pooled_connection_the_backend_closed_is_replaced_even_for_a_post() {
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 3, "one connection each");
     assert_eq!(setup.route_metrics.snapshot().classes[1], 3);
+}
+
+#[tokio::test]
+async fn a_route_in_maintenance_answers_503_with_retry_after_and_forwards_nothing() {
+    let (backend, accepted) = start_counting_backend().await;
+    let setup = start_proxy(vec![backend]).await;
+    let mut s = TcpStream::connect(setup.proxy_addr).await.expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: maint.test\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+    assert!(
+        out.to_ascii_lowercase().contains("retry-after: 120\r\n"),
+        "{out}"
+    );
+    assert!(out.contains("down for maintenance"), "{out}");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        0,
+        "nothing reached the backend"
+    );
 }

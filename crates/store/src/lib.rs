@@ -8,6 +8,7 @@
 mod ops;
 mod pipeline;
 mod secrets;
+mod slo;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -37,6 +38,7 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 pub use ops::{ChannelRow, DeliveryRow, IncidentRow, NewIncident};
 pub use pipeline::{DeploymentRow, NewRun, RepoRow, RunRow, RunUpdate, StageRecord};
 pub use secrets::SecretInfo;
+pub use slo::{MaintenanceRow, MinuteRow};
 
 /// A service as the store knows it.
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]

@@ -419,3 +419,98 @@ fn a_crash_looping_service_backs_off_to_its_cap_raises_an_incident_and_harms_no_
     });
     assert_eq!(env.get("crashy.test", "/").0, 200);
 }
+
+#[test]
+fn maintenance_is_announced_mutes_alerts_and_the_proxy_can_serve_a_maintenance_page() {
+    let env = Env::start();
+    let (hook, got) = receiver();
+    assert_ok(&env.tandem(&["channels", "add", "webhook", &format!("http://{hook}/t")]));
+    let (dir, health, _) = app(&env, "shop");
+    let mut spec = std::fs::read_to_string(dir.join("tandem.yaml")).expect("spec");
+    spec.push_str("slo:\n  - { name: availability, objective: 99.9%, window: calendar-month }\n  - { name: fast, objective: 99%, threshold: 300ms, window: 30d }\n");
+    std::fs::write(dir.join("tandem.yaml"), spec).expect("spec");
+    assert_ok(&env.deploy(&dir));
+
+    // The maintenance page: 503 with Retry-After, nothing forwarded; then off.
+    assert_ok(&env.tandem(&["maintenance", "on", "shop", "--retry-after", "120"]));
+    let mut s = std::net::TcpStream::connect(&env.proxy).expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut page = String::new();
+    s.read_to_string(&mut page).expect("read");
+    assert!(page.starts_with("HTTP/1.1 503"), "{page}");
+    assert!(
+        page.to_ascii_lowercase().contains("retry-after: 120"),
+        "{page}"
+    );
+    assert_eq!(
+        env.status_json("shop")["services"][0]["maintenance_mode"],
+        120
+    );
+    assert_ok(&env.tandem(&["maintenance", "off", "shop"]));
+    assert_eq!(env.get("shop.test", "/").0, 200);
+
+    // A window that covers now: announced, and a failing health opens nothing.
+    let now = jiff::Timestamp::now();
+    let from = (now - jiff::SignedDuration::from_secs(60)).to_string();
+    let to = (now + jiff::SignedDuration::from_secs(3600)).to_string();
+    assert_ok(&env.tandem(&[
+        "maintenance",
+        "add",
+        "shop",
+        "--from",
+        &from,
+        "--to",
+        &to,
+        "--reason",
+        "database upgrade",
+    ]));
+    let announced = wait_until(Duration::from_secs(10), "the announcement", || {
+        got.lock().expect("lock").first().cloned()
+    });
+    let body: serde_json::Value = serde_json::from_str(&announced.body).expect("json");
+    assert_eq!(body["event"], "maintenance.scheduled");
+    assert_eq!(body["maintenance"]["reason"], "database upgrade");
+    std::fs::remove_file(&health).expect("unhealthy");
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        incidents(&env).is_empty(),
+        "alerts are muted in maintenance: {:?}",
+        incidents(&env)
+    );
+
+    // Bad input: a window that ends before it starts.
+    let out = env.tandem(&[
+        "maintenance",
+        "add",
+        "shop",
+        "--from",
+        &to,
+        "--to",
+        &from,
+        "--reason",
+        "x",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+
+    // Status shows each SLO with its attainment, budget and burn rates.
+    let status = env.status_json("shop");
+    let slos = status["services"][0]["slo"]
+        .as_array()
+        .expect("slo")
+        .clone();
+    assert_eq!(slos.len(), 2, "{status}");
+    assert_eq!(slos[0]["name"], "availability");
+    assert!((slos[0]["objective"].as_f64().expect("objective") - 0.999).abs() < 1e-12);
+    assert_eq!(slos[1]["threshold_ms"], 300);
+    for s in &slos {
+        assert!(s["attainment"].as_f64().is_some() && s["budget_remaining"].as_f64().is_some());
+        assert_eq!(s["burn_rates"].as_array().map(Vec::len), Some(5), "{s}");
+    }
+    let table = env.tandem(&["status", "shop"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("availability") && table.contains("maintenance #1"),
+        "{table}"
+    );
+}

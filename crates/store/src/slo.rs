@@ -1,0 +1,149 @@
+//! Per-minute availability rollups and maintenance windows.
+
+use serde::Serialize;
+use tandem_core::journal::{Event, NewEvent};
+
+use crate::{Result, Store, StoreError, append_in, now_ts};
+
+/// One stored minute of one service environment (`env` empty: production).
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct MinuteRow {
+    pub service: String,
+    pub env: String,
+    pub minute: i64,
+    pub total: i64,
+    pub errors: i64,
+    #[sqlx(json)]
+    pub buckets: Vec<u64>,
+    pub ready: bool,
+}
+
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct MaintenanceRow {
+    pub id: i64,
+    pub service: String,
+    pub starts_at: String,
+    pub ends_at: String,
+    pub reason: String,
+    pub created_by: String,
+    pub created_at: String,
+}
+
+impl Store {
+    /// Stores a minute (replacing one measured before, after a restart).
+    pub async fn record_minute(&self, m: &MinuteRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO minutes (service, env, minute, total, errors, buckets, ready) VALUES (?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT(service, env, minute) DO UPDATE SET total = excluded.total, errors = excluded.errors,
+               buckets = excluded.buckets, ready = excluded.ready",
+        )
+        .bind(&m.service)
+        .bind(&m.env)
+        .bind(m.minute)
+        .bind(m.total)
+        .bind(m.errors)
+        .bind(serde_json::to_string(&m.buckets)?)
+        .bind(m.ready)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Minutes of a service environment with `from <= minute < to`.
+    pub async fn minutes(
+        &self,
+        service: &str,
+        env: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<MinuteRow>> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM minutes WHERE service = ? AND env = ? AND minute >= ? AND minute < ? ORDER BY minute",
+        )
+        .bind(service)
+        .bind(env)
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Drops minutes older than `before` (retention: 13 months and more).
+    pub async fn prune_minutes(&self, before: i64) -> Result<u64> {
+        Ok(sqlx::query("DELETE FROM minutes WHERE minute < ?")
+            .bind(before)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+
+    pub async fn add_maintenance(
+        &self,
+        service: &str,
+        starts_at: &str,
+        ends_at: &str,
+        reason: &str,
+        actor: &str,
+    ) -> Result<(MaintenanceRow, Event)> {
+        let _w = self.writer.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO maintenance (service, starts_at, ends_at, reason, created_by, created_at)
+             VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(service)
+        .bind(starts_at)
+        .bind(ends_at)
+        .bind(reason)
+        .bind(actor)
+        .bind(now_ts())
+        .fetch_one(&mut *tx)
+        .await?;
+        let event = NewEvent::new(actor, "maintenance.scheduled")
+            .subject("service", service)
+            .subject("maintenance", id.to_string())
+            .payload(
+                serde_json::json!({ "starts_at": starts_at, "ends_at": ends_at, "reason": reason }),
+            );
+        let e = append_in(&mut tx, event).await?;
+        tx.commit().await?;
+        drop(_w);
+        let row = sqlx::query_as("SELECT * FROM maintenance WHERE id = ?")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok((row, e))
+    }
+
+    pub async fn maintenance(&self, service: Option<&str>) -> Result<Vec<MaintenanceRow>> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM maintenance WHERE (?1 IS NULL OR service = ?1) ORDER BY starts_at",
+        )
+        .bind(service)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn remove_maintenance(&self, id: i64, actor: &str) -> Result<()> {
+        let _w = self.writer.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let service: Option<String> =
+            sqlx::query_scalar("SELECT service FROM maintenance WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(service) = service else {
+            return Err(StoreError::NotFound(format!("no maintenance window {id}")));
+        };
+        sqlx::query("DELETE FROM maintenance WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let event = NewEvent::new(actor, "maintenance.cancelled")
+            .subject("service", &service)
+            .subject("maintenance", id.to_string());
+        append_in(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
