@@ -21,3 +21,4 @@ bench: build
 	bash bench/proxy
 	python3 bench/deploy
 	python3 bench/pipeline
+	bash bench/probes

@@ -1,4 +1,4 @@
-//! Probes: an HTTP GET (2xx/3xx healthy), a TCP connect, or a command
+//! Probes: an HTTP GET (healthy when its status is in the probe's range), a TCP connect, or a command
 //! (exit 0 healthy), each against one instance's port, with a timeout.
 
 use std::time::Duration;
@@ -38,7 +38,10 @@ impl Prober {
                     .await
                     .map(drop)
                     .map_err(|e| format!("tcp connect to port {port}: {e}")),
-                ProbeKind::Http { path } => {
+                ProbeKind::Http {
+                    path,
+                    status: (lo, hi),
+                } => {
                     let uri: http::Uri = format!("http://127.0.0.1:{port}{path}")
                         .parse()
                         .map_err(|e| format!("bad probe path {path}: {e}"))?;
@@ -48,10 +51,10 @@ impl Prober {
                         .await
                         .map_err(|e| format!("GET {path}: {e}"))?;
                     let status = resp.status();
-                    if status.is_success() || status.is_redirection() {
+                    if (*lo..=*hi).contains(&status.as_u16()) {
                         Ok(())
                     } else {
-                        Err(format!("GET {path}: status {status}"))
+                        Err(format!("GET {path}: status {status}, healthy is {lo}-{hi}"))
                     }
                 }
                 ProbeKind::Exec { command } => {
@@ -78,5 +81,62 @@ impl Prober {
         tokio::time::timeout(timeout, attempt)
             .await
             .unwrap_or_else(|_| Err(format!("probe timed out after {}ms", spec.timeout_ms)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server on port 0 that answers every request with `status`.
+    async fn server(status: u16) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = s.read(&mut buf).await;
+                    let resp = format!(
+                        "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    );
+                    let _ = s.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        port
+    }
+
+    fn http(status: (u16, u16)) -> ProbeSpec {
+        ProbeSpec {
+            kind: ProbeKind::Http {
+                path: "/up".into(),
+                status,
+            },
+            interval_ms: 1000,
+            timeout_ms: 1000,
+            failures: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn http_probes_accept_exactly_their_status_range() {
+        let prober = Prober::default();
+        let no_content = server(204).await;
+        let broken = server(500).await;
+        assert_eq!(
+            prober.check(&http((200, 299)), no_content, "/").await,
+            Ok(())
+        );
+        let err = prober
+            .check(&http((200, 200)), no_content, "/")
+            .await
+            .expect_err("204 is outside 200-200");
+        assert!(err.contains("204") && err.contains("200-200"), "{err}");
+        assert!(prober.check(&http((200, 399)), broken, "/").await.is_err());
+        assert_eq!(prober.check(&http((500, 599)), broken, "/").await, Ok(()));
     }
 }

@@ -33,12 +33,23 @@ pub struct GroupSpec {
     pub stop_timeout_ms: u64,
 }
 
+fn default_status() -> (u16, u16) {
+    crate::spec::DEFAULT_PROBE_STATUS
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProbeKind {
-    Http { path: String },
+    Http {
+        path: String,
+        /// Healthy statuses, inclusive.
+        #[serde(default = "default_status")]
+        status: (u16, u16),
+    },
     Tcp,
-    Exec { command: String },
+    Exec {
+        command: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -401,13 +401,18 @@ pub struct Probe {
     pub interval: Option<Duration>,
     pub timeout: Duration,
     pub failures: u32,
+    /// HTTP statuses that count as healthy, inclusive (default 200–399).
+    pub status: (u16, u16),
 }
+
+/// Default healthy HTTP statuses of a probe.
+pub const DEFAULT_PROBE_STATUS: (u16, u16) = (200, 399);
 
 /// What a probe checks.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Check {
-    /// GET this path on `PORT`; 2xx and 3xx are healthy.
+    /// GET this path on `PORT`; a status in the probe's range is healthy.
     Http(String),
     /// Connect to `PORT`.
     Tcp,
@@ -433,6 +438,25 @@ struct RawProbe {
     timeout: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     failures: Option<u32>,
+    /// Healthy HTTP statuses: `200` or a range such as `200-299`
+    /// (default `200-399`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    status: Option<String>,
+}
+
+/// `200` or `200-299`: an inclusive range of HTTP statuses.
+fn status_range(text: &str) -> Result<(u16, u16), String> {
+    let bad =
+        || format!("probe status `{text}` is not a status such as 200 or a range such as 200-299");
+    let (a, b) = match text.split_once('-') {
+        Some((a, b)) => (a.trim(), b.trim()),
+        None => (text.trim(), text.trim()),
+    };
+    let (a, b): (u16, u16) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+    if !(100..=599).contains(&a) || !(100..=599).contains(&b) || a > b {
+        return Err(bad());
+    }
+    Ok((a, b))
 }
 
 impl TryFrom<RawProbe> for Probe {
@@ -455,11 +479,17 @@ impl TryFrom<RawProbe> for Probe {
         if raw.failures == Some(0) {
             return Err("probe failures must be at least 1".into());
         }
+        let status = match (&check, raw.status.as_deref()) {
+            (_, None) => DEFAULT_PROBE_STATUS,
+            (Check::Http(_), Some(text)) => status_range(text)?,
+            (_, Some(_)) => return Err("probe `status` applies to `http` probes only".into()),
+        };
         Ok(Probe {
             check,
             interval: raw.interval,
             timeout: raw.timeout.unwrap_or(DEFAULT_PROBE_TIMEOUT),
             failures: raw.failures.unwrap_or(DEFAULT_PROBE_FAILURES),
+            status,
         })
     }
 }
@@ -478,6 +508,8 @@ impl From<Probe> for RawProbe {
             interval: p.interval,
             timeout: Some(p.timeout),
             failures: Some(p.failures),
+            status: (p.status != DEFAULT_PROBE_STATUS)
+                .then(|| format!("{}-{}", p.status.0, p.status.1)),
         }
     }
 }
@@ -779,6 +811,7 @@ impl Spec {
             interval: None,
             timeout: DEFAULT_PROBE_TIMEOUT,
             failures: DEFAULT_PROBE_FAILURES,
+            status: DEFAULT_PROBE_STATUS,
         })
     }
 }
@@ -853,6 +886,19 @@ mod tests {
         assert_eq!(spec.release.deploy_timeout, DEFAULT_DEPLOY_TIMEOUT);
         assert_eq!(spec.readiness().check, Check::Tcp);
         assert!(spec.build.is_empty() && spec.test.is_empty());
+    }
+
+    #[test]
+    fn http_probes_take_a_status_range() {
+        let text = format!("{MINIMAL}health:\n  readiness: {{ http: /up, status: 200-204 }}\n");
+        let spec = Spec::parse("tandem.yaml", &text).expect("parses");
+        assert_eq!(spec.readiness().status, (200, 204));
+        let text = format!("{MINIMAL}health:\n  liveness: {{ http: /up, status: 299-200 }}\n");
+        let e = err(&text);
+        assert_eq!(e.line, 8, "{e}");
+        assert!(e.message.contains("`299-200`"), "{e}");
+        let text = format!("{MINIMAL}health:\n  readiness: {{ tcp: true, status: 200 }}\n");
+        assert!(err(&text).message.contains("`http` probes only"));
     }
 
     #[test]

@@ -598,7 +598,10 @@ fn release_event(
 fn probe_spec(p: &Probe, default_interval: tandem_core::Duration) -> ProbeSpec {
     ProbeSpec {
         kind: match &p.check {
-            Check::Http(path) => ProbeKind::Http { path: path.clone() },
+            Check::Http(path) => ProbeKind::Http {
+                path: path.clone(),
+                status: p.status,
+            },
             Check::Tcp => ProbeKind::Tcp,
             Check::Exec(command) => ProbeKind::Exec {
                 command: command.clone(),

@@ -65,6 +65,7 @@ impl Ops {
             rollups: HashMap::new(),
             burning: HashMap::new(),
             pruned_at: None,
+            instances: None,
         };
         tokio::spawn(monitor.run());
     }
@@ -157,6 +158,17 @@ struct Monitor {
     /// Services whose SLO burns at a page-level rate, with why.
     burning: HashMap<String, String>,
     pruned_at: Option<Instant>,
+    /// What each instance looked like at the last look (`None` before the
+    /// first look: a restarted monitor does not repeat old changes).
+    instances: Option<HashMap<String, InstanceLook>>,
+}
+
+/// The parts of an instance's state whose changes are journaled.
+#[derive(Clone, PartialEq)]
+struct InstanceLook {
+    ready: bool,
+    crash_looping: bool,
+    restarts: u32,
 }
 
 /// The minute being measured for one unit.
@@ -187,7 +199,66 @@ impl Monitor {
         }
     }
 
+    /// Journals instance state changes: probe results stay in memory, only
+    /// a change of readiness, a restart or a crash loop is an event.
+    async fn journal_changes(&mut self, status: &AgentStatus) -> Result<(), StoreError> {
+        let now: HashMap<String, (InstanceLook, &str, &str, Option<&str>)> = status
+            .services
+            .iter()
+            .flat_map(|s| {
+                s.instances.iter().map(move |i| {
+                    let look = InstanceLook {
+                        ready: i.ready,
+                        crash_looping: i.crash_looping,
+                        restarts: i.restarts,
+                    };
+                    let why = i.last_probe_error.as_deref().or(i.last_exit.as_deref());
+                    (
+                        i.id.clone(),
+                        (look, s.service.as_str(), i.release.as_str(), why),
+                    )
+                })
+            })
+            .collect();
+        if let Some(before) = &self.instances {
+            let store = &self.ops.engine.store;
+            for (id, (look, unit, release, why)) in &now {
+                let Some(old) = before.get(id) else { continue };
+                let mut kinds = Vec::new();
+                if look.restarts > old.restarts {
+                    kinds.push("instance.restarted");
+                }
+                if look.ready != old.ready {
+                    kinds.push(if look.ready {
+                        "instance.ready"
+                    } else {
+                        "instance.unready"
+                    });
+                }
+                if look.crash_looping && !old.crash_looping {
+                    kinds.push("instance.crash_looping");
+                }
+                let service = unit.split('@').next().unwrap_or(unit);
+                for kind in kinds {
+                    let event = tandem_core::journal::NewEvent::new(MONITOR_ACTOR, kind)
+                        .subject("service", service)
+                        .subject("release", *release)
+                        .subject("instance", id.as_str())
+                        .payload(serde_json::json!({
+                            "unit": unit,
+                            "restarts": look.restarts,
+                            "reason": why,
+                        }));
+                    store.append(event).await?;
+                }
+            }
+        }
+        self.instances = Some(now.into_iter().map(|(id, (look, ..))| (id, look)).collect());
+        Ok(())
+    }
+
     async fn check(&mut self, status: &AgentStatus) -> Result<(), StoreError> {
+        self.journal_changes(status).await?;
         let store = self.ops.engine.store.clone();
         let open: HashMap<(String, Option<String>, String), IncidentRow> = store
             .incidents(true, 10_000)

@@ -226,6 +226,11 @@ fn failing_health_opens_an_incident_that_is_told_signed_and_resolves_on_recovery
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let journal = String::from_utf8_lossy(&env.tandem(&["audit", "events"]).stdout).into_owned();
     assert!(journal.contains("incident.opened") && journal.contains("incident.resolved"));
+    // Probe results stay in memory; the readiness changes are journaled.
+    assert!(
+        journal.contains("instance.unready") && journal.contains("instance.ready"),
+        "{journal}"
+    );
 }
 
 /// Python with aiosmtpd: `$TANDEM_TEST_PYTHON` (set by .ci/run), else python3.
