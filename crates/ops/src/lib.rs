@@ -66,6 +66,7 @@ impl Ops {
             burning: HashMap::new(),
             pruned_at: None,
             instances: None,
+            first_look: true,
         };
         tokio::spawn(monitor.run());
     }
@@ -155,12 +156,14 @@ struct Monitor {
     samples: HashMap<String, VecDeque<Sample>>,
     /// The minute being measured, per unit.
     rollups: HashMap<String, Rollup>,
-    /// Services whose SLO burns at a page-level rate, with why.
-    burning: HashMap<String, String>,
+    /// Services whose SLO burns at an alerting rate: how loudly, and why.
+    burning: HashMap<String, (tandem_core::slo::Alert, String)>,
     pruned_at: Option<Instant>,
     /// What each instance looked like at the last look (`None` before the
     /// first look: a restarted monitor does not repeat old changes).
     instances: Option<HashMap<String, InstanceLook>>,
+    /// This check is the monitor's first: counters seen now have no known start.
+    first_look: bool,
 }
 
 /// The parts of an instance's state whose changes are journaled.
@@ -258,6 +261,7 @@ impl Monitor {
     }
 
     async fn check(&mut self, status: &AgentStatus) -> Result<(), StoreError> {
+        self.first_look = self.instances.is_none();
         self.journal_changes(status).await?;
         let store = self.ops.engine.store.clone();
         let open: HashMap<(String, Option<String>, String), IncidentRow> = store
@@ -284,10 +288,14 @@ impl Monitor {
             let muted = slo::in_maintenance(&windows, now);
             self.roll(svc, active, &service, env.as_deref()).await?;
             let mut found = self.conditions(svc, active);
+            let mut burn_severity = "page";
             if env.is_none()
-                && let Some(why) = self.burning.get(&service)
+                && let Some((alert, why)) = self.burning.get(&service)
             {
                 found.push(("burn-rate", why.clone()));
+                if *alert == tandem_core::slo::Alert::Ticket {
+                    burn_severity = "ticket";
+                }
             }
             if muted {
                 // Alerts are muted in maintenance; open incidents still resolve.
@@ -305,7 +313,12 @@ impl Monitor {
                             service: service.clone(),
                             env: env.clone(),
                             kind: kind.to_owned(),
-                            severity: if env.is_none() { "page" } else { "ticket" }.into(),
+                            severity: match (kind, &env) {
+                                ("burn-rate", _) => burn_severity,
+                                (_, None) => "page",
+                                (_, Some(_)) => "ticket",
+                            }
+                            .into(),
                             summary: summary.clone(),
                             release: Some(active.to_owned()),
                             suspect_release: self.suspect(&service, env.as_deref(), active).await,
@@ -349,12 +362,18 @@ impl Monitor {
     ) -> Result<(), StoreError> {
         let minute = slo::now_minute();
         let ready = svc.instances.iter().any(|i| i.release == active && i.ready);
+        let first_look = self.first_look;
         let entry = self
             .rollups
             .entry(svc.service.clone())
             .or_insert_with(|| Rollup {
                 minute,
-                base: svc.requests.clone(),
+                // A unit that appeared since the last look counted from zero.
+                base: if first_look {
+                    svc.requests.clone()
+                } else {
+                    RequestCounts::default()
+                },
                 ready: true,
             });
         entry.ready &= ready;
@@ -410,26 +429,28 @@ impl Monitor {
         let Ok(spec) = serde_json::from_value::<tandem_core::Spec>(row.spec) else {
             return Ok(());
         };
-        let paging: Vec<String> = slo::report(store, &spec, now)
-            .await?
+        let reports = slo::report(store, &spec, now).await?;
+        let Some(loudest) = reports.iter().filter_map(|r| r.alert).max() else {
+            self.burning.remove(service);
+            return Ok(());
+        };
+        let why: Vec<String> = reports
             .into_iter()
-            .filter(|r| r.alert == Some(tandem_core::slo::Alert::Page))
+            .filter(|r| r.alert == Some(loudest))
             .map(|r| {
                 let rate = |w: &str| r.burn_rates.iter().find(|(n, _)| n == w).map(|(_, v)| *v).unwrap_or(0.0);
                 format!(
-                    "SLO {} burns its error budget at {:.1}× over 1h and {:.1}× over 5m ({:.1}% of the budget left)",
+                    "SLO {} burns its error budget at {:.1}× over 1h, {:.1}× over 5m, {:.1}× over 1d ({:.1}% of the budget left)",
                     r.name,
                     rate("1h"),
                     rate("5m"),
+                    rate("1d"),
                     r.budget_remaining * 100.0
                 )
             })
             .collect();
-        if paging.is_empty() {
-            self.burning.remove(service);
-        } else {
-            self.burning.insert(service.to_owned(), paging.join("; "));
-        }
+        self.burning
+            .insert(service.to_owned(), (loudest, why.join("; ")));
         Ok(())
     }
 
@@ -465,7 +486,19 @@ impl Monitor {
         }
         let total: u64 = svc.requests.classes.iter().sum();
         let errors = svc.requests.classes[4];
-        let samples = self.samples.entry(svc.service.clone()).or_default();
+        // A unit that appeared since the last look counted from zero then.
+        let first_look = self.first_look;
+        let samples = self.samples.entry(svc.service.clone()).or_insert_with(|| {
+            let mut fresh = VecDeque::new();
+            if !first_look {
+                fresh.push_back(Sample {
+                    at: Instant::now() - CHECK_EVERY,
+                    total: 0,
+                    errors: 0,
+                });
+            }
+            fresh
+        });
         samples.push_back(Sample {
             at: Instant::now(),
             total,

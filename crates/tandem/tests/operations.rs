@@ -15,7 +15,7 @@ use sha2::Sha256;
 use util::{Env, Load, assert_ok};
 
 /// A tiny app: `/health` answers 200 while `$HEALTH_FILE` exists, else 503;
-/// everything else `ok`. Exits at once when `$CRASH_FILE` exists.
+/// everything else `ok`, or 500 while `$HEALTH_FILE.errors` exists. Exits at once when `$CRASH_FILE` exists.
 const APP: &str = r#"import http.server, os, sys
 if os.path.exists(os.environ.get("CRASH_FILE", "/nonexistent")):
     print("crash file present; exiting", flush=True)
@@ -25,6 +25,8 @@ class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/health":
             code = 200 if os.path.exists(os.environ["HEALTH_FILE"]) else 503
+        elif os.path.exists(os.environ["HEALTH_FILE"] + ".errors"):
+            code = 500
         else:
             code = 200
         body = b"ok" if code == 200 else b"unhealthy"
@@ -161,6 +163,15 @@ fn failing_health_opens_an_incident_that_is_told_signed_and_resolves_on_recovery
         "hook-secret",
     ]);
     assert_ok(&out);
+    let (slack, slack_got) = receiver();
+    assert_ok(&env.tandem(&[
+        "channels",
+        "add",
+        "slack",
+        &format!("http://{slack}/services/T000/B000/XXXX"),
+        "--service",
+        "api",
+    ]));
     let (dir, health, _) = app(&env, "api");
     assert_ok(&env.deploy(&dir));
     assert_eq!(env.get("api.test", "/").0, 200);
@@ -200,6 +211,15 @@ fn failing_health_opens_an_incident_that_is_told_signed_and_resolves_on_recovery
     let body: serde_json::Value = serde_json::from_str(&opened.body).expect("json body");
     assert_eq!(body["event"], "incident.opened");
     assert_eq!(body["incident"]["id"], incident["id"]);
+    let posted = wait_until(Duration::from_secs(10), "the Slack message", || {
+        slack_got.lock().expect("lock").first().cloned()
+    });
+    let text: serde_json::Value = serde_json::from_str(&posted.body).expect("slack json");
+    let text = text["text"].as_str().expect("a Slack `text`");
+    assert!(
+        text.contains(&format!("incident #{} opened: api", incident["id"])),
+        "{text}"
+    );
 
     std::fs::write(&health, "").expect("healthy again");
     let recovered = Instant::now();
@@ -517,5 +537,31 @@ fn maintenance_is_announced_mutes_alerts_and_the_proxy_can_serve_a_maintenance_p
     assert!(
         table.contains("availability") && table.contains("maintenance #1"),
         "{table}"
+    );
+}
+
+#[test]
+fn a_service_answering_with_errors_opens_an_error_ratio_incident() {
+    let env = Env::start();
+    let (dir, health, _) = app(&env, "flaky");
+    assert_ok(&env.deploy(&dir));
+    let errors = PathBuf::from(format!("{}.errors", health.display()));
+    std::fs::write(&errors, "").expect("errors from now on");
+    for _ in 0..30 {
+        assert_eq!(env.get("flaky.test", "/").0, 500);
+    }
+    let incident = wait_until(Duration::from_secs(10), "an error-ratio incident", || {
+        incidents(&env)
+            .into_iter()
+            .find(|i| i["kind"] == "error-ratio")
+    });
+    let summary = incident["summary"].as_str().unwrap_or_default();
+    assert!(summary.contains("with 5xx"), "{summary}");
+    assert_eq!(incident["release"], "r1");
+    assert!(
+        incidents(&env)
+            .iter()
+            .all(|i| i["kind"] != "no-ready-instance"),
+        "the instances stay ready; only their answers are wrong"
     );
 }
