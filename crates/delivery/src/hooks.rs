@@ -91,8 +91,11 @@ pub fn verify<'a>(
             check_hmac(secret, body, hex)
         }
         Provider::Gitea => {
+            // Gitea and Forgejo sign without a prefix; newer versions also
+            // send GitHub's header.
             let sig = header("x-gitea-signature")
                 .or_else(|| header("x-forgejo-signature"))
+                .or_else(|| header("x-hub-signature-256").and_then(|s| s.strip_prefix("sha256=")))
                 .ok_or(HookError::MissingSignature("X-Gitea-Signature"))?;
             check_hmac(secret, body, sig)
         }
@@ -221,6 +224,12 @@ mod tests {
         let body = b"{}";
         let sig = sign("k", body);
         let h = [("x-gitea-signature", sig.as_str())];
+        assert_eq!(
+            verify(Provider::Gitea, Some("k"), headers(&h), body),
+            Ok(())
+        );
+        let github_style = format!("sha256={sig}");
+        let h = [("x-hub-signature-256", github_style.as_str())];
         assert_eq!(
             verify(Provider::Gitea, Some("k"), headers(&h), body),
             Ok(())
