@@ -57,35 +57,33 @@ pub async fn rollback(api: &Api, service: &str, to: Option<String>, fmt: Format)
     .await
 }
 
-/// Prints progress lines until the final `done` or `failed`.
+/// Shows progress until the final `done` or `failed`: on a terminal a live
+/// line per phase (a spinner with its elapsed time, ticked off when the next
+/// phase begins, step output scrolling above it); otherwise plain lines.
 async fn follow(api: &Api, path: &str, body: serde_json::Value, fmt: Format) -> CmdResult {
     let started = Instant::now();
-    let tty = std::io::stderr().is_terminal();
+    let live = fmt == Format::Table && std::io::stderr().is_terminal();
+    let mut display = Display::new(live);
     let mut end: Option<serde_json::Value> = None;
-    api.post_stream(path, body, |event| {
-        let elapsed = started.elapsed().as_secs_f64();
-        match event["type"].as_str() {
-            Some("phase") if fmt == Format::Table => {
-                let phase = event["phase"].as_str().unwrap_or_default();
-                let message = event["message"].as_str().unwrap_or_default();
-                if tty {
-                    eprintln!("\x1b[1m{elapsed:>6.2}s {phase:>8}\x1b[0m  {message}");
-                } else {
-                    eprintln!("{elapsed:>6.2}s {phase:>8}  {message}");
-                }
-            }
-            Some("log") if fmt == Format::Table => {
-                eprintln!(
-                    "        {} | {}",
-                    event["step"].as_str().unwrap_or_default(),
-                    event["line"].as_str().unwrap_or_default()
-                );
-            }
-            Some("done") | Some("failed") => end = Some(event),
-            _ => {}
+    api.post_stream(path, body, |event| match event["type"].as_str() {
+        Some("phase") if fmt == Format::Table => {
+            let phase = event["phase"].as_str().unwrap_or_default();
+            let message = event["message"].as_str().unwrap_or_default();
+            display.phase(started, phase, message);
         }
+        Some("log") if fmt == Format::Table => {
+            let step = event["step"].as_str().unwrap_or_default();
+            let line = event["line"].as_str().unwrap_or_default();
+            display.line(&format!("        {step} | {line}"));
+        }
+        Some("done") | Some("failed") => {
+            display.finish(event["type"] == "done");
+            end = Some(event);
+        }
+        _ => {}
     })
     .await?;
+    display.finish(false);
     let Some(end) = end else {
         return Err(Exit::failure(
             "the server ended the stream without a result; see `tandem releases` and the server log",
@@ -124,5 +122,64 @@ async fn follow(api: &Api, path: &str, body: serde_json::Value, fmt: Format) -> 
                 Err(Exit::failure(message))
             }
         }
+    }
+}
+
+/// Phase lines, live on a terminal.
+struct Display {
+    live: bool,
+    current: Option<(indicatif::ProgressBar, String)>,
+}
+
+impl Display {
+    fn new(live: bool) -> Self {
+        Display {
+            live,
+            current: None,
+        }
+    }
+
+    fn phase(&mut self, started: Instant, phase: &str, message: &str) {
+        let elapsed = started.elapsed().as_secs_f64();
+        if !self.live {
+            eprintln!("{elapsed:>6.2}s {phase:>8}  {message}");
+            return;
+        }
+        self.tick_off("\x1b[32m✓\x1b[0m");
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {prefix:>8.bold} {msg} {elapsed:.dim}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar.set_prefix(phase.to_owned());
+        bar.set_message(message.to_owned());
+        bar.enable_steady_tick(std::time::Duration::from_millis(100));
+        self.current = Some((bar, format!("{phase:>8}  {message}")));
+    }
+
+    fn line(&self, text: &str) {
+        match &self.current {
+            Some((bar, _)) => bar.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    /// Leaves the current phase's line on screen, marked `mark`.
+    fn tick_off(&mut self, mark: &str) {
+        if let Some((bar, text)) = self.current.take() {
+            let took = bar.elapsed().as_secs_f64();
+            bar.finish_and_clear();
+            eprintln!("{mark} {text} \x1b[2m({took:.2}s)\x1b[0m");
+        }
+    }
+
+    fn finish(&mut self, ok: bool) {
+        self.tick_off(if ok {
+            "\x1b[32m✓\x1b[0m"
+        } else {
+            "\x1b[31m✗\x1b[0m"
+        });
     }
 }
