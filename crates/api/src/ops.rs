@@ -105,12 +105,6 @@ pub(crate) async fn add_channel(
                     b.target
                 )));
             }
-            if uri.scheme_str() == Some("https") {
-                return Err(ApiError::BadInput(
-                    "https receivers are not supported yet (no TLS client); use an http:// relay"
-                        .into(),
-                ));
-            }
         }
         "email" => {
             if !b.target.contains('@') {

@@ -565,3 +565,146 @@ fn a_service_answering_with_errors_opens_an_error_ratio_incident() {
         "the instances stay ready; only their answers are wrong"
     );
 }
+
+const HTTPS_RECEIVER: &str = r#"import http.server, ssl, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        with open(sys.argv[4], "ab") as f:
+            f.write(self.headers.get("X-Tandem-Signature", "").encode() + b"\n" + body + b"\n")
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+server.socket = ctx.wrap_socket(server.socket, server_side=True)
+print("ready", flush=True)
+server.serve_forever()
+"#;
+
+/// A CA and a `localhost` certificate it signed, made with the openssl CLI.
+fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=tandem test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "leaf.key",
+        "-out",
+        "leaf.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "leaf.ext",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("leaf.pem"),
+        dir.join("leaf.key"),
+    )
+}
+
+#[test]
+fn notifications_reach_an_https_receiver_trusted_through_ssl_cert_file() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = certificates(certs.path());
+    let env = Env::start_with(&[("SSL_CERT_FILE", ca.to_str().expect("utf8"))]);
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let got = env.root.path().join("received");
+    let script = env.root.path().join("https_receiver.py");
+    std::fs::write(&script, HTTPS_RECEIVER).expect("script");
+    let mut receiver = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(port.to_string())
+        .arg(&cert)
+        .arg(&key)
+        .arg(&got)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("receiver");
+    let mut ready = String::new();
+    BufReader::new(receiver.stdout.take().expect("stdout"))
+        .read_line(&mut ready)
+        .expect("read");
+    assert_eq!(ready.trim(), "ready");
+    assert_ok(&env.tandem(&[
+        "channels",
+        "add",
+        "webhook",
+        &format!("https://localhost:{port}/hook"),
+        "--secret",
+        "tls-secret",
+    ]));
+    let (dir, health, _) = app(&env, "secure");
+    assert_ok(&env.deploy(&dir));
+    std::fs::remove_file(&health).expect("unhealthy");
+    let received = wait_until(Duration::from_secs(15), "a notification over https", || {
+        std::fs::read_to_string(&got)
+            .ok()
+            .filter(|t| t.lines().count() >= 2)
+    });
+    let mut lines = received.lines();
+    let (sig, body) = (lines.next().expect("sig"), lines.next().expect("body"));
+    assert_eq!(sig, format!("sha256={}", hmac_hex("tls-secret", body)));
+    assert!(body.contains("\"incident.opened\""), "{body}");
+    let _ = receiver.kill();
+    let _ = receiver.wait();
+}
