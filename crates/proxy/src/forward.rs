@@ -2,17 +2,22 @@
 //! directions (RFC 9110 §7.6.1), `X-Forwarded-*` are set, and an upgrade
 //! request keeps exactly the headers the upgrade needs.
 
-use http::header::{CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, UPGRADE};
+use http::header::{
+    CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION,
+    TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
 
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
+/// Hop-by-hop headers, plus `Upgrade` (restored on its own for upgrades).
+static HOP_BY_HOP: [HeaderName; 9] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
 ];
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -33,7 +38,12 @@ pub fn upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
 }
 
 /// Removes hop-by-hop headers, including those named in `Connection`.
+/// Most messages have none: one pass over the names finds that out without
+/// hashing or parsing a name per candidate.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -44,10 +54,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
-    headers.remove(UPGRADE);
 }
 
 /// Sets `X-Forwarded-For` (appended), `-Proto` and `-Host`, and `Host` when
