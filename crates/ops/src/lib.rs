@@ -33,6 +33,12 @@ pub const ERROR_RATIO: f64 = 0.05;
 /// A release that went live this recently is suspected when an incident opens.
 pub const SUSPECT_WITHIN: Duration = Duration::from_secs(15 * 60);
 
+/// The agent must be unreachable this long before it is an incident.
+pub const AGENT_DOWN_AFTER: Duration = Duration::from_secs(5);
+/// Incidents about the data plane itself are filed under this name.
+pub const AGENT_SERVICE: &str = "tandem-agent";
+const AGENT_DOWN_KIND: &str = "agent-unreachable";
+
 /// Minutes are kept this long (13 months and some).
 pub const KEEP_MINUTES: i64 = 400 * 24 * 60;
 
@@ -187,19 +193,68 @@ impl Monitor {
     async fn run(mut self) {
         let mut tick = tokio::time::interval(CHECK_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut unreachable_since: Option<Instant> = None;
         loop {
             tick.tick().await;
             let status = match self.ops.engine.agent.status().await {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::debug!(error = %e, "monitor: agent not reachable");
+                    let since = *unreachable_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= AGENT_DOWN_AFTER
+                        && let Err(e) = self.agent_down(&e.to_string()).await
+                    {
+                        tracing::warn!(error = %e, "cannot record that the agent is down");
+                    }
                     continue;
                 }
             };
+            if unreachable_since.take().is_some()
+                && let Err(e) = self.agent_back().await
+            {
+                tracing::warn!(error = %e, "cannot record that the agent is back");
+            }
             if let Err(e) = self.check(&status).await {
                 tracing::warn!(error = %e, "monitor check failed");
             }
         }
+    }
+
+    /// The data plane does not answer: one incident for it, opened once.
+    async fn agent_down(&mut self, why: &str) -> Result<(), StoreError> {
+        let store = self.ops.engine.store.clone();
+        let open = store.incidents(true, 10_000).await?;
+        if open.iter().any(|i| i.kind == AGENT_DOWN_KIND) {
+            return Ok(());
+        }
+        let new = NewIncident {
+            service: AGENT_SERVICE.into(),
+            env: None,
+            kind: AGENT_DOWN_KIND.into(),
+            severity: "page".into(),
+            summary: format!(
+                "the agent (proxy and supervisor) does not answer: {why}; start it with `tandem agent` or `tandem up`"
+            ),
+            release: None,
+            suspect_release: None,
+        };
+        let row = store.open_incident(&new, MONITOR_ACTOR).await?;
+        tracing::error!(incident = row.id, "agent unreachable");
+        self.ops.notifier.notify(&row, "incident.opened").await;
+        Ok(())
+    }
+
+    async fn agent_back(&mut self) -> Result<(), StoreError> {
+        let open = self.ops.engine.store.incidents(true, 10_000).await?;
+        for i in open.into_iter().filter(|i| i.kind == AGENT_DOWN_KIND) {
+            self.ops
+                .resolve(i.id, MONITOR_ACTOR, Some("the agent answers again"))
+                .await?;
+        }
+        // Counters restart with a new agent; start measuring afresh.
+        self.samples.clear();
+        self.rollups.clear();
+        Ok(())
     }
 
     /// Journals instance state changes: probe results stay in memory, only

@@ -708,3 +708,51 @@ fn notifications_reach_an_https_receiver_trusted_through_ssl_cert_file() {
     let _ = receiver.kill();
     let _ = receiver.wait();
 }
+
+#[test]
+fn an_unreachable_agent_is_an_incident_until_it_answers_again() {
+    let env = Env::start();
+    let (dir, _, _) = app(&env, "web");
+    assert_ok(&env.deploy(&dir));
+    let agent_pid = env.status_json("web")["agent"]["pid"]
+        .as_i64()
+        .expect("agent pid");
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &agent_pid.to_string()])
+        .status();
+    let killed = Instant::now();
+    let incident = wait_until(
+        Duration::from_secs(15),
+        "an agent-unreachable incident",
+        || {
+            incidents(&env)
+                .into_iter()
+                .find(|i| i["kind"] == "agent-unreachable")
+        },
+    );
+    eprintln!(
+        "agent-unreachable incident {:?} after the kill",
+        killed.elapsed()
+    );
+    assert_eq!(incident["service"], "tandem-agent");
+    assert_eq!(incident["severity"], "page");
+
+    let mut agent = std::process::Command::new(util::bin())
+        .args(["agent", "--proxy-addr", &env.proxy, "--data-dir"])
+        .arg(env.data())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the agent again");
+    wait_until(Duration::from_secs(15), "the incident resolved", || {
+        incidents(&env)
+            .into_iter()
+            .find(|i| i["id"] == incident["id"] && i["status"] == "resolved")
+    });
+    wait_until(Duration::from_secs(15), "web serving again", || {
+        (env.get("web.test", "/").0 == 200).then_some(())
+    });
+    drop(env);
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
