@@ -1,7 +1,12 @@
 //! Tables for people, JSON for programs.
 
-/// Prints rows under a header, columns padded to their widest cell.
+/// Prints rows under a header, columns padded to their widest cell; says
+/// so on stderr when there are none (stdout then stays empty).
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    if rows.is_empty() {
+        eprintln!("(none)");
+        return;
+    }
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
