@@ -11,7 +11,9 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 
+# The e-mail test uses the aiosmtpd venv that .ci/run makes, when it exists.
 test:
+	if [ -x target/ci-venv/bin/python ]; then export TANDEM_TEST_PYTHON=$$PWD/target/ci-venv/bin/python; fi; \
 	cargo test --workspace
 
 ci:
