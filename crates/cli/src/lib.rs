@@ -382,7 +382,7 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
         Command::Pipelines {
             service,
             command: None,
-        } => pipelines::list(&api(), service.as_deref(), fmt).await,
+        } => pipelines::runs(&api(), service.as_deref(), fmt).await,
         Command::Pipelines {
             command: Some(PipelinesCommand::Logs { run, follow }),
             ..

@@ -3,25 +3,24 @@
 use crate::Format;
 use crate::client::Api;
 use crate::exit::CmdResult;
-use crate::output::{cell, json, table};
+use crate::output::{cell, json, list};
 
 pub async fn incidents(api: &Api, open: bool, fmt: Format) -> CmdResult {
-    let v = api.get(&format!("/api/v1/incidents?open={open}")).await?;
-    if fmt == Format::Json {
-        json(&v);
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = v
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|i| {
+    let header = [
+        "ID", "SERVICE", "SEVERITY", "STATUS", "OPENED", "RELEASE", "SUMMARY",
+    ];
+    list(
+        api,
+        &format!("/api/v1/incidents?open={open}"),
+        fmt,
+        &header,
+        |i| {
             let service = match i["env"].as_str() {
                 Some(env) => format!("{}@{env}", cell(&i["service"])),
                 None => cell(&i["service"]),
             };
             let release = match i["suspect_release"].as_str() {
-                Some(s) => format!("{} (suspect)", s),
+                Some(s) => format!("{s} (suspect)"),
                 None => cell(&i["release"]),
             };
             vec![
@@ -33,15 +32,9 @@ pub async fn incidents(api: &Api, open: bool, fmt: Format) -> CmdResult {
                 release,
                 cell(&i["summary"]),
             ]
-        })
-        .collect();
-    table(
-        &[
-            "ID", "SERVICE", "SEVERITY", "STATUS", "OPENED", "RELEASE", "SUMMARY",
-        ],
-        &rows,
-    );
-    Ok(())
+        },
+    )
+    .await
 }
 
 pub async fn transition(
@@ -66,26 +59,16 @@ pub async fn transition(
 }
 
 pub async fn channels(api: &Api, fmt: Format) -> CmdResult {
-    let v = api.get("/api/v1/channels").await?;
-    if fmt == Format::Json {
-        json(&v);
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = v
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|c| {
-            let scope = match (c["service"].as_str(), c["tier"].as_str()) {
-                (Some(s), _) => format!("service {s}"),
-                (None, Some(t)) => format!("tier {t}"),
-                (None, None) => "all".into(),
-            };
-            vec![cell(&c["id"]), cell(&c["kind"]), cell(&c["target"]), scope]
-        })
-        .collect();
-    table(&["ID", "KIND", "TARGET", "FOR"], &rows);
-    Ok(())
+    let header = ["ID", "KIND", "TARGET", "FOR"];
+    list(api, "/api/v1/channels", fmt, &header, |c| {
+        let scope = match (c["service"].as_str(), c["tier"].as_str()) {
+            (Some(s), _) => format!("service {s}"),
+            (None, Some(t)) => format!("tier {t}"),
+            (None, None) => "all".into(),
+        };
+        vec![cell(&c["id"]), cell(&c["kind"]), cell(&c["target"]), scope]
+    })
+    .await
 }
 
 pub async fn add_channel(api: &Api, body: serde_json::Value, fmt: Format) -> CmdResult {
@@ -137,25 +120,17 @@ pub async fn maintenance(api: &Api, command: crate::MaintenanceCommand, fmt: For
                 Some(s) => format!("/api/v1/maintenance?service={s}"),
                 None => "/api/v1/maintenance".into(),
             };
-            let v = api.get(&path).await?;
-            if fmt == Format::Table {
-                let rows: Vec<Vec<String>> = v
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|w| {
-                        vec![
-                            cell(&w["id"]),
-                            cell(&w["service"]),
-                            cell(&w["starts_at"]),
-                            cell(&w["ends_at"]),
-                            cell(&w["reason"]),
-                        ]
-                    })
-                    .collect();
-                table(&["ID", "SERVICE", "FROM", "TO", "REASON"], &rows);
-            }
-            v
+            let header = ["ID", "SERVICE", "FROM", "TO", "REASON"];
+            return list(api, &path, fmt, &header, |w| {
+                vec![
+                    cell(&w["id"]),
+                    cell(&w["service"]),
+                    cell(&w["starts_at"]),
+                    cell(&w["ends_at"]),
+                    cell(&w["reason"]),
+                ]
+            })
+            .await;
         }
         M::Rm { id } => {
             let v = api.delete(&format!("/api/v1/maintenance/{id}")).await?;

@@ -1,5 +1,9 @@
 //! Tables for people, JSON for programs.
 
+use crate::Format;
+use crate::client::Api;
+use crate::exit::CmdResult;
+
 /// Prints rows under a header, columns padded to their widest cell; says
 /// so on stderr when there are none (stdout then stays empty).
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
@@ -40,4 +44,23 @@ pub fn cell(v: &serde_json::Value) -> String {
         serde_json::Value::String(s) => s.clone(),
         other => other.to_string(),
     }
+}
+
+/// GETs a JSON array and prints it: as is with `-o json`, else one table
+/// row per element.
+pub async fn list(
+    api: &Api,
+    path: &str,
+    fmt: Format,
+    header: &[&str],
+    row: impl Fn(&serde_json::Value) -> Vec<String>,
+) -> CmdResult {
+    let v = api.get(path).await?;
+    if fmt == Format::Json {
+        json(&v);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = v.as_array().into_iter().flatten().map(row).collect();
+    table(header, &rows);
+    Ok(())
 }

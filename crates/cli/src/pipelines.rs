@@ -4,7 +4,7 @@
 use crate::Format;
 use crate::client::Api;
 use crate::exit::{CmdResult, Exit};
-use crate::output::{cell, json, table};
+use crate::output::{cell, json, list};
 
 pub async fn add(
     api: &Api,
@@ -64,54 +64,39 @@ pub async fn deploy_ref(api: &Api, service: &str, rev: Option<String>, fmt: Form
     logs(api, id, true, fmt).await
 }
 
-pub async fn list(api: &Api, service: Option<&str>, fmt: Format) -> CmdResult {
+pub async fn runs(api: &Api, service: Option<&str>, fmt: Format) -> CmdResult {
     let path = match service {
         Some(s) => format!("/api/v1/runs?service={s}"),
         None => "/api/v1/runs".into(),
     };
-    let v = api.get(&path).await?;
-    if fmt == Format::Json {
-        json(&v);
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = v
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|r| {
-            let stages = r["stages"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|s| {
-                    let took = match (s["started_ms"].as_u64(), s["ended_ms"].as_u64()) {
-                        (Some(a), Some(b)) => {
-                            format!("{:.1}s", (b.saturating_sub(a)) as f64 / 1000.0)
-                        }
-                        _ => "…".into(),
-                    };
-                    format!("{} {took}", cell(&s["name"]))
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
-            vec![
-                cell(&r["id"]),
-                cell(&r["service"]),
-                short(&r["commit"]),
-                cell(&r["status"]),
-                cell(&r["author"]),
-                cell(&r["message"]).chars().take(40).collect(),
-                stages,
-            ]
-        })
-        .collect();
-    table(
-        &[
-            "RUN", "SERVICE", "COMMIT", "STATUS", "AUTHOR", "MESSAGE", "STAGES",
-        ],
-        &rows,
-    );
-    Ok(())
+    let header = [
+        "RUN", "SERVICE", "COMMIT", "STATUS", "AUTHOR", "MESSAGE", "STAGES",
+    ];
+    list(api, &path, fmt, &header, |r| {
+        let stages = r["stages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| {
+                let took = match (s["started_ms"].as_u64(), s["ended_ms"].as_u64()) {
+                    (Some(a), Some(b)) => format!("{:.1}s", b.saturating_sub(a) as f64 / 1000.0),
+                    _ => "…".into(),
+                };
+                format!("{} {took}", cell(&s["name"]))
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        vec![
+            cell(&r["id"]),
+            cell(&r["service"]),
+            short(&r["commit"]),
+            cell(&r["status"]),
+            cell(&r["author"]),
+            cell(&r["message"]).chars().take(40).collect(),
+            stages,
+        ]
+    })
+    .await
 }
 
 /// Prints a run's log; with `follow`, until the run ends, and exits with
@@ -197,20 +182,11 @@ pub async fn secrets(api: &Api, command: crate::SecretsCommand, fmt: Format) -> 
             println!("{service}: {name} set");
         }
         S::Ls { service } => {
-            let v = api
-                .get(&format!("/api/v1/services/{service}/secrets"))
-                .await?;
-            if fmt == Format::Json {
-                json(&v);
-                return Ok(());
-            }
-            let rows: Vec<Vec<String>> = v
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|s| vec![cell(&s["name"]), cell(&s["updated_at"])])
-                .collect();
-            table(&["NAME", "UPDATED"], &rows);
+            let path = format!("/api/v1/services/{service}/secrets");
+            return list(api, &path, fmt, &["NAME", "UPDATED"], |s| {
+                vec![cell(&s["name"]), cell(&s["updated_at"])]
+            })
+            .await;
         }
         S::Rm { service, name } => {
             api.delete(&format!("/api/v1/services/{service}/secrets/{name}"))

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::Format;
 use crate::client::Api;
 use crate::exit::{CmdResult, Exit};
-use crate::output::{cell, json, table};
+use crate::output::{cell, json, list, table};
 
 pub async fn status(api: &Api, service: Option<&str>, fmt: Format) -> CmdResult {
     let path = match service {
@@ -167,23 +167,6 @@ pub async fn services(api: &Api, fmt: Format) -> CmdResult {
 }
 
 /// GETs a JSON array and prints it as JSON or as a table, a row per item.
-async fn list(
-    api: &Api,
-    path: &str,
-    fmt: Format,
-    header: &[&str],
-    row: impl Fn(&serde_json::Value) -> Vec<String>,
-) -> CmdResult {
-    let v = api.get(path).await?;
-    if fmt == Format::Json {
-        json(&v);
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = v.as_array().into_iter().flatten().map(row).collect();
-    table(header, &rows);
-    Ok(())
-}
-
 pub async fn logs(api: &Api, service: &str, follow: bool, lines: usize) -> CmdResult {
     let mut last_seen: HashMap<String, String> = HashMap::new();
     loop {
