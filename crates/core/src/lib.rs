@@ -9,4 +9,5 @@ pub use spec::{Spec, SpecError};
 pub use units::{Duration, Percent};
 pub mod journal;
 pub mod protocol;
+pub mod signature;
 pub mod slo;

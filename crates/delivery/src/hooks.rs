@@ -2,9 +2,8 @@
 //! (HMAC-SHA256 of the raw body, or GitLab's shared token, compared in
 //! constant time), then the push payload as each provider documents it.
 
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
 use subtle::ConstantTimeEq;
+use tandem_core::signature;
 
 /// A provider of push webhooks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,22 +102,11 @@ pub fn verify<'a>(
 }
 
 fn check_hmac(secret: &str, body: &[u8], hex: &str) -> Result<(), HookError> {
-    let expected = decode_hex(hex.trim()).ok_or(HookError::BadSignature)?;
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).map_err(|_| HookError::BadSignature)?;
-    mac.update(body);
-    mac.verify_slice(&expected)
-        .map_err(|_| HookError::BadSignature)
-}
-
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
+    if signature::verify(secret, body, hex) {
+        Ok(())
+    } else {
+        Err(HookError::BadSignature)
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// Reads a verified delivery: a push to a branch, or why it is ignored.
@@ -168,17 +156,8 @@ pub fn parse<'a>(
     })
 }
 
-/// `sha256=<hex>` of `body` under `secret`, as GitHub signs (for tests and
-/// for clients that want to sign their own deliveries).
-pub fn sign(secret: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
-    mac.update(body);
-    mac.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+/// The hex signature GitHub and Gitea send for `body` under `secret`.
+pub use tandem_core::signature::sign;
 
 #[cfg(test)]
 mod tests {

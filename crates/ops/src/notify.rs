@@ -5,12 +5,11 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use hmac::{Hmac, KeyInit, Mac};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use sha2::Sha256;
+use tandem_core::signature::sign;
 use tandem_store::{ChannelRow, IncidentRow, MaintenanceRow, Store};
 
 /// Attempts per delivery; waits double from `FIRST_RETRY` between them.
@@ -166,17 +165,6 @@ impl Notifier {
 fn routed(ch: &ChannelRow, service: &str, tier: Option<&str>) -> bool {
     ch.service.as_deref().is_none_or(|s| s == service)
         && ch.tier.as_deref().is_none_or(|t| Some(t) == tier)
-}
-
-/// `hex(HMAC-SHA256(secret, body))`, as receivers check `X-Tandem-Signature`.
-pub fn sign(secret: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
-    mac.update(body);
-    mac.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// One thing to tell: the JSON a webhook gets, the line Slack and an
