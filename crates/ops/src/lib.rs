@@ -72,7 +72,6 @@ impl Ops {
             burning: HashMap::new(),
             pruned_at: None,
             instances: None,
-            first_look: true,
         };
         tokio::spawn(monitor.run());
     }
@@ -168,8 +167,6 @@ struct Monitor {
     /// What each instance looked like at the last look (`None` before the
     /// first look: a restarted monitor does not repeat old changes).
     instances: Option<HashMap<String, InstanceLook>>,
-    /// This check is the monitor's first: counters seen now have no known start.
-    first_look: bool,
 }
 
 /// The parts of an instance's state whose changes are journaled.
@@ -316,7 +313,9 @@ impl Monitor {
     }
 
     async fn check(&mut self, status: &AgentStatus) -> Result<(), StoreError> {
-        self.first_look = self.instances.is_none();
+        // On the monitor's first look, counters have no known start; a unit
+        // that appears later counted from zero since the look before.
+        let first_look = self.instances.is_none();
         self.journal_changes(status).await?;
         let store = self.ops.engine.store.clone();
         let open: HashMap<(String, Option<String>, String), IncidentRow> = store
@@ -341,8 +340,9 @@ impl Monitor {
                 .cloned()
                 .collect();
             let muted = slo::in_maintenance(&windows, now);
-            self.roll(svc, active, &service, env.as_deref()).await?;
-            let mut found = self.conditions(svc, active);
+            self.roll(svc, active, &service, env.as_deref(), first_look)
+                .await?;
+            let mut found = self.conditions(svc, active, first_look);
             let mut burn_severity = "page";
             if env.is_none()
                 && let Some((alert, why)) = self.burning.get(&service)
@@ -414,10 +414,10 @@ impl Monitor {
         active: &str,
         service: &str,
         env: Option<&str>,
+        first_look: bool,
     ) -> Result<(), StoreError> {
         let minute = slo::now_minute();
         let ready = svc.instances.iter().any(|i| i.release == active && i.ready);
-        let first_look = self.first_look;
         let entry = self
             .rollups
             .entry(svc.service.clone())
@@ -510,7 +510,12 @@ impl Monitor {
     }
 
     /// The incident conditions `svc` is in now, with a summary each.
-    fn conditions(&mut self, svc: &ServiceStatus, active: &str) -> Vec<(&'static str, String)> {
+    fn conditions(
+        &mut self,
+        svc: &ServiceStatus,
+        active: &str,
+        first_look: bool,
+    ) -> Vec<(&'static str, String)> {
         let mut found = Vec::new();
         let serving: Vec<_> = svc
             .instances
@@ -541,8 +546,6 @@ impl Monitor {
         }
         let total: u64 = svc.requests.classes.iter().sum();
         let errors = svc.requests.classes[4];
-        // A unit that appeared since the last look counted from zero then.
-        let first_look = self.first_look;
         let samples = self.samples.entry(svc.service.clone()).or_insert_with(|| {
             let mut fresh = VecDeque::new();
             if !first_look {

@@ -538,6 +538,17 @@ fn maintenance_is_announced_mutes_alerts_and_the_proxy_can_serve_a_maintenance_p
         table.contains("availability") && table.contains("maintenance #1"),
         "{table}"
     );
+    // It was the window that held the incident back: cancelled, it opens.
+    assert_ok(&env.tandem(&["maintenance", "rm", "1"]));
+    wait_until(
+        Duration::from_secs(10),
+        "the incident once the window is gone",
+        || {
+            incidents(&env)
+                .into_iter()
+                .find(|i| i["kind"] == "no-ready-instance")
+        },
+    );
 }
 
 #[test]
