@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
-use util::{Env, Load, assert_ok};
+use util::{Env, Load, assert_ok, wait_until};
 
 /// A tiny app: `/health` answers 200 while `$HEALTH_FILE` exists, else 503;
 /// everything else `ok`, or 500 while `$HEALTH_FILE.errors` exists. Exits at once when `$CRASH_FILE` exists.
@@ -127,17 +127,6 @@ fn incidents(env: &Env) -> Vec<serde_json::Value> {
         .as_array()
         .cloned()
         .unwrap_or_default()
-}
-
-fn wait_until<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what} within {within:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn hmac_hex(secret: &str, body: &str) -> String {

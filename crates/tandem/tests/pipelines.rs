@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use util::{Env, Load, assert_ok};
+use util::{Env, Load, assert_ok, wait_until};
 
 /// A bare "origin" and a working clone that commits and pushes to it.
 struct Repo {
@@ -78,23 +78,23 @@ fn runs(env: &Env) -> Vec<serde_json::Value> {
         .unwrap_or_default()
 }
 
+/// Waits until some run satisfies `done`; returns it.
+fn wait_for(
+    env: &Env,
+    within: Duration,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    wait_until(within, what, || runs(env).into_iter().find(|r| done(r)))
+}
+
 /// Waits until the run of `commit` has finished; returns it.
 fn wait_for_run(env: &Env, commit: &str, within: Duration) -> serde_json::Value {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(run) = runs(env).into_iter().find(|r| r["commit"] == commit)
+    wait_for(env, within, &format!("a finished run of {commit}"), |r| {
+        r["commit"] == commit
             && ["succeeded", "failed", "cancelled", "superseded"]
-                .contains(&run["status"].as_str().unwrap_or_default())
-        {
-            return run;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no finished run of {commit} within {within:?}: {:?}",
-            runs(env)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+                .contains(&r["status"].as_str().unwrap_or_default())
+    })
 }
 
 /// `tandem services add <origin> <args>`, which must succeed.
@@ -460,16 +460,12 @@ const BUILD_SH: &str =
 
 /// Waits until the run of `commit` is in `stage`.
 fn wait_for_stage(env: &Env, commit: &str, stage: &str) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(run) = runs(env).into_iter().find(|r| r["commit"] == commit)
-            && run["stage"] == stage
-        {
-            return run;
-        }
-        assert!(Instant::now() < deadline, "the run never reached {stage}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for(
+        env,
+        Duration::from_secs(30),
+        &format!("the run reaching {stage}"),
+        |r| r["commit"] == commit && r["stage"] == stage,
+    )
 }
 
 #[test]
@@ -502,26 +498,26 @@ fn a_run_interrupted_by_a_control_plane_crash_is_marked_and_completes_after_rest
         .find(|r| r["commit"] == c2.as_str() && r["retry_of"].is_null())
         .expect("the interrupted run");
     assert_eq!(first["status"], "interrupted", "{first}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let again = loop {
-        let again = runs(&env)
-            .into_iter()
-            .find(|r| r["retry_of"] == first["id"])
-            .expect("the interrupted run is queued again");
-        if again["status"] == "succeeded" {
-            break again;
-        }
-        assert!(
-            !["failed", "cancelled", "interrupted"]
-                .contains(&again["status"].as_str().unwrap_or("")),
-            "{again}"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "the requeued run did not finish: {again}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    assert!(
+        runs(&env).iter().any(|r| r["retry_of"] == first["id"]),
+        "the interrupted run is queued again"
+    );
+    let again = wait_for(
+        &env,
+        Duration::from_secs(60),
+        "the requeued run done",
+        |r| {
+            if r["retry_of"] != first["id"] {
+                return false;
+            }
+            assert!(
+                !["failed", "cancelled", "interrupted"]
+                    .contains(&r["status"].as_str().unwrap_or("")),
+                "{r}"
+            );
+            r["status"] == "succeeded"
+        },
+    );
     assert_eq!(again["trigger"], "recovery");
     assert_eq!(env.get("shop.test", "/index.html"), (200, "v2".into()));
     let r = load.finish();
@@ -719,26 +715,24 @@ fn staging_serves_each_push_while_production_waits_for_a_recorded_approval() {
     );
 }
 
-/// Waits until the run of `commit` is in `status`.
+/// Waits until the run of `commit` is in `status`; fails at once if it ends.
 fn wait_for_status(env: &Env, commit: &str, status: &str) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(run) = runs(env).into_iter().find(|r| r["commit"] == commit) {
-            if run["status"] == status {
-                return run;
+    wait_for(
+        env,
+        Duration::from_secs(60),
+        &format!("the run of {commit} {status}"),
+        |r| {
+            if r["commit"] != commit {
+                return false;
             }
             assert!(
                 !["failed", "cancelled", "superseded"]
-                    .contains(&run["status"].as_str().unwrap_or("")),
-                "{run}"
+                    .contains(&r["status"].as_str().unwrap_or("")),
+                "{r}"
             );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "run of {commit} never got {status}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+            r["status"] == status
+        },
+    )
 }
 
 #[test]
@@ -786,18 +780,9 @@ fn secrets_reach_instances_and_steps_and_are_masked_everywhere_else() {
     assert_ok(&out);
     let retry: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let retry_id = retry["id"].as_i64().expect("id");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let run = loop {
-        let run = runs(&env)
-            .into_iter()
-            .find(|r| r["id"] == retry_id)
-            .expect("retry run");
-        if run["status"] != "queued" && run["status"] != "running" {
-            break run;
-        }
-        assert!(Instant::now() < deadline, "{run}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let run = wait_for(&env, Duration::from_secs(60), "the retry finished", |r| {
+        r["id"] == retry_id && r["status"] != "queued" && r["status"] != "running"
+    });
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(
         env.get("shop.test", "/token.txt"),

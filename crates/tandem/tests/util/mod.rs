@@ -179,6 +179,21 @@ impl Drop for Env {
     }
 }
 
+/// Polls `f` every 100 ms until it gives a value; fails after `within`.
+pub fn wait_until<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 pub fn assert_ok(out: &Output) {
     assert!(
         out.status.success(),
