@@ -36,7 +36,8 @@ impl Tracked {
 
     fn finish(&mut self) {
         if let Some(up) = self.upstream.take() {
-            self.slot.target.checkin(up);
+            let target = &self.slot.target;
+            target.checkin(&target.pool, up);
         }
     }
 }

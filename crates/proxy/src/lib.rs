@@ -10,6 +10,7 @@
 
 mod body;
 mod forward;
+mod h1;
 pub mod metrics;
 mod router;
 mod server;

@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 
 use crate::body::{self, ProxyBody, Tracked};
 use crate::forward;
+use crate::h1::{self, Prefixed};
 use crate::router::{Route, RouteTable};
 use crate::target::{InFlight, Target};
 use crate::upstream::{self, Upstream, UpstreamError};
@@ -50,10 +51,10 @@ pub struct Proxy {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     table: ArcSwap<RouteTable>,
     changed: Notify,
-    config: ProxyConfig,
+    pub(crate) config: ProxyConfig,
 }
 
 impl Proxy {
@@ -95,14 +96,18 @@ impl Proxy {
             let inner = Arc::clone(&self.inner);
             let builder = builder.clone();
             tokio::spawn(async move {
-                // Formatted once per connection rather than per request.
-                let client_ip = HeaderValue::try_from(client.ip().to_string())
+                let client_ip = client.ip().to_string();
+                // Plain HTTP/1.1 goes the fast path; whatever it does not
+                // take (h2c, upgrades, chunked uploads, HTTP/1.0, …) goes to
+                // hyper with the bytes read so far.
+                let Some((stream, read)) = h1::serve(&inner, stream, &client_ip).await else {
+                    return;
+                };
+                let client_ip = HeaderValue::try_from(client_ip)
                     .expect("an IP address is a valid header value");
                 let svc = service_fn(move |req| handle(Arc::clone(&inner), client_ip.clone(), req));
-                if let Err(e) = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                    .await
-                {
+                let io = TokioIo::new(Prefixed::new(read, stream));
+                if let Err(e) = builder.serve_connection_with_upgrades(io, svc).await {
                     tracing::debug!(error = %e, %client, "client connection ended with error");
                 }
             });
@@ -204,15 +209,9 @@ async fn handle(
                 return Ok(respond(resp, conn, slot, client_upgrade));
             }
             Ok(Err(e)) => {
-                if matches!(e, UpstreamError::Connect(_)) {
-                    target.eject();
-                }
                 tracing::debug!(error = %e, target = %target.id, "upstream request failed");
-                if retryable
-                    && !retried
-                    && let Some(next) = route.pick(Some(&target))
-                {
-                    retried = true;
+                let refused = matches!(e, UpstreamError::Connect(_));
+                if let Some(next) = retry_on(&route, &target, refused, retryable, &mut retried) {
                     slot = next;
                     continue;
                 }
@@ -225,14 +224,35 @@ async fn handle(
     }
 }
 
+/// After a connection-level failure on `target`: ejects it if it refused
+/// the connection, and claims another target when the request may go once
+/// more (`retryable` and not yet `retried`).
+pub(crate) fn retry_on(
+    route: &Route,
+    target: &Arc<Target>,
+    refused: bool,
+    retryable: bool,
+    retried: &mut bool,
+) -> Option<InFlight> {
+    if refused {
+        target.eject();
+    }
+    if !retryable || *retried {
+        return None;
+    }
+    let next = route.pick(Some(target))?;
+    *retried = true;
+    Some(next)
+}
+
 /// Counts a finished request against its route and its target.
-fn record(route: &Route, target: &Target, status: StatusCode, started: Instant) {
+pub(crate) fn record(route: &Route, target: &Target, status: StatusCode, started: Instant) {
     let latency = started.elapsed();
     target.metrics.record(status.as_u16(), latency);
     route.metrics.record(status.as_u16(), latency);
 }
 
-enum Claim {
+pub(crate) enum Claim {
     Got(Arc<Route>, InFlight),
     NoRoute,
     NoTarget(Arc<Route>),
@@ -241,7 +261,7 @@ enum Claim {
 
 /// Finds the route and claims a target; while the route has none, waits for
 /// the next published table, up to the hold timeout.
-async fn claim(inner: &Inner, host: &str, path: &str) -> Claim {
+pub(crate) async fn claim(inner: &Inner, host: &str, path: &str) -> Claim {
     // First try without registering as a waiter: registering takes a lock on
     // the shared Notify, and almost every request finds a target at once.
     let claimed = claim_now(inner, host, path);

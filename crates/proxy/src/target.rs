@@ -10,7 +10,9 @@ use http::uri::Authority;
 use tokio::sync::Notify;
 
 use crate::metrics::RequestMetrics;
-use crate::upstream::{Pool, Upstream};
+use tokio::net::TcpStream;
+
+use crate::upstream::{Idle, Pool, Upstream};
 
 /// How long a target that refused a connection is skipped.
 pub const EJECT_FOR: Duration = Duration::from_secs(2);
@@ -22,8 +24,11 @@ pub struct Target {
     /// `addr` as a URI authority, built once so forwarding does not format it.
     pub authority: Authority,
     pub metrics: RequestMetrics,
-    /// Idle keep-alive connections to this target.
-    pub pool: Pool,
+    /// Idle keep-alive connections of the hyper path (h2 clients, upgrades
+    /// and the HTTP/1 requests the fast path hands over).
+    pub pool: Pool<Upstream>,
+    /// Idle keep-alive connections of the HTTP/1.1 fast path (`h1`).
+    pub streams: Pool<TcpStream>,
     in_flight: AtomicU64,
     draining: AtomicBool,
     /// Milliseconds since `epoch` until which the target is skipped.
@@ -42,6 +47,7 @@ impl Target {
             authority,
             metrics: RequestMetrics::default(),
             pool: Pool::default(),
+            streams: Pool::default(),
             in_flight: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             ejected_until_ms: AtomicU64::new(0),
@@ -93,10 +99,11 @@ impl Target {
         }
     }
 
-    /// Takes back a connection whose exchange finished, unless draining.
-    pub fn checkin(&self, up: Upstream) {
+    /// Takes back into `pool` a connection whose exchange finished, unless
+    /// the target drains.
+    pub fn checkin<C: Idle>(&self, pool: &Pool<C>, conn: C) {
         if !self.draining.load(SeqCst) {
-            self.pool.checkin(up);
+            pool.checkin(conn);
         }
     }
 
@@ -105,6 +112,7 @@ impl Target {
     pub async fn drain(&self, timeout: Duration) -> bool {
         self.draining.store(true, SeqCst);
         self.pool.clear();
+        self.streams.clear();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let idle = self.idle.notified();

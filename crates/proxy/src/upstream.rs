@@ -50,7 +50,6 @@ pub struct Upstream {
     /// a request still queued for it then fails (and comes back unsent)
     /// instead of waiting forever.
     conn: Option<http1::Connection<TokioIo<TcpStream>, ProxyBody>>,
-    idle_since: Instant,
 }
 
 impl Upstream {
@@ -62,7 +61,6 @@ impl Upstream {
         Ok(Upstream {
             send,
             conn: Some(conn),
-            idle_since: Instant::now(),
         })
     }
 
@@ -101,13 +99,44 @@ impl Upstream {
     }
 }
 
-/// A target's idle connections, most recently used last.
-#[derive(Default)]
-pub struct Pool {
-    idle: Mutex<Vec<Upstream>>,
+/// A connection that can wait in a [`Pool`].
+pub trait Idle {
+    /// Whether the connection can take another request now. Must not block
+    /// and must notice a close by the server that already arrived.
+    fn reusable(&mut self) -> bool;
 }
 
-impl std::fmt::Debug for Pool {
+impl Idle for Upstream {
+    fn reusable(&mut self) -> bool {
+        Upstream::reusable(self)
+    }
+}
+
+impl Idle for TcpStream {
+    /// An idle connection has nothing to read: a byte, an end of stream or
+    /// an error all mean the server is done with it. `try_read` only makes
+    /// the syscall when the reactor has seen the socket become readable, so
+    /// the usual answer costs nothing.
+    fn reusable(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(self.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
+/// A target's idle connections, most recently used last.
+pub struct Pool<C> {
+    idle: Mutex<Vec<(C, Instant)>>,
+}
+
+impl<C> Default for Pool<C> {
+    fn default() -> Self {
+        Pool {
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl<C> std::fmt::Debug for Pool<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
             .field("idle", &self.idle.lock().map(|v| v.len()).unwrap_or(0))
@@ -115,33 +144,32 @@ impl std::fmt::Debug for Pool {
     }
 }
 
-impl Pool {
+impl<C: Idle> Pool<C> {
     /// The most recently used idle connection that is still good.
-    fn checkout(&self) -> Option<Upstream> {
+    pub fn checkout(&self) -> Option<C> {
         loop {
-            let mut up = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
-            if up.idle_since.elapsed() < POOL_IDLE_TIMEOUT && up.reusable() {
-                return Some(up);
+            let (mut conn, since) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            if since.elapsed() < POOL_IDLE_TIMEOUT && conn.reusable() {
+                return Some(conn);
             }
         }
     }
 
     /// Returns a connection whose exchange finished; closes it instead when
     /// it cannot be reused or the pool is full.
-    pub fn checkin(&self, mut up: Upstream) {
-        if !up.reusable() {
+    pub fn checkin(&self, mut conn: C) {
+        if !conn.reusable() {
             return;
         }
-        up.idle_since = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         // The oldest idle connections are at the front; let expired ones go.
         let expired = idle
             .iter()
-            .take_while(|u| u.idle_since.elapsed() >= POOL_IDLE_TIMEOUT)
+            .take_while(|(_, since)| since.elapsed() >= POOL_IDLE_TIMEOUT)
             .count();
         idle.drain(..expired);
         if idle.len() < POOL_MAX_IDLE {
-            idle.push(up);
+            idle.push((conn, Instant::now()));
         }
     }
 
@@ -156,7 +184,7 @@ impl Pool {
 /// keep driving. A pooled connection that turns out to be closed before the
 /// request was written is replaced transparently.
 pub async fn exchange(
-    pool: &Pool,
+    pool: &Pool<Upstream>,
     addr: SocketAddr,
     connect_timeout: Duration,
     mut req: Request<ProxyBody>,

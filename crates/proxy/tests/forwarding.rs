@@ -314,9 +314,13 @@ async fn large_bodies_stream_through_both_ways_intact() {
     }
 }
 
-/// A backend that answers each request with keep-alive and then closes the
-/// connection shortly after, as servers do with idle keep-alive connections.
-async fn start_closing_backend() -> (SocketAddr, Arc<AtomicUsize>) {
+/// A backend that answers every request head it reads with `response` as
+/// it is; with `close_after`, it closes the connection that long after the
+/// first answer (as servers do with idle keep-alive connections).
+async fn start_raw_backend(
+    response: &'static str,
+    close_after: Option<Duration>,
+) -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -325,22 +329,217 @@ async fn start_closing_backend() -> (SocketAddr, Arc<AtomicUsize>) {
         while let Ok((mut stream, _)) = listener.accept().await {
             counter.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
-                let mut head = Vec::new();
+                let mut seen = Vec::new();
                 let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                loop {
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        if stream.write_all(response.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        if let Some(linger) = close_after {
+                            tokio::time::sleep(linger).await;
+                            return;
+                        }
+                    }
                     match stream.read(&mut buf).await {
                         Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
                     }
                 }
-                let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                    .await;
-                tokio::time::sleep(Duration::from_millis(30)).await;
             });
         }
     });
     (addr, accepted)
+}
+
+const OK: &str = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+async fn start_closing_backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    start_raw_backend(OK, Some(Duration::from_millis(30))).await
+}
+
+/// Sends `requests` on one connection with a hyper client (so responses
+/// are framed by a real HTTP/1.1 client) and returns (status, body) each.
+async fn on_one_connection(
+    addr: SocketAddr,
+    requests: Vec<Request<Full<Bytes>>>,
+) -> Vec<(u16, String)> {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let mut out = Vec::new();
+    for req in requests {
+        let resp = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req))
+            .await
+            .expect("answer in time")
+            .expect("response");
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        out.push((status, String::from_utf8_lossy(&body).into_owned()));
+    }
+    out
+}
+
+fn get(path: &str) -> Request<Full<Bytes>> {
+    Request::get(path)
+        .header("host", "app.test")
+        .body(Full::default())
+        .expect("request")
+}
+
+#[tokio::test]
+async fn chunked_responses_pass_through_and_the_upstream_connection_is_reused() {
+    let (backend, accepted) = start_raw_backend(
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n\
+         5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: 1\r\n\r\n",
+        None,
+    )
+    .await;
+    let setup = start_proxy(vec![backend]).await;
+    let answers = on_one_connection(setup.proxy_addr, vec![get("/a"), get("/b")]).await;
+    assert_eq!(answers, vec![(200, "hello world".to_string()); 2]);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one upstream connection"
+    );
+}
+
+#[tokio::test]
+async fn a_response_ended_by_close_reaches_the_client_which_is_then_closed() {
+    let (backend, _) =
+        start_raw_backend("HTTP/1.1 200 OK\r\n\r\nall of it", Some(Duration::ZERO)).await;
+    let setup = start_proxy(vec![backend]).await;
+    let mut s = TcpStream::connect(setup.proxy_addr).await.expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await
+        .expect("write");
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+        .await
+        .expect("the proxy closes the client connection")
+        .expect("read");
+    assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+    assert!(out.contains("connection: close\r\n"), "{out}");
+    assert!(out.ends_with("\r\n\r\nall of it"), "{out}");
+}
+
+#[tokio::test]
+async fn an_upstream_that_closes_after_answering_leaves_the_client_connection_open() {
+    let (backend, accepted) = start_raw_backend(
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+        Some(Duration::ZERO),
+    )
+    .await;
+    let setup = start_proxy(vec![backend]).await;
+    let answers = on_one_connection(setup.proxy_addr, vec![get("/a"), get("/b")]).await;
+    assert_eq!(answers, vec![(200, "ok".to_string()); 2]);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "a new upstream connection each"
+    );
+}
+
+#[tokio::test]
+async fn interim_responses_are_passed_on_before_the_final_one() {
+    let (backend, _) = start_raw_backend(
+        "HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        None,
+    )
+    .await;
+    let setup = start_proxy(vec![backend]).await;
+    let mut s = TcpStream::connect(setup.proxy_addr).await.expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    assert!(
+        out.starts_with(
+            "HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\nHTTP/1.1 200 OK\r\n"
+        ),
+        "{out}"
+    );
+    assert!(out.ends_with("\r\n\r\nok"), "{out}");
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let setup = start_proxy(vec![start_backend().await]).await;
+    let mut s = TcpStream::connect(setup.proxy_addr).await.expect("connect");
+    let mut pipeline = String::new();
+    for (i, body) in ["first", "second", "third"].iter().enumerate() {
+        let close = if i == 2 { "Connection: close\r\n" } else { "" };
+        pipeline.push_str(&format!(
+            "POST /echo HTTP/1.1\r\nHost: app.test\r\n{close}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+    }
+    s.write_all(pipeline.as_bytes()).await.expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 3, "{out}");
+    let at = |w: &str| out.find(&format!("\r\n\r\n{w}")).expect(w);
+    assert!(
+        at("first") < at("second") && at("second") < at("third"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn head_responses_carry_no_body_and_the_connection_goes_on() {
+    let setup = start_proxy(vec![start_backend().await]).await;
+    let head = Request::head("/x")
+        .header("host", "app.test")
+        .body(Full::default())
+        .expect("request");
+    let answers = on_one_connection(setup.proxy_addr, vec![head, get("/y")]).await;
+    assert_eq!(answers[0], (200, String::new()));
+    assert_eq!(answers[1].0, 200);
+    assert!(
+        answers[1].1.contains("x-forwarded-host: app.test"),
+        "{answers:?}"
+    );
+}
+
+#[tokio::test]
+async fn http10_and_chunked_uploads_take_the_general_path() {
+    let setup = start_proxy(vec![start_backend().await]).await;
+    let (status, seen) = http1(setup.proxy_addr, "GET / HTTP/1.0\r\nHost: app.test\r\n\r\n").await;
+    assert_eq!(status, 200, "{seen}");
+    assert!(seen.contains("x-forwarded-host: app.test\n"), "{seen}");
+    let (status, echoed) = http1(
+        setup.proxy_addr,
+        "POST /echo HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!((status, echoed.as_str()), (200, "abcdefg"));
+}
+
+#[tokio::test]
+async fn a_client_that_sends_nothing_more_is_not_waited_for_by_the_upstream() {
+    // A request whose body never comes in full: the upstream connection is
+    // not handed to anyone else half-written.
+    let (backend, accepted) = start_counting_backend().await;
+    let setup = start_proxy(vec![backend]).await;
+    let mut s = TcpStream::connect(setup.proxy_addr).await.expect("connect");
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: app.test\r\nContent-Length: 10\r\n\r\nabc")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let answers = on_one_connection(setup.proxy_addr, vec![get("/after")]).await;
+    assert_eq!(answers[0].0, 200);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "the half-written connection was dropped"
+    );
 }
 
 #[tokio::test]

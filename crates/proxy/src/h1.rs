@@ -1,0 +1,1029 @@
+//! The HTTP/1.1 fast path: the common request (HTTP/1.1, no body or a
+//! `Content-Length` body, no upgrade) proxied with one task, two sockets and
+//! no per-request objects. The client's head is parsed with `httparse` and
+//! rewritten straight into the upstream head (hop-by-hop headers dropped,
+//! `X-Forwarded-*` set); the response head is parsed and rewritten the same
+//! way, and bodies are copied as they come, framed by their length or by
+//! scanning their chunks ([`Chunked`]). In the steady state a request costs
+//! one read and one write on each socket.
+//!
+//! Whatever this path does not take it hands over, before consuming
+//! anything of that request, to the hyper server in `server` together with
+//! the bytes read so far ([`Prefixed`]): h2c, upgrades, `Expect`, chunked
+//! uploads, HTTP/1.0, absolute-form targets, duplicate `Host` or
+//! `Content-Length`, and anything `httparse` rejects (hyper answers those).
+//! Hyper then serves that connection to its end. Both paths share routing,
+//! targets, metrics and retry rules.
+
+use std::io;
+use std::ops::Range;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use http::StatusCode;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::router::Route;
+use crate::server::{Claim, Inner, claim, record, retry_on};
+use crate::target::{InFlight, Target};
+use crate::upstream::Idle;
+
+/// Largest request or response head accepted.
+const MAX_HEAD: usize = 64 * 1024;
+const MAX_HEADERS: usize = 100;
+/// How long a started request head may take to arrive in full.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a keep-alive client connection may sit idle between requests.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+/// Bytes read from a socket at a time.
+const READ_SIZE: usize = 16 * 1024;
+
+/// Serves `stream` until it closes; returns it with the bytes read but not
+/// consumed when a request needs the general (hyper) path.
+pub async fn serve(
+    inner: &Inner,
+    stream: TcpStream,
+    client_ip: &str,
+) -> Option<(TcpStream, BytesMut)> {
+    let mut conn = Conn {
+        client: stream,
+        buf: BytesMut::with_capacity(READ_SIZE),
+        up_buf: BytesMut::with_capacity(READ_SIZE),
+        head: Vec::with_capacity(1024),
+        kept: Kept(None),
+    };
+    loop {
+        let req = loop {
+            match parse_request(&conn.buf, client_ip, &mut conn.head) {
+                Parsed::Request(req) => break req,
+                Parsed::Handoff => return Some((conn.client, conn.buf)),
+                Parsed::Partial if conn.buf.len() >= MAX_HEAD => {
+                    return Some((conn.client, conn.buf));
+                }
+                Parsed::Partial => {
+                    let wait = if conn.buf.is_empty() {
+                        IDLE_TIMEOUT
+                    } else {
+                        HEAD_TIMEOUT
+                    };
+                    conn.buf.reserve(READ_SIZE);
+                    let read = conn.client.read_buf(&mut conn.buf);
+                    match tokio::time::timeout(wait, read).await {
+                        Ok(Ok(n)) if n > 0 => {}
+                        _ => return None,
+                    }
+                }
+            }
+        };
+        match conn.proxy(inner, req).await {
+            Next::KeepAlive => {}
+            Next::Close => {
+                let _ = conn.client.shutdown().await;
+                return None;
+            }
+        }
+    }
+}
+
+/// One client connection's sockets and buffers, reused by every request.
+struct Conn {
+    client: TcpStream,
+    /// Read from the client, not yet consumed.
+    buf: BytesMut,
+    /// Read from the upstream, not yet sent on.
+    up_buf: BytesMut,
+    /// The head being sent on: upstream, then back to the client.
+    head: Vec<u8>,
+    /// The upstream connection of the last exchange, kept for the next
+    /// request to the same target.
+    kept: Kept,
+}
+
+/// A connection kept by one client connection; back to its target's pool
+/// when it is dropped.
+struct Kept(Option<(Arc<Target>, TcpStream)>);
+
+impl Kept {
+    /// The kept connection if it is to `target` and still good; any other
+    /// goes back to its pool.
+    fn take(&mut self, target: &Arc<Target>) -> Option<TcpStream> {
+        let (kept_for, mut up) = self.0.take()?;
+        if !Arc::ptr_eq(&kept_for, target) {
+            kept_for.checkin(&kept_for.streams, up);
+            return None;
+        }
+        up.reusable().then_some(up)
+    }
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        if let Some((target, up)) = self.0.take() {
+            target.checkin(&target.streams, up);
+        }
+    }
+}
+
+enum Next {
+    KeepAlive,
+    Close,
+}
+
+/// How an exchange with one target failed.
+enum Failure {
+    /// Nothing of a response arrived; another connection may be tried if
+    /// the request can be sent again.
+    Upstream { connect: bool },
+    /// The response did not start within `response_timeout`.
+    Timeout,
+    /// The client went away while its body was being forwarded.
+    Client,
+}
+
+impl Conn {
+    /// Forwards one parsed request and its response.
+    async fn proxy(&mut self, inner: &Inner, req: RequestHead) -> Next {
+        let started = Instant::now();
+        let host = std::str::from_utf8(&self.buf[req.host.clone()]).unwrap_or_default();
+        let path = std::str::from_utf8(&self.buf[req.path.clone()]).unwrap_or_default();
+        let claimed = match claim(inner, host, path).await {
+            Claim::NoRoute => Err(format!("no route for {host}\n")),
+            claimed => Ok(claimed),
+        };
+        self.buf.advance(req.head_len);
+        // A body nobody is going to read leaves the connection out of step.
+        let close_unread = req.close || req.body_len > 0;
+        let (route, mut slot) = match claimed {
+            Ok(Claim::Got(route, slot)) => (route, slot),
+            Err(text) => return self.plain(404, &text, None, close_unread).await,
+            Ok(Claim::NoRoute) => unreachable!("turned into Err above"),
+            Ok(Claim::NoTarget(route)) => {
+                route.metrics.record(503, started.elapsed());
+                let text = format!("{} has no ready instance\n", route.service);
+                return self.plain(503, &text, None, close_unread).await;
+            }
+            Ok(Claim::Maintenance(route, retry_after)) => {
+                route.metrics.record(503, started.elapsed());
+                let text = format!("{} is down for maintenance\n", route.service);
+                return self
+                    .plain(503, &text, Some(retry_after), close_unread)
+                    .await;
+            }
+        };
+        let mut retried = false;
+        loop {
+            let target = Arc::clone(&slot.target);
+            let failure = match self.exchange(inner, &target, &req).await {
+                Ok(upstream) => return self.respond(&route, slot, upstream, &req, started).await,
+                Err(f) => f,
+            };
+            let (status, why) = match failure {
+                Failure::Client => return Next::Close,
+                Failure::Timeout => (StatusCode::GATEWAY_TIMEOUT, "did not answer in time"),
+                Failure::Upstream { connect } => {
+                    let retry = retry_on(&route, &target, connect, req.retryable, &mut retried);
+                    if let Some(next) = retry {
+                        slot = next;
+                        continue;
+                    }
+                    (StatusCode::BAD_GATEWAY, "did not answer")
+                }
+            };
+            record(&route, &target, status, started);
+            let text = format!("{} {why}\n", route.service);
+            // The request body may be half sent: only a bodiless request
+            // leaves the client connection in step.
+            return self.plain(status.as_u16(), &text, None, close_unread).await;
+        }
+    }
+
+    /// Sends the request (head in `self.head`, body from the client) to
+    /// `target` and reads the response head into `self.up_buf`. A pooled
+    /// connection that fails before any answer is replaced by a fresh one
+    /// when the request can be sent again.
+    async fn exchange(
+        &mut self,
+        inner: &Inner,
+        target: &Arc<Target>,
+        req: &RequestHead,
+    ) -> Result<TcpStream, Failure> {
+        let config = &inner.config;
+        loop {
+            let reused = self.kept.take(target).or_else(|| target.streams.checkout());
+            let (mut up, pooled) = match reused {
+                Some(up) => (up, true),
+                None => match connect(target, config.connect_timeout).await {
+                    Ok(up) => (up, false),
+                    Err(_) => return Err(Failure::Upstream { connect: true }),
+                },
+            };
+            let sent = self.send(&mut up, req.body_len).await;
+            let answered = match sent {
+                Ok(()) => {
+                    self.up_buf.clear();
+                    let read = read_response_start(&mut up, &mut self.up_buf);
+                    match tokio::time::timeout(config.response_timeout, read).await {
+                        Ok(r) => r,
+                        Err(_) => return Err(Failure::Timeout),
+                    }
+                }
+                Err(f) => Err(f),
+            };
+            match answered {
+                Ok(()) => return Ok(up),
+                Err(Failure::Upstream { .. }) if pooled && req.retryable => continue,
+                Err(f) => return Err(f),
+            }
+        }
+    }
+
+    /// Writes the head and the request body to `up`.
+    async fn send(&mut self, up: &mut TcpStream, body_len: u64) -> Result<(), Failure> {
+        let upstream_failed = |_| Failure::Upstream { connect: false };
+        let first = self
+            .buf
+            .len()
+            .min(usize::try_from(body_len).unwrap_or(usize::MAX));
+        let mut left = body_len - first as u64;
+        if first == 0 {
+            up.write_all(&self.head).await.map_err(upstream_failed)?;
+        } else {
+            // One write for the head and what has come of the body.
+            let head_len = self.head.len();
+            self.head.extend_from_slice(&self.buf[..first]);
+            let written = up.write_all(&self.head).await;
+            self.head.truncate(head_len);
+            written.map_err(upstream_failed)?;
+            self.buf.advance(first);
+        }
+        while left > 0 {
+            self.buf.reserve(READ_SIZE);
+            match self.client.read_buf(&mut self.buf).await {
+                Ok(n) if n > 0 => {}
+                _ => return Err(Failure::Client),
+            }
+            let take = self
+                .buf
+                .len()
+                .min(usize::try_from(left).unwrap_or(usize::MAX));
+            up.write_all(&self.buf[..take])
+                .await
+                .map_err(upstream_failed)?;
+            self.buf.advance(take);
+            left -= take as u64;
+        }
+        Ok(())
+    }
+
+    /// Sends the response whose start is in `self.up_buf` on to the client.
+    async fn respond(
+        &mut self,
+        route: &Route,
+        slot: InFlight,
+        mut up: TcpStream,
+        req: &RequestHead,
+        started: Instant,
+    ) -> Next {
+        let target = Arc::clone(&slot.target);
+        let failed = |route: &Route| {
+            record(route, &target, StatusCode::BAD_GATEWAY, started);
+            Next::Close
+        };
+        // Interim responses (100, 103) go through as they are.
+        let resp = loop {
+            match parse_response(&self.up_buf, req.head_method, req.close, &mut self.head) {
+                Ok(Some(resp)) if resp.interim => {
+                    let interim = self.up_buf.split_to(resp.head_len);
+                    if self.client.write_all(&interim).await.is_err() {
+                        return Next::Close;
+                    }
+                    if read_response_start(&mut up, &mut self.up_buf)
+                        .await
+                        .is_err()
+                    {
+                        return failed(route);
+                    }
+                }
+                Ok(Some(resp)) => break resp,
+                Ok(None) | Err(()) => return failed(route),
+            }
+        };
+        let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::OK);
+        record(route, &target, status, started);
+        self.up_buf.advance(resp.head_len);
+        let ended = match resp.framing {
+            Framing::Length(n) => self.relay_length(&mut up, n).await,
+            Framing::Chunked => self.relay_chunked(&mut up).await,
+            Framing::Close => self.relay_to_close(&mut up).await,
+        };
+        let client_close = match ended {
+            Ok(()) => req.close || resp.framing == Framing::Close,
+            Err(()) => return Next::Close,
+        };
+        if resp.keep_alive && self.up_buf.is_empty() {
+            self.kept = Kept(Some((target, up)));
+        }
+        drop(slot);
+        if client_close {
+            Next::Close
+        } else {
+            Next::KeepAlive
+        }
+    }
+
+    /// Sends the head and `n` body bytes, the first of them already read.
+    async fn relay_length(&mut self, up: &mut TcpStream, n: u64) -> Result<(), ()> {
+        let first = self
+            .up_buf
+            .len()
+            .min(usize::try_from(n).unwrap_or(usize::MAX));
+        self.head.extend_from_slice(&self.up_buf[..first]);
+        self.up_buf.advance(first);
+        self.client.write_all(&self.head).await.map_err(drop)?;
+        let mut left = n - first as u64;
+        while left > 0 {
+            self.up_buf.clear();
+            self.up_buf.reserve(READ_SIZE);
+            match up.read_buf(&mut self.up_buf).await {
+                Ok(got) if got > 0 => {}
+                _ => return Err(()),
+            }
+            let take = self
+                .up_buf
+                .len()
+                .min(usize::try_from(left).unwrap_or(usize::MAX));
+            self.client
+                .write_all(&self.up_buf[..take])
+                .await
+                .map_err(drop)?;
+            self.up_buf.advance(take);
+            left -= take as u64;
+        }
+        Ok(())
+    }
+
+    /// Sends the head and a chunked body, passed through as it is.
+    async fn relay_chunked(&mut self, up: &mut TcpStream) -> Result<(), ()> {
+        let mut chunks = Chunked::default();
+        let (mut take, mut done) = chunks.feed(&self.up_buf)?;
+        self.head.extend_from_slice(&self.up_buf[..take]);
+        self.up_buf.advance(take);
+        self.client.write_all(&self.head).await.map_err(drop)?;
+        while !done {
+            self.up_buf.clear();
+            self.up_buf.reserve(READ_SIZE);
+            match up.read_buf(&mut self.up_buf).await {
+                Ok(got) if got > 0 => {}
+                _ => return Err(()),
+            }
+            (take, done) = chunks.feed(&self.up_buf)?;
+            self.client
+                .write_all(&self.up_buf[..take])
+                .await
+                .map_err(drop)?;
+            self.up_buf.advance(take);
+        }
+        Ok(())
+    }
+
+    /// Sends the head and everything until the upstream closes.
+    async fn relay_to_close(&mut self, up: &mut TcpStream) -> Result<(), ()> {
+        self.head.extend_from_slice(&self.up_buf);
+        self.up_buf.clear();
+        self.client.write_all(&self.head).await.map_err(drop)?;
+        loop {
+            self.up_buf.clear();
+            self.up_buf.reserve(READ_SIZE);
+            match up.read_buf(&mut self.up_buf).await {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(_) => return Err(()),
+            }
+            self.client.write_all(&self.up_buf).await.map_err(drop)?;
+        }
+    }
+
+    /// A response the proxy makes itself.
+    async fn plain(
+        &mut self,
+        status: u16,
+        text: &str,
+        retry_after: Option<u32>,
+        close: bool,
+    ) -> Next {
+        use std::io::Write;
+        let reason = StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("");
+        self.head.clear();
+        let _ = write!(
+            self.head,
+            "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n",
+            text.len()
+        );
+        if let Some(seconds) = retry_after {
+            let _ = write!(self.head, "retry-after: {seconds}\r\n");
+        }
+        if close {
+            self.head.extend_from_slice(b"connection: close\r\n");
+        }
+        self.head.extend_from_slice(b"\r\n");
+        self.head.extend_from_slice(text.as_bytes());
+        match self.client.write_all(&self.head).await {
+            Ok(()) if !close => Next::KeepAlive,
+            _ => Next::Close,
+        }
+    }
+}
+
+async fn connect(target: &Target, timeout: Duration) -> io::Result<TcpStream> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(target.addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Reads from `up` until `buf` holds a complete response head.
+async fn read_response_start(up: &mut TcpStream, buf: &mut BytesMut) -> Result<(), Failure> {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        match httparse::Response::new(&mut headers).parse(buf) {
+            Ok(httparse::Status::Complete(_)) => return Ok(()),
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
+            // A malformed answer: the response path reports it.
+            _ => return Ok(()),
+        }
+        buf.reserve(READ_SIZE);
+        match up.read_buf(buf).await {
+            Ok(n) if n > 0 => {}
+            // Closed or reset before a whole head: nothing usable arrived.
+            _ => return Err(Failure::Upstream { connect: false }),
+        }
+    }
+}
+
+/// A request the fast path takes, as found in the client's buffer.
+#[derive(Debug)]
+struct RequestHead {
+    head_len: usize,
+    host: Range<usize>,
+    path: Range<usize>,
+    body_len: u64,
+    /// The client asked to close after this exchange.
+    close: bool,
+    /// GET, HEAD or OPTIONS without a body: safe to send again.
+    retryable: bool,
+    head_method: bool,
+}
+
+#[derive(Debug)]
+enum Parsed {
+    Partial,
+    Request(RequestHead),
+    Handoff,
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) and `Proxy-Authorization`, which
+/// are not forwarded; `Upgrade` is here too because the fast path takes no
+/// upgrade.
+fn is_hop_by_hop(name: &str) -> bool {
+    let is = |s: &str| name.eq_ignore_ascii_case(s);
+    match name.len() {
+        2 => is("te"),
+        7 => is("trailer") || is("upgrade"),
+        10 => is("connection") || is("keep-alive"),
+        16 => is("proxy-connection"),
+        17 => is("transfer-encoding"),
+        18 => is("proxy-authenticate"),
+        19 => is("proxy-authorization"),
+        _ => false,
+    }
+}
+
+fn is_forwarded(name: &str) -> bool {
+    name.len() >= 15
+        && name[..12].eq_ignore_ascii_case("x-forwarded-")
+        && matches!(&name[12..], n if n.eq_ignore_ascii_case("for") || n.eq_ignore_ascii_case("proto") || n.eq_ignore_ascii_case("host"))
+}
+
+/// The tokens of `Connection` values other than `close` and `keep-alive`:
+/// headers the sender wants dropped at this hop. At most eight are taken;
+/// `Err` for more, or for `upgrade`.
+fn connection_tokens<'a>(
+    values: impl Iterator<Item = &'a [u8]>,
+    close: &mut bool,
+) -> Result<Vec<&'a str>, ()> {
+    let mut named = Vec::new();
+    for value in values {
+        let value = std::str::from_utf8(value).map_err(drop)?;
+        for token in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            if token.eq_ignore_ascii_case("close") {
+                *close = true;
+            } else if token.eq_ignore_ascii_case("upgrade") || named.len() == 8 {
+                return Err(());
+            } else if !token.eq_ignore_ascii_case("keep-alive") {
+                named.push(token);
+            }
+        }
+    }
+    Ok(named)
+}
+
+/// A `Content-Length` value: digits only, no sign, no list.
+fn content_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+fn offset(buf: &[u8], part: &[u8]) -> Range<usize> {
+    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+    start..start + part.len()
+}
+
+/// Parses the request at the start of `buf` and, when the fast path takes
+/// it, writes the head to send upstream into `out`.
+fn parse_request(buf: &[u8], client_ip: &str, out: &mut Vec<u8>) -> Parsed {
+    if buf.is_empty() {
+        return Parsed::Partial;
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Handoff,
+    };
+    let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
+        return Parsed::Handoff;
+    };
+    if !path.starts_with('/') {
+        return Parsed::Handoff;
+    }
+    let mut host = None;
+    let mut body_len = None;
+    let mut close = false;
+    for h in req.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("host") {
+            if host.is_some() {
+                return Parsed::Handoff;
+            }
+            host = Some(h.value);
+        } else if name.eq_ignore_ascii_case("content-length") {
+            match (body_len, content_length(h.value)) {
+                (None, Some(n)) => body_len = Some(n),
+                _ => return Parsed::Handoff,
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding")
+            || name.eq_ignore_ascii_case("expect")
+            || name.eq_ignore_ascii_case("upgrade")
+        {
+            return Parsed::Handoff;
+        }
+    }
+    let Some(host) = host.filter(|h| !h.is_empty()) else {
+        return Parsed::Handoff;
+    };
+    let connection = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .map(|h| h.value);
+    let Ok(named) = connection_tokens(connection, &mut close) else {
+        return Parsed::Handoff;
+    };
+
+    out.clear();
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut forwarded_for = Vec::new();
+    for h in req.headers.iter() {
+        if is_forwarded(h.name) {
+            if h.name.len() == 15 {
+                forwarded_for.push(h.value);
+            }
+            continue;
+        }
+        if is_hop_by_hop(h.name) || named.iter().any(|n| n.eq_ignore_ascii_case(h.name)) {
+            continue;
+        }
+        out.extend_from_slice(h.name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    for prior in forwarded_for {
+        out.extend_from_slice(prior);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(client_ip.as_bytes());
+    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\nx-forwarded-host: ");
+    out.extend_from_slice(host);
+    out.extend_from_slice(b"\r\n\r\n");
+
+    let body_len = body_len.unwrap_or(0);
+    let idempotent = matches!(method, "GET" | "HEAD" | "OPTIONS");
+    Parsed::Request(RequestHead {
+        head_len,
+        host: offset(buf, host),
+        path: offset(buf, path.as_bytes()),
+        body_len,
+        close,
+        retryable: idempotent && body_len == 0,
+        head_method: method == "HEAD",
+    })
+}
+
+/// How a response body ends (RFC 9112 §6.3).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Framing {
+    Length(u64),
+    Chunked,
+    /// Until the upstream closes; the client connection closes after it.
+    Close,
+}
+
+#[derive(Debug)]
+struct ResponseHead {
+    head_len: usize,
+    status: u16,
+    /// 1xx other than 101: sent on as is, the real response follows.
+    interim: bool,
+    framing: Framing,
+    /// The upstream connection may take another request afterwards.
+    keep_alive: bool,
+}
+
+/// Parses the response at the start of `buf` and writes the head to send
+/// to the client into `out`. `Ok(None)` while incomplete; `Err` for a
+/// response that cannot be forwarded (malformed, 101 unasked for).
+fn parse_response(
+    buf: &[u8],
+    head_request: bool,
+    client_close: bool,
+    out: &mut Vec<u8>,
+) -> Result<Option<ResponseHead>, ()> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head_len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(()),
+    };
+    let (Some(status), Some(version)) = (resp.code, resp.version) else {
+        return Err(());
+    };
+    if status == 101 {
+        return Err(());
+    }
+    if (100..200).contains(&status) {
+        return Ok(Some(ResponseHead {
+            head_len,
+            status,
+            interim: true,
+            framing: Framing::Length(0),
+            keep_alive: true,
+        }));
+    }
+    let mut upstream_close = false;
+    let connection = resp
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .map(|h| h.value);
+    let named = connection_tokens(connection, &mut upstream_close)?;
+    let mut length = None;
+    let mut chunked = None;
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            match (length, content_length(h.value)) {
+                (_, None) => return Err(()),
+                (Some(a), Some(b)) if a != b => return Err(()),
+                (_, n) => length = n,
+            }
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            let last = h.value.rsplit(|b| *b == b',').next().unwrap_or_default();
+            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        }
+    }
+    let framing = if head_request || status == 204 || status == 304 {
+        Framing::Length(0)
+    } else {
+        match (chunked, length) {
+            (Some(true), _) => Framing::Chunked,
+            (Some(false), _) | (None, None) => Framing::Close,
+            (None, Some(n)) => Framing::Length(n),
+        }
+    };
+
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.unwrap_or_default().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in resp.headers.iter() {
+        let keep_encoding = chunked.is_some() && h.name.eq_ignore_ascii_case("transfer-encoding");
+        let dropped_length = chunked.is_some() && h.name.eq_ignore_ascii_case("content-length");
+        if dropped_length
+            || (is_hop_by_hop(h.name) && !keep_encoding)
+            || named.iter().any(|n| n.eq_ignore_ascii_case(h.name))
+        {
+            continue;
+        }
+        out.extend_from_slice(h.name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    if client_close || framing == Framing::Close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(Some(ResponseHead {
+        head_len,
+        status,
+        interim: false,
+        framing,
+        keep_alive: version == 1 && !upstream_close && framing != Framing::Close,
+    }))
+}
+
+/// Finds the end of a chunked body as it streams past, without decoding
+/// it: chunk sizes, extensions, data, and trailers up to the empty line.
+#[derive(Debug, Default)]
+pub(crate) struct Chunked {
+    state: ChunkState,
+    /// Bytes left in the current chunk, or the size being read.
+    size: u64,
+    digits: u8,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+enum ChunkState {
+    #[default]
+    Size,
+    Extension,
+    SizeEnd,
+    Data,
+    DataCr,
+    DataLf,
+    TrailerStart,
+    Trailer,
+    TrailerEnd,
+    LastLf,
+    Done,
+}
+
+impl Chunked {
+    /// Takes the next bytes of the body: how many of them belong to it, and
+    /// whether it ended with them. `Err` for a malformed body.
+    pub(crate) fn feed(&mut self, input: &[u8]) -> Result<(usize, bool), ()> {
+        use ChunkState::*;
+        let mut i = 0;
+        while i < input.len() {
+            if self.state == Done {
+                break;
+            }
+            if self.state == Data {
+                let take = (input.len() - i).min(usize::try_from(self.size).unwrap_or(usize::MAX));
+                i += take;
+                self.size -= take as u64;
+                if self.size == 0 {
+                    self.state = DataCr;
+                }
+                continue;
+            }
+            let b = input[i];
+            i += 1;
+            self.state = match (self.state, b) {
+                (Size, b) if b.is_ascii_hexdigit() => {
+                    if self.digits == 15 {
+                        return Err(());
+                    }
+                    self.digits += 1;
+                    let d = (b as char).to_digit(16).unwrap_or(0);
+                    self.size = self.size * 16 + u64::from(d);
+                    Size
+                }
+                (Size, b';' | b' ' | b'\t') if self.digits > 0 => Extension,
+                (Size, b'\r') if self.digits > 0 => SizeEnd,
+                (Extension, b'\r') => SizeEnd,
+                (Extension, b'\n') => return Err(()),
+                (Extension, _) => Extension,
+                (SizeEnd, b'\n') if self.size == 0 => TrailerStart,
+                (SizeEnd, b'\n') => Data,
+                (DataCr, b'\r') => DataLf,
+                (DataLf, b'\n') => {
+                    self.digits = 0;
+                    Size
+                }
+                (TrailerStart, b'\r') => LastLf,
+                (TrailerStart | Trailer, b'\n') => return Err(()),
+                (Trailer, b'\r') => TrailerEnd,
+                (TrailerStart | Trailer, _) => Trailer,
+                (TrailerEnd, b'\n') => TrailerStart,
+                (LastLf, b'\n') => Done,
+                _ => return Err(()),
+            };
+        }
+        Ok((i, self.state == Done))
+    }
+}
+
+/// A connection's stream with bytes already read from it put back in front,
+/// for handing a connection over mid-way.
+pub struct Prefixed<S> {
+    prefix: BytesMut,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    pub fn new(prefix: BytesMut, inner: S) -> Self {
+        Prefixed { prefix, inner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(raw: &str) -> (Parsed, String) {
+        let mut out = Vec::new();
+        let parsed = parse_request(raw.as_bytes(), "10.0.0.9", &mut out);
+        (parsed, String::from_utf8(out).expect("utf-8"))
+    }
+
+    #[test]
+    fn request_head_is_rewritten_for_upstream() {
+        let raw = "POST /a?b=1 HTTP/1.1\r\nHost: shop.test\r\nConnection: keep-alive, x-secret\r\n\
+                   X-Secret: 1\r\nTE: trailers\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: https\r\n\
+                   Content-Length: 3\r\nAccept: */*\r\n\r\nabc";
+        let (parsed, out) = request(raw);
+        let Parsed::Request(req) = parsed else {
+            panic!("not taken: {parsed:?}");
+        };
+        assert_eq!(req.head_len, raw.len() - 3);
+        assert_eq!(&raw[req.host], "shop.test");
+        assert_eq!(&raw[req.path], "/a?b=1");
+        assert_eq!((req.body_len, req.close, req.retryable), (3, false, false));
+        assert_eq!(
+            out,
+            "POST /a?b=1 HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 3\r\nAccept: */*\r\n\
+             x-forwarded-for: 1.2.3.4, 10.0.0.9\r\nx-forwarded-proto: http\r\n\
+             x-forwarded-host: shop.test\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn requests_the_fast_path_does_not_take_are_handed_over() {
+        for raw in [
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "GET / HTTP/1.0\r\nHost: a\r\n\r\n",
+            "GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +1\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+            "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            "GET / HTTP/1.1\r\nHo st: a\r\n\r\n",
+        ] {
+            let (parsed, _) = request(raw);
+            assert!(matches!(parsed, Parsed::Handoff), "{raw:?}: {parsed:?}");
+        }
+        assert!(matches!(
+            request("GET / HTTP/1.1\r\nHost: a\r\n").0,
+            Parsed::Partial
+        ));
+    }
+
+    fn response(raw: &str, head_request: bool) -> (ResponseHead, String) {
+        let mut out = Vec::new();
+        let resp = parse_response(raw.as_bytes(), head_request, false, &mut out)
+            .expect("valid")
+            .expect("complete");
+        (resp, String::from_utf8(out).expect("utf-8"))
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112() {
+        let (r, out) = response(
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\r\nhello",
+            false,
+        );
+        assert_eq!((r.framing, r.keep_alive), (Framing::Length(5), true));
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n");
+        let (r, out) = response(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n",
+            false,
+        );
+        assert_eq!(r.framing, Framing::Chunked);
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        let (r, out) = response("HTTP/1.0 200 OK\r\n\r\n", false);
+        assert_eq!((r.framing, r.keep_alive), (Framing::Close, false));
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n");
+        let (r, _) = response("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true);
+        assert_eq!(r.framing, Framing::Length(0));
+        let (r, _) = response("HTTP/1.1 304 Not Modified\r\n\r\n", false);
+        assert_eq!(r.framing, Framing::Length(0));
+        let (r, _) = response(
+            "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            false,
+        );
+        assert_eq!((r.framing, r.keep_alive), (Framing::Length(0), false));
+        let (r, _) = response("HTTP/1.1 100 Continue\r\n\r\n", false);
+        assert!(r.interim);
+        let mut out = Vec::new();
+        for bad in [
+            "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+        ] {
+            assert!(
+                parse_response(bad.as_bytes(), false, false, &mut out).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_end_where_they_end_however_they_are_split() {
+        let body = b"5;ext=1\r\nhello\r\n10\r\n0123456789abcdef\r\n0\r\nTrailer: x\r\n\r\n";
+        let mut tail = body.to_vec();
+        tail.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+        for split in 0..tail.len() {
+            let mut c = Chunked::default();
+            let (a, done_a) = c.feed(&tail[..split]).expect("valid");
+            assert_eq!(a, split.min(body.len()));
+            let (b, done_b) = if done_a {
+                (0, true)
+            } else {
+                c.feed(&tail[split..]).expect("valid")
+            };
+            assert!(done_b, "split at {split}");
+            assert_eq!(a + b, body.len(), "split at {split}");
+        }
+        for bad in [&b"x\r\n"[..], b"\r\n", b"5\r\nhelloXX", b"0\r\nbad\n"] {
+            assert!(Chunked::default().feed(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(Chunked::default().feed(b"0\r\n\r\n"), Ok((5, true)));
+    }
+}
