@@ -26,6 +26,7 @@ use bytes::{Buf, BytesMut};
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 use crate::router::Route;
 use crate::server::{Claim, Inner, claim, record, retry_on};
@@ -55,6 +56,8 @@ pub async fn serve(
         up_buf: BytesMut::with_capacity(READ_SIZE),
         head: Vec::with_capacity(1024),
         kept: Kept(None),
+        client_timer: Box::pin(tokio::time::sleep(IDLE_TIMEOUT)),
+        upstream_timer: Box::pin(tokio::time::sleep(IDLE_TIMEOUT)),
     };
     loop {
         let req = loop {
@@ -72,8 +75,8 @@ pub async fn serve(
                     };
                     conn.buf.reserve(READ_SIZE);
                     let read = conn.client.read_buf(&mut conn.buf);
-                    match tokio::time::timeout(wait, read).await {
-                        Ok(Ok(n)) if n > 0 => {}
+                    match within(&mut conn.client_timer, wait, read).await {
+                        Some(Ok(n)) if n > 0 => {}
                         _ => return None,
                     }
                 }
@@ -101,6 +104,9 @@ struct Conn {
     /// The upstream connection of the last exchange, kept for the next
     /// request to the same target.
     kept: Kept,
+    /// Deadlines for waiting on the client and on the upstream.
+    client_timer: Pin<Box<Sleep>>,
+    upstream_timer: Pin<Box<Sleep>>,
 }
 
 /// A connection kept by one client connection; back to its target's pool
@@ -138,6 +144,8 @@ enum Failure {
     /// Nothing of a response arrived; another connection may be tried if
     /// the request can be sent again.
     Upstream { connect: bool },
+    /// The upstream answered something that is not an HTTP/1.1 response.
+    Malformed,
     /// The response did not start within `response_timeout`.
     Timeout,
     /// The client went away while its body was being forwarded.
@@ -178,12 +186,17 @@ impl Conn {
         loop {
             let target = Arc::clone(&slot.target);
             let failure = match self.exchange(inner, &target, &req).await {
-                Ok(upstream) => return self.respond(&route, slot, upstream, &req, started).await,
+                Ok((upstream, resp)) => {
+                    return self
+                        .respond(&route, slot, upstream, resp, &req, started)
+                        .await;
+                }
                 Err(f) => f,
             };
             let (status, why) = match failure {
                 Failure::Client => return Next::Close,
                 Failure::Timeout => (StatusCode::GATEWAY_TIMEOUT, "did not answer in time"),
+                Failure::Malformed => (StatusCode::BAD_GATEWAY, "sent a malformed response"),
                 Failure::Upstream { connect } => {
                     let retry = retry_on(&route, &target, connect, req.retryable, &mut retried);
                     if let Some(next) = retry {
@@ -202,15 +215,16 @@ impl Conn {
     }
 
     /// Sends the request (head in `self.head`, body from the client) to
-    /// `target` and reads the response head into `self.up_buf`. A pooled
-    /// connection that fails before any answer is replaced by a fresh one
-    /// when the request can be sent again.
+    /// `target` and reads the response head (from `self.up_buf`; the head
+    /// for the client goes to `self.head`). A pooled connection that fails
+    /// before any answer is replaced by a fresh one when the request can be
+    /// sent again.
     async fn exchange(
         &mut self,
         inner: &Inner,
         target: &Arc<Target>,
         req: &RequestHead,
-    ) -> Result<TcpStream, Failure> {
+    ) -> Result<(TcpStream, ResponseHead), Failure> {
         let config = &inner.config;
         loop {
             let reused = self.kept.take(target).or_else(|| target.streams.checkout());
@@ -225,16 +239,16 @@ impl Conn {
             let answered = match sent {
                 Ok(()) => {
                     self.up_buf.clear();
-                    let read = read_response_start(&mut up, &mut self.up_buf);
-                    match tokio::time::timeout(config.response_timeout, read).await {
-                        Ok(r) => r,
-                        Err(_) => return Err(Failure::Timeout),
+                    let read = read_response_head(&mut up, &mut self.up_buf, req, &mut self.head);
+                    match within(&mut self.upstream_timer, config.response_timeout, read).await {
+                        Some(r) => r,
+                        None => return Err(Failure::Timeout),
                     }
                 }
                 Err(f) => Err(f),
             };
             match answered {
-                Ok(()) => return Ok(up),
+                Ok(resp) => return Ok((up, resp)),
                 Err(Failure::Upstream { .. }) if pooled && req.retryable => continue,
                 Err(f) => return Err(f),
             }
@@ -279,39 +293,32 @@ impl Conn {
         Ok(())
     }
 
-    /// Sends the response whose start is in `self.up_buf` on to the client.
+    /// Sends the response `resp`, whose start is in `self.up_buf`, on to
+    /// the client.
     async fn respond(
         &mut self,
         route: &Route,
         slot: InFlight,
         mut up: TcpStream,
+        mut resp: ResponseHead,
         req: &RequestHead,
         started: Instant,
     ) -> Next {
         let target = Arc::clone(&slot.target);
-        let failed = |route: &Route| {
-            record(route, &target, StatusCode::BAD_GATEWAY, started);
-            Next::Close
-        };
         // Interim responses (100, 103) go through as they are.
-        let resp = loop {
-            match parse_response(&self.up_buf, req.head_method, req.close, &mut self.head) {
-                Ok(Some(resp)) if resp.interim => {
-                    let interim = self.up_buf.split_to(resp.head_len);
-                    if self.client.write_all(&interim).await.is_err() {
-                        return Next::Close;
-                    }
-                    if read_response_start(&mut up, &mut self.up_buf)
-                        .await
-                        .is_err()
-                    {
-                        return failed(route);
-                    }
-                }
-                Ok(Some(resp)) => break resp,
-                Ok(None) | Err(()) => return failed(route),
+        while resp.interim {
+            let interim = self.up_buf.split_to(resp.head_len);
+            if self.client.write_all(&interim).await.is_err() {
+                return Next::Close;
             }
-        };
+            match read_response_head(&mut up, &mut self.up_buf, req, &mut self.head).await {
+                Ok(next) => resp = next,
+                Err(_) => {
+                    record(route, &target, StatusCode::BAD_GATEWAY, started);
+                    return Next::Close;
+                }
+            }
+        }
         let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::OK);
         record(route, &target, status, started);
         self.up_buf.advance(resp.head_len);
@@ -441,6 +448,23 @@ impl Conn {
     }
 }
 
+/// Runs `fut` until `timer`, set to `limit` from now, fires. A connection
+/// keeps its timers: moving a deadline later is an atomic store, where a
+/// fresh `tokio::time::timeout` per wait would insert into and remove from
+/// the timer wheel on every request.
+async fn within<F: std::future::Future>(
+    timer: &mut Pin<Box<Sleep>>,
+    limit: Duration,
+    fut: F,
+) -> Option<F::Output> {
+    timer.as_mut().reset(tokio::time::Instant::now() + limit);
+    tokio::select! {
+        biased;
+        out = fut => Some(out),
+        () = timer.as_mut() => None,
+    }
+}
+
 async fn connect(target: &Target, timeout: Duration) -> io::Result<TcpStream> {
     let stream = tokio::time::timeout(timeout, TcpStream::connect(target.addr))
         .await
@@ -449,15 +473,20 @@ async fn connect(target: &Target, timeout: Duration) -> io::Result<TcpStream> {
     Ok(stream)
 }
 
-/// Reads from `up` until `buf` holds a complete response head.
-async fn read_response_start(up: &mut TcpStream, buf: &mut BytesMut) -> Result<(), Failure> {
+/// Reads from `up` until `buf` starts with a whole response head, and
+/// parses it, writing the head for the client to `out` (which keeps the
+/// request's head when this fails, for a retry).
+async fn read_response_head(
+    up: &mut TcpStream,
+    buf: &mut BytesMut,
+    req: &RequestHead,
+    out: &mut Vec<u8>,
+) -> Result<ResponseHead, Failure> {
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        match httparse::Response::new(&mut headers).parse(buf) {
-            Ok(httparse::Status::Complete(_)) => return Ok(()),
-            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
-            // A malformed answer: the response path reports it.
-            _ => return Ok(()),
+        match parse_response(buf, req.head_method, req.close, out) {
+            Ok(Some(resp)) => return Ok(resp),
+            Ok(None) if buf.len() < MAX_HEAD => {}
+            _ => return Err(Failure::Malformed),
         }
         buf.reserve(READ_SIZE);
         match up.read_buf(buf).await {

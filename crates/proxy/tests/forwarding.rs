@@ -93,6 +93,7 @@ struct Setup {
 async fn start_proxy(targets: Vec<SocketAddr>) -> Setup {
     let config = ProxyConfig {
         hold_timeout: Duration::from_millis(200),
+        response_timeout: Duration::from_secs(1),
         ..ProxyConfig::default()
     };
     let proxy = Proxy::new(config);
@@ -465,6 +466,44 @@ async fn interim_responses_are_passed_on_before_the_final_one() {
         "{out}"
     );
     assert!(out.ends_with("\r\n\r\nok"), "{out}");
+}
+
+#[tokio::test]
+async fn a_malformed_answer_is_502_and_a_silent_upstream_504_after_the_response_timeout() {
+    let (garbage, _) = start_raw_backend("SSH-2.0-OpenSSH_9.2\r\n\r\n", None).await;
+    const GET: &str = "GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n";
+    let setup = start_proxy(vec![garbage]).await;
+    let (status, body) = http1(setup.proxy_addr, GET).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (502, "app sent a malformed response\n")
+    );
+
+    let silent = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let silent_addr = silent.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let setup = start_proxy(vec![silent_addr]).await;
+    let started = std::time::Instant::now();
+    let (status, body) = http1(setup.proxy_addr, GET).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (504, "app did not answer in time\n")
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(1) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    assert_eq!(
+        setup.route_metrics.snapshot().classes[4],
+        1,
+        "counted as a 5xx"
+    );
 }
 
 #[tokio::test]
