@@ -24,6 +24,34 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// Whether `name`, in any case, is one of the hop-by-hop headers (for
+/// code that holds names as text, like the HTTP/1.1 fast path).
+pub fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| h.as_str().eq_ignore_ascii_case(name))
+}
+
+/// The `X-Forwarded-*` headers the proxy sets itself.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Forwarded {
+    For,
+    Proto,
+    Host,
+}
+
+/// Which `X-Forwarded-*` header `name` is, in any case.
+pub fn forwarded(name: &str) -> Option<Forwarded> {
+    [
+        (&X_FORWARDED_FOR, Forwarded::For),
+        (&X_FORWARDED_PROTO, Forwarded::Proto),
+        (&X_FORWARDED_HOST, Forwarded::Host),
+    ]
+    .into_iter()
+    .find(|(h, _)| h.as_str().eq_ignore_ascii_case(name))
+    .map(|(_, which)| which)
+}
+
 /// The `Upgrade` value when the message asks for a protocol upgrade
 /// (`Connection: upgrade` plus `Upgrade: …`, as for WebSocket).
 pub fn upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
@@ -111,6 +139,15 @@ mod tests {
         assert_eq!(upgrade(&h), Some(HeaderValue::from_static("websocket")));
         strip_hop_by_hop(&mut h);
         assert!(h.is_empty());
+    }
+
+    #[test]
+    fn names_are_recognised_in_any_case() {
+        assert!(is_hop_by_hop("Transfer-Encoding") && is_hop_by_hop("TE"));
+        assert!(!is_hop_by_hop("te2") && !is_hop_by_hop("accept"));
+        assert_eq!(forwarded("X-Forwarded-For"), Some(Forwarded::For));
+        assert_eq!(forwarded("x-forwarded-host"), Some(Forwarded::Host));
+        assert_eq!(forwarded("x-forwarded-port"), None);
     }
 
     #[test]

@@ -28,8 +28,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
+use crate::forward;
 use crate::router::Route;
-use crate::server::{Claim, Inner, claim, record, retry_on};
+use crate::server::{Inner, Refusal, claim, record, retry_on};
 use crate::target::{InFlight, Target};
 use crate::upstream::Idle;
 
@@ -158,29 +159,13 @@ impl Conn {
         let started = Instant::now();
         let host = std::str::from_utf8(&self.buf[req.host.clone()]).unwrap_or_default();
         let path = std::str::from_utf8(&self.buf[req.path.clone()]).unwrap_or_default();
-        let claimed = match claim(inner, host, path).await {
-            Claim::NoRoute => Err(format!("no route for {host}\n")),
-            claimed => Ok(claimed),
-        };
+        let claimed = claim(inner, host, path).await.or_refuse(host, started);
         self.buf.advance(req.head_len);
         // A body nobody is going to read leaves the connection out of step.
         let close_unread = req.close || req.body_len > 0;
         let (route, mut slot) = match claimed {
-            Ok(Claim::Got(route, slot)) => (route, slot),
-            Err(text) => return self.plain(404, &text, None, close_unread).await,
-            Ok(Claim::NoRoute) => unreachable!("turned into Err above"),
-            Ok(Claim::NoTarget(route)) => {
-                route.metrics.record(503, started.elapsed());
-                let text = format!("{} has no ready instance\n", route.service);
-                return self.plain(503, &text, None, close_unread).await;
-            }
-            Ok(Claim::Maintenance(route, retry_after)) => {
-                route.metrics.record(503, started.elapsed());
-                let text = format!("{} is down for maintenance\n", route.service);
-                return self
-                    .plain(503, &text, Some(retry_after), close_unread)
-                    .await;
-            }
+            Ok(got) => got,
+            Err(refusal) => return self.plain(refusal, close_unread).await,
         };
         let mut retried = false;
         loop {
@@ -207,10 +192,14 @@ impl Conn {
                 }
             };
             record(&route, &target, status, started);
-            let text = format!("{} {why}\n", route.service);
+            let refusal = Refusal {
+                status,
+                text: format!("{} {why}\n", route.service),
+                retry_after: None,
+            };
             // The request body may be half sent: only a bodiless request
             // leaves the client connection in step.
-            return self.plain(status.as_u16(), &text, None, close_unread).await;
+            return self.plain(refusal, close_unread).await;
         }
     }
 
@@ -235,24 +224,28 @@ impl Conn {
                     Err(_) => return Err(Failure::Upstream { connect: true }),
                 },
             };
-            let sent = self.send(&mut up, req.body_len).await;
-            let answered = match sent {
-                Ok(()) => {
-                    self.up_buf.clear();
-                    let read = read_response_head(&mut up, &mut self.up_buf, req, &mut self.head);
-                    match within(&mut self.upstream_timer, config.response_timeout, read).await {
-                        Some(r) => r,
-                        None => return Err(Failure::Timeout),
-                    }
-                }
-                Err(f) => Err(f),
-            };
-            match answered {
+            match self.round_trip(&mut up, req, config.response_timeout).await {
                 Ok(resp) => return Ok((up, resp)),
                 Err(Failure::Upstream { .. }) if pooled && req.retryable => continue,
                 Err(f) => return Err(f),
             }
         }
+    }
+
+    /// Sends the request on `up` and reads the response head, which has to
+    /// start within `limit`.
+    async fn round_trip(
+        &mut self,
+        up: &mut TcpStream,
+        req: &RequestHead,
+        limit: Duration,
+    ) -> Result<ResponseHead, Failure> {
+        self.send(up, req.body_len).await?;
+        self.up_buf.clear();
+        let read = read_response_head(up, &mut self.up_buf, req, &mut self.head);
+        within(&mut self.upstream_timer, limit, read)
+            .await
+            .unwrap_or(Err(Failure::Timeout))
     }
 
     /// Writes the head and the request body to `up`.
@@ -322,11 +315,7 @@ impl Conn {
         let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::OK);
         record(route, &target, status, started);
         self.up_buf.advance(resp.head_len);
-        let ended = match resp.framing {
-            Framing::Length(n) => self.relay_length(&mut up, n).await,
-            Framing::Chunked => self.relay_chunked(&mut up).await,
-            Framing::Close => self.relay_to_close(&mut up).await,
-        };
+        let ended = self.relay_body(&mut up, BodyEnd::new(resp.framing)).await;
         let client_close = match ended {
             Ok(()) => req.close || resp.framing == Framing::Close,
             Err(()) => return Next::Close,
@@ -342,41 +331,10 @@ impl Conn {
         }
     }
 
-    /// Sends the head and `n` body bytes, the first of them already read.
-    async fn relay_length(&mut self, up: &mut TcpStream, n: u64) -> Result<(), ()> {
-        let first = self
-            .up_buf
-            .len()
-            .min(usize::try_from(n).unwrap_or(usize::MAX));
-        self.head.extend_from_slice(&self.up_buf[..first]);
-        self.up_buf.advance(first);
-        self.client.write_all(&self.head).await.map_err(drop)?;
-        let mut left = n - first as u64;
-        while left > 0 {
-            self.up_buf.clear();
-            self.up_buf.reserve(READ_SIZE);
-            match up.read_buf(&mut self.up_buf).await {
-                Ok(got) if got > 0 => {}
-                _ => return Err(()),
-            }
-            let take = self
-                .up_buf
-                .len()
-                .min(usize::try_from(left).unwrap_or(usize::MAX));
-            self.client
-                .write_all(&self.up_buf[..take])
-                .await
-                .map_err(drop)?;
-            self.up_buf.advance(take);
-            left -= take as u64;
-        }
-        Ok(())
-    }
-
-    /// Sends the head and a chunked body, passed through as it is.
-    async fn relay_chunked(&mut self, up: &mut TcpStream) -> Result<(), ()> {
-        let mut chunks = Chunked::default();
-        let (mut take, mut done) = chunks.feed(&self.up_buf)?;
+    /// Sends the head and then the body as it comes, the first of it
+    /// already in `self.up_buf`, until `end` says it is complete.
+    async fn relay_body(&mut self, up: &mut TcpStream, mut end: BodyEnd) -> Result<(), ()> {
+        let (mut take, mut done) = end.feed(&self.up_buf)?;
         self.head.extend_from_slice(&self.up_buf[..take]);
         self.up_buf.advance(take);
         self.client.write_all(&self.head).await.map_err(drop)?;
@@ -384,10 +342,11 @@ impl Conn {
             self.up_buf.clear();
             self.up_buf.reserve(READ_SIZE);
             match up.read_buf(&mut self.up_buf).await {
+                Ok(0) if matches!(end, BodyEnd::Close) => return Ok(()),
                 Ok(got) if got > 0 => {}
                 _ => return Err(()),
             }
-            (take, done) = chunks.feed(&self.up_buf)?;
+            (take, done) = end.feed(&self.up_buf)?;
             self.client
                 .write_all(&self.up_buf[..take])
                 .await
@@ -397,40 +356,18 @@ impl Conn {
         Ok(())
     }
 
-    /// Sends the head and everything until the upstream closes.
-    async fn relay_to_close(&mut self, up: &mut TcpStream) -> Result<(), ()> {
-        self.head.extend_from_slice(&self.up_buf);
-        self.up_buf.clear();
-        self.client.write_all(&self.head).await.map_err(drop)?;
-        loop {
-            self.up_buf.clear();
-            self.up_buf.reserve(READ_SIZE);
-            match up.read_buf(&mut self.up_buf).await {
-                Ok(0) => return Ok(()),
-                Ok(_) => {}
-                Err(_) => return Err(()),
-            }
-            self.client.write_all(&self.up_buf).await.map_err(drop)?;
-        }
-    }
-
     /// A response the proxy makes itself.
-    async fn plain(
-        &mut self,
-        status: u16,
-        text: &str,
-        retry_after: Option<u32>,
-        close: bool,
-    ) -> Next {
+    async fn plain(&mut self, refusal: Refusal, close: bool) -> Next {
         use std::io::Write;
-        let reason = StatusCode::from_u16(status)
-            .ok()
-            .and_then(|s| s.canonical_reason())
-            .unwrap_or("");
+        let Refusal {
+            status,
+            text,
+            retry_after,
+        } = refusal;
         self.head.clear();
         let _ = write!(
             self.head,
-            "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n",
+            "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n",
             text.len()
         );
         if let Some(seconds) = retry_after {
@@ -516,29 +453,6 @@ enum Parsed {
     Partial,
     Request(RequestHead),
     Handoff,
-}
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1) and `Proxy-Authorization`, which
-/// are not forwarded; `Upgrade` is here too because the fast path takes no
-/// upgrade.
-fn is_hop_by_hop(name: &str) -> bool {
-    let is = |s: &str| name.eq_ignore_ascii_case(s);
-    match name.len() {
-        2 => is("te"),
-        7 => is("trailer") || is("upgrade"),
-        10 => is("connection") || is("keep-alive"),
-        16 => is("proxy-connection"),
-        17 => is("transfer-encoding"),
-        18 => is("proxy-authenticate"),
-        19 => is("proxy-authorization"),
-        _ => false,
-    }
-}
-
-fn is_forwarded(name: &str) -> bool {
-    name.len() >= 15
-        && name[..12].eq_ignore_ascii_case("x-forwarded-")
-        && matches!(&name[12..], n if n.eq_ignore_ascii_case("for") || n.eq_ignore_ascii_case("proto") || n.eq_ignore_ascii_case("host"))
 }
 
 /// The tokens of `Connection` values other than `close` and `keep-alive`:
@@ -637,13 +551,13 @@ fn parse_request(buf: &[u8], client_ip: &str, out: &mut Vec<u8>) -> Parsed {
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut forwarded_for = Vec::new();
     for h in req.headers.iter() {
-        if is_forwarded(h.name) {
-            if h.name.len() == 15 {
+        if let Some(which) = forward::forwarded(h.name) {
+            if which == forward::Forwarded::For {
                 forwarded_for.push(h.value);
             }
             continue;
         }
-        if is_hop_by_hop(h.name) || named.iter().any(|n| n.eq_ignore_ascii_case(h.name)) {
+        if forward::is_hop_by_hop(h.name) || named.iter().any(|n| n.eq_ignore_ascii_case(h.name)) {
             continue;
         }
         out.extend_from_slice(h.name.as_bytes());
@@ -766,7 +680,7 @@ fn parse_response(
         let keep_encoding = chunked.is_some() && h.name.eq_ignore_ascii_case("transfer-encoding");
         let dropped_length = chunked.is_some() && h.name.eq_ignore_ascii_case("content-length");
         if dropped_length
-            || (is_hop_by_hop(h.name) && !keep_encoding)
+            || (forward::is_hop_by_hop(h.name) && !keep_encoding)
             || named.iter().any(|n| n.eq_ignore_ascii_case(h.name))
         {
             continue;
@@ -787,6 +701,41 @@ fn parse_response(
         framing,
         keep_alive: version == 1 && !upstream_close && framing != Framing::Close,
     }))
+}
+
+/// How much of what arrives belongs to a response body, by its framing.
+enum BodyEnd {
+    /// Bytes still to come.
+    Length(u64),
+    Chunked(Chunked),
+    /// Everything, until the upstream closes.
+    Close,
+}
+
+impl BodyEnd {
+    fn new(framing: Framing) -> Self {
+        match framing {
+            Framing::Length(n) => BodyEnd::Length(n),
+            Framing::Chunked => BodyEnd::Chunked(Chunked::default()),
+            Framing::Close => BodyEnd::Close,
+        }
+    }
+
+    /// How many of `input`'s bytes belong to the body, and whether it ends
+    /// with them. `Err` for a malformed chunked body.
+    fn feed(&mut self, input: &[u8]) -> Result<(usize, bool), ()> {
+        match self {
+            BodyEnd::Length(left) => {
+                let take = input
+                    .len()
+                    .min(usize::try_from(*left).unwrap_or(usize::MAX));
+                *left -= take as u64;
+                Ok((take, *left == 0))
+            }
+            BodyEnd::Chunked(chunks) => chunks.feed(input),
+            BodyEnd::Close => Ok((input.len(), false)),
+        }
+    }
 }
 
 /// Finds the end of a chunked body as it streams past, without decoding

@@ -128,23 +128,15 @@ async fn handle(
         ));
     };
     let host_name = host.to_str().unwrap_or_default();
-    let (route, mut slot) = match claim(&inner, host_name, req.uri().path()).await {
-        Claim::Got(route, slot) => (route, slot),
-        Claim::NoRoute => {
-            let text = format!("no route for {host_name}\n");
-            return Ok(plain(StatusCode::NOT_FOUND, text));
-        }
-        Claim::NoTarget(route) => {
-            route.metrics.record(503, started.elapsed());
-            let text = format!("{} has no ready instance\n", route.service);
-            return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, text));
-        }
-        Claim::Maintenance(route, retry_after) => {
-            route.metrics.record(503, started.elapsed());
-            let text = format!("{} is down for maintenance\n", route.service);
-            let mut resp = plain(StatusCode::SERVICE_UNAVAILABLE, text);
-            resp.headers_mut()
-                .insert(http::header::RETRY_AFTER, HeaderValue::from(retry_after));
+    let claimed = claim(&inner, host_name, req.uri().path()).await;
+    let (route, mut slot) = match claimed.or_refuse(host_name, started) {
+        Ok(got) => got,
+        Err(refusal) => {
+            let mut resp = plain(refusal.status, refusal.text);
+            if let Some(seconds) = refusal.retry_after {
+                resp.headers_mut()
+                    .insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
+            }
             return Ok(resp);
         }
     };
@@ -257,6 +249,47 @@ pub(crate) enum Claim {
     NoRoute,
     NoTarget(Arc<Route>),
     Maintenance(Arc<Route>, u32),
+}
+
+/// The proxy's own answer to a request that got no target.
+pub(crate) struct Refusal {
+    pub status: StatusCode,
+    pub text: String,
+    pub retry_after: Option<u32>,
+}
+
+impl Claim {
+    /// The route and claimed target, or the answer to give instead; a
+    /// refusal on a known route counts against the route as a 503.
+    pub(crate) fn or_refuse(
+        self,
+        host: &str,
+        started: Instant,
+    ) -> Result<(Arc<Route>, InFlight), Refusal> {
+        let (status, text, retry_after) = match self {
+            Claim::Got(route, slot) => return Ok((route, slot)),
+            Claim::NoRoute => (
+                StatusCode::NOT_FOUND,
+                format!("no route for {host}\n"),
+                None,
+            ),
+            Claim::NoTarget(route) => {
+                route.metrics.record(503, started.elapsed());
+                let text = format!("{} has no ready instance\n", route.service);
+                (StatusCode::SERVICE_UNAVAILABLE, text, None)
+            }
+            Claim::Maintenance(route, seconds) => {
+                route.metrics.record(503, started.elapsed());
+                let text = format!("{} is down for maintenance\n", route.service);
+                (StatusCode::SERVICE_UNAVAILABLE, text, Some(seconds))
+            }
+        };
+        Err(Refusal {
+            status,
+            text,
+            retry_after,
+        })
+    }
 }
 
 /// Finds the route and claims a target; while the route has none, waits for

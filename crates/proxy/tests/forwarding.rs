@@ -560,7 +560,7 @@ async fn http10_and_chunked_uploads_take_the_general_path() {
 }
 
 #[tokio::test]
-async fn a_client_that_sends_nothing_more_is_not_waited_for_by_the_upstream() {
+async fn an_upstream_connection_a_departing_client_left_half_written_is_not_reused() {
     // A request whose body never comes in full: the upstream connection is
     // not handed to anyone else half-written.
     let (backend, accepted) = start_counting_backend().await;
