@@ -92,6 +92,29 @@ pub async fn remove_channel(api: &Api, id: i64) -> CmdResult {
     Ok(())
 }
 
+/// Turns the maintenance page of `service` on (503 with `Retry-After`) or,
+/// with no `retry_after`, off.
+async fn maintenance_mode(
+    api: &Api,
+    service: &str,
+    retry_after: Option<u32>,
+    fmt: Format,
+) -> Result<serde_json::Value, crate::Exit> {
+    let body = match retry_after {
+        Some(seconds) => serde_json::json!({ "on": true, "retry_after_s": seconds }),
+        None => serde_json::json!({ "on": false }),
+    };
+    let path = format!("/api/v1/services/{service}/maintenance-mode");
+    let v = api.post(&path, body).await?;
+    if fmt == Format::Table {
+        match retry_after {
+            Some(s) => println!("{service}: maintenance page on (503, Retry-After {s}s)"),
+            None => println!("{service}: maintenance page off; traffic flows again"),
+        }
+    }
+    Ok(v)
+}
+
 pub async fn maintenance(api: &Api, command: crate::MaintenanceCommand, fmt: Format) -> CmdResult {
     use crate::MaintenanceCommand as M;
     let v = match command {
@@ -142,32 +165,8 @@ pub async fn maintenance(api: &Api, command: crate::MaintenanceCommand, fmt: For
         M::On {
             service,
             retry_after,
-        } => {
-            let body = serde_json::json!({ "on": true, "retry_after_s": retry_after });
-            let v = api
-                .post(
-                    &format!("/api/v1/services/{service}/maintenance-mode"),
-                    body,
-                )
-                .await?;
-            if fmt == Format::Table {
-                println!("{service}: maintenance page on (503, Retry-After {retry_after}s)");
-            }
-            v
-        }
-        M::Off { service } => {
-            let body = serde_json::json!({ "on": false });
-            let v = api
-                .post(
-                    &format!("/api/v1/services/{service}/maintenance-mode"),
-                    body,
-                )
-                .await?;
-            if fmt == Format::Table {
-                println!("{service}: maintenance page off; traffic flows again");
-            }
-            v
-        }
+        } => maintenance_mode(api, &service, Some(retry_after), fmt).await?,
+        M::Off { service } => maintenance_mode(api, &service, None, fmt).await?,
     };
     if fmt == Format::Json {
         json(&v);
