@@ -51,6 +51,16 @@ impl Placement {
         }
     }
 
+    /// The service and environment of an agent unit: the inverse of how
+    /// [`Placement::environment`] names units (production is the bare
+    /// service, so it has no environment here).
+    pub fn split_unit(unit: &str) -> (&str, Option<&str>) {
+        match unit.split_once('@') {
+            Some((service, env)) => (service, Some(env)),
+            None => (unit, None),
+        }
+    }
+
     /// ` in staging`, for messages.
     pub fn suffix(&self) -> String {
         self.env
@@ -86,5 +96,19 @@ fn route(spec: &Spec, env: Option<&EnvName>) -> RouteSpec {
     RouteSpec {
         host: host.as_str().into(),
         path_prefix: prefix.as_str().into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_split_back_into_service_and_environment() {
+        assert_eq!(
+            Placement::split_unit("shop@staging"),
+            ("shop", Some("staging"))
+        );
+        assert_eq!(Placement::split_unit("shop"), ("shop", None));
     }
 }

@@ -14,7 +14,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use tandem_core::protocol::{AgentStatus, RequestCounts, ServiceStatus};
-use tandem_engine::Engine;
+use tandem_engine::{Engine, Placement};
 use tandem_store::{IncidentRow, MinuteRow, NewIncident, StoreError};
 
 pub use notify::Notifier;
@@ -293,7 +293,7 @@ impl Monitor {
                 if look.crash_looping && !old.crash_looping {
                     kinds.push("instance.crash_looping");
                 }
-                let service = unit.split('@').next().unwrap_or(unit);
+                let (service, _) = Placement::split_unit(unit);
                 for kind in kinds {
                     let event = tandem_core::journal::NewEvent::new(MONITOR_ACTOR, kind)
                         .subject("service", service)
@@ -330,10 +330,8 @@ impl Monitor {
             let Some(active) = svc.active.as_deref() else {
                 continue;
             };
-            let (service, env) = match svc.service.split_once('@') {
-                Some((s, e)) => (s.to_owned(), Some(e.to_owned())),
-                None => (svc.service.clone(), None),
-            };
+            let (service, env) = Placement::split_unit(&svc.service);
+            let (service, env) = (service.to_owned(), env.map(str::to_owned));
             let windows: Vec<_> = maintenance
                 .iter()
                 .filter(|w| w.service == service)
