@@ -2,34 +2,56 @@
 //! directions (RFC 9110 §7.6.1), `X-Forwarded-*` are set, and an upgrade
 //! request keeps exactly the headers the upgrade needs.
 
-use http::header::{
-    CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION,
-    TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
-};
+use http::header::{CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, UPGRADE};
 
-/// Hop-by-hop headers, plus `Upgrade` (restored on its own for upgrades).
-static HOP_BY_HOP: [HeaderName; 9] = [
-    CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    PROXY_AUTHENTICATE,
-    PROXY_AUTHORIZATION,
-    TE,
-    TRAILER,
-    TRANSFER_ENCODING,
-    UPGRADE,
+/// Hop-by-hop headers, plus `Upgrade` (restored on its own for upgrades),
+/// as text: the one list, from which the `HeaderName`s below are made.
+const HOP_BY_HOP_NAMES: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
 ];
 
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static HOP_BY_HOP: [HeaderName; 9] = {
+    let n = HOP_BY_HOP_NAMES;
+    [
+        HeaderName::from_static(n[0]),
+        HeaderName::from_static(n[1]),
+        HeaderName::from_static(n[2]),
+        HeaderName::from_static(n[3]),
+        HeaderName::from_static(n[4]),
+        HeaderName::from_static(n[5]),
+        HeaderName::from_static(n[6]),
+        HeaderName::from_static(n[7]),
+        HeaderName::from_static(n[8]),
+    ]
+};
+
+const X_FORWARDED: [(&str, Forwarded); 3] = [
+    ("x-forwarded-for", Forwarded::For),
+    ("x-forwarded-proto", Forwarded::Proto),
+    ("x-forwarded-host", Forwarded::Host),
+];
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static(X_FORWARDED[0].0);
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static(X_FORWARDED[1].0);
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static(X_FORWARDED[2].0);
+
+/// `name` equals the lower-case `known` in any case; the length is
+/// compared first, which rules out almost every header at once.
+fn is(known: &str, name: &str) -> bool {
+    known.len() == name.len() && known.eq_ignore_ascii_case(name)
+}
 
 /// Whether `name`, in any case, is one of the hop-by-hop headers (for
 /// code that holds names as text, like the HTTP/1.1 fast path).
 pub fn is_hop_by_hop(name: &str) -> bool {
-    HOP_BY_HOP
-        .iter()
-        .any(|h| h.as_str().eq_ignore_ascii_case(name))
+    HOP_BY_HOP_NAMES.iter().any(|known| is(known, name))
 }
 
 /// The `X-Forwarded-*` headers the proxy sets itself.
@@ -42,14 +64,10 @@ pub enum Forwarded {
 
 /// Which `X-Forwarded-*` header `name` is, in any case.
 pub fn forwarded(name: &str) -> Option<Forwarded> {
-    [
-        (&X_FORWARDED_FOR, Forwarded::For),
-        (&X_FORWARDED_PROTO, Forwarded::Proto),
-        (&X_FORWARDED_HOST, Forwarded::Host),
-    ]
-    .into_iter()
-    .find(|(h, _)| h.as_str().eq_ignore_ascii_case(name))
-    .map(|(_, which)| which)
+    X_FORWARDED
+        .iter()
+        .find(|(known, _)| is(known, name))
+        .map(|&(_, which)| which)
 }
 
 /// The `Upgrade` value when the message asks for a protocol upgrade

@@ -16,17 +16,18 @@
 //! targets, metrics and retry rules.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 use crate::forward;
 use crate::router::Route;
@@ -57,8 +58,8 @@ pub async fn serve(
         up_buf: BytesMut::with_capacity(READ_SIZE),
         head: Vec::with_capacity(1024),
         kept: Kept(None),
-        client_timer: Box::pin(tokio::time::sleep(IDLE_TIMEOUT)),
-        upstream_timer: Box::pin(tokio::time::sleep(IDLE_TIMEOUT)),
+        client_deadline: Deadline::after(IDLE_TIMEOUT),
+        upstream_deadline: Deadline::after(IDLE_TIMEOUT),
     };
     loop {
         let req = loop {
@@ -76,7 +77,8 @@ pub async fn serve(
                     };
                     conn.buf.reserve(READ_SIZE);
                     let read = conn.client.read_buf(&mut conn.buf);
-                    match within(&mut conn.client_timer, wait, read).await {
+                    conn.client_deadline.set(Instant::now() + wait);
+                    match conn.client_deadline.within(read).await {
                         Some(Ok(n)) if n > 0 => {}
                         _ => return None,
                     }
@@ -106,8 +108,8 @@ struct Conn {
     /// request to the same target.
     kept: Kept,
     /// Deadlines for waiting on the client and on the upstream.
-    client_timer: Pin<Box<Sleep>>,
-    upstream_timer: Pin<Box<Sleep>>,
+    client_deadline: Deadline,
+    upstream_deadline: Deadline,
 }
 
 /// A connection kept by one client connection; back to its target's pool
@@ -156,7 +158,7 @@ enum Failure {
 impl Conn {
     /// Forwards one parsed request and its response.
     async fn proxy(&mut self, inner: &Inner, req: RequestHead) -> Next {
-        let started = Instant::now();
+        let started = std::time::Instant::now();
         let host = std::str::from_utf8(&self.buf[req.host.clone()]).unwrap_or_default();
         let path = std::str::from_utf8(&self.buf[req.path.clone()]).unwrap_or_default();
         let claimed = claim(inner, host, path).await.or_refuse(host, started);
@@ -242,8 +244,10 @@ impl Conn {
     ) -> Result<ResponseHead, Failure> {
         self.send(up, req.body_len).await?;
         self.up_buf.clear();
+        self.upstream_deadline.set(Instant::now() + limit);
         let read = read_response_head(up, &mut self.up_buf, req, &mut self.head);
-        within(&mut self.upstream_timer, limit, read)
+        self.upstream_deadline
+            .within(read)
             .await
             .unwrap_or(Err(Failure::Timeout))
     }
@@ -295,7 +299,7 @@ impl Conn {
         mut up: TcpStream,
         mut resp: ResponseHead,
         req: &RequestHead,
-        started: Instant,
+        started: std::time::Instant,
     ) -> Next {
         let target = Arc::clone(&slot.target);
         // Interim responses (100, 103) go through as they are.
@@ -385,20 +389,47 @@ impl Conn {
     }
 }
 
-/// Runs `fut` until `timer`, set to `limit` from now, fires. A connection
-/// keeps its timers: moving a deadline later is an atomic store, where a
-/// fresh `tokio::time::timeout` per wait would insert into and remove from
-/// the timer wheel on every request.
-async fn within<F: std::future::Future>(
-    timer: &mut Pin<Box<Sleep>>,
-    limit: Duration,
-    fut: F,
-) -> Option<F::Output> {
-    timer.as_mut().reset(tokio::time::Instant::now() + limit);
-    tokio::select! {
-        biased;
-        out = fut => Some(out),
-        () = timer.as_mut() => None,
+/// A deadline that is cheap to move later, as every request does: that
+/// only stores the new instant. The timer underneath stays where it was,
+/// and when it fires before the deadline it is set again; only moving the
+/// deadline earlier touches the timer at once.
+struct Deadline {
+    at: Instant,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl Deadline {
+    fn after(limit: Duration) -> Deadline {
+        let at = Instant::now() + limit;
+        Deadline {
+            at,
+            timer: Box::pin(tokio::time::sleep_until(at)),
+        }
+    }
+
+    fn set(&mut self, at: Instant) {
+        self.at = at;
+        if at < self.timer.deadline() {
+            self.timer.as_mut().reset(at);
+        }
+    }
+
+    /// Runs `fut` to its end, or until the deadline passes (`None`).
+    async fn within<F: Future>(&mut self, fut: F) -> Option<F::Output> {
+        let passed = async {
+            loop {
+                self.timer.as_mut().await;
+                if Instant::now() >= self.at {
+                    return;
+                }
+                self.timer.as_mut().reset(self.at);
+            }
+        };
+        tokio::select! {
+            biased;
+            out = fut => Some(out),
+            () = passed => None,
+        }
     }
 }
 
@@ -478,6 +509,13 @@ fn connection_tokens<'a>(
     Ok(named)
 }
 
+/// A status code as its three digits (`parse_response` took it from
+/// three digits, so it is below 1000).
+fn status_digits(status: u16) -> [u8; 3] {
+    let digit = |n: u16| b'0' + (n % 10) as u8;
+    [digit(status / 100), digit(status / 10), digit(status)]
+}
+
 /// A `Content-Length` value: digits only, no sign, no list.
 fn content_length(value: &[u8]) -> Option<u64> {
     if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
@@ -497,9 +535,9 @@ fn parse_request(buf: &[u8], client_ip: &str, out: &mut Vec<u8>) -> Parsed {
     if buf.is_empty() {
         return Parsed::Partial;
     }
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let head_len = match req.parse(buf) {
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let head_len = match req.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::Handoff,
@@ -617,9 +655,14 @@ fn parse_response(
     client_close: bool,
     out: &mut Vec<u8>,
 ) -> Result<Option<ResponseHead>, ()> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let head_len = match resp.parse(buf) {
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut headers,
+    );
+    let head_len = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(()),
@@ -672,7 +715,7 @@ fn parse_response(
 
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.to_string().as_bytes());
+    out.extend_from_slice(&status_digits(status));
     out.push(b' ');
     out.extend_from_slice(resp.reason.unwrap_or_default().as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -881,6 +924,28 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_moved_later_holds_until_the_new_instant() {
+        let start = Instant::now();
+        let mut deadline = Deadline::after(Duration::from_secs(1));
+        deadline.set(start + Duration::from_secs(5));
+        let never = std::future::pending::<()>();
+        assert_eq!(deadline.within(never).await, None);
+        // The timer fired at 1 s, saw the deadline had moved, and waited on.
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+
+        // Moved earlier, it fires at the earlier instant.
+        let now = Instant::now();
+        deadline.set(now + Duration::from_secs(60));
+        deadline.set(now + Duration::from_secs(2));
+        assert_eq!(deadline.within(std::future::pending::<()>()).await, None);
+        assert_eq!(now.elapsed(), Duration::from_secs(2));
+
+        // What ends first wins.
+        deadline.set(Instant::now() + Duration::from_secs(3));
+        assert_eq!(deadline.within(async { 7 }).await, Some(7));
+    }
 
     fn request(raw: &str) -> (Parsed, String) {
         let mut out = Vec::new();
