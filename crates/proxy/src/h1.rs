@@ -70,17 +70,8 @@ pub async fn serve(
                     return Some((conn.client, conn.buf));
                 }
                 Parsed::Partial => {
-                    let wait = if conn.buf.is_empty() {
-                        IDLE_TIMEOUT
-                    } else {
-                        HEAD_TIMEOUT
-                    };
-                    conn.buf.reserve(READ_SIZE);
-                    let read = conn.client.read_buf(&mut conn.buf);
-                    conn.client_deadline.set(Instant::now() + wait);
-                    match conn.client_deadline.within(read).await {
-                        Some(Ok(n)) if n > 0 => {}
-                        _ => return None,
+                    if !conn.read_client(inner.config.kept_upstream_hold).await {
+                        return None;
                     }
                 }
             }
@@ -156,6 +147,34 @@ enum Failure {
 }
 
 impl Conn {
+    /// Reads more of the next request; `false` when the client closed or
+    /// took too long. A client that goes quiet between requests keeps its
+    /// upstream connection for `hold` only: after that it goes back to the
+    /// target's pool, where other clients can use it.
+    async fn read_client(&mut self, hold: Duration) -> bool {
+        let between_requests = self.buf.is_empty();
+        let wait = if between_requests {
+            IDLE_TIMEOUT
+        } else {
+            HEAD_TIMEOUT
+        };
+        let now = Instant::now();
+        let give_up = now + wait;
+        self.buf.reserve(READ_SIZE);
+        if between_requests && self.kept.0.is_some() {
+            self.client_deadline.set(give_up.min(now + hold));
+            let read = self.client.read_buf(&mut self.buf);
+            match self.client_deadline.within(read).await {
+                Some(Ok(n)) => return n > 0,
+                Some(Err(_)) => return false,
+                None => self.kept = Kept(None),
+            }
+        }
+        self.client_deadline.set(give_up);
+        let read = self.client.read_buf(&mut self.buf);
+        matches!(self.client_deadline.within(read).await, Some(Ok(n)) if n > 0)
+    }
+
     /// Forwards one parsed request and its response.
     async fn proxy(&mut self, inner: &Inner, req: RequestHead) -> Next {
         let started = std::time::Instant::now();

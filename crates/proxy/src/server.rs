@@ -33,6 +33,10 @@ pub struct ProxyConfig {
     /// How long to wait for an upstream's response headers before a 504.
     pub response_timeout: Duration,
     pub connect_timeout: Duration,
+    /// How long a client connection that is quiet between requests keeps
+    /// its upstream connection for its next request before handing it back
+    /// to the target's pool.
+    pub kept_upstream_hold: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -41,6 +45,7 @@ impl Default for ProxyConfig {
             hold_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(2),
+            kept_upstream_hold: Duration::from_secs(2),
         }
     }
 }

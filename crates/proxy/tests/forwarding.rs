@@ -94,6 +94,7 @@ async fn start_proxy(targets: Vec<SocketAddr>) -> Setup {
     let config = ProxyConfig {
         hold_timeout: Duration::from_millis(200),
         response_timeout: Duration::from_secs(1),
+        kept_upstream_hold: Duration::from_millis(300),
         ..ProxyConfig::default()
     };
     let proxy = Proxy::new(config);
@@ -557,6 +558,33 @@ async fn http10_and_chunked_uploads_take_the_general_path() {
     )
     .await;
     assert_eq!((status, echoed.as_str()), (200, "abcdefg"));
+}
+
+#[tokio::test]
+async fn a_quiet_client_hands_its_upstream_connection_back_after_the_hold() {
+    let (backend, accepted) = start_counting_backend().await;
+    let setup = start_proxy(vec![backend]).await;
+    // Client A makes a request and then stays connected, quiet.
+    let stream = TcpStream::connect(setup.proxy_addr).await.expect("connect");
+    let (mut quiet, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let resp = quiet.send_request(get("/a")).await.expect("response");
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.expect("body");
+    // Past the hold (300 ms), B gets the connection A no longer holds.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let answers = on_one_connection(setup.proxy_addr, vec![get("/b")]).await;
+    assert_eq!(answers[0].0, 200);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "B reused the upstream connection A handed back"
+    );
+    // A is still served.
+    let resp = quiet.send_request(get("/c")).await.expect("response");
+    assert_eq!(resp.status(), 200);
 }
 
 #[tokio::test]
