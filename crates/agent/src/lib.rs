@@ -49,6 +49,35 @@ pub enum AgentError {
     },
 }
 
+/// File descriptors kept back from the proxy's share for the agent's own
+/// use: the control socket, log files, probes, instances' pipes.
+const RESERVED_FDS: u64 = 256;
+
+/// Raises the soft limit on open files to the hard one (capped at 2^20):
+/// a proxied connection holds two sockets, and the usual soft limit of
+/// 1024 would stop the proxy at a few hundred clients. Returns the limit in
+/// force. Instances started later inherit it.
+pub fn raise_fd_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 1024;
+    };
+    let wanted = hard.min(1 << 20);
+    if soft < wanted && setrlimit(Resource::RLIMIT_NOFILE, wanted, hard).is_ok() {
+        return wanted;
+    }
+    soft
+}
+
+/// How many client connections the proxy can take with `fd_limit` open
+/// files: two sockets each, after the agent's own.
+pub fn connection_limit(fd_limit: u64, configured: usize) -> usize {
+    let fits = fd_limit.saturating_sub(RESERVED_FDS) / 2;
+    usize::try_from(fits)
+        .unwrap_or(usize::MAX)
+        .clamp(1, configured.max(1))
+}
+
 /// Takes the agent lock of `data_dir`, or says who holds it.
 pub fn lock_data_dir(data_dir: &Path, name: &str) -> Result<Flock<std::fs::File>, AgentError> {
     let path = data_dir.join(name);
@@ -101,7 +130,17 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             source,
         })?;
 
-    let proxy = Proxy::new(config.proxy.clone());
+    let fd_limit = raise_fd_limit();
+    let proxy_config = ProxyConfig {
+        max_connections: connection_limit(fd_limit, config.proxy.max_connections),
+        ..config.proxy.clone()
+    };
+    tracing::info!(
+        fd_limit,
+        max_connections = proxy_config.max_connections,
+        "open-file limit"
+    );
+    let proxy = Proxy::new(proxy_config);
     let supervisor = Supervisor::new(proxy.clone(), dir.clone());
     supervisor.restore();
 
@@ -141,4 +180,17 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let _ = std::fs::remove_file(&socket_path);
     tracing::info!(stop_instances, "agent stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_sockets_per_connection_after_the_reserve_and_never_above_the_configured() {
+        assert_eq!(connection_limit(1024, 10_000), 384);
+        assert_eq!(connection_limit(1 << 20, 10_000), 10_000);
+        assert_eq!(connection_limit(100, 10_000), 1, "at least one");
+        assert_eq!(connection_limit(1024, 0), 1);
+    }
 }

@@ -16,7 +16,7 @@ use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::body::{self, ProxyBody, Tracked};
 use crate::forward;
@@ -37,6 +37,10 @@ pub struct ProxyConfig {
     /// its upstream connection for its next request before handing it back
     /// to the target's pool.
     pub kept_upstream_hold: Duration,
+    /// Client connections served at once; the proxy stops accepting at
+    /// this many (they wait in the listen backlog) instead of running out
+    /// of file descriptors. Each one may hold an upstream connection too.
+    pub max_connections: usize,
 }
 
 impl Default for ProxyConfig {
@@ -46,6 +50,7 @@ impl Default for ProxyConfig {
             response_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(2),
             kept_upstream_hold: Duration::from_secs(2),
+            max_connections: 10_000,
         }
     }
 }
@@ -84,7 +89,33 @@ impl Proxy {
     pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let max = self.inner.config.max_connections;
+        let slots = Arc::new(Semaphore::new(max.clamp(1, Semaphore::MAX_PERMITS)));
+        let mut at_limit = false;
         loop {
+            // A slot first, then a connection: at the limit, clients wait in
+            // the listen backlog rather than get accepted and starved.
+            let slot = match Arc::clone(&slots).try_acquire_owned() {
+                Ok(slot) => {
+                    at_limit = false;
+                    slot
+                }
+                Err(_) => {
+                    if !at_limit {
+                        at_limit = true;
+                        tracing::warn!(
+                            max_connections = max,
+                            "connection limit reached; new clients wait until one leaves"
+                        );
+                    }
+                    tokio::select! {
+                        slot = Arc::clone(&slots).acquire_owned() => {
+                            slot.expect("the semaphore is never closed")
+                        }
+                        () = &mut shutdown => return,
+                    }
+                }
+            };
             let (stream, client) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(a) => a,
@@ -101,6 +132,7 @@ impl Proxy {
             let inner = Arc::clone(&self.inner);
             let builder = builder.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let client_ip = client.ip().to_string();
                 // Plain HTTP/1.1 goes the fast path; whatever it does not
                 // take (h2c, upgrades, chunked uploads, HTTP/1.0, …) goes to

@@ -91,11 +91,16 @@ struct Setup {
 }
 
 async fn start_proxy(targets: Vec<SocketAddr>) -> Setup {
+    start_proxy_with(targets, ProxyConfig::default()).await
+}
+
+/// The test proxy with `base`'s limits and short timeouts.
+async fn start_proxy_with(targets: Vec<SocketAddr>, base: ProxyConfig) -> Setup {
     let config = ProxyConfig {
         hold_timeout: Duration::from_millis(200),
         response_timeout: Duration::from_secs(1),
         kept_upstream_hold: Duration::from_millis(300),
-        ..ProxyConfig::default()
+        ..base
     };
     let proxy = Proxy::new(config);
     let targets: Vec<Arc<Target>> = targets
@@ -558,6 +563,31 @@ async fn http10_and_chunked_uploads_take_the_general_path() {
     )
     .await;
     assert_eq!((status, echoed.as_str()), (200, "abcdefg"));
+}
+
+#[tokio::test]
+async fn at_the_connection_limit_new_clients_wait_until_one_leaves() {
+    let config = ProxyConfig {
+        max_connections: 2,
+        ..ProxyConfig::default()
+    };
+    let setup = start_proxy_with(vec![start_backend().await], config).await;
+    let first = TcpStream::connect(setup.proxy_addr).await.expect("connect");
+    let _second = TcpStream::connect(setup.proxy_addr).await.expect("connect");
+    // The third gets through the kernel's backlog but is not served...
+    let third = tokio::spawn(http1(
+        setup.proxy_addr,
+        "GET /third HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!third.is_finished(), "served beyond the limit");
+    // ...until a slot frees up.
+    drop(first);
+    let (status, body) = tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .expect("served once a client left")
+        .expect("task");
+    assert_eq!(status, 200, "{body}");
 }
 
 #[tokio::test]
