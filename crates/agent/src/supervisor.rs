@@ -624,6 +624,19 @@ impl Supervisor {
 
     pub fn metrics_text(&self) -> String {
         let mut out = String::new();
+        let (open, max) = self.shared.proxy.connections();
+        tandem_proxy::metrics::render_gauge(
+            &mut out,
+            "tandem_proxy_connections",
+            "Client connections open now.",
+            open,
+        );
+        tandem_proxy::metrics::render_gauge(
+            &mut out,
+            "tandem_proxy_connections_max",
+            "Client connections served at once; more wait in the listen backlog.",
+            max,
+        );
         let state = lock(&self.shared.state);
         tandem_proxy::metrics::render_header(&mut out, "tandem_route", "service route");
         for (name, s) in &state.services {

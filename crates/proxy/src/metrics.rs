@@ -113,6 +113,13 @@ pub fn render_header(out: &mut String, name: &str, what: &str) {
     let _ = writeln!(out, "# TYPE {name}_request_duration_seconds histogram");
 }
 
+/// One unlabelled gauge with its HELP/TYPE header.
+pub fn render_gauge(out: &mut String, name: &str, help: &str, value: usize) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    let _ = writeln!(out, "{name} {value}");
+}
+
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")

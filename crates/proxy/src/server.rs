@@ -65,17 +65,30 @@ pub(crate) struct Inner {
     table: ArcSwap<RouteTable>,
     changed: Notify,
     pub(crate) config: ProxyConfig,
+    /// One permit per client connection that may be open.
+    slots: Arc<Semaphore>,
+    /// Permits in `slots`.
+    max_connections: usize,
 }
 
 impl Proxy {
     pub fn new(config: ProxyConfig) -> Self {
+        let max_connections = config.max_connections.clamp(1, Semaphore::MAX_PERMITS);
         Proxy {
             inner: Arc::new(Inner {
                 table: ArcSwap::from_pointee(RouteTable::default()),
                 changed: Notify::new(),
+                slots: Arc::new(Semaphore::new(max_connections)),
+                max_connections,
                 config,
             }),
         }
+    }
+
+    /// Client connections open now, and how many may be.
+    pub fn connections(&self) -> (usize, usize) {
+        let max = self.inner.max_connections;
+        (max - self.inner.slots.available_permits(), max)
     }
 
     /// Switches every request that starts from now on to `table`.
@@ -89,13 +102,13 @@ impl Proxy {
     pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        let max = self.inner.config.max_connections;
-        let slots = Arc::new(Semaphore::new(max.clamp(1, Semaphore::MAX_PERMITS)));
+        let slots = &self.inner.slots;
+        let max = self.inner.max_connections;
         let mut at_limit = false;
         loop {
             // A slot first, then a connection: at the limit, clients wait in
             // the listen backlog rather than get accepted and starved.
-            let slot = match Arc::clone(&slots).try_acquire_owned() {
+            let slot = match Arc::clone(slots).try_acquire_owned() {
                 Ok(slot) => {
                     at_limit = false;
                     slot
@@ -109,7 +122,7 @@ impl Proxy {
                         );
                     }
                     tokio::select! {
-                        slot = Arc::clone(&slots).acquire_owned() => {
+                        slot = Arc::clone(slots).acquire_owned() => {
                             slot.expect("the semaphore is never closed")
                         }
                         () = &mut shutdown => return,

@@ -85,6 +85,7 @@ fn dead_port() -> SocketAddr {
 }
 
 struct Setup {
+    proxy: Proxy,
     proxy_addr: SocketAddr,
     route_metrics: Arc<tandem_proxy::RequestMetrics>,
     targets: Vec<Arc<Target>>,
@@ -129,8 +130,10 @@ async fn start_proxy_with(targets: Vec<SocketAddr>, base: ProxyConfig) -> Setup 
     ]));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
     let proxy_addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { proxy.serve(listener, std::future::pending()).await });
+    let serving = proxy.clone();
+    tokio::spawn(async move { serving.serve(listener, std::future::pending()).await });
     Setup {
+        proxy,
         proxy_addr,
         route_metrics,
         targets,
@@ -581,6 +584,7 @@ async fn at_the_connection_limit_new_clients_wait_until_one_leaves() {
     ));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!third.is_finished(), "served beyond the limit");
+    assert_eq!(setup.proxy.connections(), (2, 2));
     // ...until a slot frees up.
     drop(first);
     let (status, body) = tokio::time::timeout(Duration::from_secs(5), third)

@@ -198,6 +198,15 @@ fn metrics_and_logs_account_for_every_proxied_request() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum();
     assert_eq!(per_instance, 50, "{metrics}");
+    let gauge = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
+    };
+    let max = gauge("tandem_proxy_connections_max");
+    assert!((1..=10_000).contains(&max), "{max}");
+    assert!(gauge("tandem_proxy_connections") <= max);
     // python's http.server logs each request to stderr, which the agent keeps.
     let logs = env.tandem(&["logs", "web", "-n", "200"]);
     assert_ok(&logs);
