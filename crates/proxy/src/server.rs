@@ -16,7 +16,7 @@ use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::body::{self, ProxyBody, Tracked};
 use crate::forward;
@@ -106,29 +106,24 @@ impl Proxy {
         let max = self.inner.max_connections;
         let mut at_limit = false;
         loop {
-            // A slot first, then a connection: at the limit, clients wait in
-            // the listen backlog rather than get accepted and starved.
-            let slot = match Arc::clone(slots).try_acquire_owned() {
-                Ok(slot) => {
-                    at_limit = false;
-                    slot
+            // Room first, then a connection: at the limit, clients wait in
+            // the listen backlog rather than get accepted and starved. No
+            // permit is held while waiting, so the count stays exact.
+            if slots.available_permits() == 0 {
+                if !at_limit {
+                    at_limit = true;
+                    tracing::warn!(
+                        max_connections = max,
+                        "connection limit reached; new clients wait until one leaves"
+                    );
                 }
-                Err(_) => {
-                    if !at_limit {
-                        at_limit = true;
-                        tracing::warn!(
-                            max_connections = max,
-                            "connection limit reached; new clients wait until one leaves"
-                        );
-                    }
-                    tokio::select! {
-                        slot = Arc::clone(slots).acquire_owned() => {
-                            slot.expect("the semaphore is never closed")
-                        }
-                        () = &mut shutdown => return,
-                    }
+                tokio::select! {
+                    room = slots.acquire() => drop(room),
+                    () = &mut shutdown => return,
                 }
-            };
+                continue;
+            }
+            at_limit = false;
             let (stream, client) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(a) => a,
@@ -141,11 +136,18 @@ impl Proxy {
                 },
                 () = &mut shutdown => return,
             };
+            // Only a tunnel (see `handle`) can have taken the room since.
+            let permit = tokio::select! {
+                permit = Arc::clone(slots).acquire_owned() => {
+                    permit.expect("the semaphore is never closed")
+                }
+                () = &mut shutdown => return,
+            };
             let _ = stream.set_nodelay(true);
             let inner = Arc::clone(&self.inner);
             let builder = builder.clone();
             tokio::spawn(async move {
-                let _slot = slot;
+                let _permit = permit;
                 let client_ip = client.ip().to_string();
                 // Plain HTTP/1.1 goes the fast path; whatever it does not
                 // take (h2c, upgrades, chunked uploads, HTTP/1.0, …) goes to
@@ -198,6 +200,21 @@ async fn handle(
     forward::strip_hop_by_hop(&mut headers);
     forward::add_forwarded(&mut headers, &client_ip, &host);
     let upgrading = upgrade.is_some();
+    // A tunnel outlives its connection's task (which ends at the upgrade),
+    // so it holds a connection permit of its own.
+    let tunnel_permit = match upgrading {
+        false => None,
+        true => match Arc::clone(&inner.slots).try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                route.metrics.record(503, started.elapsed());
+                return Ok(plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "connection limit reached\n",
+                ));
+            }
+        },
+    };
     let retryable = match upgrade {
         Some(u) => {
             forward::restore_upgrade(&mut headers, u);
@@ -248,7 +265,8 @@ async fn handle(
         let (status, why) = match sent {
             Ok(Ok((resp, conn))) => {
                 record(&route, &target, resp.status(), started);
-                return Ok(respond(resp, conn, slot, client_upgrade));
+                let tunnel = client_upgrade.zip(tunnel_permit);
+                return Ok(respond(resp, conn, slot, tunnel));
             }
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, target = %target.id, "upstream request failed");
@@ -390,14 +408,15 @@ fn respond(
     mut resp: Response<Incoming>,
     conn: Option<Upstream>,
     slot: InFlight,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    tunnel: Option<(hyper::upgrade::OnUpgrade, OwnedSemaphorePermit)>,
 ) -> Response<ProxyBody> {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-        && let Some(client_upgrade) = client_upgrade
+        && let Some((client_upgrade, permit)) = tunnel
     {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         tokio::spawn(async move {
             let _slot = slot;
+            let _permit = permit;
             if let (Ok(a), Ok(b)) = tokio::join!(client_upgrade, upstream_upgrade) {
                 let _ =
                     tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(b)).await;

@@ -231,10 +231,10 @@ async fn request_with_a_body_is_not_retried() {
     assert_eq!(setup.route_metrics.snapshot().classes[4], 1);
 }
 
-#[tokio::test]
-async fn upgrade_is_passed_through_both_ways() {
-    let setup = start_proxy(vec![start_backend().await]).await;
-    let mut s = TcpStream::connect(setup.proxy_addr).await.expect("connect");
+/// Asks the backend, through the proxy, to upgrade to its echo protocol;
+/// returns the connection and the response head.
+async fn upgrade_to_echo(proxy: SocketAddr) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(proxy).await.expect("connect");
     s.write_all(
         b"GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
     )
@@ -246,7 +246,14 @@ async fn upgrade_is_passed_through_both_ways() {
         s.read_exact(&mut byte).await.expect("read head");
         head.push(byte[0]);
     }
-    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    (s, String::from_utf8_lossy(&head).into_owned())
+}
+
+#[tokio::test]
+async fn upgrade_is_passed_through_both_ways() {
+    let setup = start_proxy(vec![start_backend().await]).await;
+    let (mut s, head) = upgrade_to_echo(setup.proxy_addr).await;
+    let head = head.to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: echo"), "{head}");
     s.write_all(b"ping").await.expect("write");
@@ -592,6 +599,34 @@ async fn at_the_connection_limit_new_clients_wait_until_one_leaves() {
         .expect("served once a client left")
         .expect("task");
     assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn a_tunnel_counts_against_the_connection_limit_until_it_closes() {
+    let config = ProxyConfig {
+        max_connections: 2,
+        ..ProxyConfig::default()
+    };
+    let setup = start_proxy_with(vec![start_backend().await], config).await;
+    let (mut s, head) = upgrade_to_echo(setup.proxy_addr).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s.write_all(b"ping").await.expect("write");
+    let mut back = [0u8; 4];
+    s.read_exact(&mut back).await.expect("echo");
+    // The HTTP connection's task has ended; the tunnel holds one permit.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(setup.proxy.connections(), (1, 2));
+    drop(s);
+    for _ in 0..100 {
+        if setup.proxy.connections() == (0, 2) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "the tunnel's permit was not given back: {:?}",
+        setup.proxy.connections()
+    );
 }
 
 #[tokio::test]
