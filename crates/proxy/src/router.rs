@@ -70,6 +70,14 @@ impl RouteTable {
         RouteTable { by_host }
     }
 
+    /// Every route's targets (a target on several routes comes once each).
+    pub fn targets(&self) -> impl Iterator<Item = &Arc<Target>> {
+        self.by_host
+            .values()
+            .flatten()
+            .flat_map(|route| route.targets.iter())
+    }
+
     /// The route for a request's host (any port stripped) and path.
     pub fn lookup(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
         let host = strip_port(host);

@@ -101,6 +101,8 @@ impl Proxy {
     /// accepted finish on their own tasks.
     pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let sweeper = tokio::spawn(sweep_idle(Arc::clone(&self.inner)));
+        let _stop_sweeping = AbortOnDrop(sweeper);
         let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         let slots = &self.inner.slots;
         let max = self.inner.max_connections;
@@ -164,6 +166,31 @@ impl Proxy {
                 }
             });
         }
+    }
+}
+
+/// How often idle upstream connections no request touched are checked.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// Closes, every `SWEEP_EVERY`, the idle upstream connections that expired
+/// or that their server closed, in pools no request is touching.
+async fn sweep_idle(inner: Arc<Inner>) {
+    let mut every = tokio::time::interval(SWEEP_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        for target in inner.table.load().targets() {
+            target.prune_idle();
+        }
+    }
+}
+
+/// Aborts a task when dropped (the sweeper ends with `serve`).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

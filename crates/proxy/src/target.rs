@@ -99,6 +99,12 @@ impl Target {
         }
     }
 
+    /// Closes idle connections that expired or that the target closed.
+    pub fn prune_idle(&self) {
+        self.pool.prune();
+        self.streams.prune();
+    }
+
     /// Takes back into `pool` a connection whose exchange finished, unless
     /// the target drains.
     pub fn checkin<C: Idle>(&self, pool: &Pool<C>, conn: C) {

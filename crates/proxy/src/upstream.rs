@@ -173,6 +173,21 @@ impl<C: Idle> Pool<C> {
         }
     }
 
+    /// Closes the idle connections that expired or that the server closed
+    /// meanwhile; checkouts and checkins do it too, this is for pools no
+    /// request touches, whose sockets would wait in CLOSE_WAIT.
+    pub fn prune(&self) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain_mut(|(conn, since)| since.elapsed() < POOL_IDLE_TIMEOUT && conn.reusable());
+    }
+
+    /// Idle connections held now.
+    pub fn len(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     /// Closes every idle connection (the target is going away).
     pub fn clear(&self) {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
@@ -236,4 +251,29 @@ async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, U
     };
     stream.set_nodelay(true).map_err(UpstreamError::Connect)?;
     Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn prune_closes_idle_connections_the_server_closed_and_keeps_the_rest() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let pool: Pool<TcpStream> = Pool::default();
+        let mut server_sides = Vec::new();
+        for _ in 0..2 {
+            pool.checkin(TcpStream::connect(addr).await.expect("connect"));
+            server_sides.push(listener.accept().await.expect("accept").0);
+        }
+        assert_eq!(pool.len(), 2);
+        // The server closes one of them; the reactor sees it readable.
+        drop(server_sides.pop());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        pool.prune();
+        assert_eq!(pool.len(), 1, "the closed one is gone, the open one kept");
+    }
 }
