@@ -184,7 +184,8 @@ impl<C: Idle> Pool<C> {
     }
 
     /// Idle connections held now.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
