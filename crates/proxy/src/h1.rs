@@ -38,8 +38,6 @@ use crate::upstream::Idle;
 /// Largest request or response head accepted.
 const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
-/// How long a started request head may take to arrive in full.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a keep-alive client connection may sit idle between requests.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 /// Bytes read from a socket at a time.
@@ -60,6 +58,8 @@ pub async fn serve(
         kept: Kept(None),
         client_deadline: Deadline::after(IDLE_TIMEOUT),
         upstream_deadline: Deadline::after(IDLE_TIMEOUT),
+        client_timeout: inner.config.client_timeout,
+        upstream_timeout: inner.config.response_timeout,
     };
     loop {
         let req = loop {
@@ -101,6 +101,12 @@ struct Conn {
     /// Deadlines for waiting on the client and on the upstream.
     client_deadline: Deadline,
     upstream_deadline: Deadline,
+    /// How long the client may take mid-request (the rest of a head, the
+    /// body) and to take what is written to it.
+    client_timeout: Duration,
+    /// How long the upstream may take to start its response, and then
+    /// between reads and writes.
+    upstream_timeout: Duration,
 }
 
 /// A connection kept by one client connection; back to its target's pool
@@ -156,7 +162,7 @@ impl Conn {
         let wait = if between_requests {
             IDLE_TIMEOUT
         } else {
-            HEAD_TIMEOUT
+            self.client_timeout
         };
         let now = Instant::now();
         let give_up = now + wait;
@@ -245,7 +251,7 @@ impl Conn {
                     Err(_) => return Err(Failure::Upstream { connect: true }),
                 },
             };
-            match self.round_trip(&mut up, req, config.response_timeout).await {
+            match self.round_trip(&mut up, req).await {
                 Ok(resp) => return Ok((up, resp)),
                 Err(Failure::Upstream { .. }) if pooled && req.retryable => continue,
                 Err(f) => return Err(f),
@@ -254,16 +260,21 @@ impl Conn {
     }
 
     /// Sends the request on `up` and reads the response head, which has to
-    /// start within `limit`.
+    /// start within the upstream timeout.
     async fn round_trip(
         &mut self,
         up: &mut TcpStream,
         req: &RequestHead,
-        limit: Duration,
     ) -> Result<ResponseHead, Failure> {
-        self.send(up, req.body_len).await?;
+        // One budget for writing the head and for the answer to start,
+        // unless the body has to be waited for.
+        self.upstream_deadline
+            .set(Instant::now() + self.upstream_timeout);
+        if self.send(up, req.body_len).await? {
+            self.upstream_deadline
+                .set(Instant::now() + self.upstream_timeout);
+        }
         self.up_buf.clear();
-        self.upstream_deadline.set(Instant::now() + limit);
         let read = read_response_head(up, &mut self.up_buf, req, &mut self.head);
         self.upstream_deadline
             .within(read)
@@ -271,42 +282,48 @@ impl Conn {
             .unwrap_or(Err(Failure::Timeout))
     }
 
-    /// Writes the head and the request body to `up`.
-    async fn send(&mut self, up: &mut TcpStream, body_len: u64) -> Result<(), Failure> {
+    /// Writes the head and the request body to `up`, the first write under
+    /// the upstream deadline as it is set. Returns whether the rest of the
+    /// body had to be waited for.
+    async fn send(&mut self, up: &mut TcpStream, body_len: u64) -> Result<bool, Failure> {
         let upstream_failed = |_| Failure::Upstream { connect: false };
         let first = self
             .buf
             .len()
             .min(usize::try_from(body_len).unwrap_or(usize::MAX));
         let mut left = body_len - first as u64;
-        if first == 0 {
-            up.write_all(&self.head).await.map_err(upstream_failed)?;
-        } else {
-            // One write for the head and what has come of the body.
-            let head_len = self.head.len();
-            self.head.extend_from_slice(&self.buf[..first]);
-            let written = up.write_all(&self.head).await;
-            self.head.truncate(head_len);
-            written.map_err(upstream_failed)?;
-            self.buf.advance(first);
+        let waited = left > 0;
+        let (to_up, from_client) = (self.upstream_timeout, self.client_timeout);
+        // One write for the head and what has come of the body.
+        let head_len = self.head.len();
+        self.head.extend_from_slice(&self.buf[..first]);
+        let written = self
+            .upstream_deadline
+            .within(up.write_all(&self.head))
+            .await;
+        self.head.truncate(head_len);
+        match written {
+            Some(Ok(())) => self.buf.advance(first),
+            _ => return Err(upstream_failed(())),
         }
         while left > 0 {
             self.buf.reserve(READ_SIZE);
-            match self.client.read_buf(&mut self.buf).await {
-                Ok(n) if n > 0 => {}
-                _ => return Err(Failure::Client),
+            let read = self
+                .client_deadline
+                .read(from_client, &mut self.client, &mut self.buf);
+            if !matches!(read.await, Ok(n) if n > 0) {
+                return Err(Failure::Client);
             }
             let take = self
                 .buf
                 .len()
                 .min(usize::try_from(left).unwrap_or(usize::MAX));
-            up.write_all(&self.buf[..take])
-                .await
-                .map_err(upstream_failed)?;
+            let written = self.upstream_deadline.write(to_up, up, &self.buf[..take]);
+            written.await.map_err(upstream_failed)?;
             self.buf.advance(take);
             left -= take as u64;
         }
-        Ok(())
+        Ok(waited)
     }
 
     /// Sends the response `resp`, whose start is in `self.up_buf`, on to
@@ -324,13 +341,23 @@ impl Conn {
         // Interim responses (100, 103) go through as they are.
         while resp.interim {
             let interim = self.up_buf.split_to(resp.head_len);
-            if self.client.write_all(&interim).await.is_err() {
+            let written =
+                self.client_deadline
+                    .write(self.client_timeout, &mut self.client, &interim);
+            if written.await.is_err() {
                 return Next::Close;
             }
-            match read_response_head(&mut up, &mut self.up_buf, req, &mut self.head).await {
-                Ok(next) => resp = next,
-                Err(_) => {
-                    record(route, &target, StatusCode::BAD_GATEWAY, started);
+            self.upstream_deadline
+                .set(Instant::now() + self.upstream_timeout);
+            let read = read_response_head(&mut up, &mut self.up_buf, req, &mut self.head);
+            match self.upstream_deadline.within(read).await {
+                Some(Ok(next)) => resp = next,
+                failed => {
+                    let status = match failed {
+                        None => StatusCode::GATEWAY_TIMEOUT,
+                        _ => StatusCode::BAD_GATEWAY,
+                    };
+                    record(route, &target, status, started);
                     return Next::Close;
                 }
             }
@@ -357,23 +384,31 @@ impl Conn {
     /// Sends the head and then the body as it comes, the first of it
     /// already in `self.up_buf`, until `end` says it is complete.
     async fn relay_body(&mut self, up: &mut TcpStream, mut end: BodyEnd) -> Result<(), ()> {
+        let (to_client, from_up) = (self.client_timeout, self.upstream_timeout);
         let (mut take, mut done) = end.feed(&self.up_buf)?;
         self.head.extend_from_slice(&self.up_buf[..take]);
         self.up_buf.advance(take);
-        self.client.write_all(&self.head).await.map_err(drop)?;
+        let client = &mut self.client;
+        self.client_deadline
+            .write(to_client, client, &self.head)
+            .await?;
         while !done {
             self.up_buf.clear();
             self.up_buf.reserve(READ_SIZE);
-            match up.read_buf(&mut self.up_buf).await {
-                Ok(0) if matches!(end, BodyEnd::Close) => return Ok(()),
-                Ok(got) if got > 0 => {}
-                _ => return Err(()),
+            match self
+                .upstream_deadline
+                .read(from_up, up, &mut self.up_buf)
+                .await?
+            {
+                0 if matches!(end, BodyEnd::Close) => return Ok(()),
+                0 => return Err(()),
+                _ => {}
             }
             (take, done) = end.feed(&self.up_buf)?;
-            self.client
-                .write_all(&self.up_buf[..take])
-                .await
-                .map_err(drop)?;
+            let client = &mut self.client;
+            self.client_deadline
+                .write(to_client, client, &self.up_buf[..take])
+                .await?;
             self.up_buf.advance(take);
         }
         Ok(())
@@ -401,7 +436,12 @@ impl Conn {
         }
         self.head.extend_from_slice(b"\r\n");
         self.head.extend_from_slice(text.as_bytes());
-        match self.client.write_all(&self.head).await {
+        let client = &mut self.client;
+        match self
+            .client_deadline
+            .write(self.client_timeout, client, &self.head)
+            .await
+        {
             Ok(()) if !close => Next::KeepAlive,
             _ => Next::Close,
         }
@@ -430,6 +470,30 @@ impl Deadline {
         self.at = at;
         if at < self.timer.deadline() {
             self.timer.as_mut().reset(at);
+        }
+    }
+
+    /// Reads into `buf` what arrives within `limit`: the count (0 at the end
+    /// of the stream); `Err` for an error or nothing in time.
+    async fn read(
+        &mut self,
+        limit: Duration,
+        from: &mut TcpStream,
+        buf: &mut BytesMut,
+    ) -> Result<usize, ()> {
+        self.set(Instant::now() + limit);
+        match self.within(from.read_buf(buf)).await {
+            Some(Ok(n)) => Ok(n),
+            _ => Err(()),
+        }
+    }
+
+    /// Writes all of `bytes` unless that takes longer than `limit`.
+    async fn write(&mut self, limit: Duration, to: &mut TcpStream, bytes: &[u8]) -> Result<(), ()> {
+        self.set(Instant::now() + limit);
+        match self.within(to.write_all(bytes)).await {
+            Some(Ok(())) => Ok(()),
+            _ => Err(()),
         }
     }
 

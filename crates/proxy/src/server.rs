@@ -30,9 +30,15 @@ use crate::upstream::{self, Upstream, UpstreamError};
 pub struct ProxyConfig {
     /// How long a request waits for a usable target before a 503.
     pub hold_timeout: Duration,
-    /// How long to wait for an upstream's response headers before a 504.
+    /// How long an upstream may take to start its response (then a 504)
+    /// and, after that, between reads and writes (then the exchange is cut
+    /// off).
     pub response_timeout: Duration,
     pub connect_timeout: Duration,
+    /// How long a client may take mid-request (the rest of a head, its
+    /// body) or to take the response written to it, before the connection
+    /// is closed.
+    pub client_timeout: Duration,
     /// How long a client connection that is quiet between requests keeps
     /// its upstream connection for its next request before handing it back
     /// to the target's pool.
@@ -49,6 +55,7 @@ impl Default for ProxyConfig {
             hold_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(2),
+            client_timeout: Duration::from_secs(30),
             kept_upstream_hold: Duration::from_secs(2),
             max_connections: 10_000,
         }

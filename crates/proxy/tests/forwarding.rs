@@ -100,6 +100,7 @@ async fn start_proxy_with(targets: Vec<SocketAddr>, base: ProxyConfig) -> Setup 
     let config = ProxyConfig {
         hold_timeout: Duration::from_millis(200),
         response_timeout: Duration::from_secs(1),
+        client_timeout: Duration::from_millis(500),
         kept_upstream_hold: Duration::from_millis(300),
         ..base
     };
@@ -627,6 +628,51 @@ async fn a_tunnel_counts_against_the_connection_limit_until_it_closes() {
         "the tunnel's permit was not given back: {:?}",
         setup.proxy.connections()
     );
+}
+
+/// Sends `raw` and reads until the proxy closes the connection (at most
+/// 5 s): what came, and how long it took.
+async fn until_closed(proxy: SocketAddr, raw: &str) -> (String, Duration) {
+    let mut s = TcpStream::connect(proxy).await.expect("connect");
+    s.write_all(raw.as_bytes()).await.expect("write");
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
+        .await
+        .expect("closed, not left hanging")
+        .expect("read");
+    (
+        String::from_utf8_lossy(&got).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test]
+async fn a_client_that_stalls_mid_body_is_cut_off_after_the_client_timeout() {
+    let (backend, _) = start_counting_backend().await;
+    let setup = start_proxy(vec![backend]).await;
+    let raw = "POST /echo HTTP/1.1\r\nHost: app.test\r\nContent-Length: 10\r\n\r\nabc";
+    let (_, took) = until_closed(setup.proxy_addr, raw).await;
+    assert!(took >= Duration::from_millis(400));
+    for _ in 0..100 {
+        if setup.proxy.connections().0 == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the stalled connection is still counted");
+}
+
+#[tokio::test]
+async fn an_upstream_that_stalls_mid_body_is_cut_off_after_the_response_timeout() {
+    const STALLS: &str = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc";
+    let (backend, _) = start_raw_backend(STALLS, Some(Duration::from_secs(30))).await;
+    let setup = start_proxy(vec![backend]).await;
+    let (got, took) =
+        until_closed(setup.proxy_addr, "GET / HTTP/1.1\r\nHost: app.test\r\n\r\n").await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(got.ends_with("\r\n\r\nabc"), "the part that came: {got}");
+    assert!(took >= Duration::from_millis(900));
 }
 
 #[tokio::test]
