@@ -14,7 +14,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
@@ -110,7 +110,19 @@ impl Proxy {
         tokio::pin!(shutdown);
         let sweeper = tokio::spawn(sweep_idle(Arc::clone(&self.inner)));
         let _stop_sweeping = AbortOnDrop(sweeper);
-        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        // The general path bounds its waits as the fast path does: a
+        // request head within `client_timeout`; an HTTP/2 client that stops
+        // answering pings is let go.
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.inner.config.client_timeout);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(H2_PING_EVERY)
+            .keep_alive_timeout(self.inner.config.client_timeout);
         let slots = &self.inner.slots;
         let max = self.inner.max_connections;
         let mut at_limit = false;
@@ -175,6 +187,9 @@ impl Proxy {
         }
     }
 }
+
+/// How often an HTTP/2 client is pinged when it has sent nothing.
+const H2_PING_EVERY: Duration = Duration::from_secs(30);
 
 /// How often idle upstream connections no request touched are checked.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);

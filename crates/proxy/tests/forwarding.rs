@@ -676,6 +676,34 @@ async fn an_upstream_that_stalls_mid_body_is_cut_off_after_the_response_timeout(
 }
 
 #[tokio::test]
+async fn on_the_general_path_a_head_that_stalls_is_cut_off_after_the_client_timeout() {
+    let setup = start_proxy(vec![start_backend().await]).await;
+    let mut s = TcpStream::connect(setup.proxy_addr).await.expect("connect");
+    // HTTP/1.0 goes to hyper, which then serves the connection.
+    s.write_all(
+        b"POST /echo HTTP/1.0\r\nHost: app.test\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nhi",
+    )
+    .await
+    .expect("write");
+    let mut got = Vec::new();
+    while !got.ends_with(b"\r\n\r\nhi") {
+        let mut byte = [0u8; 1];
+        s.read_exact(&mut byte).await.expect("read answer");
+        got.push(byte[0]);
+    }
+    s.write_all(b"GET /next HTTP/1.0\r\nHo")
+        .await
+        .expect("write");
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .expect("closed, not left hanging")
+        .expect("read");
+    assert!(started.elapsed() >= Duration::from_millis(400));
+}
+
+#[tokio::test]
 async fn a_quiet_client_hands_its_upstream_connection_back_after_the_hold() {
     let (backend, accepted) = start_counting_backend().await;
     let setup = start_proxy(vec![backend]).await;
