@@ -1,19 +1,23 @@
 //! Response bodies that hold their target's in-flight slot until the last
 //! byte is sent, so a drain waits for streamed responses too, and drive the
-//! upstream connection the body comes from.
+//! upstream connection the body comes from; and bodies that fail when their
+//! sender goes quiet for too long ([`Quiet`]).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::time::{Instant, Sleep};
 
 use crate::target::InFlight;
 use crate::upstream::Upstream;
 
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// An upstream body, the connection it arrives on and the slot it occupies.
 /// Once the body has ended the connection goes back to the target's pool.
@@ -24,14 +28,20 @@ pub struct Tracked {
 }
 
 impl Tracked {
-    /// `upstream` is `None` when someone else drives the connection.
-    pub fn boxed(inner: Incoming, upstream: Option<Upstream>, slot: InFlight) -> ProxyBody {
-        Tracked {
+    /// `upstream` is `None` when someone else drives the connection; the
+    /// body fails when the upstream sends nothing for `quiet`.
+    pub fn boxed(
+        inner: Incoming,
+        upstream: Option<Upstream>,
+        slot: InFlight,
+        quiet: Duration,
+    ) -> ProxyBody {
+        let tracked = Tracked {
             inner,
             upstream,
             slot,
-        }
-        .boxed()
+        };
+        Quiet::new(tracked, quiet).boxed()
     }
 
     fn finish(&mut self) {
@@ -86,6 +96,90 @@ impl Drop for Tracked {
     }
 }
 
+/// A body that fails when, asked for a frame, it has none for `limit`: a
+/// stalled upload or a stuck upstream then ends its exchange instead of
+/// holding it for ever. Time the reader spends elsewhere does not count.
+/// The timer moves lazily: a new wait only stores its deadline, and the
+/// timer is set again when it fires early.
+pub struct Quiet<B> {
+    inner: B,
+    limit: Duration,
+    /// When the current wait for a frame ends; `None` between waits.
+    deadline: Option<Instant>,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl<B> Quiet<B> {
+    pub fn new(inner: B, limit: Duration) -> Quiet<B> {
+        Quiet {
+            inner,
+            limit,
+            deadline: None,
+            timer: Box::pin(tokio::time::sleep(limit)),
+        }
+    }
+}
+
+impl<B> Body for Quiet<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            this.deadline = None;
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        let deadline = *this
+            .deadline
+            .get_or_insert_with(|| Instant::now() + this.limit);
+        if deadline < this.timer.deadline() {
+            this.timer.as_mut().reset(deadline);
+        }
+        while this.timer.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= deadline {
+                return Poll::Ready(Some(Err(Box::new(Stalled(this.limit)))));
+            }
+            this.timer.as_mut().reset(deadline);
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The error of a [`Quiet`] body whose sender went quiet.
+#[derive(Debug, thiserror::Error)]
+#[error("nothing sent for {0:?}")]
+pub struct Stalled(pub Duration);
+
+impl Stalled {
+    /// Whether `error` or one of its causes is a stalled body.
+    pub fn caused(error: &(dyn std::error::Error + 'static)) -> bool {
+        let mut cause = Some(error);
+        while let Some(e) = cause {
+            if e.is::<Stalled>() {
+                return true;
+            }
+            cause = e.source();
+        }
+        false
+    }
+}
+
 /// A small fixed body for responses the proxy makes itself.
 pub fn text(s: impl Into<Bytes>) -> ProxyBody {
     http_body_util::Full::new(s.into())
@@ -97,4 +191,40 @@ pub fn empty() -> ProxyBody {
     http_body_util::Empty::new()
         .map_err(|never| match never {})
         .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One frame, then none for ever.
+    struct OneThenNothing(bool);
+
+    impl Body for OneThenNothing {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            if self.0 {
+                return Poll::Pending;
+            }
+            self.0 = true;
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"x")))))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_body_fails_a_limit_after_its_reader_starts_waiting() {
+        let mut body = Quiet::new(OneThenNothing(false), Duration::from_secs(2));
+        assert!(body.frame().await.expect("frame").is_ok());
+        // The reader is busy elsewhere for longer than the limit...
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        // ...which does not count: the limit runs from when it asks again.
+        let asked = Instant::now();
+        assert!(body.frame().await.expect("an error").is_err());
+        assert_eq!(asked.elapsed(), Duration::from_secs(2));
+    }
 }

@@ -285,7 +285,7 @@ async fn handle(
     loop {
         let target = Arc::clone(&slot.target);
         let upstream_body = match body.take() {
-            Some(b) if !retryable => b.boxed(),
+            Some(b) if !retryable => body::Quiet::new(b, inner.config.client_timeout).boxed(),
             _ => body::empty(),
         };
         let mut upstream = Request::new(upstream_body);
@@ -315,7 +315,16 @@ async fn handle(
             Ok(Ok((resp, conn))) => {
                 record(&route, &target, resp.status(), started);
                 let tunnel = client_upgrade.zip(tunnel_permit);
-                return Ok(respond(resp, conn, slot, tunnel));
+                let quiet = config.response_timeout;
+                return Ok(respond(resp, conn, slot, tunnel, quiet));
+            }
+            Ok(Err(e)) if body::Stalled::caused(&e) => {
+                // The client stopped sending its body: its doing, not the
+                // service's (a 4xx does not count against the SLO).
+                (
+                    StatusCode::REQUEST_TIMEOUT,
+                    "waited too long for the request body",
+                )
             }
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, target = %target.id, "upstream request failed");
@@ -458,6 +467,7 @@ fn respond(
     conn: Option<Upstream>,
     slot: InFlight,
     tunnel: Option<(hyper::upgrade::OnUpgrade, OwnedSemaphorePermit)>,
+    quiet: Duration,
 ) -> Response<ProxyBody> {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some((client_upgrade, permit)) = tunnel
@@ -476,7 +486,7 @@ fn respond(
     }
     let (mut parts, incoming) = resp.into_parts();
     forward::strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, Tracked::boxed(incoming, conn, slot))
+    Response::from_parts(parts, Tracked::boxed(incoming, conn, slot, quiet))
 }
 
 /// The request's host: `:authority` for HTTP/2, else the `Host` header.

@@ -703,6 +703,75 @@ async fn on_the_general_path_a_head_that_stalls_is_cut_off_after_the_client_time
     assert!(started.elapsed() >= Duration::from_millis(400));
 }
 
+/// A request body that sends `abc` and then nothing, for ever.
+struct StallingBody(bool);
+
+impl hyper::body::Body for StallingBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        if self.0 {
+            return std::task::Poll::Pending;
+        }
+        self.0 = true;
+        let abc = hyper::body::Frame::data(Bytes::from_static(b"abc"));
+        std::task::Poll::Ready(Some(Ok(abc)))
+    }
+}
+
+/// An HTTP/2 (h2c) connection to the proxy.
+async fn h2c(proxy: SocketAddr) -> hyper::client::conn::http2::SendRequest<StallingBody> {
+    let stream = TcpStream::connect(proxy).await.expect("connect");
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+#[tokio::test]
+async fn on_the_general_path_a_stalled_upload_is_cut_off_after_the_client_timeout() {
+    let setup = start_proxy(vec![start_backend().await]).await;
+    let mut sender = h2c(setup.proxy_addr).await;
+    let req = Request::post("http://app.test/echo")
+        .body(StallingBody(false))
+        .expect("request");
+    let started = std::time::Instant::now();
+    let resp = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req))
+        .await
+        .expect("answered, not left hanging")
+        .expect("response");
+    assert_eq!(resp.status(), 408, "the client's doing, not the service's");
+    assert!(started.elapsed() >= Duration::from_millis(400));
+}
+
+#[tokio::test]
+async fn on_the_general_path_a_stuck_upstream_body_fails_after_the_response_timeout() {
+    const STALLS: &str = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc";
+    let (backend, _) = start_raw_backend(STALLS, Some(Duration::from_secs(30))).await;
+    let setup = start_proxy(vec![backend]).await;
+    let mut sender = h2c(setup.proxy_addr).await;
+    let req = Request::get("http://app.test/")
+        .body(StallingBody(true))
+        .expect("request");
+    let resp = sender.send_request(req).await.expect("response");
+    assert_eq!(resp.status(), 200);
+    let started = std::time::Instant::now();
+    let body = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect())
+        .await
+        .expect("ended, not left hanging");
+    assert!(
+        body.is_err(),
+        "the stream is reset, not ended as if complete"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(800));
+}
+
 #[tokio::test]
 async fn a_quiet_client_hands_its_upstream_connection_back_after_the_hold() {
     let (backend, accepted) = start_counting_backend().await;
