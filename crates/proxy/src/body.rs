@@ -11,8 +11,8 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use tokio::time::{Instant, Sleep};
 
+use crate::deadline::Deadline;
 use crate::target::InFlight;
 use crate::upstream::Upstream;
 
@@ -99,23 +99,19 @@ impl Drop for Tracked {
 /// A body that fails when, asked for a frame, it has none for `limit`: a
 /// stalled upload or a stuck upstream then ends its exchange instead of
 /// holding it for ever. Time the reader spends elsewhere does not count.
-/// The timer moves lazily: a new wait only stores its deadline, and the
-/// timer is set again when it fires early.
 pub struct Quiet<B> {
     inner: B,
-    limit: Duration,
-    /// When the current wait for a frame ends; `None` between waits.
-    deadline: Option<Instant>,
-    timer: Pin<Box<Sleep>>,
+    deadline: Deadline,
+    /// A wait for a frame is on (its deadline set).
+    waiting: bool,
 }
 
 impl<B> Quiet<B> {
     pub fn new(inner: B, limit: Duration) -> Quiet<B> {
         Quiet {
             inner,
-            limit,
-            deadline: None,
-            timer: Box::pin(tokio::time::sleep(limit)),
+            deadline: Deadline::new(limit),
+            waiting: false,
         }
     }
 }
@@ -134,22 +130,17 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
-            this.deadline = None;
+            this.waiting = false;
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        let deadline = *this
-            .deadline
-            .get_or_insert_with(|| Instant::now() + this.limit);
-        if deadline < this.timer.deadline() {
-            this.timer.as_mut().reset(deadline);
+        if !this.waiting {
+            this.waiting = true;
+            this.deadline.restart();
         }
-        while this.timer.as_mut().poll(cx).is_ready() {
-            if Instant::now() >= deadline {
-                return Poll::Ready(Some(Err(Box::new(Stalled(this.limit)))));
-            }
-            this.timer.as_mut().reset(deadline);
+        match this.deadline.poll_passed(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(Stalled(this.deadline.limit()))))),
+            Poll::Pending => Poll::Pending,
         }
-        Poll::Pending
     }
 
     fn is_end_stream(&self) -> bool {
@@ -223,7 +214,7 @@ mod tests {
         // The reader is busy elsewhere for longer than the limit...
         tokio::time::sleep(Duration::from_secs(10)).await;
         // ...which does not count: the limit runs from when it asks again.
-        let asked = Instant::now();
+        let asked = tokio::time::Instant::now();
         assert!(body.frame().await.expect("an error").is_err());
         assert_eq!(asked.elapsed(), Duration::from_secs(2));
     }

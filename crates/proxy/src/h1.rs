@@ -27,13 +27,14 @@ use bytes::{Buf, BytesMut};
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
+use crate::deadline::Deadline;
 use crate::forward;
 use crate::router::Route;
 use crate::server::{Inner, Refusal, claim, record, retry_on};
 use crate::target::{InFlight, Target};
-use crate::upstream::Idle;
+use crate::upstream::{self, Idle};
 
 /// Largest request or response head accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -56,10 +57,8 @@ pub async fn serve(
         up_buf: BytesMut::with_capacity(READ_SIZE),
         head: Vec::with_capacity(1024),
         kept: Kept(None),
-        client_deadline: Deadline::after(IDLE_TIMEOUT),
-        upstream_deadline: Deadline::after(IDLE_TIMEOUT),
-        client_timeout: inner.config.client_timeout,
-        upstream_timeout: inner.config.response_timeout,
+        client_deadline: Deadline::new(inner.config.client_timeout),
+        upstream_deadline: Deadline::new(inner.config.response_timeout),
     };
     loop {
         let req = loop {
@@ -98,15 +97,12 @@ struct Conn {
     /// The upstream connection of the last exchange, kept for the next
     /// request to the same target.
     kept: Kept,
-    /// Deadlines for waiting on the client and on the upstream.
+    /// Waiting on the client, with `client_timeout` for the rest of a
+    /// head, each part of the body and each write to it.
     client_deadline: Deadline,
+    /// Waiting on the upstream, with `response_timeout` for the start of
+    /// its answer, then for each read and write.
     upstream_deadline: Deadline,
-    /// How long the client may take mid-request (the rest of a head, the
-    /// body) and to take what is written to it.
-    client_timeout: Duration,
-    /// How long the upstream may take to start its response, and then
-    /// between reads and writes.
-    upstream_timeout: Duration,
 }
 
 /// A connection kept by one client connection; back to its target's pool
@@ -152,6 +148,23 @@ enum Failure {
     Client,
 }
 
+impl Failure {
+    /// What the client is told of it (after the service's name), and how
+    /// it is counted.
+    fn answer(&self) -> (StatusCode, &'static str) {
+        match self {
+            Failure::Timeout => (StatusCode::GATEWAY_TIMEOUT, "did not answer in time"),
+            Failure::Malformed => (StatusCode::BAD_GATEWAY, "sent a malformed response"),
+            Failure::Upstream { .. } => (StatusCode::BAD_GATEWAY, "did not answer"),
+            // The general path's answer; here the connection just closes.
+            Failure::Client => (
+                StatusCode::REQUEST_TIMEOUT,
+                "waited too long for the request body",
+            ),
+        }
+    }
+}
+
 impl Conn {
     /// Reads more of the next request; `false` when the client closed or
     /// took too long. A client that goes quiet between requests keeps its
@@ -162,7 +175,7 @@ impl Conn {
         let wait = if between_requests {
             IDLE_TIMEOUT
         } else {
-            self.client_timeout
+            self.client_deadline.limit()
         };
         let now = Instant::now();
         let give_up = now + wait;
@@ -205,19 +218,18 @@ impl Conn {
                 }
                 Err(f) => f,
             };
-            let (status, why) = match failure {
+            match failure {
                 Failure::Client => return Next::Close,
-                Failure::Timeout => (StatusCode::GATEWAY_TIMEOUT, "did not answer in time"),
-                Failure::Malformed => (StatusCode::BAD_GATEWAY, "sent a malformed response"),
                 Failure::Upstream { connect } => {
                     let retry = retry_on(&route, &target, connect, req.retryable, &mut retried);
                     if let Some(next) = retry {
                         slot = next;
                         continue;
                     }
-                    (StatusCode::BAD_GATEWAY, "did not answer")
                 }
-            };
+                Failure::Timeout | Failure::Malformed => {}
+            }
+            let (status, why) = failure.answer();
             record(&route, &target, status, started);
             let refusal = Refusal {
                 status,
@@ -246,7 +258,7 @@ impl Conn {
             let reused = self.kept.take(target).or_else(|| target.streams.checkout());
             let (mut up, pooled) = match reused {
                 Some(up) => (up, true),
-                None => match connect(target, config.connect_timeout).await {
+                None => match upstream::connect_tcp(target.addr, config.connect_timeout).await {
                     Ok(up) => (up, false),
                     Err(_) => return Err(Failure::Upstream { connect: true }),
                 },
@@ -268,13 +280,21 @@ impl Conn {
     ) -> Result<ResponseHead, Failure> {
         // One budget for writing the head and for the answer to start,
         // unless the body has to be waited for.
-        self.upstream_deadline
-            .set(Instant::now() + self.upstream_timeout);
+        self.upstream_deadline.restart();
         if self.send(up, req.body_len).await? {
-            self.upstream_deadline
-                .set(Instant::now() + self.upstream_timeout);
+            self.upstream_deadline.restart();
         }
         self.up_buf.clear();
+        self.read_head(up, req).await
+    }
+
+    /// Reads the next response head into `self.up_buf` (its rewrite for the
+    /// client into `self.head`) before the upstream deadline.
+    async fn read_head(
+        &mut self,
+        up: &mut TcpStream,
+        req: &RequestHead,
+    ) -> Result<ResponseHead, Failure> {
         let read = read_response_head(up, &mut self.up_buf, req, &mut self.head);
         self.upstream_deadline
             .within(read)
@@ -293,7 +313,6 @@ impl Conn {
             .min(usize::try_from(body_len).unwrap_or(usize::MAX));
         let mut left = body_len - first as u64;
         let waited = left > 0;
-        let (to_up, from_client) = (self.upstream_timeout, self.client_timeout);
         // One write for the head and what has come of the body.
         let head_len = self.head.len();
         self.head.extend_from_slice(&self.buf[..first]);
@@ -308,9 +327,7 @@ impl Conn {
         }
         while left > 0 {
             self.buf.reserve(READ_SIZE);
-            let read = self
-                .client_deadline
-                .read(from_client, &mut self.client, &mut self.buf);
+            let read = self.client_deadline.read(&mut self.client, &mut self.buf);
             if !matches!(read.await, Ok(n) if n > 0) {
                 return Err(Failure::Client);
             }
@@ -318,7 +335,7 @@ impl Conn {
                 .buf
                 .len()
                 .min(usize::try_from(left).unwrap_or(usize::MAX));
-            let written = self.upstream_deadline.write(to_up, up, &self.buf[..take]);
+            let written = self.upstream_deadline.write(up, &self.buf[..take]);
             written.await.map_err(upstream_failed)?;
             self.buf.advance(take);
             left -= take as u64;
@@ -341,23 +358,15 @@ impl Conn {
         // Interim responses (100, 103) go through as they are.
         while resp.interim {
             let interim = self.up_buf.split_to(resp.head_len);
-            let written =
-                self.client_deadline
-                    .write(self.client_timeout, &mut self.client, &interim);
+            let written = self.client_deadline.write(&mut self.client, &interim);
             if written.await.is_err() {
                 return Next::Close;
             }
-            self.upstream_deadline
-                .set(Instant::now() + self.upstream_timeout);
-            let read = read_response_head(&mut up, &mut self.up_buf, req, &mut self.head);
-            match self.upstream_deadline.within(read).await {
-                Some(Ok(next)) => resp = next,
-                failed => {
-                    let status = match failed {
-                        None => StatusCode::GATEWAY_TIMEOUT,
-                        _ => StatusCode::BAD_GATEWAY,
-                    };
-                    record(route, &target, status, started);
+            self.upstream_deadline.restart();
+            match self.read_head(&mut up, req).await {
+                Ok(next) => resp = next,
+                Err(failure) => {
+                    record(route, &target, failure.answer().0, started);
                     return Next::Close;
                 }
             }
@@ -384,30 +393,23 @@ impl Conn {
     /// Sends the head and then the body as it comes, the first of it
     /// already in `self.up_buf`, until `end` says it is complete.
     async fn relay_body(&mut self, up: &mut TcpStream, mut end: BodyEnd) -> Result<(), ()> {
-        let (to_client, from_up) = (self.client_timeout, self.upstream_timeout);
         let (mut take, mut done) = end.feed(&self.up_buf)?;
         self.head.extend_from_slice(&self.up_buf[..take]);
         self.up_buf.advance(take);
-        let client = &mut self.client;
         self.client_deadline
-            .write(to_client, client, &self.head)
+            .write(&mut self.client, &self.head)
             .await?;
         while !done {
             self.up_buf.clear();
             self.up_buf.reserve(READ_SIZE);
-            match self
-                .upstream_deadline
-                .read(from_up, up, &mut self.up_buf)
-                .await?
-            {
+            match self.upstream_deadline.read(up, &mut self.up_buf).await? {
                 0 if matches!(end, BodyEnd::Close) => return Ok(()),
                 0 => return Err(()),
                 _ => {}
             }
             (take, done) = end.feed(&self.up_buf)?;
-            let client = &mut self.client;
             self.client_deadline
-                .write(to_client, client, &self.up_buf[..take])
+                .write(&mut self.client, &self.up_buf[..take])
                 .await?;
             self.up_buf.advance(take);
         }
@@ -436,92 +438,15 @@ impl Conn {
         }
         self.head.extend_from_slice(b"\r\n");
         self.head.extend_from_slice(text.as_bytes());
-        let client = &mut self.client;
         match self
             .client_deadline
-            .write(self.client_timeout, client, &self.head)
+            .write(&mut self.client, &self.head)
             .await
         {
             Ok(()) if !close => Next::KeepAlive,
             _ => Next::Close,
         }
     }
-}
-
-/// A deadline that is cheap to move later, as every request does: that
-/// only stores the new instant. The timer underneath stays where it was,
-/// and when it fires before the deadline it is set again; only moving the
-/// deadline earlier touches the timer at once.
-struct Deadline {
-    at: Instant,
-    timer: Pin<Box<Sleep>>,
-}
-
-impl Deadline {
-    fn after(limit: Duration) -> Deadline {
-        let at = Instant::now() + limit;
-        Deadline {
-            at,
-            timer: Box::pin(tokio::time::sleep_until(at)),
-        }
-    }
-
-    fn set(&mut self, at: Instant) {
-        self.at = at;
-        if at < self.timer.deadline() {
-            self.timer.as_mut().reset(at);
-        }
-    }
-
-    /// Reads into `buf` what arrives within `limit`: the count (0 at the end
-    /// of the stream); `Err` for an error or nothing in time.
-    async fn read(
-        &mut self,
-        limit: Duration,
-        from: &mut TcpStream,
-        buf: &mut BytesMut,
-    ) -> Result<usize, ()> {
-        self.set(Instant::now() + limit);
-        match self.within(from.read_buf(buf)).await {
-            Some(Ok(n)) => Ok(n),
-            _ => Err(()),
-        }
-    }
-
-    /// Writes all of `bytes` unless that takes longer than `limit`.
-    async fn write(&mut self, limit: Duration, to: &mut TcpStream, bytes: &[u8]) -> Result<(), ()> {
-        self.set(Instant::now() + limit);
-        match self.within(to.write_all(bytes)).await {
-            Some(Ok(())) => Ok(()),
-            _ => Err(()),
-        }
-    }
-
-    /// Runs `fut` to its end, or until the deadline passes (`None`).
-    async fn within<F: Future>(&mut self, fut: F) -> Option<F::Output> {
-        let passed = async {
-            loop {
-                self.timer.as_mut().await;
-                if Instant::now() >= self.at {
-                    return;
-                }
-                self.timer.as_mut().reset(self.at);
-            }
-        };
-        tokio::select! {
-            biased;
-            out = fut => Some(out),
-            () = passed => None,
-        }
-    }
-}
-
-async fn connect(target: &Target, timeout: Duration) -> io::Result<TcpStream> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(target.addr))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-    stream.set_nodelay(true)?;
-    Ok(stream)
 }
 
 /// Reads from `up` until `buf` starts with a whole response head, and
@@ -607,6 +532,14 @@ fn content_length(value: &[u8]) -> Option<u64> {
     std::str::from_utf8(value).ok()?.parse().ok()
 }
 
+/// Appends `h` as sent on: `name: value` and CRLF.
+fn push_header(out: &mut Vec<u8>, h: &httparse::Header<'_>) {
+    out.extend_from_slice(h.name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(h.value);
+    out.extend_from_slice(b"\r\n");
+}
+
 fn offset(buf: &[u8], part: &[u8]) -> Range<usize> {
     let start = part.as_ptr() as usize - buf.as_ptr() as usize;
     start..start + part.len()
@@ -681,10 +614,7 @@ fn parse_request(buf: &[u8], client_ip: &str, out: &mut Vec<u8>) -> Parsed {
         if forward::is_hop_by_hop(h.name) || named.iter().any(|n| n.eq_ignore_ascii_case(h.name)) {
             continue;
         }
-        out.extend_from_slice(h.name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value);
-        out.extend_from_slice(b"\r\n");
+        push_header(out, h);
     }
     out.extend_from_slice(b"x-forwarded-for: ");
     for prior in forwarded_for {
@@ -811,10 +741,7 @@ fn parse_response(
         {
             continue;
         }
-        out.extend_from_slice(h.name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value);
-        out.extend_from_slice(b"\r\n");
+        push_header(out, h);
     }
     if client_close || framing == Framing::Close {
         out.extend_from_slice(b"connection: close\r\n");
@@ -1007,28 +934,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn a_deadline_moved_later_holds_until_the_new_instant() {
-        let start = Instant::now();
-        let mut deadline = Deadline::after(Duration::from_secs(1));
-        deadline.set(start + Duration::from_secs(5));
-        let never = std::future::pending::<()>();
-        assert_eq!(deadline.within(never).await, None);
-        // The timer fired at 1 s, saw the deadline had moved, and waited on.
-        assert_eq!(start.elapsed(), Duration::from_secs(5));
-
-        // Moved earlier, it fires at the earlier instant.
-        let now = Instant::now();
-        deadline.set(now + Duration::from_secs(60));
-        deadline.set(now + Duration::from_secs(2));
-        assert_eq!(deadline.within(std::future::pending::<()>()).await, None);
-        assert_eq!(now.elapsed(), Duration::from_secs(2));
-
-        // What ends first wins.
-        deadline.set(Instant::now() + Duration::from_secs(3));
-        assert_eq!(deadline.within(async { 7 }).await, Some(7));
-    }
 
     fn request(raw: &str) -> (Parsed, String) {
         let mut out = Vec::new();

@@ -9,6 +9,7 @@
 //! The proxy knows nothing of releases, stores or the control plane.
 
 mod body;
+mod deadline;
 mod forward;
 mod h1;
 pub mod metrics;
