@@ -46,8 +46,7 @@ impl Tracked {
 
     fn finish(&mut self) {
         if let Some(up) = self.upstream.take() {
-            let target = &self.slot.target;
-            target.checkin(&target.pool, up);
+            self.slot.target.checkin(up);
         }
     }
 }

@@ -115,7 +115,7 @@ impl Kept {
     fn take(&mut self, target: &Arc<Target>) -> Option<TcpStream> {
         let (kept_for, mut up) = self.0.take()?;
         if !Arc::ptr_eq(&kept_for, target) {
-            kept_for.checkin(&kept_for.streams, up);
+            kept_for.checkin(up);
             return None;
         }
         up.reusable().then_some(up)
@@ -125,7 +125,7 @@ impl Kept {
 impl Drop for Kept {
     fn drop(&mut self) {
         if let Some((target, up)) = self.0.take() {
-            target.checkin(&target.streams, up);
+            target.checkin(up);
         }
     }
 }

@@ -105,11 +105,11 @@ impl Target {
         self.streams.prune();
     }
 
-    /// Takes back into `pool` a connection whose exchange finished, unless
-    /// the target drains.
-    pub fn checkin<C: Idle>(&self, pool: &Pool<C>, conn: C) {
+    /// Takes back into its pool a connection whose exchange finished,
+    /// unless the target drains.
+    pub fn checkin<C: Idle>(&self, conn: C) {
         if !self.draining.load(SeqCst) {
-            pool.checkin(conn);
+            C::pool(self).checkin(conn);
         }
     }
 

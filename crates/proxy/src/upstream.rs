@@ -26,6 +26,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::body::ProxyBody;
+use crate::target::Target;
 
 /// Idle connections kept per target; beyond that a finished one is closed.
 const POOL_MAX_IDLE: usize = 1024;
@@ -100,19 +101,30 @@ impl Upstream {
 }
 
 /// A connection that can wait in a [`Pool`].
-pub trait Idle {
+pub trait Idle: Sized {
     /// Whether the connection can take another request now. Must not block
     /// and must notice a close by the server that already arrived.
     fn reusable(&mut self) -> bool;
+
+    /// The pool of `target` that holds connections of this kind.
+    fn pool(target: &Target) -> &Pool<Self>;
 }
 
 impl Idle for Upstream {
     fn reusable(&mut self) -> bool {
         Upstream::reusable(self)
     }
+
+    fn pool(target: &Target) -> &Pool<Self> {
+        &target.pool
+    }
 }
 
 impl Idle for TcpStream {
+    fn pool(target: &Target) -> &Pool<Self> {
+        &target.streams
+    }
+
     /// An idle connection has nothing to read: a byte, an end of stream or
     /// an error all mean the server is done with it. `try_read` only makes
     /// the syscall when the reactor has seen the socket become readable, so
@@ -145,10 +157,14 @@ impl<C> std::fmt::Debug for Pool<C> {
 }
 
 impl<C: Idle> Pool<C> {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<(C, Instant)>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The most recently used idle connection that is still good.
     pub fn checkout(&self) -> Option<C> {
         loop {
-            let (mut conn, since) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            let (mut conn, since) = self.idle().pop()?;
             if since.elapsed() < POOL_IDLE_TIMEOUT && conn.reusable() {
                 return Some(conn);
             }
@@ -156,42 +172,35 @@ impl<C: Idle> Pool<C> {
     }
 
     /// Returns a connection whose exchange finished; closes it instead when
-    /// it cannot be reused or the pool is full.
+    /// it cannot be reused or the pool is full. (Expired ones are let go by
+    /// checkouts and by [`Pool::prune`].)
     pub fn checkin(&self, mut conn: C) {
         if !conn.reusable() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        // The oldest idle connections are at the front; let expired ones go.
-        let expired = idle
-            .iter()
-            .take_while(|(_, since)| since.elapsed() >= POOL_IDLE_TIMEOUT)
-            .count();
-        idle.drain(..expired);
+        let mut idle = self.idle();
         if idle.len() < POOL_MAX_IDLE {
             idle.push((conn, Instant::now()));
         }
     }
 
     /// Closes the idle connections that expired or that the server closed
-    /// meanwhile; checkouts and checkins do it too, this is for pools no
-    /// request touches, whose sockets would wait in CLOSE_WAIT.
+    /// meanwhile (run every few seconds by the proxy), so pools no request
+    /// touches leave nothing in CLOSE_WAIT.
     pub fn prune(&self) {
-        self.idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        self.idle()
             .retain_mut(|(conn, since)| since.elapsed() < POOL_IDLE_TIMEOUT && conn.reusable());
     }
 
     /// Idle connections held now.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.idle().len()
     }
 
     /// Closes every idle connection (the target is going away).
     pub fn clear(&self) {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.idle().clear();
     }
 }
 
