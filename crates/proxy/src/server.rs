@@ -72,21 +72,19 @@ pub(crate) struct Inner {
     table: ArcSwap<RouteTable>,
     changed: Notify,
     pub(crate) config: ProxyConfig,
-    /// One permit per client connection that may be open.
+    /// One permit per client connection that may be open
+    /// (`config.max_connections` of them).
     slots: Arc<Semaphore>,
-    /// Permits in `slots`.
-    max_connections: usize,
 }
 
 impl Proxy {
-    pub fn new(config: ProxyConfig) -> Self {
-        let max_connections = config.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+    pub fn new(mut config: ProxyConfig) -> Self {
+        config.max_connections = config.max_connections.clamp(1, Semaphore::MAX_PERMITS);
         Proxy {
             inner: Arc::new(Inner {
                 table: ArcSwap::from_pointee(RouteTable::default()),
                 changed: Notify::new(),
-                slots: Arc::new(Semaphore::new(max_connections)),
-                max_connections,
+                slots: Arc::new(Semaphore::new(config.max_connections)),
                 config,
             }),
         }
@@ -94,7 +92,7 @@ impl Proxy {
 
     /// Client connections open now, and how many may be.
     pub fn connections(&self) -> (usize, usize) {
-        let max = self.inner.max_connections;
+        let max = self.inner.config.max_connections;
         (max - self.inner.slots.available_permits(), max)
     }
 
@@ -124,7 +122,7 @@ impl Proxy {
             .keep_alive_interval(H2_PING_EVERY)
             .keep_alive_timeout(self.inner.config.client_timeout);
         let slots = &self.inner.slots;
-        let max = self.inner.max_connections;
+        let max = self.inner.config.max_connections;
         let mut at_limit = false;
         loop {
             // Room first, then a connection: at the limit, clients wait in
