@@ -141,12 +141,54 @@ async fn start_proxy_with(targets: Vec<SocketAddr>, base: ProxyConfig) -> Setup 
     }
 }
 
+/// Sends `raw` on a fresh connection and reads until the proxy closes it.
+async fn until_closed(proxy: SocketAddr, raw: &str) -> (String, Duration) {
+    let mut s = TcpStream::connect(proxy).await.expect("connect");
+    send_until_closed(&mut s, raw).await
+}
+
+/// Writes `raw` on `s`, then reads until the proxy closes it (at most 5 s):
+/// what came, and how long the reading took.
+async fn send_until_closed(s: &mut TcpStream, raw: &str) -> (String, Duration) {
+    s.write_all(raw.as_bytes()).await.expect("write");
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
+        .await
+        .expect("closed, not left hanging")
+        .expect("read");
+    (
+        String::from_utf8_lossy(&got).into_owned(),
+        started.elapsed(),
+    )
+}
+
+/// Reads from `s` until what came ends with `end`.
+async fn read_until(s: &mut TcpStream, end: &[u8]) -> String {
+    let mut got = Vec::new();
+    while !got.ends_with(end) {
+        let mut byte = [0u8; 1];
+        s.read_exact(&mut byte).await.expect("read");
+        got.push(byte[0]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// Whether the proxy's count of open client connections comes to `open`
+/// within 2 s.
+async fn open_connections_become(proxy: &Proxy, open: usize) -> bool {
+    for _ in 0..100 {
+        if proxy.connections().0 == open {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
 /// One HTTP/1.1 exchange on a fresh connection: (status, body).
 async fn http1(addr: SocketAddr, raw_request: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(raw_request.as_bytes()).await.expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.expect("read");
+    let (out, _) = until_closed(addr, raw_request).await;
     let status = out
         .split_whitespace()
         .nth(1)
@@ -241,13 +283,8 @@ async fn upgrade_to_echo(proxy: SocketAddr) -> (TcpStream, String) {
     )
     .await
     .expect("write");
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        s.read_exact(&mut byte).await.expect("read head");
-        head.push(byte[0]);
-    }
-    (s, String::from_utf8_lossy(&head).into_owned())
+    let head = read_until(&mut s, b"\r\n\r\n").await;
+    (s, head)
 }
 
 #[tokio::test]
@@ -431,15 +468,8 @@ async fn a_response_ended_by_close_reaches_the_client_which_is_then_closed() {
     let (backend, _) =
         start_raw_backend("HTTP/1.1 200 OK\r\n\r\nall of it", Some(Duration::ZERO)).await;
     let setup = start_proxy(vec![backend]).await;
-    let mut s = TcpStream::connect(setup.proxy_addr).await.expect("connect");
-    s.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
-        .await
-        .expect("write");
-    let mut out = String::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
-        .await
-        .expect("the proxy closes the client connection")
-        .expect("read");
+    // until_closed fails unless the proxy closes the client connection.
+    let (out, _) = until_closed(setup.proxy_addr, "GET / HTTP/1.1\r\nHost: app.test\r\n\r\n").await;
     assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
     assert!(out.contains("connection: close\r\n"), "{out}");
     assert!(out.ends_with("\r\n\r\nall of it"), "{out}");
@@ -470,12 +500,8 @@ async fn interim_responses_are_passed_on_before_the_final_one() {
     )
     .await;
     let setup = start_proxy(vec![backend]).await;
-    let mut s = TcpStream::connect(setup.proxy_addr).await.expect("connect");
-    s.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.expect("read");
+    let raw = "GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n";
+    let (out, _) = until_closed(setup.proxy_addr, raw).await;
     assert!(
         out.starts_with(
             "HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\nHTTP/1.1 200 OK\r\n"
@@ -526,7 +552,6 @@ async fn a_malformed_answer_is_502_and_a_silent_upstream_504_after_the_response_
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order() {
     let setup = start_proxy(vec![start_backend().await]).await;
-    let mut s = TcpStream::connect(setup.proxy_addr).await.expect("connect");
     let mut pipeline = String::new();
     for (i, body) in ["first", "second", "third"].iter().enumerate() {
         let close = if i == 2 { "Connection: close\r\n" } else { "" };
@@ -535,9 +560,7 @@ async fn pipelined_requests_are_answered_in_order() {
             body.len()
         ));
     }
-    s.write_all(pipeline.as_bytes()).await.expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.expect("read");
+    let (out, _) = until_closed(setup.proxy_addr, &pipeline).await;
     assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 3, "{out}");
     let at = |w: &str| out.find(&format!("\r\n\r\n{w}")).expect(w);
     assert!(
@@ -618,33 +641,11 @@ async fn a_tunnel_counts_against_the_connection_limit_until_it_closes() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(setup.proxy.connections(), (1, 2));
     drop(s);
-    for _ in 0..100 {
-        if setup.proxy.connections() == (0, 2) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!(
+    assert!(
+        open_connections_become(&setup.proxy, 0).await,
         "the tunnel's permit was not given back: {:?}",
         setup.proxy.connections()
     );
-}
-
-/// Sends `raw` and reads until the proxy closes the connection (at most
-/// 5 s): what came, and how long it took.
-async fn until_closed(proxy: SocketAddr, raw: &str) -> (String, Duration) {
-    let mut s = TcpStream::connect(proxy).await.expect("connect");
-    s.write_all(raw.as_bytes()).await.expect("write");
-    let started = std::time::Instant::now();
-    let mut got = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
-        .await
-        .expect("closed, not left hanging")
-        .expect("read");
-    (
-        String::from_utf8_lossy(&got).into_owned(),
-        started.elapsed(),
-    )
 }
 
 #[tokio::test]
@@ -654,13 +655,10 @@ async fn a_client_that_stalls_mid_body_is_cut_off_after_the_client_timeout() {
     let raw = "POST /echo HTTP/1.1\r\nHost: app.test\r\nContent-Length: 10\r\n\r\nabc";
     let (_, took) = until_closed(setup.proxy_addr, raw).await;
     assert!(took >= Duration::from_millis(400));
-    for _ in 0..100 {
-        if setup.proxy.connections().0 == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("the stalled connection is still counted");
+    assert!(
+        open_connections_become(&setup.proxy, 0).await,
+        "the stalled connection is still counted"
+    );
 }
 
 #[tokio::test]
@@ -685,22 +683,9 @@ async fn on_the_general_path_a_head_that_stalls_is_cut_off_after_the_client_time
     )
     .await
     .expect("write");
-    let mut got = Vec::new();
-    while !got.ends_with(b"\r\n\r\nhi") {
-        let mut byte = [0u8; 1];
-        s.read_exact(&mut byte).await.expect("read answer");
-        got.push(byte[0]);
-    }
-    s.write_all(b"GET /next HTTP/1.0\r\nHo")
-        .await
-        .expect("write");
-    let started = std::time::Instant::now();
-    let mut rest = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
-        .await
-        .expect("closed, not left hanging")
-        .expect("read");
-    assert!(started.elapsed() >= Duration::from_millis(400));
+    read_until(&mut s, b"\r\n\r\nhi").await;
+    let (_, took) = send_until_closed(&mut s, "GET /next HTTP/1.0\r\nHo").await;
+    assert!(took >= Duration::from_millis(400));
 }
 
 /// A request body that sends `abc` and then nothing, for ever.
@@ -843,12 +828,8 @@ async fn a_pooled_connection_the_backend_closed_is_replaced_even_for_a_post() {
 async fn a_route_in_maintenance_answers_503_with_retry_after_and_forwards_nothing() {
     let (backend, accepted) = start_counting_backend().await;
     let setup = start_proxy(vec![backend]).await;
-    let mut s = TcpStream::connect(setup.proxy_addr).await.expect("connect");
-    s.write_all(b"GET / HTTP/1.1\r\nHost: maint.test\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.expect("read");
+    let raw = "GET / HTTP/1.1\r\nHost: maint.test\r\nConnection: close\r\n\r\n";
+    let (out, _) = until_closed(setup.proxy_addr, raw).await;
     assert!(out.starts_with("HTTP/1.1 503"), "{out}");
     assert!(
         out.to_ascii_lowercase().contains("retry-after: 120\r\n"),
