@@ -4,22 +4,7 @@ use std::process::Command;
 use std::time::Duration;
 
 mod util;
-use util::{bin, wait_until};
-
-/// (soft, hard) "Max open files" of a running process.
-fn open_files_limit(pid: u32) -> (u64, u64) {
-    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
-    let line = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .expect("open files line");
-    let mut numbers = line
-        .split_whitespace()
-        .filter_map(|w| w.parse::<u64>().ok());
-    let soft = numbers.next().expect("soft");
-    let hard = numbers.next().unwrap_or(u64::MAX); // "unlimited"
-    (soft, hard)
-}
+use util::{bin, open_files_limit, wait_until};
 
 #[test]
 fn the_agent_raises_its_open_files_limit_to_the_hard_one() {

@@ -337,3 +337,18 @@ fn request(c: &mut BufReader<std::net::TcpStream>, host: &str) -> Result<u16, St
         .map_err(|e| format!("read body: {e}"))?;
     Ok(status)
 }
+
+/// (soft, hard) "Max open files" of a running process.
+pub fn open_files_limit(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("open files line");
+    let mut numbers = line
+        .split_whitespace()
+        .filter_map(|w| w.parse::<u64>().ok());
+    let soft = numbers.next().expect("soft");
+    let hard = numbers.next().unwrap_or(u64::MAX); // "unlimited"
+    (soft, hard)
+}
