@@ -43,6 +43,9 @@ const MAX_HEADERS: usize = 100;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 /// Bytes read from a socket at a time.
 const READ_SIZE: usize = 16 * 1024;
+/// A response (head and body) of at most this many bytes, to a request that
+/// may be sent again, is read whole before any of it goes to the client.
+const HOLD_MAX: usize = 64 * 1024;
 
 /// Serves `stream` until it closes; returns it with the bytes read but not
 /// consumed when a request needs the general (hyper) path.
@@ -56,6 +59,7 @@ pub async fn serve(
         buf: BytesMut::with_capacity(READ_SIZE),
         up_buf: BytesMut::with_capacity(READ_SIZE),
         head: Vec::with_capacity(1024),
+        answer: Vec::with_capacity(1024),
         kept: Kept(None),
         client_deadline: Deadline::new(inner.config.client_timeout),
         upstream_deadline: Deadline::new(inner.config.response_timeout),
@@ -92,8 +96,10 @@ struct Conn {
     buf: BytesMut,
     /// Read from the upstream, not yet sent on.
     up_buf: BytesMut,
-    /// The head being sent on: upstream, then back to the client.
+    /// The request's head as sent upstream (kept for a retry).
     head: Vec<u8>,
+    /// The response's head as sent to the client, or the proxy's own answer.
+    answer: Vec<u8>,
     /// The upstream connection of the last exchange, kept for the next
     /// request to the same target.
     kept: Kept,
@@ -285,17 +291,52 @@ impl Conn {
             self.upstream_deadline.restart();
         }
         self.up_buf.clear();
-        self.read_head(up, req).await
+        let resp = self.read_head(up, req).await?;
+        if req.retryable {
+            self.read_small_body(up, &resp).await?;
+        }
+        Ok(resp)
+    }
+
+    /// Reads the rest of a response of at most `HOLD_MAX` bytes into
+    /// `self.up_buf` before any of it goes to the client: an upstream that
+    /// dies mid-body (an instance killed between writing its head and its
+    /// body) then leaves a request that can still go elsewhere, instead of
+    /// a truncated answer. Larger and open-ended bodies are streamed.
+    async fn read_small_body(
+        &mut self,
+        up: &mut TcpStream,
+        resp: &ResponseHead,
+    ) -> Result<(), Failure> {
+        let Framing::Length(body) = resp.framing else {
+            return Ok(());
+        };
+        let whole = usize::try_from(body)
+            .unwrap_or(usize::MAX)
+            .saturating_add(resp.head_len);
+        if resp.interim || whole > HOLD_MAX {
+            return Ok(());
+        }
+        while self.up_buf.len() < whole {
+            self.up_buf.reserve(whole - self.up_buf.len());
+            let read = up.read_buf(&mut self.up_buf);
+            match self.upstream_deadline.within(read).await {
+                Some(Ok(n)) if n > 0 => {}
+                Some(_) => return Err(Failure::Upstream { connect: false }),
+                None => return Err(Failure::Timeout),
+            }
+        }
+        Ok(())
     }
 
     /// Reads the next response head into `self.up_buf` (its rewrite for the
-    /// client into `self.head`) before the upstream deadline.
+    /// client into `self.answer`) before the upstream deadline.
     async fn read_head(
         &mut self,
         up: &mut TcpStream,
         req: &RequestHead,
     ) -> Result<ResponseHead, Failure> {
-        let read = read_response_head(up, &mut self.up_buf, req, &mut self.head);
+        let read = read_response_head(up, &mut self.up_buf, req, &mut self.answer);
         self.upstream_deadline
             .within(read)
             .await
@@ -394,10 +435,10 @@ impl Conn {
     /// already in `self.up_buf`, until `end` says it is complete.
     async fn relay_body(&mut self, up: &mut TcpStream, mut end: BodyEnd) -> Result<(), ()> {
         let (mut take, mut done) = end.feed(&self.up_buf)?;
-        self.head.extend_from_slice(&self.up_buf[..take]);
+        self.answer.extend_from_slice(&self.up_buf[..take]);
         self.up_buf.advance(take);
         self.client_deadline
-            .write(&mut self.client, &self.head)
+            .write(&mut self.client, &self.answer)
             .await?;
         while !done {
             self.up_buf.clear();
@@ -424,23 +465,23 @@ impl Conn {
             text,
             retry_after,
         } = refusal;
-        self.head.clear();
+        self.answer.clear();
         let _ = write!(
-            self.head,
+            self.answer,
             "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n",
             text.len()
         );
         if let Some(seconds) = retry_after {
-            let _ = write!(self.head, "retry-after: {seconds}\r\n");
+            let _ = write!(self.answer, "retry-after: {seconds}\r\n");
         }
         if close {
-            self.head.extend_from_slice(b"connection: close\r\n");
+            self.answer.extend_from_slice(b"connection: close\r\n");
         }
-        self.head.extend_from_slice(b"\r\n");
-        self.head.extend_from_slice(text.as_bytes());
+        self.answer.extend_from_slice(b"\r\n");
+        self.answer.extend_from_slice(text.as_bytes());
         match self
             .client_deadline
-            .write(&mut self.client, &self.head)
+            .write(&mut self.client, &self.answer)
             .await
         {
             Ok(()) if !close => Next::KeepAlive,
@@ -450,8 +491,7 @@ impl Conn {
 }
 
 /// Reads from `up` until `buf` starts with a whole response head, and
-/// parses it, writing the head for the client to `out` (which keeps the
-/// request's head when this fails, for a retry).
+/// parses it, writing the head for the client to `out`.
 async fn read_response_head(
     up: &mut TcpStream,
     buf: &mut BytesMut,

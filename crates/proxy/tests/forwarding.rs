@@ -663,7 +663,9 @@ async fn a_client_that_stalls_mid_body_is_cut_off_after_the_client_timeout() {
 
 #[tokio::test]
 async fn an_upstream_that_stalls_mid_body_is_cut_off_after_the_response_timeout() {
-    const STALLS: &str = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc";
+    // A body too large to be held back: it streams, so the client has the
+    // head and the start when the upstream stalls.
+    const STALLS: &str = "HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\nabc";
     let (backend, _) = start_raw_backend(STALLS, Some(Duration::from_secs(30))).await;
     let setup = start_proxy(vec![backend]).await;
     let (got, took) =
@@ -671,6 +673,20 @@ async fn an_upstream_that_stalls_mid_body_is_cut_off_after_the_response_timeout(
     assert!(got.starts_with("HTTP/1.1 200"), "{got}");
     assert!(got.ends_with("\r\n\r\nabc"), "the part that came: {got}");
     assert!(took >= Duration::from_millis(900));
+
+    // A small body is held back whole, so its stall is a clean 504.
+    const SMALL: &str = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc";
+    let (backend, _) = start_raw_backend(SMALL, Some(Duration::from_secs(30))).await;
+    let setup = start_proxy(vec![backend]).await;
+    let (status, body) = http1(
+        setup.proxy_addr,
+        "GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        (status, body.as_str()),
+        (504, "app did not answer in time\n")
+    );
 }
 
 #[tokio::test]
@@ -755,6 +771,27 @@ async fn on_the_general_path_a_stuck_upstream_body_fails_after_the_response_time
         "the stream is reset, not ended as if complete"
     );
     assert!(started.elapsed() >= Duration::from_millis(800));
+}
+
+#[tokio::test]
+async fn a_get_whose_upstream_dies_mid_body_is_answered_whole_by_another() {
+    // An instance killed between writing its head and its body.
+    const DIES: &str = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc";
+    let (dying, _) = start_raw_backend(DIES, Some(Duration::ZERO)).await;
+    let setup = start_proxy(vec![dying, start_backend().await]).await;
+    // Round robin sends every other one to the dying instance first.
+    for i in 0..4 {
+        let (status, body) = http1(
+            setup.proxy_addr,
+            &format!("GET /{i} HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert!(
+            body.contains("host: app.test\n"),
+            "not the whole answer: {body:?}"
+        );
+    }
 }
 
 #[tokio::test]
