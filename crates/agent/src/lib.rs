@@ -3,19 +3,24 @@
 //! atomically, and answers the control plane on a unix socket. It never
 //! touches the store and keeps serving when the control plane is gone.
 
+pub mod handover;
 pub mod logs;
 pub mod probe;
 pub mod socket;
 pub mod supervisor;
 
+use std::fs::File;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use nix::fcntl::{Flock, FlockArg};
 use tandem_core::protocol::SOCKET_FILE;
 use tandem_proxy::{Proxy, ProxyConfig};
 
+use handover::Sockets;
+use socket::Stop;
 pub use supervisor::Supervisor;
 
 /// Bounded drain when the agent itself shuts down with its instances.
@@ -26,6 +31,9 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     pub proxy_addr: SocketAddr,
     pub proxy: ProxyConfig,
+    /// Take over from the agent running for `data_dir` (its sockets, lock
+    /// and instances) instead of starting afresh.
+    pub takeover: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +50,8 @@ pub enum AgentError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Handover(#[from] handover::HandoverError),
     #[error("cannot open control socket {path}: {source}")]
     Socket {
         path: String,
@@ -78,8 +88,10 @@ pub fn connection_limit(fd_limit: u64, configured: usize) -> usize {
         .clamp(1, configured.max(1))
 }
 
-/// Takes the agent lock of `data_dir`, or says who holds it.
-pub fn lock_data_dir(data_dir: &Path, name: &str) -> Result<Flock<std::fs::File>, AgentError> {
+/// Takes the agent lock of `data_dir`, or says who holds it. The lock
+/// (`flock`) is held as long as any descriptor of the returned file is
+/// open, in this process or one it was passed to.
+pub fn lock_data_dir(data_dir: &Path, name: &str) -> Result<File, AgentError> {
     let path = data_dir.join(name);
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -91,44 +103,101 @@ pub fn lock_data_dir(data_dir: &Path, name: &str) -> Result<Flock<std::fs::File>
             path: data_dir.display().to_string(),
             source,
         })?;
-    let mut lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| {
+    file.try_lock().map_err(|_| {
         AgentError::AlreadyRunning(data_dir.display().to_string(), path.display().to_string())
     })?;
-    use std::io::{Seek, Write};
-    let _ = lock.set_len(0);
-    let _ = lock.seek(std::io::SeekFrom::Start(0));
-    let _ = writeln!(lock, "{}", std::process::id());
-    Ok(lock)
+    note_pid(&file);
+    Ok(file)
 }
 
-/// Runs the agent until SIGTERM/SIGINT or a `Shutdown` request.
-pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
-    let dir = &config.data_dir;
-    std::fs::create_dir_all(dir).map_err(|source| AgentError::DataDir {
-        path: dir.display().to_string(),
-        source,
-    })?;
-    let _lock = lock_data_dir(dir, "agent.lock")?;
+/// Writes our pid into a lock file we hold.
+fn note_pid(mut file: &File) {
+    use std::io::{Seek, Write};
+    let _ = file.set_len(0);
+    let _ = file.seek(std::io::SeekFrom::Start(0));
+    let _ = writeln!(file, "{}", std::process::id());
+}
 
+/// The sockets and lock to serve with: taken over from the running agent,
+/// or made afresh.
+struct Start {
+    lock: File,
+    listener: tokio::net::TcpListener,
+    control: tokio::net::UnixListener,
+    taken: Option<(handover::Offer, Vec<OwnedFd>, handover::Link)>,
+}
+
+async fn start(config: &AgentConfig) -> Result<Start, AgentError> {
+    let dir = &config.data_dir;
+    let socket_path = dir.join(SOCKET_FILE);
+    let socket_error = |source| AgentError::Socket {
+        path: socket_path.display().to_string(),
+        source,
+    };
+    if config.takeover {
+        let taken = handover::take(dir).await?;
+        let lock = File::from(taken.sockets.lock);
+        note_pid(&lock);
+        let listener = std::net::TcpListener::from(taken.sockets.proxy);
+        listener.set_nonblocking(true).map_err(socket_error)?;
+        let control = std::os::unix::net::UnixListener::from(taken.sockets.control);
+        control.set_nonblocking(true).map_err(socket_error)?;
+        return Ok(Start {
+            lock,
+            listener: tokio::net::TcpListener::from_std(listener).map_err(socket_error)?,
+            control: tokio::net::UnixListener::from_std(control).map_err(socket_error)?,
+            taken: Some((taken.offer, taken.pipes, taken.link)),
+        });
+    }
+    let lock = lock_data_dir(dir, "agent.lock")?;
     let listener = tokio::net::TcpListener::bind(config.proxy_addr)
         .await
         .map_err(|source| AgentError::ProxyBind {
             addr: config.proxy_addr,
             source,
         })?;
+    // We hold the lock, so a socket file left here belongs to a dead agent.
+    let _ = std::fs::remove_file(&socket_path);
+    let control = tokio::net::UnixListener::bind(&socket_path).map_err(socket_error)?;
+    Ok(Start {
+        lock,
+        listener,
+        control,
+        taken: None,
+    })
+}
+
+/// Runs the agent until SIGTERM/SIGINT, a `Shutdown` request or a
+/// handover to a new agent.
+pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
+    let dir = &config.data_dir;
+    std::fs::create_dir_all(dir).map_err(|source| AgentError::DataDir {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    let Start {
+        lock,
+        listener,
+        control,
+        taken,
+    } = start(&config).await?;
     let proxy_addr = listener
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-
     let socket_path = dir.join(SOCKET_FILE);
-    // We hold the lock, so a socket file left here belongs to a dead agent.
-    let _ = std::fs::remove_file(&socket_path);
-    let control =
-        tokio::net::UnixListener::bind(&socket_path).map_err(|source| AgentError::Socket {
-            path: socket_path.display().to_string(),
-            source,
-        })?;
+    let dup = |fd: BorrowedFd<'_>| {
+        fd.try_clone_to_owned()
+            .map_err(|source| AgentError::Socket {
+                path: "a descriptor to hand over".into(),
+                source,
+            })
+    };
+    let sockets = Arc::new(Sockets {
+        lock: dup(lock.as_fd())?,
+        proxy: dup(listener.as_fd())?,
+        control: dup(control.as_fd())?,
+    });
 
     let fd_limit = raise_fd_limit();
     let proxy_config = ProxyConfig {
@@ -142,44 +211,83 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     );
     let proxy = Proxy::new(proxy_config);
     let supervisor = Supervisor::new(proxy.clone(), dir.clone());
-    supervisor.restore();
+    let link = match taken {
+        Some((offer, pipes, link)) => {
+            supervisor.adopt(offer, pipes);
+            Some(link)
+        }
+        None => {
+            supervisor.restore();
+            None
+        }
+    };
 
-    let (shutdown_tx, mut shutdown_rx) = tokio::sync::mpsc::channel::<bool>(1);
+    let (shutdown_tx, mut shutdown_rx) = tokio::sync::mpsc::channel::<Stop>(1);
     let ctx = socket::Context {
         supervisor: supervisor.clone(),
         proxy_addr: proxy_addr.clone(),
         started_at_ms: supervisor::now_ms(),
         shutdown: shutdown_tx,
+        sockets,
     };
-    tokio::spawn(socket::serve(control, ctx));
+    let control_task = AbortOnDrop(tokio::spawn(socket::serve(control, ctx)));
     let (stop_proxy_tx, stop_proxy_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = proxy.clone();
     let proxy_task = tokio::spawn(async move {
-        proxy
+        serving
             .serve(listener, async {
                 let _ = stop_proxy_rx.await;
             })
             .await;
     });
-    tracing::info!(proxy = %proxy_addr, socket = %socket_path.display(), pid = std::process::id(), "agent started");
+    if let Some(link) = link {
+        // From here the old agent lets go; until here it served on.
+        if let Err(e) = link.confirm().await {
+            tracing::warn!(error = %e, "could not tell the old agent we took over");
+        }
+    }
+    tracing::info!(proxy = %proxy_addr, socket = %socket_path.display(), pid = std::process::id(), takeover = config.takeover, "agent started");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|source| AgentError::Socket {
             path: "SIGTERM handler".into(),
             source,
         })?;
-    let stop_instances = tokio::select! {
-        asked = shutdown_rx.recv() => asked.unwrap_or(true),
-        _ = term.recv() => true,
-        _ = tokio::signal::ctrl_c() => true,
+    let stop = tokio::select! {
+        asked = shutdown_rx.recv() => asked.unwrap_or(Stop::Everything),
+        _ = term.recv() => Stop::Everything,
+        _ = tokio::signal::ctrl_c() => Stop::Everything,
     };
-    if stop_instances {
+    if stop == Stop::Everything {
         supervisor.stop_all(SHUTDOWN_DRAIN).await;
     }
     let _ = stop_proxy_tx.send(());
     let _ = proxy_task.await;
+    drop(control_task);
+    if stop == Stop::HandedOver {
+        // Clients move to the new agent as their responses say `close`.
+        proxy.close_gracefully();
+        let deadline = tokio::time::Instant::now() + handover::HANDOVER_DRAIN;
+        while proxy.connections().0 > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Closing our descriptor leaves the lock to the new agent's.
+        drop(lock);
+        tracing::info!(left = proxy.connections().0, "handed over; agent stopped");
+        return Ok(());
+    }
     let _ = std::fs::remove_file(&socket_path);
-    tracing::info!(stop_instances, "agent stopped");
+    tracing::info!(?stop, "agent stopped");
     Ok(())
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 #[cfg(test)]

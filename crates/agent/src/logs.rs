@@ -7,7 +7,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use std::os::fd::OwnedFd;
+
+use tokio::io::AsyncReadExt;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 /// Rotate a log file once it grows past this.
 pub const ROTATE_AT_BYTES: u64 = 10 * 1024 * 1024;
@@ -78,15 +82,74 @@ impl InstanceLog {
             .collect()
     }
 
-    /// Copies lines from a child's stdout or stderr until it closes.
-    pub fn capture(&self, stream: impl AsyncRead + Unpin + Send + 'static) {
+    /// Copies lines from the read end of a child's stdout or stderr pipe
+    /// until it closes or the capture is [detached](Capture::detach).
+    pub fn capture(&self, pipe: OwnedFd) -> std::io::Result<Capture> {
+        let kept = pipe.try_clone()?;
+        let mut reader = tokio::net::unix::pipe::Receiver::from_owned_fd(pipe)?;
+        let (detach, mut detached) = oneshot::channel::<()>();
         let log = self.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stream).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                log.write_line(&line);
+        let task = tokio::spawn(async move {
+            let mut pending = Vec::new();
+            let mut chunk = vec![0u8; 8 * 1024];
+            loop {
+                let n = tokio::select! {
+                    biased;
+                    _ = &mut detached => break,
+                    read = reader.read(&mut chunk) => match read {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    },
+                };
+                pending.extend_from_slice(&chunk[..n]);
+                let mut start = 0;
+                while let Some(at) = pending[start..].iter().position(|b| *b == b'\n') {
+                    log.write_bytes(&pending[start..start + at]);
+                    start += at + 1;
+                }
+                pending.drain(..start);
+                if pending.len() >= MAX_LINE {
+                    log.write_bytes(&pending);
+                    pending.clear();
+                }
+            }
+            // What came without its newline yet still goes to the file.
+            if !pending.is_empty() {
+                log.write_bytes(&pending);
             }
         });
+        Ok(Capture {
+            pipe: kept,
+            detach,
+            task,
+        })
+    }
+
+    fn write_bytes(&self, line: &[u8]) {
+        let line = String::from_utf8_lossy(line);
+        self.write_line(line.strip_suffix('\r').unwrap_or(&line));
+    }
+}
+
+/// Longest line kept whole; a longer one is written in pieces.
+const MAX_LINE: usize = 64 * 1024;
+
+/// A pipe being copied into an instance's log.
+pub struct Capture {
+    pipe: OwnedFd,
+    detach: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Capture {
+    /// Stops copying (what was read is written out, a partial last line
+    /// as a line of its own) and returns the pipe, which still holds
+    /// whatever the instance writes from now on: another agent can go on
+    /// reading it.
+    pub async fn detach(self) -> OwnedFd {
+        let _ = self.detach.send(());
+        let _ = self.task.await;
+        self.pipe
     }
 }
 
@@ -145,5 +208,34 @@ mod tests {
         assert_eq!(tail.last().map(String::as_str), Some("last"));
         assert_eq!(tail.len(), 3);
         assert_eq!(log.tail(1), vec!["last".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn a_detached_capture_keeps_what_it_read_and_its_pipe_reads_on() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = InstanceLog::open(dir.path().join("b.log")).expect("open");
+        let (reader, mut writer) = std::io::pipe().expect("pipe");
+        let capture = log.capture(OwnedFd::from(reader)).expect("capture");
+        writer.write_all(b"one\ntw").expect("write");
+        let seen = |want: &str| {
+            let log = log.clone();
+            let want = want.to_owned();
+            async move {
+                for _ in 0..250 {
+                    if log.tail(TAIL_LINES).contains(&want) {
+                        return true;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                false
+            }
+        };
+        assert!(seen("one").await);
+        let pipe = capture.detach().await;
+        assert_eq!(log.tail(2), vec!["one", "tw"], "the partial line is kept");
+        writer.write_all(b"three\n").expect("write");
+        let _again = log.capture(pipe).expect("capture again");
+        assert!(seen("three").await, "{:?}", log.tail(5));
     }
 }

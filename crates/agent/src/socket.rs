@@ -1,6 +1,7 @@
 //! The agent's unix socket: newline-delimited JSON requests and responses
 //! (see `tandem_core::protocol`), one task per connection.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tandem_core::protocol::{PROTOCOL_VERSION, Request, Response};
@@ -8,7 +9,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
-use crate::supervisor::Supervisor;
+use crate::handover::{self, Sockets};
+use crate::supervisor::{Phase, Supervisor};
 
 /// What the socket needs besides the supervisor.
 #[derive(Clone)]
@@ -16,8 +18,23 @@ pub struct Context {
     pub supervisor: Supervisor,
     pub proxy_addr: String,
     pub started_at_ms: u64,
-    /// A `Shutdown` request sends here; the agent's main loop exits.
-    pub shutdown: mpsc::Sender<bool>,
+    /// A `Shutdown` request, or a handover, sends here; the agent's main
+    /// loop exits.
+    pub shutdown: mpsc::Sender<Stop>,
+    /// What a handover passes on.
+    pub sockets: Arc<Sockets>,
+}
+
+/// How the agent ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Instances stopped, then the agent.
+    Everything,
+    /// The agent only; instances are killed by the next agent's restore.
+    AgentOnly,
+    /// Another agent took over: finish client connections, keep the lock
+    /// and the socket.
+    HandedOver,
 }
 
 pub async fn serve(listener: UnixListener, ctx: Context) {
@@ -44,7 +61,23 @@ async fn connection(stream: UnixStream, ctx: Context) -> std::io::Result<()> {
     let mut lines = BufReader::new(read).lines();
     while let Some(line) = lines.next_line().await? {
         let response = match serde_json::from_str::<Request>(&line) {
-            Ok(req) => dispatch(req, &ctx).await,
+            Ok(Request::Handover) => {
+                // Nothing follows the request until the offer is answered,
+                // so the reader holds no bytes of it.
+                let stream = lines
+                    .into_inner()
+                    .into_inner()
+                    .reunite(write)
+                    .map_err(std::io::Error::other)?;
+                if handover::give(stream, &ctx.supervisor, &ctx.sockets).await? {
+                    let _ = ctx.shutdown.send(Stop::HandedOver).await;
+                }
+                return Ok(());
+            }
+            Ok(req) => match refusal(&req, ctx.supervisor.phase()) {
+                Some(message) => Response::Error { message },
+                None => dispatch(req, &ctx).await,
+            },
             Err(e) => Response::Error {
                 message: format!("bad request: {e}"),
             },
@@ -55,6 +88,23 @@ async fn connection(stream: UnixStream, ctx: Context) -> std::io::Result<()> {
         write.write_all(&out).await?;
     }
     Ok(())
+}
+
+/// Why `req` cannot be taken during or after a handover: what would
+/// change instances or routes waits for the agent that owns them.
+fn refusal(req: &Request, phase: Phase) -> Option<String> {
+    let changes = !matches!(
+        req,
+        Request::Hello | Request::Status | Request::Logs { .. } | Request::Metrics
+    );
+    match phase {
+        Phase::Serving => None,
+        Phase::Offering if changes => {
+            Some("the agent is handing over to a new agent; ask again in a moment".into())
+        }
+        Phase::Offering => None,
+        Phase::HandedOver => Some("this agent has handed over to a new one; ask again".into()),
+    }
 }
 
 async fn dispatch(req: Request, ctx: &Context) -> Response {
@@ -116,8 +166,16 @@ async fn dispatch(req: Request, ctx: &Context) -> Response {
             retry_after_s,
         } => sup.maintenance(&service, on, retry_after_s),
         Request::Shutdown { stop_instances } => {
-            let _ = ctx.shutdown.send(stop_instances).await;
+            let stop = if stop_instances {
+                Stop::Everything
+            } else {
+                Stop::AgentOnly
+            };
+            let _ = ctx.shutdown.send(stop).await;
             Response::Ok
         }
+        Request::Handover => Response::Error {
+            message: "handover is answered on its own connection".into(),
+        },
     }
 }

@@ -5,6 +5,7 @@
 //! republishes the proxy's route table from this state.
 
 use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -17,11 +18,14 @@ use tandem_core::protocol::{
     AgentStatus, GroupSpec, InstanceState, InstanceStatus, LogLine, RequestCounts, Response,
     RouteSpec, ServiceStatus,
 };
+use tandem_proxy::metrics::Snapshot;
 use tandem_proxy::{Proxy, RequestMetrics, Route, RouteTable, Target};
+use tokio::io::unix::AsyncFd;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-use crate::logs::{InstanceLog, read_tail};
+use crate::handover::{Offer, Offered};
+use crate::logs::{Capture, InstanceLog, read_tail};
 use crate::probe::Prober;
 
 /// First restart delay; doubles per quick crash.
@@ -43,6 +47,10 @@ pub struct Supervisor {
 
 struct Shared {
     state: Mutex<State>,
+    /// Whether this agent is handing its instances over to a new one. A
+    /// spawn holds a read borrow, so none is half done when an offer is
+    /// made.
+    phase: watch::Sender<Phase>,
     /// Pinged whenever an instance changes state.
     changed: Notify,
     proxy: Proxy,
@@ -74,9 +82,43 @@ struct Group {
 struct Instance {
     id: String,
     log: InstanceLog,
+    /// The running process's stdout and stderr.
+    pipes: Mutex<Pipes>,
     live: Mutex<Live>,
     stop: watch::Sender<bool>,
     task: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Where an instance's output pipes are.
+enum Pipes {
+    /// Copied into its log by this agent.
+    Reading(Vec<Capture>),
+    /// Not read while they are offered to a new agent.
+    Held(Vec<OwnedFd>),
+}
+
+/// This agent's part in an upgrade of the agent in place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Serving,
+    /// A new agent has been offered the instances: none is started or
+    /// restarted, no request changes anything, until it says whether it
+    /// took them.
+    Offering,
+    /// The new agent supervises the instances now; this one only finishes
+    /// its client connections.
+    HandedOver,
+}
+
+/// An instance a previous agent started, as it hands it over.
+pub struct Adopted {
+    pub pid: u32,
+    pub port: u16,
+    pub ready_at_ms: Option<u64>,
+    pub restarts: u32,
+    pub pipes: Vec<OwnedFd>,
+    /// Its request counters so far.
+    pub counts: Snapshot,
 }
 
 struct Live {
@@ -132,6 +174,7 @@ impl Supervisor {
         Supervisor {
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
+                phase: watch::Sender::new(Phase::Serving),
                 changed: Notify::new(),
                 proxy,
                 prober: Prober::default(),
@@ -176,31 +219,38 @@ impl Supervisor {
         self.save();
     }
 
+    /// What the state file holds.
+    fn saved(&self) -> SavedState {
+        let state = lock(&self.shared.state);
+        SavedState {
+            services: state
+                .services
+                .iter()
+                .map(|(name, s)| {
+                    let saved = SavedService {
+                        route: s.route.clone(),
+                        active: s.active.clone(),
+                        groups: s.groups.values().map(|g| g.spec.clone()).collect(),
+                        pgids: s
+                            .groups
+                            .values()
+                            .flat_map(|g| &g.instances)
+                            .filter_map(|i| i.live().pid)
+                            .collect(),
+                        maintenance: s.maintenance,
+                    };
+                    (name.clone(), saved)
+                })
+                .collect(),
+        }
+    }
+
     fn save(&self) {
-        let saved = {
-            let state = lock(&self.shared.state);
-            SavedState {
-                services: state
-                    .services
-                    .iter()
-                    .map(|(name, s)| {
-                        let saved = SavedService {
-                            route: s.route.clone(),
-                            active: s.active.clone(),
-                            groups: s.groups.values().map(|g| g.spec.clone()).collect(),
-                            pgids: s
-                                .groups
-                                .values()
-                                .flat_map(|g| &g.instances)
-                                .filter_map(|i| i.live().pid)
-                                .collect(),
-                            maintenance: s.maintenance,
-                        };
-                        (name.clone(), saved)
-                    })
-                    .collect(),
-            }
-        };
+        if self.phase() == Phase::HandedOver {
+            // The state file is the new agent's now.
+            return;
+        }
+        let saved = self.saved();
         let path = self.state_path();
         let tmp = path.with_extension("json.tmp");
         let write = || -> std::io::Result<()> {
@@ -258,6 +308,16 @@ impl Supervisor {
 
     /// Starts a group unless one for the same release exists.
     pub fn start_group(&self, spec: GroupSpec) -> Vec<String> {
+        self.start_group_adopting(spec, &mut BTreeMap::new())
+    }
+
+    /// Starts a group; an instance whose id is in `adopted` takes over
+    /// that running process instead of starting one.
+    fn start_group_adopting(
+        &self,
+        spec: GroupSpec,
+        adopted: &mut BTreeMap<String, Adopted>,
+    ) -> Vec<String> {
         let mut state = lock(&self.shared.state);
         let svc = state.services.entry(spec.service.clone()).or_default();
         if let Some(g) = svc.groups.get(&spec.release) {
@@ -280,9 +340,11 @@ impl Supervisor {
                 }
             };
             let (stop, _) = watch::channel(false);
+            let adopt = adopted.remove(&id);
             let inst = Arc::new(Instance {
                 id,
                 log,
+                pipes: Mutex::new(Pipes::Reading(Vec::new())),
                 live: Mutex::new(Live {
                     pid: None,
                     port: 0,
@@ -297,7 +359,12 @@ impl Supervisor {
                 stop,
                 task: Mutex::new(None),
             });
-            let handle = tokio::spawn(run_instance(self.clone(), Arc::clone(&inst), spec.clone()));
+            let handle = tokio::spawn(run_instance(
+                self.clone(),
+                Arc::clone(&inst),
+                spec.clone(),
+                adopt,
+            ));
             *lock(&inst.task) = Some(handle);
             instances.push(inst);
         }
@@ -664,6 +731,181 @@ impl Supervisor {
         out
     }
 
+    pub fn phase(&self) -> Phase {
+        *self.shared.phase.borrow()
+    }
+
+    /// Stops starting instances and reading their output, and describes
+    /// them for a new agent: services, and for each running instance its
+    /// pid, port, readiness and output pipes (duplicates; this agent keeps
+    /// its own until [`Supervisor::end_handover`]). Refused while a
+    /// release is being stopped or another offer is open.
+    pub async fn begin_handover(&self) -> Result<(Offer, Vec<OwnedFd>), String> {
+        let instances = {
+            let state = lock(&self.shared.state);
+            let busy = state
+                .services
+                .values()
+                .flat_map(|s| s.groups.values())
+                .any(|g| {
+                    g.instances.iter().any(|i| {
+                        matches!(
+                            i.live().state,
+                            InstanceState::Draining | InstanceState::Stopping
+                        )
+                    })
+                });
+            if busy {
+                return Err("a release is being stopped; ask again when it is done".into());
+            }
+            if self.shared.phase.send_replace(Phase::Offering) != Phase::Serving {
+                self.shared.phase.send_replace(Phase::HandedOver);
+                return Err("this agent is handing over already".into());
+            }
+            state
+                .services
+                .iter()
+                .flat_map(|(name, s)| {
+                    s.groups.values().flat_map(move |g| {
+                        g.instances
+                            .iter()
+                            .map(move |i| (name.clone(), g.spec.release.clone(), Arc::clone(i)))
+                    })
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut offered = Vec::new();
+        let mut fds = Vec::new();
+        for (service, release, inst) in instances {
+            let (pid, port, ready_at_ms, restarts, counts) = {
+                let l = inst.live();
+                let counts = l.target.as_ref().map(|t| t.metrics.snapshot());
+                (l.pid, l.port, l.ready_at_ms, l.restarts, counts)
+            };
+            let Some(pid) = pid else { continue };
+            let reading = std::mem::replace(&mut *lock(&inst.pipes), Pipes::Held(Vec::new()));
+            let held = match reading {
+                Pipes::Reading(captures) => {
+                    let mut held = Vec::new();
+                    for c in captures {
+                        held.push(c.detach().await);
+                    }
+                    held
+                }
+                Pipes::Held(held) => held,
+            };
+            let copies: Vec<OwnedFd> = held.iter().filter_map(|fd| fd.try_clone().ok()).collect();
+            offered.push(Offered {
+                service,
+                release,
+                id: inst.id.clone(),
+                pid,
+                port,
+                ready_at_ms,
+                restarts,
+                pipes: copies.len(),
+                counts: counts.unwrap_or_default().into(),
+            });
+            fds.extend(copies);
+            *lock(&inst.pipes) = Pipes::Held(held);
+        }
+        let services = self.saved().services;
+        let route_counts = lock(&self.shared.state)
+            .services
+            .iter()
+            .map(|(name, s)| (name.clone(), s.metrics.snapshot().into()))
+            .collect();
+        Ok((
+            Offer {
+                services,
+                route_counts,
+                instances: offered,
+            },
+            fds,
+        ))
+    }
+
+    /// Ends an offer: when the new agent took the instances, lets go of
+    /// them (their tasks end, the processes run on, unwatched by us);
+    /// otherwise reads their output again and goes on as before.
+    pub fn end_handover(&self, taken: bool) {
+        let instances: Vec<Arc<Instance>> = {
+            let state = lock(&self.shared.state);
+            state
+                .services
+                .values()
+                .flat_map(|s| s.groups.values())
+                .flat_map(|g| g.instances.iter().cloned())
+                .collect()
+        };
+        for inst in &instances {
+            let held = std::mem::replace(&mut *lock(&inst.pipes), Pipes::Held(Vec::new()));
+            if taken {
+                if let Some(task) = lock(&inst.task).take() {
+                    task.abort();
+                }
+                continue;
+            }
+            let Pipes::Held(fds) = held else {
+                *lock(&inst.pipes) = held;
+                continue;
+            };
+            let captures = fds
+                .into_iter()
+                .filter_map(|fd| inst.log.capture(fd).ok())
+                .collect();
+            *lock(&inst.pipes) = Pipes::Reading(captures);
+        }
+        self.shared.phase.send_replace(if taken {
+            Phase::HandedOver
+        } else {
+            Phase::Serving
+        });
+    }
+
+    /// Takes over what an earlier agent handed over: its services and
+    /// routes, and its running instances with their output pipes
+    /// (`pipes`, in the order of `offer.instances`).
+    pub fn adopt(&self, offer: Offer, pipes: Vec<OwnedFd>) {
+        let mut pipes = pipes.into_iter();
+        let mut adopted: BTreeMap<String, Adopted> = offer
+            .instances
+            .into_iter()
+            .map(|o| {
+                let taken = pipes.by_ref().take(o.pipes).collect();
+                let a = Adopted {
+                    pid: o.pid,
+                    port: o.port,
+                    ready_at_ms: o.ready_at_ms,
+                    restarts: o.restarts,
+                    pipes: taken,
+                    counts: o.counts.snapshot(),
+                };
+                (o.id, a)
+            })
+            .collect();
+        for (name, svc) in offer.services {
+            for group in svc.groups {
+                self.start_group_adopting(group, &mut adopted);
+            }
+            let mut state = lock(&self.shared.state);
+            if let Some(s) = state.services.get_mut(&name) {
+                s.route = svc.route;
+                s.active = svc.active;
+                s.maintenance = svc.maintenance;
+                if let Some(counts) = offer.route_counts.get(&name) {
+                    s.metrics.add(&counts.snapshot());
+                }
+            }
+            self.publish(&state);
+        }
+        for (id, a) in adopted {
+            tracing::warn!(instance = %id, pid = a.pid, "handed over without its group; stopping it");
+            let _ = killpg(Pid::from_raw(a.pid as i32), Signal::SIGTERM);
+        }
+        self.save();
+    }
+
     fn set_live(&self, inst: &Instance, f: impl FnOnce(&mut Live)) {
         f(&mut inst.live());
         self.republish();
@@ -677,58 +919,100 @@ fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
-/// One instance's life: spawn, probe, restart on exit, stop on request.
-async fn run_instance(sup: Supervisor, inst: Arc<Instance>, spec: GroupSpec) {
+/// One instance's life: spawn (or adopt), probe, restart on exit, stop on
+/// request.
+async fn run_instance(
+    sup: Supervisor,
+    inst: Arc<Instance>,
+    spec: GroupSpec,
+    mut adopted: Option<Adopted>,
+) {
     let mut stop_rx = inst.stop.subscribe();
     let mut quick_crashes: u32 = 0;
     loop {
         if *stop_rx.borrow() {
             break;
         }
-        let spawned =
-            free_port().and_then(|port| spawn(&spec, port, &inst.log).map(|child| (port, child)));
-        let (port, mut child) = match spawned {
-            Ok(s) => s,
-            Err(e) => {
-                inst.log
-                    .write_line(&format!("[tandem] could not start `{}`: {e}", spec.command));
-                sup.set_live(&inst, |l| {
-                    l.state = InstanceState::Backoff;
-                    l.restarts += 1;
-                    l.last_exit = Some(format!("could not start: {e}"));
-                });
-                if backoff(&mut stop_rx, &mut quick_crashes).await {
-                    break;
+        let got = match adopted.take() {
+            Some(a) => adopt(&inst, a),
+            None => {
+                let mut phase = sup.shared.phase.subscribe();
+                if *phase.borrow_and_update() != Phase::Serving {
+                    // Whoever takes the instances over starts this one.
+                    tokio::select! {
+                        _ = phase.wait_for(|p| *p == Phase::Serving) => continue,
+                        _ = stop_rx.changed() => break,
+                    }
                 }
-                continue;
+                // Under the borrow: an offer sees pid and pipes together.
+                let spawned = {
+                    let guard = phase.borrow();
+                    (*guard == Phase::Serving).then(|| {
+                        let (port, child, pipes) = free_port().and_then(|port| {
+                            spawn(&spec, port, &inst.log).map(|(c, p)| (port, c, p))
+                        })?;
+                        *lock(&inst.pipes) = Pipes::Reading(pipes);
+                        inst.live().pid = child.id();
+                        Ok::<_, std::io::Error>((port, child))
+                    })
+                };
+                match spawned {
+                    None => continue,
+                    Some(Ok((port, child))) => Some((port, Proc::Child(child), None, None)),
+                    Some(Err(e)) => {
+                        inst.log.write_line(&format!(
+                            "[tandem] could not start `{}`: {e}",
+                            spec.command
+                        ));
+                        sup.set_live(&inst, |l| {
+                            l.state = InstanceState::Backoff;
+                            l.restarts += 1;
+                            l.last_exit = Some(format!("could not start: {e}"));
+                        });
+                        if backoff(&mut stop_rx, &mut quick_crashes).await {
+                            break;
+                        }
+                        continue;
+                    }
+                }
             }
         };
-        let pid = child.id();
+        let Some((port, mut proc, ready_at_ms, counts)) = got else {
+            continue;
+        };
+        let pid = proc.pid();
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         let target = Target::new(inst.id.clone(), addr);
+        if let Some(counts) = counts {
+            target.metrics.add(&counts);
+        }
         sup.set_live(&inst, |l| {
-            l.pid = pid;
+            l.pid = Some(pid);
             l.port = port;
             l.state = InstanceState::Running;
-            l.ready_at_ms = None;
+            l.ready_at_ms = ready_at_ms;
             l.target = Some(target);
         });
         sup.save();
         let started = Instant::now();
-        let outcome = watch_instance(&sup, &inst, &spec, &mut child, &mut stop_rx, port).await;
-        let pgid = pid.map(|p| Pid::from_raw(p as i32));
+        let outcome = watch_instance(
+            &sup,
+            &inst,
+            &spec,
+            &mut proc,
+            &mut stop_rx,
+            port,
+            ready_at_ms.is_some(),
+        )
+        .await;
+        let pgid = Pid::from_raw(pid as i32);
         match outcome {
             Outcome::Stop => {
                 sup.set_live(&inst, |l| {
                     l.state = InstanceState::Stopping;
                     l.ready_at_ms = None;
                 });
-                terminate(
-                    &mut child,
-                    pgid,
-                    Duration::from_millis(spec.stop_timeout_ms),
-                )
-                .await;
+                terminate(&mut proc, pgid, Duration::from_millis(spec.stop_timeout_ms)).await;
                 sup.set_live(&inst, |l| {
                     l.state = InstanceState::Stopped;
                     l.pid = None;
@@ -736,11 +1020,9 @@ async fn run_instance(sup: Supervisor, inst: Arc<Instance>, spec: GroupSpec) {
                 return;
             }
             Outcome::Exited(why) | Outcome::Unhealthy(why) => {
-                if let Some(pgid) = pgid {
-                    // Leftover children of the command must not hold the port.
-                    let _ = killpg(pgid, Signal::SIGKILL);
-                }
-                let _ = child.wait().await;
+                // Leftover children of the command must not hold the port.
+                let _ = killpg(pgid, Signal::SIGKILL);
+                proc.wait().await;
                 if started.elapsed() >= BACKOFF_RESET_AFTER {
                     quick_crashes = 0;
                 }
@@ -766,6 +1048,71 @@ async fn run_instance(sup: Supervisor, inst: Arc<Instance>, spec: GroupSpec) {
         l.state = InstanceState::Stopped;
         l.pid = None;
     });
+}
+
+/// Takes over a process a previous agent started: watches it through a
+/// pidfd and goes on copying its output. `None` (and a fresh start) when
+/// it is gone already.
+fn adopt(inst: &Instance, a: Adopted) -> Option<(u16, Proc, Option<u64>, Option<Snapshot>)> {
+    let proc = match Proc::adopt(a.pid) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(instance = %inst.id, pid = a.pid, error = %e, "handed-over instance is gone; starting it again");
+            return None;
+        }
+    };
+    let pipes = a
+        .pipes
+        .into_iter()
+        .filter_map(|fd| inst.log.capture(fd).ok())
+        .collect();
+    *lock(&inst.pipes) = Pipes::Reading(pipes);
+    inst.live().restarts = a.restarts;
+    tracing::info!(instance = %inst.id, pid = a.pid, port = a.port, "instance adopted");
+    Some((a.port, proc, a.ready_at_ms, Some(a.counts)))
+}
+
+/// A running instance's process: a child of this agent, or one adopted
+/// from the agent before it (not our child: its exit is seen through a
+/// pidfd and its status is unknown).
+enum Proc {
+    Child(tokio::process::Child),
+    Adopted { pid: u32, exited: AsyncFd<OwnedFd> },
+}
+
+impl Proc {
+    #[allow(unsafe_code)]
+    fn adopt(pid: u32) -> std::io::Result<Proc> {
+        let raw = rustix::process::Pid::from_raw(pid as i32)
+            .ok_or_else(|| std::io::Error::other("pid 0"))?;
+        let fd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::NONBLOCK)?;
+        // SAFETY: the `AsyncFd` owns the `OwnedFd`, so the descriptor stays
+        // open, and is not replaced, for as long as it is registered.
+        let exited = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
+        Ok(Proc::Adopted { pid, exited })
+    }
+
+    fn pid(&self) -> u32 {
+        match self {
+            Proc::Child(c) => c.id().unwrap_or(0),
+            Proc::Adopted { pid, .. } => *pid,
+        }
+    }
+
+    /// Waits until the process has exited; says how. Cancel-safe.
+    async fn wait(&mut self) -> String {
+        match self {
+            Proc::Child(c) => match c.wait().await {
+                Ok(s) => format!("exited with {s}"),
+                Err(e) => format!("wait failed: {e}"),
+            },
+            Proc::Adopted { exited, .. } => {
+                let _ = exited.readable().await;
+                "exited (started by the previous agent: status unknown)".into()
+            }
+        }
+    }
 }
 
 /// The backoff cap: `BACKOFF_CAP`, or `TANDEM_BACKOFF_CAP_MS` (tests).
@@ -802,15 +1149,19 @@ async fn watch_instance(
     sup: &Supervisor,
     inst: &Instance,
     spec: &GroupSpec,
-    child: &mut tokio::process::Child,
+    proc: &mut Proc,
     stop_rx: &mut watch::Receiver<bool>,
     port: u16,
+    was_ready: bool,
 ) -> Outcome {
     let prober = sup.shared.prober.clone();
     let readiness_every = Duration::from_millis(spec.readiness.interval_ms.max(10));
     let mut next_ready = tokio::time::Instant::now() + STARTUP_PROBE_PERIOD;
-    let mut ever_ready = false;
-    let mut ready = false;
+    let mut ever_ready = was_ready;
+    let mut ready = was_ready;
+    if was_ready {
+        next_ready = tokio::time::Instant::now() + readiness_every;
+    }
     let mut ready_failures = 0;
     let liveness_every = spec
         .liveness
@@ -821,12 +1172,7 @@ async fn watch_instance(
     let mut live_failures = 0;
     loop {
         tokio::select! {
-            status = child.wait() => {
-                return Outcome::Exited(match status {
-                    Ok(s) => format!("exited with {s}"),
-                    Err(e) => format!("wait failed: {e}"),
-                });
-            }
+            why = proc.wait() => return Outcome::Exited(why),
             _ = stop_rx.changed() => return Outcome::Stop,
             () = tokio::time::sleep_until(next_ready) => {
                 let result = prober.check(&spec.readiness, port, &spec.dir).await;
@@ -874,7 +1220,12 @@ async fn watch_instance(
     }
 }
 
-fn spawn(spec: &GroupSpec, port: u16, log: &InstanceLog) -> std::io::Result<tokio::process::Child> {
+/// Starts the command; its stdout and stderr go to the log.
+fn spawn(
+    spec: &GroupSpec,
+    port: u16,
+    log: &InstanceLog,
+) -> std::io::Result<(tokio::process::Child, Vec<Capture>)> {
     let mut cmd = tokio::process::Command::new("/bin/sh");
     cmd.arg("-c")
         .arg(&spec.command)
@@ -887,22 +1238,22 @@ fn spawn(spec: &GroupSpec, port: u16, log: &InstanceLog) -> std::io::Result<toki
         .process_group(0)
         .kill_on_drop(false);
     let mut child = cmd.spawn()?;
+    let mut pipes = Vec::new();
     if let Some(out) = child.stdout.take() {
-        log.capture(out);
+        pipes.push(log.capture(out.into_owned_fd()?)?);
     }
     if let Some(err) = child.stderr.take() {
-        log.capture(err);
+        pipes.push(log.capture(err.into_owned_fd()?)?);
     }
-    Ok(child)
+    Ok((child, pipes))
 }
 
 /// SIGTERM to the process group, up to `timeout`, then SIGKILL.
-async fn terminate(child: &mut tokio::process::Child, pgid: Option<Pid>, timeout: Duration) {
-    let Some(pgid) = pgid else { return };
+async fn terminate(proc: &mut Proc, pgid: Pid, timeout: Duration) {
     let _ = killpg(pgid, Signal::SIGTERM);
-    if tokio::time::timeout(timeout, child.wait()).await.is_err() {
+    if tokio::time::timeout(timeout, proc.wait()).await.is_err() {
         tracing::warn!(pgid = pgid.as_raw(), "instance ignored SIGTERM; killing");
     }
     let _ = killpg(pgid, Signal::SIGKILL);
-    let _ = child.wait().await;
+    proc.wait().await;
 }

@@ -91,6 +91,17 @@ pub enum Command {
         data: DataDirArg,
         #[arg(long, env = "TANDEM_PROXY_ADDR", default_value = "127.0.0.1:8080")]
         proxy_addr: SocketAddr,
+        /// Take over from the agent running for the data directory: its
+        /// listening sockets, lock and running instances (what
+        /// `upgrade-agent` starts).
+        #[arg(long)]
+        takeover: bool,
+    },
+    /// Replace the running agent of a data directory by this binary's,
+    /// without refusing a connection or restarting an instance.
+    UpgradeAgent {
+        #[command(flatten)]
+        data: DataDirArg,
     },
     /// Run only the control plane, against an agent that already runs.
     Server {
@@ -345,7 +356,12 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
             proxy_addr,
         } => run::up(&data.resolve(), api_addr, Some(proxy_addr)).await,
         Command::Server { data, api_addr } => run::up(&data.resolve(), api_addr, None).await,
-        Command::Agent { data, proxy_addr } => run::agent(&data.resolve(), proxy_addr).await,
+        Command::Agent {
+            data,
+            proxy_addr,
+            takeover,
+        } => run::agent(&data.resolve(), proxy_addr, takeover).await,
+        Command::UpgradeAgent { data } => run::upgrade_agent(&data.resolve()).await,
         Command::Down { data } => run::down(&data.resolve()).await,
         Command::Validate { path } => spec::validate(&path, fmt),
         Command::Schema => spec::schema(),

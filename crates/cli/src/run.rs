@@ -33,30 +33,31 @@ fn check_data_dir(dir: &Path) -> CmdResult {
     Ok(())
 }
 
-pub async fn agent(dir: &Path, proxy_addr: SocketAddr) -> CmdResult {
+pub async fn agent(dir: &Path, proxy_addr: SocketAddr, takeover: bool) -> CmdResult {
     check_data_dir(dir)?;
     let config = AgentConfig {
         data_dir: dir.to_path_buf(),
         proxy_addr,
         proxy: ProxyConfig::default(),
+        takeover,
     };
     tandem_agent::run(config).await.map_err(|e| match e {
         AgentError::AlreadyRunning(..)
         | AgentError::ProxyBind { .. }
         | AgentError::DataDir { .. } => Exit::bad_input(e.to_string()),
-        AgentError::Socket { .. } => Exit::failure(e.to_string()),
+        AgentError::Socket { .. } | AgentError::Handover(_) => Exit::failure(e.to_string()),
     })
 }
 
-/// Starts the agent as its own process (own process group, so Ctrl-C on
-/// `up` does not reach it) unless one answers already.
-/// Returns the agent's pid and proxy address.
-async fn ensure_agent(dir: &Path, proxy_addr: SocketAddr) -> Result<(u32, String), Exit> {
-    let client = AgentClient::for_data_dir(dir);
-    if let Ok((pid, addr)) = client.hello().await {
-        tracing::info!(pid, proxy = %addr, "reattached to running agent");
-        return Ok((pid, addr));
-    }
+/// Starts `tandem agent` for `dir` with `args` as its own process (own
+/// process group, so Ctrl-C on the caller does not reach it; output to
+/// `agent.log`) and waits until an agent answers whose pid `is_it`
+/// accepts: its pid and proxy address.
+async fn start_agent(
+    dir: &Path,
+    args: &[&str],
+    is_it: impl Fn(u32) -> bool,
+) -> Result<(u32, String), Exit> {
     let exe = std::env::current_exe()
         .map_err(|e| Exit::failure(format!("cannot find own executable: {e}")))?;
     let log_path = dir.join("agent.log");
@@ -70,17 +71,19 @@ async fn ensure_agent(dir: &Path, proxy_addr: SocketAddr) -> Result<(u32, String
         .arg("agent")
         .arg("--data-dir")
         .arg(dir)
-        .arg("--proxy-addr")
-        .arg(proxy_addr.to_string())
+        .args(args)
         .stdin(std::process::Stdio::null())
         .stdout(log)
         .stderr(log2)
         .process_group(0)
         .spawn()
         .map_err(|e| Exit::failure(format!("cannot start the agent: {e}")))?;
+    let client = AgentClient::for_data_dir(dir);
     let deadline = tokio::time::Instant::now() + AGENT_START_TIMEOUT;
     loop {
-        if let Ok(hello) = client.hello().await {
+        if let Ok(hello) = client.hello().await
+            && is_it(hello.0)
+        {
             // The agent outlives us: nobody waits for it but init.
             drop(child);
             return Ok(hello);
@@ -106,8 +109,47 @@ async fn ensure_agent(dir: &Path, proxy_addr: SocketAddr) -> Result<(u32, String
                 log_path.display()
             )));
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// `tandem upgrade-agent`: starts this binary's agent with `--takeover`
+/// and waits until it answers in place of the old one.
+pub async fn upgrade_agent(dir: &Path) -> CmdResult {
+    let client = AgentClient::for_data_dir(dir);
+    let (old_pid, _) = client.hello().await.map_err(|e| {
+        Exit::failure(format!(
+            "no agent runs for {} to upgrade ({e}); `tandem up` starts one",
+            dir.display()
+        ))
+    })?;
+    let started = std::time::Instant::now();
+    let (new_pid, _) = start_agent(dir, &["--takeover"], |pid| pid != old_pid).await?;
+    let adopted = client
+        .status()
+        .await
+        .map(|s| s.services.iter().map(|s| s.instances.len()).sum::<usize>())
+        .unwrap_or(0);
+    eprintln!(
+        "agent upgraded: pid {old_pid} -> {new_pid} in {} ms; {adopted} instance(s) running on; \
+         the old agent exits once its clients have moved (at most {} s)",
+        started.elapsed().as_millis(),
+        tandem_agent::handover::HANDOVER_DRAIN.as_secs()
+    );
+    Ok(())
+}
+
+/// Starts the agent as its own process (own process group, so Ctrl-C on
+/// `up` does not reach it) unless one answers already.
+/// Returns the agent's pid and proxy address.
+async fn ensure_agent(dir: &Path, proxy_addr: SocketAddr) -> Result<(u32, String), Exit> {
+    let client = AgentClient::for_data_dir(dir);
+    if let Ok((pid, addr)) = client.hello().await {
+        tracing::info!(pid, proxy = %addr, "reattached to running agent");
+        return Ok((pid, addr));
+    }
+    let addr = proxy_addr.to_string();
+    start_agent(dir, &["--proxy-addr", &addr], |_| true).await
 }
 
 pub async fn up(dir: &Path, api_addr: SocketAddr, start_agent_on: Option<SocketAddr>) -> CmdResult {

@@ -117,6 +117,11 @@ pub enum Request {
     Shutdown {
         stop_instances: bool,
     },
+    /// From a new agent taking over this one's data directory: the answer
+    /// is not a [`Response`] line but the agent's handover offer with the
+    /// listening sockets, the data-directory lock and the instances' log
+    /// pipes passed along (`tandem_agent::handover`).
+    Handover,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -65,7 +65,7 @@ pub async fn serve(
         upstream_deadline: Deadline::new(inner.config.response_timeout),
     };
     loop {
-        let req = loop {
+        let mut req = loop {
             match parse_request(&conn.buf, client_ip, &mut conn.head) {
                 Parsed::Request(req) => break req,
                 Parsed::Handoff => return Some((conn.client, conn.buf)),
@@ -79,6 +79,7 @@ pub async fn serve(
                 }
             }
         };
+        req.close |= inner.closing();
         match conn.proxy(inner, req).await {
             Next::KeepAlive => {}
             Next::Close => {

@@ -50,6 +50,18 @@ impl RequestMetrics {
         self.sum_us.fetch_add(us, Relaxed);
     }
 
+    /// Adds counts recorded elsewhere: an agent taking over goes on from
+    /// its predecessor's.
+    pub fn add(&self, earlier: &Snapshot) {
+        for (mine, theirs) in self.classes.iter().zip(earlier.classes) {
+            mine.fetch_add(theirs, Relaxed);
+        }
+        for (mine, theirs) in self.buckets.iter().zip(earlier.buckets) {
+            mine.fetch_add(theirs, Relaxed);
+        }
+        self.sum_us.fetch_add(earlier.sum_us, Relaxed);
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             classes: std::array::from_fn(|i| self.classes[i].load(Relaxed)),

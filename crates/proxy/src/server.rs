@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -75,6 +76,15 @@ pub(crate) struct Inner {
     /// One permit per client connection that may be open
     /// (`config.max_connections` of them).
     slots: Arc<Semaphore>,
+    /// Set by [`Proxy::close_gracefully`]: every response from then on
+    /// closes its connection.
+    closing: AtomicBool,
+}
+
+impl Inner {
+    pub(crate) fn closing(&self) -> bool {
+        self.closing.load(Ordering::Relaxed)
+    }
 }
 
 impl Proxy {
@@ -85,6 +95,7 @@ impl Proxy {
                 table: ArcSwap::from_pointee(RouteTable::default()),
                 changed: Notify::new(),
                 slots: Arc::new(Semaphore::new(config.max_connections)),
+                closing: AtomicBool::new(false),
                 config,
             }),
         }
@@ -94,6 +105,16 @@ impl Proxy {
     pub fn connections(&self) -> (usize, usize) {
         let max = self.inner.config.max_connections;
         (max - self.inner.slots.available_permits(), max)
+    }
+
+    /// From now on every HTTP/1 response says `connection: close` and its
+    /// connection closes after it, so clients move to whoever accepts on
+    /// the listening socket next without a request failing. Connections
+    /// idle until the process exits are cut then. The caller stops
+    /// accepting (the `shutdown` of [`Proxy::serve`]) and watches
+    /// [`Proxy::connections`] fall.
+    pub fn close_gracefully(&self) {
+        self.inner.closing.store(true, Ordering::Relaxed);
     }
 
     /// Switches every request that starts from now on to `table`.
@@ -176,7 +197,26 @@ impl Proxy {
                 };
                 let client_ip = HeaderValue::try_from(client_ip)
                     .expect("an IP address is a valid header value");
-                let svc = service_fn(move |req| handle(Arc::clone(&inner), client_ip.clone(), req));
+                let svc = service_fn(move |req| {
+                    let inner = Arc::clone(&inner);
+                    let http1 = req.version() < Version::HTTP_2;
+                    let answer = handle(Arc::clone(&inner), client_ip.clone(), req);
+                    async move {
+                        let mut resp = answer.await?;
+                        // hyper closes an HTTP/1 connection after a response
+                        // that says so.
+                        if http1
+                            && inner.closing()
+                            && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+                        {
+                            resp.headers_mut().insert(
+                                http::header::CONNECTION,
+                                HeaderValue::from_static("close"),
+                            );
+                        }
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
                 let io = TokioIo::new(Prefixed::new(read, stream));
                 if let Err(e) = builder.serve_connection_with_upgrades(io, svc).await {
                     tracing::debug!(error = %e, %client, "client connection ended with error");

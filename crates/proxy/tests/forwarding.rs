@@ -879,3 +879,35 @@ async fn a_route_in_maintenance_answers_503_with_retry_after_and_forwards_nothin
         "nothing reached the backend"
     );
 }
+
+#[tokio::test]
+async fn closing_gracefully_ends_each_connection_after_its_next_response() {
+    let setup = start_proxy(vec![start_backend().await]).await;
+    let fast_path = "POST /echo HTTP/1.1\r\nHost: app.test\r\nContent-Length: 3\r\n\r\nabc";
+    // A chunked upload takes the connection to the general (hyper) path.
+    let general_path = "POST /echo HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    let mut conns = Vec::new();
+    for raw in [fast_path, general_path] {
+        let mut s = TcpStream::connect(setup.proxy_addr).await.expect("connect");
+        s.write_all(raw.as_bytes()).await.expect("write");
+        let first = read_until(&mut s, b"abc").await;
+        assert!(
+            first.starts_with("HTTP/1.1 200")
+                && !first.to_lowercase().contains("connection: close"),
+            "{first}"
+        );
+        conns.push((s, raw));
+    }
+    assert!(open_connections_become(&setup.proxy, 2).await);
+    setup.proxy.close_gracefully();
+    for (mut s, raw) in conns {
+        let (last, _) = send_until_closed(&mut s, raw).await;
+        assert!(last.starts_with("HTTP/1.1 200"), "{last}");
+        assert!(last.to_lowercase().contains("connection: close"), "{last}");
+        assert!(
+            last.ends_with("abc"),
+            "the whole response, then the close: {last}"
+        );
+    }
+    assert!(open_connections_become(&setup.proxy, 0).await);
+}

@@ -167,6 +167,75 @@ fn sigkill_of_one_instance_drops_no_request_and_it_is_replaced() {
     assert!(env.instances("web").iter().any(|i| i["restarts"] == 1));
 }
 
+#[test]
+fn upgrading_the_agent_in_place_drops_no_request_and_restarts_no_instance() {
+    let env = Env::start();
+    let app = env.app("web", DEPLOY, "steady");
+    assert_ok(&env.deploy(&app));
+    let before = pids(&env);
+    let agent_pid = |env: &Env| -> u64 {
+        let status: serde_json::Value =
+            serde_json::from_str(&http_get(&env.api, "/api/v1/status")).expect("status json");
+        status["agent"]["pid"].as_u64().expect("agent pid")
+    };
+    let old_agent = agent_pid(&env);
+    let load = Load::start(&env.proxy, "web.test", 4);
+    std::thread::sleep(Duration::from_millis(300));
+    let counted_before = route_2xx(&env);
+    let upgraded = Instant::now();
+    let out = env.tandem(&["upgrade-agent"]);
+    assert_ok(&out);
+    eprintln!(
+        "upgrade-agent took {:?}: {}",
+        upgraded.elapsed(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let new_agent = agent_pid(&env);
+    assert_ne!(new_agent, old_agent, "a new agent answers");
+    // The request counters go on from the old agent's.
+    let counted_after = route_2xx(&env);
+    assert!(
+        counted_after >= counted_before && counted_before > 0,
+        "{counted_before} before, {counted_after} after"
+    );
+    // The old agent leaves once its clients have moved over.
+    util::wait_until(Duration::from_secs(10), "the old agent to exit", || {
+        (!util::process_alive(old_agent as u32)).then_some(())
+    });
+    let moved_at = Instant::now();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(pids(&env), before, "the same instances run on");
+    assert!(
+        env.instances("web")
+            .iter()
+            .all(|i| i["ready"] == true && i["restarts"] == 0),
+        "{:?}",
+        env.instances("web")
+    );
+    // The new agent reads the instances' output: python logs this request.
+    the_instances_log_a_request(&env, "/index.html?after-upgrade");
+    // And releases as before: the adopted instances are drained and stopped.
+    std::fs::write(app.join("index.html"), "after").expect("write");
+    assert_ok(&env.deploy(&app));
+    std::thread::sleep(Duration::from_millis(300));
+    let r = load.finish();
+    eprintln!(
+        "agent upgrade: requests ok={} failed={} (old agent gone {:?} after the upgrade)",
+        r.ok,
+        r.failed,
+        moved_at.duration_since(upgraded)
+    );
+    assert_eq!(r.failed, 0, "{:?}", r.failures);
+    assert!(r.ok > 100, "load ran: {}", r.ok);
+    assert_eq!(env.get("web.test", "/index.html").1, "after");
+    for pid in before {
+        assert!(
+            !util::process_alive(pid as u32),
+            "old instance {pid} stopped"
+        );
+    }
+}
+
 fn nix_kill(pid: i32) {
     let status = std::process::Command::new("kill")
         .args(["-KILL", &pid.to_string()])
@@ -224,6 +293,39 @@ fn metrics_and_logs_account_for_every_proxied_request() {
     assert_eq!(logged, 50);
 }
 
+/// The web service's instance pids.
+fn pids(env: &Env) -> Vec<u64> {
+    env.instances("web")
+        .iter()
+        .filter_map(|i| i["pid"].as_u64())
+        .collect()
+}
+
+/// A GET through the proxy shows up in the instances' log (python's
+/// http.server logs every request), read by whichever agent runs them.
+fn the_instances_log_a_request(env: &Env, path: &str) {
+    assert_eq!(env.get("web.test", path).0, 200);
+    util::wait_until(Duration::from_secs(5), "the request in the log", || {
+        let logs = env.tandem(&["logs", "web", "-n", "20"]);
+        String::from_utf8_lossy(&logs.stdout)
+            .contains(&format!("GET {path}"))
+            .then_some(())
+    });
+}
+
+/// The web service's 2xx count on the agent's metrics.
+fn route_2xx(env: &Env) -> u64 {
+    let metrics = http_get(&env.api, "/metrics");
+    metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(r#"tandem_route_requests_total{service="web",class="2xx"} "#)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
 /// A plain HTTP/1.1 GET; returns the body.
 fn http_get(addr: &str, path: &str) -> String {
     use std::io::{Read, Write};
@@ -238,4 +340,40 @@ fn http_get(addr: &str, path: &str) -> String {
     out.split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default()
+}
+
+#[test]
+fn an_agent_whose_successor_never_confirms_serves_on_as_before() {
+    use std::io::{Read, Write};
+    let env = Env::start();
+    let app = env.app("web", DEPLOY, "steady");
+    assert_ok(&env.deploy(&app));
+    let before = pids(&env);
+    // A would-be successor that asks, takes the offer and goes away.
+    let mut link = std::os::unix::net::UnixStream::connect(env.data().join("agent.sock"))
+        .expect("connect agent socket");
+    link.write_all(b"{\"op\":\"handover\"}\n").expect("ask");
+    let mut offer = [0u8; 5];
+    link.read_exact(&mut offer).expect("offer");
+    assert_eq!(&offer, b"OFFER");
+    // While the offer is open, nothing that changes instances is taken.
+    let refused = env.tandem(&["maintenance", "on", "web"]);
+    assert_ne!(refused.status.code(), Some(0), "refused during the offer");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("handing over"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    drop(link);
+    // The agent takes its instances back: the same processes, their output
+    // read again, and releases work.
+    util::wait_until(Duration::from_secs(5), "the agent to serve on", || {
+        let logs = env.tandem(&["logs", "web", "-n", "20"]);
+        logs.status.success().then_some(())
+    });
+    the_instances_log_a_request(&env, "/index.html?after-offer");
+    assert_eq!(pids(&env), before);
+    std::fs::write(app.join("index.html"), "after").expect("write");
+    assert_ok(&env.deploy(&app));
+    assert_eq!(env.get("web.test", "/index.html").1, "after");
 }

@@ -292,10 +292,15 @@ fn worker(
             },
         };
         match request(c, host) {
-            Ok(200) => {
+            Ok((200, close)) => {
                 ok.fetch_add(1, Ordering::SeqCst);
+                // A client sends nothing more on a connection the server
+                // said it closes.
+                if close {
+                    conn = None;
+                }
             }
-            Ok(other) => fail(format!("status {other}")),
+            Ok((other, _)) => fail(format!("status {other}")),
             Err(e) => {
                 fail(e);
                 conn = None;
@@ -304,7 +309,8 @@ fn worker(
     }
 }
 
-fn request(c: &mut BufReader<std::net::TcpStream>, host: &str) -> Result<u16, String> {
+/// One GET: its status, and whether the server closes the connection.
+fn request(c: &mut BufReader<std::net::TcpStream>, host: &str) -> Result<(u16, bool), String> {
     write!(
         c.get_mut(),
         "GET /index.html HTTP/1.1\r\nHost: {host}\r\n\r\n"
@@ -319,6 +325,7 @@ fn request(c: &mut BufReader<std::net::TcpStream>, host: &str) -> Result<u16, St
         .and_then(|s| s.parse().ok())
         .ok_or(format!("bad status line {status_line:?}"))?;
     let mut len = 0usize;
+    let mut close = false;
     loop {
         let mut h = String::new();
         c.read_line(&mut h)
@@ -331,11 +338,16 @@ fn request(c: &mut BufReader<std::net::TcpStream>, host: &str) -> Result<u16, St
         {
             len = v.trim().parse().unwrap_or(0);
         }
+        if let Some((k, v)) = h.split_once(':')
+            && k.eq_ignore_ascii_case("connection")
+        {
+            close |= v.trim().eq_ignore_ascii_case("close");
+        }
     }
     let mut body = vec![0u8; len];
     c.read_exact(&mut body)
         .map_err(|e| format!("read body: {e}"))?;
-    Ok(status)
+    Ok((status, close))
 }
 
 /// (soft, hard) "Max open files" of a running process.
@@ -351,4 +363,15 @@ pub fn open_files_limit(pid: u32) -> (u64, u64) {
     let soft = numbers.next().expect("soft");
     let hard = numbers.next().unwrap_or(u64::MAX); // "unlimited"
     (soft, hard)
+}
+
+/// Whether `pid` runs (a zombie, exited but not yet reaped, does not).
+pub fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let state = s.rsplit_once(')')?.1.split_whitespace().next()?.to_owned();
+            Some(state != "Z" && state != "X")
+        })
+        .unwrap_or(false)
 }
