@@ -24,3 +24,4 @@ bench: build
 	python3 bench/deploy
 	python3 bench/pipeline
 	bash bench/probes
+	bash bench/upgrade
