@@ -46,7 +46,7 @@ use crate::supervisor::{SavedService, Supervisor};
 /// connections it had (then it exits and cuts what is left).
 pub const HANDOVER_DRAIN: Duration = Duration::from_secs(30);
 /// How long the old agent waits for the new one to say it took over.
-const ADOPT_TIMEOUT: Duration = Duration::from_secs(30);
+const ADOPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Descriptors per message (the kernel takes at most 253).
 const FDS_PER_MESSAGE: usize = 128;
 /// The new agent's answer once it serves.
@@ -151,8 +151,13 @@ pub async fn give(
     mut link: UnixStream,
     supervisor: &Supervisor,
     sockets: &Sockets,
+    changing: &tokio::sync::RwLock<()>,
 ) -> std::io::Result<bool> {
-    let (offer, pipes) = match supervisor.begin_handover().await {
+    let begun = {
+        let _no_changes = changing.write().await;
+        supervisor.begin_handover().await
+    };
+    let (offer, pipes) = match begun {
         Ok(got) => got,
         Err(why) => {
             let refusal = tandem_core::protocol::Response::Error { message: why };

@@ -229,6 +229,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         started_at_ms: supervisor::now_ms(),
         shutdown: shutdown_tx,
         sockets,
+        changing: Arc::default(),
     };
     let control_task = AbortOnDrop(tokio::spawn(socket::serve(control, ctx)));
     let (stop_proxy_tx, stop_proxy_rx) = tokio::sync::oneshot::channel::<()>();

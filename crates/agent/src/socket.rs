@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tandem_core::protocol::{PROTOCOL_VERSION, Request, Response};
+use tandem_core::protocol::{HANDOVER_REFUSAL, PROTOCOL_VERSION, Request, Response};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
@@ -23,6 +23,10 @@ pub struct Context {
     pub shutdown: mpsc::Sender<Stop>,
     /// What a handover passes on.
     pub sockets: Arc<Sockets>,
+    /// Held (read) by every request that changes instances or routes, for
+    /// as long as it runs; a handover takes it (write) to switch phase, so
+    /// it waits for those in flight and later ones see the new phase.
+    pub changing: Arc<tokio::sync::RwLock<()>>,
 }
 
 /// How the agent ends.
@@ -69,15 +73,22 @@ async fn connection(stream: UnixStream, ctx: Context) -> std::io::Result<()> {
                     .into_inner()
                     .reunite(write)
                     .map_err(std::io::Error::other)?;
-                if handover::give(stream, &ctx.supervisor, &ctx.sockets).await? {
+                if handover::give(stream, &ctx.supervisor, &ctx.sockets, &ctx.changing).await? {
                     let _ = ctx.shutdown.send(Stop::HandedOver).await;
                 }
                 return Ok(());
             }
-            Ok(req) => match refusal(&req, ctx.supervisor.phase()) {
-                Some(message) => Response::Error { message },
-                None => dispatch(req, &ctx).await,
-            },
+            Ok(req) => {
+                let _changing = if changes(&req) {
+                    Some(ctx.changing.read().await)
+                } else {
+                    None
+                };
+                match refusal(&req, ctx.supervisor.phase()) {
+                    Some(message) => Response::Error { message },
+                    None => dispatch(req, &ctx).await,
+                }
+            }
             Err(e) => Response::Error {
                 message: format!("bad request: {e}"),
             },
@@ -90,20 +101,30 @@ async fn connection(stream: UnixStream, ctx: Context) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Whether `req` changes instances or routes.
+fn changes(req: &Request) -> bool {
+    !matches!(
+        req,
+        Request::Hello
+            | Request::Status
+            | Request::Logs { .. }
+            | Request::Metrics
+            | Request::WaitReady { .. }
+    )
+}
+
 /// Why `req` cannot be taken during or after a handover: what would
 /// change instances or routes waits for the agent that owns them.
 fn refusal(req: &Request, phase: Phase) -> Option<String> {
-    let changes = !matches!(
-        req,
-        Request::Hello | Request::Status | Request::Logs { .. } | Request::Metrics
-    );
     match phase {
         Phase::Serving => None,
-        Phase::Offering if changes => {
-            Some("the agent is handing over to a new agent; ask again in a moment".into())
-        }
+        Phase::Offering if changes(req) => Some(format!(
+            "{HANDOVER_REFUSAL}: offered to a new agent; ask again in a moment"
+        )),
         Phase::Offering => None,
-        Phase::HandedOver => Some("this agent has handed over to a new one; ask again".into()),
+        Phase::HandedOver => Some(format!(
+            "{HANDOVER_REFUSAL}: handed over to a new agent; ask again"
+        )),
     }
 }
 

@@ -15,8 +15,8 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use tandem_core::protocol::{
-    AgentStatus, GroupSpec, InstanceState, InstanceStatus, LogLine, RequestCounts, Response,
-    RouteSpec, ServiceStatus,
+    AgentStatus, GroupSpec, HANDOVER_REFUSAL, InstanceState, InstanceStatus, LogLine,
+    RequestCounts, Response, RouteSpec, ServiceStatus,
 };
 use tandem_proxy::metrics::Snapshot;
 use tandem_proxy::{Proxy, RequestMetrics, Route, RouteTable, Target};
@@ -417,6 +417,12 @@ impl Supervisor {
                     log_tail: crashed.log.tail(10),
                 };
             }
+            if self.phase() == Phase::HandedOver {
+                // The new agent has these instances; it answers the retry.
+                return Response::Error {
+                    message: format!("{HANDOVER_REFUSAL}: handed over to a new agent; ask again"),
+                };
+            }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
                 let waiting = instances.iter().find(|i| i.live().ready_at_ms.is_none());
                 let (id, why, tail) = match waiting {
@@ -738,28 +744,22 @@ impl Supervisor {
     /// Stops starting instances and reading their output, and describes
     /// them for a new agent: services, and for each running instance its
     /// pid, port, readiness and output pipes (duplicates; this agent keeps
-    /// its own until [`Supervisor::end_handover`]). Refused while a
-    /// release is being stopped or another offer is open.
+    /// its own until [`Supervisor::end_handover`]). The caller keeps
+    /// requests that change anything out while this runs. Refused while
+    /// another offer is open.
     pub async fn begin_handover(&self) -> Result<(Offer, Vec<OwnedFd>), String> {
         let instances = {
             let state = lock(&self.shared.state);
-            let busy = state
-                .services
-                .values()
-                .flat_map(|s| s.groups.values())
-                .any(|g| {
-                    g.instances.iter().any(|i| {
-                        matches!(
-                            i.live().state,
-                            InstanceState::Draining | InstanceState::Stopping
-                        )
-                    })
-                });
-            if busy {
-                return Err("a release is being stopped; ask again when it is done".into());
-            }
-            if self.shared.phase.send_replace(Phase::Offering) != Phase::Serving {
-                self.shared.phase.send_replace(Phase::HandedOver);
+            let mut was = Phase::Serving;
+            self.shared.phase.send_if_modified(|p| {
+                was = *p;
+                let serving = *p == Phase::Serving;
+                if serving {
+                    *p = Phase::Offering;
+                }
+                serving
+            });
+            if was != Phase::Serving {
                 return Err("this agent is handing over already".into());
             }
             state
@@ -861,6 +861,8 @@ impl Supervisor {
         } else {
             Phase::Serving
         });
+        // A `WaitReady` waiting here answers that it should ask the new agent.
+        self.shared.changed.notify_waiters();
     }
 
     /// Takes over what an earlier agent handed over: its services and

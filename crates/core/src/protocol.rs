@@ -15,6 +15,10 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 /// File name of the agent's socket inside the data directory.
 pub const SOCKET_FILE: &str = "agent.sock";
+/// How an agent's refusal starts while it hands over to a new agent
+/// (`tandem upgrade-agent`): asking again shortly reaches the one that
+/// serves, and since every request is idempotent, clients do.
+pub const HANDOVER_REFUSAL: &str = "agent handover in progress";
 
 /// A group of identical instances of one release of one service.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

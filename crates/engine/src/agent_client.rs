@@ -4,8 +4,11 @@
 use std::path::{Path, PathBuf};
 
 use tandem_core::protocol::{
-    AgentStatus, GroupSpec, LogLine, Request, Response, RouteSpec, SOCKET_FILE,
+    AgentStatus, GroupSpec, HANDOVER_REFUSAL, LogLine, Request, Response, RouteSpec, SOCKET_FILE,
 };
+
+/// How long a request keeps being asked again while the agent hands over.
+const HANDOVER_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(15);
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
@@ -64,8 +67,26 @@ impl AgentClient {
         &self.socket
     }
 
-    /// Sends one request; an agent `Error` answer becomes `Refused`.
+    /// Sends one request; an agent `Error` answer becomes `Refused`. While
+    /// the agent hands over to a new one, asks again (for up to
+    /// `HANDOVER_RETRY_FOR`): every request is idempotent, and the new
+    /// agent answers on the same socket.
     pub async fn call(&self, request: &Request) -> Result<Response, AgentClientError> {
+        let give_up = tokio::time::Instant::now() + HANDOVER_RETRY_FOR;
+        loop {
+            match self.call_once(request).await {
+                Err(AgentClientError::Refused(why))
+                    if why.starts_with(HANDOVER_REFUSAL)
+                        && tokio::time::Instant::now() < give_up =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn call_once(&self, request: &Request) -> Result<Response, AgentClientError> {
         let stream = UnixStream::connect(&self.socket).await.map_err(|source| {
             AgentClientError::Unreachable {
                 path: self.socket.display().to_string(),

@@ -214,9 +214,22 @@ fn upgrading_the_agent_in_place_drops_no_request_and_restarts_no_instance() {
     );
     // The new agent reads the instances' output: python logs this request.
     the_instances_log_a_request(&env, "/index.html?after-upgrade");
-    // And releases as before: the adopted instances are drained and stopped.
+    // And releases as before, even with another upgrade in the middle of
+    // the deploy: the deploy's requests are asked again of the agent that
+    // serves, and the adopted instances are drained and stopped.
     std::fs::write(app.join("index.html"), "after").expect("write");
-    assert_ok(&env.deploy(&app));
+    let spec = std::fs::read_to_string(app.join("tandem.yaml")).expect("spec");
+    std::fs::write(
+        app.join("tandem.yaml"),
+        spec.replace("command: exec python3", "command: sleep 1; exec python3"),
+    )
+    .expect("write spec");
+    std::thread::scope(|s| {
+        let deploying = s.spawn(|| env.deploy(&app));
+        std::thread::sleep(Duration::from_millis(500));
+        assert_ok(&env.tandem(&["upgrade-agent"]));
+        assert_ok(&deploying.join().expect("join"));
+    });
     std::thread::sleep(Duration::from_millis(300));
     let r = load.finish();
     eprintln!(
@@ -356,15 +369,21 @@ fn an_agent_whose_successor_never_confirms_serves_on_as_before() {
     let mut offer = [0u8; 5];
     link.read_exact(&mut offer).expect("offer");
     assert_eq!(&offer, b"OFFER");
-    // While the offer is open, nothing that changes instances is taken.
-    let refused = env.tandem(&["maintenance", "on", "web"]);
-    assert_ne!(refused.status.code(), Some(0), "refused during the offer");
-    assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("handing over"),
-        "{}",
-        String::from_utf8_lossy(&refused.stderr)
-    );
-    drop(link);
+    // While the offer is open a change waits: the agent refuses it, the
+    // server asks again, and it takes effect once the agent serves on.
+    let (out, took) = std::thread::scope(|s| {
+        let change = s.spawn(|| {
+            let asked = Instant::now();
+            (env.tandem(&["maintenance", "on", "web"]), asked.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        drop(link);
+        change.join().expect("join")
+    });
+    assert_ok(&out);
+    assert!(took >= Duration::from_millis(400), "it waited: {took:?}");
+    assert_eq!(env.get("web.test", "/index.html").0, 503, "maintenance on");
+    assert_ok(&env.tandem(&["maintenance", "off", "web"]));
     // The agent takes its instances back: the same processes, their output
     // read again, and releases work.
     util::wait_until(Duration::from_secs(5), "the agent to serve on", || {
