@@ -17,7 +17,7 @@ use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::body::{self, ProxyBody, Tracked};
 use crate::forward;
@@ -79,6 +79,8 @@ pub(crate) struct Inner {
     /// Set by [`Proxy::close_gracefully`]: every response from then on
     /// closes its connection.
     closing: AtomicBool,
+    /// The same, for the general path's HTTP/2 connections to wait on.
+    closing_signal: watch::Sender<bool>,
 }
 
 impl Inner {
@@ -96,6 +98,7 @@ impl Proxy {
                 changed: Notify::new(),
                 slots: Arc::new(Semaphore::new(config.max_connections)),
                 closing: AtomicBool::new(false),
+                closing_signal: watch::Sender::new(false),
                 config,
             }),
         }
@@ -108,13 +111,16 @@ impl Proxy {
     }
 
     /// From now on every HTTP/1 response says `connection: close` and its
-    /// connection closes after it, so clients move to whoever accepts on
-    /// the listening socket next without a request failing. Connections
-    /// idle until the process exits are cut then. The caller stops
+    /// connection closes after it, and HTTP/2 clients get a GOAWAY (they
+    /// finish the streams they opened and open no more), so clients move to
+    /// whoever accepts on the listening socket next without a request
+    /// failing. HTTP/1 connections idle until the process exits are cut
+    /// then. The caller stops
     /// accepting (the `shutdown` of [`Proxy::serve`]) and watches
     /// [`Proxy::connections`] fall.
     pub fn close_gracefully(&self) {
         self.inner.closing.store(true, Ordering::Relaxed);
+        self.inner.closing_signal.send_replace(true);
     }
 
     /// Switches every request that starts from now on to `table`.
@@ -197,6 +203,7 @@ impl Proxy {
                 };
                 let client_ip = HeaderValue::try_from(client_ip)
                     .expect("an IP address is a valid header value");
+                let mut closing = inner.closing_signal.subscribe();
                 let svc = service_fn(move |req| {
                     let inner = Arc::clone(&inner);
                     let http1 = req.version() < Version::HTTP_2;
@@ -217,8 +224,19 @@ impl Proxy {
                         Ok::<_, Infallible>(resp)
                     }
                 });
+                // h2c with prior knowledge; the fast path has read its preface.
+                let http2 = read.starts_with(b"PRI * HTTP/2.0");
                 let io = TokioIo::new(Prefixed::new(read, stream));
-                if let Err(e) = builder.serve_connection_with_upgrades(io, svc).await {
+                let conn = builder.serve_connection_with_upgrades(io, svc);
+                tokio::pin!(conn);
+                let ended = tokio::select! {
+                    ended = conn.as_mut() => ended,
+                    () = async { let _ = closing.wait_for(|c| *c).await; }, if http2 => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(e) = ended {
                     tracing::debug!(error = %e, %client, "client connection ended with error");
                 }
             });

@@ -911,3 +911,29 @@ async fn closing_gracefully_ends_each_connection_after_its_next_response() {
     }
     assert!(open_connections_become(&setup.proxy, 0).await);
 }
+
+#[tokio::test]
+async fn closing_gracefully_tells_http2_clients_to_go_away() {
+    let setup = start_proxy(vec![start_backend().await]).await;
+    let stream = TcpStream::connect(setup.proxy_addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2c handshake");
+    let conn = tokio::spawn(conn);
+    let req = Request::get("http://app.test/")
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    assert_eq!(
+        sender.send_request(req).await.expect("response").status(),
+        200
+    );
+    setup.proxy.close_gracefully();
+    // GOAWAY: the client's connection ends cleanly, and the proxy's count
+    // of open connections falls to none.
+    let ended = tokio::time::timeout(Duration::from_secs(2), conn)
+        .await
+        .expect("the connection ends, not left open");
+    assert!(matches!(ended, Ok(Ok(()))), "{ended:?}");
+    assert!(open_connections_become(&setup.proxy, 0).await);
+}
