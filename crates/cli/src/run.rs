@@ -14,6 +14,10 @@ use crate::exit::{CmdResult, Exit};
 
 /// How long `up` waits for a freshly started agent to answer.
 const AGENT_START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `upgrade-agent` waits for the new agent to take over: the old
+/// one first lets release changes in flight (a drain) finish, and serves
+/// on meanwhile.
+const AGENT_TAKEOVER_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn check_data_dir(dir: &Path) -> CmdResult {
     std::fs::create_dir_all(dir).map_err(|e| {
@@ -56,6 +60,7 @@ pub async fn agent(dir: &Path, proxy_addr: SocketAddr, takeover: bool) -> CmdRes
 async fn start_agent(
     dir: &Path,
     args: &[&str],
+    within: Duration,
     is_it: impl Fn(u32) -> bool,
 ) -> Result<(u32, String), Exit> {
     let exe = std::env::current_exe()
@@ -79,7 +84,7 @@ async fn start_agent(
         .spawn()
         .map_err(|e| Exit::failure(format!("cannot start the agent: {e}")))?;
     let client = AgentClient::for_data_dir(dir);
-    let deadline = tokio::time::Instant::now() + AGENT_START_TIMEOUT;
+    let deadline = tokio::time::Instant::now() + within;
     loop {
         if let Ok(hello) = client.hello().await
             && is_it(hello.0)
@@ -97,15 +102,21 @@ async fn start_agent(
                 .unwrap_or("")
                 .to_owned();
             let code = if status.code() == Some(2) { 2 } else { 1 };
+            // An agent from before upgrade-agent does not know the request.
+            let hint = if last.contains("unknown variant `handover`") {
+                "; the running agent is too old to hand over: `tandem down` and `tandem up` replace it (restarting its services)"
+            } else {
+                ""
+            };
             return Err(Exit {
                 code,
-                message: format!("the agent did not start ({status}): {last}"),
+                message: format!("the agent did not start ({status}): {last}{hint}"),
             });
         }
         if tokio::time::Instant::now() > deadline {
             return Err(Exit::failure(format!(
                 "the agent did not answer within {}s; see {}",
-                AGENT_START_TIMEOUT.as_secs(),
+                within.as_secs(),
                 log_path.display()
             )));
         }
@@ -124,7 +135,10 @@ pub async fn upgrade_agent(dir: &Path) -> CmdResult {
         ))
     })?;
     let started = std::time::Instant::now();
-    let (new_pid, _) = start_agent(dir, &["--takeover"], |pid| pid != old_pid).await?;
+    let (new_pid, _) = start_agent(dir, &["--takeover"], AGENT_TAKEOVER_TIMEOUT, |pid| {
+        pid != old_pid
+    })
+    .await?;
     let adopted = client
         .status()
         .await
@@ -149,7 +163,7 @@ async fn ensure_agent(dir: &Path, proxy_addr: SocketAddr) -> Result<(u32, String
         return Ok((pid, addr));
     }
     let addr = proxy_addr.to_string();
-    start_agent(dir, &["--proxy-addr", &addr], |_| true).await
+    start_agent(dir, &["--proxy-addr", &addr], AGENT_START_TIMEOUT, |_| true).await
 }
 
 pub async fn up(dir: &Path, api_addr: SocketAddr, start_agent_on: Option<SocketAddr>) -> CmdResult {

@@ -27,3 +27,48 @@ fn the_agent_raises_its_open_files_limit_to_the_hard_one() {
     assert!(soft > 512, "soft limit still {soft}");
     assert_eq!(soft, hard.min(1 << 20), "raised to the hard limit");
 }
+
+#[test]
+fn upgrading_an_agent_that_cannot_hand_over_says_so_and_changes_nothing() {
+    use std::io::{BufRead, BufReader, Write};
+    let root = tempfile::tempdir().expect("tempdir");
+    let data = root.path().join("data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    // An agent from before `upgrade-agent`: it answers what it knows and
+    // refuses the rest, as the real protocol handler did.
+    let old = std::os::unix::net::UnixListener::bind(data.join("agent.sock")).expect("bind");
+    std::thread::spawn(move || {
+        for conn in old.incoming().flatten() {
+            let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            let answer = if line.contains("\"hello\"") {
+                r#"{"result":"hello","version":1,"pid":4242,"proxy_addr":"127.0.0.1:1","started_at_ms":0}"#
+            } else {
+                r#"{"result":"error","message":"bad request: unknown variant `handover`, expected one of `hello`, `status`"}"#
+            };
+            let _ = writeln!(&conn, "{answer}");
+        }
+    });
+    let out = Command::new(bin())
+        .args(["upgrade-agent", "--data-dir"])
+        .arg(&data)
+        .output()
+        .expect("run upgrade-agent");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("too old to hand over"), "{stderr}");
+    assert!(
+        data.join("agent.sock").exists(),
+        "the old agent's socket is left alone"
+    );
+    assert!(
+        !data.join("agent.lock").exists()
+            || std::fs::read_to_string(data.join("agent.lock"))
+                .unwrap_or_default()
+                .is_empty(),
+        "the new agent took no lock"
+    );
+}
