@@ -296,6 +296,7 @@ impl Supervisor {
                 cursor: Arc::clone(&s.cursor),
                 metrics: Arc::clone(&s.metrics),
                 maintenance: s.maintenance,
+                timeout: Some(Duration::from_millis(route.timeout_ms.max(1))),
             })
         });
         self.shared.proxy.publish(RouteTable::new(routes));

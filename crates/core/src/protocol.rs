@@ -69,6 +69,13 @@ pub struct ProbeSpec {
 pub struct RouteSpec {
     pub host: String,
     pub path_prefix: String,
+    /// The proxy's wait for an answer from the service (`route.timeout`).
+    #[serde(default = "default_route_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_route_timeout_ms() -> u64 {
+    crate::spec::DEFAULT_ROUTE_TIMEOUT.as_millis()
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -257,6 +264,7 @@ mod tests {
             route: RouteSpec {
                 host: "a.test".into(),
                 path_prefix: "/".into(),
+                timeout_ms: 60_000,
             },
         })
         .expect("encode");

@@ -23,6 +23,9 @@ pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_DEPLOY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default for `release.drain_timeout`.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// `route.timeout`: the proxy's wait for an answer (nginx's
+/// `proxy_read_timeout`).
+pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default for a build or test step's `timeout`.
 pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(600);
 /// Default probe interval for readiness.
@@ -311,6 +314,16 @@ pub struct Route {
     pub host: Host,
     #[serde(default = "default_path_prefix")]
     pub path_prefix: PathPrefix,
+    /// How long the service may take to start answering a request, and
+    /// then stay silent in the middle of an answer, before the proxy gives
+    /// up (a 504, or the response is cut off). Raise it for server-sent
+    /// events, long polling or slow reports.
+    #[serde(default = "default_route_timeout")]
+    pub timeout: Duration,
+}
+
+fn default_route_timeout() -> Duration {
+    DEFAULT_ROUTE_TIMEOUT
 }
 
 fn default_path_prefix() -> PathPrefix {
@@ -882,10 +895,27 @@ mod tests {
         assert_eq!(spec.run.instances.get(), 1);
         assert_eq!(spec.run.stop_timeout, DEFAULT_STOP_TIMEOUT);
         assert_eq!(spec.route.path_prefix.as_str(), "/");
+        assert_eq!(spec.route.timeout, DEFAULT_ROUTE_TIMEOUT);
         assert_eq!(spec.release.strategy, Strategy::Bluegreen);
         assert_eq!(spec.release.deploy_timeout, DEFAULT_DEPLOY_TIMEOUT);
         assert_eq!(spec.readiness().check, Check::Tcp);
         assert!(spec.build.is_empty() && spec.test.is_empty());
+    }
+
+    #[test]
+    fn a_route_takes_its_own_timeout_and_a_bad_one_is_located() {
+        let text = MINIMAL.replace(
+            "  host: shop.example.test\n",
+            "  host: shop.example.test\n  timeout: 5m\n",
+        );
+        let spec = Spec::parse("tandem.yaml", &text).expect("parses");
+        assert_eq!(spec.route.timeout, Duration::from_secs(300));
+        let text = MINIMAL.replace(
+            "  host: shop.example.test\n",
+            "  host: shop.example.test\n  timeout: soon\n",
+        );
+        let e = err(&text);
+        assert_eq!((e.line, e.column), (7, 12), "{e}");
     }
 
     #[test]

@@ -96,6 +96,7 @@ fn route(spec: &Spec, env: Option<&EnvName>) -> RouteSpec {
     RouteSpec {
         host: host.as_str().into(),
         path_prefix: prefix.as_str().into(),
+        timeout_ms: spec.route.timeout.as_millis(),
     }
 }
 
@@ -110,5 +111,25 @@ mod tests {
             ("shop", Some("staging"))
         );
         assert_eq!(Placement::split_unit("shop"), ("shop", None));
+    }
+
+    #[test]
+    fn every_place_gets_the_route_timeout_and_its_own_host() {
+        let spec = Spec::parse(
+            "tandem.yaml",
+            "service: { name: shop }\nrun: { command: x }\nroute: { host: shop.test, timeout: 10m }\nenvironments:\n  staging: { route: { host: shop.staging.test } }\n  production: {}\n",
+        )
+        .expect("spec");
+        let staging =
+            Placement::environment(&spec, spec.environments.iter().next().expect("env").0);
+        let production = Placement::production(&spec);
+        assert_eq!(
+            (staging.route.host.as_str(), staging.route.timeout_ms),
+            ("shop.staging.test", 600_000)
+        );
+        assert_eq!(
+            (production.route.host.as_str(), production.route.timeout_ms),
+            ("shop.test", 600_000)
+        );
     }
 }

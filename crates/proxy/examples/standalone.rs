@@ -20,6 +20,7 @@ fn main() {
             cursor: Arc::default(),
             metrics: Arc::default(),
             maintenance: None,
+            timeout: None,
         }]));
         let listener = tokio::net::TcpListener::bind(&args[1]).await.expect("bind");
         proxy.serve(listener, std::future::pending()).await;

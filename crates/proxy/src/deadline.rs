@@ -36,6 +36,11 @@ impl Deadline {
         self.limit
     }
 
+    /// Changes the budget of the waits from the next [`Deadline::restart`].
+    pub(crate) fn set_limit(&mut self, limit: Duration) {
+        self.limit = limit;
+    }
+
     /// Starts a wait with the usual budget.
     pub(crate) fn restart(&mut self) {
         self.set(Instant::now() + self.limit);

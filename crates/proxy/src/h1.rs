@@ -214,6 +214,8 @@ impl Conn {
             Ok(got) => got,
             Err(refusal) => return self.plain(refusal, close_unread).await,
         };
+        self.upstream_deadline
+            .set_limit(route.timeout.unwrap_or(inner.config.response_timeout));
         let mut retried = false;
         loop {
             let target = Arc::clone(&slot.target);

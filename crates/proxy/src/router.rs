@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
 
 use crate::metrics::RequestMetrics;
 use crate::target::{InFlight, Target};
@@ -22,6 +23,9 @@ pub struct Route {
     pub metrics: Arc<RequestMetrics>,
     /// In maintenance mode: answer 503 with this `Retry-After` (seconds).
     pub maintenance: Option<u32>,
+    /// How long its upstreams may take to start an answer and then stay
+    /// silent mid-answer; `None`: the proxy's `response_timeout`.
+    pub timeout: Option<Duration>,
 }
 
 impl Route {
@@ -113,6 +117,7 @@ mod tests {
             cursor: Arc::default(),
             metrics: Arc::default(),
             maintenance: None,
+            timeout: None,
         }
     }
 

@@ -355,7 +355,8 @@ async fn handle(
             std::mem::take(&mut headers)
         };
         let config = &inner.config;
-        let sent = tokio::time::timeout(config.response_timeout, async {
+        let wait = route.timeout.unwrap_or(config.response_timeout);
+        let sent = tokio::time::timeout(wait, async {
             if upgrading {
                 upstream::exchange_upgrade(target.addr, config.connect_timeout, upstream)
                     .await
@@ -371,8 +372,7 @@ async fn handle(
             Ok(Ok((resp, conn))) => {
                 record(&route, &target, resp.status(), started);
                 let tunnel = client_upgrade.zip(tunnel_permit);
-                let quiet = config.response_timeout;
-                return Ok(respond(resp, conn, slot, tunnel, quiet));
+                return Ok(respond(resp, conn, slot, tunnel, wait));
             }
             Ok(Err(e)) if body::Stalled::caused(&e) => {
                 // The client stopped sending its body: its doing, not the

@@ -104,6 +104,7 @@ async fn start_proxy_with(targets: Vec<SocketAddr>, base: ProxyConfig) -> Setup 
         kept_upstream_hold: Duration::from_millis(300),
         ..base
     };
+    let config_response_timeout = config.response_timeout;
     let proxy = Proxy::new(config);
     let targets: Vec<Arc<Target>> = targets
         .into_iter()
@@ -119,15 +120,22 @@ async fn start_proxy_with(targets: Vec<SocketAddr>, base: ProxyConfig) -> Setup 
         cursor: Arc::default(),
         metrics: Arc::clone(&route_metrics),
         maintenance: None,
+        timeout: None,
     };
     let maintenance = Route {
         maintenance: Some(120),
         ..route("maint.test", targets.clone())
     };
+    // Waits for its upstreams three times as long as the proxy's default.
+    let patient = Route {
+        timeout: Some(3 * config_response_timeout),
+        ..route("patient.test", targets.clone())
+    };
     proxy.publish(RouteTable::new([
         route("app.test", targets.clone()),
         route("empty.test", Vec::new()),
         maintenance,
+        patient,
     ]));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
     let proxy_addr = listener.local_addr().expect("addr");
@@ -223,12 +231,7 @@ async fn forwards_with_x_forwarded_headers_and_without_hop_by_hop_ones() {
 #[tokio::test]
 async fn h2c_clients_are_served_and_their_authority_becomes_host() {
     let setup = start_proxy(vec![start_backend().await]).await;
-    let stream = TcpStream::connect(setup.proxy_addr).await.expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2c handshake");
-    tokio::spawn(conn);
+    let mut sender = h2c::<Empty<Bytes>>(setup.proxy_addr).await.0;
     let req = Request::get("http://app.test/h2")
         .body(Empty::<Bytes>::new())
         .expect("request");
@@ -724,21 +727,31 @@ impl hyper::body::Body for StallingBody {
     }
 }
 
-/// An HTTP/2 (h2c) connection to the proxy.
-async fn h2c(proxy: SocketAddr) -> hyper::client::conn::http2::SendRequest<StallingBody> {
+/// An HTTP/2 (h2c) connection to the proxy, and the task driving it
+/// (it ends when the connection does).
+async fn h2c<B>(
+    proxy: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<B>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+)
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let stream = TcpStream::connect(proxy).await.expect("connect");
     let (sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
             .await
             .expect("h2c handshake");
-    tokio::spawn(conn);
-    sender
+    (sender, tokio::spawn(conn))
 }
 
 #[tokio::test]
 async fn on_the_general_path_a_stalled_upload_is_cut_off_after_the_client_timeout() {
     let setup = start_proxy(vec![start_backend().await]).await;
-    let mut sender = h2c(setup.proxy_addr).await;
+    let mut sender = h2c::<StallingBody>(setup.proxy_addr).await.0;
     let req = Request::post("http://app.test/echo")
         .body(StallingBody(false))
         .expect("request");
@@ -756,7 +769,7 @@ async fn on_the_general_path_a_stuck_upstream_body_fails_after_the_response_time
     const STALLS: &str = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc";
     let (backend, _) = start_raw_backend(STALLS, Some(Duration::from_secs(30))).await;
     let setup = start_proxy(vec![backend]).await;
-    let mut sender = h2c(setup.proxy_addr).await;
+    let mut sender = h2c::<StallingBody>(setup.proxy_addr).await.0;
     let req = Request::get("http://app.test/")
         .body(StallingBody(true))
         .expect("request");
@@ -915,12 +928,7 @@ async fn closing_gracefully_ends_each_connection_after_its_next_response() {
 #[tokio::test]
 async fn closing_gracefully_tells_http2_clients_to_go_away() {
     let setup = start_proxy(vec![start_backend().await]).await;
-    let stream = TcpStream::connect(setup.proxy_addr).await.expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2c handshake");
-    let conn = tokio::spawn(conn);
+    let (mut sender, conn) = h2c::<Empty<Bytes>>(setup.proxy_addr).await;
     let req = Request::get("http://app.test/")
         .body(Empty::<Bytes>::new())
         .expect("request");
@@ -936,4 +944,66 @@ async fn closing_gracefully_tells_http2_clients_to_go_away() {
         .expect("the connection ends, not left open");
     assert!(matches!(ended, Ok(Ok(()))), "{ended:?}");
     assert!(open_connections_become(&setup.proxy, 0).await);
+}
+
+/// A backend that answers `abc`, then after `gap` of silence `def` (a
+/// `Content-Length: 6` body), like an event stream between two events.
+async fn start_pausing_backend(gap: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nabc";
+                if stream.write_all(head.as_bytes()).await.is_ok() {
+                    tokio::time::sleep(gap).await;
+                    let _ = stream.write_all(b"def").await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_route_with_a_longer_timeout_lets_its_upstream_pause_longer() {
+    // The proxy waits 1 s by default; "patient.test" 3 s. The backend
+    // pauses 1.5 s mid-body (a 4 KiB body would be held whole for a GET,
+    // so this one streams: it is a POST).
+    let setup = start_proxy(vec![
+        start_pausing_backend(Duration::from_millis(1500)).await,
+    ])
+    .await;
+    let post = |host: &str| {
+        format!("POST / HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    };
+    let (whole, _) = until_closed(setup.proxy_addr, &post("patient.test")).await;
+    assert!(
+        whole.starts_with("HTTP/1.1 200") && whole.ends_with("abcdef"),
+        "{whole}"
+    );
+    let (cut, _) = until_closed(setup.proxy_addr, &post("app.test")).await;
+    assert!(
+        cut.ends_with("abc"),
+        "cut off after the default wait: {cut}"
+    );
+    // The general path (h2c) keeps the same time.
+    let mut sender = h2c::<Empty<Bytes>>(setup.proxy_addr).await.0;
+    for (host, complete) in [("patient.test", true), ("app.test", false)] {
+        let req = Request::post(format!("http://{host}/"))
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        let resp = sender.send_request(req).await.expect("response");
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await;
+        assert_eq!(body.is_ok(), complete, "{host}: {body:?}");
+    }
 }
