@@ -331,3 +331,48 @@ async fn recv(
     }
     Ok(n)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn many_descriptors_cross_in_several_messages_and_stay_usable() {
+        use std::io::{Read, Write};
+        let (a, b) = UnixStream::pair().expect("socketpair");
+        let (mut reader, writer) = std::io::pipe().expect("pipe");
+        // More than two messages' worth, as 150 instances' pipes would be.
+        let count = 2 * FDS_PER_MESSAGE + 44;
+        let sent: Vec<OwnedFd> = (0..count)
+            .map(|_| writer.try_clone().expect("dup").into())
+            .collect();
+        let borrowed: Vec<BorrowedFd<'_>> = sent.iter().map(AsFd::as_fd).collect();
+        let sending = async {
+            send_fds(&a, &borrowed).await.expect("send");
+        };
+        let receiving = async {
+            let (mut bytes, mut fds) = (Vec::new(), Vec::new());
+            while fds.len() < count {
+                assert!(recv(&b, &mut bytes, &mut fds).await.expect("recv") > 0);
+            }
+            (bytes, fds)
+        };
+        let ((), (bytes, fds)) = tokio::join!(sending, receiving);
+        assert_eq!(fds.len(), count);
+        assert_eq!(
+            bytes.len(),
+            count.div_ceil(FDS_PER_MESSAGE),
+            "one byte a message"
+        );
+        drop(sent);
+        // The last one received still writes into the same pipe.
+        let mut last = std::fs::File::from(fds.into_iter().last().expect("an fd"));
+        last.write_all(b"x")
+            .expect("write through a received descriptor");
+        drop(last);
+        drop(writer);
+        let mut buf = [0u8; 16];
+        let n = reader.read(&mut buf).expect("read");
+        assert_eq!(&buf[..n], b"x");
+    }
+}
