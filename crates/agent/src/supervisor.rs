@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -24,7 +24,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-use crate::handover::{Offer, Offered};
+use crate::handover::{Counts, Offer, Offered};
 use crate::logs::{Capture, InstanceLog, read_tail};
 use crate::probe::Prober;
 
@@ -146,10 +146,28 @@ pub struct SavedService {
     pub route: Option<RouteSpec>,
     pub active: Option<String>,
     pub groups: Vec<GroupSpec>,
-    /// Process groups that were running, to clean up after an agent crash.
+    /// Running instances, for an agent started after this one died to take
+    /// over.
+    #[serde(default)]
+    pub instances: Vec<SavedInstance>,
+    /// Process groups that were running (state files written before
+    /// `instances`): killed by the next agent.
+    #[serde(default, skip_serializing)]
     pub pgids: Vec<u32>,
     #[serde(default)]
     pub maintenance: Option<u32>,
+}
+
+/// A running instance in the state file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SavedInstance {
+    pub id: String,
+    pub pid: u32,
+    pub port: u16,
+    pub restarts: u32,
+    /// When the process started (clock ticks after boot, from
+    /// `/proc/<pid>/stat`): a pid reused by another process does not match.
+    pub started: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -187,8 +205,10 @@ impl Supervisor {
         self.shared.data_dir.join("agent-state.json")
     }
 
-    /// Restores services from the state file of an earlier agent: kills what
-    /// it left running, starts the groups again and restores the routes.
+    /// Restores services from the state file of an earlier agent that died:
+    /// takes over its instances that still run (watching them through
+    /// pidfds, reading their output FIFOs again), starts the rest of its
+    /// groups again and restores the routes.
     pub fn restore(&self) {
         let Ok(text) = std::fs::read_to_string(self.state_path()) else {
             return;
@@ -200,23 +220,83 @@ impl Supervisor {
                 return;
             }
         };
-        for (name, svc) in saved.services {
-            for pgid in svc.pgids {
-                let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
+        let mut adopted = BTreeMap::new();
+        for svc in saved.services.values() {
+            for pgid in &svc.pgids {
+                let _ = killpg(Pid::from_raw(*pgid as i32), Signal::SIGKILL);
             }
+            for i in &svc.instances {
+                if started_at(i.pid) != Some(i.started) {
+                    continue; // gone, or its pid is someone else's now
+                }
+                match self.reopen_output(&i.id) {
+                    Ok(pipes) => {
+                        let a = Adopted {
+                            pid: i.pid,
+                            port: i.port,
+                            ready_at_ms: None,
+                            restarts: i.restarts,
+                            pipes,
+                            counts: Snapshot::default(),
+                        };
+                        adopted.insert(i.id.clone(), a);
+                    }
+                    Err(e) => {
+                        tracing::warn!(instance = %i.id, error = %e, "cannot read its output again; restarting it");
+                        let _ = killpg(Pid::from_raw(i.pid as i32), Signal::SIGKILL);
+                    }
+                }
+            }
+        }
+        self.take_services(saved.services, adopted, &BTreeMap::new());
+    }
+
+    /// Runs `services` as an earlier agent left them: their groups, with
+    /// the processes in `adopted` taken over, their routes, and request
+    /// counters going on from `counts`.
+    fn take_services(
+        &self,
+        services: BTreeMap<String, SavedService>,
+        mut adopted: BTreeMap<String, Adopted>,
+        counts: &BTreeMap<String, Counts>,
+    ) {
+        for (name, svc) in services {
             for group in svc.groups {
-                self.start_group(group);
+                self.start_group_adopting(group, &mut adopted);
             }
             let mut state = lock(&self.shared.state);
             if let Some(s) = state.services.get_mut(&name) {
                 s.route = svc.route;
                 s.active = svc.active;
                 s.maintenance = svc.maintenance;
+                if let Some(counts) = counts.get(&name) {
+                    s.metrics.add(&counts.snapshot());
+                }
             }
             self.publish(&state);
             tracing::info!(service = %name, "restored");
         }
+        for (id, a) in adopted {
+            tracing::warn!(instance = %id, pid = a.pid, "running without its group; stopping it");
+            let _ = killpg(Pid::from_raw(a.pid as i32), Signal::SIGTERM);
+        }
         self.save();
+    }
+
+    /// Where an instance's output FIFOs live.
+    fn output_path(&self, id: &str, stream: &str) -> PathBuf {
+        self.shared
+            .data_dir
+            .join("run")
+            .join(format!("{id}.{stream}"))
+    }
+
+    /// Opens the output FIFOs of a running instance again.
+    fn reopen_output(&self, id: &str) -> std::io::Result<Vec<OwnedFd>> {
+        OUTPUTS
+            .iter()
+            .map(|stream| open_fifo_reader(&self.output_path(id, stream)))
+            .collect()
     }
 
     /// What the state file holds.
@@ -231,12 +311,23 @@ impl Supervisor {
                         route: s.route.clone(),
                         active: s.active.clone(),
                         groups: s.groups.values().map(|g| g.spec.clone()).collect(),
-                        pgids: s
+                        instances: s
                             .groups
                             .values()
                             .flat_map(|g| &g.instances)
-                            .filter_map(|i| i.live().pid)
+                            .filter_map(|i| {
+                                let live = i.live();
+                                let pid = live.pid?;
+                                Some(SavedInstance {
+                                    id: i.id.clone(),
+                                    pid,
+                                    port: live.port,
+                                    restarts: live.restarts,
+                                    started: started_at(pid)?,
+                                })
+                            })
                             .collect(),
+                        pgids: Vec::new(),
                         maintenance: s.maintenance,
                     };
                     (name.clone(), saved)
@@ -871,7 +962,7 @@ impl Supervisor {
     /// (`pipes`, in the order of `offer.instances`).
     pub fn adopt(&self, offer: Offer, pipes: Vec<OwnedFd>) {
         let mut pipes = pipes.into_iter();
-        let mut adopted: BTreeMap<String, Adopted> = offer
+        let adopted: BTreeMap<String, Adopted> = offer
             .instances
             .into_iter()
             .map(|o| {
@@ -887,26 +978,7 @@ impl Supervisor {
                 (o.id, a)
             })
             .collect();
-        for (name, svc) in offer.services {
-            for group in svc.groups {
-                self.start_group_adopting(group, &mut adopted);
-            }
-            let mut state = lock(&self.shared.state);
-            if let Some(s) = state.services.get_mut(&name) {
-                s.route = svc.route;
-                s.active = svc.active;
-                s.maintenance = svc.maintenance;
-                if let Some(counts) = offer.route_counts.get(&name) {
-                    s.metrics.add(&counts.snapshot());
-                }
-            }
-            self.publish(&state);
-        }
-        for (id, a) in adopted {
-            tracing::warn!(instance = %id, pid = a.pid, "handed over without its group; stopping it");
-            let _ = killpg(Pid::from_raw(a.pid as i32), Signal::SIGTERM);
-        }
-        self.save();
+        self.take_services(offer.services, adopted, &offer.route_counts);
     }
 
     fn set_live(&self, inst: &Instance, f: impl FnOnce(&mut Live)) {
@@ -948,11 +1020,12 @@ async fn run_instance(
                     }
                 }
                 // Under the borrow: an offer sees pid and pipes together.
+                let outputs = OUTPUTS.map(|stream| sup.output_path(&inst.id, stream));
                 let spawned = {
                     let guard = phase.borrow();
                     (*guard == Phase::Serving).then(|| {
                         let (port, child, pipes) = free_port().and_then(|port| {
-                            spawn(&spec, port, &inst.log).map(|(c, p)| (port, c, p))
+                            spawn(&spec, port, &inst.log, &outputs).map(|(c, p)| (port, c, p))
                         })?;
                         *lock(&inst.pipes) = Pipes::Reading(pipes);
                         inst.live().pid = child.id();
@@ -1020,6 +1093,9 @@ async fn run_instance(
                     l.state = InstanceState::Stopped;
                     l.pid = None;
                 });
+                for stream in OUTPUTS {
+                    let _ = std::fs::remove_file(sup.output_path(&inst.id, stream));
+                }
                 return;
             }
             Outcome::Exited(why) | Outcome::Unhealthy(why) => {
@@ -1223,12 +1299,19 @@ async fn watch_instance(
     }
 }
 
-/// Starts the command; its stdout and stderr go to the log.
+/// The output streams of an instance, each through its own FIFO.
+const OUTPUTS: [&str; 2] = ["out", "err"];
+
+/// Starts the command; its stdout and stderr go to the log through FIFOs
+/// at `outputs` (see [`output_fifo`]).
 fn spawn(
     spec: &GroupSpec,
     port: u16,
     log: &InstanceLog,
+    outputs: &[PathBuf; 2],
 ) -> std::io::Result<(tokio::process::Child, Vec<Capture>)> {
+    let (out_reader, out_writer) = output_fifo(&outputs[0])?;
+    let (err_reader, err_writer) = output_fifo(&outputs[1])?;
     let mut cmd = tokio::process::Command::new("/bin/sh");
     cmd.arg("-c")
         .arg(&spec.command)
@@ -1236,19 +1319,67 @@ fn spawn(
         .envs(&spec.env)
         .env("PORT", port.to_string())
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stdout(out_writer)
+        .stderr(err_writer)
         .process_group(0)
         .kill_on_drop(false);
-    let mut child = cmd.spawn()?;
-    let mut pipes = Vec::new();
-    if let Some(out) = child.stdout.take() {
-        pipes.push(log.capture(out.into_owned_fd()?)?);
-    }
-    if let Some(err) = child.stderr.take() {
-        pipes.push(log.capture(err.into_owned_fd()?)?);
-    }
+    let child = cmd.spawn()?;
+    // Our copies of the instance's ends close with `cmd`.
+    drop(cmd);
+    let pipes = vec![log.capture(out_reader)?, log.capture(err_reader)?];
     Ok((child, pipes))
+}
+
+/// Makes a FIFO at `path` for one output stream of an instance: the read
+/// end for the agent, and a read-write end for the instance. Holding both
+/// ends itself, the instance never gets EPIPE when no agent reads (it
+/// blocks once 1 MiB is unread), and an agent started after this one died
+/// opens the FIFO again by its path.
+fn output_fifo(path: &Path) -> std::io::Result<(OwnedFd, std::fs::File)> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(path);
+    nix::unistd::mkfifo(
+        path,
+        nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+    )?;
+    let reader = open_fifo_reader(path)?;
+    let writer = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let _ = rustix::pipe::fcntl_setpipe_size(&writer, 1 << 20);
+    Ok((reader, writer))
+}
+
+/// Opens a FIFO for reading without waiting for a writer.
+fn open_fifo_reader(path: &Path) -> std::io::Result<OwnedFd> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)?;
+    if !file.metadata()?.file_type().is_fifo() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a FIFO",
+            path.display()
+        )));
+    }
+    Ok(file.into())
+}
+
+/// When `pid` started (clock ticks after boot), if it runs and leads its
+/// own process group, as every instance does.
+fn started_at(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields follow the last `)`.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let (state, pgrp, started) = (fields.first()?, fields.get(2)?, fields.get(19)?);
+    if *state == "Z" || pgrp.parse::<u32>().ok()? != pid {
+        return None;
+    }
+    started.parse().ok()
 }
 
 /// SIGTERM to the process group, up to `timeout`, then SIGKILL.

@@ -198,6 +198,15 @@ pub async fn up(dir: &Path, api_addr: SocketAddr, start_agent_on: Option<SocketA
     if let Err(e) = engine.reconcile().await {
         tracing::warn!(error = %e, "could not reconcile with the agent");
     }
+    // The agent `up` started is started again should it die.
+    let _watchdog = match (start_agent_on, proxy.parse::<SocketAddr>()) {
+        (Some(_), Ok(bound)) => Some(AbortOnDrop(tokio::spawn(watch_agent(
+            dir.to_path_buf(),
+            bound,
+            engine.clone(),
+        )))),
+        _ => None,
+    };
     eprintln!(
         "tandem up: api http://{api_local}  proxy http://{proxy}  data {}  agent pid {agent_pid}",
         dir.display()
@@ -218,6 +227,52 @@ pub async fn up(dir: &Path, api_addr: SocketAddr, start_agent_on: Option<SocketA
         .map_err(|e| Exit::failure(format!("server failed: {e}")))?;
     eprintln!("tandem server stopped; services keep running (tandem down stops them)");
     Ok(())
+}
+
+/// How often `up` checks that its agent lives.
+const AGENT_WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// Starts the agent of `dir` again, on the address it served on, when it
+/// has died: it stops answering *and* nobody holds its lock (a busy or
+/// hung agent still does; so does one handing over). The new agent takes
+/// over the instances that still run (`Supervisor::restore`); the restart
+/// is journalled.
+async fn watch_agent(dir: std::path::PathBuf, proxy_addr: SocketAddr, engine: Engine) {
+    let client = AgentClient::for_data_dir(&dir);
+    loop {
+        tokio::time::sleep(AGENT_WATCH_EVERY).await;
+        if client.hello().await.is_ok() {
+            continue;
+        }
+        match tandem_agent::lock_data_dir(&dir, "agent.lock") {
+            Ok(free) => drop(free),
+            Err(_) => continue,
+        }
+        tracing::warn!("the agent has died; starting it again");
+        match ensure_agent(&dir, proxy_addr).await {
+            Ok((pid, _)) => {
+                let event = tandem_core::journal::NewEvent::new("system:server", "agent.restarted")
+                    .payload(serde_json::json!({ "agent_pid": pid }));
+                if let Err(e) = engine.store.append(event).await {
+                    tracing::warn!(error = %e, "could not journal the agent restart");
+                }
+                tracing::info!(
+                    pid,
+                    "agent started again; it took over the running instances"
+                );
+            }
+            Err(e) => tracing::error!(error = %e.message, "could not start the agent again"),
+        }
+    }
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Runs of different services at once: `TANDEM_PIPELINES` (default 2).

@@ -7,6 +7,38 @@ use tandem_core::protocol::{
     AgentStatus, GroupSpec, HANDOVER_REFUSAL, LogLine, Request, Response, RouteSpec, SOCKET_FILE,
 };
 
+/// How long the agent may take to answer `request`; `None` for requests
+/// whose work has its own bounds the client does not know (a drain and a
+/// stop, the shutdown).
+fn answer_within(request: &Request) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    match request {
+        // Answered from memory.
+        Request::Hello | Request::Status | Request::Metrics => Some(Duration::from_secs(3)),
+        Request::WaitReady { timeout_ms, .. } => {
+            Some(Duration::from_millis(*timeout_ms) + Duration::from_secs(10))
+        }
+        Request::StopGroup { .. } | Request::Shutdown { .. } => None,
+        _ => Some(Duration::from_secs(10)),
+    }
+}
+
+fn request_name(request: &Request) -> &'static str {
+    match request {
+        Request::Hello => "hello",
+        Request::Status => "status",
+        Request::StartGroup { .. } => "start_group",
+        Request::WaitReady { .. } => "wait_ready",
+        Request::Activate { .. } => "activate",
+        Request::StopGroup { .. } => "stop_group",
+        Request::Logs { .. } => "logs",
+        Request::Metrics => "metrics",
+        Request::Maintenance { .. } => "maintenance",
+        Request::Shutdown { .. } => "shutdown",
+        Request::Handover => "handover",
+    }
+}
+
 /// How long a request keeps being asked again while the agent hands over.
 const HANDOVER_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(15);
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -21,6 +53,8 @@ pub enum AgentClientError {
     },
     #[error("agent closed the connection without answering")]
     NoAnswer,
+    #[error("agent did not answer {request} within {seconds}s (hung or overloaded)")]
+    TimedOut { request: &'static str, seconds: u64 },
     #[error("agent sent an unreadable answer: {0}")]
     Garbled(String),
     #[error("agent refused: {0}")]
@@ -86,7 +120,24 @@ impl AgentClient {
         }
     }
 
+    /// One exchange, bounded: an agent that accepts but never answers
+    /// (stopped, hung) must not hang its caller — the monitor least of all.
     async fn call_once(&self, request: &Request) -> Result<Response, AgentClientError> {
+        let exchange = self.exchange(request);
+        match answer_within(request) {
+            Some(limit) => tokio::time::timeout(limit, exchange)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(AgentClientError::TimedOut {
+                        request: request_name(request),
+                        seconds: limit.as_secs(),
+                    })
+                }),
+            None => exchange.await,
+        }
+    }
+
+    async fn exchange(&self, request: &Request) -> Result<Response, AgentClientError> {
         let stream = UnixStream::connect(&self.socket).await.map_err(|source| {
             AgentClientError::Unreachable {
                 path: self.socket.display().to_string(),

@@ -193,11 +193,13 @@ impl Monitor {
         let mut unreachable_since: Option<Instant> = None;
         loop {
             tick.tick().await;
+            let asked = Instant::now();
             let status = match self.ops.engine.agent.status().await {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::debug!(error = %e, "monitor: agent not reachable");
-                    let since = *unreachable_since.get_or_insert_with(Instant::now);
+                    // Since it was asked: a hung agent fails by timing out.
+                    let since = *unreachable_since.get_or_insert(asked);
                     if since.elapsed() >= AGENT_DOWN_AFTER
                         && let Err(e) = self.agent_down(&e.to_string()).await
                     {

@@ -717,10 +717,15 @@ fn an_unreachable_agent_is_an_incident_until_it_answers_again() {
     let agent_pid = env.status_json("web")["agent"]["pid"]
         .as_i64()
         .expect("agent pid");
-    let _ = std::process::Command::new("kill")
-        .args(["-KILL", &agent_pid.to_string()])
-        .status();
-    let killed = Instant::now();
+    let signal = |sig: &str| {
+        let _ = std::process::Command::new("kill")
+            .args([sig, &agent_pid.to_string()])
+            .status();
+    };
+    // A hung agent: it holds its lock, so nobody starts another, and it
+    // does not answer. (One that dies is started again by `up` at once.)
+    signal("-STOP");
+    let stopped = Instant::now();
     let incident = wait_until(
         Duration::from_secs(15),
         "an agent-unreachable incident",
@@ -731,19 +736,12 @@ fn an_unreachable_agent_is_an_incident_until_it_answers_again() {
         },
     );
     eprintln!(
-        "agent-unreachable incident {:?} after the kill",
-        killed.elapsed()
+        "agent-unreachable incident {:?} after the agent stopped",
+        stopped.elapsed()
     );
     assert_eq!(incident["service"], "tandem-agent");
     assert_eq!(incident["severity"], "page");
-
-    let mut agent = std::process::Command::new(util::bin())
-        .args(["agent", "--proxy-addr", &env.proxy, "--data-dir"])
-        .arg(env.data())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start the agent again");
+    signal("-CONT");
     wait_until(Duration::from_secs(15), "the incident resolved", || {
         incidents(&env)
             .into_iter()
@@ -752,7 +750,9 @@ fn an_unreachable_agent_is_an_incident_until_it_answers_again() {
     wait_until(Duration::from_secs(15), "web serving again", || {
         (env.get("web.test", "/").0 == 200).then_some(())
     });
-    drop(env);
-    let _ = agent.kill();
-    let _ = agent.wait();
+    assert_eq!(
+        env.status_json("web")["agent"]["pid"].as_i64(),
+        Some(agent_pid),
+        "the same agent"
+    );
 }

@@ -173,11 +173,6 @@ fn upgrading_the_agent_in_place_drops_no_request_and_restarts_no_instance() {
     let app = env.app("web", DEPLOY, "steady");
     assert_ok(&env.deploy(&app));
     let before = pids(&env);
-    let agent_pid = |env: &Env| -> u64 {
-        let status: serde_json::Value =
-            serde_json::from_str(&http_get(&env.api, "/api/v1/status")).expect("status json");
-        status["agent"]["pid"].as_u64().expect("agent pid")
-    };
     let old_agent = agent_pid(&env);
     let load = Load::start(&env.proxy, "web.test", 4);
     std::thread::sleep(Duration::from_millis(300));
@@ -306,6 +301,13 @@ fn metrics_and_logs_account_for_every_proxied_request() {
     assert_eq!(logged, 50);
 }
 
+/// The agent's pid, as the server sees it.
+fn agent_pid(env: &Env) -> u64 {
+    let status: serde_json::Value =
+        serde_json::from_str(&http_get(&env.api, "/api/v1/status")).expect("status json");
+    status["agent"]["pid"].as_u64().expect("agent pid")
+}
+
 /// The web service's instance pids.
 fn pids(env: &Env) -> Vec<u64> {
     env.instances("web")
@@ -395,4 +397,57 @@ fn an_agent_whose_successor_never_confirms_serves_on_as_before() {
     std::fs::write(app.join("index.html"), "after").expect("write");
     assert_ok(&env.deploy(&app));
     assert_eq!(env.get("web.test", "/index.html").1, "after");
+}
+
+#[test]
+fn an_agent_that_dies_is_started_again_and_takes_its_instances_back() {
+    let env = Env::start();
+    let app = env.app("web", DEPLOY, "steady");
+    assert_ok(&env.deploy(&app));
+    let before = pids(&env);
+    let agent = agent_pid(&env) as u32;
+    nix_kill(agent as i32);
+    util::wait_until(Duration::from_secs(5), "the agent to die", || {
+        (!util::process_alive(agent)).then_some(())
+    });
+    // Nothing of the instances went with it: their output is a FIFO they
+    // hold both ends of, not a pipe into the agent.
+    for pid in &before {
+        assert!(
+            util::process_alive(*pid as u32),
+            "instance {pid} outlived the agent"
+        );
+    }
+    // The server `tandem up` runs starts the agent again, which takes the
+    // instances over.
+    util::wait_until(
+        Duration::from_secs(10),
+        "a new agent with the instances ready",
+        || {
+            let now = env.instances("web");
+            (!now.is_empty() && now.iter().all(|i| i["ready"] == true)).then_some(())
+        },
+    );
+    assert_ne!(agent_pid(&env) as u32, agent);
+    let events = env.tandem(&["audit", "events", "-o", "json"]);
+    assert!(
+        String::from_utf8_lossy(&events.stdout).contains("agent.restarted"),
+        "journalled"
+    );
+    assert_eq!(pids(&env), before, "the same processes");
+    assert!(
+        env.instances("web").iter().all(|i| i["restarts"] == 0),
+        "{:?}",
+        env.instances("web")
+    );
+    the_instances_log_a_request(&env, "/index.html?after-crash");
+    std::fs::write(app.join("index.html"), "after").expect("write");
+    assert_ok(&env.deploy(&app));
+    assert_eq!(env.get("web.test", "/index.html").1, "after");
+    for pid in before {
+        assert!(
+            !util::process_alive(pid as u32),
+            "old instance {pid} stopped"
+        );
+    }
 }
