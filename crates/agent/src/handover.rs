@@ -277,6 +277,39 @@ impl Link {
     }
 }
 
+/// The agent's side of `ProxyListener`: a copy of the listening socket.
+pub async fn lend_listener(mut link: UnixStream, sockets: &Sockets) -> std::io::Result<()> {
+    link.write_all(LISTENER.as_bytes()).await?;
+    send_fds(&link, &[sockets.proxy.as_fd()]).await
+}
+
+/// Asks the agent of `data_dir` for a copy of its proxy's listening socket.
+pub async fn borrow_listener(data_dir: &Path) -> std::io::Result<OwnedFd> {
+    let mut link = UnixStream::connect(data_dir.join(SOCKET_FILE)).await?;
+    let mut line = serde_json::to_vec(&Request::ProxyListener).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    link.write_all(&line).await?;
+    let (mut bytes, mut fds) = (Vec::new(), Vec::new());
+    while fds.is_empty() {
+        if recv(&link, &mut bytes, &mut fds).await? == 0 || bytes.contains(&b'\n') {
+            let said = String::from_utf8_lossy(&bytes);
+            return Err(std::io::Error::other(format!(
+                "the agent lent no listener: {}",
+                said.trim()
+            )));
+        }
+    }
+    if !bytes.starts_with(LISTENER.as_bytes()) {
+        return Err(std::io::Error::other(
+            "the agent's answer is not a listener",
+        ));
+    }
+    Ok(fds.swap_remove(0))
+}
+
+/// What precedes a lent listener.
+const LISTENER: &str = "LISTENER";
+
 async fn send_fds(link: &UnixStream, fds: &[BorrowedFd<'_>]) -> std::io::Result<()> {
     for chunk in fds.chunks(FDS_PER_MESSAGE) {
         let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(chunk.len()))];

@@ -118,6 +118,44 @@ fn note_pid(mut file: &File) {
     let _ = writeln!(file, "{}", std::process::id());
 }
 
+/// The environment variable through which a parent passes the proxy's
+/// listening socket, as the number of a descriptor it left open for us:
+/// the `tandem up` that holds the socket while it starts a dead agent
+/// again, so that clients wait in its backlog meanwhile.
+pub const PROXY_FD_VAR: &str = "TANDEM_PROXY_FD";
+
+/// The listening socket a parent passed in [`PROXY_FD_VAR`], if any.
+#[allow(unsafe_code)]
+fn inherited_listener() -> Result<Option<std::net::TcpListener>, AgentError> {
+    use std::os::fd::FromRawFd;
+    let Ok(number) = std::env::var(PROXY_FD_VAR) else {
+        return Ok(None);
+    };
+    let bad = |why: String| AgentError::Socket {
+        path: format!("{PROXY_FD_VAR}={number}"),
+        source: std::io::Error::other(why),
+    };
+    let raw: std::os::fd::RawFd = number
+        .parse()
+        .map_err(|_| bad("not a descriptor number".into()))?;
+    if raw < 3 {
+        return Err(bad("not a descriptor a parent passes".into()));
+    }
+    // SAFETY: our parent left this descriptor open for us to own, and said
+    // so in the variable; nothing else in this process knows of it.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC)
+        .map_err(|e| bad(format!("not an open descriptor: {e}")))?;
+    let listener = std::net::TcpListener::from(fd);
+    listener
+        .local_addr()
+        .map_err(|e| bad(format!("not a listening socket: {e}")))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| bad(e.to_string()))?;
+    Ok(Some(listener))
+}
+
 /// The sockets and lock to serve with: taken over from the running agent,
 /// or made afresh.
 struct Start {
@@ -150,12 +188,15 @@ async fn start(config: &AgentConfig) -> Result<Start, AgentError> {
         });
     }
     let lock = lock_data_dir(dir, "agent.lock")?;
-    let listener = tokio::net::TcpListener::bind(config.proxy_addr)
-        .await
-        .map_err(|source| AgentError::ProxyBind {
-            addr: config.proxy_addr,
-            source,
-        })?;
+    let listener = match inherited_listener()? {
+        Some(held) => tokio::net::TcpListener::from_std(held).map_err(socket_error)?,
+        None => tokio::net::TcpListener::bind(config.proxy_addr)
+            .await
+            .map_err(|source| AgentError::ProxyBind {
+                addr: config.proxy_addr,
+                source,
+            })?,
+    };
     // We hold the lock, so a socket file left here belongs to a dead agent.
     let _ = std::fs::remove_file(&socket_path);
     let control = tokio::net::UnixListener::bind(&socket_path).map_err(socket_error)?;

@@ -65,14 +65,17 @@ async fn connection(stream: UnixStream, ctx: Context) -> std::io::Result<()> {
     let mut lines = BufReader::new(read).lines();
     while let Some(line) = lines.next_line().await? {
         let response = match serde_json::from_str::<Request>(&line) {
-            Ok(Request::Handover) => {
-                // Nothing follows the request until the offer is answered,
-                // so the reader holds no bytes of it.
+            Ok(req @ (Request::ProxyListener | Request::Handover)) => {
+                // These go on with descriptors. Nothing follows such a
+                // request until it is answered, so the reader holds no bytes.
                 let stream = lines
                     .into_inner()
                     .into_inner()
                     .reunite(write)
                     .map_err(std::io::Error::other)?;
+                if req == Request::ProxyListener {
+                    return handover::lend_listener(stream, &ctx.sockets).await;
+                }
                 if handover::give(stream, &ctx.supervisor, &ctx.sockets, &ctx.changing).await? {
                     let _ = ctx.shutdown.send(Stop::HandedOver).await;
                 }
@@ -195,8 +198,8 @@ async fn dispatch(req: Request, ctx: &Context) -> Response {
             let _ = ctx.shutdown.send(stop).await;
             Response::Ok
         }
-        Request::Handover => Response::Error {
-            message: "handover is answered on its own connection".into(),
+        Request::Handover | Request::ProxyListener => Response::Error {
+            message: "answered on its own connection, with descriptors".into(),
         },
     }
 }

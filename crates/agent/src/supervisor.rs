@@ -1318,6 +1318,7 @@ fn spawn(
         .current_dir(&spec.dir)
         .envs(&spec.env)
         .env("PORT", port.to_string())
+        .env_remove(crate::PROXY_FD_VAR)
         .stdin(std::process::Stdio::null())
         .stdout(out_writer)
         .stderr(err_writer)

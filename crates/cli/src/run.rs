@@ -1,6 +1,7 @@
 //! `tandem up`, `server`, `agent` and `down`: the long-running processes.
 
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::Duration;
@@ -55,11 +56,13 @@ pub async fn agent(dir: &Path, proxy_addr: SocketAddr, takeover: bool) -> CmdRes
 
 /// Starts `tandem agent` for `dir` with `args` as its own process (own
 /// process group, so Ctrl-C on the caller does not reach it; output to
-/// `agent.log`) and waits until an agent answers whose pid `is_it`
+/// `agent.log`; `listener`, a descriptor without close-on-exec, passed on
+/// as its proxy's listening socket) and waits until an agent answers whose pid `is_it`
 /// accepts: its pid and proxy address.
 async fn start_agent(
     dir: &Path,
     args: &[&str],
+    listener: Option<OwnedFd>,
     within: Duration,
     is_it: impl Fn(u32) -> bool,
 ) -> Result<(u32, String), Exit> {
@@ -77,12 +80,19 @@ async fn start_agent(
         .arg("--data-dir")
         .arg(dir)
         .args(args)
+        .envs(
+            listener
+                .as_ref()
+                .map(|fd| (tandem_agent::PROXY_FD_VAR, fd.as_raw_fd().to_string())),
+        )
         .stdin(std::process::Stdio::null())
         .stdout(log)
         .stderr(log2)
         .process_group(0)
         .spawn()
         .map_err(|e| Exit::failure(format!("cannot start the agent: {e}")))?;
+    // The agent has its copy; ours closes.
+    drop(listener);
     let client = AgentClient::for_data_dir(dir);
     let deadline = tokio::time::Instant::now() + within;
     loop {
@@ -135,7 +145,7 @@ pub async fn upgrade_agent(dir: &Path) -> CmdResult {
         ))
     })?;
     let started = std::time::Instant::now();
-    let (new_pid, _) = start_agent(dir, &["--takeover"], AGENT_TAKEOVER_TIMEOUT, |pid| {
+    let (new_pid, _) = start_agent(dir, &["--takeover"], None, AGENT_TAKEOVER_TIMEOUT, |pid| {
         pid != old_pid
     })
     .await?;
@@ -154,16 +164,54 @@ pub async fn upgrade_agent(dir: &Path) -> CmdResult {
 }
 
 /// Starts the agent as its own process (own process group, so Ctrl-C on
-/// `up` does not reach it) unless one answers already.
-/// Returns the agent's pid and proxy address.
-async fn ensure_agent(dir: &Path, proxy_addr: SocketAddr) -> Result<(u32, String), Exit> {
+/// `up` does not reach it) unless one answers already. Returns the agent's
+/// pid and proxy address, and the proxy's listening socket: `up` binds it
+/// and passes it to the agent it starts, or borrows the running agent's,
+/// and holds it, so that clients wait in its backlog rather than being
+/// refused while a dead agent is started again.
+async fn ensure_agent(
+    dir: &Path,
+    proxy_addr: SocketAddr,
+) -> Result<(u32, String, Option<OwnedFd>), Exit> {
     let client = AgentClient::for_data_dir(dir);
     if let Ok((pid, addr)) = client.hello().await {
         tracing::info!(pid, proxy = %addr, "reattached to running agent");
-        return Ok((pid, addr));
+        let held = tandem_agent::handover::borrow_listener(dir)
+            .await
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot hold the proxy's socket"))
+            .ok();
+        return Ok((pid, addr, held));
     }
+    let listener = std::net::TcpListener::bind(proxy_addr).map_err(|e| {
+        Exit::bad_input(format!(
+            "cannot listen for proxy traffic on {proxy_addr}: {e}"
+        ))
+    })?;
+    let held = OwnedFd::from(listener);
+    let (pid, addr) = start_agent_on_listener(dir, proxy_addr, &held).await?;
+    Ok((pid, addr, Some(held)))
+}
+
+/// Starts the agent with `listener` (see [`ensure_agent`]).
+async fn start_agent_on_listener(
+    dir: &Path,
+    proxy_addr: SocketAddr,
+    listener: &OwnedFd,
+) -> Result<(u32, String), Exit> {
+    // Without close-on-exec, so the agent inherits it; closed again once
+    // it is spawned. (A build step spawned at that moment inherits it
+    // too; it only holds it open until it exits.)
+    let inherited = rustix::io::dup(listener)
+        .map_err(|e| Exit::failure(format!("cannot pass the proxy's socket on: {e}")))?;
     let addr = proxy_addr.to_string();
-    start_agent(dir, &["--proxy-addr", &addr], AGENT_START_TIMEOUT, |_| true).await
+    start_agent(
+        dir,
+        &["--proxy-addr", &addr],
+        Some(inherited),
+        AGENT_START_TIMEOUT,
+        |_| true,
+    )
+    .await
 }
 
 pub async fn up(dir: &Path, api_addr: SocketAddr, start_agent_on: Option<SocketAddr>) -> CmdResult {
@@ -188,12 +236,15 @@ pub async fn up(dir: &Path, api_addr: SocketAddr, start_agent_on: Option<SocketA
             .map_err(|e| Exit::failure(format!("cannot open the store: {e}")))?,
         dir,
     );
-    let (agent_pid, proxy) = match start_agent_on {
+    let (agent_pid, proxy, held) = match start_agent_on {
         Some(proxy_addr) => ensure_agent(dir, proxy_addr).await?,
-        None => engine.agent.hello().await.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "no agent answers; start one with `tandem agent`");
-            (0, "(agent not reachable)".into())
-        }),
+        None => {
+            let (pid, proxy) = engine.agent.hello().await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "no agent answers; start one with `tandem agent`");
+                (0, "(agent not reachable)".into())
+            });
+            (pid, proxy, None)
+        }
     };
     if let Err(e) = engine.reconcile().await {
         tracing::warn!(error = %e, "could not reconcile with the agent");
@@ -203,6 +254,7 @@ pub async fn up(dir: &Path, api_addr: SocketAddr, start_agent_on: Option<SocketA
         (Some(_), Ok(bound)) => Some(AbortOnDrop(tokio::spawn(watch_agent(
             dir.to_path_buf(),
             bound,
+            held,
             engine.clone(),
         )))),
         _ => None,
@@ -237,7 +289,12 @@ const AGENT_WATCH_EVERY: Duration = Duration::from_secs(1);
 /// hung agent still does; so does one handing over). The new agent takes
 /// over the instances that still run (`Supervisor::restore`); the restart
 /// is journalled.
-async fn watch_agent(dir: std::path::PathBuf, proxy_addr: SocketAddr, engine: Engine) {
+async fn watch_agent(
+    dir: std::path::PathBuf,
+    proxy_addr: SocketAddr,
+    held: Option<OwnedFd>,
+    engine: Engine,
+) {
     let client = AgentClient::for_data_dir(&dir);
     loop {
         tokio::time::sleep(AGENT_WATCH_EVERY).await;
@@ -249,7 +306,13 @@ async fn watch_agent(dir: std::path::PathBuf, proxy_addr: SocketAddr, engine: En
             Err(_) => continue,
         }
         tracing::warn!("the agent has died; starting it again");
-        match ensure_agent(&dir, proxy_addr).await {
+        let started = match &held {
+            Some(listener) => start_agent_on_listener(&dir, proxy_addr, listener).await,
+            None => ensure_agent(&dir, proxy_addr)
+                .await
+                .map(|(pid, addr, _)| (pid, addr)),
+        };
+        match started {
             Ok((pid, _)) => {
                 let event = tandem_core::journal::NewEvent::new("system:server", "agent.restarted")
                     .payload(serde_json::json!({ "agent_pid": pid }));

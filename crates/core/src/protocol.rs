@@ -133,6 +133,10 @@ pub enum Request {
     /// listening sockets, the data-directory lock and the instances' log
     /// pipes passed along (`tandem_agent::handover`).
     Handover,
+    /// A copy of the proxy's listening socket, for the `tandem up` that
+    /// holds it while it starts a dead agent again: the answer is the line
+    /// `LISTENER` with the descriptor passed along.
+    ProxyListener,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -36,6 +36,7 @@ fn request_name(request: &Request) -> &'static str {
         Request::Maintenance { .. } => "maintenance",
         Request::Shutdown { .. } => "shutdown",
         Request::Handover => "handover",
+        Request::ProxyListener => "proxy_listener",
     }
 }
 

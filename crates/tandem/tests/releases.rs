@@ -406,7 +406,10 @@ fn an_agent_that_dies_is_started_again_and_takes_its_instances_back() {
     assert_ok(&env.deploy(&app));
     let before = pids(&env);
     let agent = agent_pid(&env) as u32;
+    let load = Load::start(&env.proxy, "web.test", 4);
+    std::thread::sleep(Duration::from_millis(300));
     nix_kill(agent as i32);
+    let killed = Instant::now();
     util::wait_until(Duration::from_secs(5), "the agent to die", || {
         (!util::process_alive(agent)).then_some(())
     });
@@ -428,7 +431,25 @@ fn an_agent_that_dies_is_started_again_and_takes_its_instances_back() {
             (!now.is_empty() && now.iter().all(|i| i["ready"] == true)).then_some(())
         },
     );
+    eprintln!("agent killed: serving again after {:?}", killed.elapsed());
     assert_ne!(agent_pid(&env) as u32, agent);
+    let served_before = load.ok_so_far();
+    std::thread::sleep(Duration::from_millis(300));
+    let r = load.finish();
+    eprintln!(
+        "agent kill: requests ok={} failed={} {:?}",
+        r.ok, r.failed, r.failures
+    );
+    // What was in flight in the dead agent is lost, one request a client
+    // connection at most; nobody is refused: `up` held the listening
+    // socket, and clients waited in its backlog for the new agent.
+    assert!(r.failed <= 4, "{:?}", r.failures);
+    assert!(
+        r.failures.iter().all(|f| !f.starts_with("connect")),
+        "{:?}",
+        r.failures
+    );
+    assert!(r.ok > served_before, "served after the restart");
     let events = env.tandem(&["audit", "events", "-o", "json"]);
     assert!(
         String::from_utf8_lossy(&events.stdout).contains("agent.restarted"),
