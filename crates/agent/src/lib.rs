@@ -124,35 +124,47 @@ fn note_pid(mut file: &File) {
 /// again, so that clients wait in its backlog meanwhile.
 pub const PROXY_FD_VAR: &str = "TANDEM_PROXY_FD";
 
-/// The listening socket a parent passed in [`PROXY_FD_VAR`], if any.
+/// The listening socket a parent passed: in [`PROXY_FD_VAR`], or by
+/// systemd's socket activation (`LISTEN_FDS=1` for our `LISTEN_PID`: the
+/// socket is descriptor 3). `None` when nobody passed one.
 #[allow(unsafe_code)]
 fn inherited_listener() -> Result<Option<std::net::TcpListener>, AgentError> {
     use std::os::fd::FromRawFd;
-    let Ok(number) = std::env::var(PROXY_FD_VAR) else {
-        return Ok(None);
+    let (raw, how) = match std::env::var(PROXY_FD_VAR) {
+        Ok(number) => (number.parse().ok(), format!("{PROXY_FD_VAR}={number}")),
+        Err(_) => {
+            let ours = std::env::var("LISTEN_PID")
+                .is_ok_and(|pid| pid.trim() == std::process::id().to_string());
+            match std::env::var("LISTEN_FDS") {
+                Ok(n) if ours => ((n.trim() == "1").then_some(3), format!("LISTEN_FDS={n}")),
+                _ => return Ok(None),
+            }
+        }
     };
-    let bad = |why: String| AgentError::Socket {
-        path: format!("{PROXY_FD_VAR}={number}"),
-        source: std::io::Error::other(why),
+    let bad = |why: &str| AgentError::Socket {
+        path: how.clone(),
+        source: std::io::Error::other(why.to_owned()),
     };
-    let raw: std::os::fd::RawFd = number
-        .parse()
-        .map_err(|_| bad("not a descriptor number".into()))?;
-    if raw < 3 {
-        return Err(bad("not a descriptor a parent passes".into()));
-    }
+    let raw: std::os::fd::RawFd = match raw {
+        Some(n) if n >= 3 => n,
+        _ => {
+            return Err(bad(
+                "expected one listening socket, passed as descriptor 3 or above",
+            ));
+        }
+    };
     // SAFETY: our parent left this descriptor open for us to own, and said
     // so in the variable; nothing else in this process knows of it.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC)
-        .map_err(|e| bad(format!("not an open descriptor: {e}")))?;
+        .map_err(|e| bad(&format!("not an open descriptor: {e}")))?;
     let listener = std::net::TcpListener::from(fd);
     listener
         .local_addr()
-        .map_err(|e| bad(format!("not a listening socket: {e}")))?;
+        .map_err(|e| bad(&format!("not a listening socket: {e}")))?;
     listener
         .set_nonblocking(true)
-        .map_err(|e| bad(e.to_string()))?;
+        .map_err(|e| bad(&e.to_string()))?;
     Ok(Some(listener))
 }
 

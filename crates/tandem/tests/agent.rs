@@ -72,3 +72,54 @@ fn upgrading_an_agent_that_cannot_hand_over_says_so_and_changes_nothing() {
         "the new agent took no lock"
     );
 }
+
+#[test]
+fn the_agent_serves_on_a_socket_systemd_passes_it() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let root = tempfile::tempdir().expect("tempdir");
+    let data = root.path().join("data");
+    // What systemd's socket activation does: a listening socket at fd 3,
+    // LISTEN_FDS=1 and LISTEN_PID naming the process that execs the agent.
+    const ACTIVATE: &str = r#"
+import os, socket, sys
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(16)
+print(s.getsockname()[1], flush=True)
+os.dup2(s.fileno(), 3)
+os.set_inheritable(3, True)
+os.environ["LISTEN_FDS"] = "1"
+os.environ["LISTEN_PID"] = str(os.getpid())
+os.execv(sys.argv[1], [sys.argv[1], "agent", "--data-dir", sys.argv[2], "--proxy-addr", sys.argv[3]])
+"#;
+    let mut agent = Command::new("python3")
+        .args(["-c", ACTIVATE])
+        .arg(bin())
+        .arg(&data)
+        // Not an address of this machine: binding it would fail.
+        .arg("192.0.2.1:80")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the activator");
+    let mut port = String::new();
+    BufReader::new(agent.stdout.take().expect("stdout"))
+        .read_line(&mut port)
+        .expect("port");
+    wait_until(Duration::from_secs(10), "the agent's socket", || {
+        data.join("agent.sock").exists().then_some(())
+    });
+    let mut client =
+        std::net::TcpStream::connect(("127.0.0.1", port.trim().parse::<u16>().expect("port")))
+            .expect("connect to the passed socket");
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: nothing.test\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut answer = String::new();
+    let _ = client.read_to_string(&mut answer);
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert!(
+        answer.starts_with("HTTP/1.1 404"),
+        "the proxy answered: {answer}"
+    );
+}
