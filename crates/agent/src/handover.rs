@@ -8,9 +8,9 @@
 //!    ([`Supervisor::begin_handover`]) and answers with an [`Offer`] (a
 //!    length-prefixed JSON document) followed by file descriptors passed
 //!    with `SCM_RIGHTS`: the data-directory lock, the proxy's listening
-//!    socket, the control socket, then each running instance's stdout and
-//!    stderr pipes.
-//! 3. The new agent adopts the instances (watching them through pidfds),
+//!    socket and the control socket.
+//! 3. The new agent adopts the instances (watching them through pidfds,
+//!    opening their output FIFOs by path, as after an agent died),
 //!    publishes the same routes, starts accepting on the same sockets and
 //!    answers `adopted`. Until then the old agent still serves everything;
 //!    if the new one fails first, the old one goes on as before.
@@ -35,8 +35,7 @@ use rustix::net::{
     SendAncillaryMessage, SendFlags,
 };
 use serde::{Deserialize, Serialize};
-use tandem_core::protocol::{Request, SOCKET_FILE};
-use tandem_proxy::metrics::Snapshot;
+use tandem_core::protocol::{Request, RequestCounts, SOCKET_FILE};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Interest};
 use tokio::net::UnixStream;
 
@@ -58,10 +57,8 @@ pub struct Offer {
     pub services: BTreeMap<String, SavedService>,
     /// Each service route's request counters, so that they go on rather
     /// than start again from zero.
-    #[serde(default)]
-    pub route_counts: BTreeMap<String, Counts>,
-    /// Running instances, in the order their pipes follow the three
-    /// sockets.
+    pub route_counts: BTreeMap<String, RequestCounts>,
+    /// Running instances.
     pub instances: Vec<Offered>,
 }
 
@@ -75,43 +72,8 @@ pub struct Offered {
     pub port: u16,
     pub ready_at_ms: Option<u64>,
     pub restarts: u32,
-    /// How many of the descriptors are its output pipes.
-    pub pipes: usize,
     /// Its request counters.
-    #[serde(default)]
-    pub counts: Counts,
-}
-
-/// Request counters as handed over.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct Counts {
-    pub classes: [u64; 5],
-    pub buckets: Vec<u64>,
-    pub sum_us: u64,
-}
-
-impl From<Snapshot> for Counts {
-    fn from(s: Snapshot) -> Self {
-        Counts {
-            classes: s.classes,
-            buckets: s.buckets.to_vec(),
-            sum_us: s.sum_us,
-        }
-    }
-}
-
-impl Counts {
-    pub fn snapshot(&self) -> Snapshot {
-        let mut snap = Snapshot {
-            classes: self.classes,
-            sum_us: self.sum_us,
-            ..Snapshot::default()
-        };
-        for (slot, n) in snap.buckets.iter_mut().zip(&self.buckets) {
-            *slot = *n;
-        }
-        snap
-    }
+    pub counts: RequestCounts,
 }
 
 /// The descriptors an agent serves with.
@@ -125,7 +87,6 @@ pub struct Sockets {
 pub struct Taken {
     pub sockets: Sockets,
     pub offer: Offer,
-    pub pipes: Vec<OwnedFd>,
     pub link: Link,
 }
 
@@ -157,7 +118,7 @@ pub async fn give(
         let _no_changes = changing.write().await;
         supervisor.begin_handover().await
     };
-    let (offer, pipes) = match begun {
+    let offer = match begun {
         Ok(got) => got,
         Err(why) => {
             let refusal = tandem_core::protocol::Response::Error { message: why };
@@ -172,12 +133,11 @@ pub async fn give(
         link.write_all(b"OFFER").await?;
         link.write_all(&(doc.len() as u64).to_be_bytes()).await?;
         link.write_all(&doc).await?;
-        let mut fds = vec![
+        let fds = [
             sockets.lock.as_fd(),
             sockets.proxy.as_fd(),
             sockets.control.as_fd(),
         ];
-        fds.extend(pipes.iter().map(AsFd::as_fd));
         send_fds(&link, &fds).await?;
         let mut answer = String::new();
         let mut reader = BufReader::new(&mut link);
@@ -236,11 +196,8 @@ pub async fn take(data_dir: &Path) -> Result<Taken, HandoverError> {
                 }
             }
         }
-        if let Some(o) = &offer {
-            let wanted = 3 + o.instances.iter().map(|i| i.pipes).sum::<usize>();
-            if fds.len() >= wanted {
-                break;
-            }
+        if offer.is_some() && fds.len() >= 3 {
+            break;
         }
         if recv(&link, &mut bytes, &mut fds).await? == 0 {
             return Err(std::io::Error::new(
@@ -264,7 +221,6 @@ pub async fn take(data_dir: &Path) -> Result<Taken, HandoverError> {
     Ok(Taken {
         sockets,
         offer,
-        pipes: fds.collect(),
         link: Link(link),
     })
 }

@@ -174,7 +174,7 @@ struct Start {
     lock: File,
     listener: tokio::net::TcpListener,
     control: tokio::net::UnixListener,
-    taken: Option<(handover::Offer, Vec<OwnedFd>, handover::Link)>,
+    taken: Option<(handover::Offer, handover::Link)>,
 }
 
 async fn start(config: &AgentConfig) -> Result<Start, AgentError> {
@@ -196,7 +196,7 @@ async fn start(config: &AgentConfig) -> Result<Start, AgentError> {
             lock,
             listener: tokio::net::TcpListener::from_std(listener).map_err(socket_error)?,
             control: tokio::net::UnixListener::from_std(control).map_err(socket_error)?,
-            taken: Some((taken.offer, taken.pipes, taken.link)),
+            taken: Some((taken.offer, taken.link)),
         });
     }
     let lock = lock_data_dir(dir, "agent.lock")?;
@@ -265,8 +265,8 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let proxy = Proxy::new(proxy_config);
     let supervisor = Supervisor::new(proxy.clone(), dir.clone());
     let link = match taken {
-        Some((offer, pipes, link)) => {
-            supervisor.adopt(offer, pipes);
+        Some((offer, link)) => {
+            supervisor.adopt(offer);
             Some(link)
         }
         None => {

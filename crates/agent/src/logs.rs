@@ -85,7 +85,6 @@ impl InstanceLog {
     /// Copies lines from the read end of a child's stdout or stderr pipe
     /// until it closes or the capture is [detached](Capture::detach).
     pub fn capture(&self, pipe: OwnedFd) -> std::io::Result<Capture> {
-        let kept = pipe.try_clone()?;
         let mut reader = tokio::net::unix::pipe::Receiver::from_owned_fd(pipe)?;
         let (detach, mut detached) = oneshot::channel::<()>();
         let log = self.clone();
@@ -118,11 +117,7 @@ impl InstanceLog {
                 log.write_bytes(&pending);
             }
         });
-        Ok(Capture {
-            pipe: kept,
-            detach,
-            task,
-        })
+        Ok(Capture { detach, task })
     }
 
     fn write_bytes(&self, line: &[u8]) {
@@ -136,20 +131,17 @@ const MAX_LINE: usize = 64 * 1024;
 
 /// A pipe being copied into an instance's log.
 pub struct Capture {
-    pipe: OwnedFd,
     detach: oneshot::Sender<()>,
     task: JoinHandle<()>,
 }
 
 impl Capture {
-    /// Stops copying (what was read is written out, a partial last line
-    /// as a line of its own) and returns the pipe, which still holds
-    /// whatever the instance writes from now on: another agent can go on
-    /// reading it.
-    pub async fn detach(self) -> OwnedFd {
+    /// Stops copying: what was read is written out, a partial last line as
+    /// a line of its own. What the instance writes from now on waits in
+    /// the pipe for whoever reads it next.
+    pub async fn detach(self) {
         let _ = self.detach.send(());
         let _ = self.task.await;
-        self.pipe
     }
 }
 
@@ -216,7 +208,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = InstanceLog::open(dir.path().join("b.log")).expect("open");
         let (reader, mut writer) = std::io::pipe().expect("pipe");
-        let capture = log.capture(OwnedFd::from(reader)).expect("capture");
+        let pipe = OwnedFd::from(reader);
+        let capture = log
+            .capture(pipe.try_clone().expect("dup"))
+            .expect("capture");
         writer.write_all(b"one\ntw").expect("write");
         let seen = |want: &str| {
             let log = log.clone();
@@ -232,7 +227,7 @@ mod tests {
             }
         };
         assert!(seen("one").await);
-        let pipe = capture.detach().await;
+        capture.detach().await;
         assert_eq!(log.tail(2), vec!["one", "tw"], "the partial line is kept");
         writer.write_all(b"three\n").expect("write");
         let _again = log.capture(pipe).expect("capture again");

@@ -24,7 +24,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-use crate::handover::{Counts, Offer, Offered};
+use crate::handover::{Offer, Offered};
 use crate::logs::{Capture, InstanceLog, read_tail};
 use crate::probe::Prober;
 
@@ -82,19 +82,11 @@ struct Group {
 struct Instance {
     id: String,
     log: InstanceLog,
-    /// The running process's stdout and stderr.
-    pipes: Mutex<Pipes>,
+    /// Copying the running process's stdout and stderr into `log`.
+    captures: Mutex<Vec<Capture>>,
     live: Mutex<Live>,
     stop: watch::Sender<bool>,
     task: Mutex<Option<JoinHandle<()>>>,
-}
-
-/// Where an instance's output pipes are.
-enum Pipes {
-    /// Copied into its log by this agent.
-    Reading(Vec<Capture>),
-    /// Not read while they are offered to a new agent.
-    Held(Vec<OwnedFd>),
 }
 
 /// This agent's part in an upgrade of the agent in place.
@@ -116,7 +108,6 @@ pub struct Adopted {
     pub port: u16,
     pub ready_at_ms: Option<u64>,
     pub restarts: u32,
-    pub pipes: Vec<OwnedFd>,
     /// Its request counters so far.
     pub counts: Snapshot,
 }
@@ -168,6 +159,29 @@ pub struct SavedInstance {
     /// When the process started (clock ticks after boot, from
     /// `/proc/<pid>/stat`): a pid reused by another process does not match.
     pub started: u64,
+}
+
+/// Request counters as the protocol carries them.
+fn request_counts(snap: &Snapshot) -> RequestCounts {
+    RequestCounts {
+        classes: snap.classes,
+        buckets: snap.buckets.to_vec(),
+        bounds_us: tandem_proxy::metrics::BUCKETS_US.to_vec(),
+        sum_us: snap.sum_us,
+    }
+}
+
+/// The counters `request_counts` made, back.
+fn snapshot(counts: &RequestCounts) -> Snapshot {
+    let mut snap = Snapshot {
+        classes: counts.classes,
+        sum_us: counts.sum_us,
+        ..Snapshot::default()
+    };
+    for (slot, n) in snap.buckets.iter_mut().zip(&counts.buckets) {
+        *slot = *n;
+    }
+    snap
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -229,23 +243,14 @@ impl Supervisor {
                 if started_at(i.pid) != Some(i.started) {
                     continue; // gone, or its pid is someone else's now
                 }
-                match self.reopen_output(&i.id) {
-                    Ok(pipes) => {
-                        let a = Adopted {
-                            pid: i.pid,
-                            port: i.port,
-                            ready_at_ms: None,
-                            restarts: i.restarts,
-                            pipes,
-                            counts: Snapshot::default(),
-                        };
-                        adopted.insert(i.id.clone(), a);
-                    }
-                    Err(e) => {
-                        tracing::warn!(instance = %i.id, error = %e, "cannot read its output again; restarting it");
-                        let _ = killpg(Pid::from_raw(i.pid as i32), Signal::SIGKILL);
-                    }
-                }
+                let a = Adopted {
+                    pid: i.pid,
+                    port: i.port,
+                    ready_at_ms: None,
+                    restarts: i.restarts,
+                    counts: Snapshot::default(),
+                };
+                adopted.insert(i.id.clone(), a);
             }
         }
         self.take_services(saved.services, adopted, &BTreeMap::new());
@@ -258,7 +263,7 @@ impl Supervisor {
         &self,
         services: BTreeMap<String, SavedService>,
         mut adopted: BTreeMap<String, Adopted>,
-        counts: &BTreeMap<String, Counts>,
+        counts: &BTreeMap<String, RequestCounts>,
     ) {
         for (name, svc) in services {
             for group in svc.groups {
@@ -270,7 +275,7 @@ impl Supervisor {
                 s.active = svc.active;
                 s.maintenance = svc.maintenance;
                 if let Some(counts) = counts.get(&name) {
-                    s.metrics.add(&counts.snapshot());
+                    s.metrics.add(&snapshot(counts));
                 }
             }
             self.publish(&state);
@@ -289,14 +294,6 @@ impl Supervisor {
             .data_dir
             .join("run")
             .join(format!("{id}.{stream}"))
-    }
-
-    /// Opens the output FIFOs of a running instance again.
-    fn reopen_output(&self, id: &str) -> std::io::Result<Vec<OwnedFd>> {
-        OUTPUTS
-            .iter()
-            .map(|stream| open_fifo_reader(&self.output_path(id, stream)))
-            .collect()
     }
 
     /// What the state file holds.
@@ -436,7 +433,7 @@ impl Supervisor {
             let inst = Arc::new(Instance {
                 id,
                 log,
-                pipes: Mutex::new(Pipes::Reading(Vec::new())),
+                captures: Mutex::new(Vec::new()),
                 live: Mutex::new(Live {
                     pid: None,
                     port: 0,
@@ -677,14 +674,7 @@ impl Supervisor {
                     route: s.route.clone(),
                     active: s.active.clone(),
                     maintenance: s.maintenance,
-                    requests: {
-                        let snap = s.metrics.snapshot();
-                        RequestCounts {
-                            classes: snap.classes,
-                            buckets: snap.buckets.to_vec(),
-                            bounds_us: tandem_proxy::metrics::BUCKETS_US.to_vec(),
-                        }
-                    },
+                    requests: request_counts(&s.metrics.snapshot()),
                     instances: s
                         .groups
                         .values()
@@ -834,119 +824,72 @@ impl Supervisor {
     }
 
     /// Stops starting instances and reading their output, and describes
-    /// them for a new agent: services, and for each running instance its
-    /// pid, port, readiness and output pipes (duplicates; this agent keeps
-    /// its own until [`Supervisor::end_handover`]). The caller keeps
-    /// requests that change anything out while this runs. Refused while
-    /// another offer is open.
-    pub async fn begin_handover(&self) -> Result<(Offer, Vec<OwnedFd>), String> {
-        let instances = {
-            let state = lock(&self.shared.state);
-            let mut was = Phase::Serving;
-            self.shared.phase.send_if_modified(|p| {
-                was = *p;
-                let serving = *p == Phase::Serving;
-                if serving {
-                    *p = Phase::Offering;
-                }
-                serving
-            });
-            if was != Phase::Serving {
-                return Err("this agent is handing over already".into());
+    /// them for a new agent: services, routes, counters, and each running
+    /// instance's pid, port and readiness (the new agent opens its output
+    /// FIFOs by path). The caller keeps requests that change anything out
+    /// while this runs. Refused while another offer is open.
+    pub async fn begin_handover(&self) -> Result<Offer, String> {
+        let mut was = Phase::Serving;
+        self.shared.phase.send_if_modified(|p| {
+            was = *p;
+            let serving = *p == Phase::Serving;
+            if serving {
+                *p = Phase::Offering;
             }
-            state
-                .services
-                .iter()
-                .flat_map(|(name, s)| {
-                    s.groups.values().flat_map(move |g| {
-                        g.instances
-                            .iter()
-                            .map(move |i| (name.clone(), g.spec.release.clone(), Arc::clone(i)))
-                    })
-                })
-                .collect::<Vec<_>>()
-        };
+            serving
+        });
+        if was != Phase::Serving {
+            return Err("this agent is handing over already".into());
+        }
         let mut offered = Vec::new();
-        let mut fds = Vec::new();
-        for (service, release, inst) in instances {
-            let (pid, port, ready_at_ms, restarts, counts) = {
-                let l = inst.live();
-                let counts = l.target.as_ref().map(|t| t.metrics.snapshot());
-                (l.pid, l.port, l.ready_at_ms, l.restarts, counts)
-            };
-            let Some(pid) = pid else { continue };
-            let reading = std::mem::replace(&mut *lock(&inst.pipes), Pipes::Held(Vec::new()));
-            let held = match reading {
-                Pipes::Reading(captures) => {
-                    let mut held = Vec::new();
-                    for c in captures {
-                        held.push(c.detach().await);
-                    }
-                    held
-                }
-                Pipes::Held(held) => held,
-            };
-            let copies: Vec<OwnedFd> = held.iter().filter_map(|fd| fd.try_clone().ok()).collect();
+        for (service, release, inst) in self.instances() {
+            let captures = std::mem::take(&mut *lock(&inst.captures));
+            for c in captures {
+                c.detach().await;
+            }
+            let l = inst.live();
+            let Some(pid) = l.pid else { continue };
             offered.push(Offered {
                 service,
                 release,
                 id: inst.id.clone(),
                 pid,
-                port,
-                ready_at_ms,
-                restarts,
-                pipes: copies.len(),
-                counts: counts.unwrap_or_default().into(),
+                port: l.port,
+                ready_at_ms: l.ready_at_ms,
+                restarts: l.restarts,
+                counts: request_counts(
+                    &l.target
+                        .as_ref()
+                        .map(|t| t.metrics.snapshot())
+                        .unwrap_or_default(),
+                ),
             });
-            fds.extend(copies);
-            *lock(&inst.pipes) = Pipes::Held(held);
         }
         let services = self.saved().services;
         let route_counts = lock(&self.shared.state)
             .services
             .iter()
-            .map(|(name, s)| (name.clone(), s.metrics.snapshot().into()))
+            .map(|(name, s)| (name.clone(), request_counts(&s.metrics.snapshot())))
             .collect();
-        Ok((
-            Offer {
-                services,
-                route_counts,
-                instances: offered,
-            },
-            fds,
-        ))
+        Ok(Offer {
+            services,
+            route_counts,
+            instances: offered,
+        })
     }
 
     /// Ends an offer: when the new agent took the instances, lets go of
     /// them (their tasks end, the processes run on, unwatched by us);
     /// otherwise reads their output again and goes on as before.
     pub fn end_handover(&self, taken: bool) {
-        let instances: Vec<Arc<Instance>> = {
-            let state = lock(&self.shared.state);
-            state
-                .services
-                .values()
-                .flat_map(|s| s.groups.values())
-                .flat_map(|g| g.instances.iter().cloned())
-                .collect()
-        };
-        for inst in &instances {
-            let held = std::mem::replace(&mut *lock(&inst.pipes), Pipes::Held(Vec::new()));
+        for (_, _, inst) in self.instances() {
             if taken {
                 if let Some(task) = lock(&inst.task).take() {
                     task.abort();
                 }
-                continue;
+            } else if inst.live().pid.is_some() {
+                *lock(&inst.captures) = self.capture_output(&inst);
             }
-            let Pipes::Held(fds) = held else {
-                *lock(&inst.pipes) = held;
-                continue;
-            };
-            let captures = fds
-                .into_iter()
-                .filter_map(|fd| inst.log.capture(fd).ok())
-                .collect();
-            *lock(&inst.pipes) = Pipes::Reading(captures);
         }
         self.shared.phase.send_replace(if taken {
             Phase::HandedOver
@@ -957,23 +900,48 @@ impl Supervisor {
         self.shared.changed.notify_waiters();
     }
 
+    /// Every instance, with its service and release.
+    fn instances(&self) -> Vec<(String, String, Arc<Instance>)> {
+        let state = lock(&self.shared.state);
+        state
+            .services
+            .iter()
+            .flat_map(|(name, s)| {
+                s.groups.values().flat_map(move |g| {
+                    g.instances
+                        .iter()
+                        .map(move |i| (name.clone(), g.spec.release.clone(), Arc::clone(i)))
+                })
+            })
+            .collect()
+    }
+
+    /// Copies a running instance's output FIFOs into its log again.
+    fn capture_output(&self, inst: &Instance) -> Vec<Capture> {
+        OUTPUTS
+            .iter()
+            .filter_map(|stream| {
+                let path = self.output_path(&inst.id, stream);
+                let read = open_fifo_reader(&path).and_then(|fd| inst.log.capture(fd));
+                read.inspect_err(|e| tracing::warn!(instance = %inst.id, path = %path.display(), error = %e, "cannot read the instance's output"))
+                    .ok()
+            })
+            .collect()
+    }
+
     /// Takes over what an earlier agent handed over: its services and
-    /// routes, and its running instances with their output pipes
-    /// (`pipes`, in the order of `offer.instances`).
-    pub fn adopt(&self, offer: Offer, pipes: Vec<OwnedFd>) {
-        let mut pipes = pipes.into_iter();
-        let adopted: BTreeMap<String, Adopted> = offer
+    /// routes, and its running instances.
+    pub fn adopt(&self, offer: Offer) {
+        let adopted = offer
             .instances
             .into_iter()
             .map(|o| {
-                let taken = pipes.by_ref().take(o.pipes).collect();
                 let a = Adopted {
                     pid: o.pid,
                     port: o.port,
                     ready_at_ms: o.ready_at_ms,
                     restarts: o.restarts,
-                    pipes: taken,
-                    counts: o.counts.snapshot(),
+                    counts: snapshot(&o.counts),
                 };
                 (o.id, a)
             })
@@ -1009,7 +977,7 @@ async fn run_instance(
             break;
         }
         let got = match adopted.take() {
-            Some(a) => adopt(&inst, a),
+            Some(a) => adopt(&sup, &inst, a),
             None => {
                 let mut phase = sup.shared.phase.subscribe();
                 if *phase.borrow_and_update() != Phase::Serving {
@@ -1019,7 +987,7 @@ async fn run_instance(
                         _ = stop_rx.changed() => break,
                     }
                 }
-                // Under the borrow: an offer sees pid and pipes together.
+                // Under the borrow: an offer sees pid and captures together.
                 let outputs = OUTPUTS.map(|stream| sup.output_path(&inst.id, stream));
                 let spawned = {
                     let guard = phase.borrow();
@@ -1027,7 +995,7 @@ async fn run_instance(
                         let (port, child, pipes) = free_port().and_then(|port| {
                             spawn(&spec, port, &inst.log, &outputs).map(|(c, p)| (port, c, p))
                         })?;
-                        *lock(&inst.pipes) = Pipes::Reading(pipes);
+                        *lock(&inst.captures) = pipes;
                         inst.live().pid = child.id();
                         Ok::<_, std::io::Error>((port, child))
                     })
@@ -1130,22 +1098,27 @@ async fn run_instance(
 }
 
 /// Takes over a process a previous agent started: watches it through a
-/// pidfd and goes on copying its output. `None` (and a fresh start) when
-/// it is gone already.
-fn adopt(inst: &Instance, a: Adopted) -> Option<(u16, Proc, Option<u64>, Option<Snapshot>)> {
+/// pidfd and goes on copying its output FIFOs. `None` (and a fresh start)
+/// when it is gone already, or its output cannot be read.
+fn adopt(
+    sup: &Supervisor,
+    inst: &Instance,
+    a: Adopted,
+) -> Option<(u16, Proc, Option<u64>, Option<Snapshot>)> {
     let proc = match Proc::adopt(a.pid) {
         Ok(p) => p,
         Err(e) => {
-            tracing::warn!(instance = %inst.id, pid = a.pid, error = %e, "handed-over instance is gone; starting it again");
+            tracing::warn!(instance = %inst.id, pid = a.pid, error = %e, "the instance is gone; starting it again");
             return None;
         }
     };
-    let pipes = a
-        .pipes
-        .into_iter()
-        .filter_map(|fd| inst.log.capture(fd).ok())
-        .collect();
-    *lock(&inst.pipes) = Pipes::Reading(pipes);
+    let captures = sup.capture_output(inst);
+    if captures.len() < OUTPUTS.len() {
+        tracing::warn!(instance = %inst.id, pid = a.pid, "cannot read its output; starting it again");
+        let _ = killpg(Pid::from_raw(a.pid as i32), Signal::SIGKILL);
+        return None;
+    }
+    *lock(&inst.captures) = captures;
     inst.live().restarts = a.restarts;
     tracing::info!(instance = %inst.id, pid = a.pid, port = a.port, "instance adopted");
     Some((a.port, proc, a.ready_at_ms, Some(a.counts)))

@@ -215,6 +215,9 @@ pub struct RequestCounts {
     /// `bounds_us`; the last count is above the last bound.
     pub buckets: Vec<u64>,
     pub bounds_us: Vec<u64>,
+    /// The sum of all latencies, µs.
+    #[serde(default)]
+    pub sum_us: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
