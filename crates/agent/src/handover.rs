@@ -46,8 +46,6 @@ use crate::supervisor::{SavedService, Supervisor};
 pub const HANDOVER_DRAIN: Duration = Duration::from_secs(30);
 /// How long the old agent waits for the new one to say it took over.
 const ADOPT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Descriptors per message (the kernel takes at most 253).
-const FDS_PER_MESSAGE: usize = 128;
 /// The new agent's answer once it serves.
 const ADOPTED: &str = "adopted";
 
@@ -119,7 +117,7 @@ pub async fn give(
         supervisor.begin_handover().await
     };
     let offer = match begun {
-        Ok(got) => got,
+        Ok(offer) => offer,
         Err(why) => {
             let refusal = tandem_core::protocol::Response::Error { message: why };
             let mut line = serde_json::to_vec(&refusal).unwrap_or_default();
@@ -130,15 +128,12 @@ pub async fn give(
     };
     let sent = async {
         let doc = serde_json::to_vec(&offer).map_err(std::io::Error::other)?;
-        link.write_all(b"OFFER").await?;
-        link.write_all(&(doc.len() as u64).to_be_bytes()).await?;
-        link.write_all(&doc).await?;
         let fds = [
             sockets.lock.as_fd(),
             sockets.proxy.as_fd(),
             sockets.control.as_fd(),
         ];
-        send_fds(&link, &fds).await?;
+        answer_with_fds(&mut link, &doc, &fds).await?;
         let mut answer = String::new();
         let mut reader = BufReader::new(&mut link);
         match tokio::time::timeout(ADOPT_TIMEOUT, reader.read_line(&mut answer)).await {
@@ -158,68 +153,16 @@ pub async fn give(
 
 /// The new agent's side: asks the agent of `data_dir` to hand over.
 pub async fn take(data_dir: &Path) -> Result<Taken, HandoverError> {
-    let path = data_dir.join(SOCKET_FILE);
-    let mut link = UnixStream::connect(&path)
-        .await
-        .map_err(|source| HandoverError::NoAgent {
-            path: path.display().to_string(),
-            source,
-        })?;
-    let mut line = serde_json::to_vec(&Request::Handover).map_err(std::io::Error::other)?;
-    line.push(b'\n');
-    link.write_all(&line).await?;
-
-    // Everything is read with recvmsg: a plain read would drop descriptors.
-    let mut bytes = Vec::new();
-    let mut fds = Vec::new();
-    let mut offer: Option<Offer> = None;
-    loop {
-        if offer.is_none() && bytes.len() >= 5 {
-            if &bytes[..5] != b"OFFER" {
-                let text = String::from_utf8_lossy(&bytes);
-                if !text.contains('\n') {
-                    recv(&link, &mut bytes, &mut fds).await?;
-                    continue;
-                }
-                let why = match serde_json::from_str(text.trim()) {
-                    Ok(tandem_core::protocol::Response::Error { message }) => message,
-                    _ => text.trim().to_owned(),
-                };
-                return Err(HandoverError::Refused(why));
-            }
-            if bytes.len() >= 13 {
-                let len = u64::from_be_bytes(bytes[5..13].try_into().unwrap_or_default()) as usize;
-                if bytes.len() >= 13 + len {
-                    let doc = &bytes[13..13 + len];
-                    offer = Some(serde_json::from_slice(doc).map_err(std::io::Error::other)?);
-                    bytes.drain(..13 + len);
-                }
-            }
-        }
-        if offer.is_some() && fds.len() >= 3 {
-            break;
-        }
-        if recv(&link, &mut bytes, &mut fds).await? == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "the running agent closed the connection mid-handover",
-            )
-            .into());
-        }
-    }
-    let offer = offer.expect("the loop ends with an offer");
-    let mut fds = fds.into_iter();
-    let mut next = || {
-        fds.next()
-            .ok_or_else(|| std::io::Error::other("a descriptor is missing"))
-    };
-    let sockets = Sockets {
-        lock: next()?,
-        proxy: next()?,
-        control: next()?,
-    };
+    let (link, doc, fds) = ask_for_fds(data_dir, &Request::Handover, 3).await?;
+    let offer = serde_json::from_slice(&doc).map_err(std::io::Error::other)?;
+    let [lock, proxy, control] = <[OwnedFd; 3]>::try_from(fds)
+        .map_err(|_| std::io::Error::other("expected three descriptors"))?;
     Ok(Taken {
-        sockets,
+        sockets: Sockets {
+            lock,
+            proxy,
+            control,
+        },
         offer,
         link: Link(link),
     })
@@ -235,60 +178,107 @@ impl Link {
 
 /// The agent's side of `ProxyListener`: a copy of the listening socket.
 pub async fn lend_listener(mut link: UnixStream, sockets: &Sockets) -> std::io::Result<()> {
-    link.write_all(LISTENER.as_bytes()).await?;
-    send_fds(&link, &[sockets.proxy.as_fd()]).await
+    answer_with_fds(&mut link, b"", &[sockets.proxy.as_fd()]).await
 }
 
 /// Asks the agent of `data_dir` for a copy of its proxy's listening socket.
-pub async fn borrow_listener(data_dir: &Path) -> std::io::Result<OwnedFd> {
-    let mut link = UnixStream::connect(data_dir.join(SOCKET_FILE)).await?;
-    let mut line = serde_json::to_vec(&Request::ProxyListener).map_err(std::io::Error::other)?;
-    line.push(b'\n');
-    link.write_all(&line).await?;
-    let (mut bytes, mut fds) = (Vec::new(), Vec::new());
-    while fds.is_empty() {
-        if recv(&link, &mut bytes, &mut fds).await? == 0 || bytes.contains(&b'\n') {
-            let said = String::from_utf8_lossy(&bytes);
-            return Err(std::io::Error::other(format!(
-                "the agent lent no listener: {}",
-                said.trim()
-            )));
-        }
-    }
-    if !bytes.starts_with(LISTENER.as_bytes()) {
-        return Err(std::io::Error::other(
-            "the agent's answer is not a listener",
-        ));
-    }
+pub async fn borrow_listener(data_dir: &Path) -> Result<OwnedFd, HandoverError> {
+    let (_, _, mut fds) = ask_for_fds(data_dir, &Request::ProxyListener, 1).await?;
     Ok(fds.swap_remove(0))
 }
 
-/// What precedes a lent listener.
-const LISTENER: &str = "LISTENER";
+/// How an answer that offers descriptors starts: then the length of a
+/// document (8 bytes, big-endian), the document, and one message with the
+/// descriptors. A refusal is a `Response::Error` line instead.
+const WITH_FDS: &[u8] = b"OFFER";
+/// The most descriptors an answer carries (the handover's three).
+const MAX_FDS: usize = 3;
 
-async fn send_fds(link: &UnixStream, fds: &[BorrowedFd<'_>]) -> std::io::Result<()> {
-    for chunk in fds.chunks(FDS_PER_MESSAGE) {
-        let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(chunk.len()))];
-        loop {
-            let mut control = SendAncillaryBuffer::new(&mut space);
-            control.push(SendAncillaryMessage::ScmRights(chunk));
-            let sent = link
-                .async_io(Interest::WRITABLE, || {
-                    rustix::net::sendmsg(
-                        link,
-                        &[IoSlice::new(b"F")],
-                        &mut control,
-                        SendFlags::empty(),
-                    )
-                    .map_err(std::io::Error::from)
-                })
-                .await?;
-            if sent == 1 {
-                break;
+async fn answer_with_fds(
+    link: &mut UnixStream,
+    doc: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> std::io::Result<()> {
+    link.write_all(WITH_FDS).await?;
+    link.write_all(&(doc.len() as u64).to_be_bytes()).await?;
+    link.write_all(doc).await?;
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(std::io::Error::other("too many descriptors for one answer"));
+    }
+    // One byte carries them: it is sent whole or not at all.
+    link.async_io(Interest::WRITABLE, || {
+        rustix::net::sendmsg(
+            &*link,
+            &[IoSlice::new(b"F")],
+            &mut control,
+            SendFlags::empty(),
+        )
+        .map_err(std::io::Error::from)
+    })
+    .await?;
+    Ok(())
+}
+
+/// Sends `request` to the agent of `data_dir` and reads an answer with a
+/// document and `count` descriptors (see [`WITH_FDS`]).
+async fn ask_for_fds(
+    data_dir: &Path,
+    request: &Request,
+    count: usize,
+) -> Result<(UnixStream, Vec<u8>, Vec<OwnedFd>), HandoverError> {
+    let path = data_dir.join(SOCKET_FILE);
+    let mut link = UnixStream::connect(&path)
+        .await
+        .map_err(|source| HandoverError::NoAgent {
+            path: path.display().to_string(),
+            source,
+        })?;
+    let mut line = serde_json::to_vec(request).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    link.write_all(&line).await?;
+    // Everything is read with recvmsg: a plain read would drop descriptors.
+    let (mut bytes, mut fds) = (Vec::new(), Vec::new());
+    loop {
+        let head = WITH_FDS.len() + 8;
+        if bytes.len() >= WITH_FDS.len() && !bytes.starts_with(WITH_FDS) {
+            if bytes.contains(&b'\n') {
+                return Err(refused(&bytes));
+            }
+        } else if bytes.len() >= head {
+            let len =
+                u64::from_be_bytes(bytes[WITH_FDS.len()..head].try_into().unwrap_or_default());
+            let end = head.saturating_add(usize::try_from(len).unwrap_or(usize::MAX));
+            if bytes.len() >= end && fds.len() >= count {
+                let doc = bytes[head..end].to_vec();
+                return Ok((link, doc, fds));
             }
         }
+        if recv(&link, &mut bytes, &mut fds).await? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the running agent closed the connection before answering in full",
+            )
+            .into());
+        }
     }
-    Ok(())
+}
+
+/// The refusal in `line`, with what to do when the agent is too old to
+/// know the request.
+fn refused(line: &[u8]) -> HandoverError {
+    let text = String::from_utf8_lossy(line);
+    let why = match serde_json::from_str(text.trim()) {
+        Ok(tandem_core::protocol::Response::Error { message }) => message,
+        _ => text.trim().to_owned(),
+    };
+    if why.contains("unknown variant") {
+        return HandoverError::Refused(format!(
+            "{why}; the running agent is too old to hand over: `tandem down` and `tandem up` replace it (restarting its services)"
+        ));
+    }
+    HandoverError::Refused(why)
 }
 
 /// One `recvmsg`: bytes onto `bytes`, descriptors onto `fds`.
@@ -297,7 +287,7 @@ async fn recv(
     bytes: &mut Vec<u8>,
     fds: &mut Vec<OwnedFd>,
 ) -> std::io::Result<usize> {
-    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(FDS_PER_MESSAGE))];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut buf = vec![0u8; 64 * 1024];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let n = link
@@ -326,42 +316,41 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn many_descriptors_cross_in_several_messages_and_stay_usable() {
+    async fn an_answer_carries_its_document_and_descriptors_and_a_refusal_says_what_to_do() {
         use std::io::{Read, Write};
-        let (a, b) = UnixStream::pair().expect("socketpair");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let agent = tokio::net::UnixListener::bind(dir.path().join(SOCKET_FILE)).expect("bind");
         let (mut reader, writer) = std::io::pipe().expect("pipe");
-        // More than two messages' worth, as 150 instances' pipes would be.
-        let count = 2 * FDS_PER_MESSAGE + 44;
-        let sent: Vec<OwnedFd> = (0..count)
-            .map(|_| writer.try_clone().expect("dup").into())
-            .collect();
-        let borrowed: Vec<BorrowedFd<'_>> = sent.iter().map(AsFd::as_fd).collect();
-        let sending = async {
-            send_fds(&a, &borrowed).await.expect("send");
+        let writer = OwnedFd::from(writer);
+        let answering = async {
+            let (mut first, _) = agent.accept().await.expect("accept");
+            answer_with_fds(&mut first, b"{\"a\":1}", &[writer.as_fd()])
+                .await
+                .expect("answer");
+            let (mut second, _) = agent.accept().await.expect("accept");
+            second
+                .write_all(b"{\"result\":\"error\",\"message\":\"bad request: unknown variant `handover`\"}\n")
+                .await
+                .expect("refuse");
         };
-        let receiving = async {
-            let (mut bytes, mut fds) = (Vec::new(), Vec::new());
-            while fds.len() < count {
-                assert!(recv(&b, &mut bytes, &mut fds).await.expect("recv") > 0);
-            }
-            (bytes, fds)
+        let asking = async {
+            let answered = ask_for_fds(dir.path(), &Request::ProxyListener, 1).await;
+            let refused = ask_for_fds(dir.path(), &Request::Handover, 3).await;
+            (answered, refused)
         };
-        let ((), (bytes, fds)) = tokio::join!(sending, receiving);
-        assert_eq!(fds.len(), count);
-        assert_eq!(
-            bytes.len(),
-            count.div_ceil(FDS_PER_MESSAGE),
-            "one byte a message"
-        );
-        drop(sent);
-        // The last one received still writes into the same pipe.
-        let mut last = std::fs::File::from(fds.into_iter().last().expect("an fd"));
-        last.write_all(b"x")
-            .expect("write through a received descriptor");
-        drop(last);
+        let ((), (answered, refused)) = tokio::join!(answering, asking);
+        let (_, doc, fds) = answered.expect("answered");
+        assert_eq!(doc, b"{\"a\":1}");
+        assert_eq!(fds.len(), 1);
         drop(writer);
-        let mut buf = [0u8; 16];
-        let n = reader.read(&mut buf).expect("read");
-        assert_eq!(&buf[..n], b"x");
+        // The descriptor that crossed writes into the same pipe.
+        let mut passed = std::fs::File::from(fds.into_iter().next().expect("fd"));
+        passed.write_all(b"x").expect("write through it");
+        drop(passed);
+        let mut got = String::new();
+        reader.read_to_string(&mut got).expect("read");
+        assert_eq!(got, "x");
+        let refused = refused.expect_err("refused").to_string();
+        assert!(refused.contains("too old"), "{refused}");
     }
 }

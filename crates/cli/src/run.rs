@@ -112,15 +112,9 @@ async fn start_agent(
                 .unwrap_or("")
                 .to_owned();
             let code = if status.code() == Some(2) { 2 } else { 1 };
-            // An agent from before upgrade-agent does not know the request.
-            let hint = if last.contains("unknown variant `handover`") {
-                "; the running agent is too old to hand over: `tandem down` and `tandem up` replace it (restarting its services)"
-            } else {
-                ""
-            };
             return Err(Exit {
                 code,
-                message: format!("the agent did not start ({status}): {last}{hint}"),
+                message: format!("the agent did not start ({status}): {last}"),
             });
         }
         if tokio::time::Instant::now() > deadline {
