@@ -1208,12 +1208,14 @@ async fn watch_instance(
 ) -> Outcome {
     let prober = sup.shared.prober.clone();
     let readiness_every = Duration::from_millis(spec.readiness.interval_ms.max(10));
-    let mut next_ready = tokio::time::Instant::now() + STARTUP_PROBE_PERIOD;
     let mut ever_ready = was_ready;
     let mut ready = was_ready;
-    if was_ready {
-        next_ready = tokio::time::Instant::now() + readiness_every;
-    }
+    let mut next_ready = tokio::time::Instant::now()
+        + if was_ready {
+            readiness_every
+        } else {
+            STARTUP_PROBE_PERIOD
+        };
     let mut ready_failures = 0;
     let liveness_every = spec
         .liveness

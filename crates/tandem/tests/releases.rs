@@ -11,9 +11,7 @@ const DEPLOY: &str = "release:\n  deploy_timeout: 15s\n  drain_timeout: 5s\n";
 
 #[test]
 fn ten_deploys_and_a_rollback_under_load_fail_no_request() {
-    let env = Env::start();
-    let app = env.app("web", DEPLOY, "v0");
-    assert_ok(&env.deploy(&app));
+    let (env, app) = web_serving("v0");
     let load = Load::start(&env.proxy, "web.test", 8);
     for v in 1..=10 {
         std::fs::write(app.join("index.html"), format!("v{v}")).expect("write");
@@ -47,9 +45,7 @@ fn ten_deploys_and_a_rollback_under_load_fail_no_request() {
 
 #[test]
 fn release_that_never_gets_ready_fails_in_time_and_leaves_the_old_one_serving() {
-    let env = Env::start();
-    let app = env.app("web", DEPLOY, "good");
-    assert_ok(&env.deploy(&app));
+    let (env, _) = web_serving("good");
     let bad = env.root.path().join("bad");
     std::fs::create_dir_all(&bad).expect("mkdir");
     std::fs::write(
@@ -105,9 +101,7 @@ fn release_that_never_gets_ready_fails_in_time_and_leaves_the_old_one_serving() 
 
 #[test]
 fn sigkill_of_the_control_plane_drops_no_request_and_a_new_up_reattaches() {
-    let mut env = Env::start();
-    let app = env.app("web", DEPLOY, "before");
-    assert_ok(&env.deploy(&app));
+    let (mut env, app) = web_serving("before");
     let load = Load::start(&env.proxy, "web.test", 4);
     std::thread::sleep(Duration::from_millis(300));
     env.kill_up();
@@ -133,9 +127,7 @@ fn sigkill_of_the_control_plane_drops_no_request_and_a_new_up_reattaches() {
 
 #[test]
 fn sigkill_of_one_instance_drops_no_request_and_it_is_replaced() {
-    let env = Env::start();
-    let app = env.app("web", DEPLOY, "steady");
-    assert_ok(&env.deploy(&app));
+    let (env, _) = web_serving("steady");
     let before = env.instances("web");
     let victim = before[0]["pid"].as_u64().expect("pid") as i32;
     let load = Load::start(&env.proxy, "web.test", 4);
@@ -169,9 +161,7 @@ fn sigkill_of_one_instance_drops_no_request_and_it_is_replaced() {
 
 #[test]
 fn upgrading_the_agent_in_place_drops_no_request_and_restarts_no_instance() {
-    let env = Env::start();
-    let app = env.app("web", DEPLOY, "steady");
-    assert_ok(&env.deploy(&app));
+    let (env, app) = web_serving("steady");
     let before = pids(&env);
     let old_agent = agent_pid(&env);
     let load = Load::start(&env.proxy, "web.test", 4);
@@ -254,9 +244,7 @@ fn nix_kill(pid: i32) {
 
 #[test]
 fn metrics_and_logs_account_for_every_proxied_request() {
-    let env = Env::start();
-    let app = env.app("web", DEPLOY, "counted");
-    assert_ok(&env.deploy(&app));
+    let (env, _) = web_serving("counted");
     for _ in 0..50 {
         assert_eq!(env.get("web.test", "/index.html").0, 200);
     }
@@ -299,6 +287,14 @@ fn metrics_and_logs_account_for_every_proxied_request() {
         .filter(|l| l.contains("\"GET /index.html "))
         .count();
     assert_eq!(logged, 50);
+}
+
+/// `tandem up` with the python service `web` deployed, serving `body`.
+fn web_serving(body: &str) -> (Env, std::path::PathBuf) {
+    let env = Env::start();
+    let app = env.app("web", DEPLOY, body);
+    assert_ok(&env.deploy(&app));
+    (env, app)
 }
 
 /// The agent's pid, as the server sees it.
@@ -360,9 +356,7 @@ fn http_get(addr: &str, path: &str) -> String {
 #[test]
 fn an_agent_whose_successor_never_confirms_serves_on_as_before() {
     use std::io::{Read, Write};
-    let env = Env::start();
-    let app = env.app("web", DEPLOY, "steady");
-    assert_ok(&env.deploy(&app));
+    let (env, app) = web_serving("steady");
     let before = pids(&env);
     // A would-be successor that asks, takes the offer and goes away.
     let mut link = std::os::unix::net::UnixStream::connect(env.data().join("agent.sock"))
@@ -401,9 +395,7 @@ fn an_agent_whose_successor_never_confirms_serves_on_as_before() {
 
 #[test]
 fn an_agent_that_dies_is_started_again_and_takes_its_instances_back() {
-    let env = Env::start();
-    let app = env.app("web", DEPLOY, "steady");
-    assert_ok(&env.deploy(&app));
+    let (env, app) = web_serving("steady");
     let before = pids(&env);
     let agent = agent_pid(&env) as u32;
     let load = Load::start(&env.proxy, "web.test", 4);
