@@ -246,8 +246,10 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
                 source,
             })
     };
+    // The lock lives as long as `sockets` (this process) or a descriptor
+    // of it passed on in a handover does.
     let sockets = Arc::new(Sockets {
-        lock: dup(lock.as_fd())?,
+        lock: OwnedFd::from(lock),
         proxy: dup(listener.as_fd())?,
         control: dup(control.as_fd())?,
     });
@@ -325,8 +327,6 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         while proxy.connections().0 > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        // Closing our descriptor leaves the lock to the new agent's.
-        drop(lock);
         tracing::info!(left = proxy.connections().0, "handed over; agent stopped");
         return Ok(());
     }

@@ -6,42 +6,6 @@ use std::path::{Path, PathBuf};
 use tandem_core::protocol::{
     AgentStatus, GroupSpec, HANDOVER_REFUSAL, LogLine, Request, Response, RouteSpec, SOCKET_FILE,
 };
-
-/// How long the agent may take to answer `request`; `None` for requests
-/// whose work has its own bounds the client does not know (a drain and a
-/// stop, the shutdown).
-fn answer_within(request: &Request) -> Option<std::time::Duration> {
-    use std::time::Duration;
-    match request {
-        // Answered from memory.
-        Request::Hello | Request::Status | Request::Metrics => Some(Duration::from_secs(3)),
-        Request::WaitReady { timeout_ms, .. } => {
-            Some(Duration::from_millis(*timeout_ms) + Duration::from_secs(10))
-        }
-        Request::StopGroup { .. } | Request::Shutdown { .. } => None,
-        _ => Some(Duration::from_secs(10)),
-    }
-}
-
-fn request_name(request: &Request) -> &'static str {
-    match request {
-        Request::Hello => "hello",
-        Request::Status => "status",
-        Request::StartGroup { .. } => "start_group",
-        Request::WaitReady { .. } => "wait_ready",
-        Request::Activate { .. } => "activate",
-        Request::StopGroup { .. } => "stop_group",
-        Request::Logs { .. } => "logs",
-        Request::Metrics => "metrics",
-        Request::Maintenance { .. } => "maintenance",
-        Request::Shutdown { .. } => "shutdown",
-        Request::Handover => "handover",
-        Request::ProxyListener => "proxy_listener",
-    }
-}
-
-/// How long a request keeps being asked again while the agent hands over.
-const HANDOVER_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(15);
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
@@ -54,8 +18,8 @@ pub enum AgentClientError {
     },
     #[error("agent closed the connection without answering")]
     NoAnswer,
-    #[error("agent did not answer {request} within {seconds}s (hung or overloaded)")]
-    TimedOut { request: &'static str, seconds: u64 },
+    #[error("agent did not answer `{request}` within {seconds}s (hung or overloaded)")]
+    TimedOut { request: String, seconds: u64 },
     #[error("agent sent an unreadable answer: {0}")]
     Garbled(String),
     #[error("agent refused: {0}")]
@@ -130,7 +94,11 @@ impl AgentClient {
                 .await
                 .unwrap_or_else(|_| {
                     Err(AgentClientError::TimedOut {
-                        request: request_name(request),
+                        // The protocol's name for it.
+                        request: serde_json::to_value(request)
+                            .ok()
+                            .and_then(|v| Some(v.get("op")?.as_str()?.to_owned()))
+                            .unwrap_or_default(),
                         seconds: limit.as_secs(),
                     })
                 }),
@@ -304,3 +272,22 @@ impl AgentClient {
         }
     }
 }
+
+/// How long the agent may take to answer `request`; `None` for requests
+/// whose work has its own bounds the client does not know (a drain and a
+/// stop, the shutdown).
+fn answer_within(request: &Request) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    match request {
+        // Answered from memory.
+        Request::Hello | Request::Status | Request::Metrics => Some(Duration::from_secs(3)),
+        Request::WaitReady { timeout_ms, .. } => {
+            Some(Duration::from_millis(*timeout_ms) + Duration::from_secs(10))
+        }
+        Request::StopGroup { .. } | Request::Shutdown { .. } => None,
+        _ => Some(Duration::from_secs(10)),
+    }
+}
+
+/// How long a request keeps being asked again while the agent hands over.
+const HANDOVER_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(15);
