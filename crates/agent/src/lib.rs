@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use tandem_core::protocol::SOCKET_FILE;
 use tandem_proxy::{Proxy, ProxyConfig};
+use tokio_util::task::AbortOnDropHandle;
 
 use handover::Sockets;
 use socket::Stop;
@@ -286,7 +287,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         sockets,
         changing: Arc::default(),
     };
-    let control_task = AbortOnDrop(tokio::spawn(socket::serve(control, ctx)));
+    let control_task = AbortOnDropHandle::new(tokio::spawn(socket::serve(control, ctx)));
     let (stop_proxy_tx, stop_proxy_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = proxy.clone();
     let proxy_task = tokio::spawn(async move {
@@ -333,15 +334,6 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let _ = std::fs::remove_file(&socket_path);
     tracing::info!(?stop, "agent stopped");
     Ok(())
-}
-
-/// Aborts the task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use tandem_agent::{AgentConfig, AgentError};
 use tandem_engine::{AgentClient, Engine};
 use tandem_proxy::ProxyConfig;
 use tandem_store::Store;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::exit::{CmdResult, Exit};
 
@@ -245,7 +246,7 @@ pub async fn up(dir: &Path, api_addr: SocketAddr, start_agent_on: Option<SocketA
     }
     // The agent `up` started is started again should it die.
     let _watchdog = match (start_agent_on, proxy.parse::<SocketAddr>()) {
-        (Some(_), Ok(bound)) => Some(AbortOnDrop(tokio::spawn(watch_agent(
+        (Some(_), Ok(bound)) => Some(AbortOnDropHandle::new(tokio::spawn(watch_agent(
             dir.to_path_buf(),
             bound,
             held,
@@ -320,15 +321,6 @@ async fn watch_agent(
             }
             Err(e) => tracing::error!(error = %e.message, "could not start the agent again"),
         }
-    }
-}
-
-/// Aborts the task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

@@ -18,6 +18,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::body::{self, ProxyBody, Tracked};
 use crate::forward;
@@ -134,7 +135,7 @@ impl Proxy {
     pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let sweeper = tokio::spawn(sweep_idle(Arc::clone(&self.inner)));
-        let _stop_sweeping = AbortOnDrop(sweeper);
+        let _stop_sweeping = AbortOnDropHandle::new(sweeper);
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         // The general path bounds its waits as the fast path does: a
         // request head within `client_timeout`; an HTTP/2 client that stops
@@ -260,15 +261,6 @@ async fn sweep_idle(inner: Arc<Inner>) {
         for target in inner.table.load().targets() {
             target.prune_idle();
         }
-    }
-}
-
-/// Aborts a task when dropped (the sweeper ends with `serve`).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
