@@ -10,7 +10,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
 use crate::handover::{self, Sockets};
-use crate::supervisor::{Phase, Supervisor};
+use crate::supervisor::{self, Phase, Supervisor};
 
 /// What the socket needs besides the supervisor.
 #[derive(Clone)]
@@ -125,9 +125,7 @@ fn refusal(req: &Request, phase: Phase) -> Option<String> {
             "{HANDOVER_REFUSAL}: offered to a new agent; ask again in a moment"
         )),
         Phase::Offering => None,
-        Phase::HandedOver => Some(format!(
-            "{HANDOVER_REFUSAL}: handed over to a new agent; ask again"
-        )),
+        Phase::HandedOver => Some(supervisor::handed_over()),
     }
 }
 

@@ -161,6 +161,11 @@ pub struct SavedInstance {
     pub started: u64,
 }
 
+/// Why an agent that handed over answers nothing any more.
+pub(crate) fn handed_over() -> String {
+    format!("{HANDOVER_REFUSAL}: handed over to a new agent; ask again")
+}
+
 /// Request counters as the protocol carries them.
 fn request_counts(snap: &Snapshot) -> RequestCounts {
     RequestCounts {
@@ -509,7 +514,7 @@ impl Supervisor {
             if self.phase() == Phase::HandedOver {
                 // The new agent has these instances; it answers the retry.
                 return Response::Error {
-                    message: format!("{HANDOVER_REFUSAL}: handed over to a new agent; ask again"),
+                    message: handed_over(),
                 };
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
