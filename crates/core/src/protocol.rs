@@ -128,14 +128,14 @@ pub enum Request {
     Shutdown {
         stop_instances: bool,
     },
-    /// From a new agent taking over this one's data directory: the answer
-    /// is not a [`Response`] line but the agent's handover offer with the
-    /// listening sockets, the data-directory lock and the instances' log
-    /// pipes passed along (`tandem_agent::handover`).
+    /// From a new agent taking over this one's data directory. Answered,
+    /// unless refused, not with a [`Response`] line but with the agent's
+    /// handover offer and the data-directory lock and both listening
+    /// sockets passed along (`tandem_agent::handover`).
     Handover,
     /// A copy of the proxy's listening socket, for the `tandem up` that
-    /// holds it while it starts a dead agent again: the answer is the line
-    /// `LISTENER` with the descriptor passed along.
+    /// holds it while it starts a dead agent again; answered the same way,
+    /// with an empty document and the one descriptor.
     ProxyListener,
 }
 
