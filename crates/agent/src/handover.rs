@@ -14,16 +14,21 @@
 //!    publishes the same routes, starts accepting on the same sockets and
 //!    answers `adopted`. Until then the old agent still serves everything;
 //!    if the new one fails first, the old one goes on as before.
-//! 4. The old agent lets go of its instances, stops accepting, answers its
-//!    remaining requests with `connection: close` and exits when its
-//!    clients have moved (at most [`HANDOVER_DRAIN`]). It neither unlocks
-//!    the data directory nor removes the socket: both are the new agent's.
+//! 4. The old agent lets go of its instances, stops accepting and hands
+//!    its client connections off ([`Proxy::hand_off`]): each HTTP/1.1
+//!    connection between two requests and each tunnel goes, as its
+//!    descriptors, over the same connection to the new agent, which serves
+//!    it on ([`send_connections`], [`receive_connections`]); the clients
+//!    notice nothing. HTTP/2 clients get a GOAWAY and connections on the
+//!    general path `connection: close`. The old agent exits when none is
+//!    left (at most [`HANDOVER_DRAIN`]). It neither unlocks the data
+//!    directory nor removes the socket: both are the new agent's.
 //!
 //! The kernel keeps one accept queue per listening socket, shared by both
 //! processes, so a client connecting at any moment is accepted by one of
 //! them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -36,8 +41,10 @@ use rustix::net::{
 };
 use serde::{Deserialize, Serialize};
 use tandem_core::protocol::{Request, RequestCounts, SOCKET_FILE};
+use tandem_proxy::{Moved, Proxy};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Interest};
 use tokio::net::UnixStream;
+use tokio::sync::mpsc;
 
 use crate::supervisor::{SavedService, Supervisor};
 
@@ -88,8 +95,23 @@ pub struct Taken {
     pub link: Link,
 }
 
-/// The connection to the old agent, to say `adopted` on.
-pub struct Link(UnixStream);
+/// The connection to the old agent, to say `adopted` on and to receive
+/// client connections on.
+pub struct Link(UnixStream, Frames);
+
+/// A client connection as it crosses, besides its descriptors (the client's
+/// socket, then for a tunnel the upstream's).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum Carried {
+    Client {
+        read: Vec<u8>,
+    },
+    Tunnel {
+        from_client: bool,
+        from_upstream: bool,
+    },
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandoverError {
@@ -104,14 +126,15 @@ pub enum HandoverError {
     Io(#[from] std::io::Error),
 }
 
-/// The old agent's side, on the connection the request came on. `Ok(true)`
-/// when the new agent took over (the caller then winds down).
+/// The old agent's side, on the connection the request came on. The
+/// connection back when the new agent took over (the caller then winds
+/// down and sends its client connections on it).
 pub async fn give(
     mut link: UnixStream,
     supervisor: &Supervisor,
     sockets: &Sockets,
     changing: &tokio::sync::RwLock<()>,
-) -> std::io::Result<bool> {
+) -> std::io::Result<Option<UnixStream>> {
     let begun = {
         let _no_changes = changing.write().await;
         supervisor.begin_handover().await
@@ -123,7 +146,7 @@ pub async fn give(
             let mut line = serde_json::to_vec(&refusal).unwrap_or_default();
             line.push(b'\n');
             link.write_all(&line).await?;
-            return Ok(false);
+            return Ok(None);
         }
     };
     let sent = async {
@@ -134,6 +157,8 @@ pub async fn give(
             sockets.control.as_fd(),
         ];
         answer_with_fds(&mut link, &doc, &fds).await?;
+        // Nothing but the answer comes before we send again, so the reader
+        // holds no bytes beyond it when dropped.
         let mut answer = String::new();
         let mut reader = BufReader::new(&mut link);
         match tokio::time::timeout(ADOPT_TIMEOUT, reader.read_line(&mut answer)).await {
@@ -147,13 +172,93 @@ pub async fn give(
     supervisor.end_handover(taken);
     if !taken {
         tracing::warn!(error = ?sent.err(), "the new agent did not take over; serving on");
+        return Ok(None);
     }
-    Ok(taken)
+    Ok(Some(link))
+}
+
+/// The old agent's side after the handover: sends each connection its
+/// proxy hands off to the new agent, until the channel ends. A connection
+/// that cannot be sent is closed.
+pub async fn send_connections(mut link: UnixStream, mut moved: mpsc::UnboundedReceiver<Moved>) {
+    let (mut sent, mut lost) = (0u64, 0u64);
+    while let Some(m) = moved.recv().await {
+        let (carried, fds): (Carried, Vec<OwnedFd>) = match m {
+            Moved::Client { stream, read } => (Carried::Client { read }, vec![stream.into()]),
+            Moved::Tunnel {
+                client,
+                upstream,
+                from_client,
+                from_upstream,
+            } => (
+                Carried::Tunnel {
+                    from_client,
+                    from_upstream,
+                },
+                vec![client.into(), upstream.into()],
+            ),
+        };
+        let doc = serde_json::to_vec(&carried).unwrap_or_default();
+        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|fd| fd.as_fd()).collect();
+        match answer_with_fds(&mut link, &doc, &borrowed).await {
+            Ok(()) => sent += 1,
+            Err(e) => {
+                lost += 1;
+                tracing::warn!(error = %e, "could not pass a client connection on; closed it");
+            }
+        }
+    }
+    tracing::info!(sent, lost, "client connections passed to the new agent");
+}
+
+/// The new agent's side: serves each connection the old agent passes on,
+/// until it closes the link.
+pub async fn receive_connections(link: Link, proxy: Proxy) {
+    let Link(link, mut frames) = link;
+    let mut received = 0u64;
+    loop {
+        let (doc, fds) = match frames.next(&link).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "receiving client connections from the old agent failed");
+                break;
+            }
+        };
+        let mut fds = fds.into_iter().map(std::net::TcpStream::from);
+        let moved = match serde_json::from_slice(&doc) {
+            Ok(Carried::Client { read }) => fds.next().map(|stream| Moved::Client { stream, read }),
+            Ok(Carried::Tunnel {
+                from_client,
+                from_upstream,
+            }) => fds
+                .next()
+                .zip(fds.next())
+                .map(|(client, upstream)| Moved::Tunnel {
+                    client,
+                    upstream,
+                    from_client,
+                    from_upstream,
+                }),
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable client connection from the old agent");
+                None
+            }
+        };
+        match moved {
+            Some(m) => {
+                received += 1;
+                proxy.adopt(m);
+            }
+            None => tracing::warn!("a client connection came without its sockets; closed it"),
+        }
+    }
+    tracing::info!(received, "client connections taken over from the old agent");
 }
 
 /// The new agent's side: asks the agent of `data_dir` to hand over.
 pub async fn take(data_dir: &Path) -> Result<Taken, HandoverError> {
-    let (link, doc, fds) = ask_for_fds(data_dir, &Request::Handover, 3).await?;
+    let (link, frames, doc, fds) = ask_for_fds(data_dir, &Request::Handover, 3).await?;
     let offer = serde_json::from_slice(&doc).map_err(std::io::Error::other)?;
     let [lock, proxy, control] = <[OwnedFd; 3]>::try_from(fds)
         .map_err(|_| std::io::Error::other("expected three descriptors"))?;
@@ -164,13 +269,13 @@ pub async fn take(data_dir: &Path) -> Result<Taken, HandoverError> {
             control,
         },
         offer,
-        link: Link(link),
+        link: Link(link, frames),
     })
 }
 
 impl Link {
     /// Tells the old agent that this one serves now.
-    pub async fn confirm(mut self) -> std::io::Result<()> {
+    pub async fn confirm(&mut self) -> std::io::Result<()> {
         self.0.write_all(format!("{ADOPTED}\n").as_bytes()).await?;
         self.0.flush().await
     }
@@ -183,15 +288,16 @@ pub async fn lend_listener(mut link: UnixStream, sockets: &Sockets) -> std::io::
 
 /// Asks the agent of `data_dir` for a copy of its proxy's listening socket.
 pub async fn borrow_listener(data_dir: &Path) -> Result<OwnedFd, HandoverError> {
-    let (_, _, mut fds) = ask_for_fds(data_dir, &Request::ProxyListener, 1).await?;
+    let (_, _, _, mut fds) = ask_for_fds(data_dir, &Request::ProxyListener, 1).await?;
     Ok(fds.swap_remove(0))
 }
 
-/// How an answer that offers descriptors starts: then the length of a
-/// document (8 bytes, big-endian), the document, and one message with the
-/// descriptors. A refusal is a `Response::Error` line instead.
+/// How a frame, an answer that offers descriptors or a client connection
+/// passed on, starts: then the length of a document (8 bytes, big-endian),
+/// the document, and one byte sent with the descriptors. A refusal is a
+/// `Response::Error` line instead.
 const WITH_FDS: &[u8] = b"OFFER";
-/// The most descriptors an answer carries (the handover's three).
+/// The most descriptors a frame carries (the handover's three).
 const MAX_FDS: usize = 3;
 
 async fn answer_with_fds(
@@ -222,12 +328,13 @@ async fn answer_with_fds(
 }
 
 /// Sends `request` to the agent of `data_dir` and reads an answer with a
-/// document and `count` descriptors (see [`WITH_FDS`]).
+/// document and at least `count` descriptors (see [`WITH_FDS`]); the
+/// connection and its reader are returned for what may follow.
 async fn ask_for_fds(
     data_dir: &Path,
     request: &Request,
     count: usize,
-) -> Result<(UnixStream, Vec<u8>, Vec<OwnedFd>), HandoverError> {
+) -> Result<(UnixStream, Frames, Vec<u8>, Vec<OwnedFd>), HandoverError> {
     let path = data_dir.join(SOCKET_FILE);
     let mut link = UnixStream::connect(&path)
         .await
@@ -238,29 +345,71 @@ async fn ask_for_fds(
     let mut line = serde_json::to_vec(request).map_err(std::io::Error::other)?;
     line.push(b'\n');
     link.write_all(&line).await?;
-    // Everything is read with recvmsg: a plain read would drop descriptors.
-    let (mut bytes, mut fds) = (Vec::new(), Vec::new());
-    loop {
+    let mut frames = Frames::default();
+    match frames.next(&link).await? {
+        Some((doc, fds)) if fds.len() >= count => Ok((link, frames, doc, fds)),
+        Some((_, fds)) => Err(std::io::Error::other(format!(
+            "expected {count} descriptors, got {}",
+            fds.len()
+        ))
+        .into()),
+        None => Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the running agent closed the connection before answering in full",
+        )
+        .into()),
+    }
+}
+
+/// Reads frames (see [`WITH_FDS`]) off one connection. Everything is read
+/// with `recvmsg`, since a plain read would drop descriptors. The kernel
+/// returns at most one message's descriptors per `recvmsg`, together with
+/// the byte they were sent with, so each batch belongs to the next frame
+/// to end.
+#[derive(Debug, Default)]
+struct Frames {
+    bytes: Vec<u8>,
+    batches: VecDeque<Vec<OwnedFd>>,
+}
+
+impl Frames {
+    /// The next frame's document and descriptors; `None` when the
+    /// connection ends between frames.
+    async fn next(
+        &mut self,
+        link: &UnixStream,
+    ) -> Result<Option<(Vec<u8>, Vec<OwnedFd>)>, HandoverError> {
         let head = WITH_FDS.len() + 8;
-        if bytes.len() >= WITH_FDS.len() && !bytes.starts_with(WITH_FDS) {
-            if bytes.contains(&b'\n') {
-                return Err(refused(&bytes));
+        loop {
+            if self.bytes.len() >= WITH_FDS.len() && !self.bytes.starts_with(WITH_FDS) {
+                if self.bytes.contains(&b'\n') {
+                    return Err(refused(&self.bytes));
+                }
+            } else if self.bytes.len() >= head {
+                let len = u64::from_be_bytes(
+                    self.bytes[WITH_FDS.len()..head]
+                        .try_into()
+                        .unwrap_or_default(),
+                );
+                let doc_end = head.saturating_add(usize::try_from(len).unwrap_or(usize::MAX));
+                // The frame ends with the byte that carried the descriptors.
+                if self.bytes.len() > doc_end {
+                    let doc = self.bytes[head..doc_end].to_vec();
+                    self.bytes.drain(..=doc_end);
+                    let fds = self.batches.pop_front().unwrap_or_default();
+                    return Ok(Some((doc, fds)));
+                }
             }
-        } else if bytes.len() >= head {
-            let len =
-                u64::from_be_bytes(bytes[WITH_FDS.len()..head].try_into().unwrap_or_default());
-            let end = head.saturating_add(usize::try_from(len).unwrap_or(usize::MAX));
-            if bytes.len() >= end && fds.len() >= count {
-                let doc = bytes[head..end].to_vec();
-                return Ok((link, doc, fds));
+            if recv(link, &mut self.bytes, &mut self.batches).await? == 0 {
+                if self.bytes.is_empty() {
+                    return Ok(None);
+                }
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the connection closed in the middle of a frame",
+                )
+                .into());
             }
-        }
-        if recv(&link, &mut bytes, &mut fds).await? == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "the running agent closed the connection before answering in full",
-            )
-            .into());
         }
     }
 }
@@ -281,11 +430,12 @@ fn refused(line: &[u8]) -> HandoverError {
     HandoverError::Refused(why)
 }
 
-/// One `recvmsg`: bytes onto `bytes`, descriptors onto `fds`.
+/// One `recvmsg`: bytes onto `bytes`, the descriptors that came with them
+/// (one batch at most) onto `batches`.
 async fn recv(
     link: &UnixStream,
     bytes: &mut Vec<u8>,
-    fds: &mut Vec<OwnedFd>,
+    batches: &mut VecDeque<Vec<OwnedFd>>,
 ) -> std::io::Result<usize> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut buf = vec![0u8; 64 * 1024];
@@ -305,7 +455,7 @@ async fn recv(
     bytes.extend_from_slice(&buf[..n]);
     for message in control.drain() {
         if let RecvAncillaryMessage::ScmRights(received) = message {
-            fds.extend(received);
+            batches.push_back(received.collect());
         }
     }
     Ok(n)
@@ -339,7 +489,7 @@ mod tests {
             (answered, refused)
         };
         let ((), (answered, refused)) = tokio::join!(answering, asking);
-        let (_, doc, fds) = answered.expect("answered");
+        let (_, _, doc, fds) = answered.expect("answered");
         assert_eq!(doc, b"{\"a\":1}");
         assert_eq!(fds.len(), 1);
         drop(writer);

@@ -279,6 +279,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     };
 
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::mpsc::channel::<Stop>(1);
+    let successor: Arc<std::sync::Mutex<Option<tokio::net::UnixStream>>> = Arc::default();
     let ctx = socket::Context {
         supervisor: supervisor.clone(),
         proxy_addr: proxy_addr.clone(),
@@ -286,6 +287,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         shutdown: shutdown_tx,
         sockets,
         changing: Arc::default(),
+        successor: Arc::clone(&successor),
     };
     let control_task = AbortOnDropHandle::new(tokio::spawn(socket::serve(control, ctx)));
     let (stop_proxy_tx, stop_proxy_rx) = tokio::sync::oneshot::channel::<()>();
@@ -297,12 +299,18 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             })
             .await;
     });
-    if let Some(link) = link {
-        // From here the old agent lets go; until here it served on.
-        if let Err(e) = link.confirm().await {
-            tracing::warn!(error = %e, "could not tell the old agent we took over");
+    // Client connections the old agent passes on, served until it is gone.
+    let _receiving = match link {
+        Some(mut link) => {
+            // From here the old agent lets go; until here it served on.
+            if let Err(e) = link.confirm().await {
+                tracing::warn!(error = %e, "could not tell the old agent we took over");
+            }
+            let receiving = handover::receive_connections(link, proxy.clone());
+            Some(AbortOnDropHandle::new(tokio::spawn(receiving)))
         }
-    }
+        None => None,
+    };
     tracing::info!(proxy = %proxy_addr, socket = %socket_path.display(), pid = std::process::id(), takeover = config.takeover, "agent started");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -322,11 +330,18 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let _ = proxy_task.await;
     drop(control_task);
     if stop == Stop::HandedOver {
-        // Clients move to the new agent as their responses say `close`.
-        proxy.close_gracefully();
+        // Client connections go to the new agent as they come to rest;
+        // those that cannot move are closed after their next response.
+        let moved = proxy.hand_off();
+        let link = successor.lock().ok().and_then(|mut s| s.take());
+        let sending = link.map(|link| tokio::spawn(handover::send_connections(link, moved)));
         let deadline = tokio::time::Instant::now() + handover::HANDOVER_DRAIN;
         while proxy.connections().0 > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        proxy.stop_handing_off();
+        if let Some(sending) = sending {
+            let _ = tokio::time::timeout(Duration::from_secs(5), sending).await;
         }
         tracing::info!(left = proxy.connections().0, "handed over; agent stopped");
         return Ok(());

@@ -27,6 +27,9 @@ pub struct Context {
     /// as long as it runs; a handover takes it (write) to switch phase, so
     /// it waits for those in flight and later ones see the new phase.
     pub changing: Arc<tokio::sync::RwLock<()>>,
+    /// After a handover, the connection to the new agent, to pass client
+    /// connections on.
+    pub successor: Arc<std::sync::Mutex<Option<UnixStream>>>,
 }
 
 /// How the agent ends.
@@ -76,7 +79,11 @@ async fn connection(stream: UnixStream, ctx: Context) -> std::io::Result<()> {
                 if req == Request::ProxyListener {
                     return handover::lend_listener(stream, &ctx.sockets).await;
                 }
-                if handover::give(stream, &ctx.supervisor, &ctx.sockets, &ctx.changing).await? {
+                let given = handover::give(stream, &ctx.supervisor, &ctx.sockets, &ctx.changing);
+                if let Some(link) = given.await? {
+                    if let Ok(mut successor) = ctx.successor.lock() {
+                        *successor = Some(link);
+                    }
                     let _ = ctx.shutdown.send(Stop::HandedOver).await;
                 }
                 return Ok(());

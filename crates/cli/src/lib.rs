@@ -98,7 +98,8 @@ pub enum Command {
         takeover: bool,
     },
     /// Replace the running agent of a data directory by this binary's,
-    /// without refusing a connection or restarting an instance.
+    /// without refusing a connection or restarting an instance; open
+    /// HTTP/1.1 connections and tunnels (WebSockets) move to the new agent.
     UpgradeAgent {
         #[command(flatten)]
         data: DataDirArg,

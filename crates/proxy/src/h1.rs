@@ -31,6 +31,7 @@ use tokio::time::Instant;
 
 use crate::deadline::Deadline;
 use crate::forward;
+use crate::moving::{self, Moved, Mover};
 use crate::router::Route;
 use crate::server::{Inner, Refusal, claim, record, retry_on};
 use crate::target::{InFlight, Target};
@@ -47,16 +48,20 @@ const READ_SIZE: usize = 16 * 1024;
 /// may be sent again, is read whole before any of it goes to the client.
 const HOLD_MAX: usize = 64 * 1024;
 
-/// Serves `stream` until it closes; returns it with the bytes read but not
-/// consumed when a request needs the general (hyper) path.
+/// Serves `stream` (of which `read` was read already) until it closes or
+/// moves (see [`moving`](crate::moving)); returns it with the bytes read
+/// but not consumed when a request needs the general (hyper) path.
 pub async fn serve(
     inner: &Inner,
     stream: TcpStream,
+    read: BytesMut,
     client_ip: &str,
 ) -> Option<(TcpStream, BytesMut)> {
+    let mut buf = read;
+    buf.reserve(READ_SIZE);
     let mut conn = Conn {
         client: stream,
-        buf: BytesMut::with_capacity(READ_SIZE),
+        buf,
         up_buf: BytesMut::with_capacity(READ_SIZE),
         head: Vec::with_capacity(1024),
         answer: Vec::with_capacity(1024),
@@ -64,7 +69,16 @@ pub async fn serve(
         client_deadline: Deadline::new(inner.config.client_timeout),
         upstream_deadline: Deadline::new(inner.config.response_timeout),
     };
+    // Watched while the connection waits for its next request.
+    let mut closing = inner.closing_signal();
     loop {
+        // Between two requests: the point at which a connection can move.
+        if inner.closing()
+            && let Some(mover) = inner.mover()
+        {
+            conn.move_to(&mover);
+            return None;
+        }
         let mut req = loop {
             match parse_request(&conn.buf, client_ip, &mut conn.head) {
                 Parsed::Request(req) => break req,
@@ -73,13 +87,26 @@ pub async fn serve(
                     return Some((conn.client, conn.buf));
                 }
                 Parsed::Partial => {
-                    if !conn.read_client(inner.config.kept_upstream_hold).await {
+                    let hold = inner.config.kept_upstream_hold;
+                    let more = if conn.buf.is_empty() {
+                        tokio::select! {
+                            biased;
+                            more = conn.read_client(hold) => more,
+                            mover = moving::handing_off(inner, &mut closing) => {
+                                conn.move_to(&mover);
+                                return None;
+                            }
+                        }
+                    } else {
+                        conn.read_client(hold).await
+                    };
+                    if !more {
                         return None;
                     }
                 }
             }
         };
-        req.close |= inner.closing();
+        req.close |= inner.closing() && inner.mover().is_none();
         match conn.proxy(inner, req).await {
             Next::KeepAlive => {}
             Next::Close => {
@@ -173,6 +200,21 @@ impl Failure {
 }
 
 impl Conn {
+    /// Lets the connection go to `mover`, with what it has read of the
+    /// next request. Any upstream connection it kept goes back to its pool.
+    fn move_to(self, mover: &Mover) {
+        let Conn { client, buf, .. } = self;
+        match client.into_std() {
+            Ok(stream) => {
+                let _ = mover.send(Moved::Client {
+                    stream,
+                    read: buf.to_vec(),
+                });
+            }
+            Err(e) => tracing::debug!(error = %e, "a client connection could not move"),
+        }
+    }
+
     /// Reads more of the next request; `false` when the client closed or
     /// took too long. A client that goes quiet between requests keeps its
     /// upstream connection for `hold` only: after that it goes back to the
@@ -926,6 +968,11 @@ pub struct Prefixed<S> {
 impl<S> Prefixed<S> {
     pub fn new(prefix: BytesMut, inner: S) -> Self {
         Prefixed { prefix, inner }
+    }
+
+    /// The bytes not yet read, and the stream.
+    pub fn into_parts(self) -> (BytesMut, S) {
+        (self.prefix, self.inner)
     }
 }
 

@@ -13,12 +13,14 @@ mod deadline;
 mod forward;
 mod h1;
 pub mod metrics;
+pub mod moving;
 mod router;
 mod server;
 mod target;
 mod upstream;
 
 pub use metrics::RequestMetrics;
+pub use moving::Moved;
 pub use router::{Route, RouteTable};
 pub use server::{Proxy, ProxyConfig};
 pub use target::Target;

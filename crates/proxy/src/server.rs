@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -15,14 +16,18 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
+use hyper::upgrade::Upgraded;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpListener;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio_util::either::Either;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::body::{self, ProxyBody, Tracked};
 use crate::forward;
 use crate::h1::{self, Prefixed};
+use crate::moving::{self, Moved, Mover};
 use crate::router::{Route, RouteTable};
 use crate::target::{InFlight, Target};
 use crate::upstream::{self, Upstream, UpstreamError};
@@ -82,17 +87,48 @@ pub(crate) struct Inner {
     closing: AtomicBool,
     /// The same, for the general path's HTTP/2 connections to wait on.
     closing_signal: watch::Sender<bool>,
+    /// Set by [`Proxy::hand_off`] before `closing`: where connections that
+    /// can move go.
+    moving: Mutex<Option<Mover>>,
+    /// How the general path serves a connection.
+    general: auto::Builder<TokioExecutor>,
 }
 
 impl Inner {
     pub(crate) fn closing(&self) -> bool {
         self.closing.load(Ordering::Relaxed)
     }
+
+    pub(crate) fn closing_signal(&self) -> watch::Receiver<bool> {
+        self.closing_signal.subscribe()
+    }
+
+    /// Where a connection goes when it can move; `None` unless the proxy
+    /// hands off (only then is the lock taken).
+    pub(crate) fn mover(&self) -> Option<Mover> {
+        if !self.closing() {
+            return None;
+        }
+        self.moving.lock().ok()?.clone()
+    }
 }
 
 impl Proxy {
     pub fn new(mut config: ProxyConfig) -> Self {
         config.max_connections = config.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+        let mut general = auto::Builder::new(TokioExecutor::new());
+        // The general path bounds its waits as the fast path does: a
+        // request head within `client_timeout`; an HTTP/2 client that stops
+        // answering pings is let go.
+        general
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.client_timeout);
+        general
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(H2_PING_EVERY)
+            .keep_alive_timeout(config.client_timeout);
         Proxy {
             inner: Arc::new(Inner {
                 table: ArcSwap::from_pointee(RouteTable::default()),
@@ -100,6 +136,8 @@ impl Proxy {
                 slots: Arc::new(Semaphore::new(config.max_connections)),
                 closing: AtomicBool::new(false),
                 closing_signal: watch::Sender::new(false),
+                moving: Mutex::new(None),
+                general,
                 config,
             }),
         }
@@ -124,6 +162,81 @@ impl Proxy {
         self.inner.closing_signal.send_replace(true);
     }
 
+    /// Like [`Proxy::close_gracefully`], except that the connections that
+    /// can move (see [`moving`](crate::moving)) are not closed but come out
+    /// of the returned channel, each as soon as it holds nothing in flight,
+    /// for another proxy to [`adopt`](Proxy::adopt). The channel ends after
+    /// [`Proxy::stop_handing_off`].
+    pub fn hand_off(&self) -> mpsc::UnboundedReceiver<Moved> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        if let Ok(mut moving) = self.inner.moving.lock() {
+            *moving = Some(tx);
+        }
+        self.close_gracefully();
+        rx
+    }
+
+    /// Ends the channel of [`Proxy::hand_off`] once the connections that
+    /// were to move have (their count, [`Proxy::connections`], is zero):
+    /// what is still open after this is closed, not moved.
+    pub fn stop_handing_off(&self) {
+        if let Ok(mut moving) = self.inner.moving.lock() {
+            moving.take();
+        }
+    }
+
+    /// Serves a connection another proxy handed off, as if accepted here.
+    /// It counts against the connection limit but is taken even beyond it:
+    /// it is open already. Needs a tokio runtime.
+    pub fn adopt(&self, moved: Moved) {
+        let inner = Arc::clone(&self.inner);
+        let permit = Arc::clone(&inner.slots).try_acquire_owned().ok();
+        let tokio_stream = |s: std::net::TcpStream| {
+            s.set_nonblocking(true)?;
+            TcpStream::from_std(s)
+        };
+        match moved {
+            Moved::Client { stream, read } => {
+                let adopted = tokio_stream(stream).and_then(|s| Ok((s.peer_addr()?, s)));
+                match adopted {
+                    Ok((client, stream)) => {
+                        let read = bytes::BytesMut::from(&read[..]);
+                        tokio::spawn(serve_client(inner, stream, client, read, permit));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not adopt a client connection"),
+                }
+            }
+            Moved::Tunnel {
+                client,
+                upstream,
+                from_client,
+                from_upstream,
+            } => {
+                let (client, upstream) = match (tokio_stream(client), tokio_stream(upstream)) {
+                    (Ok(c), Ok(u)) => (c, u),
+                    (Err(e), _) | (_, Err(e)) => {
+                        tracing::warn!(error = %e, "could not adopt a tunnel");
+                        return;
+                    }
+                };
+                // The target it goes to, if this proxy routes to it, so
+                // that a drain of that target waits for the tunnel.
+                let slot = upstream.peer_addr().ok().and_then(|addr| {
+                    let table = inner.table.load();
+                    let target = table.targets().find(|t| t.addr == addr)?;
+                    target.acquire()
+                });
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    let _permit = permit;
+                    let open = (from_client, from_upstream);
+                    let moved = moving::relay(&inner, client, upstream, &[], &[], open).await;
+                    move_on(&inner, moved);
+                });
+            }
+        }
+    }
+
     /// Switches every request that starts from now on to `table`.
     pub fn publish(&self, table: RouteTable) {
         self.inner.table.store(Arc::new(table));
@@ -136,19 +249,6 @@ impl Proxy {
         tokio::pin!(shutdown);
         let sweeper = tokio::spawn(sweep_idle(Arc::clone(&self.inner)));
         let _stop_sweeping = AbortOnDropHandle::new(sweeper);
-        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        // The general path bounds its waits as the fast path does: a
-        // request head within `client_timeout`; an HTTP/2 client that stops
-        // answering pings is let go.
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.inner.config.client_timeout);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .keep_alive_interval(H2_PING_EVERY)
-            .keep_alive_timeout(self.inner.config.client_timeout);
         let slots = &self.inner.slots;
         let max = self.inner.config.max_connections;
         let mut at_limit = false;
@@ -191,57 +291,71 @@ impl Proxy {
                 () = &mut shutdown => return,
             };
             let _ = stream.set_nodelay(true);
+            let read = bytes::BytesMut::new();
             let inner = Arc::clone(&self.inner);
-            let builder = builder.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                let client_ip = client.ip().to_string();
-                // Plain HTTP/1.1 goes the fast path; whatever it does not
-                // take (h2c, upgrades, chunked uploads, HTTP/1.0, …) goes to
-                // hyper with the bytes read so far.
-                let Some((stream, read)) = h1::serve(&inner, stream, &client_ip).await else {
-                    return;
-                };
-                let client_ip = HeaderValue::try_from(client_ip)
-                    .expect("an IP address is a valid header value");
-                let mut closing = inner.closing_signal.subscribe();
-                let svc = service_fn(move |req| {
-                    let inner = Arc::clone(&inner);
-                    let http1 = req.version() < Version::HTTP_2;
-                    let answer = handle(Arc::clone(&inner), client_ip.clone(), req);
-                    async move {
-                        let mut resp = answer.await?;
-                        // hyper closes an HTTP/1 connection after a response
-                        // that says so.
-                        if http1
-                            && inner.closing()
-                            && resp.status() != StatusCode::SWITCHING_PROTOCOLS
-                        {
-                            resp.headers_mut().insert(
-                                http::header::CONNECTION,
-                                HeaderValue::from_static("close"),
-                            );
-                        }
-                        Ok::<_, Infallible>(resp)
-                    }
-                });
-                // h2c with prior knowledge; the fast path has read its preface.
-                let http2 = read.starts_with(b"PRI * HTTP/2.0");
-                let io = TokioIo::new(Prefixed::new(read, stream));
-                let conn = builder.serve_connection_with_upgrades(io, svc);
-                tokio::pin!(conn);
-                let ended = tokio::select! {
-                    ended = conn.as_mut() => ended,
-                    () = async { let _ = closing.wait_for(|c| *c).await; }, if http2 => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
-                    }
-                };
-                if let Err(e) = ended {
-                    tracing::debug!(error = %e, %client, "client connection ended with error");
-                }
-            });
+            tokio::spawn(serve_client(inner, stream, client, read, Some(permit)));
         }
+    }
+}
+
+/// Sends a tunnel that stopped to move on, if it did.
+fn move_on(inner: &Inner, moved: Option<Moved>) {
+    if let Some(moved) = moved
+        && let Some(mover) = inner.mover()
+    {
+        let _ = mover.send(moved);
+    }
+}
+
+/// Serves one client connection, `read` being what was read of it already,
+/// until it closes or moves. Plain HTTP/1.1 goes the fast path; whatever it
+/// does not take (h2c, upgrades, chunked uploads, HTTP/1.0, …) goes to
+/// hyper with the bytes read so far.
+async fn serve_client(
+    inner: Arc<Inner>,
+    stream: TcpStream,
+    client: std::net::SocketAddr,
+    read: bytes::BytesMut,
+    permit: Option<OwnedSemaphorePermit>,
+) {
+    let _permit = permit;
+    let client_ip = client.ip().to_string();
+    let Some((stream, read)) = h1::serve(&inner, stream, read, &client_ip).await else {
+        return;
+    };
+    let client_ip =
+        HeaderValue::try_from(client_ip).expect("an IP address is a valid header value");
+    let mut closing = inner.closing_signal();
+    let general = inner.general.clone();
+    let svc_inner = Arc::clone(&inner);
+    let svc = service_fn(move |req| {
+        let inner = Arc::clone(&svc_inner);
+        let http1 = req.version() < Version::HTTP_2;
+        let answer = handle(Arc::clone(&inner), client_ip.clone(), req);
+        async move {
+            let mut resp = answer.await?;
+            // hyper closes an HTTP/1 connection after a response that says so.
+            if http1 && inner.closing() && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                resp.headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    // h2c with prior knowledge; the fast path has read its preface.
+    let http2 = read.starts_with(b"PRI * HTTP/2.0");
+    let io = TokioIo::new(Prefixed::new(read, stream));
+    let conn = general.serve_connection_with_upgrades(io, svc);
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        () = async { let _ = closing.wait_for(|c| *c).await; }, if http2 => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(error = %e, %client, "client connection ended with error");
     }
 }
 
@@ -364,7 +478,7 @@ async fn handle(
             Ok(Ok((resp, conn))) => {
                 record(&route, &target, resp.status(), started);
                 let tunnel = client_upgrade.zip(tunnel_permit);
-                return Ok(respond(resp, conn, slot, tunnel, wait));
+                return Ok(respond(&inner, resp, conn, slot, tunnel, wait));
             }
             Ok(Err(e)) if body::Stalled::caused(&e) => {
                 // The client stopped sending its body: its doing, not the
@@ -511,6 +625,7 @@ fn claim_now(inner: &Inner, host: &str, path: &str) -> Claim {
 }
 
 fn respond(
+    inner: &Arc<Inner>,
     mut resp: Response<Incoming>,
     conn: Option<Upstream>,
     slot: InFlight,
@@ -521,12 +636,12 @@ fn respond(
         && let Some((client_upgrade, permit)) = tunnel
     {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let inner = Arc::clone(inner);
         tokio::spawn(async move {
             let _slot = slot;
             let _permit = permit;
             if let (Ok(a), Ok(b)) = tokio::join!(client_upgrade, upstream_upgrade) {
-                let _ =
-                    tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(b)).await;
+                relay_upgraded(&inner, a, b).await;
             }
         });
         let (parts, _) = resp.into_parts();
@@ -535,6 +650,40 @@ fn respond(
     let (mut parts, incoming) = resp.into_parts();
     forward::strip_hop_by_hop(&mut parts.headers);
     Response::from_parts(parts, Tracked::boxed(incoming, conn, slot, quiet))
+}
+
+/// Relays an upgraded connection: over its sockets, so that it can move
+/// (see [`moving`]), when both sides are the plain TCP streams the proxy
+/// makes for HTTP/1.1 (always, today); as opaque streams otherwise.
+async fn relay_upgraded(inner: &Arc<Inner>, client: Upgraded, upstream: Upgraded) {
+    // Each side as its socket and the bytes read from it already, which
+    // are for the other side.
+    // The client's side comes through hyper-util's server, which wraps it.
+    let client = auto::upgrade::downcast::<TokioIo<Prefixed<TcpStream>>>(client).map(|parts| {
+        let (mut read, stream) = parts.io.into_inner().into_parts();
+        read.extend_from_slice(&parts.read_buf);
+        (stream, read)
+    });
+    let upstream = upstream.downcast::<TokioIo<TcpStream>>().map(|parts| {
+        let read = bytes::BytesMut::from(&parts.read_buf[..]);
+        (parts.io.into_inner(), read)
+    });
+    match (client, upstream) {
+        (Ok((client, to_upstream)), Ok((upstream, to_client))) => {
+            let open = (true, true);
+            let moved =
+                moving::relay(inner, client, upstream, &to_upstream, &to_client, open).await;
+            move_on(inner, moved);
+        }
+        (client, upstream) => {
+            let opaque = |side: Result<(TcpStream, bytes::BytesMut), Upgraded>| match side {
+                Ok((stream, read)) => Either::Left(Prefixed::new(read, stream)),
+                Err(upgraded) => Either::Right(TokioIo::new(upgraded)),
+            };
+            let (mut client, mut upstream) = (opaque(client), opaque(upstream));
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+        }
+    }
 }
 
 /// The request's host: `:authority` for HTTP/2, else the `Host` header.

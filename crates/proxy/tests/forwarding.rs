@@ -1007,3 +1007,200 @@ async fn a_route_with_a_longer_timeout_lets_its_upstream_pause_longer() {
         assert_eq!(body.is_ok(), complete, "{host}: {body:?}");
     }
 }
+
+/// Reads one response to a `GET /` (the backend echoes headers, with a
+/// `content-length`) off a kept-alive connection: its head and body.
+async fn read_response(s: &mut TcpStream) -> String {
+    let head = read_until(s, b"\r\n\r\n").await;
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .expect("a content-length");
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await.expect("body");
+    head + &String::from_utf8_lossy(&body)
+}
+
+async fn echo(s: &mut TcpStream, what: &[u8]) -> Vec<u8> {
+    s.write_all(what).await.expect("write");
+    let mut back = vec![0u8; what.len()];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
+        .await
+        .expect("echo in time")
+        .expect("read");
+    back
+}
+
+#[tokio::test]
+async fn handing_off_moves_keep_alive_connections_and_tunnels_to_another_proxy() {
+    let backend = start_backend().await;
+    let old = start_proxy(vec![backend]).await;
+    let new = start_proxy(vec![backend]).await;
+    let get = "GET / HTTP/1.1\r\nHost: app.test\r\n\r\n";
+
+    // Idle between requests, on the fast path.
+    let mut idle = TcpStream::connect(old.proxy_addr).await.expect("connect");
+    idle.write_all(get.as_bytes()).await.expect("write");
+    assert!(read_response(&mut idle).await.starts_with("HTTP/1.1 200"));
+    // Half-way through sending a request head.
+    let mut halfway = TcpStream::connect(old.proxy_addr).await.expect("connect");
+    halfway
+        .write_all(&get.as_bytes()[..20])
+        .await
+        .expect("write");
+    // A tunnel, with bytes in flight both ways before and after.
+    let (mut tunnel, head) = upgrade_to_echo(old.proxy_addr).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_eq!(echo(&mut tunnel, b"before").await, b"before");
+    // A connection on the general path (after a chunked upload), which
+    // cannot move.
+    let mut general = TcpStream::connect(old.proxy_addr).await.expect("connect");
+    let chunked = "POST /echo HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    general.write_all(chunked.as_bytes()).await.expect("write");
+    assert!(
+        read_until(&mut general, b"abc")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    assert!(open_connections_become(&old.proxy, 4).await);
+    let served_by_old = old.route_metrics.snapshot().total();
+
+    let mut moved = old.proxy.hand_off();
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        let m = tokio::time::timeout(Duration::from_secs(2), moved.recv())
+            .await
+            .expect("the idle connection and the tunnel move at once")
+            .expect("a moved connection");
+        kinds.push(matches!(m, tandem_proxy::Moved::Tunnel { .. }));
+        new.proxy.adopt(m);
+    }
+    kinds.sort();
+    assert_eq!(kinds, [false, true], "one client connection, one tunnel");
+
+    // The rest of the half-sent request is answered by the old proxy,
+    // without `close`, and the connection moves after it.
+    halfway
+        .write_all(&get.as_bytes()[20..])
+        .await
+        .expect("write");
+    let answer = read_response(&mut halfway).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        !answer.to_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    let m = tokio::time::timeout(Duration::from_secs(2), moved.recv())
+        .await
+        .expect("moves after its response")
+        .expect("a moved connection");
+    assert!(matches!(m, tandem_proxy::Moved::Client { .. }));
+    new.proxy.adopt(m);
+    assert_eq!(old.route_metrics.snapshot().total(), served_by_old + 1);
+
+    // The same client sockets, now served by the new proxy.
+    let new_before = new.route_metrics.snapshot().total();
+    for s in [&mut idle, &mut halfway] {
+        s.write_all(get.as_bytes()).await.expect("write");
+        let answer = read_response(s).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(
+            !answer.to_lowercase().contains("connection: close"),
+            "{answer}"
+        );
+    }
+    assert_eq!(new.route_metrics.snapshot().total(), new_before + 2);
+    assert_eq!(echo(&mut tunnel, b"after").await, b"after");
+    assert_eq!(
+        old.route_metrics.snapshot().total(),
+        served_by_old + 1,
+        "none of it went through the old proxy"
+    );
+    assert!(
+        open_connections_become(&new.proxy, 3).await,
+        "{:?}",
+        new.proxy.connections()
+    );
+
+    // The general path's connection is told to close after its next
+    // response instead; then the old proxy has nothing left.
+    let (last, _) = send_until_closed(&mut general, chunked).await;
+    assert!(last.to_lowercase().contains("connection: close"), "{last}");
+    assert!(open_connections_become(&old.proxy, 0).await);
+    old.proxy.stop_handing_off();
+    assert!(moved.recv().await.is_none(), "the channel ends");
+}
+
+/// A backend that upgrades one connection, reads what the client sends
+/// until it closes its side, says so on the first channel, and when told
+/// on the second answers `got <what it read>` and closes.
+async fn start_late_answering_backend() -> (
+    SocketAddr,
+    tokio::sync::oneshot::Receiver<()>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (read_all, read_all_rx) = tokio::sync::oneshot::channel();
+    let (answer_tx, answer) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.expect("accept");
+        read_until(&mut stream, b"\r\n\r\n").await;
+        let head =
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n";
+        stream.write_all(head.as_bytes()).await.expect("write");
+        let mut got = Vec::new();
+        stream.read_to_end(&mut got).await.expect("read");
+        let _ = read_all.send(());
+        let _ = answer.await;
+        let mut reply = b"got ".to_vec();
+        reply.extend_from_slice(&got);
+        stream.write_all(&reply).await.expect("write");
+    });
+    (addr, read_all_rx, answer_tx)
+}
+
+#[tokio::test]
+async fn a_tunnel_one_side_closed_moves_with_the_other_direction_still_open() {
+    let (backend, read_all, answer) = start_late_answering_backend().await;
+    let old = start_proxy(vec![backend]).await;
+    let new = start_proxy(vec![backend]).await;
+    let (mut tunnel, head) = upgrade_to_echo(old.proxy_addr).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    tunnel.write_all(b"last").await.expect("write");
+    tunnel.shutdown().await.expect("half-close");
+    tokio::time::timeout(Duration::from_secs(2), read_all)
+        .await
+        .expect("the backend sees the close")
+        .expect("signal");
+    let mut moved = old.proxy.hand_off();
+    let m = tokio::time::timeout(Duration::from_secs(2), moved.recv())
+        .await
+        .expect("moves")
+        .expect("a moved connection");
+    assert!(
+        matches!(
+            m,
+            tandem_proxy::Moved::Tunnel {
+                from_client: false,
+                from_upstream: true,
+                ..
+            }
+        ),
+        "{m:?}"
+    );
+    new.proxy.adopt(m);
+    assert!(open_connections_become(&old.proxy, 0).await);
+    let _ = answer.send(());
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tunnel.read_to_end(&mut rest))
+        .await
+        .expect("the tunnel ends")
+        .expect("read");
+    assert_eq!(String::from_utf8_lossy(&rest), "got last");
+    assert!(open_connections_become(&new.proxy, 0).await);
+}

@@ -218,12 +218,15 @@ fn upgrading_the_agent_in_place_drops_no_request_and_restarts_no_instance() {
     std::thread::sleep(Duration::from_millis(300));
     let r = load.finish();
     eprintln!(
-        "agent upgrade: requests ok={} failed={} (old agent gone {:?} after the upgrade)",
+        "agent upgrade: requests ok={} failed={} connections opened={} (old agent gone {:?} after the upgrade)",
         r.ok,
         r.failed,
+        r.connects,
         moved_at.duration_since(upgraded)
     );
     assert_eq!(r.failed, 0, "{:?}", r.failures);
+    // Each client's connection moved from agent to agent: none was closed.
+    assert_eq!(r.connects, 4, "one connection per client, kept throughout");
     assert!(r.ok > 100, "load ran: {}", r.ok);
     assert_eq!(env.get("web.test", "/index.html").1, "after");
     for pid in before {
@@ -462,5 +465,92 @@ fn an_agent_that_dies_is_started_again_and_takes_its_instances_back() {
             !util::process_alive(pid as u32),
             "old instance {pid} stopped"
         );
+    }
+}
+
+/// A service that upgrades any request asking for `Upgrade: echo` to a
+/// byte echo (as a WebSocket server would to its protocol).
+const ECHO_SERVER: &str = r#"
+import os, socket, threading
+def serve(c):
+    data = b""
+    while b"\r\n\r\n" not in data:
+        more = c.recv(4096)
+        if not more:
+            return
+        data += more
+    head, rest = data.split(b"\r\n\r\n", 1)
+    if b"upgrade: echo" in head.lower():
+        c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n" + rest)
+        while True:
+            more = c.recv(4096)
+            if not more:
+                break
+            c.sendall(more)
+    else:
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+    c.close()
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(os.environ["PORT"])))
+s.listen(64)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+#[test]
+fn a_tunnel_stays_open_across_agent_upgrades() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let env = Env::start();
+    let app = env.app("echo", DEPLOY, "");
+    std::fs::write(app.join("echo.py"), ECHO_SERVER).expect("write server");
+    let spec = std::fs::read_to_string(app.join("tandem.yaml")).expect("spec");
+    let spec = spec
+        .replace(
+            "exec python3 -m http.server $PORT --bind 127.0.0.1",
+            "exec python3 echo.py",
+        )
+        .replace("instances: 2", "instances: 1");
+    std::fs::write(app.join("tandem.yaml"), spec).expect("write spec");
+    assert_ok(&env.deploy(&app));
+
+    let stream = std::net::TcpStream::connect(&env.proxy).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut tunnel = BufReader::new(stream);
+    tunnel
+        .get_mut()
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: echo.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+        )
+        .expect("write");
+    let mut head = String::new();
+    while !head.ends_with("\r\n\r\n") {
+        assert!(tunnel.read_line(&mut head).expect("read") > 0, "{head}");
+    }
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mut echo = |what: &str| {
+        tunnel.get_mut().write_all(what.as_bytes()).expect("write");
+        let mut back = vec![0u8; what.len()];
+        tunnel.read_exact(&mut back).expect("the echo comes back");
+        assert_eq!(String::from_utf8_lossy(&back), what);
+    };
+    echo("before");
+    for round in ["first", "second"] {
+        let old_agent = agent_pid(&env);
+        let upgraded = Instant::now();
+        assert_ok(&env.tandem(&["upgrade-agent"]));
+        // The old agent would wait for the tunnel to close (at most 30 s);
+        // it leaves at once because the tunnel moved.
+        util::wait_until(Duration::from_secs(10), "the old agent to exit", || {
+            (!util::process_alive(old_agent as u32)).then_some(())
+        });
+        eprintln!(
+            "{round} upgrade: old agent gone after {:?}",
+            upgraded.elapsed()
+        );
+        echo(&format!("after the {round} upgrade"));
     }
 }

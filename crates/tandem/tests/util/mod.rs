@@ -207,6 +207,7 @@ pub fn assert_ok(out: &Output) {
 /// Steady keep-alive GET load from `workers` connections until finished.
 pub struct Load {
     ok: Arc<AtomicU64>,
+    connects: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
     failures: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
@@ -215,6 +216,8 @@ pub struct Load {
 
 pub struct LoadResult {
     pub ok: u64,
+    /// Connections the clients opened (one each, unless one was closed).
+    pub connects: u64,
     pub failed: u64,
     pub failures: Vec<String>,
 }
@@ -222,19 +225,26 @@ pub struct LoadResult {
 impl Load {
     pub fn start(proxy: &str, host: &str, workers: usize) -> Load {
         let ok = Arc::new(AtomicU64::new(0));
+        let connects = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
         let failures = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let threads = (0..workers)
             .map(|_| {
-                let (ok, failed, failures, stop) =
-                    (ok.clone(), failed.clone(), failures.clone(), stop.clone());
+                let counts = Counts {
+                    ok: ok.clone(),
+                    connects: connects.clone(),
+                    failed: failed.clone(),
+                    failures: failures.clone(),
+                };
+                let stop = stop.clone();
                 let (proxy, host) = (proxy.to_string(), host.to_string());
-                std::thread::spawn(move || worker(&proxy, &host, &ok, &failed, &failures, &stop))
+                std::thread::spawn(move || worker(&proxy, &host, &counts, &stop))
             })
             .collect();
         Load {
             ok,
+            connects,
             failed,
             failures,
             stop,
@@ -254,21 +264,29 @@ impl Load {
         let failures = self.failures.lock().map(|f| f.clone()).unwrap_or_default();
         LoadResult {
             ok: self.ok.load(Ordering::SeqCst),
+            connects: self.connects.load(Ordering::SeqCst),
             failed: self.failed.load(Ordering::SeqCst),
             failures,
         }
     }
 }
 
+/// What the load's workers count.
+struct Counts {
+    ok: Arc<AtomicU64>,
+    connects: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    failures: Arc<Mutex<Vec<String>>>,
+}
+
 /// One keep-alive connection doing GETs; every error or non-200 is a failure.
-fn worker(
-    proxy: &str,
-    host: &str,
-    ok: &AtomicU64,
-    failed: &AtomicU64,
-    failures: &Mutex<Vec<String>>,
-    stop: &AtomicBool,
-) {
+fn worker(proxy: &str, host: &str, counts: &Counts, stop: &AtomicBool) {
+    let Counts {
+        ok,
+        connects,
+        failed,
+        failures,
+    } = counts;
     let mut conn: Option<BufReader<std::net::TcpStream>> = None;
     let fail = |why: String| {
         failed.fetch_add(1, Ordering::SeqCst);
@@ -281,6 +299,7 @@ fn worker(
             Some(c) => c,
             None => match std::net::TcpStream::connect(proxy) {
                 Ok(s) => {
+                    connects.fetch_add(1, Ordering::SeqCst);
                     let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
                     conn.insert(BufReader::new(s))
                 }
