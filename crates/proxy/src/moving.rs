@@ -68,15 +68,20 @@ enum Flow {
 }
 
 /// One direction: writes `pending`, then copies until its sender closes,
-/// a socket fails or `stop` says so. Stops only between a read and the
-/// next, never with bytes read and not written.
+/// a socket fails or the proxy hands off. Stops only between a read and
+/// the next, never with bytes read and not written. A direction that is not
+/// `open` (its sender closed before) has ended already.
 async fn pump(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
     pending: &[u8],
+    open: bool,
     mut closing: watch::Receiver<bool>,
     inner: &Inner,
 ) -> (OwnedReadHalf, OwnedWriteHalf, Flow) {
+    if !open {
+        return (from, to, Flow::Ended);
+    }
     if !pending.is_empty() && to.write_all(pending).await.is_err() {
         return (from, to, Flow::Failed);
     }
@@ -104,9 +109,28 @@ async fn pump(
 
 /// Relays a tunnel between `client` and `upstream` until both directions
 /// end or one fails, first writing what was read of either before the
-/// upgrade. When the proxy hands off, returns the tunnel as [`Moved`]
-/// (directions already ended stay ended).
+/// upgrade (`open` says which directions still carry bytes). When the
+/// proxy hands off, the tunnel moves (directions already ended stay
+/// ended).
 pub(crate) async fn relay(
+    inner: &Arc<Inner>,
+    client: TcpStream,
+    upstream: TcpStream,
+    to_upstream: &[u8],
+    to_client: &[u8],
+    open: (bool, bool),
+) {
+    let stopped = relay_until_stopped(inner, client, upstream, to_upstream, to_client, open);
+    if let Some(moved) = stopped.await
+        && let Some(mover) = inner.mover()
+    {
+        let _ = mover.send(moved);
+    }
+}
+
+/// [`relay`]'s work: the tunnel if it stopped for a hand-off, `None` if it
+/// is over.
+async fn relay_until_stopped(
     inner: &Arc<Inner>,
     client: TcpStream,
     upstream: TcpStream,
@@ -117,32 +141,22 @@ pub(crate) async fn relay(
     let closing = inner.closing_signal();
     let (client_read, client_write) = client.into_split();
     let (upstream_read, upstream_write) = upstream.into_split();
-    let up = async {
-        if !open.0 {
-            return (client_read, upstream_write, Flow::Ended);
-        }
-        pump(
-            client_read,
-            upstream_write,
-            to_upstream,
-            closing.clone(),
-            inner,
-        )
-        .await
-    };
-    let down = async {
-        if !open.1 {
-            return (upstream_read, client_write, Flow::Ended);
-        }
-        pump(
-            upstream_read,
-            client_write,
-            to_client,
-            closing.clone(),
-            inner,
-        )
-        .await
-    };
+    let up = pump(
+        client_read,
+        upstream_write,
+        to_upstream,
+        open.0,
+        closing.clone(),
+        inner,
+    );
+    let down = pump(
+        upstream_read,
+        client_write,
+        to_client,
+        open.1,
+        closing,
+        inner,
+    );
     tokio::pin!(up, down);
     // A failure in one direction ends both: the other may wait for ever on
     // a peer that is gone.

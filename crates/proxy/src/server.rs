@@ -21,7 +21,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
-use tokio_util::either::Either;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::body::{self, ProxyBody, Tracked};
@@ -230,8 +229,7 @@ impl Proxy {
                     let _slot = slot;
                     let _permit = permit;
                     let open = (from_client, from_upstream);
-                    let moved = moving::relay(&inner, client, upstream, &[], &[], open).await;
-                    move_on(&inner, moved);
+                    moving::relay(&inner, client, upstream, &[], &[], open).await;
                 });
             }
         }
@@ -295,15 +293,6 @@ impl Proxy {
             let inner = Arc::clone(&self.inner);
             tokio::spawn(serve_client(inner, stream, client, read, Some(permit)));
         }
-    }
-}
-
-/// Sends a tunnel that stopped to move on, if it did.
-fn move_on(inner: &Inner, moved: Option<Moved>) {
-    if let Some(moved) = moved
-        && let Some(mover) = inner.mover()
-    {
-        let _ = mover.send(moved);
     }
 }
 
@@ -652,38 +641,31 @@ fn respond(
     Response::from_parts(parts, Tracked::boxed(incoming, conn, slot, quiet))
 }
 
-/// Relays an upgraded connection: over its sockets, so that it can move
-/// (see [`moving`]), when both sides are the plain TCP streams the proxy
-/// makes for HTTP/1.1 (always, today); as opaque streams otherwise.
+/// Relays an upgraded connection over its sockets, so that it can move
+/// (see [`moving`]). Both sides are the plain TCP streams the proxy makes
+/// for HTTP/1.1: the client's as `serve_client` wraps it (inside
+/// hyper-util's own wrapper), the upstream's as `exchange_upgrade` does.
 async fn relay_upgraded(inner: &Arc<Inner>, client: Upgraded, upstream: Upgraded) {
-    // Each side as its socket and the bytes read from it already, which
-    // are for the other side.
-    // The client's side comes through hyper-util's server, which wraps it.
-    let client = auto::upgrade::downcast::<TokioIo<Prefixed<TcpStream>>>(client).map(|parts| {
-        let (mut read, stream) = parts.io.into_inner().into_parts();
-        read.extend_from_slice(&parts.read_buf);
-        (stream, read)
-    });
-    let upstream = upstream.downcast::<TokioIo<TcpStream>>().map(|parts| {
-        let read = bytes::BytesMut::from(&parts.read_buf[..]);
-        (parts.io.into_inner(), read)
-    });
-    match (client, upstream) {
-        (Ok((client, to_upstream)), Ok((upstream, to_client))) => {
-            let open = (true, true);
-            let moved =
-                moving::relay(inner, client, upstream, &to_upstream, &to_client, open).await;
-            move_on(inner, moved);
-        }
-        (client, upstream) => {
-            let opaque = |side: Result<(TcpStream, bytes::BytesMut), Upgraded>| match side {
-                Ok((stream, read)) => Either::Left(Prefixed::new(read, stream)),
-                Err(upgraded) => Either::Right(TokioIo::new(upgraded)),
-            };
-            let (mut client, mut upstream) = (opaque(client), opaque(upstream));
-            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-        }
-    }
+    let client = auto::upgrade::downcast::<TokioIo<Prefixed<TcpStream>>>(client);
+    let upstream = upstream.downcast::<TokioIo<TcpStream>>();
+    let (Ok(client), Ok(upstream)) = (client, upstream) else {
+        tracing::error!("an upgraded connection of an unexpected kind; closed");
+        return;
+    };
+    // What was read of each side already is for the other side.
+    let (mut to_upstream, client_stream) = client.io.into_inner().into_parts();
+    to_upstream.extend_from_slice(&client.read_buf);
+    let open = (true, true);
+    let (upstream_stream, to_client) = (upstream.io.into_inner(), upstream.read_buf);
+    moving::relay(
+        inner,
+        client_stream,
+        upstream_stream,
+        &to_upstream,
+        &to_client,
+        open,
+    )
+    .await;
 }
 
 /// The request's host: `:authority` for HTTP/2, else the `Host` header.
