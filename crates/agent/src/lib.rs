@@ -279,7 +279,6 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     };
 
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::mpsc::channel::<Stop>(1);
-    let successor: Arc<std::sync::Mutex<Option<tokio::net::UnixStream>>> = Arc::default();
     let ctx = socket::Context {
         supervisor: supervisor.clone(),
         proxy_addr: proxy_addr.clone(),
@@ -287,7 +286,6 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         shutdown: shutdown_tx,
         sockets,
         changing: Arc::default(),
-        successor: Arc::clone(&successor),
     };
     let control_task = AbortOnDropHandle::new(tokio::spawn(socket::serve(control, ctx)));
     let (stop_proxy_tx, stop_proxy_rx) = tokio::sync::oneshot::channel::<()>();
@@ -323,26 +321,23 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         _ = term.recv() => Stop::Everything,
         _ = tokio::signal::ctrl_c() => Stop::Everything,
     };
-    if stop == Stop::Everything {
+    if matches!(stop, Stop::Everything) {
         supervisor.stop_all(SHUTDOWN_DRAIN).await;
     }
     let _ = stop_proxy_tx.send(());
     let _ = proxy_task.await;
     drop(control_task);
-    if stop == Stop::HandedOver {
+    if let Stop::HandedOver(link) = stop {
         // Client connections go to the new agent as they come to rest;
         // those that cannot move are closed after their next response.
         let moved = proxy.hand_off();
-        let link = successor.lock().ok().and_then(|mut s| s.take());
-        let sending = link.map(|link| tokio::spawn(handover::send_connections(link, moved)));
+        let sending = tokio::spawn(handover::send_connections(link, moved));
         let deadline = tokio::time::Instant::now() + handover::HANDOVER_DRAIN;
         while proxy.connections().0 > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         proxy.stop_handing_off();
-        if let Some(sending) = sending {
-            let _ = tokio::time::timeout(Duration::from_secs(5), sending).await;
-        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), sending).await;
         tracing::info!(left = proxy.connections().0, "handed over; agent stopped");
         return Ok(());
     }

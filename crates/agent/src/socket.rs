@@ -27,21 +27,18 @@ pub struct Context {
     /// as long as it runs; a handover takes it (write) to switch phase, so
     /// it waits for those in flight and later ones see the new phase.
     pub changing: Arc<tokio::sync::RwLock<()>>,
-    /// After a handover, the connection to the new agent, to pass client
-    /// connections on.
-    pub successor: Arc<std::sync::Mutex<Option<UnixStream>>>,
 }
 
 /// How the agent ends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Stop {
     /// Instances stopped, then the agent.
     Everything,
     /// The agent only; instances are killed by the next agent's restore.
     AgentOnly,
-    /// Another agent took over: finish client connections, keep the lock
-    /// and the socket.
-    HandedOver,
+    /// Another agent took over: pass client connections on to it over
+    /// this connection, keep the lock and the socket.
+    HandedOver(UnixStream),
 }
 
 pub async fn serve(listener: UnixListener, ctx: Context) {
@@ -81,10 +78,7 @@ async fn connection(stream: UnixStream, ctx: Context) -> std::io::Result<()> {
                 }
                 let given = handover::give(stream, &ctx.supervisor, &ctx.sockets, &ctx.changing);
                 if let Some(link) = given.await? {
-                    if let Ok(mut successor) = ctx.successor.lock() {
-                        *successor = Some(link);
-                    }
-                    let _ = ctx.shutdown.send(Stop::HandedOver).await;
+                    let _ = ctx.shutdown.send(Stop::HandedOver(link)).await;
                 }
                 return Ok(());
             }
