@@ -368,8 +368,12 @@ async fn ask_for_fds(
 /// to end.
 #[derive(Debug, Default)]
 struct Frames {
+    /// Received, not yet taken as a frame.
     bytes: Vec<u8>,
+    /// The descriptors received, one batch per message that carried some.
     batches: VecDeque<Vec<OwnedFd>>,
+    /// What one `recvmsg` reads into, made once.
+    scratch: Vec<u8>,
 }
 
 impl Frames {
@@ -400,7 +404,7 @@ impl Frames {
                     return Ok(Some((doc, fds)));
                 }
             }
-            if recv(link, &mut self.bytes, &mut self.batches).await? == 0 {
+            if self.recv(link).await? == 0 {
                 if self.bytes.is_empty() {
                     return Ok(None);
                 }
@@ -411,6 +415,36 @@ impl Frames {
                 .into());
             }
         }
+    }
+
+    /// One `recvmsg`: bytes onto `bytes`, the descriptors that came with
+    /// them (one batch at most) onto `batches`.
+    async fn recv(&mut self, link: &UnixStream) -> std::io::Result<usize> {
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        if self.scratch.is_empty() {
+            self.scratch = vec![0u8; 64 * 1024];
+        }
+        let buf = &mut self.scratch;
+        let n = link
+            .async_io(Interest::READABLE, || {
+                rustix::net::recvmsg(
+                    link,
+                    &mut [IoSliceMut::new(buf)],
+                    &mut control,
+                    RecvFlags::CMSG_CLOEXEC,
+                )
+                .map(|m| m.bytes)
+                .map_err(std::io::Error::from)
+            })
+            .await?;
+        self.bytes.extend_from_slice(&self.scratch[..n]);
+        for message in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(received) = message {
+                self.batches.push_back(received.collect());
+            }
+        }
+        Ok(n)
     }
 }
 
@@ -428,37 +462,6 @@ fn refused(line: &[u8]) -> HandoverError {
         ));
     }
     HandoverError::Refused(why)
-}
-
-/// One `recvmsg`: bytes onto `bytes`, the descriptors that came with them
-/// (one batch at most) onto `batches`.
-async fn recv(
-    link: &UnixStream,
-    bytes: &mut Vec<u8>,
-    batches: &mut VecDeque<Vec<OwnedFd>>,
-) -> std::io::Result<usize> {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut control = RecvAncillaryBuffer::new(&mut space);
-    let n = link
-        .async_io(Interest::READABLE, || {
-            rustix::net::recvmsg(
-                link,
-                &mut [IoSliceMut::new(&mut buf)],
-                &mut control,
-                RecvFlags::CMSG_CLOEXEC,
-            )
-            .map(|m| m.bytes)
-            .map_err(std::io::Error::from)
-        })
-        .await?;
-    bytes.extend_from_slice(&buf[..n]);
-    for message in control.drain() {
-        if let RecvAncillaryMessage::ScmRights(received) = message {
-            batches.push_back(received.collect());
-        }
-    }
-    Ok(n)
 }
 
 #[cfg(test)]
