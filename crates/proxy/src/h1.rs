@@ -69,8 +69,11 @@ pub async fn serve(
         client_deadline: Deadline::new(inner.config.client_timeout),
         upstream_deadline: Deadline::new(inner.config.response_timeout),
     };
-    // Watched while the connection waits for its next request.
+    // Watched while the connection waits for its next request: made once,
+    // so that a wait costs one look at its waiter, not a new registration.
     let mut closing = inner.closing_signal();
+    let handing_off = moving::handing_off(inner, &mut closing);
+    tokio::pin!(handing_off);
     loop {
         // Between two requests: the point at which a connection can move.
         if inner.closing()
@@ -92,7 +95,7 @@ pub async fn serve(
                         tokio::select! {
                             biased;
                             more = conn.read_client(hold) => more,
-                            mover = moving::handing_off(inner, &mut closing) => {
+                            mover = &mut handing_off => {
                                 conn.move_to(&mover);
                                 return None;
                             }

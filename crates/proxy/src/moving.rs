@@ -86,11 +86,13 @@ async fn pump(
         return (from, to, Flow::Failed);
     }
     let mut buf = vec![0u8; TUNNEL_BUF];
+    let stop = handing_off(inner, &mut closing);
+    tokio::pin!(stop);
     loop {
         let read = tokio::select! {
             biased;
             read = from.read(&mut buf) => read,
-            _ = handing_off(inner, &mut closing) => return (from, to, Flow::Stopped),
+            _ = &mut stop => return (from, to, Flow::Stopped),
         };
         let flow = match read {
             Ok(0) => match to.shutdown().await {
