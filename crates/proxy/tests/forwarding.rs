@@ -290,6 +290,17 @@ async fn upgrade_to_echo(proxy: SocketAddr) -> (TcpStream, String) {
     (s, head)
 }
 
+/// Sends `what` through an echo tunnel; what came back.
+async fn echo(s: &mut TcpStream, what: &[u8]) -> Vec<u8> {
+    s.write_all(what).await.expect("write");
+    let mut back = vec![0u8; what.len()];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
+        .await
+        .expect("echo in time")
+        .expect("read");
+    back
+}
+
 #[tokio::test]
 async fn upgrade_is_passed_through_both_ways() {
     let setup = start_proxy(vec![start_backend().await]).await;
@@ -297,13 +308,7 @@ async fn upgrade_is_passed_through_both_ways() {
     let head = head.to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: echo"), "{head}");
-    s.write_all(b"ping").await.expect("write");
-    let mut back = [0u8; 4];
-    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
-        .await
-        .expect("echo in time")
-        .expect("read");
-    assert_eq!(&back, b"ping");
+    assert_eq!(echo(&mut s, b"ping").await, b"ping");
 }
 
 #[tokio::test]
@@ -637,9 +642,7 @@ async fn a_tunnel_counts_against_the_connection_limit_until_it_closes() {
     let setup = start_proxy_with(vec![start_backend().await], config).await;
     let (mut s, head) = upgrade_to_echo(setup.proxy_addr).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    s.write_all(b"ping").await.expect("write");
-    let mut back = [0u8; 4];
-    s.read_exact(&mut back).await.expect("echo");
+    echo(&mut s, b"ping").await;
     // The HTTP connection's task has ended; the tunnel holds one permit.
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(setup.proxy.connections(), (1, 2));
@@ -1023,16 +1026,6 @@ async fn read_response(s: &mut TcpStream) -> String {
     let mut body = vec![0u8; len];
     s.read_exact(&mut body).await.expect("body");
     head + &String::from_utf8_lossy(&body)
-}
-
-async fn echo(s: &mut TcpStream, what: &[u8]) -> Vec<u8> {
-    s.write_all(what).await.expect("write");
-    let mut back = vec![0u8; what.len()];
-    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
-        .await
-        .expect("echo in time")
-        .expect("read");
-    back
 }
 
 #[tokio::test]
