@@ -225,13 +225,20 @@ pub async fn receive_connections(link: Link, proxy: Proxy) {
                 break;
             }
         };
+        let carried = match serde_json::from_slice(&doc) {
+            Ok(carried) => carried,
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable client connection from the old agent");
+                continue;
+            }
+        };
         let mut fds = fds.into_iter().map(std::net::TcpStream::from);
-        let moved = match serde_json::from_slice(&doc) {
-            Ok(Carried::Client { read }) => fds.next().map(|stream| Moved::Client { stream, read }),
-            Ok(Carried::Tunnel {
+        let moved = match carried {
+            Carried::Client { read } => fds.next().map(|stream| Moved::Client { stream, read }),
+            Carried::Tunnel {
                 from_client,
                 from_upstream,
-            }) => fds
+            } => fds
                 .next()
                 .zip(fds.next())
                 .map(|(client, upstream)| Moved::Tunnel {
@@ -240,10 +247,6 @@ pub async fn receive_connections(link: Link, proxy: Proxy) {
                     from_client,
                     from_upstream,
                 }),
-            Err(e) => {
-                tracing::warn!(error = %e, "unreadable client connection from the old agent");
-                None
-            }
         };
         match moved {
             Some(m) => {
