@@ -19,7 +19,9 @@
 //!    connection between two requests and each tunnel goes, as its
 //!    descriptors, over the same connection to the new agent, which serves
 //!    it on ([`send_connections`], [`receive_connections`]); the clients
-//!    notice nothing. HTTP/2 clients get a GOAWAY and connections on the
+//!    notice nothing. Last, it sends what it counted after its offer
+//!    ([`send_counts`]), which the new agent adds to its counters: every
+//!    request is counted once, by one agent or the other. HTTP/2 clients get a GOAWAY and connections on the
 //!    general path `connection: close`. The old agent exits when none is
 //!    left (at most [`HANDOVER_DRAIN`]). It neither unlocks the data
 //!    directory nor removes the socket: both are the new agent's.
@@ -46,7 +48,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Interest};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
-use crate::supervisor::{SavedService, Supervisor};
+use crate::supervisor::{Counters, SavedService, Supervisor, WireCounts};
 
 /// How long an agent that handed over keeps serving the client
 /// connections it had (then it exits and cuts what is left).
@@ -99,8 +101,9 @@ pub struct Taken {
 /// client connections on.
 pub struct Link(UnixStream, Frames);
 
-/// A client connection as it crosses, besides its descriptors (the client's
-/// socket, then for a tunnel the upstream's).
+/// What crosses the link after the handover: a client connection,
+/// besides its descriptors (the client's socket, then for a tunnel the
+/// upstream's), and last the old agent's counts after its offer.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum Carried {
@@ -111,6 +114,19 @@ enum Carried {
         from_client: bool,
         from_upstream: bool,
     },
+    Counts {
+        routes: WireCounts,
+        instances: WireCounts,
+    },
+}
+
+/// The old agent's side once the new one took over.
+#[derive(Debug)]
+pub struct Given {
+    /// To send client connections and counts on.
+    pub link: UnixStream,
+    /// The counters as offered: what was counted later is sent at the end.
+    pub offered: Counters,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,13 +144,13 @@ pub enum HandoverError {
 
 /// The old agent's side, on the connection the request came on. The
 /// connection back when the new agent took over (the caller then winds
-/// down and sends its client connections on it).
+/// down and sends its client connections and counts on it).
 pub async fn give(
     mut link: UnixStream,
     supervisor: &Supervisor,
     sockets: &Sockets,
     changing: &tokio::sync::RwLock<()>,
-) -> std::io::Result<Option<UnixStream>> {
+) -> std::io::Result<Option<Given>> {
     let begun = {
         let _no_changes = changing.write().await;
         supervisor.begin_handover().await
@@ -149,6 +165,7 @@ pub async fn give(
             return Ok(None);
         }
     };
+    let offered = Counters::offered(&offer);
     let sent = async {
         let doc = serde_json::to_vec(&offer).map_err(std::io::Error::other)?;
         let fds = [
@@ -174,13 +191,16 @@ pub async fn give(
         tracing::warn!(error = ?sent.err(), "the new agent did not take over; serving on");
         return Ok(None);
     }
-    Ok(Some(link))
+    Ok(Some(Given { link, offered }))
 }
 
 /// The old agent's side after the handover: sends each connection its
-/// proxy hands off to the new agent, until the channel ends. A connection
-/// that cannot be sent is closed.
-pub async fn send_connections(mut link: UnixStream, mut moved: mpsc::UnboundedReceiver<Moved>) {
+/// proxy hands off to the new agent, until the channel ends; then the link
+/// back, for the counts. A connection that cannot be sent is closed.
+pub async fn send_connections(
+    mut link: UnixStream,
+    mut moved: mpsc::UnboundedReceiver<Moved>,
+) -> UnixStream {
     let (mut sent, mut lost) = (0u64, 0u64);
     while let Some(m) = moved.recv().await {
         let (carried, fds): (Carried, Vec<OwnedFd>) = match m {
@@ -209,11 +229,21 @@ pub async fn send_connections(mut link: UnixStream, mut moved: mpsc::UnboundedRe
         }
     }
     tracing::info!(sent, lost, "client connections passed to the new agent");
+    link
+}
+
+/// The old agent's last word: what it counted after its offer (`counted`,
+/// the difference), for the new agent to add.
+pub async fn send_counts(link: &mut UnixStream, counted: &Counters) -> std::io::Result<()> {
+    let (routes, instances) = counted.to_wire();
+    let doc = serde_json::to_vec(&Carried::Counts { routes, instances })
+        .map_err(std::io::Error::other)?;
+    answer_with_fds(link, &doc, &[]).await
 }
 
 /// The new agent's side: serves each connection the old agent passes on,
-/// until it closes the link.
-pub async fn receive_connections(link: Link, proxy: Proxy) {
+/// and adds the counts it sends last, until it closes the link.
+pub async fn receive_connections(link: Link, proxy: Proxy, supervisor: Supervisor) {
     let Link(link, mut frames) = link;
     let mut received = 0u64;
     loop {
@@ -234,6 +264,16 @@ pub async fn receive_connections(link: Link, proxy: Proxy) {
         };
         let mut fds = fds.into_iter().map(std::net::TcpStream::from);
         let moved = match carried {
+            Carried::Counts { routes, instances } => {
+                let counted = Counters::from_wire(&routes, &instances);
+                let requests: u64 = counted.routes.values().map(|s| s.total()).sum();
+                supervisor.add_counters(&counted);
+                tracing::info!(
+                    requests,
+                    "requests the old agent served after its offer counted"
+                );
+                continue;
+            }
             Carried::Client { read } => fds.next().map(|stream| Moved::Client { stream, read }),
             Carried::Tunnel {
                 from_client,
@@ -297,9 +337,11 @@ pub async fn borrow_listener(data_dir: &Path) -> Result<OwnedFd, HandoverError> 
 
 /// How a frame, an answer that offers descriptors or a client connection
 /// passed on, starts: then the length of a document (8 bytes, big-endian),
-/// the document, and one byte sent with the descriptors. A refusal is a
-/// `Response::Error` line instead.
+/// the document, and one byte sent with the descriptors ([`NO_FDS`] when
+/// there are none). A refusal is a `Response::Error` line instead.
 const WITH_FDS: &[u8] = b"OFFER";
+/// The last byte of a frame that carries no descriptors.
+const NO_FDS: u8 = b'N';
 /// The most descriptors a frame carries (the handover's three).
 const MAX_FDS: usize = 3;
 
@@ -311,6 +353,9 @@ async fn answer_with_fds(
     link.write_all(WITH_FDS).await?;
     link.write_all(&(doc.len() as u64).to_be_bytes()).await?;
     link.write_all(doc).await?;
+    if fds.is_empty() {
+        return link.write_all(&[NO_FDS]).await;
+    }
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = SendAncillaryBuffer::new(&mut space);
     if !control.push(SendAncillaryMessage::ScmRights(fds)) {
@@ -402,8 +447,12 @@ impl Frames {
                 // The frame ends with the byte that carried the descriptors.
                 if self.bytes.len() > doc_end {
                     let doc = self.bytes[head..doc_end].to_vec();
+                    let fds = if self.bytes[doc_end] == NO_FDS {
+                        Vec::new()
+                    } else {
+                        self.batches.pop_front().unwrap_or_default()
+                    };
                     self.bytes.drain(..=doc_end);
-                    let fds = self.batches.pop_front().unwrap_or_default();
                     return Ok(Some((doc, fds)));
                 }
             }
@@ -508,5 +557,36 @@ mod tests {
         assert_eq!(got, "x");
         let refused = refused.expect_err("refused").to_string();
         assert!(refused.contains("too old"), "{refused}");
+    }
+
+    #[tokio::test]
+    async fn a_frame_without_descriptors_takes_none_from_the_frame_after_it() {
+        let (mut sender, receiver) = UnixStream::pair().expect("pair");
+        let (_reader, writer) = std::io::pipe().expect("pipe");
+        let writer = OwnedFd::from(writer);
+        // Sent before anything is read, so one recvmsg may well see both.
+        answer_with_fds(&mut sender, b"counts", &[])
+            .await
+            .expect("first");
+        answer_with_fds(&mut sender, b"client", &[writer.as_fd()])
+            .await
+            .expect("second");
+        answer_with_fds(&mut sender, b"end", &[])
+            .await
+            .expect("third");
+        drop(sender);
+        let mut frames = Frames::default();
+        let mut got = Vec::new();
+        while let Some((doc, fds)) = frames.next(&receiver).await.expect("frame") {
+            got.push((String::from_utf8(doc).expect("utf-8"), fds.len()));
+        }
+        assert_eq!(
+            got,
+            [
+                ("counts".into(), 0),
+                ("client".into(), 1),
+                ("end".into(), 0)
+            ]
+        );
     }
 }

@@ -304,7 +304,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             if let Err(e) = link.confirm().await {
                 tracing::warn!(error = %e, "could not tell the old agent we took over");
             }
-            let receiving = handover::receive_connections(link, proxy.clone());
+            let receiving = handover::receive_connections(link, proxy.clone(), supervisor.clone());
             Some(AbortOnDropHandle::new(tokio::spawn(receiving)))
         }
         None => None,
@@ -327,17 +327,29 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let _ = stop_proxy_tx.send(());
     let _ = proxy_task.await;
     drop(control_task);
-    if let Stop::HandedOver(link) = stop {
+    if let Stop::HandedOver(given) = stop {
         // Client connections go to the new agent as they come to rest;
         // those that cannot move are closed after their next response.
         let moved = proxy.hand_off();
-        let sending = tokio::spawn(handover::send_connections(link, moved));
+        let sending = tokio::spawn(handover::send_connections(given.link, moved));
         let deadline = tokio::time::Instant::now() + handover::HANDOVER_DRAIN;
         while proxy.connections().0 > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         proxy.stop_handing_off();
-        let _ = tokio::time::timeout(Duration::from_secs(5), sending).await;
+        // Then what was served here after the offer, for the new agent to
+        // count (a connection still open now is cut as this process ends).
+        match tokio::time::timeout(Duration::from_secs(5), sending).await {
+            Ok(Ok(mut link)) => {
+                let counted = supervisor.counters().since(&given.offered);
+                if let Err(e) = handover::send_counts(&mut link, &counted).await {
+                    tracing::warn!(error = %e, "could not pass the last counts to the new agent");
+                }
+            }
+            _ => tracing::warn!(
+                "client connections were still being passed on; the last counts are lost"
+            ),
+        }
         tracing::info!(left = proxy.connections().0, "handed over; agent stopped");
         return Ok(());
     }

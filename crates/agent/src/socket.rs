@@ -36,9 +36,9 @@ pub enum Stop {
     Everything,
     /// The agent only; instances are killed by the next agent's restore.
     AgentOnly,
-    /// Another agent took over: pass client connections on to it over
-    /// this connection, keep the lock and the socket.
-    HandedOver(UnixStream),
+    /// Another agent took over: pass client connections and the last
+    /// counts on to it over the link, keep the lock and the socket.
+    HandedOver(handover::Given),
 }
 
 pub async fn serve(listener: UnixListener, ctx: Context) {
@@ -77,8 +77,8 @@ async fn connection(stream: UnixStream, ctx: Context) -> std::io::Result<()> {
                     return handover::lend_listener(stream, &ctx.sockets).await;
                 }
                 let given = handover::give(stream, &ctx.supervisor, &ctx.sockets, &ctx.changing);
-                if let Some(link) = given.await? {
-                    let _ = ctx.shutdown.send(Stop::HandedOver(link)).await;
+                if let Some(given) = given.await? {
+                    let _ = ctx.shutdown.send(Stop::HandedOver(given)).await;
                 }
                 return Ok(());
             }

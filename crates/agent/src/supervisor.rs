@@ -166,6 +166,71 @@ pub(crate) fn handed_over() -> String {
     format!("{HANDOVER_REFUSAL}: handed over to a new agent; ask again")
 }
 
+/// Request counters of every route (by service) and every instance (by
+/// id): what an agent that handed over counted after its offer goes to the
+/// new agent in this form, so that no request goes uncounted.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Counters {
+    pub routes: BTreeMap<String, Snapshot>,
+    pub instances: BTreeMap<String, Snapshot>,
+}
+
+/// Counters as they cross to another agent.
+pub type WireCounts = BTreeMap<String, RequestCounts>;
+
+impl Counters {
+    /// The counters an offer carries.
+    pub fn offered(offer: &Offer) -> Counters {
+        Counters::from_wire(
+            &offer.route_counts,
+            &offer
+                .instances
+                .iter()
+                .map(|o| (o.id.clone(), o.counts.clone()))
+                .collect(),
+        )
+    }
+
+    /// What was counted after `earlier`; a route or instance it did not
+    /// have counts whole.
+    pub fn since(&self, earlier: &Counters) -> Counters {
+        let since = |now: &BTreeMap<String, Snapshot>, then: &BTreeMap<String, Snapshot>| {
+            now.iter()
+                .map(|(key, snap)| {
+                    let before = then.get(key).cloned().unwrap_or_default();
+                    (key.clone(), snap.since(&before))
+                })
+                .filter(|(_, snap)| snap.total() > 0)
+                .collect()
+        };
+        Counters {
+            routes: since(&self.routes, &earlier.routes),
+            instances: since(&self.instances, &earlier.instances),
+        }
+    }
+
+    pub fn to_wire(&self) -> (WireCounts, WireCounts) {
+        let wire = |m: &BTreeMap<String, Snapshot>| {
+            m.iter()
+                .map(|(key, snap)| (key.clone(), request_counts(snap)))
+                .collect()
+        };
+        (wire(&self.routes), wire(&self.instances))
+    }
+
+    pub fn from_wire(routes: &WireCounts, instances: &WireCounts) -> Counters {
+        let back = |m: &WireCounts| {
+            m.iter()
+                .map(|(key, counts)| (key.clone(), snapshot(counts)))
+                .collect()
+        };
+        Counters {
+            routes: back(routes),
+            instances: back(instances),
+        }
+    }
+}
+
 /// Request counters as the protocol carries them.
 fn request_counts(snap: &Snapshot) -> RequestCounts {
     RequestCounts {
@@ -881,6 +946,46 @@ impl Supervisor {
             route_counts,
             instances: offered,
         })
+    }
+
+    /// Every route's and every instance's request counters now.
+    pub fn counters(&self) -> Counters {
+        let routes = lock(&self.shared.state)
+            .services
+            .iter()
+            .map(|(name, s)| (name.clone(), s.metrics.snapshot()))
+            .collect();
+        let instances = self
+            .instances()
+            .into_iter()
+            .filter_map(|(_, _, inst)| {
+                let snap = inst.live().target.as_ref()?.metrics.snapshot();
+                Some((inst.id.clone(), snap))
+            })
+            .collect();
+        Counters { routes, instances }
+    }
+
+    /// Adds requests another agent counted (the one this agent took over
+    /// from, for what it served after its offer). An instance that is
+    /// gone by now has only its route's share kept.
+    pub fn add_counters(&self, more: &Counters) {
+        {
+            let state = lock(&self.shared.state);
+            for (name, snap) in &more.routes {
+                if let Some(s) = state.services.get(name) {
+                    s.metrics.add(snap);
+                }
+            }
+        }
+        for (_, _, inst) in self.instances() {
+            let Some(snap) = more.instances.get(&inst.id) else {
+                continue;
+            };
+            if let Some(target) = inst.live().target.as_ref() {
+                target.metrics.add(snap);
+            }
+        }
     }
 
     /// Ends an offer: when the new agent took the instances, lets go of

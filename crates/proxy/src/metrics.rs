@@ -35,6 +35,15 @@ impl Snapshot {
     pub fn total(&self) -> u64 {
         self.classes.iter().sum()
     }
+
+    /// What was counted after `earlier`, a snapshot of the same counters.
+    pub fn since(&self, earlier: &Snapshot) -> Snapshot {
+        Snapshot {
+            classes: std::array::from_fn(|i| self.classes[i].saturating_sub(earlier.classes[i])),
+            buckets: std::array::from_fn(|i| self.buckets[i].saturating_sub(earlier.buckets[i])),
+            sum_us: self.sum_us.saturating_sub(earlier.sum_us),
+        }
+    }
 }
 
 impl RequestMetrics {
@@ -154,6 +163,23 @@ mod tests {
         assert_eq!(s.buckets[3], 1);
         assert_eq!(s.buckets[BUCKETS_US.len()], 1);
         assert_eq!(s.total(), 3);
+    }
+
+    #[test]
+    fn what_was_counted_since_a_snapshot_adds_up_to_the_whole() {
+        let m = RequestMetrics::default();
+        m.record(200, Duration::from_micros(400));
+        let earlier = m.snapshot();
+        m.record(502, Duration::from_millis(3));
+        m.record(200, Duration::from_millis(3));
+        let later = m.snapshot().since(&earlier);
+        assert_eq!(later.classes, [0, 1, 0, 0, 1]);
+        assert_eq!(later.buckets[3], 2);
+        assert_eq!(later.sum_us, 6000);
+        let whole = RequestMetrics::default();
+        whole.add(&earlier);
+        whole.add(&later);
+        assert_eq!(whole.snapshot(), m.snapshot());
     }
 
     #[test]

@@ -164,6 +164,7 @@ fn upgrading_the_agent_in_place_drops_no_request_and_restarts_no_instance() {
     let (env, app) = web_serving("steady");
     let before = pids(&env);
     let old_agent = agent_pid(&env);
+    let counted_at_start = route_2xx(&env);
     let load = Load::start(&env.proxy, "web.test", 4);
     std::thread::sleep(Duration::from_millis(300));
     let counted_before = route_2xx(&env);
@@ -209,6 +210,7 @@ fn upgrading_the_agent_in_place_drops_no_request_and_restarts_no_instance() {
         spec.replace("command: exec python3", "command: sleep 1; exec python3"),
     )
     .expect("write spec");
+    let second_agent = agent_pid(&env);
     std::thread::scope(|s| {
         let deploying = s.spawn(|| env.deploy(&app));
         std::thread::sleep(Duration::from_millis(500));
@@ -217,6 +219,9 @@ fn upgrading_the_agent_in_place_drops_no_request_and_restarts_no_instance() {
     });
     std::thread::sleep(Duration::from_millis(300));
     let r = load.finish();
+    util::wait_until(Duration::from_secs(10), "the second agent to exit", || {
+        (!util::process_alive(second_agent as u32)).then_some(())
+    });
     eprintln!(
         "agent upgrade: requests ok={} failed={} connections opened={} (old agent gone {:?} after the upgrade)",
         r.ok,
@@ -225,6 +230,13 @@ fn upgrading_the_agent_in_place_drops_no_request_and_restarts_no_instance() {
         moved_at.duration_since(upgraded)
     );
     assert_eq!(r.failed, 0, "{:?}", r.failures);
+    // Every request is counted exactly once, whichever agent served it:
+    // the load's and the one that looked into the log.
+    assert_eq!(
+        route_2xx(&env) - counted_at_start,
+        r.ok + 1,
+        "requests counted across two agent upgrades"
+    );
     // Each client's connection moved from agent to agent: none was closed.
     assert_eq!(r.connects, 4, "one connection per client, kept throughout");
     assert!(r.ok > 100, "load ran: {}", r.ok);
