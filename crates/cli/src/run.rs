@@ -57,13 +57,13 @@ pub async fn agent(dir: &Path, proxy_addr: SocketAddr, takeover: bool) -> CmdRes
 
 /// Starts `tandem agent` for `dir` with `args` as its own process (own
 /// process group, so Ctrl-C on the caller does not reach it; output to
-/// `agent.log`; `listener`, a descriptor without close-on-exec, passed on
-/// as its proxy's listening socket) and waits until an agent answers whose pid `is_it`
-/// accepts: its pid and proxy address.
+/// `agent.log`; `listener` passed on as its proxy's listening socket) and
+/// waits until an agent answers whose pid `is_it` accepts: its pid and
+/// proxy address.
 async fn start_agent(
     dir: &Path,
     args: &[&str],
-    listener: Option<OwnedFd>,
+    listener: Option<&OwnedFd>,
     within: Duration,
     is_it: impl Fn(u32) -> bool,
 ) -> Result<(u32, String), Exit> {
@@ -76,24 +76,22 @@ async fn start_agent(
         .open(&log_path)
         .map_err(|e| Exit::bad_input(format!("{}: {e}", log_path.display())))?;
     let log2 = log.try_clone().map_err(|e| Exit::failure(e.to_string()))?;
-    let mut child = std::process::Command::new(exe)
+    let mut command = std::process::Command::new(exe);
+    command
         .arg("agent")
         .arg("--data-dir")
         .arg(dir)
         .args(args)
-        .envs(
-            listener
-                .as_ref()
-                .map(|fd| (tandem_agent::PROXY_FD_VAR, fd.as_raw_fd().to_string())),
-        )
         .stdin(std::process::Stdio::null())
         .stdout(log)
         .stderr(log2)
-        .process_group(0)
+        .process_group(0);
+    if let Some(fd) = listener {
+        pass_descriptor(&mut command, fd, tandem_agent::PROXY_FD_VAR);
+    }
+    let mut child = command
         .spawn()
         .map_err(|e| Exit::failure(format!("cannot start the agent: {e}")))?;
-    // The agent has its copy; ours closes.
-    drop(listener);
     let client = AgentClient::for_data_dir(dir);
     let deadline = tokio::time::Instant::now() + within;
     loop {
@@ -126,6 +124,28 @@ async fn start_agent(
             )));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Makes `command`'s process inherit `fd` (under the same number, told in
+/// the variable `var`). Only that process does: the descriptor keeps
+/// close-on-exec here, and the child clears it on its own copy between
+/// fork and exec, so a build step this process spawns meanwhile inherits
+/// nothing.
+#[allow(unsafe_code)]
+fn pass_descriptor(command: &mut std::process::Command, fd: &OwnedFd, var: &str) {
+    let raw = fd.as_raw_fd();
+    command.env(var, raw.to_string());
+    // SAFETY: the closure runs in the child between fork and exec, where
+    // only async-signal-safe calls are allowed: it makes one `fcntl`
+    // system call and allocates nothing. The descriptor is open in the
+    // child, a copy of ours, which the caller keeps open across `spawn`.
+    unsafe {
+        command.pre_exec(move || {
+            let fd = std::os::fd::BorrowedFd::borrow_raw(raw);
+            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+            Ok(())
+        });
     }
 }
 
@@ -193,16 +213,11 @@ async fn start_agent_on_listener(
     proxy_addr: SocketAddr,
     listener: &OwnedFd,
 ) -> Result<(u32, String), Exit> {
-    // Without close-on-exec, so the agent inherits it; closed again once
-    // it is spawned. (A build step spawned at that moment inherits it
-    // too; it only holds it open until it exits.)
-    let inherited = rustix::io::dup(listener)
-        .map_err(|e| Exit::failure(format!("cannot pass the proxy's socket on: {e}")))?;
     let addr = proxy_addr.to_string();
     start_agent(
         dir,
         &["--proxy-addr", &addr],
-        Some(inherited),
+        Some(listener),
         AGENT_START_TIMEOUT,
         |_| true,
     )
@@ -375,4 +390,33 @@ pub async fn down(dir: &Path) -> CmdResult {
         Err(_) => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether `command` (a shell's `test`) succeeds.
+    fn has_fd(command: &mut std::process::Command) -> bool {
+        command.status().expect("run sh").success()
+    }
+
+    #[test]
+    fn a_passed_descriptor_reaches_that_child_and_no_other() {
+        let (reader, _writer) = std::io::pipe().expect("pipe");
+        let fd = OwnedFd::from(reader);
+        let n = fd.as_raw_fd();
+        let mut passed = std::process::Command::new("sh");
+        passed.args(["-c", r#"test -e "/proc/$$/fd/$PASSED_FD""#]);
+        pass_descriptor(&mut passed, &fd, "PASSED_FD");
+        assert!(has_fd(&mut passed), "the child it was passed to has fd {n}");
+        let flags = rustix::io::fcntl_getfd(&fd).expect("fcntl");
+        assert!(
+            flags.contains(rustix::io::FdFlags::CLOEXEC),
+            "ours stays close-on-exec"
+        );
+        let mut other = std::process::Command::new("sh");
+        other.args(["-c", &format!(r#"test -e "/proc/$$/fd/{n}""#)]);
+        assert!(!has_fd(&mut other), "another child does not inherit fd {n}");
+    }
 }
