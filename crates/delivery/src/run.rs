@@ -1,9 +1,10 @@
 //! One pipeline run: checkout → build → test → release, then for each
-//! environment in order: (approval) → deploy → verify. Each stage is
-//! recorded (state and journal event, with the commit) as it starts and
-//! ends. A run waiting for an approval ends its task; the approval queues it
-//! again and it resumes at that environment. A run can be cancelled except
-//! while it deploys.
+//! environment in order: (approval) → deploy → verify, and after a failed
+//! verify → rollback of that environment to the release it ran before.
+//! Each stage is recorded (state and journal event, with the commit) as it
+//! starts and ends. A run waiting for an approval ends its task; the
+//! approval queues it again and it resumes at that environment. A run can
+//! be cancelled except while it deploys or rolls back.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -167,20 +168,8 @@ impl Ctx<'_> {
         let service = self.run.service.clone();
         let (spec, release) = match self.run.release {
             None => self.build().await?,
-            Some(number) => {
-                // Resumed after an approval: the release exists already.
-                let store = self.delivery.store();
-                let release = store
-                    .release(&service, number)
-                    .await
-                    .map_err(DeliveryError::from)?;
-                let spec: Spec =
-                    serde_json::from_value(release.spec.clone()).map_err(|e| Stop::Failed {
-                        reason: format!("stored spec of r{number}: {e}"),
-                        log_tail: Vec::new(),
-                    })?;
-                (spec, release)
-            }
+            // Resumed after an approval: the release exists already.
+            Some(number) => self.stored_release(&service, number).await?,
         };
         let engine = &self.delivery.inner.engine;
         let places: Vec<(Placement, Gate)> = if spec.environments.is_empty() {
@@ -226,6 +215,8 @@ impl Ctx<'_> {
                     .await
                     .map_err(DeliveryError::from)?;
             }
+            // What a failed verify goes back to.
+            let before = engine.running_in(&service, place).await?;
             self.releasing.store(true, Ordering::SeqCst);
             self.stage_start(&deploy).await?;
             {
@@ -256,7 +247,7 @@ impl Ctx<'_> {
                     "TANDEM_URL".into(),
                     format!("http://{proxy}{}", place.route.path_prefix),
                 ));
-                engine
+                let verified = engine
                     .run_steps(
                         &service,
                         "verify",
@@ -266,11 +257,96 @@ impl Ctx<'_> {
                         SCHEDULER_ACTOR,
                         &self.reporter,
                     )
-                    .await?;
+                    .await;
+                if let Err(e) = verified {
+                    return Err(self.roll_back(e.into(), before, &release, place).await);
+                }
                 self.stage_end("succeeded").await?;
             }
         }
         Ok(Reached::End(release.number))
+    }
+
+    /// Release `number` of `service` and the spec stored with it.
+    async fn stored_release(
+        &self,
+        service: &str,
+        number: i64,
+    ) -> Result<(Spec, tandem_store::ReleaseRow), Stop> {
+        let store = self.delivery.store();
+        let release = store
+            .release(service, number)
+            .await
+            .map_err(DeliveryError::from)?;
+        let spec = serde_json::from_value(release.spec.clone()).map_err(|e| Stop::Failed {
+            reason: format!("stored spec of r{number}: {e}"),
+            log_tail: Vec::new(),
+        })?;
+        Ok((spec, release))
+    }
+
+    /// After a failed verify (`failed`): `place` goes back to the release
+    /// it ran before this run's deploy (`before`), a rollback of its own
+    /// stage and in the journal. Returns what the run fails with: the
+    /// verify's reason and what became of the environment.
+    async fn roll_back(
+        &mut self,
+        failed: Stop,
+        before: Option<i64>,
+        release: &tandem_store::ReleaseRow,
+        place: &Placement,
+    ) -> Stop {
+        let Stop::Failed { reason, log_tail } = failed else {
+            return failed;
+        };
+        let env = place.env.as_deref().unwrap_or("production");
+        let Some(number) = before.filter(|n| *n != release.number) else {
+            return Stop::Failed {
+                reason: format!(
+                    "{reason}; {env} stays on {}: no earlier release ran there",
+                    release.name()
+                ),
+                log_tail,
+            };
+        };
+        let rolled = async {
+            self.stage_end("failed").await?;
+            self.stage_start(&stage_name("rollback", place)).await?;
+            let engine = &self.delivery.inner.engine;
+            let service = release.service.as_str();
+            let (spec, earlier) = self.stored_release(service, number).await?;
+            // Where the verify ran: the same unit and route, the earlier code.
+            self.releasing.store(true, Ordering::SeqCst);
+            let _guard = engine.lock_service(service).await;
+            let done = engine
+                .rollout(
+                    &earlier,
+                    &spec,
+                    place,
+                    SCHEDULER_ACTOR,
+                    true,
+                    &self.reporter,
+                )
+                .await;
+            self.releasing.store(false, Ordering::SeqCst);
+            done?;
+            Ok::<(), Stop>(())
+        }
+        .await;
+        let what = match rolled {
+            Ok(()) => {
+                let _ = self.stage_end("succeeded").await;
+                format!("{env} rolled back to r{number}")
+            }
+            Err(Stop::Failed { reason: why, .. }) => {
+                format!("rolling {env} back to r{number} failed: {why}")
+            }
+            Err(cancelled) => return cancelled,
+        };
+        Stop::Failed {
+            reason: format!("{reason}; {what}"),
+            log_tail,
+        }
     }
 
     /// Checkout, build, test and the immutable release: everything that

@@ -290,6 +290,25 @@ impl Engine {
             .await
     }
 
+    /// The release `place` of `service` runs now, as the store knows it:
+    /// production's live release, another environment's last deployment.
+    pub async fn running_in(
+        &self,
+        service: &str,
+        place: &Placement,
+    ) -> Result<Option<i64>, EngineError> {
+        if place.production {
+            let svc = self.store.service(service).await?;
+            return Ok(svc.and_then(|s| s.live_release));
+        }
+        let env = place.env.as_deref().unwrap_or_default();
+        let deployments = self.store.deployments(service).await?;
+        Ok(deployments
+            .into_iter()
+            .find(|d| d.env == env)
+            .map(|d| d.release))
+    }
+
     /// Blue/green: start the new group, wait until ready, switch, drain and
     /// stop the old one. On failure, the old release keeps serving and the new
     /// group is stopped.

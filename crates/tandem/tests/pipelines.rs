@@ -715,6 +715,80 @@ fn staging_serves_each_push_while_production_waits_for_a_recorded_approval() {
     );
 }
 
+#[test]
+fn a_failed_verify_rolls_production_back_to_the_release_it_ran() {
+    let env = Env::start();
+    let smoke = "import os, sys, urllib.request\nreq = urllib.request.Request('http://' + os.environ['TANDEM_PROXY'] + '/index.html', headers={'Host': os.environ['TANDEM_HOST']})\nbody = urllib.request.urlopen(req, timeout=5).read().decode()\nprint('smoke', body)\nsys.exit('smoke: the page is broken' if 'broken' in body else 0)\n";
+    let spec = format!("{SPEC}verify:\n  - {{ name: smoke, run: \"python3 smoke.py\" }}\n");
+    let repo = Repo::new(env.root.path(), &spec);
+    let c1 = repo.push(
+        "main",
+        "good",
+        &[
+            ("index.html", "v1"),
+            ("check.sh", PASSING),
+            ("smoke.py", smoke),
+        ],
+    );
+    register(&env, &repo, &["--poll-interval", "300ms"]);
+    let first = wait_for_run(&env, &c1, Duration::from_secs(60));
+    assert_eq!(first["status"], "succeeded", "{first}");
+    assert_eq!(env.get("shop.test", "/index.html"), (200, "v1".into()));
+
+    let load = Load::start(&env.proxy, "shop.test", 4);
+    let c2 = repo.push(
+        "main",
+        "passes its tests, breaks the page",
+        &[("index.html", "broken")],
+    );
+    let run = wait_for_run(&env, &c2, Duration::from_secs(90));
+    let r = load.finish();
+    assert_eq!(run["status"], "failed", "{run}");
+    let reason = run["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("smoke") && reason.contains("production rolled back to r1"),
+        "{reason}"
+    );
+    assert_eq!(
+        env.get("shop.test", "/index.html"),
+        (200, "v1".into()),
+        "the release it ran before serves again"
+    );
+    assert_eq!(env.status_json("shop")["services"][0]["live_release"], "r1");
+    let stages: Vec<(&str, &str)> = run["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap_or_default(),
+                s["status"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        &stages[stages.len() - 3..],
+        [
+            ("deploy", "succeeded"),
+            ("verify", "failed"),
+            ("rollback", "succeeded")
+        ],
+        "{run}"
+    );
+    let journal = events(&env);
+    let rolled_back = journal
+        .iter()
+        .find(|e| e["kind"] == "rollback.succeeded")
+        .expect("the rollback is in the journal");
+    assert_eq!(rolled_back["actor"], "system:pipeline", "{rolled_back}");
+    eprintln!(
+        "verify rollback under load: ok={} failed={}",
+        r.ok, r.failed
+    );
+    assert_eq!(r.failed, 0, "{:?}", &r.failures[..r.failures.len().min(5)]);
+    assert!(r.ok > 50, "load ran: {}", r.ok);
+}
+
 /// Waits until the run of `commit` is in `status`; fails at once if it ends.
 fn wait_for_status(env: &Env, commit: &str, status: &str) -> serde_json::Value {
     wait_for(
