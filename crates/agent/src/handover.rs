@@ -42,13 +42,13 @@ use rustix::net::{
     SendAncillaryMessage, SendFlags,
 };
 use serde::{Deserialize, Serialize};
-use tandem_core::protocol::{Request, RequestCounts, SOCKET_FILE};
+use tandem_core::protocol::{Request, RequestCounts, Response, SOCKET_FILE, UPGRADE_TIMEOUT};
 use tandem_proxy::{Moved, Proxy};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Interest};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
-use crate::supervisor::{Counters, SavedService, Supervisor, WireCounts};
+use crate::supervisor::{Counters, Phase, SavedService, Supervisor, WireCounts};
 
 /// How long an agent that handed over keeps serving the client
 /// connections it had (then it exits and cuts what is left).
@@ -158,7 +158,7 @@ pub async fn give(
     let offer = match begun {
         Ok(offer) => offer,
         Err(why) => {
-            let refusal = tandem_core::protocol::Response::Error { message: why };
+            let refusal = Response::Error { message: why };
             let mut line = serde_json::to_vec(&refusal).unwrap_or_default();
             line.push(b'\n');
             link.write_all(&line).await?;
@@ -192,6 +192,65 @@ pub async fn give(
         return Ok(None);
     }
     Ok(Some(Given { link, offered }))
+}
+
+/// `Request::Upgrade`: starts `exe agent --takeover` for this agent's data
+/// directory as a child of this agent, so that it inherits what this agent
+/// has (environment, working directory, limits, output, control group,
+/// and so what instances it starts get) rather than what the caller has;
+/// then waits until it took over, exited, or `UPGRADE_TIMEOUT` passed
+/// (then it is killed).
+pub async fn start_successor(supervisor: &Supervisor, exe: &str) -> Response {
+    use std::os::unix::process::CommandExt;
+    if supervisor.phase() != Phase::Serving {
+        return Response::Error {
+            message: "this agent is handing over already".into(),
+        };
+    }
+    let mut command = std::process::Command::new(exe);
+    command
+        .arg("agent")
+        .arg("--data-dir")
+        .arg(supervisor.data_dir())
+        .arg("--takeover")
+        .stdin(std::process::Stdio::null())
+        // Descriptors passed to this agent at its start are not its
+        // successor's: it takes everything over.
+        .env_remove(crate::PROXY_FD_VAR)
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDNAMES")
+        // Its own group: a signal meant for this agent's is not for it.
+        .process_group(0);
+    let mut child = match tokio::process::Command::from(command).spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            return Response::Error {
+                message: format!("cannot start the new agent {exe}: {e}"),
+            };
+        }
+    };
+    let pid = child.id().unwrap_or_default();
+    tracing::info!(pid, exe, "started a new agent to take over");
+    let mut phases = supervisor.phases();
+    tokio::select! {
+        status = child.wait() => Response::Error {
+            message: format!(
+                "the new agent {exe} (pid {pid}) exited before it took over ({}); its output is with this agent's",
+                status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())
+            ),
+        },
+        _ = phases.wait_for(|p| *p == Phase::HandedOver) => Response::Upgraded { pid },
+        () = tokio::time::sleep(UPGRADE_TIMEOUT) => {
+            let _ = child.start_kill();
+            Response::Error {
+                message: format!(
+                    "the new agent {exe} (pid {pid}) did not take over within {} s; killed it",
+                    UPGRADE_TIMEOUT.as_secs()
+                ),
+            }
+        }
+    }
 }
 
 /// The old agent's side after the handover: sends each connection its
@@ -505,7 +564,7 @@ impl Frames {
 fn refused(line: &[u8]) -> HandoverError {
     let text = String::from_utf8_lossy(line);
     let why = match serde_json::from_str(text.trim()) {
-        Ok(tandem_core::protocol::Response::Error { message }) => message,
+        Ok(Response::Error { message }) => message,
         _ => text.trim().to_owned(),
     };
     if why.contains("unknown variant") {

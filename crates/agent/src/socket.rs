@@ -114,6 +114,8 @@ fn changes(req: &Request) -> bool {
             | Request::Logs { .. }
             | Request::Metrics
             | Request::WaitReady { .. }
+            // It waits for a handover, which waits for what changes.
+            | Request::Upgrade { .. }
     )
 }
 
@@ -197,6 +199,7 @@ async fn dispatch(req: Request, ctx: &Context) -> Response {
             let _ = ctx.shutdown.send(stop).await;
             Response::Ok
         }
+        Request::Upgrade { exe } => handover::start_successor(sup, &exe).await,
         Request::Handover | Request::ProxyListener => Response::Error {
             message: "answered on its own connection, with descriptors".into(),
         },

@@ -893,6 +893,15 @@ impl Supervisor {
         *self.shared.phase.borrow()
     }
 
+    /// The phase, as it changes.
+    pub fn phases(&self) -> watch::Receiver<Phase> {
+        self.shared.phase.subscribe()
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.shared.data_dir
+    }
+
     /// Stops starting instances and reading their output, and describes
     /// them for a new agent: services, routes, counters, and each running
     /// instance's pid, port and readiness (the new agent opens its output

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use tandem_agent::{AgentConfig, AgentError};
-use tandem_engine::{AgentClient, Engine};
+use tandem_engine::{AgentClient, AgentClientError, Engine};
 use tandem_proxy::ProxyConfig;
 use tandem_store::Store;
 use tokio_util::task::AbortOnDropHandle;
@@ -160,10 +160,27 @@ pub async fn upgrade_agent(dir: &Path) -> CmdResult {
         ))
     })?;
     let started = std::time::Instant::now();
-    let (new_pid, _) = start_agent(dir, &["--takeover"], None, AGENT_TAKEOVER_TIMEOUT, |pid| {
-        pid != old_pid
-    })
-    .await?;
+    let exe = std::env::current_exe()
+        .map_err(|e| Exit::failure(format!("cannot find own executable: {e}")))?;
+    // The running agent starts this binary's agent as its own child, so
+    // the new agent keeps the old one's environment, limits, output and
+    // control group (a systemd unit's, say), not this shell's.
+    let new_pid = match client.upgrade(&exe).await {
+        Ok(pid) => pid,
+        Err(AgentClientError::Refused(why)) if why.contains("unknown variant") => {
+            // An agent from before `Upgrade`: started from here instead.
+            start_agent(dir, &["--takeover"], None, AGENT_TAKEOVER_TIMEOUT, |pid| {
+                pid != old_pid
+            })
+            .await?
+            .0
+        }
+        Err(e) => {
+            return Err(Exit::failure(format!(
+                "the agent was not upgraded: {e}; the running agent (pid {old_pid}) serves on"
+            )));
+        }
+    };
     let adopted = client
         .status()
         .await

@@ -17,8 +17,12 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const SOCKET_FILE: &str = "agent.sock";
 /// How an agent's refusal starts while it hands over to a new agent
 /// (`tandem upgrade-agent`): asking again shortly reaches the one that
-/// serves, and since every request is idempotent, clients do.
+/// serves, and since every request but `Upgrade` is idempotent, clients do.
 pub const HANDOVER_REFUSAL: &str = "agent handover in progress";
+
+/// How long an agent asked to `Upgrade` waits for its successor to take
+/// over (it first lets changes in flight, such as a drain, finish).
+pub const UPGRADE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// A group of identical instances of one release of one service.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -137,6 +141,14 @@ pub enum Request {
     /// holds it while it starts a dead agent again; answered the same way,
     /// with an empty document and the one descriptor.
     ProxyListener,
+    /// Starts `exe agent --takeover` as this agent's child, so that the new
+    /// agent has this one's environment, working directory, limits, output
+    /// and control group (not the caller's), and answers once it took over
+    /// ([`Response::Upgraded`]), or why not. Not idempotent: never asked
+    /// again.
+    Upgrade {
+        exe: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -176,6 +188,10 @@ pub enum Response {
     },
     Metrics {
         text: String,
+    },
+    /// The new agent took over: its pid.
+    Upgraded {
+        pid: u32,
     },
     Ok,
     Error {

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use tandem_core::protocol::{
     AgentStatus, GroupSpec, HANDOVER_REFUSAL, LogLine, Request, Response, RouteSpec, SOCKET_FILE,
+    UPGRADE_TIMEOUT,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
@@ -265,6 +266,18 @@ impl AgentClient {
         }
     }
 
+    /// Asks the agent to start `exe` as its successor (`Request::Upgrade`)
+    /// and waits until it took over: its pid. Asked once, never again.
+    pub async fn upgrade(&self, exe: &Path) -> Result<u32, AgentClientError> {
+        let request = Request::Upgrade {
+            exe: exe.display().to_string(),
+        };
+        match self.call_once(&request).await? {
+            Response::Upgraded { pid } => Ok(pid),
+            other => Err(unexpected("upgrade", &other)),
+        }
+    }
+
     pub async fn shutdown(&self, stop_instances: bool) -> Result<(), AgentClientError> {
         match self.call(&Request::Shutdown { stop_instances }).await? {
             Response::Ok => Ok(()),
@@ -285,6 +298,8 @@ fn answer_within(request: &Request) -> Option<std::time::Duration> {
             Some(Duration::from_millis(*timeout_ms) + Duration::from_secs(10))
         }
         Request::StopGroup { .. } | Request::Shutdown { .. } => None,
+        // The agent waits for its successor that long, then answers.
+        Request::Upgrade { .. } => Some(UPGRADE_TIMEOUT + Duration::from_secs(10)),
         _ => Some(Duration::from_secs(10)),
     }
 }

@@ -123,3 +123,49 @@ os.execv(sys.argv[1], [sys.argv[1], "agent", "--data-dir", sys.argv[2], "--proxy
         "the proxy answered: {answer}"
     );
 }
+
+#[test]
+fn the_shipped_systemd_unit_is_valid_and_runs_up_with_flags_it_knows() {
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../contrib/systemd/tandem.service");
+    let unit = std::fs::read_to_string(&shipped).expect("read the unit");
+    for needed in ["KillMode=process", "Restart=always", "LimitNOFILE="] {
+        assert!(unit.contains(needed), "{needed} in {}", shipped.display());
+    }
+    // systemd's own check, with this build's binary where the unit expects
+    // the installed one (it checks that the command is executable).
+    let root = tempfile::tempdir().expect("tempdir");
+    let here = root.path().join("tandem.service");
+    let binary = bin();
+    std::fs::write(
+        &here,
+        unit.replace("/usr/local/bin/tandem", binary.to_str().expect("utf-8")),
+    )
+    .expect("write");
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&here)
+        .output()
+        .expect("systemd-analyze (Debian: apt-get install systemd)");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+    // And `tandem` takes the command line it runs.
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart=/usr/local/bin/tandem "))
+        .expect("ExecStart runs /usr/local/bin/tandem");
+    let out = Command::new(&binary)
+        .args(exec.split_whitespace())
+        .arg("--help")
+        .output()
+        .expect("run tandem");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -249,6 +249,80 @@ fn upgrading_the_agent_in_place_drops_no_request_and_restarts_no_instance() {
     }
 }
 
+#[test]
+fn the_new_agent_has_the_old_ones_environment_not_the_upgrading_shells() {
+    let env = Env::start_with(&[("TANDEM_TEST_MARK", "from-up")]);
+    let app = env.app("web", DEPLOY, "v1");
+    assert_ok(&env.deploy(&app));
+    let old_agent = agent_pid(&env);
+    let old = environ(old_agent);
+    assert!(old.contains("TANDEM_TEST_MARK=from-up"), "{old:?}");
+    let out = std::process::Command::new(util::bin())
+        .arg("upgrade-agent")
+        .env("TANDEM_DATA_DIR", env.data())
+        .env("TANDEM_TEST_MARK", "from-the-shell")
+        .env("TANDEM_ONLY_IN_THE_SHELL", "1")
+        .output()
+        .expect("run upgrade-agent");
+    assert_ok(&out);
+    let new_agent = agent_pid(&env);
+    assert_ne!(new_agent, old_agent);
+    // All of the old agent's, but the socket `up` passed it at its start.
+    let expected: std::collections::BTreeSet<String> = old
+        .into_iter()
+        .filter(|v| !v.starts_with("TANDEM_PROXY_FD="))
+        .collect();
+    assert_eq!(environ(new_agent), expected);
+    // And so are the instances it starts.
+    std::fs::write(app.join("index.html"), "v2").expect("write");
+    assert_ok(&env.deploy(&app));
+    for pid in pids(&env) {
+        let theirs = environ(pid);
+        assert!(theirs.contains("TANDEM_TEST_MARK=from-up"), "{theirs:?}");
+        assert!(!theirs.contains("TANDEM_ONLY_IN_THE_SHELL=1"), "{theirs:?}");
+    }
+}
+
+#[test]
+fn an_upgrade_to_a_binary_that_is_no_agent_fails_at_once_and_the_agent_serves_on() {
+    use std::io::{BufRead, BufReader, Write};
+    let (env, app) = web_serving("v1");
+    let old_agent = agent_pid(&env);
+    let asked = Instant::now();
+    let mut socket =
+        std::os::unix::net::UnixStream::connect(env.data().join("agent.sock")).expect("connect");
+    writeln!(socket, r#"{{"op":"upgrade","exe":"/bin/false"}}"#).expect("ask");
+    let mut answer = String::new();
+    BufReader::new(&socket)
+        .read_line(&mut answer)
+        .expect("answer");
+    assert!(
+        answer.contains("\"error\"") && answer.contains("exited before it took over"),
+        "{answer}"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(agent_pid(&env), old_agent, "the same agent answers");
+    assert_eq!(env.get("web.test", "/index.html"), (200, "v1".into()));
+    // It still takes changes: it went back to serving.
+    std::fs::write(app.join("index.html"), "v2").expect("write");
+    assert_ok(&env.deploy(&app));
+    assert_eq!(env.get("web.test", "/index.html"), (200, "v2".into()));
+}
+
+/// A process's environment, `NAME=value` each.
+fn environ(pid: u64) -> std::collections::BTreeSet<String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .expect("read environ")
+        .split(|b| *b == 0)
+        .filter(|v| !v.is_empty())
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
+}
+
 fn nix_kill(pid: i32) {
     let status = std::process::Command::new("kill")
         .args(["-KILL", &pid.to_string()])
