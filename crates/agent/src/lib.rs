@@ -279,6 +279,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     };
 
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::mpsc::channel::<Stop>(1);
+    let (settled_tx, settled) = tokio::sync::watch::channel(link.is_none());
     let ctx = socket::Context {
         supervisor: supervisor.clone(),
         proxy_addr: proxy_addr.clone(),
@@ -286,6 +287,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         shutdown: shutdown_tx,
         sockets,
         changing: Arc::default(),
+        settled,
     };
     let control_task = AbortOnDropHandle::new(tokio::spawn(socket::serve(control, ctx)));
     let (stop_proxy_tx, stop_proxy_rx) = tokio::sync::oneshot::channel::<()>();
@@ -305,7 +307,10 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
                 tracing::warn!(error = %e, "could not tell the old agent we took over");
             }
             let receiving = handover::receive_connections(link, proxy.clone(), supervisor.clone());
-            Some(AbortOnDropHandle::new(tokio::spawn(receiving)))
+            Some(AbortOnDropHandle::new(tokio::spawn(async move {
+                receiving.await;
+                let _ = settled_tx.send(true);
+            })))
         }
         None => None,
     };

@@ -27,6 +27,10 @@ pub struct Context {
     /// as long as it runs; a handover takes it (write) to switch phase, so
     /// it waits for those in flight and later ones see the new phase.
     pub changing: Arc<tokio::sync::RwLock<()>>,
+    /// True once no earlier agent is passing client connections to this
+    /// one any more: a handover of its own waits for that, or what still
+    /// came from the earlier agent would have nowhere to go.
+    pub settled: tokio::sync::watch::Receiver<bool>,
 }
 
 /// How the agent ends.
@@ -75,6 +79,16 @@ async fn connection(stream: UnixStream, ctx: Context) -> std::io::Result<()> {
                     .map_err(std::io::Error::other)?;
                 if req == Request::ProxyListener {
                     return handover::lend_listener(stream, &ctx.sockets).await;
+                }
+                let mut settled = ctx.settled.clone();
+                let waited = tokio::time::timeout(
+                    handover::HANDOVER_DRAIN + Duration::from_secs(10),
+                    settled.wait_for(|done| *done),
+                );
+                if !matches!(waited.await, Ok(Ok(_))) {
+                    tracing::warn!(
+                        "still taking connections over from the earlier agent; handing over anyway"
+                    );
                 }
                 let given = handover::give(stream, &ctx.supervisor, &ctx.sockets, &ctx.changing);
                 if let Some(given) = given.await? {

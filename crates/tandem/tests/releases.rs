@@ -557,7 +557,7 @@ fn an_agent_that_dies_is_started_again_and_takes_its_instances_back() {
 /// A service that upgrades any request asking for `Upgrade: echo` to a
 /// byte echo (as a WebSocket server would to its protocol).
 const ECHO_SERVER: &str = r#"
-import os, socket, threading
+import os, socket, threading, time
 def serve(c):
     data = b""
     while b"\r\n\r\n" not in data:
@@ -574,6 +574,8 @@ def serve(c):
                 break
             c.sendall(more)
     else:
+        if head.startswith(b"GET /slow"):
+            time.sleep(2)
         c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
     c.close()
 s = socket.socket()
@@ -586,9 +588,60 @@ while True:
 "#;
 
 #[test]
-fn a_tunnel_stays_open_across_agent_upgrades() {
+fn a_connection_busy_through_two_quick_upgrades_moves_on_to_the_newest_agent() {
     use std::io::{BufRead, BufReader, Read, Write};
     let env = Env::start();
+    let mut client = echo_serving(&env);
+    let ask = |client: &mut BufReader<std::net::TcpStream>, path: &str| {
+        write!(
+            client.get_mut(),
+            "GET {path} HTTP/1.1\r\nHost: echo.test\r\n\r\n"
+        )
+        .expect("write");
+    };
+    let answer = |client: &mut BufReader<std::net::TcpStream>| -> String {
+        let mut head = String::new();
+        while !head.ends_with("\r\n\r\n") {
+            if client.read_line(&mut head).unwrap_or(0) == 0 {
+                return format!("connection ended after {head:?}");
+            }
+        }
+        let mut body = [0u8; 2];
+        client.read_exact(&mut body).expect("body");
+        head.lines().next().unwrap_or_default().to_owned()
+    };
+    // The first agent is busy with this request (2 s) through both upgrades.
+    ask(&mut client, "/slow");
+    let first = agent_pid(&env);
+    assert_ok(&env.tandem(&["upgrade-agent"]));
+    let second = agent_pid(&env);
+    assert_ok(&env.tandem(&["upgrade-agent"]));
+    let third = agent_pid(&env);
+    assert!(
+        first != second && second != third,
+        "{first} {second} {third}"
+    );
+    assert_eq!(answer(&mut client), "HTTP/1.1 200 OK");
+    // The connection went from the first agent to the second, which waited
+    // for it before it handed over, and on to the third.
+    ask(&mut client, "/after");
+    assert_eq!(answer(&mut client), "HTTP/1.1 200 OK");
+    for pid in [first, second] {
+        util::wait_until(Duration::from_secs(10), "the older agents to exit", || {
+            (!util::process_alive(pid as u32)).then_some(())
+        });
+    }
+    ask(&mut client, "/last");
+    assert_eq!(
+        answer(&mut client),
+        "HTTP/1.1 200 OK",
+        "served by the third"
+    );
+}
+
+/// Deploys a service of one instance of `ECHO_SERVER`; a client
+/// connection to it through the proxy.
+fn echo_serving(env: &Env) -> std::io::BufReader<std::net::TcpStream> {
     let app = env.app("echo", DEPLOY, "");
     std::fs::write(app.join("echo.py"), ECHO_SERVER).expect("write server");
     let spec = std::fs::read_to_string(app.join("tandem.yaml")).expect("spec");
@@ -600,12 +653,18 @@ fn a_tunnel_stays_open_across_agent_upgrades() {
         .replace("instances: 2", "instances: 1");
     std::fs::write(app.join("tandem.yaml"), spec).expect("write spec");
     assert_ok(&env.deploy(&app));
-
     let stream = std::net::TcpStream::connect(&env.proxy).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
-    let mut tunnel = BufReader::new(stream);
+    std::io::BufReader::new(stream)
+}
+
+#[test]
+fn a_tunnel_stays_open_across_agent_upgrades() {
+    use std::io::{BufRead, Read, Write};
+    let env = Env::start();
+    let mut tunnel = echo_serving(&env);
     tunnel
         .get_mut()
         .write_all(
