@@ -156,18 +156,23 @@ where
 #[error("nothing sent for {0:?}")]
 pub struct Stalled(pub Duration);
 
-impl Stalled {
-    /// Whether `error` or one of its causes is a stalled body.
-    pub fn caused(error: &(dyn std::error::Error + 'static)) -> bool {
-        let mut cause = Some(error);
-        while let Some(e) = cause {
-            if e.is::<Stalled>() {
-                return true;
-            }
-            cause = e.source();
+/// The error of a request body that failed on the client's side: cut
+/// short, or malformed (a bad chunk): the client's doing, not the
+/// service's.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body failed: {0}")]
+pub struct Unreadable(#[source] pub BoxError);
+
+/// Whether `error` or one of its causes is an `E`.
+pub fn caused<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.is::<E>() {
+            return true;
         }
-        false
+        cause = e.source();
     }
+    false
 }
 
 /// A small fixed body for responses the proxy makes itself.

@@ -105,8 +105,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Sets `X-Forwarded-For` (appended), `-Proto` and `-Host`, and `Host` when
-/// the client spoke HTTP/2 and sent only `:authority`.
+/// Sets `X-Forwarded-For` (appended), `-Proto` and `-Host`, and `Host` to
+/// `host`, the host the request was routed by: for HTTP/2 its
+/// `:authority`, for an absolute-form request-target its authority, which
+/// replaces any `Host` the client sent (RFC 9110 §7.2), so the service sees
+/// the host its route was chosen by.
 pub fn add_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue, host: &HeaderValue) {
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prior) => {
@@ -119,9 +122,7 @@ pub fn add_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue, host: &He
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    if !headers.contains_key(HOST) {
-        headers.insert(HOST, host.clone());
-    }
+    headers.insert(HOST, host.clone());
     headers.insert(X_FORWARDED_HOST.clone(), host.clone());
 }
 

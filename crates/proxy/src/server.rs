@@ -379,6 +379,20 @@ async fn handle(
             "request has no valid Host\n",
         ));
     };
+    // Two Hosts: which one a service would go by is anyone's guess (RFC
+    // 9112 §3.2 says 400).
+    if req
+        .headers()
+        .get_all(http::header::HOST)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Ok(plain(
+            StatusCode::BAD_REQUEST,
+            "request has more than one Host\n",
+        ));
+    }
     let host_name = host.to_str().unwrap_or_default();
     let claimed = claim(&inner, host_name, req.uri().path()).await;
     let (route, mut slot) = match claimed.or_refuse(host_name, started) {
@@ -436,7 +450,10 @@ async fn handle(
     loop {
         let target = Arc::clone(&slot.target);
         let upstream_body = match body.take() {
-            Some(b) if !retryable => body::Quiet::new(b, inner.config.client_timeout).boxed(),
+            Some(b) if !retryable => {
+                let b = b.map_err(|e| body::Unreadable(e.into()));
+                body::Quiet::new(b, inner.config.client_timeout).boxed()
+            }
             _ => body::empty(),
         };
         let mut upstream = Request::new(upstream_body);
@@ -469,12 +486,19 @@ async fn handle(
                 let tunnel = client_upgrade.zip(tunnel_permit);
                 return Ok(respond(&inner, resp, conn, slot, tunnel, wait));
             }
-            Ok(Err(e)) if body::Stalled::caused(&e) => {
+            Ok(Err(e)) if body::caused::<body::Stalled>(&e) => {
                 // The client stopped sending its body: its doing, not the
                 // service's (a 4xx does not count against the SLO).
                 (
                     StatusCode::REQUEST_TIMEOUT,
                     "waited too long for the request body",
+                )
+            }
+            Ok(Err(e)) if body::caused::<body::Unreadable>(&e) => {
+                // Cut short or malformed by the client: its doing too.
+                (
+                    StatusCode::BAD_REQUEST,
+                    "got a request body that was cut short or malformed",
                 )
             }
             Ok(Err(e)) => {

@@ -1,0 +1,373 @@
+//! Request smuggling (desync): requests whose framing a front end and a
+//! back end could read differently (RFC 9112 §6.1, §6.3, §11.2), sent
+//! through the proxy to a real hyper backend that records every request it
+//! receives. Whatever the proxy does with each — forward it with one
+//! unambiguous framing, or refuse it with a 400 and close — the request
+//! hidden inside must never reach the backend as a request of its own, and
+//! the next client must get its own answer.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tandem_proxy::{Proxy, ProxyConfig, Route, RouteTable, Target};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What is hidden in each attack.
+const HIDDEN: &str = "GET /smuggled HTTP/1.1\r\nHost: app.test\r\n\r\n";
+
+/// A backend that records `METHOD path host=H (body bytes)` for every
+/// request it gets, on connections kept alive, and answers with the path.
+async fn start_recording_backend() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let log = Arc::clone(&log);
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let log = Arc::clone(&log);
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body.collect().await.map(|b| b.to_bytes());
+                        let len = body.as_ref().map(Bytes::len).unwrap_or(0);
+                        let path = parts.uri.path().to_owned();
+                        let host = parts
+                            .headers
+                            .get_all("host")
+                            .iter()
+                            .fold(String::new(), |all, h| all + h.to_str().unwrap_or("?"));
+                        log.lock()
+                            .expect("log")
+                            .push(format!("{} {path} host={host} ({len})", parts.method));
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(path))))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// The proxy with one route, `app.test`, to `backend`; its address and the
+/// route's request counters.
+async fn start_proxy(backend: SocketAddr) -> (SocketAddr, Arc<tandem_proxy::RequestMetrics>) {
+    let metrics = Arc::new(tandem_proxy::RequestMetrics::default());
+    let proxy = Proxy::new(ProxyConfig {
+        client_timeout: Duration::from_millis(500),
+        response_timeout: Duration::from_secs(1),
+        ..ProxyConfig::default()
+    });
+    proxy.publish(RouteTable::new([Route {
+        service: "app".into(),
+        host: "app.test".into(),
+        path_prefix: "/".into(),
+        // One target, so every request shares the upstream connections a
+        // smuggled request would poison.
+        targets: vec![Target::new("t0".into(), backend)],
+        cursor: Arc::default(),
+        metrics: Arc::clone(&metrics),
+        maintenance: None,
+        timeout: None,
+    }]));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { proxy.serve(listener, std::future::pending()).await });
+    (addr, metrics)
+}
+
+/// Writes `raw` on a fresh connection and reads what comes back until the
+/// proxy closes the connection or is quiet for a while.
+async fn send(proxy: SocketAddr, raw: &[u8]) -> String {
+    let mut s = TcpStream::connect(proxy).await.expect("connect");
+    s.write_all(raw).await.expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_millis(1500), s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// A POST with `head` (header lines, each ending in CRLF) and `body`.
+fn post(head: &str, body: &str) -> Vec<u8> {
+    format!("POST / HTTP/1.1\r\nHost: app.test\r\n{head}\r\n{body}").into_bytes()
+}
+
+/// What the proxy must answer to an attack.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Expect {
+    /// 400, nothing forwarded.
+    Refused,
+    /// One 200: forwarded once, with one framing.
+    Forwarded,
+    /// Either, as the general path's HTTP parser (hyper) decides.
+    Either,
+}
+
+/// Every attack, by name: the bytes a client sends and what must come of
+/// them.
+fn attacks() -> Vec<(&'static str, Vec<u8>, Expect)> {
+    use Expect::*;
+    let n = HIDDEN.len();
+    // The chunked body "0\r\n\r\n" with HIDDEN behind it: a reader by
+    // Content-Length takes HIDDEN as body, a reader by chunks as the next
+    // request.
+    let cl_te_body = format!("0\r\n\r\n{HIDDEN}");
+    let cl_te = |te: &str| {
+        let head = format!("Content-Length: {}\r\n{te}", cl_te_body.len());
+        post(&head, &cl_te_body)
+    };
+    // One chunk holding HIDDEN: a reader by chunks takes it as body, a
+    // reader by Content-Length: 4 as the next request after "2c\r\n".
+    let te_cl_body = format!("{n:x}\r\n{HIDDEN}\r\n0\r\n\r\n");
+    let chunked = |body: &str| post("Transfer-Encoding: chunked\r\n", body);
+    let with_cl = |head: &str| post(&format!("{head}\r\n"), HIDDEN);
+    let raw = |text: String| text.into_bytes();
+    vec![
+        ("CL.TE", cl_te("Transfer-Encoding: chunked\r\n"), Either),
+        (
+            "TE.CL",
+            post(
+                "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n",
+                &te_cl_body,
+            ),
+            Either,
+        ),
+        (
+            "TE.CL, TE first",
+            post(
+                "Transfer-Encoding: chunked\r\nContent-Length: 4\r\n",
+                &te_cl_body,
+            ),
+            Either,
+        ),
+        (
+            "TE: xchunked",
+            cl_te("Transfer-Encoding: xchunked\r\n"),
+            Refused,
+        ),
+        (
+            "TE: chunked, then TE: x",
+            cl_te("Transfer-Encoding: chunked\r\nTransfer-Encoding: x\r\n"),
+            Refused,
+        ),
+        (
+            "TE: x, then TE: chunked",
+            cl_te("Transfer-Encoding: x\r\nTransfer-Encoding: chunked\r\n"),
+            Either,
+        ),
+        (
+            "TE: identity, chunked",
+            cl_te("Transfer-Encoding: identity, chunked\r\n"),
+            Either,
+        ),
+        (
+            "TE: Chunked",
+            cl_te("Transfer-Encoding: Chunked\r\n"),
+            Either,
+        ),
+        (
+            "TE after a tab",
+            cl_te("Transfer-Encoding:\tchunked\r\n"),
+            Either,
+        ),
+        (
+            "TE after a vertical tab",
+            cl_te("Transfer-Encoding:\x0bchunked\r\n"),
+            Refused,
+        ),
+        (
+            "TE, space before the colon",
+            cl_te("Transfer-Encoding : chunked\r\n"),
+            Refused,
+        ),
+        (
+            "TE folded onto a header",
+            cl_te("X-A: b\r\n Transfer-Encoding: chunked\r\n"),
+            Refused,
+        ),
+        (
+            "TE's value folded",
+            cl_te("Transfer-Encoding:\r\n chunked\r\n"),
+            Refused,
+        ),
+        (
+            "TE's line ending in a bare LF",
+            cl_te("Transfer-Encoding: chunked\n"),
+            Either,
+        ),
+        (
+            "TE behind a NUL",
+            cl_te("X-A: b\0\r\nTransfer-Encoding: chunked\r\n"),
+            Refused,
+        ),
+        (
+            "CL: 0, then CL: n",
+            with_cl(&format!("Content-Length: 0\r\nContent-Length: {n}")),
+            Refused,
+        ),
+        (
+            "CL: n, then CL: 0",
+            with_cl(&format!("Content-Length: {n}\r\nContent-Length: 0")),
+            Refused,
+        ),
+        (
+            "CL: n, 0",
+            with_cl(&format!("Content-Length: {n}, 0")),
+            Refused,
+        ),
+        ("CL: +n", with_cl(&format!("Content-Length: +{n}")), Refused),
+        (
+            "CL in hex",
+            with_cl(&format!("Content-Length: 0x{n:x}")),
+            Refused,
+        ),
+        (
+            "CL with trailing junk",
+            with_cl(&format!("Content-Length: {n}x")),
+            Refused,
+        ),
+        (
+            "CL past u64",
+            with_cl("Content-Length: 18446744073709551617"),
+            Refused,
+        ),
+        (
+            "bare LF line ends",
+            raw(format!(
+                "POST / HTTP/1.1\nHost: app.test\nContent-Length: {n}\n\n{HIDDEN}"
+            )),
+            Either,
+        ),
+        (
+            "a GET with a body",
+            raw(format!(
+                "GET / HTTP/1.1\r\nHost: app.test\r\nContent-Length: {n}\r\n\r\n{HIDDEN}"
+            )),
+            Forwarded,
+        ),
+        (
+            "chunk size past u64",
+            chunked(&format!("1000000000000000{n:x}\r\n{HIDDEN}\r\n0\r\n\r\n")),
+            Refused,
+        ),
+        (
+            "chunk size in 0x",
+            chunked(&format!("0x{n:x}\r\n{HIDDEN}\r\n0\r\n\r\n")),
+            Refused,
+        ),
+        (
+            "chunk extension ending in a bare LF",
+            chunked(&format!("0;x\n\r\n{HIDDEN}")),
+            Refused,
+        ),
+        (
+            "last chunk without its CRLF",
+            chunked(&format!("0\r\n{HIDDEN}")),
+            Refused,
+        ),
+        (
+            "HTTP/1.0 with TE: chunked",
+            raw(format!(
+                "POST / HTTP/1.0\r\nHost: app.test\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n{cl_te_body}",
+                cl_te_body.len()
+            )),
+            Refused,
+        ),
+        (
+            "two Hosts",
+            raw(format!(
+                "GET / HTTP/1.1\r\nHost: app.test\r\nHost: other.test\r\nContent-Length: {n}\r\n\r\n{HIDDEN}"
+            )),
+            Refused,
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn no_hidden_request_reaches_the_backend_and_no_answer_goes_to_the_wrong_client() {
+    let (backend, seen) = start_recording_backend().await;
+    let (proxy, metrics) = start_proxy(backend).await;
+    let mut report = Vec::new();
+    for (name, raw, expect) in attacks() {
+        seen.lock().expect("log").clear();
+        let answer = send(proxy, &raw).await;
+        // A client after the attack, on a connection of its own: it must
+        // get the answer to its own request.
+        let victim = send(
+            proxy,
+            b"GET /victim HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        let backend_saw = seen.lock().expect("log").clone();
+        let status = answer.lines().next().unwrap_or("(nothing)").to_owned();
+        report.push(format!("{name}: {status} -> backend {backend_saw:?}"));
+        assert!(
+            !backend_saw.iter().any(|r| r.contains("/smuggled")),
+            "{name}: the hidden request reached the backend: {backend_saw:?}\nanswer: {answer}"
+        );
+        assert!(
+            victim.starts_with("HTTP/1.1 200") && victim.ends_with("/victim"),
+            "{name}: the next client got {victim:?}"
+        );
+        // Refused, or forwarded once with the whole of it as its body.
+        let refused = status.starts_with("HTTP/1.1 400") && backend_saw.len() == 1;
+        let forwarded = status.starts_with("HTTP/1.1 200")
+            && answer.matches("HTTP/1.1 ").count() == 1
+            && backend_saw.len() == 2;
+        let ok = match expect {
+            Expect::Refused => refused,
+            Expect::Forwarded => forwarded,
+            Expect::Either => refused || forwarded,
+        };
+        assert!(
+            ok,
+            "{name}: expected {expect:?}, answered {answer:?}, backend saw {backend_saw:?}"
+        );
+    }
+    eprintln!("{}", report.join("\n"));
+    // What the clients got wrong does not count against the service.
+    let counted = metrics.snapshot().classes;
+    assert_eq!(counted[4], 0, "no 5xx: {counted:?}");
+}
+
+#[tokio::test]
+async fn an_absolute_form_request_goes_by_its_authority_and_the_service_sees_that_host() {
+    let (backend, seen) = start_recording_backend().await;
+    let (proxy, _) = start_proxy(backend).await;
+    let answer = send(
+        proxy,
+        b"GET http://app.test/abs HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(
+        *seen.lock().expect("log"),
+        ["GET /abs host=app.test (0)"],
+        "routed by app.test, so the service is told app.test"
+    );
+    let elsewhere = send(
+        proxy,
+        b"GET http://other.test/abs HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(elsewhere.starts_with("HTTP/1.1 404"), "{elsewhere}");
+    assert_eq!(seen.lock().expect("log").len(), 1, "nothing more forwarded");
+}
