@@ -2,7 +2,10 @@
 //! directions (RFC 9110 §7.6.1), `X-Forwarded-*` are set, and an upgrade
 //! request keeps exactly the headers the upgrade needs.
 
-use http::header::{CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, UPGRADE};
+use http::header::{
+    CONNECTION, CONTENT_LENGTH, HOST, HeaderMap, HeaderName, HeaderValue, TRANSFER_ENCODING,
+    UPGRADE,
+};
 
 /// Hop-by-hop headers, plus `Upgrade` (restored on its own for upgrades),
 /// as text: the one list, from which the `HeaderName`s below are made.
@@ -100,6 +103,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
+    // Framed by its chunks, which hyper frames anew: a Content-Length it
+    // carries as well is not its length (RFC 9112 §6.3).
+    if headers.contains_key(TRANSFER_ENCODING) {
+        headers.remove(CONTENT_LENGTH);
+    }
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
@@ -148,6 +156,19 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("accept"));
+    }
+
+    #[test]
+    fn a_content_length_beside_transfer_encoding_goes_with_it() {
+        let mut h = HeaderMap::new();
+        h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(CONTENT_LENGTH, HeaderValue::from_static("12"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty(), "{h:?}");
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_LENGTH, HeaderValue::from_static("12"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "alone, it stays");
     }
 
     #[test]

@@ -804,6 +804,10 @@ fn parse_response(
             chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         }
     }
+    // Both: a sign of response splitting (RFC 9112 §6.3). The chunks frame
+    // this response, but what follows it on the connection may be another
+    // response hidden in it, so the connection is not used again.
+    let ambiguous = chunked.is_some() && length.is_some();
     let framing = if head_request || status == 204 || status == 304 {
         Framing::Length(0)
     } else {
@@ -840,7 +844,7 @@ fn parse_response(
         status,
         interim: false,
         framing,
-        keep_alive: version == 1 && !upstream_close && framing != Framing::Close,
+        keep_alive: version == 1 && !upstream_close && !ambiguous && framing != Framing::Close,
     }))
 }
 
@@ -1099,7 +1103,11 @@ mod tests {
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n",
             false,
         );
-        assert_eq!(r.framing, Framing::Chunked);
+        assert_eq!(
+            (r.framing, r.keep_alive),
+            (Framing::Chunked, false),
+            "framed by its chunks, its connection not used again"
+        );
         assert_eq!(out, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
         let (r, out) = response("HTTP/1.0 200 OK\r\n\r\n", false);
         assert_eq!((r.framing, r.keep_alive), (Framing::Close, false));

@@ -371,3 +371,157 @@ async fn an_absolute_form_request_goes_by_its_authority_and_the_service_sees_tha
     assert!(elsewhere.starts_with("HTTP/1.1 404"), "{elsewhere}");
     assert_eq!(seen.lock().expect("log").len(), 1, "nothing more forwarded");
 }
+
+/// What a backend hides behind a response of its own: a second response
+/// that a proxy reading the first one's framing differently would give to
+/// the next request on that connection — another client's.
+const HIDDEN_RESPONSE: &str = "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled";
+
+/// A raw backend: answers a request for `/first` with `first` and any
+/// other with `victim` (`Content-Length` framed). With `later`, what
+/// `first` hides is written 50 ms after the rest, so that it is not read
+/// with the response but waits in the socket.
+async fn start_lying_backend(first: String, later: bool) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let first = first.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                    // The requests here have no bodies: one per head.
+                    while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head: Vec<u8> = got.drain(..end + 4).collect();
+                        let line = String::from_utf8_lossy(&head);
+                        let answer = match line.split(' ').nth(1) {
+                            Some("/first") => first.clone(),
+                            _ => "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nvictim".to_owned(),
+                        };
+                        let (now, then) = match answer.find(HIDDEN_RESPONSE) {
+                            Some(at) if later => answer.split_at(at),
+                            _ => (answer.as_str(), ""),
+                        };
+                        if stream.write_all(now.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        if !then.is_empty() {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            if stream.write_all(then.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_response_framed_two_ways_never_reaches_another_request() {
+    let hidden_len = HIDDEN_RESPONSE.len();
+    let te_body = format!("0\r\n\r\n{HIDDEN_RESPONSE}");
+    let cases: Vec<(&str, &str, String)> = vec![
+        (
+            "CL.TE",
+            "GET",
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n{te_body}",
+                te_body.len()
+            ),
+        ),
+        (
+            "two Content-Lengths",
+            "GET",
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nContent-Length: {hidden_len}\r\n\r\n{HIDDEN_RESPONSE}"
+            ),
+        ),
+        (
+            "Content-Length with junk",
+            "GET",
+            format!("HTTP/1.1 200 OK\r\nContent-Length: 0x\r\n\r\n{HIDDEN_RESPONSE}"),
+        ),
+        (
+            "a body after a HEAD's answer",
+            "HEAD",
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {hidden_len}\r\n\r\n{HIDDEN_RESPONSE}"),
+        ),
+        (
+            "a body after a 204",
+            "GET",
+            format!("HTTP/1.1 204 No Content\r\n\r\n{HIDDEN_RESPONSE}"),
+        ),
+        (
+            "a body after a 304",
+            "GET",
+            format!("HTTP/1.1 304 Not Modified\r\n\r\n{HIDDEN_RESPONSE}"),
+        ),
+        (
+            "more than its Content-Length",
+            "GET",
+            format!("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok{HIDDEN_RESPONSE}"),
+        ),
+    ];
+    let mut report = Vec::new();
+    // The hidden part also comes late for the one response whose own
+    // framing is ambiguous. After a response framed one way only, a
+    // response nobody asked for that comes late cannot be told from the
+    // answer to the next request, by any proxy.
+    let variants = cases.iter().flat_map(|case| {
+        let late = (case.0 == "CL.TE").then_some((case, true));
+        std::iter::once((case, false)).chain(late)
+    });
+    // HTTP/1.1 takes the fast path; HTTP/1.0 the general one (hyper's
+    // client upstream, with its own pool), which HTTP/2 clients take too.
+    let variants = variants.flat_map(|v| [(v, "1.1"), (v, "1.0")]);
+    for (((name, method, first), later), version) in variants {
+        let backend = start_lying_backend(first.clone(), later).await;
+        let (proxy, _) = start_proxy(backend).await;
+        // With a request of its own behind it, on the same connection.
+        let request = format!(
+            "{method} /first HTTP/{version}\r\nHost: app.test\r\nConnection: keep-alive\r\n\r\n\
+             GET /own HTTP/{version}\r\nHost: app.test\r\nConnection: close\r\n\r\n"
+        );
+        let answer = send(proxy, request.as_bytes()).await;
+        // Until what was hidden has come.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let name = format!(
+            "{name}{}, HTTP/{version}",
+            if later { ", hidden part later" } else { "" }
+        );
+        // The next clients, each on a connection of its own, so that the
+        // proxy may give them the first request's upstream connection.
+        for _ in 0..3 {
+            let next =
+                format!("GET /next HTTP/{version}\r\nHost: app.test\r\nConnection: close\r\n\r\n");
+            let next = send(proxy, next.as_bytes()).await;
+            assert!(
+                !next.contains("smuggled"),
+                "{name}: a later client got the hidden response: {next:?}"
+            );
+            assert!(
+                next.starts_with("HTTP/1.") && next.contains(" 200 ") && next.ends_with("victim"),
+                "{name}: a later client got {next:?}"
+            );
+        }
+        let status = answer.lines().next().unwrap_or("(nothing)").to_owned();
+        report.push(format!("{name}: the first client got {status}"));
+        // Its own second request got its own answer, if any: a proxy that
+        // gave up on the first closes the connection.
+        let answers = answer.matches("HTTP/1.").count();
+        assert!(
+            !answer.contains("smuggled")
+                && (answers == 1 || (answers == 2 && answer.ends_with("victim"))),
+            "{name}: the first client got {answer:?}"
+        );
+    }
+    eprintln!("{}", report.join("\n"));
+}
