@@ -525,3 +525,26 @@ async fn a_response_framed_two_ways_never_reaches_another_request() {
     }
     eprintln!("{}", report.join("\n"));
 }
+
+#[tokio::test]
+async fn an_oversized_head_is_refused_and_nothing_forwarded() {
+    let (backend, seen) = start_recording_backend().await;
+    let (proxy, _) = start_proxy(backend).await;
+    let big_value = "x".repeat(1024 * 1024);
+    let too_long = format!("GET / HTTP/1.1\r\nHost: app.test\r\nX-Big: {big_value}\r\n\r\n");
+    let too_many = format!(
+        "GET / HTTP/1.1\r\nHost: app.test\r\n{}\r\n",
+        (0..200)
+            .map(|i| format!("X-{i}: y\r\n"))
+            .collect::<String>()
+    );
+    for (name, raw) in [("a 1 MiB header", too_long), ("200 headers", too_many)] {
+        let answer = send(proxy, raw.as_bytes()).await;
+        eprintln!("{name}: {:?}", answer.lines().next());
+        assert!(
+            answer.starts_with("HTTP/1.1 431") || answer.starts_with("HTTP/1.1 400"),
+            "{name}: {answer:?}"
+        );
+    }
+    assert!(seen.lock().expect("log").is_empty(), "nothing forwarded");
+}
