@@ -19,12 +19,17 @@
 //!    connection between two requests and each tunnel goes, as its
 //!    descriptors, over the same connection to the new agent, which serves
 //!    it on ([`send_connections`], [`receive_connections`]); the clients
-//!    notice nothing. Last, it sends what it counted after its offer
+//!    notice nothing. HTTP/2 clients get a GOAWAY and connections on the
+//!    general path `connection: close`. When none is left (at most
+//!    [`HANDOVER_DRAIN`]), it sends what it counted after its offer
 //!    ([`send_counts`]), which the new agent adds to its counters: every
-//!    request is counted once, by one agent or the other. HTTP/2 clients get a GOAWAY and connections on the
-//!    general path `connection: close`. The old agent exits when none is
-//!    left (at most [`HANDOVER_DRAIN`]). It neither unlocks the data
-//!    directory nor removes the socket: both are the new agent's.
+//!    request is counted once, by one agent or the other. Then it exits.
+//!    It neither unlocks the data directory nor removes the socket: both
+//!    are the new agent's.
+//!
+//! `tandem upgrade-agent` does not start the new agent itself: it asks the
+//! running one to ([`start_successor`]), so that the new agent is the old
+//! one's child, with its environment and control group.
 //!
 //! The kernel keeps one accept queue per listening socket, shared by both
 //! processes, so a client connecting at any moment is accepted by one of

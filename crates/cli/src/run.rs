@@ -149,8 +149,8 @@ fn pass_descriptor(command: &mut std::process::Command, fd: &OwnedFd, var: &str)
     }
 }
 
-/// `tandem upgrade-agent`: starts this binary's agent with `--takeover`
-/// and waits until it answers in place of the old one.
+/// `tandem upgrade-agent`: has the running agent start this binary's
+/// agent with `--takeover`, and waits until it took over.
 pub async fn upgrade_agent(dir: &Path) -> CmdResult {
     let client = AgentClient::for_data_dir(dir);
     let (old_pid, _) = client.hello().await.map_err(|e| {
