@@ -93,6 +93,19 @@ pub fn connection_limit(fd_limit: u64, configured: usize) -> usize {
 /// (`flock`) is held as long as any descriptor of the returned file is
 /// open, in this process or one it was passed to.
 pub fn lock_data_dir(data_dir: &Path, name: &str) -> Result<File, AgentError> {
+    let file = try_lock(data_dir, name)?;
+    note_pid(&file);
+    Ok(file)
+}
+
+/// Whether nobody holds the lock `name` of `data_dir` (its holder died):
+/// asked without taking it for longer than the asking, nor writing our pid
+/// into it.
+pub fn lock_is_free(data_dir: &Path, name: &str) -> bool {
+    try_lock(data_dir, name).is_ok()
+}
+
+fn try_lock(data_dir: &Path, name: &str) -> Result<File, AgentError> {
     let path = data_dir.join(name);
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -107,7 +120,6 @@ pub fn lock_data_dir(data_dir: &Path, name: &str) -> Result<File, AgentError> {
     file.try_lock().map_err(|_| {
         AgentError::AlreadyRunning(data_dir.display().to_string(), path.display().to_string())
     })?;
-    note_pid(&file);
     Ok(file)
 }
 
@@ -366,6 +378,19 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn asking_whether_a_lock_is_free_leaves_it_and_its_pid_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("agent.lock"), "4242\n").expect("write");
+        assert!(lock_is_free(dir.path(), "agent.lock"));
+        let pid = std::fs::read_to_string(dir.path().join("agent.lock")).expect("read");
+        assert_eq!(pid, "4242\n", "the last holder's pid stays");
+        let held = lock_data_dir(dir.path(), "agent.lock").expect("lock");
+        assert!(!lock_is_free(dir.path(), "agent.lock"), "held");
+        drop(held);
+        assert!(lock_is_free(dir.path(), "agent.lock"), "let go");
+    }
 
     #[test]
     fn two_sockets_per_connection_after_the_reserve_and_never_above_the_configured() {

@@ -328,9 +328,8 @@ async fn watch_agent(
         if client.hello().await.is_ok() {
             continue;
         }
-        match tandem_agent::lock_data_dir(&dir, "agent.lock") {
-            Ok(free) => drop(free),
-            Err(_) => continue,
+        if !tandem_agent::lock_is_free(&dir, "agent.lock") {
+            continue;
         }
         tracing::warn!("the agent has died; starting it again");
         let started = match &held {
