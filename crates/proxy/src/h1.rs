@@ -824,9 +824,14 @@ fn parse_response(
     out.push(b' ');
     out.extend_from_slice(resp.reason.unwrap_or_default().as_bytes());
     out.extend_from_slice(b"\r\n");
+    let mut length_sent = false;
     for h in resp.headers.iter() {
         let keep_encoding = chunked.is_some() && h.name.eq_ignore_ascii_case("transfer-encoding");
-        let dropped_length = chunked.is_some() && h.name.eq_ignore_ascii_case("content-length");
+        let is_length = h.name.eq_ignore_ascii_case("content-length");
+        // Beside chunks a length is not the length; and the same length
+        // twice goes on once (RFC 9112 §6.3).
+        let dropped_length = is_length && (chunked.is_some() || length_sent);
+        length_sent |= is_length;
         if dropped_length
             || (forward::is_hop_by_hop(h.name) && !keep_encoding)
             || named.iter().any(|n| n.eq_ignore_ascii_case(h.name))
@@ -1157,5 +1162,207 @@ mod tests {
             assert!(Chunked::default().feed(bad).is_err(), "{bad:?}");
         }
         assert_eq!(Chunked::default().feed(b"0\r\n\r\n"), Ok((5, true)));
+    }
+
+    /// Properties of the parsers over generated and mangled messages: the
+    /// head sent on always carries the framing the fast path itself went
+    /// by, so the next hop cannot read the message differently.
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use proptest::sample::select;
+
+        /// Header lines from pieces that matter to framing and routing,
+        /// mostly spelled well, sometimes badly.
+        fn header_line() -> impl Strategy<Value = String> {
+            let names = select(vec![
+                "Host",
+                "host",
+                "HOST",
+                "Content-Length",
+                "content-length",
+                "Transfer-Encoding",
+                "Connection",
+                "X-Forwarded-For",
+                "X-Forwarded-Host",
+                "Expect",
+                "Upgrade",
+                "Keep-Alive",
+                "TE",
+                "X-A",
+                "Accept",
+                "Content-Length ",
+                " Host",
+                "Host\0",
+            ]);
+            let values = select(vec![
+                "a.test",
+                "",
+                "0",
+                "5",
+                "05",
+                "+5",
+                "5, 5",
+                " 5",
+                "5 ",
+                "-1",
+                "0x5",
+                "18446744073709551616",
+                "chunked",
+                "gzip, chunked",
+                "close",
+                "keep-alive",
+                "close, x-a",
+                "x-a",
+                "upgrade",
+                "100-continue",
+                "1.2.3.4",
+                "a\rb",
+            ]);
+            let separators =
+                prop_oneof![8 => Just(": "), 1 => select(vec![":", ":\t", " : ", ": \x0b"])];
+            let ends = prop_oneof![8 => Just("\r\n"), 1 => select(vec!["\n", "\r\n "])];
+            (names, separators, values, ends).prop_map(|(n, s, v, e)| format!("{n}{s}{v}{e}"))
+        }
+
+        /// A request from those pieces, mostly one the fast path could
+        /// take (a good request line and a Host), then perhaps one byte
+        /// changed.
+        fn request_bytes() -> impl Strategy<Value = Vec<u8>> {
+            let lines = prop_oneof![
+                8 => select(vec!["GET / HTTP/1.1", "POST /a?b=1 HTTP/1.1", "HEAD /x HTTP/1.1"]),
+                1 => select(vec!["GET / HTTP/1.0", "GET http://a.test/ HTTP/1.1", "G ET / HTTP/1.1", "GET / http/1.1", "GET  / HTTP/1.1"]),
+            ];
+            let host = prop_oneof![4 => Just("Host: a.test\r\n"), 1 => Just("")];
+            let heads = proptest::collection::vec(header_line(), 0..6);
+            let body = proptest::collection::vec(any::<u8>(), 0..12);
+            let mutation = prop_oneof![
+                3 => Just(None),
+                1 => (any::<prop::sample::Index>(), any::<u8>()).prop_map(Some),
+            ];
+            (lines, host, heads, body, mutation).prop_map(|(line, host, heads, body, mutation)| {
+                let mut raw = format!("{line}\r\n{host}{}\r\n", heads.concat()).into_bytes();
+                raw.extend_from_slice(&body);
+                if let Some((at, byte)) = mutation {
+                    let at = at.index(raw.len());
+                    raw[at] = byte;
+                }
+                raw
+            })
+        }
+
+        /// The numbers the `Content-Length`s of a parsed head say.
+        fn lengths(headers: &[httparse::Header<'_>]) -> Vec<Option<u64>> {
+            values(headers, "content-length")
+                .into_iter()
+                .map(content_length)
+                .collect()
+        }
+
+        /// The values of the headers named `name` in a parsed head.
+        fn values<'a>(headers: &'a [httparse::Header<'a>], name: &str) -> Vec<&'a [u8]> {
+            headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| h.value)
+                .collect()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
+
+            #[test]
+            fn any_bytes_parse_without_panicking(raw in proptest::collection::vec(any::<u8>(), 0..256)) {
+                let mut out = Vec::new();
+                let _ = parse_request(&raw, "10.0.0.9", &mut out);
+                let _ = parse_response(&raw, false, false, &mut out);
+            }
+
+            #[test]
+            fn a_request_the_fast_path_takes_goes_on_framed_as_it_read_it(raw in request_bytes()) {
+                let mut out = Vec::new();
+                let Parsed::Request(req) = parse_request(&raw, "10.0.0.9", &mut out) else {
+                    return Ok(());
+                };
+                // What it read: one Host, at most one Content-Length, no
+                // Transfer-Encoding (or it would have handed it over).
+                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let mut read = httparse::Request::new(&mut headers);
+                let read_len = read.parse(&raw);
+                prop_assert!(matches!(read_len, Ok(httparse::Status::Complete(n)) if n == req.head_len));
+                prop_assert_eq!(values(read.headers, "host").len(), 1);
+                prop_assert!(values(read.headers, "content-length").len() <= 1);
+                prop_assert!(values(read.headers, "transfer-encoding").is_empty());
+                prop_assert_eq!(read.version, Some(1));
+                // What goes on: a whole head, the same request line, one
+                // Host with the routed value, the same length, nothing
+                // hop-by-hop.
+                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS + 4];
+                let mut sent = httparse::Request::new(&mut headers);
+                let sent_len = sent.parse(&out);
+                prop_assert!(matches!(sent_len, Ok(httparse::Status::Complete(n)) if n == out.len()), "{:?}", String::from_utf8_lossy(&out));
+                prop_assert_eq!(sent.method, read.method);
+                prop_assert_eq!(sent.path, read.path);
+                prop_assert_eq!(values(sent.headers, "host"), vec![&raw[req.host.clone()]]);
+                let lengths = lengths(sent.headers);
+                match req.body_len {
+                    0 => prop_assert!(lengths.is_empty() || lengths == vec![Some(0)]),
+                    n => prop_assert_eq!(lengths, vec![Some(n)]),
+                }
+                for hop in ["transfer-encoding", "connection", "keep-alive", "te", "upgrade"] {
+                    prop_assert!(values(sent.headers, hop).is_empty(), "{hop} sent on");
+                }
+            }
+
+            #[test]
+            fn a_response_goes_to_the_client_framed_as_it_was_read(
+                status in select(vec!["200 OK", "204 No Content", "304 Not Modified", "404 x", "103 Early"]),
+                heads in proptest::collection::vec(header_line(), 0..6),
+                head_request in any::<bool>(),
+                client_close in any::<bool>(),
+            ) {
+                let raw = format!("HTTP/1.1 {status}\r\n{}\r\n", heads.concat());
+                let mut out = Vec::new();
+                let Ok(Some(resp)) = parse_response(raw.as_bytes(), head_request, client_close, &mut out) else {
+                    return Ok(());
+                };
+                // Interim responses go on as they came.
+                if resp.interim {
+                    return Ok(());
+                }
+                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS + 2];
+                let mut sent = httparse::Response::new(&mut headers);
+                prop_assert!(matches!(sent.parse(&out), Ok(httparse::Status::Complete(n)) if n == out.len()));
+                let lengths = lengths(sent.headers);
+                let encodings = values(sent.headers, "transfer-encoding");
+                let close = values(sent.headers, "connection").iter().any(|v| v.eq_ignore_ascii_case(b"close"));
+                match resp.framing {
+                    // The client reads by the length, or by nothing (HEAD, 204, 304).
+                    Framing::Length(n) if !(head_request || resp.status == 204 || resp.status == 304) => {
+                        prop_assert!(encodings.is_empty());
+                        prop_assert_eq!(lengths, vec![Some(n)]);
+                    }
+                    Framing::Length(_) => prop_assert!(lengths.len() <= 1),
+                    Framing::Chunked => {
+                        // The codings, all lines read as one list, end in
+                        // chunked for the client too.
+                        prop_assert!(lengths.is_empty(), "a length beside the chunks");
+                        let last = encodings.last().and_then(|e| e.rsplit(|b| *b == b',').next());
+                        prop_assert!(last.is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked")));
+                    }
+                    Framing::Close => {
+                        // A coding other than chunked last goes on with it:
+                        // the client reads to the close too (RFC 9112 §6.3).
+                        prop_assert!(lengths.is_empty());
+                        let last = encodings.last().and_then(|e| e.rsplit(|b| *b == b',').next());
+                        prop_assert!(!last.is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked")));
+                        prop_assert!(close, "a close-delimited body says so");
+                    }
+                }
+                if client_close {
+                    prop_assert!(close, "the client asked to close");
+                }
+            }
+        }
     }
 }
