@@ -296,4 +296,77 @@ mod tests {
             }
         );
     }
+
+    /// Properties over generated chains: what the store keeps (an event
+    /// as JSON text, read back) verifies, and a changed payload is named
+    /// at its event.
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Any JSON value: numbers of every kind (large integers, floats,
+        /// negative zero), any text, nested arrays and objects.
+        fn json() -> impl Strategy<Value = serde_json::Value> {
+            let leaf = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(serde_json::Value::from),
+                any::<i64>().prop_map(serde_json::Value::from),
+                any::<u64>().prop_map(serde_json::Value::from),
+                any::<f64>()
+                    .prop_filter("finite", |f| f.is_finite())
+                    .prop_map(serde_json::Value::from),
+                ".*".prop_map(serde_json::Value::from),
+            ];
+            leaf.prop_recursive(3, 24, 4, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..4)
+                        .prop_map(serde_json::Value::from),
+                    proptest::collection::btree_map(".*", inner, 0..4)
+                        .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+            #[test]
+            fn a_chain_read_back_from_json_text_verifies_and_a_changed_payload_is_named(
+                payloads in proptest::collection::vec(json(), 1..8),
+                actor in ".*",
+                change in any::<prop::sample::Index>(),
+                replacement in json(),
+            ) {
+                let mut prev = GENESIS.to_string();
+                let mut stored = Vec::new();
+                for (i, payload) in payloads.into_iter().enumerate() {
+                    let new = NewEvent::new(actor.clone(), "thing.happened").payload(payload);
+                    let e = seal(i as u64 + 1, "2026-11-26T07:00:00.000Z".into(), new, &prev)
+                        .expect("seal");
+                    prev = e.hash.clone();
+                    stored.push(serde_json::to_string(&e).expect("store"));
+                }
+                let read: Vec<Event> = stored
+                    .iter()
+                    .map(|text| serde_json::from_str(text).expect("read back"))
+                    .collect();
+                let mut v = Verifier::default();
+                for e in &read {
+                    prop_assert!(v.push(e).is_ok(), "{:?}", v.push(e));
+                }
+                let k = change.index(read.len());
+                let mut altered = read.clone();
+                let before = serde_json_canonicalizer::to_vec(&altered[k].payload).expect("c");
+                let after = serde_json_canonicalizer::to_vec(&replacement).expect("c");
+                prop_assume!(before != after);
+                altered[k].payload = replacement;
+                let mut v = Verifier::default();
+                let err = altered.iter().try_for_each(|e| v.push(e));
+                prop_assert!(
+                    matches!(err, Err(ChainError::Altered { seq, .. }) if seq == k as u64 + 1),
+                    "{err:?}"
+                );
+            }
+        }
+    }
 }
