@@ -276,6 +276,16 @@ pub async fn up(dir: &Path, api_addr: SocketAddr, start_agent_on: Option<SocketA
     if let Err(e) = engine.reconcile().await {
         tracing::warn!(error = %e, "could not reconcile with the agent");
     }
+    // What should serve but does not (after `down`, say) starts again, in
+    // the background: the API answers meanwhile.
+    let restoring = engine.clone();
+    let _restoring = AbortOnDropHandle::new(tokio::spawn(async move {
+        match restoring.restore_missing().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(restored = n, "started again what should serve"),
+            Err(e) => tracing::warn!(error = %e, "could not start again what should serve"),
+        }
+    }));
     // The agent `up` started is started again should it die.
     let _watchdog = match (start_agent_on, proxy.parse::<SocketAddr>()) {
         (Some(_), Ok(bound)) => Some(AbortOnDropHandle::new(tokio::spawn(watch_agent(

@@ -591,6 +591,98 @@ impl Engine {
             .await?;
         Ok(())
     }
+
+    /// Starts again what the store says serves but the agent runs nothing
+    /// of: each service's live release and each environment's deployed
+    /// one — after `tandem down` and a later `up`, say, or an agent whose
+    /// state file is gone. Each is started, waited for and given its
+    /// route as in a release, journalled as `restore.started` and
+    /// `restore.succeeded|failed` (release statuses stay as they are: the
+    /// release was and is the one that should serve). Returns how many it
+    /// restored.
+    pub async fn restore_missing(&self) -> Result<usize, EngineError> {
+        let status = self.agent.status().await?;
+        let running: BTreeSet<String> = status
+            .services
+            .iter()
+            .filter(|s| s.active.is_some() || !s.instances.is_empty())
+            .map(|s| s.service.clone())
+            .collect();
+        let mut restored = 0;
+        for svc in self.store.services().await? {
+            let mut wanted = Vec::new();
+            if let Some(number) = svc.live_release {
+                wanted.push((number, None));
+            }
+            for d in self.store.deployments(&svc.name).await? {
+                wanted.push((d.release, Some(d.env)));
+            }
+            for (number, env) in wanted {
+                let release = self.store.release(&svc.name, number).await?;
+                let spec: Spec = serde_json::from_value(release.spec.clone()).map_err(|e| {
+                    EngineError::Io(format!("stored spec of {}: {e}", release.name()))
+                })?;
+                let place = match &env {
+                    None => Placement::production(&spec),
+                    Some(name) => match spec.environments.iter().find(|(n, _)| n.as_str() == name) {
+                        Some((name, _)) => Placement::environment(&spec, name),
+                        None => continue,
+                    },
+                };
+                // Production's deployment row, if any, is its live release.
+                if (env.is_some() && place.production) || running.contains(&place.unit) {
+                    continue;
+                }
+                let _guard = self.lock_service(&svc.name).await;
+                if self.restore(&release, &spec, &place).await? {
+                    restored += 1;
+                }
+            }
+        }
+        Ok(restored)
+    }
+
+    /// Starts `release` where `to` says and routes to it; whether it
+    /// serves.
+    async fn restore(
+        &self,
+        release: &ReleaseRow,
+        spec: &Spec,
+        to: &Placement,
+    ) -> Result<bool, EngineError> {
+        let name = release.name();
+        tracing::info!(unit = %to.unit, release = %name, "the agent runs nothing of it; starting it again");
+        let secrets = self.secret_env(&release.service, spec).await?;
+        let why = "the agent ran nothing of it";
+        let payload = serde_json::json!({ "env": to.env, "reason": why });
+        let started = release_event(SYSTEM_ACTOR, "restore.started".into(), release, payload);
+        self.store.append(to.event(started)).await?;
+        let (kind, payload, serves) =
+            match self.switch(release, spec, to, &secrets, &Reporter::silent()).await {
+                Ok((ready_at_ms, switched_at_ms, _)) => (
+                    "restore.succeeded",
+                    serde_json::json!({
+                        "env": to.env,
+                        "ready_at_ms": ready_at_ms,
+                        "switched_at_ms": switched_at_ms,
+                    }),
+                    true,
+                ),
+                Err((reason, log_tail)) => {
+                    if let Err(e) = self.agent.stop_group(&to.unit, &name, 0).await {
+                        tracing::warn!(unit = %to.unit, release = %name, error = %e, "could not stop what did not start");
+                    }
+                    (
+                        "restore.failed",
+                        serde_json::json!({ "env": to.env, "reason": reason, "log_tail": log_tail }),
+                        false,
+                    )
+                }
+            };
+        let ended = release_event(SYSTEM_ACTOR, kind.into(), release, payload);
+        self.store.append(to.event(ended)).await?;
+        Ok(serves)
+    }
 }
 
 /// Reads and checks `dir/tandem.yaml`.

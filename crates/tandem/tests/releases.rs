@@ -313,6 +313,29 @@ fn an_upgrade_to_a_binary_that_is_no_agent_fails_at_once_and_the_agent_serves_on
     assert_eq!(env.get("web.test", "/index.html"), (200, "v2".into()));
 }
 
+#[test]
+fn after_down_and_up_the_live_release_serves_again() {
+    let (mut env, _) = web_serving("v1");
+    let before = pids(&env);
+    assert_ok(&env.tandem(&["down"]));
+    for pid in &before {
+        assert!(!util::process_alive(*pid as u32), "instance {pid} stopped");
+    }
+    env.up_again();
+    util::wait_until(Duration::from_secs(20), "web to serve again", || {
+        (env.get("web.test", "/index.html") == (200, "v1".to_string())).then_some(())
+    });
+    let instances = env.instances("web");
+    assert_eq!(instances.len(), 2, "{instances:?}");
+    assert!(instances.iter().all(|i| i["ready"] == true), "{instances:?}");
+    let out = env.tandem(&["audit", "events"]);
+    let journal = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        journal.contains("restore.started") && journal.contains("restore.succeeded"),
+        "{journal}"
+    );
+}
+
 /// A process's environment, `NAME=value` each.
 fn environ(pid: u64) -> std::collections::BTreeSet<String> {
     std::fs::read(format!("/proc/{pid}/environ"))
