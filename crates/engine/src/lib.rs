@@ -624,10 +624,12 @@ impl Engine {
                 })?;
                 let place = match &env {
                     None => Placement::production(&spec),
-                    Some(name) => match spec.environments.iter().find(|(n, _)| n.as_str() == name) {
-                        Some((name, _)) => Placement::environment(&spec, name),
-                        None => continue,
-                    },
+                    Some(name) => {
+                        match spec.environments.iter().find(|(n, _)| n.as_str() == name) {
+                            Some((name, _)) => Placement::environment(&spec, name),
+                            None => continue,
+                        }
+                    }
                 };
                 // Production's deployment row, if any, is its live release.
                 if (env.is_some() && place.production) || running.contains(&place.unit) {
@@ -657,28 +659,30 @@ impl Engine {
         let payload = serde_json::json!({ "env": to.env, "reason": why });
         let started = release_event(SYSTEM_ACTOR, "restore.started".into(), release, payload);
         self.store.append(to.event(started)).await?;
-        let (kind, payload, serves) =
-            match self.switch(release, spec, to, &secrets, &Reporter::silent()).await {
-                Ok((ready_at_ms, switched_at_ms, _)) => (
-                    "restore.succeeded",
-                    serde_json::json!({
-                        "env": to.env,
-                        "ready_at_ms": ready_at_ms,
-                        "switched_at_ms": switched_at_ms,
-                    }),
-                    true,
-                ),
-                Err((reason, log_tail)) => {
-                    if let Err(e) = self.agent.stop_group(&to.unit, &name, 0).await {
-                        tracing::warn!(unit = %to.unit, release = %name, error = %e, "could not stop what did not start");
-                    }
-                    (
-                        "restore.failed",
-                        serde_json::json!({ "env": to.env, "reason": reason, "log_tail": log_tail }),
-                        false,
-                    )
+        let (kind, payload, serves) = match self
+            .switch(release, spec, to, &secrets, &Reporter::silent())
+            .await
+        {
+            Ok((ready_at_ms, switched_at_ms, _)) => (
+                "restore.succeeded",
+                serde_json::json!({
+                    "env": to.env,
+                    "ready_at_ms": ready_at_ms,
+                    "switched_at_ms": switched_at_ms,
+                }),
+                true,
+            ),
+            Err((reason, log_tail)) => {
+                if let Err(e) = self.agent.stop_group(&to.unit, &name, 0).await {
+                    tracing::warn!(unit = %to.unit, release = %name, error = %e, "could not stop what did not start");
                 }
-            };
+                (
+                    "restore.failed",
+                    serde_json::json!({ "env": to.env, "reason": reason, "log_tail": log_tail }),
+                    false,
+                )
+            }
+        };
         let ended = release_event(SYSTEM_ACTOR, kind.into(), release, payload);
         self.store.append(to.event(ended)).await?;
         Ok(serves)

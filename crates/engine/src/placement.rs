@@ -38,11 +38,10 @@ impl Placement {
     pub fn environment(spec: &Spec, env: &EnvName) -> Placement {
         let last = spec.environments.iter().last().map(|(n, _)| n);
         let production = last == Some(env);
-        let unit = if production {
-            spec.service.name.to_string()
-        } else {
-            format!("{}@{}", spec.service.name, env.as_str())
-        };
+        let unit = Placement::unit_name(
+            spec.service.name.as_str(),
+            (!production).then_some(env.as_str()),
+        );
         Placement {
             env: Some(env.as_str().to_owned()),
             production,
@@ -51,8 +50,17 @@ impl Placement {
         }
     }
 
-    /// The service and environment of an agent unit: the inverse of how
-    /// [`Placement::environment`] names units (production is the bare
+    /// The agent unit of `service` in `env` (`None`: production, the bare
+    /// service).
+    pub fn unit_name(service: &str, env: Option<&str>) -> String {
+        match env {
+            Some(env) => format!("{service}@{env}"),
+            None => service.to_owned(),
+        }
+    }
+
+    /// The service and environment of an agent unit: the inverse of
+    /// [`Placement::unit_name`] (production is the bare
     /// service, so it has no environment here).
     pub fn split_unit(unit: &str) -> (&str, Option<&str>) {
         match unit.split_once('@') {

@@ -10,7 +10,7 @@
 pub mod notify;
 pub mod slo;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use tandem_core::protocol::{AgentStatus, RequestCounts, ServiceStatus};
@@ -33,6 +33,9 @@ pub const ERROR_RATIO: f64 = 0.05;
 /// A release that went live this recently is suspected when an incident opens.
 pub const SUSPECT_WITHIN: Duration = Duration::from_secs(15 * 60);
 
+/// A unit that should serve (the store says so) but has no route in the
+/// agent this long counts as not ready: a restore that failed, say.
+pub const MISSING_AFTER: Duration = Duration::from_secs(10);
 /// The agent must be unreachable this long before it is an incident.
 pub const AGENT_DOWN_AFTER: Duration = Duration::from_secs(5);
 /// Incidents about the data plane itself are filed under this name.
@@ -72,6 +75,7 @@ impl Ops {
             burning: HashMap::new(),
             pruned_at: None,
             instances: None,
+            missing_since: HashMap::new(),
         };
         tokio::spawn(monitor.run());
     }
@@ -167,6 +171,8 @@ struct Monitor {
     /// What each instance looked like at the last look (`None` before the
     /// first look: a restarted monitor does not repeat old changes).
     instances: Option<HashMap<String, InstanceLook>>,
+    /// Since when each unit that should serve has had no route.
+    missing_since: HashMap<String, Instant>,
 }
 
 /// The parts of an instance's state whose changes are journaled.
@@ -328,7 +334,8 @@ impl Monitor {
             .collect();
         let maintenance = store.maintenance(None).await?;
         let now = jiff::Timestamp::now();
-        for svc in &status.services {
+        let missing = self.missing_units(status).await?;
+        for svc in status.services.iter().chain(&missing) {
             let Some(active) = svc.active.as_deref() else {
                 continue;
             };
@@ -404,6 +411,66 @@ impl Monitor {
             }
         }
         Ok(())
+    }
+
+    /// Units the store says serve — a service's live release, an
+    /// environment's deployed one — that have had no route in the agent
+    /// for [`MISSING_AFTER`] (a restore that failed, an agent that lost
+    /// its state): as units with that release active and no instance, so
+    /// that they are not ready like any other unit that serves nothing,
+    /// count against the SLO and open `no-ready-instance`.
+    async fn missing_units(
+        &mut self,
+        status: &AgentStatus,
+    ) -> Result<Vec<ServiceStatus>, StoreError> {
+        let store = &self.ops.engine.store;
+        let routed: HashSet<&str> = status
+            .services
+            .iter()
+            .filter(|s| s.active.is_some())
+            .map(|s| s.service.as_str())
+            .collect();
+        let services = store.services().await?;
+        let mut expected: Vec<(String, String)> = services
+            .iter()
+            .filter_map(|s| Some((s.name.clone(), format!("r{}", s.live_release?))))
+            .collect();
+        for d in store.all_deployments().await? {
+            // An environment the service's spec no longer has is not expected.
+            let declared = services.iter().any(|s| {
+                s.name == d.service
+                    && s.spec
+                        .get("environments")
+                        .and_then(|e| e.get(&d.env))
+                        .is_some()
+            });
+            if declared {
+                let unit = Placement::unit_name(&d.service, Some(&d.env));
+                expected.push((unit, format!("r{}", d.release)));
+            }
+        }
+        let now = Instant::now();
+        self.missing_since.retain(|unit, _| {
+            !routed.contains(unit.as_str()) && expected.iter().any(|(u, _)| u == unit)
+        });
+        let mut missing = Vec::new();
+        for (unit, release) in expected {
+            if routed.contains(unit.as_str()) {
+                continue;
+            }
+            let since = *self.missing_since.entry(unit.clone()).or_insert(now);
+            if now.duration_since(since) >= MISSING_AFTER {
+                missing.push(ServiceStatus {
+                    service: unit,
+                    route: None,
+                    active: Some(release),
+                    instances: Vec::new(),
+                    requests: RequestCounts::default(),
+                    maintenance: None,
+                });
+            }
+        }
+        Ok(missing)
     }
 
     /// Measures the current minute of `svc`; when a minute ends, stores it
@@ -526,7 +593,10 @@ impl Monitor {
             let why = serving
                 .iter()
                 .find_map(|i| i.last_probe_error.clone().or_else(|| i.last_exit.clone()))
-                .unwrap_or_else(|| "not ready".into());
+                .unwrap_or_else(|| match serving.is_empty() {
+                    true => "no instance of it runs".into(),
+                    false => "not ready".into(),
+                });
             found.push((
                 "no-ready-instance",
                 format!("{} has no ready instance of {active}: {why}", svc.service),

@@ -383,6 +383,15 @@ impl Store {
         Ok(e)
     }
 
+    /// Every service's environments but production, and what they run.
+    pub async fn all_deployments(&self) -> Result<Vec<DeploymentRow>> {
+        Ok(
+            sqlx::query_as("SELECT * FROM deployments ORDER BY service, env")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
     pub async fn deployments(&self, service: &str) -> Result<Vec<DeploymentRow>> {
         Ok(
             sqlx::query_as("SELECT * FROM deployments WHERE service = ? ORDER BY env")

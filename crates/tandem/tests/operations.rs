@@ -756,3 +756,44 @@ fn an_unreachable_agent_is_an_incident_until_it_answers_again() {
         "the same agent"
     );
 }
+
+#[test]
+fn a_live_release_that_runs_nowhere_is_an_incident_until_it_serves_again() {
+    let mut env = Env::start();
+    let (dir, _, crash) = app(&env, "web");
+    assert_ok(&env.deploy(&dir));
+    assert_ok(&env.tandem(&["down"]));
+    // Now it cannot start: `up` tries to start it again, and fails.
+    std::fs::write(&crash, "").expect("crash file");
+    env.up_again();
+    let started = Instant::now();
+    let incident = wait_until(
+        Duration::from_secs(30),
+        "a no-ready-instance incident for web",
+        || {
+            incidents(&env)
+                .into_iter()
+                .find(|i| i["service"] == "web" && i["kind"] == "no-ready-instance")
+        },
+    );
+    eprintln!(
+        "incident {:?} after up: {}",
+        started.elapsed(),
+        incident["summary"]
+    );
+    assert_eq!(incident["severity"], "page");
+    let summary = incident["summary"].as_str().unwrap_or_default();
+    assert!(summary.contains("no instance of it runs"), "{summary}");
+    let out = env.tandem(&["audit", "events"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("restore.failed"),
+        "the failed start is journalled"
+    );
+    std::fs::remove_file(&crash).expect("remove crash file");
+    assert_ok(&env.deploy(&dir));
+    wait_until(Duration::from_secs(15), "the incident resolved", || {
+        incidents(&env)
+            .into_iter()
+            .find(|i| i["id"] == incident["id"] && i["status"] == "resolved")
+    });
+}

@@ -327,7 +327,10 @@ fn after_down_and_up_the_live_release_serves_again() {
     });
     let instances = env.instances("web");
     assert_eq!(instances.len(), 2, "{instances:?}");
-    assert!(instances.iter().all(|i| i["ready"] == true), "{instances:?}");
+    assert!(
+        instances.iter().all(|i| i["ready"] == true),
+        "{instances:?}"
+    );
     let out = env.tandem(&["audit", "events"]);
     let journal = String::from_utf8_lossy(&out.stdout);
     assert!(
