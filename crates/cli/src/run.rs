@@ -280,11 +280,7 @@ pub async fn up(dir: &Path, api_addr: SocketAddr, start_agent_on: Option<SocketA
     // the background: the API answers meanwhile.
     let restoring = engine.clone();
     let _restoring = AbortOnDropHandle::new(tokio::spawn(async move {
-        match restoring.restore_missing().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(restored = n, "started again what should serve"),
-            Err(e) => tracing::warn!(error = %e, "could not start again what should serve"),
-        }
+        restore_missing(&restoring).await;
     }));
     // The agent `up` started is started again should it die.
     let _watchdog = match (start_agent_on, proxy.parse::<SocketAddr>()) {
@@ -359,9 +355,21 @@ async fn watch_agent(
                     pid,
                     "agent started again; it took over the running instances"
                 );
+                // What its state file did not bring back (it was lost, say).
+                restore_missing(&engine).await;
             }
             Err(e) => tracing::error!(error = %e.message, "could not start the agent again"),
         }
+    }
+}
+
+/// Starts again what the store says serves but the agent runs nothing of
+/// (`Engine::restore_missing`), and says what came of it.
+async fn restore_missing(engine: &Engine) {
+    match engine.restore_missing().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(restored = n, "started again what should serve"),
+        Err(e) => tracing::warn!(error = %e, "could not start again what should serve"),
     }
 }
 

@@ -339,6 +339,28 @@ fn after_down_and_up_the_live_release_serves_again() {
     );
 }
 
+#[test]
+fn an_agent_that_died_with_its_state_file_lost_is_given_its_services_again() {
+    let (env, _) = web_serving("v1");
+    let before = pids(&env);
+    let agent = agent_pid(&env) as u32;
+    // The agent and its instances die, and its state goes with them.
+    nix_kill(agent as i32);
+    for pid in &before {
+        nix_kill(*pid as i32);
+    }
+    std::fs::remove_file(env.data().join("agent-state.json")).expect("remove state file");
+    util::wait_until(Duration::from_secs(20), "web to serve again", || {
+        (env.get("web.test", "/index.html") == (200, "v1".to_string())).then_some(())
+    });
+    assert_ne!(agent_pid(&env) as u32, agent, "a new agent");
+    let now = pids(&env);
+    assert_eq!(now.len(), 2);
+    assert!(now.iter().all(|p| !before.contains(p)), "new instances");
+    let out = env.tandem(&["audit", "events"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("restore.succeeded"));
+}
+
 /// A process's environment, `NAME=value` each.
 fn environ(pid: u64) -> std::collections::BTreeSet<String> {
     std::fs::read(format!("/proc/{pid}/environ"))
