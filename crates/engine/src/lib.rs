@@ -155,13 +155,41 @@ impl Engine {
             .await
     }
 
-    /// Creates or updates the service from its spec.
+    /// Creates or updates the service from its spec. Refused when one of
+    /// its routes (host and path prefix, in any environment) is another
+    /// service's: the proxy could send that traffic to only one of them.
     pub async fn register(
         &self,
         spec: &Spec,
         source: &str,
         actor: &str,
     ) -> Result<(), EngineError> {
+        let name = spec.service.name.as_str();
+        let mine = Placement::all(spec);
+        for other in self.store.services().await? {
+            if other.name == name {
+                continue;
+            }
+            let Ok(theirs) = serde_json::from_value::<Spec>(other.spec) else {
+                continue;
+            };
+            for held in Placement::all(&theirs) {
+                let clash = mine.iter().find(|p| {
+                    p.route.host.eq_ignore_ascii_case(&held.route.host)
+                        && p.route.path_prefix == held.route.path_prefix
+                });
+                if let Some(p) = clash {
+                    return Err(EngineError::BadInput(format!(
+                        "route {}{} of {name}{} is {}'s already{}; give {name} another host or path_prefix",
+                        p.route.host,
+                        p.route.path_prefix,
+                        p.suffix(),
+                        other.name,
+                        held.suffix(),
+                    )));
+                }
+            }
+        }
         let spec_json = serde_json::to_value(spec).map_err(|e| EngineError::Io(e.to_string()))?;
         self.store
             .upsert_service(

@@ -34,6 +34,17 @@ impl Placement {
         }
     }
 
+    /// Every place the spec runs: each environment, or production alone.
+    pub fn all(spec: &Spec) -> Vec<Placement> {
+        if spec.environments.is_empty() {
+            return vec![Placement::production(spec)];
+        }
+        spec.environments
+            .iter()
+            .map(|(name, _)| Placement::environment(spec, name))
+            .collect()
+    }
+
     /// One of the spec's environments.
     pub fn environment(spec: &Spec, env: &EnvName) -> Placement {
         let last = spec.environments.iter().last().map(|(n, _)| n);

@@ -361,6 +361,46 @@ fn an_agent_that_died_with_its_state_file_lost_is_given_its_services_again() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("restore.succeeded"));
 }
 
+#[test]
+fn a_route_another_service_holds_is_refused_and_changes_nothing() {
+    let (env, _) = web_serving("web's");
+    // Another service on the same host and path prefix.
+    let other = env.app("other", DEPLOY, "other's");
+    let spec = std::fs::read_to_string(other.join("tandem.yaml")).expect("spec");
+    std::fs::write(
+        other.join("tandem.yaml"),
+        spec.replace("host: other.test", "host: web.test"),
+    )
+    .expect("write spec");
+    let out = env.deploy(&other);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("route web.test/ of other is web's already"),
+        "{stderr}"
+    );
+    let services = env.tandem(&["services", "-o", "json"]);
+    assert!(
+        !String::from_utf8_lossy(&services.stdout).contains("\"other\""),
+        "not registered"
+    );
+    assert_eq!(env.get("web.test", "/index.html"), (200, "web's".into()));
+    // The same host under another path prefix is its own route.
+    std::fs::write(
+        other.join("tandem.yaml"),
+        spec.replace("host: other.test", "host: web.test\n  path_prefix: /other/"),
+    )
+    .expect("write spec");
+    std::fs::create_dir_all(other.join("other")).expect("mkdir");
+    std::fs::write(other.join("other/index.html"), "other's").expect("write");
+    assert_ok(&env.deploy(&other));
+    assert_eq!(
+        env.get("web.test", "/other/index.html"),
+        (200, "other's".into())
+    );
+    assert_eq!(env.get("web.test", "/index.html"), (200, "web's".into()));
+}
+
 /// A process's environment, `NAME=value` each.
 fn environ(pid: u64) -> std::collections::BTreeSet<String> {
     std::fs::read(format!("/proc/{pid}/environ"))
