@@ -46,10 +46,15 @@ impl Route {
         None
     }
 
+    /// Whether `path` (a request target, perhaps with its query) is under
+    /// this route's prefix: the prefix whole, then the end, a `/` or the
+    /// query.
     fn matches_path(&self, path: &str) -> bool {
         let p = self.path_prefix.as_str();
         path.starts_with(p)
-            && (p.ends_with('/') || path.len() == p.len() || path.as_bytes()[p.len()] == b'/')
+            && (p.ends_with('/')
+                || path.len() == p.len()
+                || matches!(path.as_bytes()[p.len()], b'/' | b'?'))
     }
 }
 
@@ -133,6 +138,15 @@ mod tests {
             Some("root")
         );
         assert_eq!(t.lookup("a.test", "/api").map(|r| &*r.service), Some("api"));
+        // The fast path looks up the whole target, query and all.
+        assert_eq!(
+            t.lookup("a.test", "/api?x=1").map(|r| &*r.service),
+            Some("api")
+        );
+        assert_eq!(
+            t.lookup("a.test", "/apix?x=1").map(|r| &*r.service),
+            Some("root")
+        );
         assert!(t.lookup("b.test", "/").is_none());
     }
 
