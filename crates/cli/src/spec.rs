@@ -30,6 +30,9 @@ pub fn load(path: &Path) -> Result<(PathBuf, Spec), Exit> {
 
 pub fn validate(path: &Path, fmt: Format) -> CmdResult {
     let (file, spec) = load(path)?;
+    if let Some(note) = spec.not_built_yet() {
+        eprintln!("note: {}: {note}", file.display());
+    }
     match fmt {
         Format::Json => crate::output::json(&serde_json::to_value(&spec).unwrap_or_default()),
         Format::Table => println!("{}: ok (service {})", file.display(), spec.service.name),

@@ -594,6 +594,31 @@ pub enum Strategy {
     Rolling,
 }
 
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Bluegreen => "bluegreen",
+            Strategy::Canary => "canary",
+            Strategy::Rolling => "rolling",
+        }
+    }
+}
+
+impl Spec {
+    /// What of this spec tandem accepts but does not do yet, for a warning
+    /// wherever it is read: a declared behaviour must not be ignored
+    /// silently.
+    pub fn not_built_yet(&self) -> Option<String> {
+        let strategy = self.release.strategy;
+        (strategy != Strategy::Bluegreen).then(|| {
+            format!(
+                "release.strategy {} is not built yet: releases go blue/green",
+                strategy.as_str()
+            )
+        })
+    }
+}
+
 /// One canary step: exactly one of `weight`, `pause` or `analysis`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(try_from = "RawReleaseStep", into = "RawReleaseStep")]

@@ -364,9 +364,13 @@ impl Engine {
         let payload = serde_json::json!({
             "digest": release.digest,
             "strategy": "bluegreen",
+            "asked_strategy": spec.release.strategy.as_str(),
             "instances": spec.run.instances.get(),
             "env": to.env,
         });
+        if let Some(note) = spec.not_built_yet() {
+            reporter.phase("start", format!("note: {note}"));
+        }
         let started = to.event(release_event(actor, kind("started"), release, payload));
         self.record(to, release, "deploying", None, started).await?;
         let instances = spec.run.instances.get();

@@ -401,6 +401,37 @@ fn a_route_another_service_holds_is_refused_and_changes_nothing() {
     assert_eq!(env.get("web.test", "/index.html"), (200, "web's".into()));
 }
 
+#[test]
+fn a_strategy_not_built_yet_is_said_not_ignored() {
+    let env = Env::start();
+    let app = env.app(
+        "web",
+        "release:\n  strategy: canary\n  steps:\n    - weight: 50\n    - weight: 100\n  deploy_timeout: 15s\n",
+        "v1",
+    );
+    let validated = env.tandem(&["validate", app.to_str().expect("utf-8")]);
+    assert_ok(&validated);
+    let said = String::from_utf8_lossy(&validated.stderr);
+    assert!(
+        said.contains("release.strategy canary is not built yet"),
+        "{said}"
+    );
+    let deployed = env.deploy(&app);
+    assert_ok(&deployed);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&deployed.stdout),
+        String::from_utf8_lossy(&deployed.stderr)
+    );
+    assert!(said.contains("releases go blue/green"), "{said}");
+    let journal = env.tandem(&["audit", "events", "-o", "json"]);
+    assert!(
+        String::from_utf8_lossy(&journal.stdout).contains("\"asked_strategy\":\"canary\""),
+        "journalled"
+    );
+    assert_eq!(env.get("web.test", "/index.html"), (200, "v1".into()));
+}
+
 /// A process's environment, `NAME=value` each.
 fn environ(pid: u64) -> std::collections::BTreeSet<String> {
     std::fs::read(format!("/proc/{pid}/environ"))
