@@ -647,7 +647,10 @@ impl Engine {
                 wanted.push((number, None));
             }
             for d in self.store.deployments(&svc.name).await? {
-                wanted.push((d.release, Some(d.env)));
+                // Not an environment the service's spec has dropped since.
+                if svc.declares_env(&d.env) {
+                    wanted.push((d.release, Some(d.env)));
+                }
             }
             for (number, env) in wanted {
                 let release = self.store.release(&svc.name, number).await?;

@@ -437,13 +437,9 @@ impl Monitor {
             .collect();
         for d in store.all_deployments().await? {
             // An environment the service's spec no longer has is not expected.
-            let declared = services.iter().any(|s| {
-                s.name == d.service
-                    && s.spec
-                        .get("environments")
-                        .and_then(|e| e.get(&d.env))
-                        .is_some()
-            });
+            let declared = services
+                .iter()
+                .any(|s| s.name == d.service && s.declares_env(&d.env));
             if declared {
                 let unit = Placement::unit_name(&d.service, Some(&d.env));
                 expected.push((unit, format!("r{}", d.release)));

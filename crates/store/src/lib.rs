@@ -55,6 +55,16 @@ pub struct ServiceRow {
     pub updated_at: String,
 }
 
+impl ServiceRow {
+    /// Whether the service's spec (as it stands) has environment `env`.
+    pub fn declares_env(&self, env: &str) -> bool {
+        self.spec
+            .get("environments")
+            .and_then(|e| e.get(env))
+            .is_some()
+    }
+}
+
 /// A release: an immutable artifact plus the spec it came with.
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct ReleaseRow {
@@ -380,4 +390,31 @@ fn event_row(row: &sqlx::sqlite::SqliteRow) -> Result<Event> {
         prev: row.try_get("prev")?,
         hash: row.try_get("hash")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_service_declares_the_environments_its_spec_has() {
+        let row = ServiceRow {
+            name: "shop".into(),
+            owner: None,
+            customer: None,
+            tier: "standard".into(),
+            spec: serde_json::json!({ "environments": { "staging": {}, "production": {} } }),
+            source: "/src".into(),
+            live_release: Some(1),
+            created_at: String::new(),
+            updated_at: String::new(),
+        };
+        assert!(row.declares_env("staging") && row.declares_env("production"));
+        assert!(!row.declares_env("qa"));
+        let bare = ServiceRow {
+            spec: serde_json::json!({}),
+            ..row
+        };
+        assert!(!bare.declares_env("staging"));
+    }
 }
