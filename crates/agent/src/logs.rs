@@ -159,6 +159,15 @@ impl Inner {
     }
 }
 
+/// Moves a log file of `limit` bytes or more aside (to `<path>.1`, over
+/// the one before), for a writer about to append to it from the start:
+/// the agent's own `agent.log`, each time an agent is started. Whether it
+/// did.
+pub fn rotate_if_past(path: &Path, limit: u64) -> bool {
+    let big = std::fs::metadata(path).is_ok_and(|m| m.len() >= limit);
+    big && std::fs::rename(path, rotated_path(path)).is_ok()
+}
+
 fn rotated_path(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(".1");
@@ -183,6 +192,20 @@ pub fn read_tail(path: &Path, n: usize) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_past_its_limit_is_moved_aside_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("agent.log");
+        std::fs::write(&log, "small\n").expect("write");
+        assert!(!rotate_if_past(&log, 10), "under the limit it stays");
+        assert!(!rotate_if_past(&dir.path().join("none.log"), 0), "no file");
+        std::fs::write(&log, "0123456789\n").expect("write");
+        assert!(rotate_if_past(&log, 10));
+        assert!(!log.exists());
+        let aside = std::fs::read_to_string(dir.path().join("agent.log.1")).expect("read");
+        assert_eq!(aside, "0123456789\n");
+    }
 
     #[test]
     fn rotates_past_the_limit_and_tails_across_files() {

@@ -70,6 +70,7 @@ async fn start_agent(
     let exe = std::env::current_exe()
         .map_err(|e| Exit::failure(format!("cannot find own executable: {e}")))?;
     let log_path = dir.join("agent.log");
+    tandem_agent::logs::rotate_if_past(&log_path, tandem_agent::logs::ROTATE_AT_BYTES);
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
