@@ -713,6 +713,26 @@ fn staging_serves_each_push_while_production_waits_for_a_recorded_approval() {
         approval["payload"]["author"],
         "Ada Lovelace <ada@example.test>"
     );
+
+    // A push whose verify fails in staging: staging goes back to the
+    // release it ran, production never sees it.
+    let c3 = repo.push(
+        "main",
+        "third, with a smoke test that fails",
+        &[
+            ("index.html", "v3"),
+            ("smoke.py", "import sys\nsys.exit('smoke: v3 is not fit')\n"),
+        ],
+    );
+    let third = wait_for_run(&env, &c3, Duration::from_secs(60));
+    assert_eq!(third["status"], "failed", "{third}");
+    let reason = third["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("staging rolled back to r2"), "{reason}");
+    assert_eq!(
+        env.get("staging.shop.test", "/index.html"),
+        (200, "v2".into())
+    );
+    assert_eq!(env.get("shop.test", "/index.html"), (200, "v2".into()));
 }
 
 #[test]
