@@ -89,7 +89,9 @@ impl RouteTable {
 
     /// The route for a request's host (any port stripped) and path.
     pub fn lookup(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
+        // `shop.test.` is `shop.test` written fully qualified.
         let host = strip_port(host);
+        let host = host.strip_suffix('.').unwrap_or(host);
         let routes = match self.by_host.get(host) {
             Some(r) => r,
             None => self.by_host.get(&host.to_ascii_lowercase())?,
@@ -146,6 +148,11 @@ mod tests {
         assert_eq!(
             t.lookup("a.test", "/apix?x=1").map(|r| &*r.service),
             Some("root")
+        );
+        assert_eq!(
+            t.lookup("a.test.:8080", "/").map(|r| &*r.service),
+            Some("root"),
+            "fully qualified"
         );
         assert!(t.lookup("b.test", "/").is_none());
     }
