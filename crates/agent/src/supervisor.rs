@@ -920,6 +920,9 @@ impl Supervisor {
         if was != Phase::Serving {
             return Err("this agent is handing over already".into());
         }
+        // The counters as offered: the new agent goes on from them, this
+        // one sends what it counts later (`Counters::since`).
+        let (route_counts, mut instance_counts) = self.counters().to_wire();
         let mut offered = Vec::new();
         for (service, release, inst) in self.instances() {
             let captures = std::mem::take(&mut *lock(&inst.captures));
@@ -936,20 +939,12 @@ impl Supervisor {
                 port: l.port,
                 ready_at_ms: l.ready_at_ms,
                 restarts: l.restarts,
-                counts: request_counts(
-                    &l.target
-                        .as_ref()
-                        .map(|t| t.metrics.snapshot())
-                        .unwrap_or_default(),
-                ),
+                counts: instance_counts
+                    .remove(&inst.id)
+                    .unwrap_or_else(|| request_counts(&Snapshot::default())),
             });
         }
         let services = self.saved().services;
-        let route_counts = lock(&self.shared.state)
-            .services
-            .iter()
-            .map(|(name, s)| (name.clone(), request_counts(&s.metrics.snapshot())))
-            .collect();
         Ok(Offer {
             services,
             route_counts,
