@@ -369,8 +369,8 @@ impl Delivery {
             DeliveryError::Conflict(format!("run {id} has no release to promote"))
         })?;
         let release = self.store().release(&run.service, number).await?;
-        let spec: Spec = serde_json::from_value(release.spec)
-            .map_err(|e| DeliveryError::Conflict(format!("stored spec of r{number}: {e}")))?;
+        let spec = tandem_engine::stored_spec(&release)
+            .map_err(|e| DeliveryError::Conflict(e.to_string()))?;
         let required = spec
             .environments
             .iter()

@@ -278,11 +278,7 @@ impl Ctx<'_> {
             .release(service, number)
             .await
             .map_err(DeliveryError::from)?;
-        let spec = serde_json::from_value(release.spec.clone()).map_err(|e| Stop::Failed {
-            reason: format!("stored spec of r{number}: {e}"),
-            log_tail: Vec::new(),
-        })?;
-        Ok((spec, release))
+        Ok((tandem_engine::stored_spec(&release)?, release))
     }
 
     /// After a failed verify (`failed`): `place` goes back to the release

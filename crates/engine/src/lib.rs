@@ -311,8 +311,7 @@ impl Engine {
                 target.name()
             )));
         }
-        let spec: Spec = serde_json::from_value(target.spec.clone())
-            .map_err(|e| EngineError::Io(format!("stored spec of {}: {e}", target.name())))?;
+        let spec = stored_spec(&target)?;
         let to = Placement::production(&spec);
         self.rollout(&target, &spec, &to, actor, true, reporter)
             .await
@@ -641,42 +640,59 @@ impl Engine {
             .map(|s| s.service.clone())
             .collect();
         let mut restored = 0;
-        for svc in self.store.services().await? {
-            let mut wanted = Vec::new();
-            if let Some(number) = svc.live_release {
-                wanted.push((number, None));
+        for meant in self.meant_to_serve().await? {
+            if running.contains(&meant.unit()) {
+                continue;
             }
-            for d in self.store.deployments(&svc.name).await? {
-                // Not an environment the service's spec has dropped since.
-                if svc.declares_env(&d.env) {
-                    wanted.push((d.release, Some(d.env)));
-                }
+            let release = self.store.release(&meant.service, meant.release).await?;
+            let spec = stored_spec(&release)?;
+            let place = match &meant.env {
+                None => Placement::production(&spec),
+                Some(env) => match spec.environments.iter().find(|(n, _)| n.as_str() == env) {
+                    Some((name, _)) => Placement::environment(&spec, name),
+                    None => continue,
+                },
+            };
+            // An environment that was production in that release's spec
+            // is the service's own unit: its live release goes there.
+            if meant.env.is_some() && place.production {
+                continue;
             }
-            for (number, env) in wanted {
-                let release = self.store.release(&svc.name, number).await?;
-                let spec: Spec = serde_json::from_value(release.spec.clone()).map_err(|e| {
-                    EngineError::Io(format!("stored spec of {}: {e}", release.name()))
-                })?;
-                let place = match &env {
-                    None => Placement::production(&spec),
-                    Some(name) => {
-                        match spec.environments.iter().find(|(n, _)| n.as_str() == name) {
-                            Some((name, _)) => Placement::environment(&spec, name),
-                            None => continue,
-                        }
-                    }
-                };
-                // Production's deployment row, if any, is its live release.
-                if (env.is_some() && place.production) || running.contains(&place.unit) {
-                    continue;
-                }
-                let _guard = self.lock_service(&svc.name).await;
-                if self.restore(&release, &spec, &place).await? {
-                    restored += 1;
-                }
+            let _guard = self.lock_service(&meant.service).await;
+            if self.restore(&release, &spec, &place).await? {
+                restored += 1;
             }
         }
         Ok(restored)
+    }
+
+    /// What the store says serves: each service's live release, and each
+    /// environment's deployed one (of environments its spec still has).
+    pub async fn meant_to_serve(&self) -> Result<Vec<MeantToServe>, StoreError> {
+        let services = self.store.services().await?;
+        let mut meant: Vec<MeantToServe> = services
+            .iter()
+            .filter_map(|s| {
+                Some(MeantToServe {
+                    service: s.name.clone(),
+                    env: None,
+                    release: s.live_release?,
+                })
+            })
+            .collect();
+        for d in self.store.all_deployments().await? {
+            let declared = services
+                .iter()
+                .any(|s| s.name == d.service && s.declares_env(&d.env));
+            if declared {
+                meant.push(MeantToServe {
+                    service: d.service,
+                    env: Some(d.env),
+                    release: d.release,
+                });
+            }
+        }
+        Ok(meant)
     }
 
     /// Starts `release` where `to` says and routes to it; whether it
@@ -722,6 +738,28 @@ impl Engine {
         self.store.append(to.event(ended)).await?;
         Ok(serves)
     }
+}
+
+/// A release the store says serves somewhere (`Engine::meant_to_serve`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MeantToServe {
+    pub service: String,
+    /// `None`: production.
+    pub env: Option<String>,
+    pub release: i64,
+}
+
+impl MeantToServe {
+    /// The agent unit it runs in.
+    pub fn unit(&self) -> String {
+        Placement::unit_name(&self.service, self.env.as_deref())
+    }
+}
+
+/// The spec a release was made with, as the store keeps it.
+pub fn stored_spec(release: &ReleaseRow) -> Result<Spec, EngineError> {
+    serde_json::from_value(release.spec.clone())
+        .map_err(|e| EngineError::Io(format!("stored spec of {}: {e}", release.name())))
 }
 
 /// Reads and checks `dir/tandem.yaml`.

@@ -423,28 +423,20 @@ impl Monitor {
         &mut self,
         status: &AgentStatus,
     ) -> Result<Vec<ServiceStatus>, StoreError> {
-        let store = &self.ops.engine.store;
         let routed: HashSet<&str> = status
             .services
             .iter()
             .filter(|s| s.active.is_some())
             .map(|s| s.service.as_str())
             .collect();
-        let services = store.services().await?;
-        let mut expected: Vec<(String, String)> = services
-            .iter()
-            .filter_map(|s| Some((s.name.clone(), format!("r{}", s.live_release?))))
+        let expected: Vec<(String, String)> = self
+            .ops
+            .engine
+            .meant_to_serve()
+            .await?
+            .into_iter()
+            .map(|m| (m.unit(), format!("r{}", m.release)))
             .collect();
-        for d in store.all_deployments().await? {
-            // An environment the service's spec no longer has is not expected.
-            let declared = services
-                .iter()
-                .any(|s| s.name == d.service && s.declares_env(&d.env));
-            if declared {
-                let unit = Placement::unit_name(&d.service, Some(&d.env));
-                expected.push((unit, format!("r{}", d.release)));
-            }
-        }
         let now = Instant::now();
         self.missing_since.retain(|unit, _| {
             !routed.contains(unit.as_str()) && expected.iter().any(|(u, _)| u == unit)
