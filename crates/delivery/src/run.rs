@@ -217,23 +217,8 @@ impl Ctx<'_> {
             }
             // What a failed verify goes back to.
             let before = engine.running_in(&service, place).await?;
-            self.releasing.store(true, Ordering::SeqCst);
-            self.stage_start(&deploy).await?;
-            {
-                let _guard = engine.lock_service(&service).await;
-                engine
-                    .rollout(
-                        &release,
-                        &spec,
-                        place,
-                        SCHEDULER_ACTOR,
-                        false,
-                        &self.reporter,
-                    )
-                    .await?;
-            }
-            self.stage_end("succeeded").await?;
-            self.releasing.store(false, Ordering::SeqCst);
+            self.roll_out(&deploy, &release, &spec, place, false)
+                .await?;
             if !spec.verify.is_empty() {
                 self.stage_start(&stage_name("verify", place)).await?;
                 let work = self.ensure_checkout().await?;
@@ -265,6 +250,37 @@ impl Ctx<'_> {
             }
         }
         Ok(Reached::End(release.number))
+    }
+
+    /// The stage `stage`: `release` rolled out to `place` (a rollback if
+    /// `rollback`) under the service's lock. A cancel waits for its end.
+    async fn roll_out(
+        &mut self,
+        stage: &str,
+        release: &tandem_store::ReleaseRow,
+        spec: &Spec,
+        place: &Placement,
+        rollback: bool,
+    ) -> Result<(), Stop> {
+        let engine = &self.delivery.inner.engine;
+        self.releasing.store(true, Ordering::SeqCst);
+        self.stage_start(stage).await?;
+        let done = {
+            let _guard = engine.lock_service(&release.service).await;
+            engine
+                .rollout(
+                    release,
+                    spec,
+                    place,
+                    SCHEDULER_ACTOR,
+                    rollback,
+                    &self.reporter,
+                )
+                .await
+        };
+        self.releasing.store(false, Ordering::SeqCst);
+        done?;
+        self.stage_end("succeeded").await
     }
 
     /// Release `number` of `service` and the spec stored with it.
@@ -307,33 +323,14 @@ impl Ctx<'_> {
         };
         let rolled = async {
             self.stage_end("failed").await?;
-            self.stage_start(&stage_name("rollback", place)).await?;
-            let engine = &self.delivery.inner.engine;
-            let service = release.service.as_str();
-            let (spec, earlier) = self.stored_release(service, number).await?;
+            let (spec, earlier) = self.stored_release(&release.service, number).await?;
             // Where the verify ran: the same unit and route, the earlier code.
-            self.releasing.store(true, Ordering::SeqCst);
-            let _guard = engine.lock_service(service).await;
-            let done = engine
-                .rollout(
-                    &earlier,
-                    &spec,
-                    place,
-                    SCHEDULER_ACTOR,
-                    true,
-                    &self.reporter,
-                )
-                .await;
-            self.releasing.store(false, Ordering::SeqCst);
-            done?;
-            Ok::<(), Stop>(())
+            let stage = stage_name("rollback", place);
+            self.roll_out(&stage, &earlier, &spec, place, true).await
         }
         .await;
         let what = match rolled {
-            Ok(()) => {
-                let _ = self.stage_end("succeeded").await;
-                format!("{env} rolled back to r{number}")
-            }
+            Ok(()) => format!("{env} rolled back to r{number}"),
             Err(Stop::Failed { reason: why, .. }) => {
                 format!("rolling {env} back to r{number} failed: {why}")
             }
