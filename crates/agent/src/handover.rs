@@ -219,14 +219,13 @@ pub async fn start_successor(supervisor: &Supervisor, exe: &str) -> Response {
         .arg(supervisor.data_dir())
         .arg("--takeover")
         .stdin(std::process::Stdio::null())
-        // Descriptors passed to this agent at its start are not its
-        // successor's: it takes everything over.
-        .env_remove(crate::PROXY_FD_VAR)
-        .env_remove("LISTEN_FDS")
-        .env_remove("LISTEN_PID")
-        .env_remove("LISTEN_FDNAMES")
         // Its own group: a signal meant for this agent's is not for it.
         .process_group(0);
+    // Descriptors passed to this agent at its start are not its
+    // successor's: it takes everything over.
+    for var in crate::PASSED_SOCKET_VARS {
+        command.env_remove(var);
+    }
     let mut child = match tokio::process::Command::from(command).spawn() {
         Ok(child) => child,
         Err(e) => {

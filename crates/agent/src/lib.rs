@@ -137,6 +137,12 @@ fn note_pid(mut file: &File) {
 /// again, so that clients wait in its backlog meanwhile.
 pub const PROXY_FD_VAR: &str = "TANDEM_PROXY_FD";
 
+/// The variables through which a listening socket is passed to an agent
+/// ([`PROXY_FD_VAR`], systemd's socket activation): not for the processes
+/// it starts (instances, its successor), to which they would lie.
+pub(crate) const PASSED_SOCKET_VARS: [&str; 4] =
+    [PROXY_FD_VAR, "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"];
+
 /// The listening socket a parent passed: in [`PROXY_FD_VAR`], or by
 /// systemd's socket activation (`LISTEN_FDS=1` for our `LISTEN_PID`: the
 /// socket is descriptor 3). `None` when nobody passed one.

@@ -1407,15 +1407,14 @@ fn spawn(
         .current_dir(&spec.dir)
         .envs(&spec.env)
         .env("PORT", port.to_string())
-        .env_remove(crate::PROXY_FD_VAR)
-        .env_remove("LISTEN_FDS")
-        .env_remove("LISTEN_PID")
-        .env_remove("LISTEN_FDNAMES")
         .stdin(std::process::Stdio::null())
         .stdout(out_writer)
         .stderr(err_writer)
         .process_group(0)
         .kill_on_drop(false);
+    for var in crate::PASSED_SOCKET_VARS {
+        cmd.env_remove(var);
+    }
     let child = cmd.spawn()?;
     // Our copies of the instance's ends close with `cmd`.
     drop(cmd);
