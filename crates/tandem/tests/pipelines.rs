@@ -738,7 +738,10 @@ fn staging_serves_each_push_while_production_waits_for_a_recorded_approval() {
 #[test]
 fn a_failed_verify_rolls_production_back_to_the_release_it_ran() {
     let env = Env::start();
-    let smoke = "import os, sys, urllib.request\nreq = urllib.request.Request('http://' + os.environ['TANDEM_PROXY'] + '/index.html', headers={'Host': os.environ['TANDEM_HOST']})\nbody = urllib.request.urlopen(req, timeout=5).read().decode()\nprint('smoke', body)\nsys.exit('smoke: the page is broken' if 'broken' in body else 0)\n";
+    // SMOKE, and a page that says "broken" fails it.
+    let smoke = format!(
+        "{SMOKE}import sys\nsys.exit('smoke: the page is broken' if 'broken' in body else 0)\n"
+    );
     let spec = format!("{SPEC}verify:\n  - {{ name: smoke, run: \"python3 smoke.py\" }}\n");
     let repo = Repo::new(env.root.path(), &spec);
     let c1 = repo.push(
@@ -747,7 +750,7 @@ fn a_failed_verify_rolls_production_back_to_the_release_it_ran() {
         &[
             ("index.html", "v1"),
             ("check.sh", PASSING),
-            ("smoke.py", smoke),
+            ("smoke.py", smoke.as_str()),
         ],
     );
     register(&env, &repo, &["--poll-interval", "300ms"]);
