@@ -9,6 +9,19 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::exit::Exit;
 
+/// An error and its sources, outermost first: hyper's own message
+/// ("client error (Connect)") says little without the io error under it.
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
+}
+
 pub struct Api {
     base: String,
     actor: String,
@@ -42,7 +55,7 @@ impl Api {
         self.http
             .request(req)
             .await
-            .map_err(|e| Exit::failure(format!("cannot reach the tandem server at {}: {e}; is `tandem up` running? (set --server or TANDEM_SERVER)", self.base)))
+            .map_err(|e| Exit::failure(format!("cannot reach the tandem server at {}: {}; is `tandem up` running? (set --server or TANDEM_SERVER)", self.base, causes(&e))))
     }
 
     pub async fn get(&self, path: &str) -> Result<serde_json::Value, Exit> {

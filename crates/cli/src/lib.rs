@@ -30,7 +30,8 @@ pub struct Cli {
         long,
         global = true,
         env = "TANDEM_SERVER",
-        default_value = "http://127.0.0.1:7070"
+        default_value = "http://127.0.0.1:7070",
+        value_parser = server_url
     )]
     pub server: String,
     /// Output format.
@@ -38,6 +39,28 @@ pub struct Cli {
     pub output: Format,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Checks `--server` when the command line is read, so a mistyped URL is
+/// bad usage (exit 2) before anything is sent: `http://HOST[:PORT][/PREFIX]`.
+fn server_url(value: &str) -> Result<String, String> {
+    const FORM: &str = "expected http://HOST[:PORT], e.g. http://127.0.0.1:7070";
+    let uri: http::Uri = value.parse().map_err(|e| format!("{e}; {FORM}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err("https is not spoken by the CLI: the API serves plain HTTP (reach a remote server through an SSH tunnel)".into());
+        }
+        Some(other) => return Err(format!("scheme {other} is not http; {FORM}")),
+        None => return Err(format!("no scheme; {FORM}")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("no host; {FORM}"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("a query has no place in it; {FORM}"));
+    }
+    Ok(value.to_owned())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -457,5 +480,36 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
         Command::Audit {
             command: AuditCommand::Events { after },
         } => view::events(&api(), after).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_error(url: &str) -> String {
+        let err = Cli::try_parse_from(["tandem", "--server", url, "status"])
+            .expect_err(url)
+            .to_string();
+        assert!(err.contains(&format!("'{url}'")), "{err}");
+        err
+    }
+
+    #[test]
+    fn a_server_url_is_checked_when_the_command_line_is_read() {
+        for url in [
+            "http://127.0.0.1:7070",
+            "http://tandem.internal/",
+            "http://[::1]:7070/base",
+        ] {
+            let cli = Cli::try_parse_from(["tandem", "--server", url, "status"]).expect(url);
+            assert_eq!(cli.server, url);
+        }
+        assert!(server_error("notaurl").contains("no scheme"));
+        assert!(server_error("127.0.0.1:7070").contains("expected http://HOST"));
+        assert!(server_error("https://tandem.example").contains("plain HTTP"));
+        assert!(server_error("ftp://host").contains("scheme ftp"));
+        assert!(server_error("http://host:7070/?x=1").contains("query"));
+        assert!(server_error("http://exa mple").contains("expected http://HOST"));
     }
 }
