@@ -10,6 +10,7 @@ use std::fmt;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use serde_saphyr::MessageFormatter as _;
 
 use crate::units::{Duration, Percent};
 
@@ -859,17 +860,18 @@ fn locate(file: &str, e: &serde_saphyr::Error) -> SpecError {
         .location()
         .map(|l| (l.line(), l.column()))
         .unwrap_or((1, 1));
-    let plain = e.without_snippet().to_string();
-    // serde-saphyr renders "error: line L column C: <message>"; keep the message.
-    let message = match plain.split_once(&format!("column {column}: ")) {
-        Some((_, rest)) => rest.lines().next().unwrap_or(rest).to_string(),
-        None => plain.lines().next().unwrap_or(&plain).to_string(),
-    };
-    let message = message
+    // The message alone (no location: ours leads the line), on one line.
+    let message = SpecMessages
+        .format_message(e)
+        .escape_debug()
+        .to_string()
         .trim_end_matches(&format!(" at line {line}, column {column}"))
         .to_string();
     let hint = did_you_mean(&message);
-    let snippet = e.render_with_options(serde_saphyr::render_options! { source_name: Some(file) });
+    let snippet = e.render_with_options(serde_saphyr::render_options! {
+        source_name: Some(file),
+        formatter: &SpecMessages,
+    });
     let snippet = snippet
         .split_once('\n')
         .map(|(_, s)| s.to_string())
@@ -881,6 +883,39 @@ fn locate(file: &str, e: &serde_saphyr::Error) -> SpecError {
         message,
         hint,
         snippet,
+    }
+}
+
+/// serde-saphyr's user-facing messages, with the parser's words for a
+/// shape or a number type ("expected sequence start", "invalid u32") put in
+/// a spec author's.
+struct SpecMessages;
+
+impl serde_saphyr::MessageFormatter for SpecMessages {
+    fn format_message<'a>(&self, err: &'a serde_saphyr::Error) -> std::borrow::Cow<'a, str> {
+        use serde_saphyr::Error;
+        match err {
+            Error::WithSnippet { error, .. } => self.format_message(error),
+            Error::Unexpected {
+                expected: "mapping start",
+                ..
+            } => "expected a mapping here (`key: value` lines, or `{ key: value }`)".into(),
+            Error::Unexpected {
+                expected: "sequence start",
+                ..
+            } => "expected a list here (`- item` lines, or `[item, item]`)".into(),
+            Error::InvalidScalar { ty, .. } => match *ty {
+                "u8" => "expected a whole number from 0 to 255".into(),
+                "u16" => "expected a whole number from 0 to 65535".into(),
+                "u32" => "expected a whole number from 0 to 4294967295".into(),
+                "u64" | "u128" | "usize" => "expected a whole number, 0 or more".into(),
+                "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "expected a whole number".into(),
+                "f32" | "f64" => "expected a number".into(),
+                "bool" => "expected true or false".into(),
+                _ => serde_saphyr::UserMessageFormatter.format_message(err),
+            },
+            _ => serde_saphyr::UserMessageFormatter.format_message(err),
+        }
     }
 }
 
@@ -1018,6 +1053,34 @@ mod tests {
         );
         assert_eq!(e.hint.as_deref(), Some("did you mean `instances`?"));
         assert!(e.to_string().starts_with("tandem.yaml:4:3: unknown field"));
+    }
+
+    #[test]
+    fn a_wrong_shape_or_number_is_told_in_a_spec_authors_words() {
+        // A step given as a mapping where `build` takes a list of them.
+        let e = err(&format!("{MINIMAL}build: {{ name: b, run: make }}\n"));
+        assert_eq!((e.line, e.column), (7, 8));
+        assert!(
+            e.message.starts_with("expected a list here"),
+            "{}",
+            e.message
+        );
+        assert!(e.snippet.contains("expected a list here"), "{}", e.snippet);
+        let e = err(&MINIMAL.replace(
+            "run:\n  command: python3 -m http.server $PORT",
+            "run: \"x\"",
+        ));
+        assert_eq!(e.line, 3);
+        assert!(
+            e.message.starts_with("expected a mapping here"),
+            "{}",
+            e.message
+        );
+        let e = err(&MINIMAL.replace("  command:", "  instances: two\n  command:"));
+        assert_eq!((e.line, e.column), (4, 14));
+        assert_eq!(e.message, "expected a whole number from 0 to 4294967295");
+        let e = err(&MINIMAL.replace("  command:", "  instances: -1\n  command:"));
+        assert_eq!(e.message, "expected a whole number from 0 to 4294967295");
     }
 
     #[test]

@@ -33,6 +33,11 @@ impl FromStr for Duration {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
+        if !s.starts_with(|c: char| c.is_ascii_digit() || c == '.') {
+            return Err(format!(
+                "`{s}` is not a duration; write a number and a unit, e.g. 500ms, 30s, 10m, 1h or 1d"
+            ));
+        }
         let split = s
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .ok_or_else(|| format!("duration `{s}` has no unit; write e.g. `{s}s` or `{s}ms`"))?;
@@ -51,7 +56,7 @@ impl FromStr for Duration {
         };
         let value: f64 = number
             .parse()
-            .map_err(|_| format!("duration `{s}` does not start with a number"))?;
+            .map_err(|_| format!("duration `{s}` has a malformed number `{number}`"))?;
         let millis = (value * millis_per_unit).round();
         if !(0.0..=(u64::MAX as f64)).contains(&millis) {
             return Err(format!("duration `{s}` is out of range"));
@@ -205,7 +210,10 @@ mod tests {
                 .expect_err("rejected")
                 .contains("unknown unit `x`")
         );
-        assert!("s".parse::<Duration>().is_err());
+        for word in ["s", "yes", "", "-5s"] {
+            let e = word.parse::<Duration>().expect_err(word);
+            assert!(e.contains("is not a duration"), "{word}: {e}");
+        }
     }
 
     #[test]
