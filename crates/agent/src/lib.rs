@@ -4,6 +4,7 @@
 //! touches the store and keeps serving when the control plane is gone.
 
 pub mod handover;
+pub mod listening;
 pub mod logs;
 pub mod probe;
 pub mod socket;

@@ -25,6 +25,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::handover::{Offer, Offered};
+use crate::listening;
 use crate::logs::{Capture, InstanceLog, read_tail};
 use crate::probe::Prober;
 
@@ -584,17 +585,28 @@ impl Supervisor {
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
                 let waiting = instances.iter().find(|i| i.live().ready_at_ms.is_none());
-                let (id, why, tail) = match waiting {
-                    Some(i) => (
-                        i.id.clone(),
-                        i.live()
-                            .last_probe_error
-                            .clone()
-                            .unwrap_or_else(|| "no probe answered".into()),
-                        i.log.tail(10),
-                    ),
-                    None => (String::new(), String::new(), Vec::new()),
+                let (id, mut why, tail, at) = match waiting {
+                    Some(i) => {
+                        let live = i.live();
+                        (
+                            i.id.clone(),
+                            live.last_probe_error
+                                .clone()
+                                .unwrap_or_else(|| "no probe answered".into()),
+                            i.log.tail(10),
+                            live.pid.map(|pid| (pid, live.port)),
+                        )
+                    }
+                    None => (String::new(), String::new(), Vec::new(), None),
                 };
+                // Up, but not where tandem looks for it: say where it is.
+                if let Some((pid, port)) = at {
+                    let found =
+                        tokio::task::spawn_blocking(move || listening::listening(pid)).await;
+                    if let Some(hint) = found.ok().and_then(|f| listening::misplaced(port, &f)) {
+                        why = format!("{why}; {hint}");
+                    }
+                }
                 return Response::NotReady {
                     reason: format!(
                         "instance {id} not ready within {}s: {why}",

@@ -100,6 +100,42 @@ fn release_that_never_gets_ready_fails_in_time_and_leaves_the_old_one_serving() 
 }
 
 #[test]
+fn an_app_listening_where_tandem_does_not_look_is_told_where_it_listens() {
+    let env = Env::start();
+    let app = env.root.path().join("elsewhere");
+    std::fs::create_dir_all(&app).expect("mkdir");
+    let other = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let ipv6 = std::net::TcpListener::bind("[::1]:0").is_ok();
+    // A fixed port instead of $PORT, then $PORT on an address 127.0.0.1
+    // does not reach.
+    let mut cases = vec![(
+        format!("python3 -m http.server {other} --bind 127.0.0.1"),
+        format!("listens on 127.0.0.1:{other} instead: run.command must listen on $PORT"),
+    )];
+    if ipv6 {
+        cases.push((
+            "python3 -m http.server $PORT --bind ::1".to_owned(),
+            "which tandem cannot reach at 127.0.0.1:".to_owned(),
+        ));
+    }
+    for (command, told) in cases {
+        std::fs::write(
+            app.join("tandem.yaml"),
+            format!("service: {{ name: elsewhere }}\nrun: {{ command: '{command}' }}\nroute: {{ host: elsewhere.test }}\nrelease: {{ deploy_timeout: 2s }}\n"),
+        )
+        .expect("write");
+        let out = env.deploy(&app);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("not ready within 2s"), "{stderr}");
+        assert!(stderr.contains(&told), "{command}: {stderr}");
+    }
+}
+
+#[test]
 fn sigkill_of_the_control_plane_drops_no_request_and_a_new_up_reattaches() {
     let (mut env, app) = web_serving("before");
     let load = Load::start(&env.proxy, "web.test", 4);
