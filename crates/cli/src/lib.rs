@@ -362,10 +362,15 @@ pub enum PipelinesCommand {
 pub enum AuditCommand {
     /// Walk the hash chain and name the first broken link.
     Verify,
-    /// Print journal events.
+    /// Print the journal's events, oldest first (`-o json`: one per line,
+    /// hashes included).
     Events {
+        /// Only the events after this sequence number.
         #[arg(long, default_value_t = 0)]
         after: u64,
+        /// Events asked of the server at a time.
+        #[arg(long, default_value_t = 1000, hide = true, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        page: u32,
     },
 }
 
@@ -478,8 +483,8 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
             command: AuditCommand::Verify,
         } => view::audit_verify(&api(), fmt).await,
         Command::Audit {
-            command: AuditCommand::Events { after },
-        } => view::events(&api(), after).await,
+            command: AuditCommand::Events { after, page },
+        } => view::events(&api(), after, page, fmt).await,
     }
 }
 

@@ -107,7 +107,7 @@ fn register(env: &Env, repo: &Repo, args: &[&str]) -> std::process::Output {
 }
 
 fn events(env: &Env) -> Vec<serde_json::Value> {
-    let out = env.tandem(&["audit", "events"]);
+    let out = env.tandem(&["audit", "events", "-o", "json"]);
     assert_ok(&out);
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -901,7 +901,7 @@ fn secrets_reach_instances_and_steps_and_are_masked_everywhere_else() {
         listed.contains("API_TOKEN") && !listed.contains(value),
         "{listed}"
     );
-    let journal = env.tandem(&["audit", "events"]);
+    let journal = env.tandem(&["audit", "events", "-o", "json"]);
     let journal = String::from_utf8_lossy(&journal.stdout);
     assert!(journal.contains("secret.set"), "setting it is journaled");
     assert!(!journal.contains(value), "the value is not");

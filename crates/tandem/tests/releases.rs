@@ -136,6 +136,55 @@ fn an_app_listening_where_tandem_does_not_look_is_told_where_it_listens() {
 }
 
 #[test]
+fn the_journal_is_read_whole_a_page_at_a_time() {
+    let (env, app) = web_serving("v1");
+    std::fs::write(app.join("index.html"), "v2").expect("write");
+    assert_ok(&env.deploy(&app));
+    let lines = |args: &[&str]| -> Vec<serde_json::Value> {
+        let out = env.tandem(args);
+        assert_ok(&out);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("one JSON event per line"))
+            .collect()
+    };
+    let whole = lines(&["audit", "events", "-o", "json"]);
+    let seqs: Vec<u64> = whole.iter().filter_map(|e| e["seq"].as_u64()).collect();
+    assert!(
+        seqs.len() > 6,
+        "two deploys make more than two pages of 3: {seqs:?}"
+    );
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    // Pages of 3, and of exactly the journal's length: nothing lost or
+    // doubled at a page's edge.
+    for page in ["3", &seqs.len().to_string()] {
+        assert_eq!(
+            lines(&["audit", "events", "-o", "json", "--page", page]),
+            whole
+        );
+    }
+    let after = lines(&[
+        "audit", "events", "-o", "json", "--page", "3", "--after", "4",
+    ]);
+    assert_eq!(after[..], whole[4..]);
+    // For people, a table: a row per event, the kind and subject in columns.
+    let out = env.tandem(&["audit", "events", "--page", "3"]);
+    assert_ok(&out);
+    let table = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<&str> = table.lines().collect();
+    assert!(
+        rows[0].starts_with("SEQ") && rows[0].contains("KIND"),
+        "{table}"
+    );
+    assert_eq!(rows.len(), whole.len() + 1, "{table}");
+    assert!(
+        rows.iter()
+            .any(|r| r.contains("release.succeeded") && r.contains("release=r2 service=web")),
+        "{table}"
+    );
+}
+
+#[test]
 fn sigkill_of_the_control_plane_drops_no_request_and_a_new_up_reattaches() {
     let (mut env, app) = web_serving("before");
     let load = Load::start(&env.proxy, "web.test", 4);
