@@ -41,6 +41,31 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// An address to listen on: `IP:PORT` (`[::]:8080` for IPv6), or
+/// `localhost:PORT` for 127.0.0.1. A bare `:PORT` is refused with both
+/// choices spelled out: all interfaces or this machine only is a decision,
+/// not a default.
+fn listen_addr(value: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = value.parse() {
+        return Ok(addr);
+    }
+    let (host, port) = value
+        .rsplit_once(':')
+        .ok_or_else(|| "no port; expected IP:PORT, e.g. 127.0.0.1:8080".to_owned())?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("port `{port}` is not a number from 0 to 65535"))?;
+    match host {
+        "localhost" => Ok(SocketAddr::from(([127, 0, 0, 1], port))),
+        "" => Err(format!(
+            "no host; write 127.0.0.1:{port} for this machine only, or 0.0.0.0:{port} for every interface"
+        )),
+        _ => Err(format!(
+            "`{host}` is not an IP address; expected IP:PORT, e.g. 127.0.0.1:{port} (names other than localhost are not resolved)"
+        )),
+    }
+}
+
 /// Checks `--server` when the command line is read, so a mistyped URL is
 /// bad usage (exit 2) before anything is sent: `http://HOST[:PORT][/PREFIX]`.
 fn server_url(value: &str) -> Result<String, String> {
@@ -97,10 +122,10 @@ pub enum Command {
         #[command(flatten)]
         data: DataDirArg,
         /// Address of the API and web UI.
-        #[arg(long, env = "TANDEM_API_ADDR", default_value = "127.0.0.1:7070")]
+        #[arg(long, env = "TANDEM_API_ADDR", default_value = "127.0.0.1:7070", value_parser = listen_addr)]
         api_addr: SocketAddr,
         /// Address the proxy serves traffic on.
-        #[arg(long, env = "TANDEM_PROXY_ADDR", default_value = "127.0.0.1:8080")]
+        #[arg(long, env = "TANDEM_PROXY_ADDR", default_value = "127.0.0.1:8080", value_parser = listen_addr)]
         proxy_addr: SocketAddr,
     },
     /// Stop every service and the agent of a data directory, and its server.
@@ -112,7 +137,7 @@ pub enum Command {
     Agent {
         #[command(flatten)]
         data: DataDirArg,
-        #[arg(long, env = "TANDEM_PROXY_ADDR", default_value = "127.0.0.1:8080")]
+        #[arg(long, env = "TANDEM_PROXY_ADDR", default_value = "127.0.0.1:8080", value_parser = listen_addr)]
         proxy_addr: SocketAddr,
         /// Take over from the agent running for the data directory: its
         /// listening sockets, lock and running instances (what
@@ -131,7 +156,7 @@ pub enum Command {
     Server {
         #[command(flatten)]
         data: DataDirArg,
-        #[arg(long, env = "TANDEM_API_ADDR", default_value = "127.0.0.1:7070")]
+        #[arg(long, env = "TANDEM_API_ADDR", default_value = "127.0.0.1:7070", value_parser = listen_addr)]
         api_addr: SocketAddr,
     },
     /// Check a directory's tandem.yaml.
@@ -498,6 +523,37 @@ mod tests {
             .to_string();
         assert!(err.contains(&format!("'{url}'")), "{err}");
         err
+    }
+
+    #[test]
+    fn a_listen_address_is_an_ip_and_port_or_localhost() {
+        let up = |addr: &str| {
+            Cli::try_parse_from(["tandem", "up", "--proxy-addr", addr])
+                .map(|cli| match cli.command {
+                    Command::Up { proxy_addr, .. } => proxy_addr.to_string(),
+                    _ => unreachable!("up parses as up"),
+                })
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(up("0.0.0.0:80").as_deref(), Ok("0.0.0.0:80"));
+        assert_eq!(up("[::]:8080").as_deref(), Ok("[::]:8080"));
+        assert_eq!(up("localhost:8080").as_deref(), Ok("127.0.0.1:8080"));
+        let bare = up(":8080").expect_err("bare port");
+        assert!(
+            bare.contains("127.0.0.1:8080 for this machine only, or 0.0.0.0:8080"),
+            "{bare}"
+        );
+        let named = up("example.test:8080").expect_err("a name");
+        assert!(
+            named.contains("`example.test` is not an IP address"),
+            "{named}"
+        );
+        assert!(
+            up("127.0.0.1:http")
+                .expect_err("port")
+                .contains("not a number")
+        );
+        assert!(up("127.0.0.1").expect_err("no port").contains("no port"));
     }
 
     #[test]
