@@ -1,6 +1,15 @@
 //! The `tandem` command line: argument definitions here, one module per
 //! group of subcommands, each returning an [`Exit`] on failure.
 
+/// `println!` for what a command prints on stdout: a reader that goes
+/// away early (`tandem audit events -o json | head`) ends the command
+/// quietly, as it ends `cat`, instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::output::write_line(format_args!($($arg)*))
+    };
+}
+
 pub mod client;
 pub mod exit;
 mod ops;

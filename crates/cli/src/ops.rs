@@ -53,7 +53,7 @@ pub async fn transition(
     if fmt == Format::Json {
         json(&v);
     } else {
-        println!("incident {id} is {}", cell(&v["status"]));
+        outln!("incident {id} is {}", cell(&v["status"]));
     }
     Ok(())
 }
@@ -76,7 +76,7 @@ pub async fn add_channel(api: &Api, body: serde_json::Value, fmt: Format) -> Cmd
     if fmt == Format::Json {
         json(&v);
     } else {
-        println!(
+        outln!(
             "channel {} added: {} {}",
             cell(&v["id"]),
             cell(&v["kind"]),
@@ -88,7 +88,7 @@ pub async fn add_channel(api: &Api, body: serde_json::Value, fmt: Format) -> Cmd
 
 pub async fn remove_channel(api: &Api, id: i64) -> CmdResult {
     api.delete(&format!("/api/v1/channels/{id}")).await?;
-    println!("channel {id} removed");
+    outln!("channel {id} removed");
     Ok(())
 }
 
@@ -108,8 +108,8 @@ async fn maintenance_mode(
     let v = api.post(&path, body).await?;
     if fmt == Format::Table {
         match retry_after {
-            Some(s) => println!("{service}: maintenance page on (503, Retry-After {s}s)"),
-            None => println!("{service}: maintenance page off; traffic flows again"),
+            Some(s) => outln!("{service}: maintenance page on (503, Retry-After {s}s)"),
+            None => outln!("{service}: maintenance page off; traffic flows again"),
         }
     }
     Ok(v)
@@ -129,7 +129,7 @@ pub async fn maintenance(api: &Api, command: crate::MaintenanceCommand, fmt: For
                 .post(&format!("/api/v1/services/{service}/maintenance"), body)
                 .await?;
             if fmt == Format::Table {
-                println!(
+                outln!(
                     "maintenance #{} of {service} from {} to {} scheduled and announced",
                     cell(&v["id"]),
                     cell(&v["starts_at"]),
@@ -158,7 +158,7 @@ pub async fn maintenance(api: &Api, command: crate::MaintenanceCommand, fmt: For
         M::Rm { id } => {
             let v = api.delete(&format!("/api/v1/maintenance/{id}")).await?;
             if fmt == Format::Table {
-                println!("maintenance #{id} cancelled");
+                outln!("maintenance #{id} cancelled");
             }
             v
         }

@@ -31,9 +31,9 @@ pub async fn add(
         return Ok(());
     }
     let service = v["service"].as_str().unwrap_or_default();
-    println!("registered {service} from {url}#{branch}");
+    outln!("registered {service} from {url}#{branch}");
     if let Some(id) = v["run"]["id"].as_i64() {
-        println!(
+        outln!(
             "run {id} queued for {}; follow it with `tandem pipelines logs {id} -f`",
             short(&v["run"]["commit"])
         );
@@ -43,7 +43,7 @@ pub async fn add(
 
 pub async fn remove(api: &Api, service: &str) -> CmdResult {
     api.delete(&format!("/api/v1/services/{service}")).await?;
-    println!("removed {service}; its instances are stopped, its history stays in the journal");
+    outln!("removed {service}; its instances are stopped, its history stays in the journal");
     Ok(())
 }
 
@@ -106,7 +106,7 @@ pub async fn logs(api: &Api, id: i64, follow: bool, fmt: Format) -> CmdResult {
     api.get_events(
         &format!("/api/v1/runs/{id}/logs?follow={follow}"),
         |event, data| match event {
-            "line" if fmt == Format::Table => println!("{data}"),
+            "line" if fmt == Format::Table => outln!("{data}"),
             "end" => end = serde_json::from_str(data).ok(),
             _ => {}
         },
@@ -149,12 +149,12 @@ pub async fn act(api: &Api, id: i64, action: &str, fmt: Format) -> CmdResult {
         json(&v);
     } else {
         match action {
-            "retry" => println!("run {} queued for {}", cell(&v["id"]), short(&v["commit"])),
+            "retry" => outln!("run {} queued for {}", cell(&v["id"]), short(&v["commit"])),
             "approve" if v["status"] == "queued" => {
-                println!("run {id} approved; it promotes now")
+                outln!("run {id} approved; it promotes now")
             }
-            "approve" => println!("run {id}: approval recorded; more are needed"),
-            _ => println!("run {id} is {}", cell(&v["status"])),
+            "approve" => outln!("run {id}: approval recorded; more are needed"),
+            _ => outln!("run {id} is {}", cell(&v["status"])),
         }
     }
     Ok(())
@@ -179,7 +179,7 @@ pub async fn secrets(api: &Api, command: crate::SecretsCommand, fmt: Format) -> 
                 serde_json::json!({ "value": value }),
             )
             .await?;
-            println!("{service}: {name} set");
+            outln!("{service}: {name} set");
         }
         S::Ls { service } => {
             let path = format!("/api/v1/services/{service}/secrets");
@@ -191,7 +191,7 @@ pub async fn secrets(api: &Api, command: crate::SecretsCommand, fmt: Format) -> 
         S::Rm { service, name } => {
             api.delete(&format!("/api/v1/services/{service}/secrets/{name}"))
                 .await?;
-            println!("{service}: {name} removed");
+            outln!("{service}: {name} removed");
         }
     }
     Ok(())

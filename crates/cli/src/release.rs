@@ -96,7 +96,7 @@ async fn follow(api: &Api, path: &str, body: serde_json::Value, fmt: Format) -> 
         Some("done") => {
             if fmt == Format::Table {
                 let t = &end["timings"];
-                println!(
+                outln!(
                     "{} (ready in {} ms, switched {} ms after ready, drained in {} ms, {} ms in all)",
                     end["message"].as_str().unwrap_or_default(),
                     t["start_to_ready_ms"],

@@ -73,7 +73,7 @@ pub async fn status(api: &Api, service: Option<&str>, fmt: Format) -> CmdResult 
 /// SLO attainment, budget left and burn rates; environments; maintenance.
 fn print_slos(s: &serde_json::Value) {
     for e in s["environments"].as_array().into_iter().flatten() {
-        println!(
+        outln!(
             "environment {}: {} ({} serving)",
             cell(&e["env"]),
             cell(&e["release"]),
@@ -81,10 +81,10 @@ fn print_slos(s: &serde_json::Value) {
         );
     }
     if let Some(retry) = s["maintenance_mode"].as_u64() {
-        println!("maintenance mode: on (503, Retry-After {retry}s)");
+        outln!("maintenance mode: on (503, Retry-After {retry}s)");
     }
     for w in s["maintenance"].as_array().into_iter().flatten() {
-        println!(
+        outln!(
             "maintenance #{}: {} to {} ({})",
             cell(&w["id"]),
             cell(&w["starts_at"]),
@@ -189,7 +189,7 @@ pub async fn logs(api: &Api, service: &str, follow: bool, lines: usize) -> CmdRe
                 .map(|p| p + 1)
                 .unwrap_or(0);
             for l in &ls[start..] {
-                println!("{inst} | {l}");
+                outln!("{inst} | {l}");
             }
             if let Some(l) = ls.last() {
                 last_seen.insert(inst, l.clone());
@@ -209,7 +209,7 @@ pub async fn audit_verify(api: &Api, fmt: Format) -> CmdResult {
     }
     if v["ok"] == true {
         if fmt == Format::Table {
-            println!(
+            outln!(
                 "journal intact: {} events, head {}",
                 v["events"],
                 cell(&v["head"])
@@ -238,7 +238,7 @@ pub async fn events(api: &Api, after: u64, page: u32, fmt: Format) -> CmdResult 
         let got = v.as_array().cloned().unwrap_or_default();
         for e in &got {
             if fmt == Format::Json {
-                println!("{e}");
+                outln!("{e}");
             } else {
                 rows.push(event_row(e));
             }

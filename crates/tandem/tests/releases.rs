@@ -167,6 +167,25 @@ fn the_journal_is_read_whole_a_page_at_a_time() {
         "audit", "events", "-o", "json", "--page", "3", "--after", "4",
     ]);
     assert_eq!(after[..], whole[4..]);
+    // A reader that stops after the first line ends the command quietly.
+    let mut reader = std::process::Command::new(util::bin())
+        .args(["audit", "events", "-o", "json", "--page", "1"])
+        .env("TANDEM_SERVER", format!("http://{}", env.api))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(reader.stdout.take().expect("stdout")),
+        &mut first,
+    )
+    .expect("read a line");
+    assert!(first.starts_with("{\"seq\":1,"), "{first}");
+    let out = reader.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
     // For people, a table: a row per event, the kind and subject in columns.
     let out = env.tandem(&["audit", "events", "--page", "3"]);
     assert_ok(&out);
