@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use std::os::fd::OwnedFd;
 
+use tandem_core::protocol::LogCursor;
 use tokio::io::AsyncReadExt;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -175,18 +176,77 @@ fn rotated_path(path: &Path) -> PathBuf {
 }
 
 /// The last `n` lines of a log file (and its rotated predecessor if needed).
-pub fn read_tail(path: &Path, n: usize) -> Vec<String> {
-    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
-    let current = read(path);
-    let mut lines: Vec<String> = current.lines().map(str::to_owned).collect();
+/// A follower gets at most this many bytes of a log file per call (the
+/// lines after its cursor); it asks again for the rest.
+pub const FOLLOW_MAX_BYTES: u64 = 1024 * 1024;
+
+/// An instance log's lines, each with the cursor after it. With `after`,
+/// every complete line written since that cursor, across a rotation (at
+/// most [`FOLLOW_MAX_BYTES`] of each file per call); without it, or when
+/// its file has been rotated away twice, the last `n` lines.
+pub fn read_lines(path: &Path, n: usize, after: Option<LogCursor>) -> Vec<(String, LogCursor)> {
+    let rotated = rotated_path(path);
+    if let Some(at) = after {
+        if inode(path) == Some(at.file) {
+            return lines_from(path, at.offset, FOLLOW_MAX_BYTES).0;
+        }
+        if inode(&rotated) == Some(at.file) {
+            let (mut lines, whole) = lines_from(&rotated, at.offset, FOLLOW_MAX_BYTES);
+            // The new file only once the old one is read to its end.
+            if whole {
+                lines.extend(lines_from(path, 0, FOLLOW_MAX_BYTES).0);
+            }
+            return lines;
+        }
+    }
+    let mut lines = lines_from(path, 0, u64::MAX).0;
     if lines.len() < n {
-        let older = read(&rotated_path(path));
-        let mut all: Vec<String> = older.lines().map(str::to_owned).collect();
-        all.append(&mut lines);
-        lines = all;
+        let mut older = lines_from(&rotated, 0, u64::MAX).0;
+        older.append(&mut lines);
+        lines = older;
     }
     let skip = lines.len().saturating_sub(n);
     lines.split_off(skip)
+}
+
+fn inode(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| m.ino())
+}
+
+/// The complete lines of `path` from byte `offset` on (from the start if
+/// the file is now shorter), reading at most `limit` bytes, and whether
+/// that read to the file's end. A last line still being written (no
+/// newline yet) waits for the next call.
+fn lines_from(path: &Path, offset: u64, limit: u64) -> (Vec<(String, LogCursor)>, bool) {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::unix::fs::MetadataExt;
+    let Ok(mut file) = File::open(path) else {
+        return (Vec::new(), true);
+    };
+    let Ok(meta) = file.metadata() else {
+        return (Vec::new(), true);
+    };
+    let offset = if offset > meta.len() { 0 } else { offset };
+    let mut bytes = Vec::new();
+    if file.seek(SeekFrom::Start(offset)).is_err()
+        || file.take(limit).read_to_end(&mut bytes).is_err()
+    {
+        return (Vec::new(), true);
+    }
+    let whole = (bytes.len() as u64) < limit;
+    let mut lines = Vec::new();
+    let mut at = 0;
+    while let Some(len) = bytes[at..].iter().position(|b| *b == b'\n') {
+        let line = String::from_utf8_lossy(&bytes[at..at + len]).into_owned();
+        at += len + 1;
+        let next = LogCursor {
+            file: meta.ino(),
+            offset: offset + at as u64,
+        };
+        lines.push((line, next));
+    }
+    (lines, whole)
 }
 
 #[cfg(test)]
@@ -219,10 +279,66 @@ mod tests {
         log.write_line("last");
         assert!(rotated_path(&path).exists(), "rotated file exists");
         assert!(std::fs::metadata(&path).expect("meta").len() < ROTATE_AT_BYTES);
-        let tail = read_tail(&path, 3);
-        assert_eq!(tail.last().map(String::as_str), Some("last"));
+        let tail = read_lines(&path, 3, None);
+        assert_eq!(tail.last().map(|(l, _)| l.as_str()), Some("last"));
         assert_eq!(tail.len(), 3);
         assert_eq!(log.tail(1), vec!["last".to_string()]);
+    }
+
+    #[test]
+    fn a_cursor_gives_every_line_written_since_once_even_alike_and_across_a_rotation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.log");
+        let log = InstanceLog::open(path.clone()).expect("open");
+        let texts = |lines: &[(String, LogCursor)]| -> Vec<String> {
+            lines.iter().map(|(l, _)| l.clone()).collect()
+        };
+        log.write_line("one");
+        log.write_line("same");
+        let first = read_lines(&path, 1, None);
+        assert_eq!(texts(&first), ["same"]);
+        let mut at = first[0].1;
+        // Bytes as a writer's partial write leaves them.
+        let append = |bytes: &[u8]| {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .and_then(|mut f| f.write_all(bytes))
+                .expect("append");
+        };
+        // Alike lines, and one still being written: it waits.
+        log.write_line("same");
+        log.write_line("same");
+        append(b"half");
+        let next = read_lines(&path, 1, Some(at));
+        assert_eq!(texts(&next), ["same", "same"]);
+        at = next[1].1;
+        assert!(read_lines(&path, 1, Some(at)).is_empty(), "nothing new");
+        append(b" done\n");
+        let next = read_lines(&path, 1, Some(at));
+        assert_eq!(texts(&next), ["half done"]);
+        at = next[0].1;
+        // Past the rotation: the rest of the old file, then the new one.
+        let big = "x".repeat(1024);
+        for _ in 0..(ROTATE_AT_BYTES / 1024 + 1) {
+            log.write_line(&big);
+        }
+        log.write_line("after");
+        // A page at a time (FOLLOW_MAX_BYTES), as a follower asks.
+        let mut all = Vec::new();
+        loop {
+            let page = read_lines(&path, 1, Some(at));
+            let Some((_, last)) = page.last() else { break };
+            at = *last;
+            all.extend(texts(&page));
+        }
+        assert_eq!(
+            all.len() as u64,
+            ROTATE_AT_BYTES / 1024 + 2,
+            "every line once"
+        );
+        assert_eq!(all.last().map(String::as_str), Some("after"));
+        assert!(all[..all.len() - 1].iter().all(|l| *l == big));
     }
 
     #[tokio::test]

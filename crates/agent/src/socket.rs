@@ -193,8 +193,9 @@ async fn dispatch(req: Request, ctx: &Context) -> Response {
             service,
             release,
             lines,
+            after,
         } => Response::Logs {
-            lines: sup.logs(&service, release.as_deref(), lines),
+            lines: sup.logs(&service, release.as_deref(), lines, &after),
         },
         Request::Metrics => Response::Metrics {
             text: sup.metrics_text(),

@@ -15,7 +15,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use tandem_core::protocol::{
-    AgentStatus, GroupSpec, HANDOVER_REFUSAL, InstanceState, InstanceStatus, LogLine,
+    AgentStatus, GroupSpec, HANDOVER_REFUSAL, InstanceState, InstanceStatus, LogCursor, LogLine,
     RequestCounts, Response, RouteSpec, ServiceStatus,
 };
 use tandem_proxy::metrics::Snapshot;
@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 
 use crate::handover::{Offer, Offered};
 use crate::listening;
-use crate::logs::{Capture, InstanceLog, read_tail};
+use crate::logs::{Capture, InstanceLog, read_lines};
 use crate::probe::Prober;
 
 /// First restart delay; doubles per quick crash.
@@ -804,7 +804,15 @@ impl Supervisor {
         Response::Ok
     }
 
-    pub fn logs(&self, service: &str, release: Option<&str>, lines: usize) -> Vec<LogLine> {
+    /// The last `lines` of each instance log of `service` (or of one
+    /// release), or for an instance in `after`, what was written since.
+    pub fn logs(
+        &self,
+        service: &str,
+        release: Option<&str>,
+        lines: usize,
+        after: &BTreeMap<String, LogCursor>,
+    ) -> Vec<LogLine> {
         let paths: Vec<(String, PathBuf)> = {
             let state = lock(&self.shared.state);
             state
@@ -827,11 +835,12 @@ impl Supervisor {
         paths
             .into_iter()
             .flat_map(|(id, path)| {
-                read_tail(&path, lines)
+                read_lines(&path, lines, after.get(&id).copied())
                     .into_iter()
-                    .map(move |line| LogLine {
+                    .map(move |(line, next)| LogLine {
                         instance: id.clone(),
                         line,
+                        next: Some(next),
                     })
             })
             .collect()

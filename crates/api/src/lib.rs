@@ -10,8 +10,11 @@ pub mod openapi;
 mod ops;
 mod pipelines;
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::path::PathBuf;
+
+use tandem_core::protocol::LogCursor;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -311,6 +314,28 @@ async fn status(
 struct LogsQuery {
     lines: Option<usize>,
     release: Option<String>,
+    /// Where a follower got to: `INSTANCE:FILE:OFFSET`, comma-separated
+    /// (the `next` of the last line it has of each instance).
+    after: Option<String>,
+}
+
+/// Parses `LogsQuery::after`.
+fn log_cursors(text: &str) -> Result<BTreeMap<String, LogCursor>, ApiError> {
+    text.split(',')
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let bad = || {
+                ApiError::BadInput(format!(
+                    "after: `{part}` is not INSTANCE:FILE:OFFSET (numbers for FILE and OFFSET)"
+                ))
+            };
+            let mut fields = part.rsplitn(3, ':');
+            let offset = fields.next().and_then(|f| f.parse().ok()).ok_or_else(bad)?;
+            let file = fields.next().and_then(|f| f.parse().ok()).ok_or_else(bad)?;
+            let instance = fields.next().filter(|i| !i.is_empty()).ok_or_else(bad)?;
+            Ok((instance.to_owned(), LogCursor { file, offset }))
+        })
+        .collect()
 }
 
 async fn logs(
@@ -322,10 +347,11 @@ async fn logs(
         return Err(ApiError::NotFound(format!("no service named {name}")));
     }
     let lines = q.lines.unwrap_or(100).min(10_000);
+    let after = log_cursors(q.after.as_deref().unwrap_or_default())?;
     let lines = s
         .engine
         .agent
-        .logs(&name, q.release, lines)
+        .logs(&name, q.release, lines, after)
         .await
         .map_err(EngineError::from)?;
     Ok(Json(serde_json::to_value(lines).unwrap_or_default()))

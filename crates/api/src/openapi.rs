@@ -74,7 +74,7 @@ pub const PATHS: [(&str, &str, &str); 35] = [
     (
         "/api/v1/services/{name}/logs",
         "get",
-        "Last lines of the service's instance logs",
+        "Last lines of the service's instance logs (?lines=N, ?release=R); each line's `next` is a cursor, and ?after=INSTANCE:FILE:OFFSET,... returns what was written since",
     ),
     (
         "/api/v1/deploys",

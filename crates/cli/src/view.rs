@@ -1,6 +1,6 @@
 //! Read-only commands: status, releases, logs, services, audit.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use crate::Format;
@@ -167,38 +167,75 @@ pub async fn services(api: &Api, fmt: Format) -> CmdResult {
 }
 
 /// GETs a JSON array and prints it as JSON or as a table, a row per item.
+/// Prints the last `lines` of each instance log; with `follow`, then what
+/// each writes from there on, by the cursor after each line (`next`): no
+/// line is printed twice or skipped, however many come between two asks or
+/// however alike they are. An agent that gives no cursors gets the older
+/// way: each instance's new lines are those after the last one printed.
 pub async fn logs(api: &Api, service: &str, follow: bool, lines: usize) -> CmdResult {
+    // After the first ask, an instance without a cursor is one that had
+    // written nothing or did not run yet: all it has is new.
+    const SINCE_START: usize = 10_000;
+    let mut cursors: BTreeMap<String, String> = BTreeMap::new();
     let mut last_seen: HashMap<String, String> = HashMap::new();
+    let mut first = true;
     loop {
-        let v = api
-            .get(&format!("/api/v1/services/{service}/logs?lines={lines}"))
-            .await?;
-        let mut by_instance: Vec<(String, Vec<String>)> = Vec::new();
+        // At least one line, for its cursor, even when none is shown.
+        let ask = if first { lines.max(1) } else { SINCE_START };
+        let mut path = format!("/api/v1/services/{service}/logs?lines={ask}");
+        if !cursors.is_empty() {
+            let after: Vec<String> = cursors.iter().map(|(i, c)| format!("{i}:{c}")).collect();
+            path.push_str(&format!("&after={}", after.join(",")));
+        }
+        let v = api.get(&path).await?;
+        let mut by_instance: Vec<(String, Vec<&serde_json::Value>)> = Vec::new();
         for l in v.as_array().into_iter().flatten() {
             let inst = cell(&l["instance"]);
-            let line = cell(&l["line"]);
             match by_instance.last_mut() {
-                Some((i, ls)) if *i == inst => ls.push(line),
-                _ => by_instance.push((inst, vec![line])),
+                Some((i, ls)) if *i == inst => ls.push(l),
+                _ => by_instance.push((inst, vec![l])),
             }
         }
+        let mut printed = 0;
         for (inst, ls) in by_instance {
-            let start = last_seen
-                .get(&inst)
-                .and_then(|seen| ls.iter().rposition(|l| l == seen))
-                .map(|p| p + 1)
-                .unwrap_or(0);
+            let cursor = |l: &serde_json::Value| {
+                Some(format!(
+                    "{}:{}",
+                    l["next"]["file"].as_u64()?,
+                    l["next"]["offset"].as_u64()?
+                ))
+            };
+            let start = if ls.iter().all(|l| cursor(l).is_some()) {
+                if first {
+                    ls.len().saturating_sub(lines)
+                } else {
+                    0
+                }
+            } else {
+                last_seen
+                    .get(&inst)
+                    .and_then(|seen| ls.iter().rposition(|l| cell(&l["line"]) == *seen))
+                    .map(|p| p + 1)
+                    .unwrap_or(0)
+            };
             for l in &ls[start..] {
-                outln!("{inst} | {l}");
+                outln!("{inst} | {}", cell(&l["line"]));
+                printed += 1;
             }
             if let Some(l) = ls.last() {
-                last_seen.insert(inst, l.clone());
+                last_seen.insert(inst.clone(), cell(&l["line"]));
+                if let Some(c) = cursor(l) {
+                    cursors.insert(inst, c);
+                }
             }
         }
         if !follow {
             return Ok(());
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        first = false;
+        // Soon again while lines come (a page may have been cut short).
+        let pause = if printed > 0 { 100 } else { 500 };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
     }
 }
 

@@ -118,6 +118,10 @@ pub enum Request {
         service: String,
         release: Option<String>,
         lines: usize,
+        /// Per instance, where a follower got to: it gets every complete
+        /// line written since (up to a bound) instead of the last `lines`.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        after: BTreeMap<String, LogCursor>,
     },
     /// Prometheus text exposition of the proxy's request metrics.
     Metrics,
@@ -273,6 +277,19 @@ pub enum InstanceState {
 pub struct LogLine {
     pub instance: String,
     pub line: String,
+    /// Where the line ends in its log, to follow on from (`None` from an
+    /// agent that knows no cursors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<LogCursor>,
+}
+
+/// A place in an instance's log: the file (its inode, so a rotation is
+/// noticed) and the byte offset after a complete line. It holds across
+/// agent restarts and upgrades, which append to the same file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogCursor {
+    pub file: u64,
+    pub offset: u64,
 }
 
 #[cfg(test)]

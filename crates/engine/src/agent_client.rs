@@ -1,11 +1,12 @@
 //! The control plane's side of the agent protocol: one unix-socket
 //! connection per request, one JSON line each way.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use tandem_core::protocol::{
-    AgentStatus, GroupSpec, HANDOVER_REFUSAL, LogLine, Request, Response, RouteSpec, SOCKET_FILE,
-    UPGRADE_TIMEOUT,
+    AgentStatus, GroupSpec, HANDOVER_REFUSAL, LogCursor, LogLine, Request, Response, RouteSpec,
+    SOCKET_FILE, UPGRADE_TIMEOUT,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
@@ -228,12 +229,14 @@ impl AgentClient {
         service: &str,
         release: Option<String>,
         lines: usize,
+        after: BTreeMap<String, LogCursor>,
     ) -> Result<Vec<LogLine>, AgentClientError> {
         match self
             .call(&Request::Logs {
                 service: service.into(),
                 release,
                 lines,
+                after,
             })
             .await?
         {

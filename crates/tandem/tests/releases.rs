@@ -204,6 +204,43 @@ fn the_journal_is_read_whole_a_page_at_a_time() {
 }
 
 #[test]
+fn following_logs_shows_every_new_line_once_even_when_lines_are_alike() {
+    let (env, _) = web_serving("v1");
+    let mut follower = std::process::Command::new(util::bin())
+        .args(["logs", "web", "-f", "-n", "0"])
+        .env("TANDEM_SERVER", format!("http://{}", env.api))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stdout = follower.stdout.take().expect("stdout");
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = seen.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            if line.contains("\"GET /index.html HTTP/1.1\" 200") {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    // Its first ask (nothing shown with -n 0, but where each log ends).
+    std::thread::sleep(Duration::from_millis(1500));
+    // http.server logs each request alike, to the second: 300 lines that
+    // cannot be told apart by their text.
+    const REQUESTS: usize = 300;
+    for _ in 0..REQUESTS {
+        assert_eq!(env.get("web.test", "/index.html").0, 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while seen.load(std::sync::atomic::Ordering::SeqCst) < REQUESTS && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = follower.kill();
+    let _ = follower.wait();
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), REQUESTS);
+}
+
+#[test]
 fn sigkill_of_the_control_plane_drops_no_request_and_a_new_up_reattaches() {
     let (mut env, app) = web_serving("before");
     let load = Load::start(&env.proxy, "web.test", 4);
