@@ -194,9 +194,20 @@ async fn dispatch(req: Request, ctx: &Context) -> Response {
             release,
             lines,
             after,
-        } => Response::Logs {
-            lines: sup.logs(&service, release.as_deref(), lines, &after),
-        },
+        } => {
+            // File reads (a tail reads up to a whole 10 MiB log) stay off
+            // the threads that serve traffic.
+            let sup = sup.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                sup.logs(&service, release.as_deref(), lines, &after)
+            });
+            match read.await {
+                Ok(lines) => Response::Logs { lines },
+                Err(e) => Response::Error {
+                    message: format!("reading the logs failed: {e}"),
+                },
+            }
+        }
         Request::Metrics => Response::Metrics {
             text: sup.metrics_text(),
         },
