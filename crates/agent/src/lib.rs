@@ -7,6 +7,7 @@ pub mod handover;
 pub mod listening;
 pub mod logs;
 pub mod probe;
+mod procfs;
 pub mod socket;
 pub mod supervisor;
 

@@ -75,7 +75,7 @@ fn socket_inodes(pgid: u32) -> HashSet<u64> {
         else {
             continue;
         };
-        if process_group(pid) != Some(pgid) {
+        if crate::procfs::stat(pid).map(|s| s.pgrp) != Some(pgid) {
             continue;
         }
         let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
@@ -94,15 +94,6 @@ fn socket_inodes(pgid: u32) -> HashSet<u64> {
         }
     }
     inodes
-}
-
-/// The process group of `pid`: field 5 of `/proc/<pid>/stat`, counted
-/// after the command name, which is in parentheses and may hold anything.
-fn process_group(pid: u32) -> Option<u32> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, after_name) = stat.rsplit_once(')')?;
-    // state, ppid, pgrp
-    after_name.split_whitespace().nth(2)?.parse().ok()
 }
 
 /// The listening sockets of a `/proc/net/tcp` or `tcp6` table, with their
@@ -177,7 +168,7 @@ mod tests {
     fn a_socket_of_the_group_is_found_with_its_address() {
         let v4 = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let v6 = std::net::TcpListener::bind("[::1]:0").ok(); // no IPv6 here is fine
-        let group = process_group(std::process::id()).expect("own group");
+        let group = nix::unistd::getpgrp().as_raw() as u32;
         let found = listening(group);
         assert!(found.contains(&v4.local_addr().expect("addr")), "{found:?}");
         if let Some(v6) = v6 {

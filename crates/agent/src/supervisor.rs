@@ -25,9 +25,9 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::handover::{Offer, Offered};
-use crate::listening;
 use crate::logs::{Capture, InstanceLog, read_lines};
 use crate::probe::Prober;
+use crate::{listening, procfs};
 
 /// First restart delay; doubles per quick crash.
 pub const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -1485,14 +1485,8 @@ fn open_fifo_reader(path: &Path) -> std::io::Result<OwnedFd> {
 /// When `pid` started (clock ticks after boot), if it runs and leads its
 /// own process group, as every instance does.
 fn started_at(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: fields follow the last `)`.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let (state, pgrp, started) = (fields.first()?, fields.get(2)?, fields.get(19)?);
-    if *state == "Z" || pgrp.parse::<u32>().ok()? != pid {
-        return None;
-    }
-    started.parse().ok()
+    let stat = procfs::stat(pid)?;
+    (stat.state != "Z" && stat.pgrp == pid).then_some(stat.start_time)
 }
 
 /// SIGTERM to the process group, up to `timeout`, then SIGKILL.
