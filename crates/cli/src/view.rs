@@ -166,7 +166,6 @@ pub async fn services(api: &Api, fmt: Format) -> CmdResult {
     .await
 }
 
-/// GETs a JSON array and prints it as JSON or as a table, a row per item.
 /// Prints the last `lines` of each instance log; with `follow`, then what
 /// each writes from there on, by the cursor after each line (`next`): no
 /// line is printed twice or skipped, however many come between two asks or
@@ -198,14 +197,7 @@ pub async fn logs(api: &Api, service: &str, follow: bool, lines: usize) -> CmdRe
         }
         let mut printed = 0;
         for (inst, ls) in by_instance {
-            let cursor = |l: &serde_json::Value| {
-                Some(format!(
-                    "{}:{}",
-                    l["next"]["file"].as_u64()?,
-                    l["next"]["offset"].as_u64()?
-                ))
-            };
-            let start = if ls.iter().all(|l| cursor(l).is_some()) {
+            let start = if ls.iter().all(|l| log_cursor(l).is_some()) {
                 if first {
                     ls.len().saturating_sub(lines)
                 } else {
@@ -224,7 +216,7 @@ pub async fn logs(api: &Api, service: &str, follow: bool, lines: usize) -> CmdRe
             }
             if let Some(l) = ls.last() {
                 last_seen.insert(inst.clone(), cell(&l["line"]));
-                if let Some(c) = cursor(l) {
+                if let Some(c) = log_cursor(l) {
                     cursors.insert(inst, c);
                 }
             }
@@ -237,6 +229,16 @@ pub async fn logs(api: &Api, service: &str, follow: bool, lines: usize) -> CmdRe
         let pause = if printed > 0 { 100 } else { 500 };
         tokio::time::sleep(Duration::from_millis(pause)).await;
     }
+}
+
+/// A log line's cursor as the API's `after` takes it (`FILE:OFFSET`).
+fn log_cursor(line: &serde_json::Value) -> Option<String> {
+    let next = &line["next"];
+    Some(format!(
+        "{}:{}",
+        next["file"].as_u64()?,
+        next["offset"].as_u64()?
+    ))
 }
 
 pub async fn audit_verify(api: &Api, fmt: Format) -> CmdResult {
