@@ -9,6 +9,9 @@ use http::header::{
 
 /// Hop-by-hop headers, plus `Upgrade` (restored on its own for upgrades),
 /// as text: the one list, from which the `HeaderName`s below are made.
+/// `Trailer` is not one: it announces the message's trailer fields end to
+/// end (RFC 9110 §6.6.2), and hyper sends only the trailers it names.
+/// `HTTP2-Settings` belongs to an h2c upgrade, which is never forwarded.
 const HOP_BY_HOP_NAMES: [&str; 9] = [
     "connection",
     "keep-alive",
@@ -16,7 +19,7 @@ const HOP_BY_HOP_NAMES: [&str; 9] = [
     "proxy-authenticate",
     "proxy-authorization",
     "te",
-    "trailer",
+    "http2-settings",
     "transfer-encoding",
     "upgrade",
 ];
@@ -36,14 +39,18 @@ static HOP_BY_HOP: [HeaderName; 9] = {
     ]
 };
 
-const X_FORWARDED: [(&str, Forwarded); 3] = [
-    ("x-forwarded-for", Forwarded::For),
-    ("x-forwarded-proto", Forwarded::Proto),
-    ("x-forwarded-host", Forwarded::Host),
+const FORWARDING: [(&str, Forwarding); 5] = [
+    ("x-forwarded-for", Forwarding::For),
+    ("x-forwarded-proto", Forwarding::Proto),
+    ("x-forwarded-host", Forwarding::Host),
+    ("forwarded", Forwarding::Rfc7239),
+    ("x-real-ip", Forwarding::RealIp),
 ];
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static(X_FORWARDED[0].0);
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static(X_FORWARDED[1].0);
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static(X_FORWARDED[2].0);
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static(FORWARDING[0].0);
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static(FORWARDING[1].0);
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static(FORWARDING[2].0);
+static FORWARDED: HeaderName = HeaderName::from_static(FORWARDING[3].0);
+static X_REAL_IP: HeaderName = HeaderName::from_static(FORWARDING[4].0);
 
 /// `name` equals the lower-case `known` in any case; the length is
 /// compared first, which rules out almost every header at once.
@@ -57,26 +64,131 @@ pub fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP_NAMES.iter().any(|known| is(known, name))
 }
 
-/// The `X-Forwarded-*` headers the proxy sets itself.
+/// Whether a header a peer names in `Connection` is to be dropped at this
+/// hop. The message's framing (`Content-Length`, `Transfer-Encoding`) and
+/// its `Host` never are: the proxy frames each message it sends itself,
+/// and a peer that could remove a length while its body is forwarded would
+/// make the body the next request on a shared upstream connection (request
+/// smuggling), or the next response the rest of this one.
+pub fn droppable_by_connection(name: &str) -> bool {
+    !(is("content-length", name) || is("transfer-encoding", name) || is("host", name))
+}
+
+/// The headers that tell a service where a request came from: set by the
+/// proxy, and taken from a client only when it is a trusted proxy.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Forwarded {
+pub enum Forwarding {
     For,
     Proto,
     Host,
+    /// RFC 7239's `Forwarded`.
+    Rfc7239,
+    RealIp,
 }
 
-/// Which `X-Forwarded-*` header `name` is, in any case.
-pub fn forwarded(name: &str) -> Option<Forwarded> {
-    X_FORWARDED
+/// Which of the forwarding headers `name` is, in any case.
+pub fn forwarded(name: &str) -> Option<Forwarding> {
+    FORWARDING
         .iter()
         .find(|(known, _)| is(known, name))
         .map(|&(_, which)| which)
 }
 
+/// The client end of a connection, as the forwarding headers describe it
+/// to a service.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    /// Its address as text (`X-Forwarded-For`).
+    pub ip: String,
+    /// One of the operator's trusted proxies (`--trusted-proxies`): the
+    /// forwarding headers it sends are kept and extended. Anyone else's
+    /// are replaced, so that a client cannot claim another address,
+    /// scheme or host.
+    pub trusted: bool,
+    /// `http` or `https`: how the client reached the proxy.
+    pub proto: &'static str,
+}
+
+impl Peer {
+    /// The `for=` element this hop adds to a trusted `Forwarded` (RFC 7239
+    /// §6: an IPv6 address bracketed and quoted).
+    pub fn forwarded_element(&self) -> String {
+        if self.ip.contains(':') {
+            format!("for=\"[{}]\"", self.ip)
+        } else {
+            format!("for={}", self.ip)
+        }
+    }
+}
+
+/// Whether `host` is a `Host` value a request may carry: a name, an IPv4
+/// address or a bracketed IPv6 address, and at most one `:port` of digits
+/// (RFC 9110 §7.2, RFC 3986 §3.2.2). Anything else (`x:abc`, spaces, a
+/// second colon, a userinfo) is refused, not guessed at.
+pub fn valid_host(host: &[u8]) -> bool {
+    let (name, port) = match host.first() {
+        None => return false,
+        Some(b'[') => match host.iter().position(|&b| b == b']') {
+            Some(end) => {
+                let literal = &host[1..end];
+                let ok = !literal.is_empty()
+                    && literal
+                        .iter()
+                        .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+                if !ok {
+                    return false;
+                }
+                match &host[end + 1..] {
+                    [] => return true,
+                    [b':', port @ ..] => (&b""[..], port),
+                    _ => return false,
+                }
+            }
+            None => return false,
+        },
+        Some(_) => match host.iter().position(|&b| b == b':') {
+            Some(colon) => (&host[..colon], &host[colon + 1..]),
+            None => (host, &b""[..]),
+        },
+    };
+    let name_ok = name.iter().all(|&b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            )
+    });
+    name_ok && port.len() <= 5 && port.iter().all(u8::is_ascii_digit)
+}
+
 /// The `Upgrade` value when the message asks for a protocol upgrade
 /// (`Connection: upgrade` plus `Upgrade: …`, as for WebSocket).
+///
+/// An upgrade to `h2c` is not one: it would turn the connection into a
+/// tunnel to the service past the proxy's routing and headers (h2c
+/// smuggling), so the request goes on as plain HTTP/1.1 without it.
 pub fn upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
     let value = headers.get(UPGRADE)?;
+    let h2c = value.to_str().map_or(true, |v| {
+        v.split(',').any(|t| t.trim().eq_ignore_ascii_case("h2c"))
+    });
+    if h2c {
+        return None;
+    }
     headers
         .get_all(CONNECTION)
         .iter()
@@ -98,7 +210,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|t| droppable_by_connection(t))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     for name in named {
         headers.remove(name);
@@ -113,25 +227,58 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Sets `X-Forwarded-For` (appended), `-Proto` and `-Host`, and `Host` to
+/// Sets the forwarding headers and `Host`. From a trusted proxy,
+/// `X-Forwarded-For` (every line of it, joined) and `Forwarded` are
+/// extended with this hop and its `X-Forwarded-Proto`, `-Host` and
+/// `X-Real-IP` kept; from anyone else all five are replaced by what this
+/// proxy knows (`X-Real-IP` and `Forwarded` dropped). `Host` becomes
 /// `host`, the host the request was routed by: for HTTP/2 its
 /// `:authority`, for an absolute-form request-target its authority, which
 /// replaces any `Host` the client sent (RFC 9110 §7.2), so the service sees
 /// the host its route was chosen by.
-pub fn add_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue, host: &HeaderValue) {
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) => {
-            let ip = client_ip.to_str().unwrap_or_default();
-            HeaderValue::from_str(&format!("{prior}, {ip}")).ok()
+pub fn add_forwarded(headers: &mut HeaderMap, peer: &Peer, host: &HeaderValue) {
+    let joined = |name: &HeaderName, headers: &HeaderMap| {
+        let all: Vec<&str> = headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        (!all.is_empty()).then(|| all.join(", "))
+    };
+    let (prior_for, prior_forwarded) = match peer.trusted {
+        true => (
+            joined(&X_FORWARDED_FOR, headers),
+            joined(&FORWARDED, headers),
+        ),
+        false => {
+            for name in [&X_FORWARDED_PROTO, &X_FORWARDED_HOST, &X_REAL_IP] {
+                headers.remove(name);
+            }
+            (None, None)
         }
-        None => Some(client_ip.clone()),
+    };
+    headers.remove(&FORWARDED);
+    let xff = match prior_for {
+        Some(prior) => HeaderValue::from_str(&format!("{prior}, {}", peer.ip)).ok(),
+        None => HeaderValue::from_str(&peer.ip).ok(),
     };
     if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    if let Some(prior) = prior_forwarded {
+        let extended = format!("{prior}, {}", peer.forwarded_element());
+        if let Ok(v) = HeaderValue::from_str(&extended) {
+            headers.insert(FORWARDED.clone(), v);
+        }
+    }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        let proto = HeaderValue::from_static(peer.proto);
+        headers.insert(X_FORWARDED_PROTO.clone(), proto);
+    }
+    if !headers.contains_key(&X_FORWARDED_HOST) {
+        headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+    }
     headers.insert(HOST, host.clone());
-    headers.insert(X_FORWARDED_HOST.clone(), host.clone());
 }
 
 /// Puts back the two headers an upgrade needs.
@@ -182,26 +329,120 @@ mod tests {
     }
 
     #[test]
-    fn names_are_recognised_in_any_case() {
-        assert!(is_hop_by_hop("Transfer-Encoding") && is_hop_by_hop("TE"));
-        assert!(!is_hop_by_hop("te2") && !is_hop_by_hop("accept"));
-        assert_eq!(forwarded("X-Forwarded-For"), Some(Forwarded::For));
-        assert_eq!(forwarded("x-forwarded-host"), Some(Forwarded::Host));
-        assert_eq!(forwarded("x-forwarded-port"), None);
+    fn an_upgrade_to_h2c_is_not_an_upgrade() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_static("Upgrade, HTTP2-Settings"),
+        );
+        h.insert(UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert(
+            "http2-settings",
+            HeaderValue::from_static("AAMAAABkAAQAoAAAAAIAAAAA"),
+        );
+        assert!(upgrade(&h).is_none());
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty(), "{h:?}");
     }
 
     #[test]
-    fn appends_forwarded_for() {
+    fn names_are_recognised_in_any_case() {
+        assert!(is_hop_by_hop("Transfer-Encoding") && is_hop_by_hop("TE"));
+        assert!(!is_hop_by_hop("te2") && !is_hop_by_hop("accept"));
+        assert_eq!(forwarded("X-Forwarded-For"), Some(Forwarding::For));
+        assert_eq!(forwarded("x-forwarded-host"), Some(Forwarding::Host));
+        assert_eq!(forwarded("x-forwarded-port"), None);
+    }
+
+    fn claimed() -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.2"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert("x-forwarded-host", HeaderValue::from_static("evil.test"));
+        h.insert("forwarded", HeaderValue::from_static("for=10.0.0.1"));
+        h.insert("x-real-ip", HeaderValue::from_static("10.0.0.1"));
+        h
+    }
+
+    fn peer(ip: &str, trusted: bool) -> Peer {
+        Peer {
+            ip: ip.into(),
+            trusted,
+            proto: "http",
+        }
+    }
+
+    #[test]
+    fn a_clients_forwarding_headers_are_replaced() {
+        let mut h = claimed();
         add_forwarded(
             &mut h,
-            &HeaderValue::from_static("127.0.0.1"),
+            &peer("127.0.0.1", false),
             &HeaderValue::from_static("shop.test"),
         );
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
         assert_eq!(h["x-forwarded-host"], "shop.test");
         assert_eq!(h["host"], "shop.test");
         assert_eq!(h["x-forwarded-proto"], "http");
+        assert!(!h.contains_key("forwarded") && !h.contains_key("x-real-ip"));
+        assert_eq!(h.len(), 4, "{h:?}");
+    }
+
+    #[test]
+    fn a_trusted_proxys_forwarding_headers_are_kept_and_extended() {
+        let mut h = claimed();
+        add_forwarded(
+            &mut h,
+            &peer("::1", true),
+            &HeaderValue::from_static("shop.test"),
+        );
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2, ::1");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(h["forwarded"], "for=10.0.0.1, for=\"[::1]\"");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "evil.test");
+        assert_eq!(h["x-real-ip"], "10.0.0.1");
+        assert_eq!(h["host"], "shop.test");
+    }
+
+    #[test]
+    fn framing_and_host_are_never_dropped_for_being_named_in_connection() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_static("content-length, Host, x-a"),
+        );
+        h.append(CONNECTION, HeaderValue::from_static("TRANSFER-ENCODING"));
+        h.insert(CONTENT_LENGTH, HeaderValue::from_static("12"));
+        h.insert(HOST, HeaderValue::from_static("shop.test"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h[CONTENT_LENGTH], "12");
+        assert_eq!(h[HOST], "shop.test");
+    }
+
+    #[test]
+    fn a_host_is_a_name_or_address_and_a_port_of_digits() {
+        for good in [
+            "shop.test",
+            "shop.test:8080",
+            "shop.test.",
+            "10.0.0.1:80",
+            "[::1]",
+            "[::1]:443",
+            "xn--bcher-kva.test",
+            "a_b",
+            "shop.test:",
+        ] {
+            assert!(valid_host(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "", "x:abc", "x:1:2", "x y", "u@x", "[::1", "[::1]x", "[]", "x/y", "x:123456",
+            "[::1]:a", "x\0",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad:?}");
+        }
     }
 }

@@ -3,8 +3,10 @@
 //! after a connection-level failure, and holds requests briefly while a
 //! route has no usable target (during a switch or a restart).
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,7 +26,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::body::{self, ProxyBody, Tracked};
-use crate::forward;
+use crate::forward::{self, Peer};
 use crate::h1::{self, Prefixed};
 use crate::moving::{self, Moved, Mover};
 use crate::router::{Route, RouteTable};
@@ -53,6 +55,19 @@ pub struct ProxyConfig {
     /// this many (they wait in the listen backlog) instead of running out
     /// of file descriptors. Each one may hold an upstream connection too.
     pub max_connections: usize,
+    /// How long a request head may take to come whole, from its first
+    /// byte (from the accept for a connection's first request), however
+    /// slowly it drips: then 408 and the connection closes. nginx's
+    /// `client_header_timeout`, HAProxy's `timeout http-request`.
+    pub head_timeout: Duration,
+    /// Client connections one address may hold at once (a trusted proxy's
+    /// are not counted): beyond it a new connection is told 429 and
+    /// closed, so that one source cannot take every slot.
+    pub max_connections_per_client: usize,
+    /// Addresses of proxies in front of this one, whose `X-Forwarded-*`
+    /// and `Forwarded` headers are kept and extended; anyone else's are
+    /// replaced.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for ProxyConfig {
@@ -64,6 +79,9 @@ impl Default for ProxyConfig {
             client_timeout: Duration::from_secs(30),
             kept_upstream_hold: Duration::from_secs(2),
             max_connections: 10_000,
+            head_timeout: Duration::from_secs(10),
+            max_connections_per_client: 1_000,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -91,6 +109,11 @@ pub(crate) struct Inner {
     moving: Mutex<Option<Mover>>,
     /// How the general path serves a connection.
     general: auto::Builder<TokioExecutor>,
+    /// Open client connections by address (trusted proxies not counted),
+    /// against `max_connections_per_client`.
+    per_client: Mutex<HashMap<IpAddr, usize>>,
+    /// Room for answering connections refused by `per_client`.
+    refusals: Arc<Semaphore>,
 }
 
 impl Inner {
@@ -117,12 +140,12 @@ impl Proxy {
         config.max_connections = config.max_connections.clamp(1, Semaphore::MAX_PERMITS);
         let mut general = auto::Builder::new(TokioExecutor::new());
         // The general path bounds its waits as the fast path does: a
-        // request head within `client_timeout`; an HTTP/2 client that stops
-        // answering pings is let go.
+        // whole request head within `head_timeout`; an HTTP/2 client that
+        // stops answering pings is let go.
         general
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(config.client_timeout);
+            .header_read_timeout(config.head_timeout);
         general
             .http2()
             .timer(TokioTimer::new())
@@ -137,6 +160,8 @@ impl Proxy {
                 closing_signal: watch::Sender::new(false),
                 moving: Mutex::new(None),
                 general,
+                per_client: Mutex::new(HashMap::new()),
+                refusals: Arc::new(Semaphore::new(REFUSALS_AT_ONCE)),
                 config,
             }),
         }
@@ -200,7 +225,10 @@ impl Proxy {
                 match adopted {
                     Ok((client, stream)) => {
                         let read = bytes::BytesMut::from(&read[..]);
-                        tokio::spawn(serve_client(inner, stream, client, read, permit));
+                        let Some(peer) = Peer::admit(&inner, client.ip(), false) else {
+                            return;
+                        };
+                        tokio::spawn(serve_client(inner, stream, peer, read, permit, false));
                     }
                     Err(e) => tracing::warn!(error = %e, "could not adopt a client connection"),
                 }
@@ -289,38 +317,133 @@ impl Proxy {
                 () = &mut shutdown => return,
             };
             let _ = stream.set_nodelay(true);
+            let Some(peer) = Peer::admit(&self.inner, client.ip(), true) else {
+                refuse_crowded(&self.inner, stream);
+                continue;
+            };
             let read = bytes::BytesMut::new();
             let inner = Arc::clone(&self.inner);
-            tokio::spawn(serve_client(inner, stream, client, read, Some(permit)));
+            tokio::spawn(serve_client(inner, stream, peer, read, Some(permit), true));
         }
     }
+}
+
+/// A client connection's peer while it is open: counted against its
+/// address's `max_connections_per_client` until dropped.
+struct Admitted {
+    inner: Arc<Inner>,
+    peer: Peer,
+    counted: Option<IpAddr>,
+}
+
+impl Peer {
+    /// Admits a connection from `ip`, unless `enforce` and that address
+    /// holds `max_connections_per_client` already.
+    fn admit(inner: &Arc<Inner>, ip: IpAddr, enforce: bool) -> Option<Admitted> {
+        // An IPv4 client of a dual-stack socket is its IPv4 address.
+        let ip = ip.to_canonical();
+        let config = &inner.config;
+        let trusted = config.trusted_proxies.iter().any(|net| net.contains(&ip));
+        let peer = Peer {
+            ip: ip.to_string(),
+            trusted,
+            proto: "http",
+        };
+        let mut counted = None;
+        if !trusted && let Ok(mut per_client) = inner.per_client.lock() {
+            let open = per_client.entry(ip).or_insert(0);
+            if enforce && *open >= config.max_connections_per_client {
+                if *open == config.max_connections_per_client {
+                    tracing::warn!(
+                        client = %ip,
+                        max = config.max_connections_per_client,
+                        "a client address reached its connection limit; more are refused"
+                    );
+                }
+                return None;
+            }
+            *open += 1;
+            counted = Some(ip);
+        }
+        Some(Admitted {
+            inner: Arc::clone(inner),
+            peer,
+            counted,
+        })
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let Some(ip) = self.counted else { return };
+        if let Ok(mut per_client) = self.inner.per_client.lock()
+            && let std::collections::hash_map::Entry::Occupied(mut open) = per_client.entry(ip)
+        {
+            *open.get_mut() -= 1;
+            if *open.get() == 0 {
+                open.remove();
+            }
+        }
+    }
+}
+
+/// Connections refused for their address's limit that may be answered at
+/// once; beyond that many, more are closed without a word.
+const REFUSALS_AT_ONCE: usize = 256;
+/// How long a refused connection is read from after its answer.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// Tells a connection beyond its address's limit so (429) and closes it.
+/// What the client sends meanwhile is read and dropped for up to a second
+/// first: closing a socket with unread bytes resets the connection, and
+/// the client would lose the answer.
+fn refuse_crowded(inner: &Inner, mut stream: TcpStream) {
+    const TOO_MANY: &[u8] =
+        b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: text/plain; charset=utf-8\r\n\
+        content-length: 39\r\nconnection: close\r\n\r\ntoo many connections from your address\n";
+    let Ok(permit) = Arc::clone(&inner.refusals).try_acquire_owned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let _permit = permit;
+        let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            stream.write_all(TOO_MANY).await?;
+            stream.shutdown().await?;
+            let mut sink = [0u8; 512];
+            while stream.read(&mut sink).await? > 0 {}
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+    });
 }
 
 /// Serves one client connection, `read` being what was read of it already,
 /// until it closes or moves. Plain HTTP/1.1 goes the fast path; whatever it
 /// does not take (h2c, upgrades, chunked uploads, HTTP/1.0, …) goes to
-/// hyper with the bytes read so far.
+/// hyper with the bytes read so far. `fresh`: accepted here, rather than
+/// moved from another proxy after serving HTTP/1.1 there.
 async fn serve_client(
     inner: Arc<Inner>,
     stream: TcpStream,
-    client: std::net::SocketAddr,
+    admitted: Admitted,
     read: bytes::BytesMut,
     permit: Option<OwnedSemaphorePermit>,
+    fresh: bool,
 ) {
     let _permit = permit;
-    let client_ip = client.ip().to_string();
-    let Some((stream, read)) = h1::serve(&inner, stream, read, &client_ip).await else {
+    let peer = &admitted.peer;
+    let Some((stream, read)) = h1::serve(&inner, stream, read, peer, fresh).await else {
         return;
     };
-    let client_ip =
-        HeaderValue::try_from(client_ip).expect("an IP address is a valid header value");
+    let peer = Arc::new(peer.clone());
     let mut closing = inner.closing_signal();
     let general = inner.general.clone();
     let svc_inner = Arc::clone(&inner);
     let svc = service_fn(move |req| {
         let inner = Arc::clone(&svc_inner);
         let http1 = req.version() < Version::HTTP_2;
-        let answer = handle(Arc::clone(&inner), client_ip.clone(), req);
+        let answer = handle(Arc::clone(&inner), Arc::clone(&peer), req);
         async move {
             let mut resp = answer.await?;
             // hyper closes an HTTP/1 connection after a response that says so.
@@ -344,7 +467,7 @@ async fn serve_client(
         }
     };
     if let Err(e) = ended {
-        tracing::debug!(error = %e, %client, "client connection ended with error");
+        tracing::debug!(error = %e, client = %admitted.peer.ip, "client connection ended with error");
     }
 }
 
@@ -369,11 +492,11 @@ async fn sweep_idle(inner: Arc<Inner>) {
 
 async fn handle(
     inner: Arc<Inner>,
-    client_ip: HeaderValue,
+    peer: Arc<Peer>,
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
-    let Some(host) = request_host(&req) else {
+    let Some(host) = request_host(&req).filter(|h| forward::valid_host(h.as_bytes())) else {
         return Ok(plain(
             StatusCode::BAD_REQUEST,
             "request has no valid Host\n",
@@ -391,6 +514,19 @@ async fn handle(
         return Ok(plain(
             StatusCode::BAD_REQUEST,
             "request has more than one Host\n",
+        ));
+    }
+    // A coding beside chunked (`gzip, chunked`) would reach the service
+    // without its name once hyper has framed the body anew: refused, as
+    // nginx does (RFC 9112 §6.1: 501 for a coding not understood).
+    let codings = req.headers().get_all(http::header::TRANSFER_ENCODING);
+    if codings
+        .iter()
+        .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
+    {
+        return Ok(plain(
+            StatusCode::NOT_IMPLEMENTED,
+            "only the chunked transfer coding is taken\n",
         ));
     }
     let host_name = host.to_str().unwrap_or_default();
@@ -412,7 +548,7 @@ async fn handle(
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
     forward::strip_hop_by_hop(&mut headers);
-    forward::add_forwarded(&mut headers, &client_ip, &host);
+    forward::add_forwarded(&mut headers, &peer, &host);
     let upgrading = upgrade.is_some();
     // A tunnel outlives its connection's task (which ends at the upgrade),
     // so it holds a connection permit of its own.
@@ -553,10 +689,21 @@ pub(crate) enum Claim {
 }
 
 /// The proxy's own answer to a request that got no target.
+#[derive(Debug)]
 pub(crate) struct Refusal {
     pub status: StatusCode,
     pub text: String,
     pub retry_after: Option<u32>,
+}
+
+impl Refusal {
+    pub(crate) fn new(status: StatusCode, text: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            text: text.into(),
+            retry_after: None,
+        }
+    }
 }
 
 impl Claim {
@@ -662,6 +809,10 @@ fn respond(
     }
     let (mut parts, incoming) = resp.into_parts();
     forward::strip_hop_by_hop(&mut parts.headers);
+    // A 204 has no content, so no length of it (RFC 9110 §8.6).
+    if parts.status == StatusCode::NO_CONTENT {
+        parts.headers.remove(http::header::CONTENT_LENGTH);
+    }
     Response::from_parts(parts, Tracked::boxed(incoming, conn, slot, quiet))
 }
 

@@ -24,6 +24,12 @@ async fn backend(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infall
         let body = req.into_body().collect().await.map(|b| b.to_bytes());
         return Ok(Response::new(Full::new(body.unwrap_or_default())));
     }
+    if req.uri().path() == "/trailers" {
+        let collected = req.into_body().collect().await.ok();
+        let trailers = collected.as_ref().and_then(|c| c.trailers());
+        let text = trailers.map_or(String::new(), |t| format!("{t:?}"));
+        return Ok(Response::new(Full::new(Bytes::from(text))));
+    }
     if req.uri().path() == "/ws" {
         let upgrade = hyper::upgrade::on(req);
         tokio::spawn(async move {
@@ -101,6 +107,7 @@ async fn start_proxy_with(targets: Vec<SocketAddr>, base: ProxyConfig) -> Setup 
         hold_timeout: Duration::from_millis(200),
         response_timeout: Duration::from_secs(1),
         client_timeout: Duration::from_millis(500),
+        head_timeout: Duration::from_millis(500),
         kept_upstream_hold: Duration::from_millis(300),
         ..base
     };
@@ -225,6 +232,228 @@ async fn forwards_with_x_forwarded_headers_and_without_hop_by_hop_ones() {
     assert!(seen.contains("accept: */*\n"), "{seen}");
     for gone in ["x-secret", "te:", "keep-alive"] {
         assert!(!seen.contains(gone), "{gone} was forwarded: {seen}");
+    }
+}
+
+/// What a client claims of where a request came from.
+const CLAIMS: &str = "X-Forwarded-For: 10.0.0.1\r\nX-Forwarded-For: 10.0.0.2\r\n\
+    Forwarded: for=10.0.0.1\r\nX-Real-IP: 10.0.0.1\r\nX-Forwarded-Proto: https\r\n\
+    X-Forwarded-Host: evil.test\r\n";
+
+#[tokio::test]
+async fn a_clients_forwarding_headers_are_replaced_on_both_paths() {
+    let setup = start_proxy(vec![start_backend().await]).await;
+    // HTTP/1.1 takes the fast path, HTTP/1.0 the general one.
+    for version in ["1.1", "1.0"] {
+        let (status, seen) = http1(
+            setup.proxy_addr,
+            &format!("GET / HTTP/{version}\r\nHost: app.test\r\n{CLAIMS}Connection: close\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(status, 200, "{seen}");
+        let lines: Vec<&str> = seen.lines().collect();
+        for wanted in [
+            "x-forwarded-for: 127.0.0.1",
+            "x-forwarded-proto: http",
+            "x-forwarded-host: app.test",
+        ] {
+            assert_eq!(
+                lines.iter().filter(|l| **l == wanted).count(),
+                1,
+                "HTTP/{version}: {wanted}: {seen}"
+            );
+        }
+        for gone in ["10.0.0", "forwarded:", "x-real-ip", "evil", "https"] {
+            assert!(!seen.contains(gone), "HTTP/{version}: {gone}: {seen}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_trusted_proxys_forwarding_headers_are_kept_and_extended_on_both_paths() {
+    let config = ProxyConfig {
+        trusted_proxies: vec!["127.0.0.0/8".parse().expect("cidr")],
+        ..ProxyConfig::default()
+    };
+    let setup = start_proxy_with(vec![start_backend().await], config).await;
+    for version in ["1.1", "1.0"] {
+        let (status, seen) = http1(
+            setup.proxy_addr,
+            &format!("GET / HTTP/{version}\r\nHost: app.test\r\n{CLAIMS}Connection: close\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(status, 200, "{seen}");
+        for wanted in [
+            "x-forwarded-for: 10.0.0.1, 10.0.0.2, 127.0.0.1\n",
+            "forwarded: for=10.0.0.1, for=127.0.0.1\n",
+            "x-real-ip: 10.0.0.1\n",
+            "x-forwarded-proto: https\n",
+            "x-forwarded-host: evil.test\n",
+            "host: app.test\n",
+        ] {
+            assert_eq!(
+                seen.matches(wanted).count(),
+                1,
+                "HTTP/{version}: {wanted}: {seen}"
+            );
+        }
+        assert_eq!(seen.matches("x-forwarded-for").count(), 1, "{seen}");
+    }
+}
+
+#[tokio::test]
+async fn host_named_in_connection_still_reaches_the_service() {
+    let setup = start_proxy(vec![start_backend().await]).await;
+    for version in ["1.1", "1.0"] {
+        let (status, seen) = http1(
+            setup.proxy_addr,
+            &format!("GET / HTTP/{version}\r\nHost: app.test\r\nConnection: host, close\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(status, 200, "{seen}");
+        assert!(
+            seen.lines().any(|l| l == "host: app.test"),
+            "HTTP/{version}: {seen}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_edges_of_http_1_1_are_decided_the_same_on_both_paths() {
+    let setup = start_proxy(vec![start_backend().await]).await;
+    let cases: [(&str, &str, u16); 8] = [
+        // A fragment is no part of a request target (RFC 9112 §3.2).
+        ("fragment", "GET /a#b HTTP/{v}\r\nHost: app.test\r\n", 400),
+        (
+            "a port that is no number",
+            "GET / HTTP/{v}\r\nHost: app.test:abc\r\n",
+            400,
+        ),
+        ("two ports", "GET / HTTP/{v}\r\nHost: app.test:1:2\r\n", 400),
+        (
+            "a space in Host",
+            "GET / HTTP/{v}\r\nHost: app .test\r\n",
+            400,
+        ),
+        (
+            "a numeric port",
+            "GET / HTTP/{v}\r\nHost: app.test:8080\r\n",
+            200,
+        ),
+        (
+            "an IPv6 literal",
+            "GET / HTTP/{v}\r\nHost: [::1]:8080\r\n",
+            404,
+        ),
+        // Another coding before chunked would reach the service unnamed
+        // (HTTP/1.0 has no transfer codings: hyper refuses any).
+        (
+            "gzip, chunked",
+            "POST /echo HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: gzip, chunked\r\n",
+            501,
+        ),
+        (
+            "a later minor version",
+            "GET / HTTP/1.2\r\nHost: app.test\r\n",
+            200,
+        ),
+    ];
+    for (name, head, status) in cases {
+        for v in ["1.1", "1.0"] {
+            let mut raw = head.replace("{v}", v);
+            raw.push_str("Connection: close\r\n\r\n");
+            if raw.contains("chunked") {
+                raw.push_str("3\r\nabc\r\n0\r\n\r\n");
+            }
+            let (got, body) = http1(setup.proxy_addr, &raw).await;
+            assert_eq!(got, status, "{name}, HTTP/{v}: {body}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_upgrade_to_h2c_goes_on_as_a_plain_request() {
+    let setup = start_proxy(vec![start_backend().await]).await;
+    let (status, seen) = http1(
+        setup.proxy_addr,
+        "GET / HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade, HTTP2-Settings, close\r\n\
+         Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "not switched to a tunnel: {seen}");
+    for gone in ["upgrade", "http2-settings"] {
+        assert!(!seen.contains(gone), "{gone} forwarded: {seen}");
+    }
+}
+
+#[tokio::test]
+async fn an_http2_preface_after_http1_requests_is_refused() {
+    let setup = start_proxy(vec![start_backend().await]).await;
+    let (got, _) = until_closed(
+        setup.proxy_addr,
+        "GET / HTTP/1.1\r\nHost: app.test\r\n\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    )
+    .await;
+    let statuses: Vec<&str> = got.lines().filter(|l| l.starts_with("HTTP/")).collect();
+    assert_eq!(statuses.len(), 2, "{got}");
+    assert!(statuses[0].starts_with("HTTP/1.1 200"), "{got}");
+    assert!(statuses[1].starts_with("HTTP/1.1 400"), "{got}");
+    assert_eq!(
+        setup.route_metrics.snapshot().total(),
+        1,
+        "one request served"
+    );
+}
+
+#[tokio::test]
+async fn declared_request_trailers_reach_the_service() {
+    let setup = start_proxy(vec![start_backend().await]).await;
+    let (status, trailers) = http1(
+        setup.proxy_addr,
+        "POST /trailers HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\
+         Trailer: x-checksum\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\nx-checksum: 42\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(trailers.contains("\"x-checksum\": \"42\""), "{trailers:?}");
+}
+
+#[tokio::test]
+async fn a_204_goes_on_without_a_content_length() {
+    let (backend, _) =
+        start_raw_backend("HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n", None).await;
+    let setup = start_proxy(vec![backend]).await;
+    for version in ["1.1", "1.0"] {
+        let (got, _) = until_closed(
+            setup.proxy_addr,
+            &format!("GET / HTTP/{version}\r\nHost: app.test\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert!(got.starts_with("HTTP/1.") && got.contains(" 204 "), "{got}");
+        assert!(
+            !got.to_lowercase().contains("content-length"),
+            "HTTP/{version}: {got}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_response_whose_first_chunk_is_malformed_is_a_502() {
+    for body in ["10000000000000000\r\n", "zz\r\nab\r\n0\r\n\r\n"] {
+        let response = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{body}");
+        let (backend, _) = start_raw_backend(Box::leak(response.into_boxed_str()), None).await;
+        let setup = start_proxy(vec![backend]).await;
+        let (status, text) = http1(
+            setup.proxy_addr,
+            "GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(status, 502, "{body:?}: {text}");
+        assert_eq!(
+            setup.route_metrics.snapshot().classes[4],
+            1,
+            "counted as a 5xx"
+        );
     }
 }
 
@@ -634,6 +863,104 @@ async fn at_the_connection_limit_new_clients_wait_until_one_leaves() {
 }
 
 #[tokio::test]
+async fn a_head_that_drips_is_cut_off_after_the_head_timeout_however_slowly_it_comes() {
+    let setup = start_proxy(vec![start_backend().await]).await;
+    let s = TcpStream::connect(setup.proxy_addr).await.expect("connect");
+    let (mut reader, mut writer) = s.into_split();
+    // A byte every 100 ms: every read comes well within the client
+    // timeout, the head never comes whole (slowloris).
+    let drip = tokio::spawn(async move {
+        for byte in b"GET / HTTP/1.1\r\nHost: app.test\r\nX-Drip: "
+            .iter()
+            .cycle()
+            .take(60)
+        {
+            if writer.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut got))
+        .await
+        .expect("closed")
+        .expect("read");
+    let took = started.elapsed();
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_millis(2_000),
+        "cut off after {took:?}, head timeout 500 ms"
+    );
+    drip.abort();
+    assert_eq!(
+        setup.route_metrics.snapshot().total(),
+        0,
+        "nothing forwarded"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_that_never_sends_is_closed_after_the_head_timeout() {
+    let setup = start_proxy(vec![start_backend().await]).await;
+    let (got, took) = until_closed(setup.proxy_addr, "").await;
+    assert_eq!(got, "", "closed without a word");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert!(open_connections_become(&setup.proxy, 0).await);
+}
+
+/// A connection to `to` from the loopback address `source`.
+async fn connect_from(source: &str, to: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(format!("{source}:0").parse().expect("address"))
+        .expect("bind");
+    socket.connect(to).await.expect("connect")
+}
+
+#[tokio::test]
+async fn one_address_cannot_take_every_connection() {
+    let config = ProxyConfig {
+        max_connections: 20,
+        max_connections_per_client: 5,
+        ..ProxyConfig::default()
+    };
+    let setup = start_proxy_with(vec![start_backend().await], config).await;
+    // Five idle connections from 127.0.0.2 take that address's share...
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(connect_from("127.0.0.2", setup.proxy_addr).await);
+    }
+    assert!(open_connections_become(&setup.proxy, 5).await);
+    // ...so its sixth is told so and closed,
+    let mut sixth = connect_from("127.0.0.2", setup.proxy_addr).await;
+    let (got, _) = send_until_closed(&mut sixth, "GET / HTTP/1.1\r\nHost: app.test\r\n\r\n").await;
+    assert!(got.starts_with("HTTP/1.1 429"), "{got}");
+    // while another address is served at once.
+    let started = std::time::Instant::now();
+    let mut other = connect_from("127.0.0.3", setup.proxy_addr).await;
+    let (got, _) = send_until_closed(
+        &mut other,
+        "GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // A connection that leaves makes room for the next from that address.
+    held.pop();
+    assert!(open_connections_become(&setup.proxy, 4).await);
+    let mut again = connect_from("127.0.0.2", setup.proxy_addr).await;
+    let (got, _) = send_until_closed(
+        &mut again,
+        "GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+}
+
+#[tokio::test]
 async fn a_tunnel_counts_against_the_connection_limit_until_it_closes() {
     let config = ProxyConfig {
         max_connections: 2,
@@ -696,7 +1023,7 @@ async fn an_upstream_that_stalls_mid_body_is_cut_off_after_the_response_timeout(
 }
 
 #[tokio::test]
-async fn on_the_general_path_a_head_that_stalls_is_cut_off_after_the_client_timeout() {
+async fn on_the_general_path_a_head_that_stalls_is_cut_off_after_the_head_timeout() {
     let setup = start_proxy(vec![start_backend().await]).await;
     let mut s = TcpStream::connect(setup.proxy_addr).await.expect("connect");
     // HTTP/1.0 goes to hyper, which then serves the connection.
