@@ -11,6 +11,7 @@ macro_rules! outln {
 }
 
 pub mod client;
+mod dataplane;
 pub mod exit;
 mod ops;
 mod output;
@@ -136,6 +137,8 @@ pub enum Command {
         /// Address the proxy serves traffic on.
         #[arg(long, env = "TANDEM_PROXY_ADDR", default_value = "127.0.0.1:8080", value_parser = listen_addr)]
         proxy_addr: SocketAddr,
+        #[command(flatten)]
+        data_plane: dataplane::DataPlaneArgs,
     },
     /// Stop every service and the agent of a data directory, and its server.
     Down {
@@ -153,6 +156,8 @@ pub enum Command {
         /// `upgrade-agent` starts).
         #[arg(long)]
         takeover: bool,
+        #[command(flatten)]
+        data_plane: dataplane::DataPlaneArgs,
     },
     /// Replace the running agent of a data directory by this binary's,
     /// without refusing a connection or restarting an instance; open
@@ -417,13 +422,15 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
             data,
             api_addr,
             proxy_addr,
-        } => run::up(&data.resolve(), api_addr, Some(proxy_addr)).await,
+            data_plane,
+        } => run::up(&data.resolve(), api_addr, Some((proxy_addr, data_plane))).await,
         Command::Server { data, api_addr } => run::up(&data.resolve(), api_addr, None).await,
         Command::Agent {
             data,
             proxy_addr,
             takeover,
-        } => run::agent(&data.resolve(), proxy_addr, takeover).await,
+            data_plane,
+        } => run::agent(&data.resolve(), proxy_addr, takeover, &data_plane).await,
         Command::UpgradeAgent { data } => run::upgrade_agent(&data.resolve()).await,
         Command::Down { data } => run::down(&data.resolve()).await,
         Command::Validate { path } => spec::validate(&path, fmt),

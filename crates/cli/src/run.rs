@@ -6,9 +6,9 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::dataplane::DataPlaneArgs;
 use tandem_agent::{AgentConfig, AgentError};
 use tandem_engine::{AgentClient, AgentClientError, Engine};
-use tandem_proxy::ProxyConfig;
 use tandem_store::Store;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -39,12 +39,17 @@ fn check_data_dir(dir: &Path) -> CmdResult {
     Ok(())
 }
 
-pub async fn agent(dir: &Path, proxy_addr: SocketAddr, takeover: bool) -> CmdResult {
+pub async fn agent(
+    dir: &Path,
+    proxy_addr: SocketAddr,
+    takeover: bool,
+    data_plane: &DataPlaneArgs,
+) -> CmdResult {
     check_data_dir(dir)?;
     let config = AgentConfig {
         data_dir: dir.to_path_buf(),
         proxy_addr,
-        proxy: ProxyConfig::default(),
+        proxy: data_plane.proxy_config(),
         takeover,
     };
     tandem_agent::run(config).await.map_err(|e| match e {
@@ -63,6 +68,7 @@ pub async fn agent(dir: &Path, proxy_addr: SocketAddr, takeover: bool) -> CmdRes
 async fn start_agent(
     dir: &Path,
     args: &[&str],
+    data_plane: Option<&DataPlaneArgs>,
     listener: Option<&OwnedFd>,
     within: Duration,
     is_it: impl Fn(u32) -> bool,
@@ -89,6 +95,9 @@ async fn start_agent(
         .process_group(0);
     if let Some(fd) = listener {
         pass_descriptor(&mut command, fd, tandem_agent::PROXY_FD_VAR);
+    }
+    if let Some(settings) = data_plane {
+        settings.pass_to(&mut command);
     }
     let mut child = command
         .spawn()
@@ -170,9 +179,14 @@ pub async fn upgrade_agent(dir: &Path) -> CmdResult {
         Ok(pid) => pid,
         Err(AgentClientError::Refused(why)) if why.contains("unknown variant") => {
             // An agent from before `Upgrade`: started from here instead.
-            start_agent(dir, &["--takeover"], None, AGENT_TAKEOVER_TIMEOUT, |pid| {
-                pid != old_pid
-            })
+            start_agent(
+                dir,
+                &["--takeover"],
+                None,
+                None,
+                AGENT_TAKEOVER_TIMEOUT,
+                |pid| pid != old_pid,
+            )
             .await?
             .0
         }
@@ -205,6 +219,7 @@ pub async fn upgrade_agent(dir: &Path) -> CmdResult {
 async fn ensure_agent(
     dir: &Path,
     proxy_addr: SocketAddr,
+    data_plane: &DataPlaneArgs,
 ) -> Result<(u32, String, Option<OwnedFd>), Exit> {
     let client = AgentClient::for_data_dir(dir);
     if let Ok((pid, addr)) = client.hello().await {
@@ -221,7 +236,7 @@ async fn ensure_agent(
         ))
     })?;
     let held = OwnedFd::from(listener);
-    let (pid, addr) = start_agent_on_listener(dir, proxy_addr, &held).await?;
+    let (pid, addr) = start_agent_on_listener(dir, proxy_addr, data_plane, &held).await?;
     Ok((pid, addr, Some(held)))
 }
 
@@ -229,12 +244,14 @@ async fn ensure_agent(
 async fn start_agent_on_listener(
     dir: &Path,
     proxy_addr: SocketAddr,
+    data_plane: &DataPlaneArgs,
     listener: &OwnedFd,
 ) -> Result<(u32, String), Exit> {
     let addr = proxy_addr.to_string();
     start_agent(
         dir,
         &["--proxy-addr", &addr],
+        Some(data_plane),
         Some(listener),
         AGENT_START_TIMEOUT,
         |_| true,
@@ -242,7 +259,13 @@ async fn start_agent_on_listener(
     .await
 }
 
-pub async fn up(dir: &Path, api_addr: SocketAddr, start_agent_on: Option<SocketAddr>) -> CmdResult {
+/// Runs the server; with `start_agent_on`, also the agent (started unless
+/// one runs, and again should it die) on that address with those settings.
+pub async fn up(
+    dir: &Path,
+    api_addr: SocketAddr,
+    start_agent_on: Option<(SocketAddr, DataPlaneArgs)>,
+) -> CmdResult {
     check_data_dir(dir)?;
     let _lock = tandem_agent::lock_data_dir(dir, "server.lock").map_err(|_| {
         let pid = std::fs::read_to_string(dir.join("server.lock")).unwrap_or_default();
@@ -264,8 +287,8 @@ pub async fn up(dir: &Path, api_addr: SocketAddr, start_agent_on: Option<SocketA
             .map_err(|e| Exit::failure(format!("cannot open the store: {e}")))?,
         dir,
     );
-    let (agent_pid, proxy, held) = match start_agent_on {
-        Some(proxy_addr) => ensure_agent(dir, proxy_addr).await?,
+    let (agent_pid, proxy, held) = match &start_agent_on {
+        Some((proxy_addr, data_plane)) => ensure_agent(dir, *proxy_addr, data_plane).await?,
         None => {
             let (pid, proxy) = engine.agent.hello().await.unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "no agent answers; start one with `tandem agent`");
@@ -285,12 +308,9 @@ pub async fn up(dir: &Path, api_addr: SocketAddr, start_agent_on: Option<SocketA
     }));
     // The agent `up` started is started again should it die.
     let _watchdog = match (start_agent_on, proxy.parse::<SocketAddr>()) {
-        (Some(_), Ok(bound)) => Some(AbortOnDropHandle::new(tokio::spawn(watch_agent(
-            dir.to_path_buf(),
-            bound,
-            held,
-            engine.clone(),
-        )))),
+        (Some((_, data_plane)), Ok(bound)) => Some(AbortOnDropHandle::new(tokio::spawn(
+            watch_agent(dir.to_path_buf(), bound, data_plane, held, engine.clone()),
+        ))),
         _ => None,
     };
     eprintln!(
@@ -326,6 +346,7 @@ const AGENT_WATCH_EVERY: Duration = Duration::from_secs(1);
 async fn watch_agent(
     dir: std::path::PathBuf,
     proxy_addr: SocketAddr,
+    data_plane: DataPlaneArgs,
     held: Option<OwnedFd>,
     engine: Engine,
 ) {
@@ -340,8 +361,10 @@ async fn watch_agent(
         }
         tracing::warn!("the agent has died; starting it again");
         let started = match &held {
-            Some(listener) => start_agent_on_listener(&dir, proxy_addr, listener).await,
-            None => ensure_agent(&dir, proxy_addr)
+            Some(listener) => {
+                start_agent_on_listener(&dir, proxy_addr, &data_plane, listener).await
+            }
+            None => ensure_agent(&dir, proxy_addr, &data_plane)
                 .await
                 .map(|(pid, addr, _)| (pid, addr)),
         };

@@ -1,0 +1,141 @@
+//! The data plane's settings on the command line (`up` and `agent`).
+//!
+//! `up` hands them to the agent it starts as environment variables, not as
+//! arguments: an agent's successor (`upgrade-agent`) is started by the
+//! running agent with that agent's environment, so the settings carry over
+//! every upgrade without anyone repeating them.
+
+use std::time::Duration;
+
+use clap::Args;
+use ipnet::IpNet;
+use tandem_proxy::ProxyConfig;
+
+#[derive(Args, Clone, Debug)]
+pub struct DataPlaneArgs {
+    /// Proxies in front of this one (addresses or CIDR blocks, comma
+    /// separated): their X-Forwarded-* and Forwarded headers are kept and
+    /// extended. Everyone else's are replaced.
+    #[arg(long, env = TRUSTED_PROXIES, value_delimiter = ',', value_parser = cidr)]
+    pub trusted_proxies: Vec<IpNet>,
+    /// How long a request head may take to arrive whole (then 408).
+    #[arg(long, env = HEAD_TIMEOUT, default_value = "10s", value_parser = duration)]
+    pub proxy_head_timeout: Duration,
+    /// Client connections one address may hold open at once (trusted
+    /// proxies are not limited); more are answered 429.
+    #[arg(long, env = PER_CLIENT, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_client: u32,
+}
+
+const TRUSTED_PROXIES: &str = "TANDEM_TRUSTED_PROXIES";
+const HEAD_TIMEOUT: &str = "TANDEM_PROXY_HEAD_TIMEOUT";
+const PER_CLIENT: &str = "TANDEM_MAX_CONNECTIONS_PER_CLIENT";
+
+impl DataPlaneArgs {
+    /// The proxy's configuration with these settings.
+    pub fn proxy_config(&self) -> ProxyConfig {
+        ProxyConfig {
+            trusted_proxies: self.trusted_proxies.clone(),
+            head_timeout: self.proxy_head_timeout,
+            max_connections_per_client: self.max_connections_per_client as usize,
+            ..ProxyConfig::default()
+        }
+    }
+
+    /// The environment that gives an agent these settings: each variable
+    /// with its value, or `None` for one to remove.
+    pub fn env(&self) -> Vec<(&'static str, Option<String>)> {
+        let trusted: Vec<String> = self.trusted_proxies.iter().map(IpNet::to_string).collect();
+        vec![
+            (
+                TRUSTED_PROXIES,
+                Some(trusted.join(",")).filter(|t| !t.is_empty()),
+            ),
+            (
+                HEAD_TIMEOUT,
+                Some(format!("{}ms", self.proxy_head_timeout.as_millis())),
+            ),
+            (
+                PER_CLIENT,
+                Some(self.max_connections_per_client.to_string()),
+            ),
+        ]
+    }
+
+    /// Gives `command` (an agent) these settings.
+    pub fn pass_to(&self, command: &mut std::process::Command) {
+        for (name, value) in self.env() {
+            match value {
+                Some(value) => command.env(name, value),
+                None => command.env_remove(name),
+            };
+        }
+    }
+}
+
+/// A CIDR block, or one address (a block of one).
+fn cidr(value: &str) -> Result<IpNet, String> {
+    let value = value.trim();
+    if let Ok(net) = value.parse::<IpNet>() {
+        return Ok(net.trunc());
+    }
+    value
+        .parse::<std::net::IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| {
+            format!(
+                "`{value}` is neither an IP address nor a CIDR block such as 10.0.0.0/8 or fd00::/8"
+            )
+        })
+}
+
+fn duration(value: &str) -> Result<Duration, String> {
+    let parsed: tandem_core::units::Duration = value.parse()?;
+    match parsed.as_millis() {
+        0 => Err("must be more than 0".to_owned()),
+        _ => Ok(parsed.to_std()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_blocks() {
+        assert_eq!(
+            cidr("10.1.2.3/8").map(|n| n.to_string()),
+            Ok("10.0.0.0/8".into())
+        );
+        assert_eq!(cidr("::1").map(|n| n.to_string()), Ok("::1/128".into()));
+        assert_eq!(
+            cidr(" 192.0.2.7 ").map(|n| n.to_string()),
+            Ok("192.0.2.7/32".into())
+        );
+        let bad = cidr("10.0.0.0/33").expect_err("prefix too long");
+        assert!(bad.contains("CIDR block"), "{bad}");
+        assert!(cidr("proxy.test").is_err());
+    }
+
+    #[test]
+    fn the_environment_gives_back_the_same_settings() {
+        let args = DataPlaneArgs {
+            trusted_proxies: vec![cidr("10.0.0.0/8").expect("cidr"), cidr("::1").expect("ip")],
+            proxy_head_timeout: Duration::from_millis(2_500),
+            max_connections_per_client: 7,
+        };
+        let env: std::collections::HashMap<_, _> = args
+            .env()
+            .into_iter()
+            .map(|(k, v)| (k, v.expect("set")))
+            .collect();
+        let trusted: Vec<IpNet> = env[TRUSTED_PROXIES]
+            .split(',')
+            .map(|v| cidr(v).expect("cidr"))
+            .collect();
+        assert_eq!(trusted, args.trusted_proxies);
+        assert_eq!(duration(&env[HEAD_TIMEOUT]), Ok(args.proxy_head_timeout));
+        assert_eq!(env[PER_CLIENT], "7");
+        assert!(duration("0s").is_err());
+    }
+}
