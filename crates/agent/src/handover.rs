@@ -93,6 +93,9 @@ pub struct Sockets {
     pub lock: OwnedFd,
     pub proxy: OwnedFd,
     pub control: OwnedFd,
+    /// The HTTPS listening socket, when the agent serves HTTPS; passed
+    /// fourth, after the others.
+    pub tls: Option<OwnedFd>,
 }
 
 /// What a new agent got from the old one.
@@ -173,11 +176,12 @@ pub async fn give(
     let offered = Counters::offered(&offer);
     let sent = async {
         let doc = serde_json::to_vec(&offer).map_err(std::io::Error::other)?;
-        let fds = [
+        let mut fds = vec![
             sockets.lock.as_fd(),
             sockets.proxy.as_fd(),
             sockets.control.as_fd(),
         ];
+        fds.extend(sockets.tls.as_ref().map(|tls| tls.as_fd()));
         answer_with_fds(&mut link, &doc, &fds).await?;
         // Nothing but the answer comes before we send again, so the reader
         // holds no bytes beyond it when dropped.
@@ -366,13 +370,18 @@ pub async fn receive_connections(link: Link, proxy: Proxy, supervisor: Superviso
 pub async fn take(data_dir: &Path) -> Result<Taken, HandoverError> {
     let (link, frames, doc, fds) = ask_for_fds(data_dir, &Request::Handover, 3).await?;
     let offer = serde_json::from_slice(&doc).map_err(std::io::Error::other)?;
-    let [lock, proxy, control] = <[OwnedFd; 3]>::try_from(fds)
-        .map_err(|_| std::io::Error::other("expected three descriptors"))?;
+    let mut fds = fds.into_iter();
+    let (Some(lock), Some(proxy), Some(control), tls, None) =
+        (fds.next(), fds.next(), fds.next(), fds.next(), fds.next())
+    else {
+        return Err(std::io::Error::other("expected three or four descriptors").into());
+    };
     Ok(Taken {
         sockets: Sockets {
             lock,
             proxy,
             control,
+            tls,
         },
         offer,
         link: Link(link, frames),

@@ -3,6 +3,7 @@
 //! atomically, and answers the control plane on a unix socket. It never
 //! touches the store and keeps serving when the control plane is gone.
 
+pub mod certs;
 pub mod handover;
 pub mod listening;
 pub mod logs;
@@ -34,6 +35,8 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     pub proxy_addr: SocketAddr,
     pub proxy: ProxyConfig,
+    /// Where the proxy serves HTTPS, if anywhere.
+    pub tls_addr: Option<SocketAddr>,
     /// Take over from the agent running for `data_dir` (its sockets, lock
     /// and instances) instead of starting afresh.
     pub takeover: bool,
@@ -194,6 +197,7 @@ fn inherited_listener() -> Result<Option<std::net::TcpListener>, AgentError> {
 struct Start {
     lock: File,
     listener: tokio::net::TcpListener,
+    tls_listener: Option<tokio::net::TcpListener>,
     control: tokio::net::UnixListener,
     taken: Option<(handover::Offer, handover::Link)>,
 }
@@ -213,9 +217,19 @@ async fn start(config: &AgentConfig) -> Result<Start, AgentError> {
         listener.set_nonblocking(true).map_err(socket_error)?;
         let control = std::os::unix::net::UnixListener::from(taken.sockets.control);
         control.set_nonblocking(true).map_err(socket_error)?;
+        let tls_listener = match taken.sockets.tls {
+            Some(fd) => {
+                let tls = std::net::TcpListener::from(fd);
+                tls.set_nonblocking(true).map_err(socket_error)?;
+                Some(tokio::net::TcpListener::from_std(tls).map_err(socket_error)?)
+            }
+            // The old agent served no HTTPS: this one binds it, if asked.
+            None => bind_tls(config).await?,
+        };
         return Ok(Start {
             lock,
             listener: tokio::net::TcpListener::from_std(listener).map_err(socket_error)?,
+            tls_listener,
             control: tokio::net::UnixListener::from_std(control).map_err(socket_error)?,
             taken: Some((taken.offer, taken.link)),
         });
@@ -230,15 +244,28 @@ async fn start(config: &AgentConfig) -> Result<Start, AgentError> {
                 source,
             })?,
     };
+    let tls_listener = bind_tls(config).await?;
     // We hold the lock, so a socket file left here belongs to a dead agent.
     let _ = std::fs::remove_file(&socket_path);
     let control = tokio::net::UnixListener::bind(&socket_path).map_err(socket_error)?;
     Ok(Start {
         lock,
         listener,
+        tls_listener,
         control,
         taken: None,
     })
+}
+
+/// The HTTPS listening socket, when the agent is to serve HTTPS.
+async fn bind_tls(config: &AgentConfig) -> Result<Option<tokio::net::TcpListener>, AgentError> {
+    let Some(addr) = config.tls_addr else {
+        return Ok(None);
+    };
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map(Some)
+        .map_err(|source| AgentError::ProxyBind { addr, source })
 }
 
 /// Runs the agent until SIGTERM/SIGINT, a `Shutdown` request or a
@@ -252,6 +279,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let Start {
         lock,
         listener,
+        tls_listener,
         control,
         taken,
     } = start(&config).await?;
@@ -273,6 +301,10 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         lock: OwnedFd::from(lock),
         proxy: dup(listener.as_fd())?,
         control: dup(control.as_fd())?,
+        tls: match &tls_listener {
+            Some(tls) => Some(dup(tls.as_fd())?),
+            None => None,
+        },
     });
 
     let fd_limit = raise_fd_limit();
@@ -298,6 +330,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         }
     };
 
+    let certs = Arc::new(certs::CertStore::open(dir));
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::mpsc::channel::<Stop>(1);
     let (settled_tx, settled) = tokio::sync::watch::channel(link.is_none());
     let ctx = socket::Context {
@@ -308,6 +341,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         sockets,
         changing: Arc::default(),
         settled,
+        certs: Arc::clone(&certs),
     };
     let control_task = AbortOnDropHandle::new(tokio::spawn(socket::serve(control, ctx)));
     let (stop_proxy_tx, stop_proxy_rx) = tokio::sync::oneshot::channel::<()>();
@@ -318,6 +352,20 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
                 let _ = stop_proxy_rx.await;
             })
             .await;
+    });
+    let (stop_tls_tx, stop_tls_rx) = tokio::sync::oneshot::channel::<()>();
+    let tls_task = tls_listener.map(|tls| {
+        let serving = proxy.clone();
+        let config = tandem_proxy::tls::server_config(certs.certificates());
+        let addr = tls.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(https = %addr, certificates = certs.list().len(), "serving HTTPS");
+        tokio::spawn(async move {
+            serving
+                .serve_tls(tls, config, async {
+                    let _ = stop_tls_rx.await;
+                })
+                .await;
+        })
     });
     // Client connections the old agent passes on, served until it is gone.
     let _receiving = match link {
@@ -351,6 +399,10 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     }
     let _ = stop_proxy_tx.send(());
     let _ = proxy_task.await;
+    let _ = stop_tls_tx.send(());
+    if let Some(task) = tls_task {
+        let _ = task.await;
+    }
     drop(control_task);
     if let Stop::HandedOver(given) = stop {
         // Client connections go to the new agent as they come to rest;

@@ -31,6 +31,8 @@ pub struct Context {
     /// one any more: a handover of its own waits for that, or what still
     /// came from the earlier agent would have nowhere to go.
     pub settled: tokio::sync::watch::Receiver<bool>,
+    /// The certificates served over HTTPS.
+    pub certs: Arc<crate::certs::CertStore>,
 }
 
 /// How the agent ends.
@@ -128,6 +130,7 @@ fn changes(req: &Request) -> bool {
             | Request::Logs { .. }
             | Request::Metrics
             | Request::WaitReady { .. }
+            | Request::Certificates
             // It waits for a handover, which waits for what changes.
             | Request::Upgrade { .. }
     )
@@ -226,6 +229,33 @@ async fn dispatch(req: Request, ctx: &Context) -> Response {
             Response::Ok
         }
         Request::Upgrade { exe } => handover::start_successor(sup, &exe).await,
+        Request::SetCertificate {
+            host,
+            chain_pem,
+            key_pem,
+        } => {
+            let certs = Arc::clone(&ctx.certs);
+            let installed =
+                tokio::task::spawn_blocking(move || certs.install(&host, &chain_pem, &key_pem.0));
+            match installed.await {
+                Ok(Ok(())) => Response::Ok,
+                Ok(Err(message)) => Response::Error { message },
+                Err(e) => Response::Error {
+                    message: e.to_string(),
+                },
+            }
+        }
+        Request::Certificates => Response::Certificates {
+            certificates: ctx.certs.list(),
+        },
+        Request::AcmeChallenge {
+            token,
+            key_authorization,
+        } => {
+            sup.proxy()
+                .set_challenge(&token, key_authorization.as_deref());
+            Response::Ok
+        }
         Request::Handover | Request::ProxyListener => Response::Error {
             message: "answered on its own connection, with descriptors".into(),
         },

@@ -456,6 +456,7 @@ impl Supervisor {
                 metrics: Arc::clone(&s.metrics),
                 maintenance: s.maintenance,
                 timeout: Some(Duration::from_millis(route.timeout_ms.max(1))),
+                https_only: route.https_only,
             })
         });
         self.shared.proxy.publish(RouteTable::new(routes));
@@ -866,6 +867,11 @@ impl Supervisor {
             .collect();
         files.sort();
         files
+    }
+
+    /// The proxy whose routes this supervisor publishes.
+    pub fn proxy(&self) -> &Proxy {
+        &self.shared.proxy
     }
 
     pub fn metrics_text(&self) -> String {

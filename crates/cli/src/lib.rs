@@ -55,7 +55,7 @@ pub struct Cli {
 /// `localhost:PORT` for 127.0.0.1. A bare `:PORT` is refused with both
 /// choices spelled out: all interfaces or this machine only is a decision,
 /// not a default.
-fn listen_addr(value: &str) -> Result<SocketAddr, String> {
+pub(crate) fn listen_addr(value: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = value.parse() {
         return Ok(addr);
     }

@@ -50,6 +50,7 @@ pub async fn agent(
         data_dir: dir.to_path_buf(),
         proxy_addr,
         proxy: data_plane.proxy_config(),
+        tls_addr: data_plane.proxy_tls_addr,
         takeover,
     };
     tandem_agent::run(config).await.map_err(|e| match e {

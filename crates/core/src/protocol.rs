@@ -76,6 +76,9 @@ pub struct RouteSpec {
     /// The proxy's wait for an answer from the service (`route.timeout`).
     #[serde(default = "default_route_timeout_ms")]
     pub timeout_ms: u64,
+    /// Plain HTTP is redirected to HTTPS (`route.https_only`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub https_only: bool,
 }
 
 fn default_route_timeout_ms() -> u64 {
@@ -153,6 +156,40 @@ pub enum Request {
     Upgrade {
         exe: String,
     },
+    /// Serves `chain_pem` and `key_pem` (PEM) for `host` over HTTPS, and
+    /// keeps them in the data directory for later agents.
+    SetCertificate {
+        host: String,
+        chain_pem: String,
+        key_pem: Redacted,
+    },
+    /// The certificates served ([`Response::Certificates`]).
+    Certificates,
+    /// Answers the ACME HTTP-01 challenge `token` with `key_authorization`
+    /// on plain HTTP, for any host (`None`: no longer).
+    AcmeChallenge {
+        token: String,
+        key_authorization: Option<String>,
+    },
+}
+
+/// Text that never appears in logs or debug output (a private key).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Redacted(pub String);
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("(redacted)")
+    }
+}
+
+/// A certificate the proxy serves.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CertificateInfo {
+    pub host: String,
+    /// Its chain, PEM, leaf first.
+    pub chain_pem: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -196,6 +233,9 @@ pub enum Response {
     /// The new agent took over: its pid.
     Upgraded {
         pid: u32,
+    },
+    Certificates {
+        certificates: Vec<CertificateInfo>,
     },
     Ok,
     Error {
@@ -305,6 +345,7 @@ mod tests {
                 host: "a.test".into(),
                 path_prefix: "/".into(),
                 timeout_ms: 60_000,
+                https_only: false,
             },
         })
         .expect("encode");

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_saphyr::MessageFormatter as _;
 
 use crate::units::{Duration, Percent};
@@ -321,6 +321,127 @@ pub struct Route {
     /// events, long polling or slow reports.
     #[serde(default = "default_route_timeout")]
     pub timeout: Duration,
+    /// HTTPS on the proxy's TLS listener for this route's hosts (every
+    /// environment's): `{ cert: PATH, key: PATH }`, PEM files beside
+    /// `tandem.yaml`, or `acme` for a certificate obtained and renewed
+    /// automatically.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Tls>,
+    /// Plain HTTP is redirected to HTTPS (308) and HTTPS answers carry
+    /// `Strict-Transport-Security`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub https_only: bool,
+}
+
+/// Where a route's certificate comes from.
+#[derive(Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[schemars(untagged)]
+pub enum Tls {
+    /// A certificate chain and its key, PEM, from files whose paths are
+    /// relative to the spec's directory and stay inside it.
+    Files { cert: TlsPath, key: TlsPath },
+    /// Obtained over ACME (HTTP-01) and renewed before it expires.
+    #[schemars(with = "AcmeWord")]
+    Acme,
+}
+
+#[derive(JsonSchema)]
+#[allow(dead_code)]
+enum AcmeWord {
+    #[serde(rename = "acme")]
+    Acme,
+}
+
+impl Serialize for Tls {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            Tls::Acme => serializer.serialize_str("acme"),
+            Tls::Files { cert, key } => {
+                let mut map = serializer.serialize_map(Some(2))?;
+                map.serialize_entry("cert", cert)?;
+                map.serialize_entry("key", key)?;
+                map.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Tls {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        const EXPECTED: &str = "`acme`, or a mapping { cert: PATH, key: PATH }";
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Tls;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(EXPECTED)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Tls, E> {
+                match v {
+                    "acme" => Ok(Tls::Acme),
+                    _ => Err(E::custom(format!(
+                        "`{v}` is not a TLS source; write {EXPECTED}"
+                    ))),
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Tls, A::Error> {
+                use serde::de::Error;
+                let (mut cert, mut key) = (None, None);
+                while let Some(name) = map.next_key::<String>()? {
+                    match name.as_str() {
+                        "cert" => cert = Some(map.next_value::<TlsPath>()?),
+                        "key" => key = Some(map.next_value::<TlsPath>()?),
+                        other => {
+                            return Err(A::Error::unknown_field(other, &["cert", "key"]));
+                        }
+                    }
+                }
+                match (cert, key) {
+                    (Some(cert), Some(key)) => Ok(Tls::Files { cert, key }),
+                    (None, _) => Err(A::Error::missing_field("cert")),
+                    (_, None) => Err(A::Error::missing_field("key")),
+                }
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// A file beside `tandem.yaml`: a relative path that does not climb out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(try_from = "String", into = "String")]
+#[schemars(with = "String")]
+pub struct TlsPath(String);
+
+impl TlsPath {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for TlsPath {
+    type Error = String;
+    fn try_from(path: String) -> Result<Self, String> {
+        let p = std::path::Path::new(&path);
+        if path.is_empty() {
+            return Err("the path is empty".into());
+        }
+        if p.is_absolute()
+            || p.components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(format!(
+                "`{path}` leaves the spec's directory; give a path relative to tandem.yaml, inside its directory"
+            ));
+        }
+        Ok(TlsPath(path))
+    }
+}
+
+impl From<TlsPath> for String {
+    fn from(p: TlsPath) -> String {
+        p.0
+    }
 }
 
 fn default_route_timeout() -> Duration {

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use tandem_core::protocol::{
-    AgentStatus, GroupSpec, HANDOVER_REFUSAL, LogCursor, LogLine, Request, Response, RouteSpec,
-    SOCKET_FILE, UPGRADE_TIMEOUT,
+    AgentStatus, CertificateInfo, GroupSpec, HANDOVER_REFUSAL, LogCursor, LogLine, Redacted,
+    Request, Response, RouteSpec, SOCKET_FILE, UPGRADE_TIMEOUT,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
@@ -266,6 +266,48 @@ impl AgentClient {
         match self.call(&request).await? {
             Response::Ok => Ok(()),
             other => Err(unexpected("maintenance", &other)),
+        }
+    }
+
+    /// Serves `chain_pem` and `key_pem` for `host` over HTTPS.
+    pub async fn set_certificate(
+        &self,
+        host: &str,
+        chain_pem: &str,
+        key_pem: &str,
+    ) -> Result<(), AgentClientError> {
+        let request = Request::SetCertificate {
+            host: host.into(),
+            chain_pem: chain_pem.into(),
+            key_pem: Redacted(key_pem.into()),
+        };
+        match self.call(&request).await? {
+            Response::Ok => Ok(()),
+            other => Err(unexpected("set_certificate", &other)),
+        }
+    }
+
+    /// The certificates the agent serves, with their chains.
+    pub async fn certificates(&self) -> Result<Vec<CertificateInfo>, AgentClientError> {
+        match self.call(&Request::Certificates).await? {
+            Response::Certificates { certificates } => Ok(certificates),
+            other => Err(unexpected("certificates", &other)),
+        }
+    }
+
+    /// Answers ACME HTTP-01 challenge `token` (or no longer: `None`).
+    pub async fn acme_challenge(
+        &self,
+        token: &str,
+        key_authorization: Option<&str>,
+    ) -> Result<(), AgentClientError> {
+        let request = Request::AcmeChallenge {
+            token: token.into(),
+            key_authorization: key_authorization.map(str::to_owned),
+        };
+        match self.call(&request).await? {
+            Response::Ok => Ok(()),
+            other => Err(unexpected("acme_challenge", &other)),
         }
     }
 

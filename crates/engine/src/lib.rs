@@ -7,6 +7,7 @@
 
 pub mod agent_client;
 pub mod artifact;
+mod certs;
 mod placement;
 pub mod progress;
 pub mod steps;
@@ -108,6 +109,7 @@ impl Engine {
         let name = spec.service.name.to_string();
         let _guard = self.lock_service(&name).await;
         let source = dir.display().to_string();
+        self.install_certificate_files(&spec, &dir, actor).await?;
         self.register(&spec, &source, actor).await?;
         let secrets = self.secret_env(&name, &spec).await?;
         let reporter = &reporter.masking(self.store.all_secret_values(&name).await?);

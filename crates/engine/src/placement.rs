@@ -116,6 +116,7 @@ fn route(spec: &Spec, env: Option<&EnvName>) -> RouteSpec {
         host: host.as_str().into(),
         path_prefix: prefix.as_str().into(),
         timeout_ms: spec.route.timeout.as_millis(),
+        https_only: spec.route.https_only,
     }
 }
 

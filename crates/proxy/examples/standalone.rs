@@ -21,6 +21,7 @@ fn main() {
             metrics: Arc::default(),
             maintenance: None,
             timeout: None,
+            https_only: false,
         }]));
         let listener = tokio::net::TcpListener::bind(&args[1]).await.expect("bind");
         proxy.serve(listener, std::future::pending()).await;

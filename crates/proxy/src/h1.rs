@@ -366,7 +366,8 @@ impl Conn {
         let started = std::time::Instant::now();
         let host = std::str::from_utf8(&self.buf[req.host.clone()]).unwrap_or_default();
         let path = std::str::from_utf8(&self.buf[req.path.clone()]).unwrap_or_default();
-        let claimed = claim(inner, host, path).await.or_refuse(host, started);
+        let claimed = claim(inner, host, path, req.secure).await;
+        let claimed = claimed.or_refuse(inner, host, path, started);
         self.buf.advance(req.head_len);
         // A body nobody is going to read leaves the connection out of step.
         let close_unread = req.close || req.body_len > 0;
@@ -400,11 +401,7 @@ impl Conn {
             }
             let (status, why) = failure.answer();
             record(&route, &target, status, started);
-            let refusal = Refusal {
-                status,
-                text: format!("{} {why}\n", route.service),
-                retry_after: None,
-            };
+            let refusal = Refusal::new(status, format!("{} {why}\n", route.service));
             // The request body may be half sent: only a bodiless request
             // leaves the client connection in step.
             return self.plain(refusal, close_unread).await;
@@ -642,6 +639,7 @@ impl Conn {
             status,
             text,
             retry_after,
+            location,
         } = refusal;
         self.answer.clear();
         let _ = write!(
@@ -651,6 +649,9 @@ impl Conn {
         );
         if let Some(seconds) = retry_after {
             let _ = write!(self.answer, "retry-after: {seconds}\r\n");
+        }
+        if let Some(location) = location {
+            let _ = write!(self.answer, "location: {location}\r\n");
         }
         if close {
             self.answer.extend_from_slice(b"connection: close\r\n");
@@ -702,6 +703,8 @@ struct RequestHead {
     close: bool,
     /// GET, HEAD or OPTIONS without a body: safe to send again.
     retryable: bool,
+    /// Came over HTTPS, as a trusted proxy in front says.
+    secure: bool,
     head_method: bool,
 }
 
@@ -844,7 +847,7 @@ fn parse_request(buf: &[u8], peer: &Peer, out: &mut Vec<u8>) -> Parsed {
     // are dropped (see `forward::add_forwarded`, the general path's).
     let mut prior_for = Vec::new();
     let mut prior_forwarded = Vec::new();
-    let (mut proto_given, mut host_given) = (false, false);
+    let (mut proto_given, mut host_given, mut secure) = (false, false, false);
     for h in req.headers.iter() {
         if let Some(which) = forward::forwarded(h.name) {
             if peer.trusted {
@@ -853,6 +856,8 @@ fn parse_request(buf: &[u8], peer: &Peer, out: &mut Vec<u8>) -> Parsed {
                     Forwarding::Rfc7239 => prior_forwarded.push(h.value),
                     Forwarding::Proto | Forwarding::Host | Forwarding::RealIp => {
                         proto_given |= which == Forwarding::Proto;
+                        secure |=
+                            which == Forwarding::Proto && h.value.eq_ignore_ascii_case(b"https");
                         host_given |= which == Forwarding::Host;
                         push_header(out, h);
                     }
@@ -898,6 +903,7 @@ fn parse_request(buf: &[u8], peer: &Peer, out: &mut Vec<u8>) -> Parsed {
         body_len,
         close,
         retryable: idempotent && body_len == 0,
+        secure,
         head_method: method == "HEAD",
     })
 }

@@ -17,6 +17,7 @@ pub mod moving;
 mod router;
 mod server;
 mod target;
+pub mod tls;
 mod upstream;
 
 pub use metrics::RequestMetrics;

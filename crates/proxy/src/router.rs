@@ -26,6 +26,9 @@ pub struct Route {
     /// How long its upstreams may take to start an answer and then stay
     /// silent mid-answer; `None`: the proxy's `response_timeout`.
     pub timeout: Option<Duration>,
+    /// Served over HTTPS only: a plain-HTTP request is redirected (308),
+    /// and answers over HTTPS carry `Strict-Transport-Security`.
+    pub https_only: bool,
 }
 
 impl Route {
@@ -125,6 +128,7 @@ mod tests {
             metrics: Arc::default(),
             maintenance: None,
             timeout: None,
+            https_only: false,
         }
     }
 

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -114,6 +114,12 @@ pub(crate) struct Inner {
     per_client: Mutex<HashMap<IpAddr, usize>>,
     /// Room for answering connections refused by `per_client`.
     refusals: Arc<Semaphore>,
+    /// ACME HTTP-01 challenges under way: token → key authorization.
+    challenges: ArcSwap<HashMap<String, String>>,
+    /// Whether `challenges` has any (looked at by every request).
+    challenging: AtomicBool,
+    /// The port HTTPS is served on (0: none), for redirects to it.
+    tls_port: AtomicU16,
 }
 
 impl Inner {
@@ -123,6 +129,19 @@ impl Inner {
 
     pub(crate) fn closing_signal(&self) -> watch::Receiver<bool> {
         self.closing_signal.subscribe()
+    }
+
+    /// `https://` and `host` (its port replaced by the one HTTPS is served
+    /// on, none for 443) and `target`.
+    pub(crate) fn https_url(&self, host: &str, target: &str) -> String {
+        let name = match host.strip_prefix('[') {
+            Some(_) => host.split_once(']').map_or(host, |(h, _)| h).to_owned() + "]",
+            None => host.split(':').next().unwrap_or(host).to_owned(),
+        };
+        match self.tls_port.load(Ordering::Relaxed) {
+            0 | 443 => format!("https://{name}{target}"),
+            port => format!("https://{name}:{port}{target}"),
+        }
     }
 
     /// Where a connection goes when it can move; `None` unless the proxy
@@ -162,6 +181,9 @@ impl Proxy {
                 general,
                 per_client: Mutex::new(HashMap::new()),
                 refusals: Arc::new(Semaphore::new(REFUSALS_AT_ONCE)),
+                challenges: ArcSwap::from_pointee(HashMap::new()),
+                challenging: AtomicBool::new(false),
+                tls_port: AtomicU16::new(0),
                 config,
             }),
         }
@@ -263,6 +285,22 @@ impl Proxy {
         }
     }
 
+    /// Answers ACME HTTP-01 challenge `token` with `key_authorization`
+    /// (for any host, on plain HTTP), or no longer (`None`).
+    pub fn set_challenge(&self, token: &str, key_authorization: Option<&str>) {
+        let next = self.inner.challenges.rcu(|current| {
+            let mut next = HashMap::clone(current);
+            match key_authorization {
+                Some(answer) => next.insert(token.to_owned(), answer.to_owned()),
+                None => next.remove(token),
+            };
+            next
+        });
+        drop(next);
+        let any = !self.inner.challenges.load().is_empty();
+        self.inner.challenging.store(any, Ordering::Relaxed);
+    }
+
     /// Switches every request that starts from now on to `table`.
     pub fn publish(&self, table: RouteTable) {
         self.inner.table.store(Arc::new(table));
@@ -272,6 +310,33 @@ impl Proxy {
     /// Serves `listener` until `shutdown` completes; connections already
     /// accepted finish on their own tasks.
     pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        self.serve_on(listener, shutdown, None).await;
+    }
+
+    /// Serves HTTPS on `listener` with `config` (see [`crate::tls`]) until
+    /// `shutdown` completes. Every TLS connection is served by hyper
+    /// (HTTP/2 or HTTP/1.1, by ALPN), and cannot move to another proxy:
+    /// at a hand-off it is closed after its next response, as the general
+    /// path's are. Plain-HTTP requests for routes served over HTTPS only
+    /// are redirected to this listener's port.
+    pub async fn serve_tls(
+        &self,
+        listener: TcpListener,
+        config: Arc<rustls::ServerConfig>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        self.inner.tls_port.store(port, Ordering::Relaxed);
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        self.serve_on(listener, shutdown, Some(acceptor)).await;
+    }
+
+    async fn serve_on(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) {
         tokio::pin!(shutdown);
         let sweeper = tokio::spawn(sweep_idle(Arc::clone(&self.inner)));
         let _stop_sweeping = AbortOnDropHandle::new(sweeper);
@@ -318,12 +383,22 @@ impl Proxy {
             };
             let _ = stream.set_nodelay(true);
             let Some(peer) = Peer::admit(&self.inner, client.ip(), true) else {
-                refuse_crowded(&self.inner, stream);
+                if tls.is_none() {
+                    refuse_crowded(&self.inner, stream);
+                }
                 continue;
             };
-            let read = bytes::BytesMut::new();
             let inner = Arc::clone(&self.inner);
-            tokio::spawn(serve_client(inner, stream, peer, read, Some(permit), true));
+            match &tls {
+                None => {
+                    let read = bytes::BytesMut::new();
+                    tokio::spawn(serve_client(inner, stream, peer, read, Some(permit), true));
+                }
+                Some(acceptor) => {
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(serve_tls_client(inner, stream, peer, permit, acceptor));
+                }
+            }
         }
     }
 }
@@ -438,12 +513,45 @@ async fn serve_client(
     };
     // Boxed: hyper's connection is large, and only the connections that
     // need it should carry it.
-    Box::pin(serve_general(inner, stream, peer, read)).await;
+    Box::pin(serve_general(inner, stream, peer, read, false)).await;
+}
+
+/// Serves a TLS connection: the handshake within `head_timeout`, then
+/// hyper, with HTTP/2 when ALPN chose it.
+async fn serve_tls_client(
+    inner: Arc<Inner>,
+    stream: TcpStream,
+    mut admitted: Admitted,
+    permit: OwnedSemaphorePermit,
+    acceptor: tokio_rustls::TlsAcceptor,
+) {
+    let _permit = permit;
+    admitted.peer.proto = "https";
+    let handshake = tokio::time::timeout(inner.config.head_timeout, acceptor.accept(stream));
+    let stream = match handshake.await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, client = %admitted.peer.ip, "TLS handshake failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let read = bytes::BytesMut::new();
+    Box::pin(serve_general(inner, stream, &admitted.peer, read, http2)).await;
 }
 
 /// Serves the rest of a connection with hyper, `read` being what the fast
-/// path read of it and did not consume.
-async fn serve_general(inner: Arc<Inner>, stream: TcpStream, peer: &Peer, read: bytes::BytesMut) {
+/// path read of it and did not consume; `http2` when TLS's ALPN chose it.
+async fn serve_general<S>(
+    inner: Arc<Inner>,
+    stream: S,
+    peer: &Peer,
+    read: bytes::BytesMut,
+    http2: bool,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let client = peer.ip.clone();
     let peer = Arc::new(peer.clone());
     let mut closing = inner.closing_signal();
@@ -463,8 +571,8 @@ async fn serve_general(inner: Arc<Inner>, stream: TcpStream, peer: &Peer, read: 
             Ok::<_, Infallible>(resp)
         }
     });
-    // h2c with prior knowledge; the fast path has read its preface.
-    let http2 = read.starts_with(b"PRI * HTTP/2.0");
+    // h2c with prior knowledge: the fast path has read its preface.
+    let http2 = http2 || read.starts_with(b"PRI * HTTP/2.0");
     let io = TokioIo::new(Prefixed::new(read, stream));
     let conn = general.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
@@ -539,8 +647,11 @@ async fn handle(
         ));
     }
     let host_name = host.to_str().unwrap_or_default();
-    let claimed = claim(&inner, host_name, req.uri().path()).await;
-    let (route, mut slot) = match claimed.or_refuse(host_name, started) {
+    let tls = peer.proto == "https";
+    let secure = tls || (peer.trusted && forwarded_https(req.headers()));
+    let claimed = claim(&inner, host_name, req.uri().path(), secure).await;
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let (route, mut slot) = match claimed.or_refuse(&inner, host_name, target, started) {
         Ok(got) => got,
         Err(refusal) => {
             let mut resp = plain(refusal.status, refusal.text);
@@ -548,9 +659,14 @@ async fn handle(
                 resp.headers_mut()
                     .insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
             }
+            if let Some(location) = refusal.location.and_then(|l| HeaderValue::try_from(l).ok()) {
+                resp.headers_mut().insert(http::header::LOCATION, location);
+            }
             return Ok(resp);
         }
     };
+    // A route served over HTTPS only tells browsers to keep to it.
+    let hsts = tls && route.https_only;
 
     let upgrade = forward::upgrade(req.headers());
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
@@ -629,7 +745,12 @@ async fn handle(
             Ok(Ok((resp, conn))) => {
                 record(&route, &target, resp.status(), started);
                 let tunnel = client_upgrade.zip(tunnel_permit);
-                return Ok(respond(&inner, resp, conn, slot, tunnel, wait));
+                let mut resp = respond(&inner, resp, conn, slot, tunnel, wait);
+                if hsts {
+                    resp.headers_mut()
+                        .insert(http::header::STRICT_TRANSPORT_SECURITY, HSTS.clone());
+                }
+                return Ok(resp);
             }
             Ok(Err(e)) if body::caused::<body::Stalled>(&e) => {
                 // The client stopped sending its body: its doing, not the
@@ -660,6 +781,17 @@ async fn handle(
         record(&route, &target, status, started);
         return Ok(plain(status, format!("{} {why}\n", route.service)));
     }
+}
+
+/// What a route served over HTTPS only says to browsers: a year (the
+/// preload list's minimum).
+static HSTS: HeaderValue = HeaderValue::from_static("max-age=31536000");
+
+/// Whether a trusted proxy in front says the request came over HTTPS.
+fn forwarded_https(headers: &http::HeaderMap) -> bool {
+    headers
+        .get("x-forwarded-proto")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
 }
 
 /// After a connection-level failure on `target`: ejects it if it refused
@@ -695,6 +827,11 @@ pub(crate) enum Claim {
     NoRoute,
     NoTarget(Arc<Route>),
     Maintenance(Arc<Route>, u32),
+    /// A plain-HTTP request for a route that is served over HTTPS only.
+    ToHttps(Arc<Route>),
+    /// An ACME HTTP-01 challenge the proxy answers itself: the key
+    /// authorization.
+    Challenge(String),
 }
 
 /// The proxy's own answer to a request that got no target.
@@ -703,6 +840,8 @@ pub(crate) struct Refusal {
     pub status: StatusCode,
     pub text: String,
     pub retry_after: Option<u32>,
+    /// Where a redirect points.
+    pub location: Option<String>,
 }
 
 impl Refusal {
@@ -711,50 +850,62 @@ impl Refusal {
             status,
             text: text.into(),
             retry_after: None,
+            location: None,
         }
     }
 }
 
+/// Where ACME servers ask for HTTP-01 challenges (RFC 8555 §8.3).
+const CHALLENGE_PATH: &str = "/.well-known/acme-challenge/";
+
 impl Claim {
     /// The route and claimed target, or the answer to give instead; a
     /// refusal on a known route counts against the route as a 503.
+    /// `target` (path and query) is where a redirect to HTTPS goes on.
     pub(crate) fn or_refuse(
         self,
+        inner: &Inner,
         host: &str,
+        target: &str,
         started: Instant,
     ) -> Result<(Arc<Route>, InFlight), Refusal> {
-        let (status, text, retry_after) = match self {
+        let refusal = match self {
             Claim::Got(route, slot) => return Ok((route, slot)),
-            Claim::NoRoute => (
-                StatusCode::NOT_FOUND,
-                format!("no route for {host}\n"),
-                None,
-            ),
+            Claim::NoRoute => Refusal::new(StatusCode::NOT_FOUND, format!("no route for {host}\n")),
             Claim::NoTarget(route) => {
                 route.metrics.record(503, started.elapsed());
                 let text = format!("{} has no ready instance\n", route.service);
-                (StatusCode::SERVICE_UNAVAILABLE, text, None)
+                Refusal::new(StatusCode::SERVICE_UNAVAILABLE, text)
             }
             Claim::Maintenance(route, seconds) => {
                 route.metrics.record(503, started.elapsed());
                 let text = format!("{} is down for maintenance\n", route.service);
-                (StatusCode::SERVICE_UNAVAILABLE, text, Some(seconds))
+                Refusal {
+                    retry_after: Some(seconds),
+                    ..Refusal::new(StatusCode::SERVICE_UNAVAILABLE, text)
+                }
             }
+            Claim::ToHttps(route) => {
+                route.metrics.record(308, started.elapsed());
+                let location = inner.https_url(host, target);
+                Refusal {
+                    location: Some(location.clone()),
+                    ..Refusal::new(StatusCode::PERMANENT_REDIRECT, format!("{location}\n"))
+                }
+            }
+            Claim::Challenge(key_authorization) => Refusal::new(StatusCode::OK, key_authorization),
         };
-        Err(Refusal {
-            status,
-            text,
-            retry_after,
-        })
+        Err(refusal)
     }
 }
 
 /// Finds the route and claims a target; while the route has none, waits for
-/// the next published table, up to the hold timeout.
-pub(crate) async fn claim(inner: &Inner, host: &str, path: &str) -> Claim {
+/// the next published table, up to the hold timeout. `secure`: the request
+/// came over HTTPS (to the proxy, or to a trusted proxy in front of it).
+pub(crate) async fn claim(inner: &Inner, host: &str, path: &str, secure: bool) -> Claim {
     // First try without registering as a waiter: registering takes a lock on
     // the shared Notify, and almost every request finds a target at once.
-    let claimed = claim_now(inner, host, path);
+    let claimed = claim_now(inner, host, path, secure);
     if !matches!(claimed, Claim::NoTarget(_)) {
         return claimed;
     }
@@ -763,7 +914,7 @@ pub(crate) async fn claim(inner: &Inner, host: &str, path: &str) -> Claim {
         let changed = inner.changed.notified();
         tokio::pin!(changed);
         changed.as_mut().enable();
-        let route = match claim_now(inner, host, path) {
+        let route = match claim_now(inner, host, path, secure) {
             Claim::NoTarget(route) => route,
             claimed => return claimed,
         };
@@ -779,10 +930,19 @@ pub(crate) async fn claim(inner: &Inner, host: &str, path: &str) -> Claim {
     }
 }
 
-fn claim_now(inner: &Inner, host: &str, path: &str) -> Claim {
+fn claim_now(inner: &Inner, host: &str, path: &str, secure: bool) -> Claim {
+    // One load on every request; the map is looked at only while an ACME
+    // order is under way.
+    if inner.challenging.load(Ordering::Relaxed)
+        && let Some(token) = path.strip_prefix(CHALLENGE_PATH)
+        && let Some(answer) = inner.challenges.load().get(token)
+    {
+        return Claim::Challenge(answer.clone());
+    }
     let table = inner.table.load();
     match table.lookup(host, path) {
         None => Claim::NoRoute,
+        Some(route) if route.https_only && !secure => Claim::ToHttps(Arc::clone(route)),
         Some(route) if route.maintenance.is_some() => {
             Claim::Maintenance(Arc::clone(route), route.maintenance.unwrap_or(0))
         }
@@ -828,11 +988,19 @@ fn respond(
 /// Relays an upgraded connection over its sockets, so that it can move
 /// (see [`moving`]). Both sides are the plain TCP streams the proxy makes
 /// for HTTP/1.1: the client's as `serve_client` wraps it (inside
-/// hyper-util's own wrapper), the upstream's as `exchange_upgrade` does.
+/// hyper-util's own wrapper), the upstream's as `exchange_upgrade` does. A
+/// client over TLS is relayed through hyper's `Upgraded` instead, and
+/// cannot move.
 async fn relay_upgraded(inner: &Arc<Inner>, client: Upgraded, upstream: Upgraded) {
-    let client = auto::upgrade::downcast::<TokioIo<Prefixed<TcpStream>>>(client);
-    let upstream = upstream.downcast::<TokioIo<TcpStream>>();
-    let (Ok(client), Ok(upstream)) = (client, upstream) else {
+    let client = match auto::upgrade::downcast::<TokioIo<Prefixed<TcpStream>>>(client) {
+        Ok(client) => client,
+        Err(tls) => {
+            let (mut a, mut b) = (TokioIo::new(tls), TokioIo::new(upstream));
+            let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+            return;
+        }
+    };
+    let Ok(upstream) = upstream.downcast::<TokioIo<TcpStream>>() else {
         tracing::error!("an upgraded connection of an unexpected kind; closed");
         return;
     };

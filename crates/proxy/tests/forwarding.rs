@@ -128,6 +128,7 @@ async fn start_proxy_with(targets: Vec<SocketAddr>, base: ProxyConfig) -> Setup 
         metrics: Arc::clone(&route_metrics),
         maintenance: None,
         timeout: None,
+        https_only: false,
     };
     let maintenance = Route {
         maintenance: Some(120),

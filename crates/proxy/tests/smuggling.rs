@@ -82,6 +82,7 @@ async fn start_proxy(backend: SocketAddr) -> (SocketAddr, Arc<tandem_proxy::Requ
         metrics: Arc::clone(&metrics),
         maintenance: None,
         timeout: None,
+        https_only: false,
     }]));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
