@@ -79,6 +79,49 @@ impl DataPlaneArgs {
     }
 }
 
+/// The control plane's settings for certificates over ACME (`up` and
+/// `server`).
+#[derive(Args, Clone, Debug)]
+pub struct AcmeArgs {
+    /// The ACME server's directory URL: routes with `tls: acme` get
+    /// certificates from it (HTTP-01, answered on the proxy's plain port).
+    #[arg(long, env = "TANDEM_ACME_DIRECTORY", value_parser = https_url)]
+    pub acme_directory: Option<String>,
+    /// Contact address of the ACME account.
+    #[arg(long, env = "TANDEM_ACME_EMAIL", requires = "acme_directory")]
+    pub acme_email: Option<String>,
+    /// A PEM root certificate to trust for the ACME server's own HTTPS (a
+    /// test CA); the system's roots otherwise.
+    #[arg(long, env = "TANDEM_ACME_CA_FILE", requires = "acme_directory")]
+    pub acme_ca_file: Option<std::path::PathBuf>,
+}
+
+impl AcmeArgs {
+    /// The ACME client's configuration, when a directory is given.
+    pub fn config(&self) -> Option<tandem_engine::acme::AcmeConfig> {
+        let every = std::env::var("TANDEM_ACME_CHECK_EVERY")
+            .ok()
+            .and_then(|v| duration(&v).ok())
+            .unwrap_or(Duration::from_secs(60));
+        Some(tandem_engine::acme::AcmeConfig {
+            directory: self.acme_directory.clone()?,
+            email: self.acme_email.clone(),
+            ca_file: self.acme_ca_file.clone(),
+            check_every: every,
+            renew_before: Duration::from_secs(30 * 24 * 3600),
+        })
+    }
+}
+
+fn https_url(value: &str) -> Result<String, String> {
+    match value.parse::<http::Uri>() {
+        Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => {
+            Ok(value.to_owned())
+        }
+        _ => Err("expected the ACME directory's https:// URL, e.g. https://acme-v02.api.letsencrypt.org/directory".into()),
+    }
+}
+
 /// A CIDR block, or one address (a block of one).
 fn cidr(value: &str) -> Result<IpNet, String> {
     let value = value.trim();

@@ -139,6 +139,8 @@ pub enum Command {
         proxy_addr: SocketAddr,
         #[command(flatten)]
         data_plane: dataplane::DataPlaneArgs,
+        #[command(flatten)]
+        acme: dataplane::AcmeArgs,
     },
     /// Stop every service and the agent of a data directory, and its server.
     Down {
@@ -172,6 +174,8 @@ pub enum Command {
         data: DataDirArg,
         #[arg(long, env = "TANDEM_API_ADDR", default_value = "127.0.0.1:7070", value_parser = listen_addr)]
         api_addr: SocketAddr,
+        #[command(flatten)]
+        acme: dataplane::AcmeArgs,
     },
     /// Check a directory's tandem.yaml.
     Validate {
@@ -423,8 +427,16 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
             api_addr,
             proxy_addr,
             data_plane,
-        } => run::up(&data.resolve(), api_addr, Some((proxy_addr, data_plane))).await,
-        Command::Server { data, api_addr } => run::up(&data.resolve(), api_addr, None).await,
+            acme,
+        } => {
+            let agent = Some((proxy_addr, data_plane));
+            run::up(&data.resolve(), api_addr, agent, acme.config()).await
+        }
+        Command::Server {
+            data,
+            api_addr,
+            acme,
+        } => run::up(&data.resolve(), api_addr, None, acme.config()).await,
         Command::Agent {
             data,
             proxy_addr,

@@ -266,6 +266,7 @@ pub async fn up(
     dir: &Path,
     api_addr: SocketAddr,
     start_agent_on: Option<(SocketAddr, DataPlaneArgs)>,
+    acme: Option<tandem_engine::acme::AcmeConfig>,
 ) -> CmdResult {
     check_data_dir(dir)?;
     let _lock = tandem_agent::lock_data_dir(dir, "server.lock").map_err(|_| {
@@ -323,6 +324,11 @@ pub async fn up(
         .map_err(|e| Exit::failure(format!("cannot start pipelines: {e}")))?;
     let ops = tandem_ops::Ops::new(engine.clone());
     ops.start();
+    // Certificates for `route.tls: acme`, ordered and renewed.
+    let _acme = acme.map(|config| {
+        let engine = engine.clone();
+        AbortOnDropHandle::new(tokio::spawn(engine.keep_acme_certificates(config)))
+    });
     let app = tandem_api::router(tandem_api::AppState {
         engine,
         delivery,

@@ -5,6 +5,7 @@
 //! The engine never touches traffic itself: it only asks the agent, and it
 //! records every step in the journal through the store.
 
+pub mod acme;
 pub mod agent_client;
 pub mod artifact;
 mod certs;

@@ -32,6 +32,24 @@ impl Env {
         Env::start_with(&[])
     }
 
+    /// `tandem up` with extra environment variables, its proxy on `proxy`
+    /// (an address someone else has to know beforehand).
+    pub fn start_on(proxy: &str, vars: &[(&str, &str)]) -> Env {
+        let root = tempfile::tempdir().expect("tempdir");
+        let mut env = Env {
+            root,
+            api: String::new(),
+            proxy: proxy.to_string(),
+            up: None,
+            vars: vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        env.up_again();
+        env
+    }
+
     /// `tandem up` with extra environment variables.
     pub fn start_with(vars: &[(&str, &str)]) -> Env {
         let root = tempfile::tempdir().expect("tempdir");
@@ -222,8 +240,61 @@ pub struct LoadResult {
     pub failures: Vec<String>,
 }
 
+/// A connection the load's workers speak HTTP/1.1 on.
+pub trait Conn: Read + Write + Send {}
+impl<T: Read + Write + Send> Conn for T {}
+
+/// Opens one connection for a load worker.
+pub type Connector = Arc<dyn Fn() -> std::io::Result<Box<dyn Conn>> + Send + Sync>;
+
+/// Plain TCP connections to `addr`.
+pub fn plain(addr: &str) -> Connector {
+    let addr = addr.to_string();
+    Arc::new(move || {
+        let s = std::net::TcpStream::connect(&addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        Ok(Box::new(s) as Box<dyn Conn>)
+    })
+}
+
+/// TLS connections to `addr` for `host` (SNI), trusting only `ca_pem`.
+pub fn tls(addr: &str, host: &str, ca_pem: &str) -> Connector {
+    let config = tls_client(ca_pem);
+    let (addr, host) = (addr.to_string(), host.to_string());
+    Arc::new(move || {
+        let name =
+            rustls::pki_types::ServerName::try_from(host.clone()).map_err(std::io::Error::other)?;
+        let conn = rustls::ClientConnection::new(Arc::clone(&config), name)
+            .map_err(std::io::Error::other)?;
+        let s = std::net::TcpStream::connect(&addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        Ok(Box::new(rustls::StreamOwned::new(conn, s)) as Box<dyn Conn>)
+    })
+}
+
+/// A TLS client configuration that trusts only `ca_pem`.
+pub fn tls_client(ca_pem: &str) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(ca.expect("a PEM certificate")).expect("root");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
 impl Load {
     pub fn start(proxy: &str, host: &str, workers: usize) -> Load {
+        Load::start_on(&plain(proxy), host, workers)
+    }
+
+    /// The load over connections `connect` opens.
+    pub fn start_on(connect: &Connector, host: &str, workers: usize) -> Load {
         let ok = Arc::new(AtomicU64::new(0));
         let connects = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
@@ -238,8 +309,8 @@ impl Load {
                     failures: failures.clone(),
                 };
                 let stop = stop.clone();
-                let (proxy, host) = (proxy.to_string(), host.to_string());
-                std::thread::spawn(move || worker(&proxy, &host, &counts, &stop))
+                let (connect, host) = (Arc::clone(connect), host.to_string());
+                std::thread::spawn(move || worker(&connect, &host, &counts, &stop))
             })
             .collect();
         Load {
@@ -280,14 +351,14 @@ struct Counts {
 }
 
 /// One keep-alive connection doing GETs; every error or non-200 is a failure.
-fn worker(proxy: &str, host: &str, counts: &Counts, stop: &AtomicBool) {
+fn worker(connect: &Connector, host: &str, counts: &Counts, stop: &AtomicBool) {
     let Counts {
         ok,
         connects,
         failed,
         failures,
     } = counts;
-    let mut conn: Option<BufReader<std::net::TcpStream>> = None;
+    let mut conn: Option<BufReader<Box<dyn Conn>>> = None;
     let fail = |why: String| {
         failed.fetch_add(1, Ordering::SeqCst);
         if let Ok(mut f) = failures.lock() {
@@ -297,10 +368,9 @@ fn worker(proxy: &str, host: &str, counts: &Counts, stop: &AtomicBool) {
     while !stop.load(Ordering::SeqCst) {
         let c = match conn.as_mut() {
             Some(c) => c,
-            None => match std::net::TcpStream::connect(proxy) {
+            None => match connect() {
                 Ok(s) => {
                     connects.fetch_add(1, Ordering::SeqCst);
-                    let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
                     conn.insert(BufReader::new(s))
                 }
                 Err(e) => {
@@ -329,7 +399,7 @@ fn worker(proxy: &str, host: &str, counts: &Counts, stop: &AtomicBool) {
 }
 
 /// One GET: its status, and whether the server closes the connection.
-fn request(c: &mut BufReader<std::net::TcpStream>, host: &str) -> Result<(u16, bool), String> {
+fn request(c: &mut BufReader<Box<dyn Conn>>, host: &str) -> Result<(u16, bool), String> {
     write!(
         c.get_mut(),
         "GET /index.html HTTP/1.1\r\nHost: {host}\r\n\r\n"
@@ -367,6 +437,15 @@ fn request(c: &mut BufReader<std::net::TcpStream>, host: &str) -> Result<(u16, b
     c.read_exact(&mut body)
         .map_err(|e| format!("read body: {e}"))?;
     Ok((status, close))
+}
+
+/// A port free on 127.0.0.1 a moment ago, for a server that has to be
+/// told its address before it starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 /// (soft, hard) "Max open files" of a running process.
