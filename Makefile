@@ -11,10 +11,11 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 
-# The e-mail test uses the aiosmtpd venv that .ci/run makes, when it exists.
+# Installs what the tests need (.ci/setup: Debian packages such as pebble
+# and curl, aiosmtpd in a venv for the e-mail tests), then runs them all.
 test:
-	if [ -x target/ci-venv/bin/python ]; then export TANDEM_TEST_PYTHON=$$PWD/target/ci-venv/bin/python; fi; \
-	cargo test --workspace
+	bash .ci/setup
+	TANDEM_TEST_PYTHON=$$PWD/target/ci-venv/bin/python cargo test --workspace
 
 ci:
 	bash .ci/run
