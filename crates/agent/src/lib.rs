@@ -7,6 +7,7 @@ pub mod certs;
 pub mod handover;
 pub mod listening;
 pub mod logs;
+pub mod metrics;
 pub mod probe;
 mod procfs;
 pub mod socket;
@@ -37,6 +38,8 @@ pub struct AgentConfig {
     pub proxy: ProxyConfig,
     /// Where the proxy serves HTTPS, if anywhere.
     pub tls_addr: Option<SocketAddr>,
+    /// Where the agent serves its own `/metrics`, if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
     /// Take over from the agent running for `data_dir` (its sockets, lock
     /// and instances) instead of starting afresh.
     pub takeover: bool,
@@ -344,6 +347,18 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         certs: Arc::clone(&certs),
     };
     let control_task = AbortOnDropHandle::new(tokio::spawn(socket::serve(control, ctx)));
+    let _metrics_task = match config.metrics_addr {
+        Some(addr) => {
+            let listener =
+                metrics::bind(addr).map_err(|source| AgentError::ProxyBind { addr, source })?;
+            tracing::info!(metrics = %addr, "serving the agent's metrics");
+            Some(AbortOnDropHandle::new(tokio::spawn(metrics::serve(
+                listener,
+                supervisor.clone(),
+            ))))
+        }
+        None => None,
+    };
     let (stop_proxy_tx, stop_proxy_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = proxy.clone();
     let proxy_task = tokio::spawn(async move {

@@ -889,30 +889,41 @@ impl Supervisor {
             "Client connections served at once; more wait in the listen backlog.",
             max,
         );
+        let refused = self.shared.proxy.refused();
+        tandem_proxy::metrics::render_counter(
+            &mut out,
+            "tandem_proxy_refused_total",
+            "What the proxy turned away before any service's route, by reason.",
+            &[
+                (vec![("reason", "unknown_host")], refused.unrouted),
+                (vec![("reason", "client_connection_limit")], refused.crowded),
+                (vec![("reason", "request_head_timeout")], refused.slow_heads),
+                (vec![("reason", "tls_handshake")], refused.handshakes),
+            ],
+        );
         let state = lock(&self.shared.state);
-        tandem_proxy::metrics::render_header(&mut out, "tandem_route", "service route");
-        for (name, s) in &state.services {
-            s.metrics
-                .render(&mut out, "tandem_route", &[("service", name)]);
-        }
-        tandem_proxy::metrics::render_header(&mut out, "tandem_target", "instance");
+        let routes: Vec<_> = state
+            .services
+            .iter()
+            .map(|(name, s)| (vec![("service", name.as_str())], s.metrics.snapshot()))
+            .collect();
+        tandem_proxy::metrics::render_families(&mut out, "tandem_route", "service route", &routes);
+        let mut targets = Vec::new();
         for (name, s) in &state.services {
             for g in s.groups.values() {
                 for i in &g.instances {
                     if let Some(t) = i.live().target.clone() {
-                        t.metrics.render(
-                            &mut out,
-                            "tandem_target",
-                            &[
-                                ("service", name),
-                                ("release", &g.spec.release),
-                                ("instance", &i.id),
-                            ],
-                        );
+                        let labels = vec![
+                            ("service", name.as_str()),
+                            ("release", g.spec.release.as_str()),
+                            ("instance", i.id.as_str()),
+                        ];
+                        targets.push((labels, t.metrics.snapshot()));
                     }
                 }
             }
         }
+        tandem_proxy::metrics::render_families(&mut out, "tandem_target", "instance", &targets);
         out
     }
 

@@ -17,6 +17,11 @@ pub struct DataPlaneArgs {
     /// `tls` in their spec get their certificates there, by SNI.
     #[arg(long, env = TLS_ADDR, value_parser = crate::listen_addr)]
     pub proxy_tls_addr: Option<std::net::SocketAddr>,
+    /// Address the agent serves its own Prometheus metrics on (GET
+    /// /metrics; off unless given): the proxy's figures, also while the
+    /// server is stopped.
+    #[arg(long, env = METRICS_ADDR, value_parser = crate::listen_addr)]
+    pub agent_metrics_addr: Option<std::net::SocketAddr>,
     /// Proxies in front of this one (addresses or CIDR blocks, comma
     /// separated): their X-Forwarded-* and Forwarded headers are kept and
     /// extended. Everyone else's are replaced.
@@ -32,6 +37,7 @@ pub struct DataPlaneArgs {
 }
 
 const TLS_ADDR: &str = "TANDEM_PROXY_TLS_ADDR";
+const METRICS_ADDR: &str = "TANDEM_AGENT_METRICS_ADDR";
 const TRUSTED_PROXIES: &str = "TANDEM_TRUSTED_PROXIES";
 const HEAD_TIMEOUT: &str = "TANDEM_PROXY_HEAD_TIMEOUT";
 const PER_CLIENT: &str = "TANDEM_MAX_CONNECTIONS_PER_CLIENT";
@@ -53,6 +59,7 @@ impl DataPlaneArgs {
         let trusted: Vec<String> = self.trusted_proxies.iter().map(IpNet::to_string).collect();
         vec![
             (TLS_ADDR, self.proxy_tls_addr.map(|a| a.to_string())),
+            (METRICS_ADDR, self.agent_metrics_addr.map(|a| a.to_string())),
             (
                 TRUSTED_PROXIES,
                 Some(trusted.join(",")).filter(|t| !t.is_empty()),
@@ -170,6 +177,7 @@ mod tests {
     fn the_environment_gives_back_the_same_settings() {
         let args = DataPlaneArgs {
             proxy_tls_addr: Some("127.0.0.1:8443".parse().expect("addr")),
+            agent_metrics_addr: Some("127.0.0.1:9464".parse().expect("addr")),
             trusted_proxies: vec![cidr("10.0.0.0/8").expect("cidr"), cidr("::1").expect("ip")],
             proxy_head_timeout: Duration::from_millis(2_500),
             max_connections_per_client: 7,
@@ -187,6 +195,7 @@ mod tests {
         assert_eq!(duration(&env[HEAD_TIMEOUT]), Ok(args.proxy_head_timeout));
         assert_eq!(env[PER_CLIENT], "7");
         assert_eq!(env[TLS_ADDR], "127.0.0.1:8443");
+        assert_eq!(env[METRICS_ADDR], "127.0.0.1:9464");
         assert!(duration("0s").is_err());
     }
 }

@@ -51,6 +51,7 @@ pub async fn agent(
         proxy_addr,
         proxy: data_plane.proxy_config(),
         tls_addr: data_plane.proxy_tls_addr,
+        metrics_addr: data_plane.agent_metrics_addr,
         takeover,
     };
     tandem_agent::run(config).await.map_err(|e| match e {

@@ -20,6 +20,7 @@ use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -137,6 +138,7 @@ pub async fn serve(
                         // never used, closed without a word.
                         Read::TimedOut if conn.buf.is_empty() => return None,
                         Read::TimedOut => {
+                            inner.refused.slow_heads.fetch_add(1, Ordering::Relaxed);
                             let refusal = Refusal::new(
                                 StatusCode::REQUEST_TIMEOUT,
                                 "the request head took too long\n",

@@ -23,5 +23,5 @@ mod upstream;
 pub use metrics::RequestMetrics;
 pub use moving::Moved;
 pub use router::{Route, RouteTable};
-pub use server::{Proxy, ProxyConfig};
+pub use server::{Proxy, ProxyConfig, RefusedCounts};
 pub use target::Target;

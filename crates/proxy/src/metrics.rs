@@ -78,24 +78,49 @@ impl RequestMetrics {
             sum_us: self.sum_us.load(Relaxed),
         }
     }
+}
 
-    /// Appends this metric set as `<name>_requests_total` and
-    /// `<name>_request_duration_seconds` with the given labels.
-    pub fn render(&self, out: &mut String, name: &str, labels: &[(&str, &str)]) {
-        let snap = self.snapshot();
-        let base = labels
+/// Labels of one series, as `name="value"` pairs.
+pub type Labels<'a> = Vec<(&'a str, &'a str)>;
+
+/// Appends two whole metric families for `series` (each a label set and
+/// its counters): `<name>_requests_total` by status class and the
+/// histogram `<name>_request_duration_seconds`, each with its HELP and
+/// TYPE once and all its samples together, as the text format wants.
+pub fn render_families(
+    out: &mut String,
+    name: &str,
+    what: &str,
+    series: &[(Labels<'_>, Snapshot)],
+) {
+    let labels = |pairs: &Labels<'_>| {
+        pairs
             .iter()
-            .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-            .collect::<Vec<_>>()
-            .join(",");
-        let sep = if base.is_empty() { "" } else { "," };
+            .map(|(k, v)| format!("{k}=\"{}\",", escape(v)))
+            .collect::<String>()
+    };
+    let _ = writeln!(
+        out,
+        "# HELP {name}_requests_total Requests by status class, per {what}."
+    );
+    let _ = writeln!(out, "# TYPE {name}_requests_total counter");
+    for (pairs, snap) in series {
+        let base = labels(pairs);
         for (i, count) in snap.classes.iter().enumerate() {
             let _ = writeln!(
                 out,
-                "{name}_requests_total{{{base}{sep}class=\"{}xx\"}} {count}",
+                "{name}_requests_total{{{base}class=\"{}xx\"}} {count}",
                 i + 1
             );
         }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP {name}_request_duration_seconds Time to response headers, per {what}."
+    );
+    let _ = writeln!(out, "# TYPE {name}_request_duration_seconds histogram");
+    for (pairs, snap) in series {
+        let base = labels(pairs);
         let mut cumulative = 0;
         for (i, count) in snap.buckets.iter().enumerate() {
             cumulative += count;
@@ -105,33 +130,20 @@ impl RequestMetrics {
                 .unwrap_or_else(|| "+Inf".into());
             let _ = writeln!(
                 out,
-                "{name}_request_duration_seconds_bucket{{{base}{sep}le=\"{le}\"}} {cumulative}"
+                "{name}_request_duration_seconds_bucket{{{base}le=\"{le}\"}} {cumulative}"
             );
         }
+        let bare = base.trim_end_matches(',');
         let _ = writeln!(
             out,
-            "{name}_request_duration_seconds_sum{{{base}}} {}",
+            "{name}_request_duration_seconds_sum{{{bare}}} {}",
             snap.sum_us as f64 / 1e6
         );
         let _ = writeln!(
             out,
-            "{name}_request_duration_seconds_count{{{base}}} {cumulative}"
+            "{name}_request_duration_seconds_count{{{bare}}} {cumulative}"
         );
     }
-}
-
-/// The HELP/TYPE header for a family rendered by [`RequestMetrics::render`].
-pub fn render_header(out: &mut String, name: &str, what: &str) {
-    let _ = writeln!(
-        out,
-        "# HELP {name}_requests_total Requests by status class, per {what}."
-    );
-    let _ = writeln!(out, "# TYPE {name}_requests_total counter");
-    let _ = writeln!(
-        out,
-        "# HELP {name}_request_duration_seconds Time to response headers, per {what}."
-    );
-    let _ = writeln!(out, "# TYPE {name}_request_duration_seconds histogram");
 }
 
 /// One unlabelled gauge with its HELP/TYPE header.
@@ -139,6 +151,27 @@ pub fn render_gauge(out: &mut String, name: &str, help: &str, value: usize) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} gauge");
     let _ = writeln!(out, "{name} {value}");
+}
+
+/// One counter family: HELP/TYPE, then a sample per label set.
+pub fn render_counter(out: &mut String, name: &str, help: &str, samples: &[(Labels<'_>, u64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} counter");
+    for (pairs, value) in samples {
+        let labels = pairs
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+            .collect::<Vec<_>>()
+            .join(",");
+        match labels.is_empty() {
+            true => {
+                let _ = writeln!(out, "{name} {value}");
+            }
+            false => {
+                let _ = writeln!(out, "{name}{{{labels}}} {value}");
+            }
+        }
+    }
 }
 
 fn escape(v: &str) -> String {
@@ -183,31 +216,39 @@ mod tests {
     }
 
     #[test]
-    fn renders_cumulative_buckets() {
-        let m = RequestMetrics::default();
-        m.record(200, Duration::from_micros(400));
-        m.record(200, Duration::from_millis(3));
+    fn renders_cumulative_buckets_with_each_familys_samples_together() {
+        let shop = RequestMetrics::default();
+        shop.record(200, Duration::from_micros(400));
+        shop.record(200, Duration::from_millis(3));
+        let cart = RequestMetrics::default();
+        cart.record(500, Duration::from_millis(1));
+        let series = [
+            (vec![("service", "shop")], shop.snapshot()),
+            (vec![("service", "cart")], cart.snapshot()),
+        ];
         let mut out = String::new();
-        m.render(&mut out, "tandem_route", &[("service", "shop")]);
-        assert!(
-            out.contains("tandem_route_requests_total{service=\"shop\",class=\"2xx\"} 2"),
-            "{out}"
-        );
-        assert!(
-            out.contains(
-                "tandem_route_request_duration_seconds_bucket{service=\"shop\",le=\"0.005\"} 2"
-            ),
-            "{out}"
-        );
-        assert!(
-            out.contains(
-                "tandem_route_request_duration_seconds_bucket{service=\"shop\",le=\"+Inf\"} 2"
-            ),
-            "{out}"
-        );
-        assert!(
-            out.contains("tandem_route_request_duration_seconds_count{service=\"shop\"} 2"),
-            "{out}"
-        );
+        render_families(&mut out, "tandem_route", "service route", &series);
+        for line in [
+            "tandem_route_requests_total{service=\"shop\",class=\"2xx\"} 2",
+            "tandem_route_requests_total{service=\"cart\",class=\"5xx\"} 1",
+            "tandem_route_request_duration_seconds_bucket{service=\"shop\",le=\"0.005\"} 2",
+            "tandem_route_request_duration_seconds_bucket{service=\"shop\",le=\"+Inf\"} 2",
+            "tandem_route_request_duration_seconds_count{service=\"shop\"} 2",
+            "tandem_route_request_duration_seconds_count{service=\"cart\"} 1",
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line} in\n{out}");
+        }
+        // A family's samples follow its TYPE line, none of another's
+        // between them (two services used to interleave).
+        let families: Vec<&str> = out
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| match l.split('{').next().unwrap_or(l) {
+                n if n.starts_with("tandem_route_request_duration_seconds") => "duration",
+                _ => "requests",
+            })
+            .collect();
+        let changes = families.windows(2).filter(|w| w[0] != w[1]).count();
+        assert_eq!(changes, 1, "{out}");
     }
 }

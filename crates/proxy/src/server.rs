@@ -9,7 +9,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -120,6 +120,31 @@ pub(crate) struct Inner {
     challenging: AtomicBool,
     /// The port HTTPS is served on (0: none), for redirects to it.
     tls_port: AtomicU16,
+    /// What was refused before any route was involved.
+    pub(crate) refused: Refused,
+}
+
+/// Counts of what the proxy turned away on its own, before or without a
+/// route: its own metrics, since no service's figures include them.
+#[derive(Debug, Default)]
+pub(crate) struct Refused {
+    /// Requests for a host no route serves (404).
+    pub(crate) unrouted: AtomicU64,
+    /// Connections beyond their address's limit (429).
+    pub(crate) crowded: AtomicU64,
+    /// Request heads that did not come whole in time (408).
+    pub(crate) slow_heads: AtomicU64,
+    /// TLS handshakes that failed or did not finish in time.
+    pub(crate) handshakes: AtomicU64,
+}
+
+/// A copy of the proxy's own refusal counts ([`Proxy::refused`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RefusedCounts {
+    pub unrouted: u64,
+    pub crowded: u64,
+    pub slow_heads: u64,
+    pub handshakes: u64,
 }
 
 impl Inner {
@@ -184,8 +209,20 @@ impl Proxy {
                 challenges: ArcSwap::from_pointee(HashMap::new()),
                 challenging: AtomicBool::new(false),
                 tls_port: AtomicU16::new(0),
+                refused: Refused::default(),
                 config,
             }),
+        }
+    }
+
+    /// What the proxy turned away on its own since it started.
+    pub fn refused(&self) -> RefusedCounts {
+        let r = &self.inner.refused;
+        RefusedCounts {
+            unrouted: r.unrouted.load(Ordering::Relaxed),
+            crowded: r.crowded.load(Ordering::Relaxed),
+            slow_heads: r.slow_heads.load(Ordering::Relaxed),
+            handshakes: r.handshakes.load(Ordering::Relaxed),
         }
     }
 
@@ -383,6 +420,7 @@ impl Proxy {
             };
             let _ = stream.set_nodelay(true);
             let Some(peer) = Peer::admit(&self.inner, client.ip(), true) else {
+                self.inner.refused.crowded.fetch_add(1, Ordering::Relaxed);
                 if tls.is_none() {
                     refuse_crowded(&self.inner, stream);
                 }
@@ -532,9 +570,13 @@ async fn serve_tls_client(
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             tracing::debug!(error = %e, client = %admitted.peer.ip, "TLS handshake failed");
+            inner.refused.handshakes.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        Err(_) => return,
+        Err(_) => {
+            inner.refused.handshakes.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
     };
     let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
     let read = bytes::BytesMut::new();
@@ -871,7 +913,10 @@ impl Claim {
     ) -> Result<(Arc<Route>, InFlight), Refusal> {
         let refusal = match self {
             Claim::Got(route, slot) => return Ok((route, slot)),
-            Claim::NoRoute => Refusal::new(StatusCode::NOT_FOUND, format!("no route for {host}\n")),
+            Claim::NoRoute => {
+                inner.refused.unrouted.fetch_add(1, Ordering::Relaxed);
+                Refusal::new(StatusCode::NOT_FOUND, format!("no route for {host}\n"))
+            }
             Claim::NoTarget(route) => {
                 route.metrics.record(503, started.elapsed());
                 let text = format!("{} has no ready instance\n", route.service);

@@ -169,3 +169,88 @@ fn the_shipped_systemd_unit_is_valid_and_runs_up_with_flags_it_knows() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The prometheus_client parser (PyPI) on `text`: one line per sample,
+/// `family name labels value`; fails the test when it refuses the text.
+fn parse_exposition(text: &str) -> Vec<String> {
+    const PARSE: &str = r#"import sys
+from prometheus_client.parser import text_string_to_metric_families
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+        print(family.name, s.name, labels, s.value)
+"#;
+    let python = std::env::var("TANDEM_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut child = Command::new(python)
+        .args(["-c", PARSE])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python with prometheus_client (make test installs it)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("parser");
+    assert!(
+        out.status.success(),
+        "the exposition does not parse: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// GET /metrics from `addr`.
+fn scrape(addr: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+}
+
+#[test]
+fn the_agent_serves_valid_metrics_of_every_service_also_while_the_server_is_stopped() {
+    let metrics = format!("127.0.0.1:{}", util::free_port());
+    let mut env = util::Env::start_with(&[("TANDEM_AGENT_METRICS_ADDR", &metrics)]);
+    for name in ["shop", "cart"] {
+        let app = env.app(name, "", name);
+        util::assert_ok(&env.deploy(&app));
+        assert_eq!(env.get(&format!("{name}.test"), "/index.html").0, 200);
+    }
+    assert_eq!(env.get("nobody.test", "/").0, 404);
+    let samples = parse_exposition(&scrape(&metrics).expect("the agent's /metrics"));
+    for wanted in [
+        "tandem_route_requests tandem_route_requests_total class=2xx,service=shop 1",
+        "tandem_route_requests tandem_route_requests_total class=2xx,service=cart 1",
+        "tandem_route_request_duration_seconds tandem_route_request_duration_seconds_count service=cart 1",
+        "tandem_proxy_refused tandem_proxy_refused_total reason=unknown_host 1",
+    ] {
+        assert!(samples.iter().any(|s| s == wanted), "{wanted} in {samples:#?}");
+    }
+    let targets = samples
+        .iter()
+        .filter(|s| s.starts_with("tandem_target_requests tandem_target_requests_total"))
+        .count();
+    assert_eq!(targets, 4 * 5, "2 instances of 2 services, 5 classes each");
+
+    // The data plane reports on itself with the control plane gone.
+    env.kill_up();
+    assert_eq!(env.get("shop.test", "/index.html").0, 200);
+    let samples = parse_exposition(&scrape(&metrics).expect("still served"));
+    assert!(
+        samples
+            .iter()
+            .any(|s| s == "tandem_route_requests tandem_route_requests_total class=2xx,service=shop 2"),
+        "{samples:#?}"
+    );
+}
