@@ -64,6 +64,7 @@ pub async fn serve(
     fresh: bool,
 ) -> Option<(TcpStream, BytesMut)> {
     let head_timeout = inner.config.head_timeout;
+    let read_empty = read.is_empty();
     // Buffers are taken when there is something to read, not before: a
     // connection that sends nothing costs no buffer.
     let mut conn = Conn {
@@ -75,9 +76,10 @@ pub async fn serve(
         kept: Kept(None),
         client_deadline: Deadline::new(inner.config.client_timeout),
         upstream_deadline: Deadline::new(inner.config.response_timeout),
-        // The first head has `head_timeout` from the accept, whether or
-        // not anything comes.
-        head_by: Some(Instant::now() + head_timeout),
+        // A fresh connection's first head has `head_timeout` from the
+        // accept, whether or not anything comes; one moved here between
+        // two requests is idle, unless it brought part of the next.
+        head_by: (fresh || !read_empty).then(|| Instant::now() + head_timeout),
         head_timeout,
     };
     let mut served = !fresh;

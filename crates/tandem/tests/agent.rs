@@ -211,7 +211,11 @@ for family in text_string_to_metric_families(sys.stdin.read()):
 fn scrape(addr: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).ok()?;
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     let (head, body) = text.split_once("\r\n\r\n")?;
@@ -235,7 +239,10 @@ fn the_agent_serves_valid_metrics_of_every_service_also_while_the_server_is_stop
         "tandem_route_request_duration_seconds tandem_route_request_duration_seconds_count service=cart 1",
         "tandem_proxy_refused tandem_proxy_refused_total reason=unknown_host 1",
     ] {
-        assert!(samples.iter().any(|s| s == wanted), "{wanted} in {samples:#?}");
+        assert!(
+            samples.iter().any(|s| s == wanted),
+            "{wanted} in {samples:#?}"
+        );
     }
     let targets = samples
         .iter()
@@ -250,7 +257,8 @@ fn the_agent_serves_valid_metrics_of_every_service_also_while_the_server_is_stop
     assert!(
         samples
             .iter()
-            .any(|s| s == "tandem_route_requests tandem_route_requests_total class=2xx,service=shop 2"),
+            .any(|s| s
+                == "tandem_route_requests tandem_route_requests_total class=2xx,service=shop 2"),
         "{samples:#?}"
     );
 }

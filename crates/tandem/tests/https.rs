@@ -68,7 +68,8 @@ fn curl(ca: &Path, host: &str, port: u16, path: &str) -> (String, u16, String) {
 }
 
 #[test]
-fn certificates_from_files_serve_two_hosts_by_sni_http2_and_a_deploy_under_https_load() {
+fn certificates_from_files_serve_two_hosts_by_sni_http2_and_deploys_and_an_agent_upgrade_under_https_load()
+ {
     let https_port = free_port();
     let tls_addr = format!("127.0.0.1:{https_port}");
     let env = Env::start_with(&[("TANDEM_PROXY_TLS_ADDR", &tls_addr)]);
@@ -137,6 +138,17 @@ fn certificates_from_files_serve_two_hosts_by_sni_http2_and_a_deploy_under_https
         let (_, _, got) = curl(&ca, "api.test", https_port, "/index.html");
         assert_eq!(got, format!("api v{v}"));
     }
+    // The agent upgraded in place: the HTTPS socket and the certificates
+    // go on in the new agent (TLS clients are asked to reconnect).
+    let before = load.ok_so_far();
+    assert_ok(&env.tandem(&["upgrade-agent"]));
+    wait_until(
+        Duration::from_secs(20),
+        "load over HTTPS after the upgrade",
+        || (load.ok_so_far() >= before + 200).then_some(()),
+    );
+    let (_, _, got) = curl(&ca, "shop.test", https_port, "/index.html");
+    assert_eq!(got, "shop v1");
     wait_until(Duration::from_secs(20), "load over HTTPS", || {
         (load.ok_so_far() >= 500).then_some(())
     });
