@@ -290,6 +290,11 @@ pub async fn up(
             .map_err(|e| Exit::failure(format!("cannot open the store: {e}")))?,
         dir,
     );
+    let https = start_agent_on
+        .as_ref()
+        .and_then(|(_, d)| d.proxy_tls_addr)
+        .map(|a| format!(" https://{a}"))
+        .unwrap_or_default();
     let (agent_pid, proxy, held) = match &start_agent_on {
         Some((proxy_addr, data_plane)) => ensure_agent(dir, *proxy_addr, data_plane).await?,
         None => {
@@ -317,7 +322,7 @@ pub async fn up(
         _ => None,
     };
     eprintln!(
-        "tandem up: api http://{api_local}  proxy http://{proxy}  data {}  agent pid {agent_pid}",
+        "tandem up: api http://{api_local}  proxy http://{proxy}{https}  data {}  agent pid {agent_pid}",
         dir.display()
     );
     let delivery = tandem_delivery::Delivery::start(engine.clone(), dir, pipeline_parallelism())
