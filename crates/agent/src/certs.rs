@@ -62,16 +62,23 @@ impl CertStore {
     /// when they do not load, or cannot be kept.
     pub fn install(&self, host: &str, chain_pem: &str, key_pem: &str) -> Result<(), String> {
         let host = file_host(host)?;
-        let key = tls::certified_key(chain_pem.as_bytes(), key_pem.as_bytes())?;
-        if !tls::names(&key, &host) {
-            return Err(format!(
-                "the certificate does not name {host}: a client asking for {host} would refuse it"
-            ));
+        if chain_pem.contains("PRIVATE KEY") || key_pem.contains("CERTIFICATE") {
+            return Err(
+                "the chain holds a private key, or the key a certificate: give each its own PEM"
+                    .into(),
+            );
         }
         let mut pem = chain_pem.trim_end().to_owned();
         pem.push('\n');
         pem.push_str(key_pem.trim_end());
         pem.push('\n');
+        // Checked as it is kept, so that a later agent loads the same.
+        let key = tls::certified_key(pem.as_bytes(), pem.as_bytes())?;
+        if !tls::names(&key, &host) {
+            return Err(format!(
+                "the certificate does not name {host}: a client asking for {host} would refuse it"
+            ));
+        }
         self.write(&host, pem.as_bytes())
             .map_err(|e| format!("cannot keep the certificate in {}: {e}", self.dir.display()))?;
         self.certificates.set(&host, key);
@@ -109,9 +116,11 @@ impl CertStore {
         std::fs::create_dir_all(&self.dir)?;
         std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))?;
         let path = self.dir.join(format!("{host}.pem"));
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp = self
             .dir
-            .join(format!(".{host}.pem.{}.tmp", std::process::id()));
+            .join(format!(".{host}.pem.{}.{n}.tmp", std::process::id()));
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -216,6 +225,11 @@ mod tests {
             .install("y.test", &chain, &key)
             .expect_err("another name");
         assert!(err.contains("does not name y.test"), "{err}");
+        let combined = format!("{key}{chain}");
+        let err = store
+            .install("x.test", &combined, &key)
+            .expect_err("a key in the chain");
+        assert!(err.contains("its own PEM"), "{err}");
         for host in ["../x", "a/b", "", ".x", "a..b", "*.x"] {
             assert!(store.install(host, &chain, &key).is_err(), "{host:?}");
         }

@@ -9,7 +9,8 @@
 //! serves and keeps the certificate (`SetCertificate`); its key never
 //! leaves the two. Each outcome is journalled (`certificate.installed`,
 //! `certificate.failed`, without key material); a host that failed is
-//! tried again after a doubling wait (1 minute up to 6 hours). The ACME
+//! tried again after a doubling wait (5 minutes up to 6 hours, under
+//! Let's Encrypt's limit on failed validations). The ACME
 //! account is kept in `<data>/acme/account.json` (owner-only), and made
 //! again when the server no longer knows it.
 
@@ -26,6 +27,7 @@ use tandem_core::journal::NewEvent;
 use tandem_core::spec::{Spec, Tls};
 
 use crate::Engine;
+use crate::certs::fingerprint;
 use crate::placement::Placement;
 
 /// Where and how certificates are ordered.
@@ -44,7 +46,9 @@ pub struct AcmeConfig {
 }
 
 const ACTOR: &str = "system:acme";
-const FIRST_RETRY: Duration = Duration::from_secs(60);
+/// Let's Encrypt allows 5 failed validations per host an hour: 5, 10,
+/// 20, 40 minutes stay under it.
+const FIRST_RETRY: Duration = Duration::from_secs(5 * 60);
 const LAST_RETRY: Duration = Duration::from_secs(6 * 3600);
 
 impl Engine {
@@ -97,6 +101,7 @@ impl Engine {
             .filter_map(|s| serde_json::from_value::<Spec>(s.spec).ok())
             .filter(|spec| spec.route.tls == Some(Tls::Acme))
             .flat_map(|spec| Placement::all(&spec).into_iter().map(|p| p.route.host))
+            .map(|host| host.trim_end_matches('.').to_ascii_lowercase())
             .collect();
         wanted.sort();
         wanted.dedup();
@@ -107,12 +112,16 @@ impl Engine {
             return Vec::new();
         };
         let horizon = SystemTime::now() + config.renew_before;
+        let issued = Issued::read(&self.data_dir);
         wanted.retain(|host| {
-            let lasts = served
-                .iter()
-                .find(|c| &c.host == host)
-                .and_then(|c| not_after(&c.chain_pem));
-            lasts.is_none_or(|end| end <= horizon)
+            let Some(cert) = served.iter().find(|c| &c.host == host) else {
+                return true;
+            };
+            // One this loop did not issue (put there by hand, say) is
+            // replaced: `tls: acme` means the ACME server's.
+            let ours = issued.0.get(host) == Some(&fingerprint(&cert.chain_pem));
+            let lasts = not_after(&cert.chain_pem);
+            !ours || lasts.is_none_or(|end| end <= horizon)
         });
         wanted
     }
@@ -202,6 +211,11 @@ impl Engine {
             .set_certificate(host, &chain_pem, &key_pem)
             .await
             .map_err(|e| format!("the agent refused the certificate: {e}"))?;
+        let mut issued = Issued::read(&self.data_dir);
+        issued.0.insert(host.to_owned(), fingerprint(&chain_pem));
+        issued
+            .write(&self.data_dir)
+            .map_err(|e| format!("cannot note the certificate as issued: {e}"))?;
         let expires = not_after(&chain_pem).map(|t| {
             jiff::Timestamp::try_from(t)
                 .map(|t| t.to_string())
@@ -271,19 +285,52 @@ struct KeptAccount {
 }
 
 fn keep_account(file: &Path, kept: &KeptAccount) -> std::io::Result<()> {
-    use std::io::Write;
-    if let Some(dir) = file.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
     let text = serde_json::to_vec_pretty(kept).map_err(std::io::Error::other)?;
+    write_private(file, &text)
+}
+
+/// Writes `bytes` to `file` whole (a temporary file renamed into place),
+/// owner-only, in an owner-only directory.
+fn write_private(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = file.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    let tmp = file.with_extension("tmp");
     let mut out = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(file)?;
-    out.write_all(&text)?;
-    out.sync_all()
+        .open(&tmp)?;
+    out.write_all(bytes)?;
+    out.sync_all()?;
+    std::fs::rename(&tmp, file)
+}
+
+/// The chains this loop issued, by host (their SHA-256), in
+/// `<data>/acme/issued.json`: a certificate served for an ACME host that
+/// is not among them is replaced.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct Issued(std::collections::BTreeMap<String, String>);
+
+impl Issued {
+    fn file(data_dir: &Path) -> PathBuf {
+        data_dir.join("acme").join("issued.json")
+    }
+
+    fn read(data_dir: &Path) -> Issued {
+        std::fs::read(Issued::file(data_dir))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    fn write(&self, data_dir: &Path) -> std::io::Result<()> {
+        let text = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        write_private(&Issued::file(data_dir), &text)
+    }
 }
 
 /// When the leaf certificate of a PEM chain stops being valid.

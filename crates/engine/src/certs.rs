@@ -29,6 +29,7 @@ impl Engine {
         let Some(Tls::Files { cert, key }) = &spec.route.tls else {
             return Ok(());
         };
+        self.check_certificate_hosts(spec).await?;
         let chain = read_pem(dir, "cert", cert)?;
         let key = read_pem(dir, "key", key)?;
         let served = self.agent.certificates().await?;
@@ -36,7 +37,7 @@ impl Engine {
             let host = place.route.host.as_str();
             let same = served
                 .iter()
-                .any(|c| c.host == host && c.chain_pem.trim() == chain.trim());
+                .any(|c| c.host == host && fingerprint(&c.chain_pem) == fingerprint(&chain));
             if same {
                 continue;
             }
@@ -52,6 +53,34 @@ impl Engine {
                     "cert": cert.as_str(),
                 }));
             self.store.append(event).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Engine {
+    /// Refuses a spec that would set the certificate of a host another
+    /// service serves too (on any path): a certificate is per host, and one
+    /// service must not replace what another's clients are shown.
+    pub(crate) async fn check_certificate_hosts(&self, spec: &Spec) -> Result<(), EngineError> {
+        let name = spec.service.name.as_str();
+        let mine = Placement::all(spec);
+        for other in self.store.services().await? {
+            if other.name == name {
+                continue;
+            }
+            let Ok(theirs) = serde_json::from_value::<Spec>(other.spec) else {
+                continue;
+            };
+            for held in Placement::all(&theirs) {
+                let host = &held.route.host;
+                if mine.iter().any(|p| p.route.host.eq_ignore_ascii_case(host)) {
+                    return Err(EngineError::BadInput(format!(
+                        "route.tls: {} serves {host} too; only the one service on a host may set its certificate",
+                        other.name
+                    )));
+                }
+            }
         }
         Ok(())
     }
@@ -78,4 +107,33 @@ fn read_pem(dir: &Path, field: &str, path: &TlsPath) -> Result<String, EngineErr
         return Err(bad(format!("larger than {} KiB", MAX_PEM / 1024)));
     }
     std::fs::read_to_string(&file).map_err(|e| bad(format!("cannot read it: {e}")))
+}
+
+/// A chain's identity whatever its PEM layout: SHA-256 over the DER of its
+/// certificates in order.
+pub(crate) fn fingerprint(chain_pem: &str) -> String {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    for pem in x509_parser::pem::Pem::iter_from_buffer(chain_pem.as_bytes()).flatten() {
+        if pem.label == "CERTIFICATE" {
+            hash.update(&pem.contents);
+        }
+    }
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_is_the_same_whatever_its_pem_layout() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let params = rcgen::CertificateParams::new(vec!["shop.test".to_owned()]).expect("params");
+        let pem = params.self_signed(&key).expect("cert").pem();
+        let spaced = format!("\n\n{}\n\n", pem.replace('\n', "\r\n"));
+        assert_eq!(fingerprint(&pem), fingerprint(&spaced));
+        let other = rcgen::generate_simple_self_signed(vec!["shop.test".into()]).expect("cert");
+        assert_ne!(fingerprint(&pem), fingerprint(&other.cert.pem()));
+    }
 }

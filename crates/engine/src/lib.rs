@@ -21,7 +21,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tandem_core::journal::NewEvent;
 use tandem_core::protocol::{GroupSpec, ProbeKind, ProbeSpec};
 use tandem_core::spec::{
-    Check, DEFAULT_LIVENESS_INTERVAL, DEFAULT_READINESS_INTERVAL, Probe, Spec, SpecError,
+    Check, DEFAULT_LIVENESS_INTERVAL, DEFAULT_READINESS_INTERVAL, Probe, Spec, SpecError, Tls,
 };
 use tandem_store::{ReleaseRow, ServiceUpsert, Store, StoreError};
 
@@ -167,6 +167,9 @@ impl Engine {
         source: &str,
         actor: &str,
     ) -> Result<(), EngineError> {
+        if spec.route.tls.is_some() {
+            self.check_certificate_hosts(spec).await?;
+        }
         let name = spec.service.name.as_str();
         let mine = Placement::all(spec);
         for other in self.store.services().await? {
@@ -221,7 +224,14 @@ impl Engine {
         reporter: &Reporter,
     ) -> Result<ReleaseRow, EngineError> {
         reporter.phase("artifact", "storing the release");
-        let files = artifact::collect(root, &spec.artifact.paths)?;
+        let mut files = artifact::collect(root, &spec.artifact.paths)?;
+        // A route's private key is the proxy's alone (installed from the
+        // tree at registration): no copy of it in the release, where the
+        // service could read or even serve it.
+        if let Some(Tls::Files { key, .. }) = &spec.route.tls {
+            let key = std::path::Path::new(key.as_str());
+            files.retain(|f| f != key);
+        }
         let digest = artifact::digest(root, &files)?;
         let path = artifact::store(&self.data_dir.join("artifacts"), &digest, root, &files)?;
         let spec_json = serde_json::to_value(spec).map_err(|e| EngineError::Io(e.to_string()))?;

@@ -3,8 +3,8 @@
 //! request keeps exactly the headers the upgrade needs.
 
 use http::header::{
-    CONNECTION, CONTENT_LENGTH, HOST, HeaderMap, HeaderName, HeaderValue, TRANSFER_ENCODING,
-    UPGRADE,
+    CONNECTION, CONTENT_LENGTH, HOST, HeaderMap, HeaderName, HeaderValue, TRAILER,
+    TRANSFER_ENCODING, UPGRADE,
 };
 
 /// Hop-by-hop headers, plus `Upgrade` (restored on its own for upgrades),
@@ -39,18 +39,24 @@ static HOP_BY_HOP: [HeaderName; 9] = {
     ]
 };
 
-const FORWARDING: [(&str, Forwarding); 5] = [
+const FORWARDING: [(&str, Forwarding); 11] = [
     ("x-forwarded-for", Forwarding::For),
     ("x-forwarded-proto", Forwarding::Proto),
     ("x-forwarded-host", Forwarding::Host),
     ("forwarded", Forwarding::Rfc7239),
     ("x-real-ip", Forwarding::RealIp),
+    // What frameworks also read a client's scheme, port or address from.
+    ("x-forwarded-ssl", Forwarding::Other),
+    ("x-forwarded-scheme", Forwarding::Other),
+    ("x-forwarded-port", Forwarding::Other),
+    ("x-forwarded-prefix", Forwarding::Other),
+    ("x-forwarded-server", Forwarding::Other),
+    ("front-end-https", Forwarding::Other),
 ];
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static(FORWARDING[0].0);
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static(FORWARDING[1].0);
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static(FORWARDING[2].0);
 static FORWARDED: HeaderName = HeaderName::from_static(FORWARDING[3].0);
-static X_REAL_IP: HeaderName = HeaderName::from_static(FORWARDING[4].0);
 
 /// `name` equals the lower-case `known` in any case; the length is
 /// compared first, which rules out almost every header at once.
@@ -84,13 +90,24 @@ pub enum Forwarding {
     /// RFC 7239's `Forwarded`.
     Rfc7239,
     RealIp,
+    /// Another header a framework reads the client's scheme, port or
+    /// address from: dropped from clients, kept from trusted proxies.
+    Other,
 }
 
-/// Which of the forwarding headers `name` is, in any case.
+/// Which of the forwarding headers `name` is, in any case and with `_`
+/// for `-` (CGI, WSGI and PHP servers read `X_Forwarded_For` as
+/// `X-Forwarded-For`).
 pub fn forwarded(name: &str) -> Option<Forwarding> {
     FORWARDING
         .iter()
-        .find(|(known, _)| is(known, name))
+        .find(|(known, _)| {
+            known.len() == name.len()
+                && known
+                    .bytes()
+                    .zip(name.bytes())
+                    .all(|(k, n)| k == n.to_ascii_lowercase() || (k == b'-' && n == b'_'))
+        })
         .map(|&(_, which)| which)
 }
 
@@ -245,15 +262,25 @@ pub fn add_forwarded(headers: &mut HeaderMap, peer: &Peer, host: &HeaderValue) {
             .collect();
         (!all.is_empty()).then(|| all.join(", "))
     };
+    // A client's claims go, and so does any `_` spelling (no proxy sends
+    // one; servers that read it as the `-` one would believe it).
+    let claims: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            forwarded(name.as_str()).is_some() && (!peer.trusted || name.as_str().contains('_'))
+        })
+        .cloned()
+        .collect();
+    for name in claims {
+        headers.remove(name);
+    }
     let (prior_for, prior_forwarded) = match peer.trusted {
         true => (
             joined(&X_FORWARDED_FOR, headers),
             joined(&FORWARDED, headers),
         ),
         false => {
-            for name in [&X_FORWARDED_PROTO, &X_FORWARDED_HOST, &X_REAL_IP] {
-                headers.remove(name);
-            }
+            undeclare_forwarding_trailers(headers);
             (None, None)
         }
     };
@@ -279,6 +306,28 @@ pub fn add_forwarded(headers: &mut HeaderMap, peer: &Peer, host: &HeaderValue) {
         headers.insert(X_FORWARDED_HOST.clone(), host.clone());
     }
     headers.insert(HOST, host.clone());
+}
+
+/// Takes forwarding headers out of the trailers a client declares
+/// (`Trailer`), which hyper sends on: they would reach the service after
+/// the body, past the replacement above.
+fn undeclare_forwarding_trailers(headers: &mut HeaderMap) {
+    let Some(declared) = headers.get(TRAILER).and_then(|v| v.to_str().ok()) else {
+        return;
+    };
+    let kept: Vec<&str> = declared
+        .split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty() && forwarded(name).is_none())
+        .collect();
+    match HeaderValue::from_str(&kept.join(", ")) {
+        Ok(value) if !kept.is_empty() => {
+            headers.insert(TRAILER, value);
+        }
+        _ => {
+            headers.remove(TRAILER);
+        }
+    }
 }
 
 /// Puts back the two headers an upgrade needs.
@@ -351,7 +400,10 @@ mod tests {
         assert!(!is_hop_by_hop("te2") && !is_hop_by_hop("accept"));
         assert_eq!(forwarded("X-Forwarded-For"), Some(Forwarding::For));
         assert_eq!(forwarded("x-forwarded-host"), Some(Forwarding::Host));
-        assert_eq!(forwarded("x-forwarded-port"), None);
+        assert_eq!(forwarded("X_Forwarded_For"), Some(Forwarding::For));
+        assert_eq!(forwarded("x-forwarded-port"), Some(Forwarding::Other));
+        assert_eq!(forwarded("x-forwarded-fox"), None);
+        assert_eq!(forwarded("accept"), None);
     }
 
     fn claimed() -> HeaderMap {
@@ -362,6 +414,12 @@ mod tests {
         h.insert("x-forwarded-host", HeaderValue::from_static("evil.test"));
         h.insert("forwarded", HeaderValue::from_static("for=10.0.0.1"));
         h.insert("x-real-ip", HeaderValue::from_static("10.0.0.1"));
+        h.insert("x_forwarded_for", HeaderValue::from_static("10.0.0.3"));
+        h.insert("x-forwarded-ssl", HeaderValue::from_static("on"));
+        h.insert(
+            "trailer",
+            HeaderValue::from_static("x-forwarded-for, x-checksum"),
+        );
         h
     }
 
@@ -386,7 +444,11 @@ mod tests {
         assert_eq!(h["host"], "shop.test");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert!(!h.contains_key("forwarded") && !h.contains_key("x-real-ip"));
-        assert_eq!(h.len(), 4, "{h:?}");
+        assert_eq!(
+            h["trailer"], "x-checksum",
+            "no forwarding header as a trailer"
+        );
+        assert_eq!(h.len(), 5, "{h:?}");
     }
 
     #[test]

@@ -854,11 +854,15 @@ fn parse_request(buf: &[u8], peer: &Peer, out: &mut Vec<u8>) -> Parsed {
     let (mut proto_given, mut host_given, mut secure) = (false, false, false);
     for h in req.headers.iter() {
         if let Some(which) = forward::forwarded(h.name) {
-            if peer.trusted {
+            // A `_` spelling is nobody's to send (see `forward`).
+            if peer.trusted && !h.name.contains('_') {
                 match which {
                     Forwarding::For => prior_for.push(h.value),
                     Forwarding::Rfc7239 => prior_forwarded.push(h.value),
-                    Forwarding::Proto | Forwarding::Host | Forwarding::RealIp => {
+                    Forwarding::Proto
+                    | Forwarding::Host
+                    | Forwarding::RealIp
+                    | Forwarding::Other => {
                         proto_given |= which == Forwarding::Proto;
                         secure |=
                             which == Forwarding::Proto && h.value.eq_ignore_ascii_case(b"https");

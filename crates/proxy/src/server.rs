@@ -122,6 +122,10 @@ pub(crate) struct Inner {
     tls_port: AtomicU16,
     /// What was refused before any route was involved.
     pub(crate) refused: Refused,
+    /// When a client at its connection limit was last logged.
+    crowd_warning: Every,
+    /// Serialises changes of `challenges` and `challenging`.
+    challenge_lock: Mutex<()>,
 }
 
 /// Counts of what the proxy turned away on its own, before or without a
@@ -210,6 +214,8 @@ impl Proxy {
                 challenging: AtomicBool::new(false),
                 tls_port: AtomicU16::new(0),
                 refused: Refused::default(),
+                crowd_warning: Every::default(),
+                challenge_lock: Mutex::new(()),
                 config,
             }),
         }
@@ -325,6 +331,7 @@ impl Proxy {
     /// Answers ACME HTTP-01 challenge `token` with `key_authorization`
     /// (for any host, on plain HTTP), or no longer (`None`).
     pub fn set_challenge(&self, token: &str, key_authorization: Option<&str>) {
+        let _one_at_a_time = self.inner.challenge_lock.lock();
         let next = self.inner.challenges.rcu(|current| {
             let mut next = HashMap::clone(current);
             match key_authorization {
@@ -463,26 +470,64 @@ impl Peer {
             proto: "http",
         };
         let mut counted = None;
+        let source = client_source(ip);
         if !trusted && let Ok(mut per_client) = inner.per_client.lock() {
-            let open = per_client.entry(ip).or_insert(0);
+            let open = per_client.entry(source).or_insert(0);
             if enforce && *open >= config.max_connections_per_client {
-                if *open == config.max_connections_per_client {
+                // Said once a minute at most: every refused connection
+                // would be a line, at the attacker's pace.
+                if inner.crowd_warning.due(Duration::from_secs(60)) {
                     tracing::warn!(
-                        client = %ip,
+                        client = %source,
                         max = config.max_connections_per_client,
-                        "a client address reached its connection limit; more are refused"
+                        "a client address is at its connection limit; more are refused (429)"
                     );
                 }
                 return None;
             }
             *open += 1;
-            counted = Some(ip);
+            counted = Some(source);
         }
         Some(Admitted {
             inner: Arc::clone(inner),
             peer,
             counted,
         })
+    }
+}
+
+/// What a client is counted as against `max_connections_per_client`: its
+/// IPv4 address, or its IPv6 /64 (one subscriber's network, inside which
+/// an address costs nothing to change).
+fn client_source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let net = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(net))
+        }
+    }
+}
+
+/// Lets something through at most once per period (a log line).
+#[derive(Debug, Default)]
+pub(crate) struct Every {
+    /// Milliseconds since `UNIX_EPOCH` it last let through.
+    last_ms: AtomicU64,
+}
+
+impl Every {
+    fn due(&self, period: Duration) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let last = self.last_ms.load(Ordering::Relaxed);
+        let period = u64::try_from(period.as_millis()).unwrap_or(u64::MAX);
+        now.saturating_sub(last) >= period
+            && self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 }
 
@@ -587,19 +632,43 @@ async fn serve_tls_client(
 /// path read of it and did not consume; `http2` when TLS's ALPN chose it.
 async fn serve_general<S>(
     inner: Arc<Inner>,
-    stream: S,
+    mut stream: S,
     peer: &Peer,
-    read: bytes::BytesMut,
+    mut read: bytes::BytesMut,
     http2: bool,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    use tokio::io::AsyncReadExt;
+    // hyper-util sniffs the protocol from the first bytes and waits for
+    // them as long as they take, before any of hyper's own timers run: a
+    // TLS client silent after its handshake, or an HTTP/2 preface that
+    // stops half way, gets `head_timeout` for them, as any head does.
+    let by = tokio::time::Instant::now() + inner.config.head_timeout;
+    while read.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&read) {
+        read.reserve(H2_PREFACE.len());
+        match tokio::time::timeout_at(by, stream.read_buf(&mut read)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => return,
+            Err(_) => {
+                inner.refused.slow_heads.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
     let client = peer.ip.clone();
     let peer = Arc::new(peer.clone());
     let mut closing = inner.closing_signal();
     let general = inner.general.clone();
     let svc_inner = Arc::clone(&inner);
+    // When the last request started, for letting an idle HTTP/2
+    // connection go (its pings keep it open otherwise).
+    let opened = tokio::time::Instant::now();
+    let last_request = Arc::new(AtomicU64::new(0));
+    let seen = Arc::clone(&last_request);
     let svc = service_fn(move |req| {
+        let since = u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        seen.store(since, Ordering::Relaxed);
         let inner = Arc::clone(&svc_inner);
         let http1 = req.version() < Version::HTTP_2;
         let answer = handle(Arc::clone(&inner), Arc::clone(&peer), req);
@@ -613,14 +682,31 @@ async fn serve_general<S>(
             Ok::<_, Infallible>(resp)
         }
     });
-    // h2c with prior knowledge: the fast path has read its preface.
-    let http2 = http2 || read.starts_with(b"PRI * HTTP/2.0");
+    let http2 = http2 || read.starts_with(H2_PREFACE);
+    let idle = async {
+        loop {
+            let last = Duration::from_millis(last_request.load(Ordering::Relaxed));
+            let until = opened + last + H2_IDLE;
+            if tokio::time::Instant::now() >= until {
+                return;
+            }
+            tokio::time::sleep_until(until).await;
+        }
+    };
     let io = TokioIo::new(Prefixed::new(read, stream));
     let conn = general.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
+    // An HTTP/2 connection is asked to go away (GOAWAY: its open streams
+    // finish, no new ones start) when the proxy closes, or when no request
+    // has started on it for `H2_IDLE`.
     let ended = tokio::select! {
         ended = conn.as_mut() => ended,
-        () = async { let _ = closing.wait_for(|c| *c).await; }, if http2 => {
+        () = async {
+            tokio::select! {
+                _ = closing.wait_for(|c| *c) => {}
+                () = idle => {}
+            }
+        }, if http2 => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }
@@ -629,6 +715,13 @@ async fn serve_general<S>(
         tracing::debug!(error = %e, %client, "client connection ended with error");
     }
 }
+
+/// What an HTTP/2 client sends first (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How long an HTTP/2 connection may go without a new request before it
+/// is asked to go away (the fast path's keep-alive idle time).
+const H2_IDLE: Duration = Duration::from_secs(75);
 
 /// How often an HTTP/2 client is pinged when it has sent nothing.
 const H2_PING_EVERY: Duration = Duration::from_secs(30);
@@ -678,11 +771,21 @@ async fn handle(
     // A coding beside chunked (`gzip, chunked`) would reach the service
     // without its name once hyper has framed the body anew: refused, as
     // nginx does (RFC 9112 §6.1: 501 for a coding not understood).
-    let codings = req.headers().get_all(http::header::TRANSFER_ENCODING);
-    if codings
+    // Every line of it is one list (RFC 9110 §5.3): chunked on two lines is
+    // chunked twice.
+    let mut codings = req
+        .headers()
+        .get_all(http::header::TRANSFER_ENCODING)
         .iter()
-        .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
-    {
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty());
+    let only_chunked = match (codings.next(), codings.next()) {
+        (None, _) => true,
+        (Some(c), None) => c.eq_ignore_ascii_case(b"chunked"),
+        (Some(_), Some(_)) => false,
+    };
+    if !only_chunked {
         return Ok(plain(
             StatusCode::NOT_IMPLEMENTED,
             "only the chunked transfer coding is taken\n",
@@ -1103,5 +1206,28 @@ mod tests {
         let task = serve_client(inner, stream, admitted, bytes::BytesMut::new(), None, true);
         let size = std::mem::size_of_val(&task);
         assert!(size <= 3 * 1024, "a connection's future is {size} bytes");
+    }
+
+    #[test]
+    fn a_client_is_counted_by_its_ipv4_address_or_its_ipv6_64() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        assert_eq!(client_source(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(
+            client_source(ip("2001:db8:1:2:aa::1")),
+            ip("2001:db8:1:2::")
+        );
+        assert_eq!(
+            client_source(ip("2001:db8:1:2:ffff::9")),
+            client_source(ip("2001:db8:1:2::5"))
+        );
+        assert_ne!(client_source(ip("2001:db8:1:3::1")), ip("2001:db8:1:2::"));
+    }
+
+    #[test]
+    fn a_warning_is_due_once_a_period() {
+        let every = Every::default();
+        assert!(every.due(Duration::from_secs(60)));
+        assert!(!every.due(Duration::from_secs(60)));
+        assert!(every.due(Duration::ZERO));
     }
 }

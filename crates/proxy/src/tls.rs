@@ -18,8 +18,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-/// The certificates the proxy serves, by host name (lowercase; a
-/// `*.example.test` entry covers one label under `example.test`).
+/// The certificates the proxy serves, by host name (lowercase).
 #[derive(Debug, Default)]
 pub struct Certificates {
     by_host: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
@@ -54,15 +53,10 @@ impl Certificates {
         hosts
     }
 
-    /// The certificate for `name`: its own, or a wildcard's one label up.
+    /// The certificate for `name`.
     pub fn find(&self, name: &str) -> Option<Arc<CertifiedKey>> {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
-        let by_host = self.by_host.load();
-        if let Some(key) = by_host.get(&name) {
-            return Some(Arc::clone(key));
-        }
-        let (_, parent) = name.split_once('.')?;
-        by_host.get(&format!("*.{parent}")).cloned()
+        self.by_host.load().get(&name).cloned()
     }
 }
 
@@ -128,7 +122,7 @@ mod tests {
     }
 
     #[test]
-    fn a_host_gets_its_own_certificate_or_its_wildcards() {
+    fn a_host_gets_its_own_certificate() {
         let certs = Certificates::default();
         let (shop, shop_key) = pair(&["shop.test"]);
         let (any, any_key) = pair(&["*.apps.test"]);
@@ -137,14 +131,15 @@ mod tests {
             certified_key(shop.as_bytes(), shop_key.as_bytes()).expect("shop"),
         );
         certs.set(
-            "*.apps.test",
+            "x.apps.test",
             certified_key(any.as_bytes(), any_key.as_bytes()).expect("wildcard"),
         );
         assert!(certs.find("shop.test").is_some());
         assert!(certs.find("SHOP.test.").is_some(), "case and a final dot");
-        assert!(certs.find("a.apps.test").is_some(), "one label under");
-        assert!(certs.find("a.b.apps.test").is_none(), "not two");
-        assert!(certs.find("apps.test").is_none());
+        assert!(
+            certs.find("y.apps.test").is_none(),
+            "kept by host, not by name"
+        );
         assert!(certs.find("other.test").is_none());
         let served = certs.find("shop.test").expect("shop");
         assert!(names(&served, "shop.test") && !names(&served, "other.test"));
@@ -152,7 +147,7 @@ mod tests {
         assert!(names(&wildcard, "x.apps.test") && !names(&wildcard, "apps.test"));
         certs.remove("shop.test");
         assert!(certs.find("shop.test").is_none());
-        assert_eq!(certs.hosts(), ["*.apps.test"]);
+        assert_eq!(certs.hosts(), ["x.apps.test"]);
     }
 
     #[test]

@@ -239,7 +239,7 @@ async fn forwards_with_x_forwarded_headers_and_without_hop_by_hop_ones() {
 /// What a client claims of where a request came from.
 const CLAIMS: &str = "X-Forwarded-For: 10.0.0.1\r\nX-Forwarded-For: 10.0.0.2\r\n\
     Forwarded: for=10.0.0.1\r\nX-Real-IP: 10.0.0.1\r\nX-Forwarded-Proto: https\r\n\
-    X-Forwarded-Host: evil.test\r\n";
+    X-Forwarded-Host: evil.test\r\nX_Forwarded_For: 10.0.0.3\r\nX-Forwarded-Ssl: on\r\n";
 
 #[tokio::test]
 async fn a_clients_forwarding_headers_are_replaced_on_both_paths() {
@@ -264,7 +264,15 @@ async fn a_clients_forwarding_headers_are_replaced_on_both_paths() {
                 "HTTP/{version}: {wanted}: {seen}"
             );
         }
-        for gone in ["10.0.0", "forwarded:", "x-real-ip", "evil", "https"] {
+        for gone in [
+            "10.0.0",
+            "forwarded:",
+            "x-real-ip",
+            "evil",
+            "https",
+            "ssl",
+            "x_",
+        ] {
             assert!(!seen.contains(gone), "HTTP/{version}: {gone}: {seen}");
         }
     }
@@ -299,6 +307,11 @@ async fn a_trusted_proxys_forwarding_headers_are_kept_and_extended_on_both_paths
             );
         }
         assert_eq!(seen.matches("x-forwarded-for").count(), 1, "{seen}");
+        assert!(
+            !seen.contains("10.0.0.3"),
+            "a `_` spelling is nobody's: {seen}"
+        );
+        assert!(seen.contains("x-forwarded-ssl: on\n"), "{seen}");
     }
 }
 
@@ -901,6 +914,15 @@ async fn a_head_that_drips_is_cut_off_after_the_head_timeout_however_slowly_it_c
         0,
         "nothing forwarded"
     );
+}
+
+#[tokio::test]
+async fn an_http2_preface_that_stops_half_way_is_let_go_after_the_head_timeout() {
+    let setup = start_proxy(vec![start_backend().await]).await;
+    let (got, took) = until_closed(setup.proxy_addr, "PRI * HTTP/2.0\r\n").await;
+    assert_eq!(got, "");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert_eq!(setup.proxy.refused().slow_heads, 1);
 }
 
 #[tokio::test]

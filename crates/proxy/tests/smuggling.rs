@@ -218,6 +218,11 @@ fn attacks() -> Vec<(&'static str, Vec<u8>, Expect)> {
             Refused,
         ),
         (
+            "TE: chunked on two lines",
+            cl_te("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n"),
+            Refused,
+        ),
+        (
             "TE: Chunked",
             cl_te("Transfer-Encoding: Chunked\r\n"),
             Either,

@@ -364,3 +364,19 @@ async fn a_tunnel_runs_over_tls() {
         .expect("read");
     assert_eq!(&echoed, b"ping");
 }
+
+#[tokio::test]
+async fn a_tls_client_silent_after_its_handshake_is_let_go_after_the_head_timeout() {
+    let setup = start().await;
+    let started = std::time::Instant::now();
+    let mut tls = connect(setup.https, "api.test", &setup.ca_pem, &[b"http/1.1"]).await;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(8), tls.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "still open after 8 s");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1_500) && took < Duration::from_secs(5),
+        "closed after {took:?}, head timeout 2 s"
+    );
+    assert_eq!(setup.proxy.refused().slow_heads, 1);
+}

@@ -86,8 +86,8 @@ fn certificates_from_files_serve_two_hosts_by_sni_http2_and_deploys_and_an_agent
         let ca = certificates(&shop.join("cert"), &["shop.test", "api.test"]);
         for ext in ["crt", "key"] {
             let name = format!("api.test.{ext}");
-            std::fs::copy(shop.join("cert").join(&name), api.join("cert").join(&name))
-                .expect("copy");
+            std::fs::rename(shop.join("cert").join(&name), api.join("cert").join(&name))
+                .expect("move");
         }
         ca
     };
@@ -129,6 +129,23 @@ fn certificates_from_files_serve_two_hosts_by_sni_http2_and_deploys_and_an_agent
         "{events}"
     );
     assert!(!events.contains("PRIVATE KEY"));
+    // The key stays out of the release: the service cannot read or serve
+    // it; the certificate, public, goes with the rest of the tree.
+    let artifacts: Vec<_> = std::fs::read_dir(env.data().join("artifacts"))
+        .expect("artifacts")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(!artifacts.is_empty());
+    for release in &artifacts {
+        let certs = release.join("cert");
+        assert!(!certs.join("api.test.key").exists() && !certs.join("shop.test.key").exists());
+    }
+    assert!(
+        artifacts
+            .iter()
+            .any(|r| r.join("cert/api.test.crt").exists())
+    );
 
     // Releases under HTTPS load: no request fails.
     let load = Load::start_on(&util::tls(&tls_addr, "api.test", &ca_pem), "api.test", 4);
@@ -190,6 +207,28 @@ fn a_certificate_file_outside_the_spec_or_not_naming_the_host_is_refused_and_cha
     assert!(
         !String::from_utf8_lossy(&services.stdout).contains("wrong"),
         "nothing registered"
+    );
+
+    // A host another service serves (on any path) is not this one's to
+    // certify: its clients would be shown a certificate it chose.
+    let owner = env.app("owner", "", "owner");
+    assert_ok(&env.deploy(&owner));
+    let thief = env.root.path().join("thief");
+    std::fs::create_dir_all(thief.join("c")).expect("mkdir");
+    certificates(&thief.join("c"), &["owner.test"]);
+    std::fs::write(
+        thief.join("tandem.yaml"),
+        "service: { name: thief }\nrun: { command: \"exec python3 -m http.server $PORT --bind 127.0.0.1\" }\n\
+         route:\n  host: owner.test\n  path_prefix: /x\n  tls: { cert: c/owner.test.crt, key: c/owner.test.key }\n",
+    )
+    .expect("write");
+    let out = env.deploy(&thief);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("owner serves owner.test too"), "{stderr}");
+    assert!(
+        !env.data().join("tls/owner.test.pem").exists(),
+        "nothing installed"
     );
 }
 
