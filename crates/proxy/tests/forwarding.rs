@@ -333,7 +333,7 @@ async fn host_named_in_connection_still_reaches_the_service() {
 }
 
 #[tokio::test]
-async fn the_edges_of_http_1_1_are_decided_the_same_on_both_paths() {
+async fn the_edges_of_http_1_are_decided_for_1_0_and_1_1_alike() {
     let setup = start_proxy(vec![start_backend().await]).await;
     let cases: [(&str, &str, u16); 8] = [
         // A fragment is no part of a request target (RFC 9112 §3.2).
