@@ -899,6 +899,10 @@ impl Supervisor {
                 (vec![("reason", "client_connection_limit")], refused.crowded),
                 (vec![("reason", "request_head_timeout")], refused.slow_heads),
                 (vec![("reason", "tls_handshake")], refused.handshakes),
+                (
+                    vec![("reason", "idle_at_connection_limit")],
+                    refused.reclaimed,
+                ),
             ],
         );
         let state = lock(&self.shared.state);

@@ -28,6 +28,7 @@ use bytes::{Buf, BytesMut};
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::deadline::Deadline;
@@ -45,6 +46,8 @@ const MAX_HEADERS: usize = 100;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 /// Bytes read from a socket at a time.
 const READ_SIZE: usize = 16 * 1024;
+/// How long a head may take while the proxy is at its connection limit.
+const PRESSED_HEAD_TIMEOUT: Duration = Duration::from_secs(1);
 /// Room for a request head's first read; it grows with the head.
 const HEAD_READ: usize = 2 * 1024;
 /// A response (head and body) of at most this many bytes, to a request that
@@ -80,6 +83,7 @@ pub async fn serve(
         // accept, whether or not anything comes; one moved here between
         // two requests is idle, unless it brought part of the next.
         head_by: (fresh || !read_empty).then(|| Instant::now() + head_timeout),
+        head_started: Instant::now(),
         head_timeout,
     };
     let mut served = !fresh;
@@ -88,6 +92,7 @@ pub async fn serve(
     let mut closing = inner.closing_signal();
     let handing_off = moving::handing_off(inner, &mut closing);
     tokio::pin!(handing_off);
+    let mut pressure = inner.pressure_signal();
     loop {
         // Between two requests: the point at which a connection can move
         // (`mover` looks at `closing` first, so this costs one load).
@@ -124,18 +129,22 @@ pub async fn serve(
                     let read = if conn.buf.is_empty() {
                         tokio::select! {
                             biased;
-                            read = conn.read_client(hold) => read,
+                            read = conn.read_client(hold, &mut pressure) => read,
                             mover = &mut handing_off => {
                                 conn.move_to(&mover);
                                 return None;
                             }
                         }
                     } else {
-                        conn.read_client(hold).await
+                        conn.read_client(hold, &mut pressure).await
                     };
                     match read {
                         Read::More => {}
                         Read::Closed => return None,
+                        Read::Reclaimed => {
+                            inner.refused.reclaimed.fetch_add(1, Ordering::Relaxed);
+                            return None;
+                        }
                         // Nothing came at all: a connection opened and
                         // never used, closed without a word.
                         Read::TimedOut if conn.buf.is_empty() => return None,
@@ -173,6 +182,9 @@ enum Read {
     /// The head did not come whole within `head_timeout`, or the
     /// connection stayed idle between requests for `IDLE_TIMEOUT`.
     TimedOut,
+    /// Idle between requests while the proxy is at its connection limit:
+    /// closed to make room.
+    Reclaimed,
 }
 
 /// A request line of a later HTTP/1 minor version (`HTTP/1.2`) is
@@ -223,6 +235,8 @@ struct Conn {
     /// its first byte (after the accept for a connection's first), however
     /// slowly it drips. `None` between requests.
     head_by: Option<Instant>,
+    /// When the head being read started.
+    head_started: Instant,
     head_timeout: Duration,
 }
 
@@ -308,7 +322,7 @@ impl Conn {
     /// and the connection's buffers go back to the allocator, so that an
     /// idle connection costs its task and sockets, not 34 KiB. Once a head
     /// has started, all of it has to come by `head_by`.
-    async fn read_client(&mut self, hold: Duration) -> Read {
+    async fn read_client(&mut self, hold: Duration, pressure: &mut watch::Receiver<bool>) -> Read {
         let now = Instant::now();
         if self.buf.is_empty() && self.head_by.is_none() {
             let give_up = now + IDLE_TIMEOUT;
@@ -324,34 +338,74 @@ impl Conn {
             }
             self.release_buffers();
             self.client_deadline.set(give_up);
-            match self.client_deadline.within(self.client.readable()).await {
+            // While the proxy is at its connection limit, a connection idle
+            // between requests makes room (as nginx closes idle keep-alive
+            // connections when it runs out): a server may close one at any
+            // time (RFC 9112 §9.5).
+            let readable = tokio::select! {
+                biased;
+                readable = self.client_deadline.within(self.client.readable()) => readable,
+                _ = pressure.wait_for(|at_limit| *at_limit) => return Read::Reclaimed,
+            };
+            match readable {
                 Some(Ok(())) => {}
                 Some(Err(_)) => return Read::Closed,
                 None => return Read::TimedOut,
             }
-            self.head_by = Some(Instant::now() + self.head_timeout);
-        } else if self.buf.is_empty() {
-            // A connection's first head: nothing is read before there is
-            // something to read.
+            self.start_head(Instant::now());
+        }
+        // A head has `head_timeout` from its first byte; while the proxy is
+        // at its connection limit only `PRESSED_HEAD_TIMEOUT`, so that heads
+        // that drip make room for clients that send theirs at once.
+        if self.head_by.is_none() {
+            self.start_head(now);
+        }
+        loop {
+            let pressed = *pressure.borrow();
             let by = self.head_by.unwrap_or(now);
+            let by = match pressed {
+                true => by.min(self.head_started + PRESSED_HEAD_TIMEOUT),
+                false => by,
+            };
             self.client_deadline.set(by);
-            match self.client_deadline.within(self.client.readable()).await {
-                Some(Ok(())) => {}
-                Some(Err(_)) => return Read::Closed,
-                None => return Read::TimedOut,
+            if self.buf.is_empty() {
+                // A connection's first head: no buffer before there is
+                // something to read.
+                let readable = tokio::select! {
+                    biased;
+                    readable = self.client_deadline.within(self.client.readable()) => Some(readable),
+                    _ = pressure.wait_for(|at_limit| *at_limit), if !pressed => None,
+                };
+                match readable {
+                    // The proxy reached its limit meanwhile: again, with
+                    // the shorter deadline.
+                    None => continue,
+                    Some(Some(Ok(()))) => {}
+                    Some(Some(Err(_))) => return Read::Closed,
+                    Some(None) => return Read::TimedOut,
+                }
+            }
+            // A head is small: a buffer that grows with it, so that a head
+            // that drips in costs little.
+            self.buf.reserve(HEAD_READ.max(self.buf.len()));
+            let got = tokio::select! {
+                biased;
+                got = self.client_deadline.within(self.client.read_buf(&mut self.buf)) => Some(got),
+                _ = pressure.wait_for(|at_limit| *at_limit), if !pressed => None,
+            };
+            match got {
+                None => continue,
+                Some(Some(Ok(n))) if n > 0 => return Read::More,
+                Some(Some(_)) => return Read::Closed,
+                Some(None) => return Read::TimedOut,
             }
         }
-        let by = *self.head_by.get_or_insert(now + self.head_timeout);
-        self.client_deadline.set(by);
-        // A head is small: a buffer that grows with it, so that a head
-        // that drips in costs little.
-        self.buf.reserve(HEAD_READ.max(self.buf.len()));
-        let read = self.client.read_buf(&mut self.buf);
-        match self.client_deadline.within(read).await {
-            Some(Ok(n)) if n > 0 => Read::More,
-            Some(_) => Read::Closed,
-            None => Read::TimedOut,
-        }
+    }
+
+    /// A head starts (its first byte came, or the connection was accepted).
+    fn start_head(&mut self, at: Instant) {
+        self.head_started = at;
+        self.head_by = Some(at + self.head_timeout);
     }
 
     /// Gives the buffers of a connection that waits back to the allocator

@@ -104,6 +104,9 @@ pub(crate) struct Inner {
     closing: AtomicBool,
     /// The same, for the general path's HTTP/2 connections to wait on.
     closing_signal: watch::Sender<bool>,
+    /// True while the proxy is at its connection limit: idle connections
+    /// close and request heads get `PRESSED_HEAD_TIMEOUT` (see `h1`).
+    pressure: watch::Sender<bool>,
     /// Set by [`Proxy::hand_off`] before `closing`: where connections that
     /// can move go.
     moving: Mutex<Option<Mover>>,
@@ -124,6 +127,8 @@ pub(crate) struct Inner {
     pub(crate) refused: Refused,
     /// When a client at its connection limit was last logged.
     crowd_warning: Every,
+    /// When the proxy at its connection limit was last logged.
+    limit_warning: Every,
     /// Serialises changes of `challenges` and `challenging`.
     challenge_lock: Mutex<()>,
 }
@@ -140,6 +145,8 @@ pub(crate) struct Refused {
     pub(crate) slow_heads: AtomicU64,
     /// TLS handshakes that failed or did not finish in time.
     pub(crate) handshakes: AtomicU64,
+    /// Idle connections closed to make room at the connection limit.
+    pub(crate) reclaimed: AtomicU64,
 }
 
 /// A copy of the proxy's own refusal counts ([`Proxy::refused`]).
@@ -149,6 +156,7 @@ pub struct RefusedCounts {
     pub crowded: u64,
     pub slow_heads: u64,
     pub handshakes: u64,
+    pub reclaimed: u64,
 }
 
 impl Inner {
@@ -158,6 +166,10 @@ impl Inner {
 
     pub(crate) fn closing_signal(&self) -> watch::Receiver<bool> {
         self.closing_signal.subscribe()
+    }
+
+    pub(crate) fn pressure_signal(&self) -> watch::Receiver<bool> {
+        self.pressure.subscribe()
     }
 
     /// `https://` and `host` (its port replaced by the one HTTPS is served
@@ -206,6 +218,7 @@ impl Proxy {
                 slots: Arc::new(Semaphore::new(config.max_connections)),
                 closing: AtomicBool::new(false),
                 closing_signal: watch::Sender::new(false),
+                pressure: watch::Sender::new(false),
                 moving: Mutex::new(None),
                 general,
                 per_client: Mutex::new(HashMap::new()),
@@ -215,6 +228,7 @@ impl Proxy {
                 tls_port: AtomicU16::new(0),
                 refused: Refused::default(),
                 crowd_warning: Every::default(),
+                limit_warning: Every::default(),
                 challenge_lock: Mutex::new(()),
                 config,
             }),
@@ -229,6 +243,7 @@ impl Proxy {
             crowded: r.crowded.load(Ordering::Relaxed),
             slow_heads: r.slow_heads.load(Ordering::Relaxed),
             handshakes: r.handshakes.load(Ordering::Relaxed),
+            reclaimed: r.reclaimed.load(Ordering::Relaxed),
         }
     }
 
@@ -386,26 +401,7 @@ impl Proxy {
         let _stop_sweeping = AbortOnDropHandle::new(sweeper);
         let slots = &self.inner.slots;
         let max = self.inner.config.max_connections;
-        let mut at_limit = false;
         loop {
-            // Room first, then a connection: at the limit, clients wait in
-            // the listen backlog rather than get accepted and starved. No
-            // permit is held while waiting, so the count stays exact.
-            if slots.available_permits() == 0 {
-                if !at_limit {
-                    at_limit = true;
-                    tracing::warn!(
-                        max_connections = max,
-                        "connection limit reached; new clients wait until one leaves"
-                    );
-                }
-                tokio::select! {
-                    room = slots.acquire() => drop(room),
-                    () = &mut shutdown => return,
-                }
-                continue;
-            }
-            at_limit = false;
             let (stream, client) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(a) => a,
@@ -418,12 +414,30 @@ impl Proxy {
                 },
                 () = &mut shutdown => return,
             };
-            // Only a tunnel (see `handle`) can have taken the room since.
-            let permit = tokio::select! {
-                permit = Arc::clone(slots).acquire_owned() => {
-                    permit.expect("the semaphore is never closed")
+            // At the limit, this client waits for room (the next ones in
+            // the listen backlog) and, while it waits, connections idle
+            // between requests close and request heads get
+            // `PRESSED_HEAD_TIMEOUT`: a flood of slow heads cannot keep a
+            // new client out for longer than that.
+            let permit = match Arc::clone(slots).try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    self.inner.pressure.send_replace(true);
+                    if self.inner.limit_warning.due(Duration::from_secs(60)) {
+                        tracing::warn!(
+                            max_connections = max,
+                            "connection limit reached; idle connections and slow heads make room"
+                        );
+                    }
+                    let waited = tokio::select! {
+                        permit = Arc::clone(slots).acquire_owned() => {
+                            permit.expect("the semaphore is never closed")
+                        }
+                        () = &mut shutdown => return,
+                    };
+                    self.inner.pressure.send_replace(false);
+                    waited
                 }
-                () = &mut shutdown => return,
             };
             let _ = stream.set_nodelay(true);
             let Some(peer) = Peer::admit(&self.inner, client.ip(), true) else {

@@ -107,7 +107,11 @@ async fn start_proxy_with(targets: Vec<SocketAddr>, base: ProxyConfig) -> Setup 
         hold_timeout: Duration::from_millis(200),
         response_timeout: Duration::from_secs(1),
         client_timeout: Duration::from_millis(500),
-        head_timeout: Duration::from_millis(500),
+        // Short, unless the test asks for another.
+        head_timeout: match base.head_timeout == ProxyConfig::default().head_timeout {
+            true => Duration::from_millis(500),
+            false => base.head_timeout,
+        },
         kept_upstream_hold: Duration::from_millis(300),
         ..base
     };
@@ -981,6 +985,61 @@ async fn one_address_cannot_take_every_connection() {
     )
     .await;
     assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+}
+
+#[tokio::test]
+async fn at_the_connection_limit_idle_connections_and_slow_heads_make_room() {
+    let config = ProxyConfig {
+        max_connections: 2,
+        head_timeout: Duration::from_secs(30),
+        ..ProxyConfig::default()
+    };
+    let setup = start_proxy_with(vec![start_backend().await], config).await;
+    // One connection idle after a request (past the hold), one dripping a
+    // head: the proxy is full.
+    let mut idle = TcpStream::connect(setup.proxy_addr).await.expect("connect");
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await
+        .expect("write");
+    read_until(&mut idle, b"\r\n\r\n").await;
+    let mut dripping = TcpStream::connect(setup.proxy_addr).await.expect("connect");
+    dripping
+        .write_all(b"GET / HTTP/1.1\r\nHo")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(setup.proxy.connections(), (2, 2));
+    // A new client is served within about a second: both make room.
+    let started = std::time::Instant::now();
+    let (status, body) = tokio::time::timeout(
+        Duration::from_secs(5),
+        http1(
+            setup.proxy_addr,
+            "GET /fresh HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+        ),
+    )
+    .await
+    .expect("served");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), idle.read_to_end(&mut rest)).await;
+    assert!(
+        rest.iter().all(|b| *b != b'H'),
+        "the idle one closed without a word"
+    );
+    let (got, _) = send_until_closed(&mut dripping, "").await;
+    assert!(got.starts_with("HTTP/1.1 408"), "the slow head: {got}");
+    let refused = setup.proxy.refused();
+    assert_eq!(
+        (refused.reclaimed, refused.slow_heads),
+        (1, 1),
+        "{refused:?}"
+    );
 }
 
 #[tokio::test]
