@@ -89,9 +89,14 @@ pub fn raise_fd_limit() -> u64 {
 }
 
 /// How many client connections the proxy can take with `fd_limit` open
-/// files: two sockets each, after the agent's own.
+/// files: after the agent's own, three quarters of them. A connection
+/// holds its client socket, and an upstream one only while a request is
+/// in flight (or just after), so idle and slow clients — most of a large
+/// crowd — cost one descriptor; the last quarter is left for upstream
+/// connections, and a request that finds none left gets a 503 rather than
+/// a target wrongly marked as refusing.
 pub fn connection_limit(fd_limit: u64, configured: usize) -> usize {
-    let fits = fd_limit.saturating_sub(RESERVED_FDS) / 2;
+    let fits = fd_limit.saturating_sub(RESERVED_FDS) / 4 * 3;
     usize::try_from(fits)
         .unwrap_or(usize::MAX)
         .clamp(1, configured.max(1))
@@ -468,8 +473,9 @@ mod tests {
     }
 
     #[test]
-    fn two_sockets_per_connection_after_the_reserve_and_never_above_the_configured() {
-        assert_eq!(connection_limit(1024, 10_000), 384);
+    fn three_quarters_of_the_files_after_the_reserve_and_never_above_the_configured() {
+        assert_eq!(connection_limit(1024, 10_000), 576);
+        assert_eq!(connection_limit(20_000, 100_000), 14_808);
         assert_eq!(connection_limit(1 << 20, 10_000), 10_000);
         assert_eq!(connection_limit(100, 10_000), 1, "at least one");
         assert_eq!(connection_limit(1024, 0), 1);

@@ -48,6 +48,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 const READ_SIZE: usize = 16 * 1024;
 /// How long a head may take while the proxy is at its connection limit.
 const PRESSED_HEAD_TIMEOUT: Duration = Duration::from_secs(1);
+/// Room for a response's first read (its head and a small body).
+const RESPONSE_READ: usize = 2 * 1024;
 /// Room for a request head's first read; it grows with the head.
 const HEAD_READ: usize = 2 * 1024;
 /// A response (head and body) of at most this many bytes, to a request that
@@ -281,6 +283,8 @@ enum Failure {
     Timeout,
     /// The client went away while its body was being forwarded.
     Client,
+    /// The proxy has no file descriptor left for an upstream connection.
+    Busy,
 }
 
 impl Failure {
@@ -291,6 +295,10 @@ impl Failure {
             Failure::Timeout => (StatusCode::GATEWAY_TIMEOUT, "did not answer in time"),
             Failure::Malformed => (StatusCode::BAD_GATEWAY, "sent a malformed response"),
             Failure::Upstream { .. } => (StatusCode::BAD_GATEWAY, "did not answer"),
+            Failure::Busy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot be reached: the proxy is at its limit of open files",
+            ),
             // The general path's answer; here the connection just closes.
             Failure::Client => (
                 StatusCode::REQUEST_TIMEOUT,
@@ -328,7 +336,10 @@ impl Conn {
             let give_up = now + IDLE_TIMEOUT;
             if self.kept.0.is_some() {
                 self.client_deadline.set(give_up.min(now + hold));
-                self.buf.reserve(READ_SIZE);
+                // The next thing is a head: a small buffer, so that the
+                // connections that wait in their hold, many at once in a
+                // burst, do not each hold 16 KiB.
+                self.buf.reserve(HEAD_READ);
                 let read = self.client.read_buf(&mut self.buf);
                 match self.client_deadline.within(read).await {
                     Some(Ok(0) | Err(_)) => return Read::Closed,
@@ -455,7 +466,7 @@ impl Conn {
                         continue;
                     }
                 }
-                Failure::Timeout | Failure::Malformed => {}
+                Failure::Timeout | Failure::Malformed | Failure::Busy => {}
             }
             let (status, why) = failure.answer();
             record(&route, &target, status, started);
@@ -484,6 +495,7 @@ impl Conn {
                 Some(up) => (up, true),
                 None => match upstream::connect_tcp(target.addr, config.connect_timeout).await {
                     Ok(up) => (up, false),
+                    Err(upstream::UpstreamError::NoDescriptors(_)) => return Err(Failure::Busy),
                     Err(_) => return Err(Failure::Upstream { connect: true }),
                 },
             };
@@ -741,7 +753,9 @@ async fn read_response_head(
             Ok(None) if buf.len() < MAX_HEAD => {}
             _ => return Err(Failure::Malformed),
         }
-        buf.reserve(READ_SIZE);
+        // Most answers are small: what a response's start needs first,
+        // grown by the body's reads when it is not.
+        buf.reserve(RESPONSE_READ);
         match up.read_buf(buf).await {
             Ok(n) if n > 0 => {}
             // Closed or reset before a whole head: nothing usable arrived.

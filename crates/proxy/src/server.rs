@@ -926,6 +926,10 @@ async fn handle(
                     "got a request body that was cut short or malformed",
                 )
             }
+            Ok(Err(UpstreamError::NoDescriptors(_))) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot be reached: the proxy is at its limit of open files",
+            ),
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, target = %target.id, "upstream request failed");
                 let refused = matches!(e, UpstreamError::Connect(_));

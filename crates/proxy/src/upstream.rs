@@ -40,6 +40,9 @@ pub enum UpstreamError {
     /// No connection could be made: nothing was sent.
     #[error("connect: {0}")]
     Connect(std::io::Error),
+    /// The proxy is out of file descriptors: no fault of the target's.
+    #[error("connect: the proxy is out of file descriptors: {0}")]
+    NoDescriptors(std::io::Error),
     #[error(transparent)]
     Http(hyper::Error),
 }
@@ -254,6 +257,10 @@ pub(crate) async fn connect_tcp(
 ) -> Result<TcpStream, UpstreamError> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
+        // EMFILE, ENFILE: ours, not the target's.
+        Ok(Err(e)) if matches!(e.raw_os_error(), Some(23 | 24)) => {
+            return Err(UpstreamError::NoDescriptors(e));
+        }
         Ok(Err(e)) => return Err(UpstreamError::Connect(e)),
         Err(_) => {
             return Err(UpstreamError::Connect(std::io::Error::new(
