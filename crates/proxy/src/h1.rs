@@ -167,6 +167,14 @@ pub async fn serve(
         conn.head_by = None;
         req.close |= inner.closing() && inner.mover().is_none();
         match conn.proxy(inner, req).await {
+            // With more than half the connection slots taken, a connection
+            // keeps nothing between requests: its upstream connection goes
+            // back to the pool for others, its buffers to the allocator, so
+            // that a crowd costs one socket and a small task a client.
+            Next::KeepAlive if inner.crowded() && conn.buf.is_empty() => {
+                conn.kept = Kept(None);
+                conn.release_buffers();
+            }
             Next::KeepAlive => {}
             Next::Close => {
                 let _ = conn.client.shutdown().await;

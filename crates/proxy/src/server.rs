@@ -168,6 +168,11 @@ impl Inner {
         self.closing_signal.subscribe()
     }
 
+    /// More than half the connection slots are taken.
+    pub(crate) fn crowded(&self) -> bool {
+        self.slots.available_permits() < self.config.max_connections / 2
+    }
+
     pub(crate) fn pressure_signal(&self) -> watch::Receiver<bool> {
         self.pressure.subscribe()
     }
