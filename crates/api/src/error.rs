@@ -28,9 +28,12 @@ impl From<EngineError> for ApiError {
             EngineError::Failed { reason, log_tail } => ApiError::Failed(reason, log_tail),
             EngineError::Agent(a) => ApiError::Unavailable(a.to_string()),
             EngineError::Store(s) => s.into(),
-            EngineError::Artifact(a @ (ArtifactError::Missing(_) | ArtifactError::Escapes(_))) => {
-                ApiError::BadInput(a.to_string())
-            }
+            EngineError::Artifact(
+                a @ (ArtifactError::Missing(_)
+                | ArtifactError::Escapes(_)
+                | ArtifactError::LinkOutside { .. }
+                | ArtifactError::Special { .. }),
+            ) => ApiError::BadInput(a.to_string()),
             other => ApiError::Internal(other.to_string()),
         }
     }

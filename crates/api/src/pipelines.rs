@@ -325,6 +325,13 @@ pub(crate) async fn set_secret(
             "a secret value must be 1 byte to 64 KiB".into(),
         ));
     }
+    // It becomes an environment variable, which cannot hold one: the
+    // service could never start again.
+    if body.value.contains('\0') {
+        return Err(ApiError::BadInput(
+            "a secret value cannot contain a NUL byte: it is given to the service as an environment variable".into(),
+        ));
+    }
     s.engine
         .store
         .set_secret(&name, &secret, &body.value, &actor(&headers))

@@ -41,6 +41,10 @@ async fn git(cwd: Option<&Path>, args: &[&str]) -> Result<String, GitError> {
     cmd.args(args)
         // Never prompt for credentials: a daemon has no terminal.
         .env("GIT_TERMINAL_PROMPT", "0")
+        // Transports git allows only when a user asks for them by hand
+        // (any but file, git, http(s) and ssh) are not for a repository
+        // URL, nor a submodule's, that someone else wrote.
+        .env("GIT_PROTOCOL_FROM_USER", "0")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -142,4 +146,17 @@ pub async fn checkout(mirror: &Path, sha: &str, dest: &Path) -> Result<(), GitEr
 /// Reads one file of a commit (`tandem.yaml` at the head, at registration).
 pub async fn show_file(mirror: &Path, sha: &str, path: &str) -> Result<String, GitError> {
     git(Some(mirror), &["show", &format!("{sha}:{path}")]).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn transports_only_a_user_may_ask_for_are_refused() {
+        let err = git(None, &["ls-remote", "tandemtest::anything"])
+            .await
+            .expect_err("refused");
+        assert!(err.message.contains("not allowed"), "{}", err.message);
+    }
 }

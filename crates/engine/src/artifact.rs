@@ -1,8 +1,16 @@
 //! Content-addressed artifacts: a release's files are copied once into
 //! `<data>/artifacts/<sha256>/` and never changed after.
 //!
-//! The digest covers each file's relative path, executable bit and bytes, in
-//! path order, so the same tree always gets the same address.
+//! The digest covers each file's relative path, executable bit and bytes
+//! (a symbolic link's target instead of bytes), in path order, so the same
+//! tree always gets the same address.
+//!
+//! A service's tree is hostile input: a symbolic link is taken as a link,
+//! never followed, and only when it points inside the tree (a link to
+//! `/etc/shadow` would otherwise be copied into the release and served);
+//! FIFOs, sockets and devices are refused (reading `/dev/zero` or a FIFO
+//! would never end); files are opened without following links and read
+//! only when they are regular files.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -18,6 +26,14 @@ pub enum ArtifactError {
     Missing(String),
     #[error("artifact path {0} leaves the build tree")]
     Escapes(String),
+    #[error(
+        "{path} is a symbolic link to {target}, outside the tree: an artifact takes links only to files inside it"
+    )]
+    LinkOutside { path: String, target: String },
+    #[error(
+        "{path} is a {kind}: an artifact takes regular files, directories and links inside the tree"
+    )]
+    Special { path: String, kind: &'static str },
     #[error("cannot read or copy {path}: {source}")]
     Io {
         path: String,
@@ -49,10 +65,12 @@ pub fn collect(root: &Path, paths: &[String]) -> Result<Vec<PathBuf>, ArtifactEr
                 return Err(ArtifactError::Escapes(p.clone()));
             }
             let full = root.join(rel);
-            let meta = std::fs::metadata(&full).map_err(|_| ArtifactError::Missing(p.clone()))?;
+            let meta =
+                std::fs::symlink_metadata(&full).map_err(|_| ArtifactError::Missing(p.clone()))?;
             if meta.is_dir() {
                 walk(root, rel, &mut files)?;
             } else {
+                check_entry(root, rel, meta.file_type())?;
                 files.push(rel.to_path_buf());
             }
         }
@@ -73,11 +91,83 @@ fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<(), ArtifactE
             if !SKIP_DIRS.iter().any(|s| name == *s) {
                 walk(root, &child, out)?;
             }
-        } else if kind.is_file() || kind.is_symlink() {
+        } else {
+            check_entry(root, &child, kind)?;
             out.push(child);
         }
     }
     Ok(())
+}
+
+/// Refuses what an artifact cannot take: a link that leads outside the
+/// tree, and anything but regular files and links.
+fn check_entry(root: &Path, rel: &Path, kind: std::fs::FileType) -> Result<(), ArtifactError> {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_file() {
+        return Ok(());
+    }
+    if kind.is_symlink() {
+        let full = root.join(rel);
+        let target = std::fs::read_link(&full).map_err(io(&full))?;
+        if !stays_inside(rel, &target) {
+            return Err(ArtifactError::LinkOutside {
+                path: rel.display().to_string(),
+                target: target.display().to_string(),
+            });
+        }
+        return Ok(());
+    }
+    let kind = match () {
+        () if kind.is_fifo() => "FIFO",
+        () if kind.is_socket() => "socket",
+        () if kind.is_block_device() || kind.is_char_device() => "device",
+        () => "special file",
+    };
+    Err(ArtifactError::Special {
+        path: rel.display().to_string(),
+        kind,
+    })
+}
+
+/// Whether the link at `rel` (relative to the tree's root) with `target`
+/// points inside the tree, judged by its words alone: relative, and never
+/// climbing above the root. (A target that is itself a link is judged when
+/// it is collected.)
+fn stays_inside(rel: &Path, target: &Path) -> bool {
+    use std::path::Component;
+    if target.is_absolute() {
+        return false;
+    }
+    let mut depth = rel.components().count().saturating_sub(1);
+    for part in target.components() {
+        match part {
+            Component::ParentDir if depth == 0 => return false,
+            Component::ParentDir => depth -= 1,
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => return false,
+        }
+    }
+    true
+}
+
+/// `path` opened for reading without following a link, as a regular file.
+fn open_regular(path: &Path) -> Result<std::fs::File, ArtifactError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits())
+        .open(path)
+        .map_err(io(path))?;
+    let kind = file.metadata().map_err(io(path))?.file_type();
+    if !kind.is_file() {
+        return Err(ArtifactError::Special {
+            path: path.display().to_string(),
+            kind: "special file",
+        });
+    }
+    Ok(file)
 }
 
 /// The digest of `files` under `root`.
@@ -87,12 +177,21 @@ pub fn digest(root: &Path, files: &[PathBuf]) -> Result<String, ArtifactError> {
     let mut buf = vec![0u8; 64 * 1024];
     for rel in files {
         let full = root.join(rel);
-        let meta = std::fs::metadata(&full).map_err(io(&full))?;
+        let meta = std::fs::symlink_metadata(&full).map_err(io(&full))?;
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&full).map_err(io(&full))?;
+            h.update(rel.to_string_lossy().as_bytes());
+            h.update([0, 2]);
+            h.update(target.to_string_lossy().as_bytes());
+            h.update([0]);
+            continue;
+        }
+        let mut f = open_regular(&full)?;
+        let meta = f.metadata().map_err(io(&full))?;
         let exec = meta.permissions().mode() & 0o111 != 0;
         h.update(rel.to_string_lossy().as_bytes());
         h.update([0, u8::from(exec)]);
         h.update(meta.len().to_be_bytes());
-        let mut f = std::fs::File::open(&full).map_err(io(&full))?;
         loop {
             let n = f.read(&mut buf).map_err(io(&full))?;
             if n == 0 {
@@ -113,7 +212,18 @@ pub fn copy(root: &Path, files: &[PathBuf], dest: &Path) -> Result<(), ArtifactE
         if let Some(parent) = to.parent() {
             std::fs::create_dir_all(parent).map_err(io(parent))?;
         }
-        std::fs::copy(&from, &to).map_err(io(&from))?;
+        let meta = std::fs::symlink_metadata(&from).map_err(io(&from))?;
+        if meta.file_type().is_symlink() {
+            // As a link, checked again: the tree may have changed since.
+            check_entry(root, rel, meta.file_type())?;
+            let target = std::fs::read_link(&from).map_err(io(&from))?;
+            std::os::unix::fs::symlink(&target, &to).map_err(io(&to))?;
+            continue;
+        }
+        let mut source = open_regular(&from)?;
+        let mut out = std::fs::File::create(&to).map_err(io(&to))?;
+        std::io::copy(&mut source, &mut out).map_err(io(&from))?;
+        out.set_permissions(meta.permissions()).map_err(io(&to))?;
     }
     Ok(())
 }
@@ -181,6 +291,64 @@ mod tests {
             collect(a.path(), &["../x".into()]),
             Err(ArtifactError::Escapes(_))
         ));
+    }
+
+    #[test]
+    fn a_link_inside_the_tree_is_kept_as_a_link_and_one_outside_refused() {
+        use std::os::unix::fs::symlink;
+        let src = tempfile::tempdir().expect("tempdir");
+        let arts = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(src.path().join("static/css")).expect("mkdir");
+        std::fs::write(src.path().join("static/site.css"), "body{}").expect("write");
+        symlink("../site.css", src.path().join("static/css/main.css")).expect("link");
+        let files = collect(src.path(), &[]).expect("collect");
+        let d = digest(src.path(), &files).expect("digest");
+        let stored = store(arts.path(), &d, src.path(), &files).expect("store");
+        let link = stored.join("static/css/main.css");
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .expect("there")
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(
+            std::fs::read_link(&link).expect("link"),
+            PathBuf::from("../site.css")
+        );
+        assert_eq!(std::fs::read_to_string(&link).expect("read"), "body{}");
+
+        for (name, target) in [
+            ("shadow-link", "/etc/shadow"),
+            ("zero", "/dev/zero"),
+            ("up", "../../etc/passwd"),
+            ("static/up", "../../x"),
+        ] {
+            let evil = tempfile::tempdir().expect("tempdir");
+            std::fs::create_dir_all(evil.path().join("static")).expect("mkdir");
+            symlink(target, evil.path().join(name)).expect("link");
+            let err = collect(evil.path(), &[]).expect_err(name);
+            assert!(
+                matches!(&err, ArtifactError::LinkOutside { path, .. } if path == name),
+                "{name}: {err}"
+            );
+            let listed = collect(evil.path(), &[name.to_owned()]).expect_err(name);
+            assert!(
+                matches!(listed, ArtifactError::LinkOutside { .. }),
+                "{name}: {listed}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_fifo_in_the_tree_is_refused_at_once() {
+        let src = tempfile::tempdir().expect("tempdir");
+        nix::unistd::mkfifo(&src.path().join("pipe"), nix::sys::stat::Mode::S_IRWXU)
+            .expect("mkfifo");
+        let err = collect(src.path(), &[]).expect_err("a FIFO");
+        assert!(err.to_string().contains("pipe is a FIFO"), "{err}");
+        // Read as if listed, it does not block either.
+        let err = digest(src.path(), &[PathBuf::from("pipe")]).expect_err("a FIFO");
+        assert!(matches!(err, ArtifactError::Special { .. }), "{err}");
     }
 
     #[test]

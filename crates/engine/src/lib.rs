@@ -122,7 +122,12 @@ impl Engine {
                 .data_dir
                 .join("work")
                 .join(format!("{name}-{}", now_ms()));
-            artifact::copy(&dir, &artifact::collect(&dir, &[])?, &work)?;
+            let (from, to) = (dir.clone(), work.clone());
+            tokio::task::spawn_blocking(move || {
+                artifact::copy(&from, &artifact::collect(&from, &[])?, &to)
+            })
+            .await
+            .map_err(|e| EngineError::Io(format!("copying the tree: {e}")))??;
             let built = self
                 .run_steps(
                     &name,
@@ -224,16 +229,26 @@ impl Engine {
         reporter: &Reporter,
     ) -> Result<ReleaseRow, EngineError> {
         reporter.phase("artifact", "storing the release");
-        let mut files = artifact::collect(root, &spec.artifact.paths)?;
         // A route's private key is the proxy's alone (installed from the
         // tree at registration): no copy of it in the release, where the
         // service could read or even serve it.
-        if let Some(Tls::Files { key, .. }) = &spec.route.tls {
-            let key = std::path::Path::new(key.as_str());
-            files.retain(|f| f != key);
-        }
-        let digest = artifact::digest(root, &files)?;
-        let path = artifact::store(&self.data_dir.join("artifacts"), &digest, root, &files)?;
+        let key = match &spec.route.tls {
+            Some(Tls::Files { key, .. }) => Some(PathBuf::from(key.as_str())),
+            _ => None,
+        };
+        let (root_dir, paths) = (root.to_path_buf(), spec.artifact.paths.clone());
+        let artifacts = self.data_dir.join("artifacts");
+        // File work (a tree of any size) off the threads that serve the API.
+        let stored = tokio::task::spawn_blocking(move || {
+            let mut files = artifact::collect(&root_dir, &paths)?;
+            files.retain(|f| Some(f) != key.as_ref());
+            let digest = artifact::digest(&root_dir, &files)?;
+            let path = artifact::store(&artifacts, &digest, &root_dir, &files)?;
+            Ok::<_, artifact::ArtifactError>((digest, path))
+        });
+        let (digest, path) = stored
+            .await
+            .map_err(|e| EngineError::Io(format!("storing the artifact: {e}")))??;
         let spec_json = serde_json::to_value(spec).map_err(|e| EngineError::Io(e.to_string()))?;
         let release = self
             .store

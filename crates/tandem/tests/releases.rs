@@ -972,3 +972,32 @@ fn a_tunnel_stays_open_across_agent_upgrades() {
         echo(&format!("after the {round} upgrade"));
     }
 }
+
+#[test]
+fn a_secret_with_a_nul_byte_is_refused_at_set_and_changes_nothing() {
+    use std::io::Write;
+    let env = Env::start();
+    let mut set = std::process::Command::new(util::bin())
+        .args(["secrets", "set", "web", "TOKEN"])
+        .env("TANDEM_SERVER", format!("http://{}", env.api))
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    set.stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"ab\0cd")
+        .expect("write");
+    let out = set.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("NUL byte"), "{stderr}");
+    let listed = env.tandem(&["secrets", "ls", "web", "-o", "json"]);
+    assert_ok(&listed);
+    assert_eq!(
+        String::from_utf8_lossy(&listed.stdout).trim(),
+        "[]",
+        "nothing stored"
+    );
+}
