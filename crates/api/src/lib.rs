@@ -165,6 +165,9 @@ async fn deploy(
 #[derive(Deserialize, Default)]
 struct RollbackBody {
     to: Option<String>,
+    /// Release `to` even if it never went live.
+    #[serde(default)]
+    force: bool,
 }
 
 async fn rollback(
@@ -174,7 +177,9 @@ async fn rollback(
     body: Option<Json<RollbackBody>>,
 ) -> Response {
     let actor = actor(&headers);
-    let to = body.and_then(|b| b.0.to);
+    let body = body.map(|b| b.0).unwrap_or_default();
+    let force = body.force;
+    let to = body.to;
     let to = match to
         .as_deref()
         .map(|t| t.trim_start_matches('r').parse::<i64>())
@@ -189,9 +194,9 @@ async fn rollback(
             .into_response();
         }
     };
-    stream_progress(
-        move |reporter| async move { s.engine.rollback(&name, to, &actor, &reporter).await },
-    )
+    stream_progress(move |reporter| async move {
+        s.engine.rollback(&name, to, force, &actor, &reporter).await
+    })
 }
 
 /// Runs `work` on its own task and streams its progress as NDJSON; the last

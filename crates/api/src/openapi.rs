@@ -69,7 +69,7 @@ pub const PATHS: [(&str, &str, &str); 35] = [
     (
         "/api/v1/services/{name}/rollback",
         "post",
-        "Re-release an earlier release; streams NDJSON progress",
+        "Re-release an earlier release (body {to, force}: one that never went live only with force); streams NDJSON progress",
     ),
     (
         "/api/v1/services/{name}/logs",

@@ -206,6 +206,10 @@ pub enum Command {
         /// Release to go back to (e.g. r3); default: the one live before.
         #[arg(long)]
         to: Option<String>,
+        /// Release it even if it never went live (it failed, or never
+        /// finished); journalled as forced.
+        #[arg(long, requires = "to")]
+        force: bool,
     },
     /// Services, their live release and instances.
     Status { service: Option<String> },
@@ -456,7 +460,9 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
         Command::Deploy {
             service, dir, env, ..
         } => release::deploy(&api(), service, dir, env, fmt).await,
-        Command::Rollback { service, to } => release::rollback(&api(), &service, to, fmt).await,
+        Command::Rollback { service, to, force } => {
+            release::rollback(&api(), &service, to, force, fmt).await
+        }
         Command::Status { service } => view::status(&api(), service.as_deref(), fmt).await,
         Command::Releases { service } => view::releases(&api(), &service, fmt).await,
         Command::Logs {

@@ -47,11 +47,17 @@ pub async fn deploy(
     .await
 }
 
-pub async fn rollback(api: &Api, service: &str, to: Option<String>, fmt: Format) -> CmdResult {
+pub async fn rollback(
+    api: &Api,
+    service: &str,
+    to: Option<String>,
+    force: bool,
+    fmt: Format,
+) -> CmdResult {
     follow(
         api,
         &format!("/api/v1/services/{service}/rollback"),
-        serde_json::json!({ "to": to }),
+        serde_json::json!({ "to": to, "force": force }),
         fmt,
     )
     .await

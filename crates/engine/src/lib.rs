@@ -302,10 +302,14 @@ impl Engine {
 
     /// Re-releases an earlier release without rebuilding: `to`, or the one
     /// that was live before the current one.
+    /// Rolls `service` back to release `to` (default: the one live before).
+    /// A release that never went live (it failed, or never finished) is
+    /// refused unless `force`: it was never tried with traffic.
     pub async fn rollback(
         &self,
         service: &str,
         to: Option<i64>,
+        force: bool,
         actor: &str,
         reporter: &Reporter,
     ) -> Result<ReleaseRow, EngineError> {
@@ -338,6 +342,22 @@ impl Engine {
                 "{service} {} is already live",
                 target.name()
             )));
+        }
+        if target.status != "retired" {
+            if !force {
+                return Err(EngineError::BadInput(format!(
+                    "{service} {} never went live ({}): a rollback goes back to a release that served; \
+                     `tandem rollback {service} --to {} --force` releases it anyway",
+                    target.name(),
+                    target.status,
+                    target.name()
+                )));
+            }
+            let event = NewEvent::new(actor, "rollback.forced")
+                .subject("service", service)
+                .subject("release", target.name())
+                .payload(serde_json::json!({ "status": target.status }));
+            self.store.append(event).await?;
         }
         let spec = stored_spec(&target)?;
         let to = Placement::production(&spec);

@@ -1001,3 +1001,43 @@ fn a_secret_with_a_nul_byte_is_refused_at_set_and_changes_nothing() {
         "nothing stored"
     );
 }
+
+#[test]
+fn a_rollback_to_a_release_that_never_went_live_is_refused_unless_forced() {
+    let (env, _) = web_serving("good");
+    let bad = env.root.path().join("bad");
+    std::fs::create_dir_all(&bad).expect("mkdir");
+    std::fs::write(
+        bad.join("tandem.yaml"),
+        "service:\n  name: web\nrun:\n  command: sleep 600\nroute:\n  host: web.test\nrelease:\n  deploy_timeout: 1s\n",
+    )
+    .expect("write");
+    assert_eq!(env.deploy(&bad).status.code(), Some(1), "r2 fails");
+    let out = env.tandem(&["rollback", "web", "--to", "r2"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("r2 never went live (failed)"), "{stderr}");
+    assert!(stderr.contains("--force"), "{stderr}");
+    let journal = env.tandem(&["audit", "events", "-o", "json"]);
+    assert!(!String::from_utf8_lossy(&journal.stdout).contains("rollback.started"));
+    assert_eq!(
+        env.get("web.test", "/index.html"),
+        (200, "good".to_string())
+    );
+    // Forced, it is tried (and fails again, leaving r1 serving), and the
+    // journal says who forced it.
+    let out = env.tandem(&["rollback", "web", "--to", "r2", "--force"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let journal = env.tandem(&["audit", "events", "-o", "json"]);
+    let journal = String::from_utf8_lossy(&journal.stdout);
+    assert!(journal.contains("rollback.forced"), "{journal}");
+    assert_eq!(
+        env.get("web.test", "/index.html"),
+        (200, "good".to_string())
+    );
+}
