@@ -18,6 +18,11 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
+        // A log that cannot be written (a full disk under the agent's
+        // log file) is lost, never fatal: by default a failed write is
+        // reported on stderr, which is that same file, and `eprintln!`
+        // panics when it cannot write.
+        .log_internal_errors(false)
         .init();
     // TANDEM_WORKER_THREADS pins the runtime size (benchmarks compare one worker each).
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -31,15 +36,22 @@ fn main() -> ExitCode {
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            say(&format!("error: cannot start the async runtime: {e}"));
             return ExitCode::from(1);
         }
     };
     match runtime.block_on(tandem_cli::dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(exit) => {
-            eprintln!("error: {exit}");
+            say(&format!("error: {exit}"));
             ExitCode::from(exit.code)
         }
     }
+}
+
+/// A line on stderr, if stderr takes it (it may be a log file on a full
+/// disk; the exit code still says how the command ended).
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }

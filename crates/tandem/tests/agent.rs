@@ -262,3 +262,44 @@ fn the_agent_serves_valid_metrics_of_every_service_also_while_the_server_is_stop
         "{samples:#?}"
     );
 }
+
+#[test]
+fn the_agent_starts_and_serves_when_its_log_cannot_be_written() {
+    use std::io::{Read, Write};
+    let root = tempfile::tempdir().expect("tempdir");
+    let data = root.path().join("data");
+    let port = util::free_port();
+    // /dev/full answers every write with ENOSPC: the agent's log on a full
+    // disk. Logging at debug makes it write a lot.
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    let mut agent = Command::new(bin())
+        .args(["agent", "--data-dir"])
+        .arg(&data)
+        .args(["--proxy-addr", &format!("127.0.0.1:{port}")])
+        .env("TANDEM_LOG", "debug")
+        .stderr(full)
+        .spawn()
+        .expect("spawn the agent");
+    wait_until(Duration::from_secs(10), "the agent's socket", || {
+        data.join("agent.sock").exists().then_some(())
+    });
+    for _ in 0..20 {
+        let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: nothing.test\r\nConnection: close\r\n\r\n")
+            .expect("write");
+        let mut answer = String::new();
+        let _ = client.read_to_string(&mut answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 404"),
+            "the proxy answered: {answer}"
+        );
+    }
+    let alive = agent.try_wait().expect("try_wait").is_none();
+    let _ = agent.kill();
+    let status = agent.wait().expect("wait");
+    assert!(alive, "the agent died: {status}");
+}
