@@ -14,6 +14,15 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::exit::{CmdResult, Exit};
 
+/// A line on stderr, or nothing if stderr does not take it: `up`'s
+/// stderr may be a log file on a full disk, and `eprintln!` would panic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// How long `up` waits for a freshly started agent to answer.
 const AGENT_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `upgrade-agent` waits for the new agent to take over: the old
@@ -203,7 +212,7 @@ pub async fn upgrade_agent(dir: &Path) -> CmdResult {
         .await
         .map(|s| s.services.iter().map(|s| s.instances.len()).sum::<usize>())
         .unwrap_or(0);
-    eprintln!(
+    say!(
         "agent upgraded: pid {old_pid} -> {new_pid} in {} ms; {adopted} instance(s) running on; \
          the old agent exits once its clients have moved (at most {} s)",
         started.elapsed().as_millis(),
@@ -321,7 +330,7 @@ pub async fn up(
         ))),
         _ => None,
     };
-    eprintln!(
+    say!(
         "tandem up: api http://{api_local}  proxy http://{proxy}{https}  data {}  agent pid {agent_pid}",
         dir.display()
     );
@@ -344,7 +353,7 @@ pub async fn up(
         .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(|e| Exit::failure(format!("server failed: {e}")))?;
-    eprintln!("tandem server stopped; services keep running (tandem down stops them)");
+    say!("tandem server stopped; services keep running (tandem down stops them)");
     Ok(())
 }
 
@@ -441,7 +450,7 @@ pub async fn down(dir: &Path) -> CmdResult {
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGTERM,
         );
-        eprintln!("stopped server (pid {pid})");
+        say!("stopped server (pid {pid})");
         stopped_any = true;
     }
     match client.shutdown(true).await {
@@ -450,7 +459,7 @@ pub async fn down(dir: &Path) -> CmdResult {
             while client.socket().exists() && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            eprintln!("stopped agent and its services");
+            say!("stopped agent and its services");
         }
         Err(e) if !stopped_any => {
             return Err(Exit::failure(format!(
