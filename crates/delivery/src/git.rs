@@ -41,10 +41,12 @@ async fn git(cwd: Option<&Path>, args: &[&str]) -> Result<String, GitError> {
     cmd.args(args)
         // Never prompt for credentials: a daemon has no terminal.
         .env("GIT_TERMINAL_PROMPT", "0")
-        // Transports git allows only when a user asks for them by hand
-        // (any but file, git, http(s) and ssh) are not for a repository
-        // URL, nor a submodule's, that someone else wrote.
-        .env("GIT_PROTOCOL_FROM_USER", "0")
+        // Only these transports, for the repository and its submodules:
+        // no remote helpers (`ext::`, `fd::`, anything `x::`), whose
+        // "URL" runs a command. (`GIT_PROTOCOL_FROM_USER=0` would also
+        // refuse `file`, which git counts as a user protocol since 2.38,
+        // and so every repository the operator registers by its path.)
+        .env("GIT_ALLOW_PROTOCOL", "file:git:http:https:ssh")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -153,7 +155,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn transports_only_a_user_may_ask_for_are_refused() {
+    async fn transports_other_than_file_git_http_and_ssh_are_refused() {
         let err = git(None, &["ls-remote", "tandemtest::anything"])
             .await
             .expect_err("refused");

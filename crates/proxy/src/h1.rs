@@ -379,8 +379,10 @@ impl Conn {
         if self.head_by.is_none() {
             self.start_head(now);
         }
+        // Once seen during this wait, the limit holds for it: the room it
+        // makes may end the pressure before this connection is polled.
+        let mut pressed = *pressure.borrow();
         loop {
-            let pressed = *pressure.borrow();
             let by = self.head_by.unwrap_or(now);
             let by = match pressed {
                 true => by.min(self.head_started + PRESSED_HEAD_TIMEOUT),
@@ -398,7 +400,10 @@ impl Conn {
                 match readable {
                     // The proxy reached its limit meanwhile: again, with
                     // the shorter deadline.
-                    None => continue,
+                    None => {
+                        pressed = true;
+                        continue;
+                    }
                     Some(Some(Ok(()))) => {}
                     Some(Some(Err(_))) => return Read::Closed,
                     Some(None) => return Read::TimedOut,
@@ -413,7 +418,10 @@ impl Conn {
                 _ = pressure.wait_for(|at_limit| *at_limit), if !pressed => None,
             };
             match got {
-                None => continue,
+                None => {
+                    pressed = true;
+                    continue;
+                }
                 Some(Some(Ok(n))) if n > 0 => return Read::More,
                 Some(Some(_)) => return Read::Closed,
                 Some(None) => return Read::TimedOut,
