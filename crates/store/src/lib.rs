@@ -15,7 +15,7 @@ use std::str::FromStr;
 
 use serde::Serialize;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{Connection as _, Row, SqlitePool};
 use tandem_core::journal::{self, ChainError, Event, GENESIS, NewEvent, Verifier};
 
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +122,13 @@ impl Store {
             .busy_timeout(std::time::Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // A connection that comes back still inside a transaction (a
+            // COMMIT that failed on a full disk, and the ROLLBACK after it)
+            // is closed, which rolls it back, rather than pooled: pooled,
+            // it held the write lock ("database is locked" for everyone
+            // else) and made its next transactions savepoints inside the
+            // dead one, reported committed and never written.
+            .after_release(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
