@@ -14,7 +14,7 @@ pub fn load(path: &Path) -> Result<(PathBuf, Spec), Exit> {
     } else {
         path.to_path_buf()
     };
-    let text = std::fs::read_to_string(&file)
+    let text = tandem_engine::read_bounded(&file)
         .map_err(|e| Exit::bad_input(format!("{}: {e}", file.display())))?;
     let shown = file.display().to_string();
     let spec = Spec::parse(&shown, &text).map_err(|e| {

@@ -953,9 +953,27 @@ pub struct SpecError {
     pub snippet: String,
 }
 
+/// The largest `tandem.yaml` taken, in bytes: a spec is a page or two,
+/// and every release stores its spec (a 30 MB `run.env` value grew the
+/// database by as much per deploy). Readers read at most one byte more.
+pub const MAX_SPEC_BYTES: usize = 256 * 1024;
+
 impl Spec {
     /// Parses and validates `text`, read from `file` (used in errors only).
     pub fn parse(file: &str, text: &str) -> Result<Spec, Box<SpecError>> {
+        if text.len() > MAX_SPEC_BYTES {
+            return Err(Box::new(SpecError {
+                file: file.to_owned(),
+                line: 1,
+                column: 1,
+                message: format!(
+                    "the spec is larger than {} KiB; a tandem.yaml is at most that (keep data in files beside it)",
+                    MAX_SPEC_BYTES / 1024
+                ),
+                hint: None,
+                snippet: String::new(),
+            }));
+        }
         serde_saphyr::from_str(text).map_err(|e| Box::new(locate(file, &e)))
     }
 

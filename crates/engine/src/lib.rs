@@ -813,9 +813,25 @@ pub fn stored_spec(release: &ReleaseRow) -> Result<Spec, EngineError> {
 /// Reads and checks `dir/tandem.yaml`.
 pub fn read_spec(dir: &Path) -> Result<Spec, EngineError> {
     let spec_path = dir.join("tandem.yaml");
-    let text = std::fs::read_to_string(&spec_path)
+    let text = read_bounded(&spec_path)
         .map_err(|e| EngineError::BadInput(format!("{}: {e}", spec_path.display())))?;
     Spec::parse(&spec_path.display().to_string(), &text).map_err(EngineError::Spec)
+}
+
+/// A spec file's text, at most one byte past `MAX_SPEC_BYTES` (which
+/// `Spec::parse` then refuses): a huge file is never read whole.
+pub fn read_bounded(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(tandem_core::spec::MAX_SPEC_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() > tandem_core::spec::MAX_SPEC_BYTES {
+        // Refused for its size; where it was cut does not matter.
+        return Ok(String::from_utf8_lossy(&bytes).into_owned());
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
 }
 
 /// A journal event about one release of one service.

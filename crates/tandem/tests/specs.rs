@@ -135,3 +135,23 @@ fn second_up_a_busy_address_and_an_unwritable_data_dir_are_refused() {
         "cannot create data directory",
     );
 }
+
+#[test]
+fn an_oversized_spec_is_refused_without_being_read_whole() {
+    let env = Env::start();
+    // A 30 MB value in run.env, as tried from outside.
+    let spec = GOOD.replace(
+        "run:\n  command:",
+        &format!(
+            "run:\n  env: {{ BLOB: {} }}\n  command:",
+            "x".repeat(30 * 1024 * 1024)
+        ),
+    );
+    let started = std::time::Instant::now();
+    check_rejected(&env, &spec, "1:1", "larger than 256 KiB");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+}
