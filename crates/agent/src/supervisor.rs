@@ -57,6 +57,10 @@ struct Shared {
     proxy: Proxy,
     prober: Prober,
     data_dir: PathBuf,
+    /// One save at a time, each from a snapshot taken under it: saves that
+    /// raced wrote the one temporary file together (and failed), and an
+    /// older snapshot could be renamed over a newer one.
+    saving: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -282,6 +286,7 @@ impl Supervisor {
                 proxy,
                 prober: Prober::default(),
                 data_dir,
+                saving: Mutex::new(()),
             }),
         }
     }
@@ -405,10 +410,18 @@ impl Supervisor {
     }
 
     fn save(&self) {
+        if let Err(e) = self.try_save() {
+            let path = self.state_path();
+            tracing::error!(error = %e, path = %path.display(), "could not write agent state");
+        }
+    }
+
+    fn try_save(&self) -> std::io::Result<()> {
         if self.phase() == Phase::HandedOver {
             // The state file is the new agent's now.
-            return;
+            return Ok(());
         }
+        let _one_at_a_time = lock(&self.shared.saving);
         let saved = self.saved();
         let path = self.state_path();
         let tmp = path.with_extension("json.tmp");
@@ -426,9 +439,7 @@ impl Supervisor {
             file.sync_all()?;
             std::fs::rename(&tmp, &path)
         };
-        if let Err(e) = write() {
-            tracing::error!(error = %e, path = %path.display(), "could not write agent state");
-        }
+        write()
     }
 
     /// Builds the route table from the state and publishes it. Called with the
@@ -1518,4 +1529,26 @@ async fn terminate(proc: &mut Proc, pgid: Pid, timeout: Duration) {
     }
     let _ = killpg(pgid, Signal::SIGKILL);
     proc.wait().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn saves_at_once_all_succeed_and_leave_a_whole_state_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let proxy = Proxy::new(tandem_proxy::ProxyConfig::default());
+        let sup = Supervisor::new(proxy, dir.path().to_path_buf());
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let sup = sup.clone();
+                std::thread::spawn(move || (0..50).filter(|_| sup.try_save().is_err()).count())
+            })
+            .collect();
+        let failed: usize = threads.into_iter().map(|t| t.join().expect("thread")).sum();
+        assert_eq!(failed, 0, "saves that failed");
+        let text = std::fs::read_to_string(sup.state_path()).expect("state file");
+        serde_json::from_str::<SavedState>(&text).expect("a whole state file");
+    }
 }
