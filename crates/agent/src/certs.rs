@@ -5,8 +5,7 @@
 //! plane installs new ones (from a service's files, or ACME) with
 //! `SetCertificate`.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -85,18 +84,6 @@ impl CertStore {
         Ok(())
     }
 
-    /// Stops serving `host`'s certificate and forgets it.
-    pub fn remove(&self, host: &str) -> Result<(), String> {
-        let host = file_host(host)?;
-        match std::fs::remove_file(self.dir.join(format!("{host}.pem"))) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e.to_string()),
-        }
-        self.certificates.remove(&host);
-        Ok(())
-    }
-
     /// Every certificate served, with its chain (never its key).
     pub fn list(&self) -> Vec<CertificateInfo> {
         self.certificates
@@ -115,22 +102,7 @@ impl CertStore {
     fn write(&self, host: &str, pem: &[u8]) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
         std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))?;
-        let path = self.dir.join(format!("{host}.pem"));
-        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = self
-            .dir
-            .join(format!(".{host}.pem.{}.{n}.tmp", std::process::id()));
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(pem)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(&self.dir)?.sync_all()
+        crate::files::write_private(&self.dir.join(format!("{host}.pem")), pem)
     }
 }
 
@@ -205,9 +177,6 @@ mod tests {
             again.certificates().find("shop.test").is_some(),
             "loaded at start"
         );
-        again.remove("shop.test").expect("remove");
-        assert!(again.certificates().find("shop.test").is_none());
-        assert!(!file.exists());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! touches the store and keeps serving when the control plane is gone.
 
 pub mod certs;
+mod files;
 pub mod handover;
 pub mod listening;
 pub mod logs;

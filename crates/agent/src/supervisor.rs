@@ -422,24 +422,9 @@ impl Supervisor {
             return Ok(());
         }
         let _one_at_a_time = lock(&self.shared.saving);
-        let saved = self.saved();
-        let path = self.state_path();
-        let tmp = path.with_extension("json.tmp");
-        let write = || -> std::io::Result<()> {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            // Instances' environments hold secrets: owner-only, like the store.
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            file.write_all(&serde_json::to_vec_pretty(&saved).unwrap_or_default())?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, &path)
-        };
-        write()
+        let saved = serde_json::to_vec_pretty(&self.saved()).map_err(std::io::Error::other)?;
+        // Instances' environments hold secrets: owner-only, like the store.
+        crate::files::write_private(&self.state_path(), &saved)
     }
 
     /// Builds the route table from the state and publishes it. Called with the

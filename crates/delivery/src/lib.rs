@@ -191,7 +191,7 @@ impl Delivery {
         }
         self.inner
             .engine
-            .register(&spec, &format!("{url}#{}", req.branch), actor)
+            .register(&spec, &format!("{url}#{}", req.branch), None, actor)
             .await?;
         let repo = RepoRow {
             service: name.clone(),

@@ -427,9 +427,8 @@ impl Ctx<'_> {
             let _guard = engine.lock_service(&service).await;
             let source = format!("{}@{sha}", repo.url);
             engine
-                .install_certificate_files(&spec, &work, SCHEDULER_ACTOR)
+                .register(&spec, &source, Some(&work), SCHEDULER_ACTOR)
                 .await?;
-            engine.register(&spec, &source, SCHEDULER_ACTOR).await?;
             engine
                 .store_release(&spec, &work, &source, SCHEDULER_ACTOR, &self.reporter)
                 .await?

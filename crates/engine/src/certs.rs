@@ -1,6 +1,7 @@
 //! A route's HTTPS certificate from files beside its spec
 //! (`route.tls: { cert, key }`): read when the spec is registered (a
-//! deploy, a pipeline's release) and installed in the agent for every
+//! deploy, a pipeline's release; `Engine::register` has checked that the
+//! hosts are this service's alone) and installed in the agent for every
 //! host the service serves on, so that the agent, which keeps them, serves
 //! them by SNI. A file that cannot be read, or a certificate that does not
 //! load or name its hosts, is bad input and changes nothing.
@@ -20,7 +21,7 @@ impl Engine {
     /// Installs the certificate `spec` names in files under `dir` for each
     /// of its hosts, journalled (`certificate.installed`) where it differs
     /// from what the agent serves. Nothing for a spec without one.
-    pub async fn install_certificate_files(
+    pub(crate) async fn install_certificate_files(
         &self,
         spec: &Spec,
         dir: &Path,
@@ -29,7 +30,6 @@ impl Engine {
         let Some(Tls::Files { cert, key }) = &spec.route.tls else {
             return Ok(());
         };
-        self.check_certificate_hosts(spec).await?;
         let chain = read_pem(dir, "cert", cert)?;
         let key = read_pem(dir, "key", key)?;
         let served = self.agent.certificates().await?;
@@ -53,34 +53,6 @@ impl Engine {
                     "cert": cert.as_str(),
                 }));
             self.store.append(event).await?;
-        }
-        Ok(())
-    }
-}
-
-impl Engine {
-    /// Refuses a spec that would set the certificate of a host another
-    /// service serves too (on any path): a certificate is per host, and one
-    /// service must not replace what another's clients are shown.
-    pub(crate) async fn check_certificate_hosts(&self, spec: &Spec) -> Result<(), EngineError> {
-        let name = spec.service.name.as_str();
-        let mine = Placement::all(spec);
-        for other in self.store.services().await? {
-            if other.name == name {
-                continue;
-            }
-            let Ok(theirs) = serde_json::from_value::<Spec>(other.spec) else {
-                continue;
-            };
-            for held in Placement::all(&theirs) {
-                let host = &held.route.host;
-                if mine.iter().any(|p| p.route.host.eq_ignore_ascii_case(host)) {
-                    return Err(EngineError::BadInput(format!(
-                        "route.tls: {} serves {host} too; only the one service on a host may set its certificate",
-                        other.name
-                    )));
-                }
-            }
         }
         Ok(())
     }

@@ -110,8 +110,7 @@ impl Engine {
         let name = spec.service.name.to_string();
         let _guard = self.lock_service(&name).await;
         let source = dir.display().to_string();
-        self.install_certificate_files(&spec, &dir, actor).await?;
-        self.register(&spec, &source, actor).await?;
+        self.register(&spec, &source, Some(&dir), actor).await?;
         let secrets = self.secret_env(&name, &spec).await?;
         let reporter = &reporter.masking(self.store.all_secret_values(&name).await?);
 
@@ -163,18 +162,21 @@ impl Engine {
             .await
     }
 
-    /// Creates or updates the service from its spec. Refused when one of
+    /// Creates or updates the service from its spec, with the certificate
+    /// its `route.tls` names in files of `tree` (the spec's directory, when
+    /// there is one to read). Refused, with nothing changed, when one of
     /// its routes (host and path prefix, in any environment) is another
-    /// service's: the proxy could send that traffic to only one of them.
+    /// service's — the proxy could send that traffic to only one of them —
+    /// or when it sets a certificate for a host another service serves on
+    /// any path: a certificate is per host, and one service must not choose
+    /// what another's clients are shown.
     pub async fn register(
         &self,
         spec: &Spec,
         source: &str,
+        tree: Option<&Path>,
         actor: &str,
     ) -> Result<(), EngineError> {
-        if spec.route.tls.is_some() {
-            self.check_certificate_hosts(spec).await?;
-        }
         let name = spec.service.name.as_str();
         let mine = Placement::all(spec);
         for other in self.store.services().await? {
@@ -185,10 +187,12 @@ impl Engine {
                 continue;
             };
             for held in Placement::all(&theirs) {
-                let clash = mine.iter().find(|p| {
-                    p.route.host.eq_ignore_ascii_case(&held.route.host)
-                        && p.route.path_prefix == held.route.path_prefix
-                });
+                let same_host =
+                    |p: &&Placement| p.route.host.eq_ignore_ascii_case(&held.route.host);
+                let clash = mine
+                    .iter()
+                    .filter(same_host)
+                    .find(|p| p.route.path_prefix == held.route.path_prefix);
                 if let Some(p) = clash {
                     return Err(EngineError::BadInput(format!(
                         "route {}{} of {name}{} is {}'s already{}; give {name} another host or path_prefix",
@@ -199,7 +203,16 @@ impl Engine {
                         held.suffix(),
                     )));
                 }
+                if spec.route.tls.is_some() && mine.iter().any(|p| same_host(&p)) {
+                    return Err(EngineError::BadInput(format!(
+                        "route.tls: {} serves {} too; only the one service on a host may set its certificate",
+                        other.name, held.route.host
+                    )));
+                }
             }
+        }
+        if let Some(tree) = tree {
+            self.install_certificate_files(spec, tree, actor).await?;
         }
         let spec_json = serde_json::to_value(spec).map_err(|e| EngineError::Io(e.to_string()))?;
         self.store

@@ -36,16 +36,6 @@ impl Certificates {
         });
     }
 
-    /// Stops serving a certificate for `host`.
-    pub fn remove(&self, host: &str) {
-        let host = host.to_ascii_lowercase();
-        self.by_host.rcu(|current| {
-            let mut next = HashMap::clone(current);
-            next.remove(&host);
-            next
-        });
-    }
-
     /// The hosts that have a certificate.
     pub fn hosts(&self) -> Vec<String> {
         let mut hosts: Vec<String> = self.by_host.load().keys().cloned().collect();
@@ -145,9 +135,7 @@ mod tests {
         assert!(names(&served, "shop.test") && !names(&served, "other.test"));
         let wildcard = certs.find("x.apps.test").expect("wildcard");
         assert!(names(&wildcard, "x.apps.test") && !names(&wildcard, "apps.test"));
-        certs.remove("shop.test");
-        assert!(certs.find("shop.test").is_none());
-        assert_eq!(certs.hosts(), ["x.apps.test"]);
+        assert_eq!(certs.hosts(), ["shop.test", "x.apps.test"]);
     }
 
     #[test]
