@@ -93,11 +93,10 @@ pub fn render_families(
     what: &str,
     series: &[(Labels<'_>, Snapshot)],
 ) {
-    let labels = |pairs: &Labels<'_>| {
-        pairs
-            .iter()
-            .map(|(k, v)| format!("{k}=\"{}\",", escape(v)))
-            .collect::<String>()
+    // Each series' labels, then the family's own one after a comma.
+    let labels = |pairs: &Labels<'_>| match pairs.is_empty() {
+        true => String::new(),
+        false => format!("{},", label_list(pairs)),
     };
     let _ = writeln!(
         out,
@@ -158,20 +157,20 @@ pub fn render_counter(out: &mut String, name: &str, help: &str, samples: &[(Labe
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} counter");
     for (pairs, value) in samples {
-        let labels = pairs
-            .iter()
-            .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-            .collect::<Vec<_>>()
-            .join(",");
-        match labels.is_empty() {
-            true => {
-                let _ = writeln!(out, "{name} {value}");
-            }
-            false => {
-                let _ = writeln!(out, "{name}{{{labels}}} {value}");
-            }
-        }
+        let _ = match pairs.is_empty() {
+            true => writeln!(out, "{name} {value}"),
+            false => writeln!(out, "{name}{{{}}} {value}", label_list(pairs)),
+        };
     }
+}
+
+/// `k="v",k="v"`, values escaped.
+fn label_list(pairs: &Labels<'_>) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn escape(v: &str) -> String {

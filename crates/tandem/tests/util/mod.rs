@@ -33,7 +33,7 @@ impl Env {
     }
 
     /// `tandem up` with extra environment variables, its proxy on `proxy`
-    /// (an address someone else has to know beforehand).
+    /// (an address someone else has to know beforehand; empty: port 0).
     pub fn start_on(proxy: &str, vars: &[(&str, &str)]) -> Env {
         let root = tempfile::tempdir().expect("tempdir");
         let mut env = Env {
@@ -52,19 +52,8 @@ impl Env {
 
     /// `tandem up` with extra environment variables.
     pub fn start_with(vars: &[(&str, &str)]) -> Env {
-        let root = tempfile::tempdir().expect("tempdir");
-        let mut env = Env {
-            root,
-            api: String::new(),
-            proxy: String::new(),
-            up: None,
-            vars: vars
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        };
-        env.up_again();
-        env
+        // No proxy address yet: port 0.
+        Env::start_on("", vars)
     }
 
     /// Starts `tandem up` (again) on the same data directory.
