@@ -2,7 +2,9 @@
 //! default): `GET /metrics` answers the proxy's figures straight from the
 //! data plane, so that they do not vanish while the control plane is
 //! stopped. The socket is bound with `SO_REUSEPORT`, so an agent taking
-//! over binds it beside the old one and nothing is refused meanwhile.
+//! over binds it beside the old one and nothing is refused meanwhile. It
+//! answers 16 scrapers at once, each head within 10 s: it is not for the
+//! internet (no authentication), and cannot take the agent's descriptors.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -32,15 +34,24 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(128)
 }
 
+/// Scrapers served at once; more wait in the listen backlog, so that the
+/// endpoint cannot take the agent's own file descriptors.
+const SCRAPERS: usize = 16;
+
 /// Serves `GET /metrics` on `listener` for as long as the task runs.
 pub async fn serve(listener: TcpListener, supervisor: Supervisor) {
+    let room = std::sync::Arc::new(tokio::sync::Semaphore::new(SCRAPERS));
     loop {
+        let Ok(slot) = std::sync::Arc::clone(&room).acquire_owned().await else {
+            return;
+        };
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
         let supervisor = supervisor.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |req: Request<Incoming>| {
                 let supervisor = supervisor.clone();
                 async move { Ok::<_, Infallible>(answer(&req, &supervisor)) }
