@@ -145,9 +145,21 @@ pub async fn checkout(mirror: &Path, sha: &str, dest: &Path) -> Result<(), GitEr
     Ok(())
 }
 
-/// Reads one file of a commit (`tandem.yaml` at the head, at registration).
-pub async fn show_file(mirror: &Path, sha: &str, path: &str) -> Result<String, GitError> {
-    git(Some(mirror), &["show", &format!("{sha}:{path}")]).await
+/// Reads one file of a commit (`tandem.yaml` at the head, at registration),
+/// unless it is larger than `max` bytes: then `Ok(None)`, and it is never
+/// read (a repository can hold a file of any size).
+pub async fn show_file(
+    mirror: &Path,
+    sha: &str,
+    path: &str,
+    max: usize,
+) -> Result<Option<String>, GitError> {
+    let object = format!("{sha}:{path}");
+    let size = git(Some(mirror), &["cat-file", "-s", &object]).await?;
+    if size.trim().parse::<usize>().map_or(true, |n| n > max) {
+        return Ok(None);
+    }
+    git(Some(mirror), &["show", &object]).await.map(Some)
 }
 
 #[cfg(test)]

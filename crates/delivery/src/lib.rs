@@ -162,12 +162,20 @@ impl Delivery {
         actor: &str,
     ) -> Result<String, DeliveryError> {
         git::fetch(scratch, url, &req.branch).await?;
-        let text = git::show_file(scratch, head, "tandem.yaml")
+        let max = tandem_core::spec::MAX_SPEC_BYTES;
+        let text = git::show_file(scratch, head, "tandem.yaml", max)
             .await
             .map_err(|_| {
                 DeliveryError::BadInput(format!(
                     "{url} has no tandem.yaml at the head of {}",
                     req.branch
+                ))
+            })?
+            .ok_or_else(|| {
+                DeliveryError::BadInput(format!(
+                    "tandem.yaml at the head of {} of {url} is larger than {} KiB; a spec is at most that",
+                    req.branch,
+                    max / 1024
                 ))
             })?;
         let file = format!("{url}@{}:tandem.yaml", req.branch);

@@ -913,3 +913,23 @@ fn secrets_reach_instances_and_steps_and_are_masked_everywhere_else() {
         assert_eq!(mode & 0o777, 0o600, "{file} is owner-only");
     }
 }
+
+#[test]
+fn a_repository_whose_spec_is_too_large_is_refused_without_reading_it() {
+    let env = Env::start();
+    let root = tempfile::tempdir().expect("tempdir");
+    // A spec with 300 KiB of comment: valid YAML, too large to take.
+    let huge = format!("{SPEC}# {}\n", "x".repeat(300 * 1024));
+    let repo = Repo::new(root.path(), &huge);
+    repo.push("main", "a large spec", &[("index.html", "v1")]);
+    let out = env.tandem(&["services", "add", repo.origin.to_str().expect("utf8")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("tandem.yaml at the head of main")
+            && stderr.contains("larger than 256 KiB"),
+        "{stderr}"
+    );
+    let services = env.tandem(&["services", "-o", "json"]);
+    assert_eq!(String::from_utf8_lossy(&services.stdout).trim(), "[]");
+}
