@@ -192,6 +192,30 @@ fn a_certificate_file_outside_the_spec_or_not_naming_the_host_is_refused_and_cha
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("leaves the spec's directory"));
 
+    // A link inside the directory to a file outside it (a key the server
+    // can read, say) is followed no further than the directory.
+    let linked = env.app(
+        "linked",
+        "  tls: { cert: c/site.crt, key: c/site.key }\n",
+        "x",
+    );
+    std::fs::create_dir_all(linked.join("c")).expect("mkdir");
+    certificates(env.root.path(), &["linked.test"]);
+    for ext in ["crt", "key"] {
+        std::os::unix::fs::symlink(
+            env.root.path().join(format!("linked.test.{ext}")),
+            linked.join(format!("c/site.{ext}")),
+        )
+        .expect("link");
+    }
+    let out = env.deploy(&linked);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("leads outside the spec's directory"),
+        "{stderr}"
+    );
+
     let wrong = env.app(
         "wrong",
         "  tls: { cert: c/other.test.crt, key: c/other.test.key }\n",
