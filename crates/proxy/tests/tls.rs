@@ -178,7 +178,7 @@ async fn a_host_without_a_certificate_fails_the_handshake() {
     // The server refuses (an alert), rather than showing a certificate of
     // another host, which the client would refuse itself.
     let shaken = try_connect(setup.https, "other.test", &setup.ca_pem, &[]).await;
-    let error = shaken.err().expect("no handshake").to_string();
+    let error = shaken.expect_err("no handshake").to_string();
     assert!(error.contains("received fatal alert"), "{error}");
     // The listener serves on.
     let tls = connect(setup.https, "api.test", &setup.ca_pem, &[]).await;
