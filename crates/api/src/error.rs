@@ -58,6 +58,11 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound(m) => ApiError::NotFound(m),
             StoreError::Conflict(m) => ApiError::Conflict(m),
+            // The storage's fault, not the request's: nothing was changed,
+            // and asking again once there is room will do.
+            e @ (StoreError::Storage { .. } | StoreError::Damaged { .. }) => {
+                ApiError::Unavailable(format!("{e}; nothing was changed"))
+            }
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -111,8 +111,27 @@ fn actor(headers: &HeaderMap) -> String {
         .unwrap_or_else(|| "user:anonymous".into())
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "ok": true, "version": env!("CARGO_PKG_VERSION") }))
+/// Whether the control plane can do its work: 503 while the store cannot
+/// write (a full disk, say), with the fault and since when.
+async fn health(State(s): State<AppState>) -> Response {
+    let fault = s.engine.store.fault();
+    let status = if fault.is_some() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let storage = match &fault {
+        None => serde_json::json!({ "ok": true }),
+        Some(f) => serde_json::json!({
+            "ok": false, "kind": f.kind, "since": f.since, "error": f.to_string(),
+        }),
+    };
+    let body = serde_json::json!({
+        "ok": fault.is_none(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "storage": storage,
+    });
+    (status, Json(body)).into_response()
 }
 
 async fn services(State(s): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {

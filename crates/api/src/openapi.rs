@@ -5,7 +5,11 @@
 use axum::Json;
 
 pub const PATHS: [(&str, &str, &str); 35] = [
-    ("/api/v1/health", "get", "Liveness of the control plane"),
+    (
+        "/api/v1/health",
+        "get",
+        "Health of the control plane: 200, or 503 with the storage fault that stops writes",
+    ),
     ("/api/v1/services", "get", "List services"),
     (
         "/api/v1/services",

@@ -293,12 +293,15 @@ pub async fn up(
     let api_local = listener
         .local_addr()
         .map_err(|e| Exit::failure(e.to_string()))?;
-    let engine = Engine::new(
-        Store::open(&dir.join("tandem.db"))
-            .await
-            .map_err(|e| Exit::failure(format!("cannot open the store: {e}")))?,
-        dir,
-    );
+    let store = Store::open(&dir.join("tandem.db"))
+        .await
+        .map_err(|e| Exit::failure(format!("cannot open the store: {e}")))?;
+    // The WAL is moved into the database file every 30 s, so a WAL lost
+    // with its file loses at most that much (and a removed one is found).
+    let _checkpoints = AbortOnDropHandle::new(tokio::spawn(
+        store.clone().keep_checkpointing(Duration::from_secs(30)),
+    ));
+    let engine = Engine::new(store, dir);
     let https = start_agent_on
         .as_ref()
         .and_then(|(_, d)| d.proxy_tls_addr)

@@ -41,6 +41,10 @@ pub const AGENT_DOWN_AFTER: Duration = Duration::from_secs(5);
 /// Incidents about the data plane itself are filed under this name.
 pub const AGENT_SERVICE: &str = "tandem-agent";
 const AGENT_DOWN_KIND: &str = "agent-unreachable";
+/// Incidents about the store itself (full disk, I/O errors) are filed
+/// under this name.
+pub const STORE_SERVICE: &str = "tandem-store";
+const STORAGE_KIND: &str = "storage-fault";
 
 /// Minutes are kept this long (13 months and some).
 pub const KEEP_MINUTES: i64 = 400 * 24 * 60;
@@ -76,6 +80,8 @@ impl Ops {
             pruned_at: None,
             instances: None,
             missing_since: HashMap::new(),
+            storage: None,
+            storage_leftovers: true,
         };
         tokio::spawn(monitor.run());
     }
@@ -173,6 +179,20 @@ struct Monitor {
     instances: Option<HashMap<String, InstanceLook>>,
     /// Since when each unit that should serve has had no route.
     missing_since: HashMap<String, Instant>,
+    /// The storage fault under way, if one is.
+    storage: Option<StorageEpisode>,
+    /// A storage incident a previous server left open may still need
+    /// resolving (checked at the first look at a store that writes).
+    storage_leftovers: bool,
+}
+
+/// A storage fault from its first sighting to the first write that works.
+struct StorageEpisode {
+    fault: tandem_store::StorageFault,
+    /// Its incident, once it could be recorded (not while the disk is full).
+    incident: Option<IncidentRow>,
+    /// Whether the channels were told it opened.
+    told: bool,
 }
 
 /// The parts of an instance's state whose changes are journaled.
@@ -199,6 +219,7 @@ impl Monitor {
         let mut unreachable_since: Option<Instant> = None;
         loop {
             tick.tick().await;
+            self.watch_storage().await;
             let asked = Instant::now();
             let status = match self.ops.engine.agent.status().await {
                 Ok(s) => s,
@@ -219,8 +240,111 @@ impl Monitor {
             {
                 tracing::warn!(error = %e, "cannot record that the agent is back");
             }
-            if let Err(e) = self.check(&status).await {
-                tracing::warn!(error = %e, "monitor check failed");
+            match self.check(&status).await {
+                Ok(()) => {}
+                // Reported once, as the storage incident, not every second.
+                Err(e @ StoreError::Storage { .. }) => {
+                    tracing::debug!(error = %e, "monitor check failed")
+                }
+                Err(e) => tracing::warn!(error = %e, "monitor check failed"),
+            }
+        }
+    }
+
+    /// A store that cannot write is an incident: opened when it can be
+    /// recorded, and the channels are told at once even when it cannot
+    /// (the disk is full: the notice then carries incident number 0 and
+    /// its deliveries go unrecorded). While the fault stands, a probe write
+    /// each second finds out when there is room again; then the incident
+    /// is recorded if it was not and resolved.
+    async fn watch_storage(&mut self) {
+        let store = self.ops.engine.store.clone();
+        if store.fault().is_some() {
+            let _ = store.probe().await;
+        }
+        let fault = store.fault();
+        if fault.is_none() && self.storage.is_none() && self.storage_leftovers {
+            self.storage_leftovers = false;
+            let open = store.incidents(true, 10_000).await.unwrap_or_default();
+            for i in open.into_iter().filter(|i| i.kind == STORAGE_KIND) {
+                let note = "the store writes (found open at the server's start)";
+                if let Err(e) = self.ops.resolve(i.id, MONITOR_ACTOR, Some(note)).await {
+                    tracing::warn!(error = %e, "cannot resolve an old storage incident");
+                }
+            }
+        }
+        if self.storage.is_none()
+            && let Some(fault) = &fault
+        {
+            tracing::error!(%fault, "the store cannot write");
+            self.storage = Some(StorageEpisode {
+                fault: fault.clone(),
+                incident: None,
+                told: false,
+            });
+        }
+        let Some(episode) = self.storage.as_mut() else {
+            return;
+        };
+        if let Some(f) = &fault {
+            episode.fault = f.clone();
+        }
+        if episode.incident.is_none() {
+            let new = NewIncident {
+                service: STORE_SERVICE.into(),
+                env: None,
+                kind: STORAGE_KIND.into(),
+                severity: "page".into(),
+                summary: format!(
+                    "{} (since {}); writes fail with 503 and change nothing until this is fixed",
+                    episode.fault, episode.fault.since
+                ),
+                release: None,
+                suspect_release: None,
+            };
+            match store.open_incident(&new, MONITOR_ACTOR).await {
+                Ok(row) => {
+                    if !episode.told {
+                        self.ops.notifier.notify(&row, "incident.opened").await;
+                        episode.told = true;
+                    }
+                    episode.incident = Some(row);
+                }
+                Err(e) if !episode.told => {
+                    tracing::warn!(error = %e, "cannot record the storage incident; telling the channels anyway");
+                    let row = IncidentRow {
+                        id: 0,
+                        service: new.service,
+                        env: None,
+                        kind: new.kind,
+                        severity: new.severity,
+                        status: "open".into(),
+                        summary: new.summary,
+                        release: None,
+                        suspect_release: None,
+                        opened_at: episode.fault.since.clone(),
+                        acknowledged_at: None,
+                        acknowledged_by: None,
+                        resolved_at: None,
+                        resolved_by: None,
+                        note: None,
+                    };
+                    self.ops.notifier.notify(&row, "incident.opened").await;
+                    episode.told = true;
+                }
+                Err(_) => {}
+            }
+        }
+        if fault.is_none()
+            && let Some(row) = &episode.incident
+        {
+            let note = format!(
+                "the store writes again (fault since {})",
+                episode.fault.since
+            );
+            match self.ops.resolve(row.id, MONITOR_ACTOR, Some(&note)).await {
+                Ok(_) => self.storage = None,
+                Err(e) => tracing::warn!(error = %e, "cannot resolve the storage incident"),
             }
         }
     }

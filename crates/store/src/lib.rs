@@ -5,6 +5,7 @@
 //! and updates the read models in one transaction; writers are serialised so
 //! the chain has no forks.
 
+mod health;
 mod ops;
 mod pipeline;
 mod secrets;
@@ -21,7 +22,15 @@ use tandem_core::journal::{self, ChainError, Event, GENESIS, NewEvent, Verifier}
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
-    Sql(#[from] sqlx::Error),
+    Sql(sqlx::Error),
+    /// The write failed because of the storage (see [`StorageFault`]).
+    #[error("{}", StorageFault { kind, error: error.clone(), since: String::new() })]
+    Storage { kind: &'static str, error: String },
+    /// The database file is damaged; the way out is a backup.
+    #[error(
+        "the database {path} is damaged ({detail}); restore the latest backup with `tandem restore FILE --data-dir DIR` (scheduled backups are in <data>/backups)"
+    )]
+    Damaged { path: String, detail: String },
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("journal encoding failed: {0}")]
@@ -34,6 +43,20 @@ pub enum StoreError {
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match health::classify(&e) {
+            Some(kind) => StoreError::Storage {
+                kind,
+                error: e.to_string(),
+            },
+            None => StoreError::Sql(e),
+        }
+    }
+}
+
+pub use health::StorageFault;
 
 pub use ops::{ChannelRow, DeliveryRow, IncidentRow, NewIncident};
 pub use pipeline::{DeploymentRow, NewRun, RepoRow, RunRow, RunUpdate, StageRecord};
@@ -103,6 +126,9 @@ pub struct ServiceUpsert<'a> {
 pub struct Store {
     pool: SqlitePool,
     writer: std::sync::Arc<tokio::sync::Mutex<()>>,
+    health: health::SharedHealth,
+    /// The database file.
+    path: std::sync::Arc<std::path::PathBuf>,
 }
 
 /// Now, UTC, millisecond precision, as the journal writes it.
@@ -122,6 +148,12 @@ impl Store {
             .busy_timeout(std::time::Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // Connections live as long as the store: SQLite removes the WAL
+            // when its last connection closes, and a WAL that is gone while
+            // the store is open must mean someone removed it.
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
             // A connection that comes back still inside a transaction (a
             // COMMIT that failed on a full disk, and the ROLLBACK after it)
             // is closed, which rolls it back, rather than pooled: pooled,
@@ -130,8 +162,27 @@ impl Store {
             // dead one, reported committed and never written.
             .after_release(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
             .connect_with(options)
-            .await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
+            .await
+            .map_err(|e| damaged_or(path, e))?;
+        // A damaged file is told at start, with the way out, rather than
+        // met by whichever request reads the damaged page first.
+        let check: Vec<String> = sqlx::query_scalar("PRAGMA quick_check(5)")
+            .fetch_all(&pool)
+            .await
+            .map_err(|e| damaged_or(path, e))?;
+        if check.first().map(String::as_str) != Some("ok") {
+            return Err(StoreError::Damaged {
+                path: path.display().to_string(),
+                detail: check.join("; "),
+            });
+        }
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .map_err(|e| match e {
+                sqlx::migrate::MigrateError::Execute(e) => damaged_or(path, e),
+                e => StoreError::Migrate(e),
+            })?;
         // The database holds secret values: owner-only, with its WAL files.
         for suffix in ["", "-wal", "-shm"] {
             use std::os::unix::fs::PermissionsExt;
@@ -142,20 +193,45 @@ impl Store {
         Ok(Store {
             pool,
             writer: Default::default(),
+            health: Default::default(),
+            path: std::sync::Arc::new(path.to_path_buf()),
         })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A consistent copy of the whole database, taken while it is in use
+    /// (`VACUUM INTO`: one read transaction, so no write is half in it),
+    /// written to `to`, which must not exist.
+    pub async fn backup_to(&self, to: &Path) -> Result<()> {
+        let to = to
+            .to_str()
+            .ok_or_else(|| StoreError::Conflict(format!("{} is not UTF-8", to.display())))?;
+        sqlx::query("VACUUM INTO ?")
+            .bind(to)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Appends one event on its own.
     pub async fn append(&self, event: NewEvent) -> Result<Event> {
-        let _w = self.writer.lock().await;
-        let mut tx = self.pool.begin().await?;
-        let e = append_in(&mut tx, event).await?;
-        tx.commit().await?;
-        Ok(e)
+        self.writing(async move {
+            let _w = self.writer.lock().await;
+            let mut tx = self.pool.begin().await?;
+            let e = append_in(&mut tx, event).await?;
+            tx.commit().await?;
+            Ok(e)
+        })
+        .await
     }
 
     /// Creates or updates a service; returns whether it was new.
     pub async fn upsert_service(&self, s: ServiceUpsert<'_>, actor: &str) -> Result<(bool, Event)> {
+        self.writing(async move {
         let _w = self.writer.lock().await;
         let mut tx = self.pool.begin().await?;
         let now = now_ts();
@@ -191,6 +267,8 @@ impl Store {
         let e = append_in(&mut tx, event).await?;
         tx.commit().await?;
         Ok((existed.is_none(), e))
+        })
+        .await
     }
 
     /// Records a new release of a service, numbered after the last one.
@@ -203,6 +281,7 @@ impl Store {
         source: &str,
         actor: &str,
     ) -> Result<ReleaseRow> {
+        self.writing(async move {
         let _w = self.writer.lock().await;
         let mut tx = self.pool.begin().await?;
         let number: i64 = sqlx::query_scalar(
@@ -237,6 +316,8 @@ impl Store {
         tx.commit().await?;
         drop(_w);
         self.release(service, number).await
+        })
+        .await
     }
 
     /// Moves a release to `status` and appends `event`; with `live`, makes it
@@ -250,6 +331,7 @@ impl Store {
         live: bool,
         event: NewEvent,
     ) -> Result<Event> {
+        self.writing(async move {
         let _w = self.writer.lock().await;
         let mut tx = self.pool.begin().await?;
         let now = now_ts();
@@ -283,6 +365,8 @@ impl Store {
         let e = append_in(&mut tx, event).await?;
         tx.commit().await?;
         Ok(e)
+        })
+        .await
     }
 
     pub async fn services(&self) -> Result<Vec<ServiceRow>> {
@@ -356,6 +440,20 @@ impl Store {
     /// The raw pool, for tests that tamper with the database on purpose.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+}
+
+/// An error met while opening: damage is [`StoreError::Damaged`].
+fn damaged_or(path: &Path, e: sqlx::Error) -> StoreError {
+    match StoreError::from(e) {
+        StoreError::Storage {
+            kind: "damaged",
+            error,
+        } => StoreError::Damaged {
+            path: path.display().to_string(),
+            detail: error,
+        },
+        other => other,
     }
 }
 

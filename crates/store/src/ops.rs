@@ -75,6 +75,7 @@ pub struct DeliveryRow {
 impl Store {
     /// Opens an incident with its `incident.opened` event.
     pub async fn open_incident(&self, new: &NewIncident, actor: &str) -> Result<IncidentRow> {
+        self.writing(async move {
         let _w = self.writer.lock().await;
         let mut tx = self.pool.begin().await?;
         let now = now_ts();
@@ -112,6 +113,8 @@ impl Store {
         self.incident(id)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("no incident {id}")))
+        })
+        .await
     }
 
     /// Acknowledges or resolves an incident, with its event. Refused when it
@@ -123,6 +126,7 @@ impl Store {
         by: &str,
         note: Option<&str>,
     ) -> Result<IncidentRow> {
+        self.writing(async move {
         let _w = self.writer.lock().await;
         let mut tx = self.pool.begin().await?;
         let now = now_ts();
@@ -172,6 +176,8 @@ impl Store {
         self.incident(id)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("no incident {id}")))
+        })
+        .await
     }
 
     pub async fn incident(&self, id: i64) -> Result<Option<IncidentRow>> {
@@ -193,35 +199,38 @@ impl Store {
     }
 
     pub async fn add_channel(&self, c: &ChannelRow, actor: &str) -> Result<ChannelRow> {
-        let _w = self.writer.lock().await;
-        let mut tx = self.pool.begin().await?;
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO channels (kind, target, secret, smtp, service, tier, created_at)
+        self.writing(async move {
+            let _w = self.writer.lock().await;
+            let mut tx = self.pool.begin().await?;
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO channels (kind, target, secret, smtp, service, tier, created_at)
              VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(&c.kind)
-        .bind(&c.target)
-        .bind(&c.secret)
-        .bind(&c.smtp)
-        .bind(&c.service)
-        .bind(&c.tier)
-        .bind(now_ts())
-        .fetch_one(&mut *tx)
-        .await?;
-        let event = NewEvent::new(actor, "channel.added")
-            .subject("channel", id.to_string())
-            .payload(serde_json::json!({
-                "kind": c.kind, "target": c.target, "service": c.service, "tier": c.tier,
-                "signed": c.secret.is_some(),
-            }));
-        append_in(&mut tx, event).await?;
-        tx.commit().await?;
-        drop(_w);
-        sqlx::query_as("SELECT * FROM channels WHERE id = ?")
-            .bind(id)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(Into::into)
+            )
+            .bind(&c.kind)
+            .bind(&c.target)
+            .bind(&c.secret)
+            .bind(&c.smtp)
+            .bind(&c.service)
+            .bind(&c.tier)
+            .bind(now_ts())
+            .fetch_one(&mut *tx)
+            .await?;
+            let event = NewEvent::new(actor, "channel.added")
+                .subject("channel", id.to_string())
+                .payload(serde_json::json!({
+                    "kind": c.kind, "target": c.target, "service": c.service, "tier": c.tier,
+                    "signed": c.secret.is_some(),
+                }));
+            append_in(&mut tx, event).await?;
+            tx.commit().await?;
+            drop(_w);
+            sqlx::query_as("SELECT * FROM channels WHERE id = ?")
+                .bind(id)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(Into::into)
+        })
+        .await
     }
 
     pub async fn channels(&self) -> Result<Vec<ChannelRow>> {
@@ -231,22 +240,25 @@ impl Store {
     }
 
     pub async fn remove_channel(&self, id: i64, actor: &str) -> Result<()> {
-        let _w = self.writer.lock().await;
-        let mut tx = self.pool.begin().await?;
-        let gone = sqlx::query("DELETE FROM channels WHERE id = ?")
-            .bind(id)
-            .execute(&mut *tx)
+        self.writing(async move {
+            let _w = self.writer.lock().await;
+            let mut tx = self.pool.begin().await?;
+            let gone = sqlx::query("DELETE FROM channels WHERE id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            if gone.rows_affected() == 0 {
+                return Err(StoreError::NotFound(format!("no channel {id}")));
+            }
+            append_in(
+                &mut tx,
+                NewEvent::new(actor, "channel.removed").subject("channel", id.to_string()),
+            )
             .await?;
-        if gone.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("no channel {id}")));
-        }
-        append_in(
-            &mut tx,
-            NewEvent::new(actor, "channel.removed").subject("channel", id.to_string()),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Records one delivery attempt (not a journal event: attempts are

@@ -91,6 +91,7 @@ pub struct RunUpdate<'a> {
 impl Store {
     /// Registers the repository of an existing service.
     pub async fn add_repo(&self, repo: &RepoRow, actor: &str) -> Result<Event> {
+        self.writing(async move {
         let _w = self.writer.lock().await;
         let mut tx = self.pool.begin().await?;
         sqlx::query(
@@ -118,6 +119,8 @@ impl Store {
         let e = append_in(&mut tx, event).await?;
         tx.commit().await?;
         Ok(e)
+        })
+        .await
     }
 
     pub async fn repos(&self) -> Result<Vec<RepoRow>> {
@@ -136,38 +139,41 @@ impl Store {
     /// Removes a service and its repository from the read models; its
     /// history stays in the journal and in the runs.
     pub async fn remove_service(&self, service: &str, actor: &str) -> Result<Event> {
-        let _w = self.writer.lock().await;
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM repos WHERE service = ?")
-            .bind(service)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM releases WHERE service = ?")
-            .bind(service)
-            .execute(&mut *tx)
-            .await?;
-        let gone = sqlx::query("DELETE FROM services WHERE name = ?")
-            .bind(service)
-            .execute(&mut *tx)
-            .await?;
-        if gone.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("no service named {service}")));
-        }
-        sqlx::query(
-            "UPDATE runs SET status = 'cancelled', reason = 'service removed', updated_at = ?
+        self.writing(async move {
+            let _w = self.writer.lock().await;
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("DELETE FROM repos WHERE service = ?")
+                .bind(service)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM releases WHERE service = ?")
+                .bind(service)
+                .execute(&mut *tx)
+                .await?;
+            let gone = sqlx::query("DELETE FROM services WHERE name = ?")
+                .bind(service)
+                .execute(&mut *tx)
+                .await?;
+            if gone.rows_affected() == 0 {
+                return Err(StoreError::NotFound(format!("no service named {service}")));
+            }
+            sqlx::query(
+                "UPDATE runs SET status = 'cancelled', reason = 'service removed', updated_at = ?
              WHERE service = ? AND status IN ('queued', 'waiting-approval')",
-        )
-        .bind(now_ts())
-        .bind(service)
-        .execute(&mut *tx)
-        .await?;
-        let e = append_in(
-            &mut tx,
-            NewEvent::new(actor, "service.removed").subject("service", service),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(e)
+            )
+            .bind(now_ts())
+            .bind(service)
+            .execute(&mut *tx)
+            .await?;
+            let e = append_in(
+                &mut tx,
+                NewEvent::new(actor, "service.removed").subject("service", service),
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(e)
+        })
+        .await
     }
 
     /// Queues a run. Without `force`, a commit that already has a run is not
@@ -178,6 +184,7 @@ impl Store {
         force: bool,
         actor: &str,
     ) -> Result<Option<RunRow>> {
+        self.writing(async move {
         let _w = self.writer.lock().await;
         let mut tx = self.pool.begin().await?;
         if !force {
@@ -247,6 +254,8 @@ impl Store {
         tx.commit().await?;
         drop(_w);
         self.run(id).await
+        })
+        .await
     }
 
     /// Applies `update` to run `id` and appends `event` with it. Refused
@@ -258,6 +267,7 @@ impl Store {
         update: RunUpdate<'_>,
         event: NewEvent,
     ) -> Result<Event> {
+        self.writing(async move {
         let _w = self.writer.lock().await;
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
@@ -280,6 +290,8 @@ impl Store {
         let e = append_in(&mut tx, event).await?;
         tx.commit().await?;
         Ok(e)
+        })
+        .await
     }
 
     pub async fn run(&self, id: i64) -> Result<Option<RunRow>> {
@@ -332,6 +344,7 @@ impl Store {
         committed_at: &str,
         message: &str,
     ) -> Result<()> {
+        self.writing(async move {
         let _w = self.writer.lock().await;
         sqlx::query(
             "UPDATE runs SET commit_sha = ?, author = ?, committed_at = ?, message = ? WHERE id = ?",
@@ -344,6 +357,8 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+        })
+        .await
     }
 }
 
@@ -366,6 +381,7 @@ impl Store {
         number: i64,
         event: NewEvent,
     ) -> Result<Event> {
+        self.writing(async move {
         let _w = self.writer.lock().await;
         let mut tx = self.pool.begin().await?;
         sqlx::query(
@@ -381,6 +397,8 @@ impl Store {
         let e = append_in(&mut tx, event).await?;
         tx.commit().await?;
         Ok(e)
+        })
+        .await
     }
 
     /// Every service's environments but production, and what they run.
@@ -411,6 +429,7 @@ impl Store {
         approver: &str,
         event: NewEvent,
     ) -> Result<u32> {
+        self.writing(async move {
         let _w = self.writer.lock().await;
         let mut tx = self.pool.begin().await?;
         let added = sqlx::query(
@@ -432,6 +451,8 @@ impl Store {
             .await?;
         tx.commit().await?;
         Ok(n as u32)
+        })
+        .await
     }
 
     /// Approvers of run `id` into `env`.
@@ -448,6 +469,7 @@ impl Store {
     /// Supersedes the service's runs that wait for an approval, when a newer
     /// run (`by`) starts deploying; returns their ids.
     pub async fn supersede_waiting(&self, service: &str, by: i64, actor: &str) -> Result<Vec<i64>> {
+        self.writing(async move {
         let _w = self.writer.lock().await;
         let mut tx = self.pool.begin().await?;
         let waiting: Vec<(i64, String)> = sqlx::query_as(
@@ -475,5 +497,7 @@ impl Store {
         }
         tx.commit().await?;
         Ok(waiting.into_iter().map(|(id, _)| id).collect())
+        })
+        .await
     }
 }

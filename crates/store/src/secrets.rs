@@ -21,6 +21,7 @@ impl Store {
         value: &str,
         actor: &str,
     ) -> Result<Event> {
+        self.writing(async move {
         let _w = self.writer.lock().await;
         let mut tx = self.pool.begin().await?;
         sqlx::query(
@@ -39,27 +40,32 @@ impl Store {
         let e = append_in(&mut tx, event).await?;
         tx.commit().await?;
         Ok(e)
+        })
+        .await
     }
 
     pub async fn remove_secret(&self, service: &str, name: &str, actor: &str) -> Result<Event> {
-        let _w = self.writer.lock().await;
-        let mut tx = self.pool.begin().await?;
-        let gone = sqlx::query("DELETE FROM secrets WHERE service = ? AND name = ?")
-            .bind(service)
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        if gone.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!(
-                "{service} has no secret {name}"
-            )));
-        }
-        let event = NewEvent::new(actor, "secret.removed")
-            .subject("service", service)
-            .payload(serde_json::json!({ "name": name }));
-        let e = append_in(&mut tx, event).await?;
-        tx.commit().await?;
-        Ok(e)
+        self.writing(async move {
+            let _w = self.writer.lock().await;
+            let mut tx = self.pool.begin().await?;
+            let gone = sqlx::query("DELETE FROM secrets WHERE service = ? AND name = ?")
+                .bind(service)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+            if gone.rows_affected() == 0 {
+                return Err(StoreError::NotFound(format!(
+                    "{service} has no secret {name}"
+                )));
+            }
+            let event = NewEvent::new(actor, "secret.removed")
+                .subject("service", service)
+                .payload(serde_json::json!({ "name": name }));
+            let e = append_in(&mut tx, event).await?;
+            tx.commit().await?;
+            Ok(e)
+        })
+        .await
     }
 
     pub async fn secrets(&self, service: &str) -> Result<Vec<SecretInfo>> {

@@ -85,9 +85,10 @@ impl Store {
         reason: &str,
         actor: &str,
     ) -> Result<(MaintenanceRow, Event)> {
-        let _w = self.writer.lock().await;
-        let mut tx = self.pool.begin().await?;
-        let id: i64 = sqlx::query_scalar(
+        self.writing(async move {
+            let _w = self.writer.lock().await;
+            let mut tx = self.pool.begin().await?;
+            let id: i64 = sqlx::query_scalar(
             "INSERT INTO maintenance (service, starts_at, ends_at, reason, created_by, created_at)
              VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
         )
@@ -99,20 +100,22 @@ impl Store {
         .bind(now_ts())
         .fetch_one(&mut *tx)
         .await?;
-        let event = NewEvent::new(actor, "maintenance.scheduled")
+            let event = NewEvent::new(actor, "maintenance.scheduled")
             .subject("service", service)
             .subject("maintenance", id.to_string())
             .payload(
                 serde_json::json!({ "starts_at": starts_at, "ends_at": ends_at, "reason": reason }),
             );
-        let e = append_in(&mut tx, event).await?;
-        tx.commit().await?;
-        drop(_w);
-        let row = sqlx::query_as("SELECT * FROM maintenance WHERE id = ?")
-            .bind(id)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok((row, e))
+            let e = append_in(&mut tx, event).await?;
+            tx.commit().await?;
+            drop(_w);
+            let row = sqlx::query_as("SELECT * FROM maintenance WHERE id = ?")
+                .bind(id)
+                .fetch_one(&self.pool)
+                .await?;
+            Ok((row, e))
+        })
+        .await
     }
 
     pub async fn maintenance(&self, service: Option<&str>) -> Result<Vec<MaintenanceRow>> {
@@ -125,25 +128,28 @@ impl Store {
     }
 
     pub async fn remove_maintenance(&self, id: i64, actor: &str) -> Result<()> {
-        let _w = self.writer.lock().await;
-        let mut tx = self.pool.begin().await?;
-        let service: Option<String> =
-            sqlx::query_scalar("SELECT service FROM maintenance WHERE id = ?")
+        self.writing(async move {
+            let _w = self.writer.lock().await;
+            let mut tx = self.pool.begin().await?;
+            let service: Option<String> =
+                sqlx::query_scalar("SELECT service FROM maintenance WHERE id = ?")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let Some(service) = service else {
+                return Err(StoreError::NotFound(format!("no maintenance window {id}")));
+            };
+            sqlx::query("DELETE FROM maintenance WHERE id = ?")
                 .bind(id)
-                .fetch_optional(&mut *tx)
+                .execute(&mut *tx)
                 .await?;
-        let Some(service) = service else {
-            return Err(StoreError::NotFound(format!("no maintenance window {id}")));
-        };
-        sqlx::query("DELETE FROM maintenance WHERE id = ?")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        let event = NewEvent::new(actor, "maintenance.cancelled")
-            .subject("service", &service)
-            .subject("maintenance", id.to_string());
-        append_in(&mut tx, event).await?;
-        tx.commit().await?;
-        Ok(())
+            let event = NewEvent::new(actor, "maintenance.cancelled")
+                .subject("service", &service)
+                .subject("maintenance", id.to_string());
+            append_in(&mut tx, event).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 }

@@ -71,6 +71,15 @@ async fn a_full_disk_fails_writes_loses_nothing_acknowledged_and_the_store_recov
         }
     }
     assert!(failed > 0, "the disk was full, yet every write succeeded");
+    let fault = store.fault().expect("a full disk is a storage fault");
+    assert_eq!(fault.kind, "full", "{fault:?}");
+    // A small write may fit in the WAL's old space; the fault stands
+    // until there is room.
+    let _ = store.probe().await;
+    assert!(
+        store.fault().is_some(),
+        "a probe ended a full disk's fault without room"
+    );
 
     // Room again: every pooled connection writes, none is left inside a
     // transaction (which made later writes "succeed" into nothing, or
@@ -84,6 +93,7 @@ async fn a_full_disk_fails_writes_loses_nothing_acknowledged_and_the_store_recov
             .unwrap_or_else(|e| panic!("{name}: a write once there is room: {e}"));
         acknowledged.push(name);
     }
+    assert_eq!(store.fault(), None, "writes work again, the fault stands");
     drop(store);
 
     // Everything acknowledged is there after a restart, and the journal

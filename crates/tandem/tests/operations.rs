@@ -7,12 +7,11 @@ mod util;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
-use util::{Env, Load, assert_ok, wait_until};
+use util::{Env, Load, assert_ok, receiver, wait_until};
 
 /// A tiny app: `/health` answers 200 while `$HEALTH_FILE` exists, else 503;
 /// everything else `ok`, or 500 while `$HEALTH_FILE.errors` exists. Exits at once when `$CRASH_FILE` exists.
@@ -57,66 +56,6 @@ fn app(env: &Env, name: &str) -> (PathBuf, PathBuf, PathBuf) {
     )
     .expect("spec");
     (dir, health, crash)
-}
-
-/// One received HTTP request: headers (lower-case names) and body.
-#[derive(Clone, Debug)]
-struct Received {
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Received {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// A real HTTP receiver on port 0 that answers 200 and keeps every request.
-fn receiver() -> (String, Arc<Mutex<Vec<Received>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind receiver");
-    let addr = listener.local_addr().expect("addr").to_string();
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let keep = Arc::clone(&got);
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let mut reader = BufReader::new(stream);
-            let mut headers = Vec::new();
-            let mut line = String::new();
-            if reader.read_line(&mut line).is_err() {
-                continue;
-            }
-            loop {
-                line.clear();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some((k, v)) = line.trim_end().split_once(':') {
-                    headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
-                }
-            }
-            let len: usize = headers
-                .iter()
-                .find(|(k, _)| k == "content-length")
-                .and_then(|(_, v)| v.parse().ok())
-                .unwrap_or(0);
-            let mut body = vec![0u8; len];
-            if reader.read_exact(&mut body).is_err() {
-                continue;
-            }
-            keep.lock().expect("lock").push(Received {
-                headers,
-                body: String::from_utf8_lossy(&body).into_owned(),
-            });
-            let mut stream = reader.into_inner();
-            let _ = stream
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-        }
-    });
-    (addr, got)
 }
 
 fn incidents(env: &Env) -> Vec<serde_json::Value> {

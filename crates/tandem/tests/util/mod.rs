@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,6 +21,8 @@ pub struct Env {
     pub up: Option<Child>,
     /// Extra environment of `tandem up` (and so of its agent).
     pub vars: Vec<(String, String)>,
+    /// File systems mounted for the test, unmounted when it ends.
+    pub mounts: Vec<PathBuf>,
 }
 
 impl Env {
@@ -35,9 +38,15 @@ impl Env {
     /// `tandem up` with extra environment variables, its proxy on `proxy`
     /// (an address someone else has to know beforehand; empty: port 0).
     pub fn start_on(proxy: &str, vars: &[(&str, &str)]) -> Env {
-        let root = tempfile::tempdir().expect("tempdir");
-        let mut env = Env {
-            root,
+        let mut env = Env::unstarted(proxy, vars);
+        env.up_again();
+        env
+    }
+
+    /// An environment whose `tandem up` is started by `up_again`.
+    pub fn unstarted(proxy: &str, vars: &[(&str, &str)]) -> Env {
+        Env {
+            root: tempfile::tempdir().expect("tempdir"),
             api: String::new(),
             proxy: proxy.to_string(),
             up: None,
@@ -45,9 +54,51 @@ impl Env {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-        };
+            mounts: Vec::new(),
+        }
+    }
+
+    /// `tandem up` with its data directory on a tmpfs of `size` (`16m`),
+    /// to fill: this needs root, as CI has.
+    pub fn start_on_small_disk(size: &str) -> Env {
+        let mut env = Env::unstarted("", &[]);
+        let data = env.data();
+        std::fs::create_dir_all(&data).expect("data dir");
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(&data)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "this test mounts a small tmpfs to fill it, which needs root: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        env.mounts.push(data);
         env.up_again();
         env
+    }
+
+    /// Fills the file system of the data directory; the file to remove to
+    /// make room again.
+    pub fn fill_disk(&self) -> PathBuf {
+        let path = self.data().join("filler");
+        let mut file = std::fs::File::create(&path).expect("filler");
+        let chunk = vec![0u8; 16 * 1024];
+        while file.write_all(&chunk).is_ok() {}
+        let _ = file.sync_all();
+        path
+    }
+
+    /// GET `path` of the API: status and body.
+    pub fn api_get(&self, path: &str) -> (u16, String) {
+        get_from(&self.api, "api", path)
     }
 
     /// `tandem up` with extra environment variables.
@@ -112,6 +163,20 @@ impl Env {
             .expect("run tandem")
     }
 
+    /// `tandem secrets set SERVICE NAME` with `value` on stdin.
+    pub fn set_secret(&self, service: &str, name: &str, value: &str) -> Output {
+        let mut set = Command::new(bin())
+            .args(["secrets", "set", service, name])
+            .env("TANDEM_SERVER", format!("http://{}", self.api))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let _ = set.stdin.take().expect("stdin").write_all(value.as_bytes());
+        set.wait_with_output().expect("wait")
+    }
+
     /// Writes a service directory with `python3 -m http.server` serving `body`.
     pub fn app(&self, name: &str, extra_yaml: &str, body: &str) -> PathBuf {
         let dir = self.root.path().join(name);
@@ -133,24 +198,7 @@ impl Env {
 
     /// One GET through the proxy on a fresh connection: (status, body).
     pub fn get(&self, host: &str, path: &str) -> (u16, String) {
-        let mut stream = std::net::TcpStream::connect(&self.proxy).expect("connect proxy");
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-        )
-        .expect("write");
-        let mut resp = String::new();
-        stream.read_to_string(&mut resp).expect("read");
-        let status = resp
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = resp
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        (status, body)
+        get_from(&self.proxy, host, path)
     }
 
     /// SIGKILL of the `tandem up` process (the control plane).
@@ -183,7 +231,33 @@ impl Drop for Env {
             .arg(self.data())
             .output();
         self.kill_up();
+        for m in &self.mounts {
+            let _ = Command::new("umount").arg("-l").arg(m).output();
+        }
     }
+}
+
+/// One GET of `path` from `addr` for `host` on a fresh connection:
+/// (status, body).
+pub fn get_from(addr: &str, host: &str, path: &str) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut resp = String::new();
+    stream.read_to_string(&mut resp).expect("read");
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }
 
 /// Polls `f` every 100 ms until it gives a value; fails after `within`.
@@ -461,4 +535,64 @@ pub fn process_alive(pid: u32) -> bool {
             Some(state != "Z" && state != "X")
         })
         .unwrap_or(false)
+}
+
+/// One received HTTP request: headers (lower-case names) and body.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A real HTTP receiver on port 0 that answers 200 and keeps every request.
+pub fn receiver() -> (String, Arc<Mutex<Vec<Received>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind receiver");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let keep = Arc::clone(&got);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut headers = Vec::new();
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((k, v)) = line.trim_end().split_once(':') {
+                    headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+                }
+            }
+            let len: usize = headers
+                .iter()
+                .find(|(k, _)| k == "content-length")
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0);
+            let mut body = vec![0u8; len];
+            if reader.read_exact(&mut body).is_err() {
+                continue;
+            }
+            keep.lock().expect("lock").push(Received {
+                headers,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            });
+            let mut stream = reader.into_inner();
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (addr, got)
 }
