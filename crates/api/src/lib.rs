@@ -97,6 +97,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/events", get(events))
         .route("/api/v1/audit/verify", get(audit_verify))
+        .route("/api/v1/backup", get(backup))
         .route("/metrics", get(metrics))
         .with_state(state)
 }
@@ -109,6 +110,39 @@ fn actor(headers: &HeaderMap) -> String {
         .filter(|v| v.starts_with("user:") && v.len() < 128)
         .map(str::to_owned)
         .unwrap_or_else(|| "user:anonymous".into())
+}
+
+/// A backup (a tar: see `tandem_engine::backup`), written to a file of the
+/// data directory, which is unlinked once open and streamed from there.
+async fn backup(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let dir = s.engine.data_dir().join("backups");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| ApiError::Internal(format!("cannot create {}: {e}", dir.display())))?;
+    let path = dir.join(format!(
+        ".download-{}-{}.tar",
+        std::process::id(),
+        jiff::Timestamp::now().as_nanosecond()
+    ));
+    let manifest = s
+        .engine
+        .backup(&path, &actor(&headers))
+        .await
+        .map_err(|e| match e {
+            tandem_engine::backup::BackupError::Store(e) => ApiError::from(e),
+            e => ApiError::Internal(e.to_string()),
+        })?;
+    let file = tokio::fs::File::open(&path).await;
+    let _ = std::fs::remove_file(&path);
+    let file = file.map_err(|e| ApiError::Internal(format!("reopening the backup: {e}")))?;
+    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/x-tar")
+        .header(header::CONTENT_LENGTH, len)
+        .header("x-tandem-journal-events", manifest.events)
+        .header("x-tandem-journal-head", &manifest.head)
+        .body(Body::from_stream(tokio_util::io::ReaderStream::new(file)))
+        .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 /// Whether the control plane can do its work: 503 while the store cannot

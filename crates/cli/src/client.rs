@@ -110,6 +110,41 @@ impl Api {
         .await
     }
 
+    /// GETs `path` into the file `to` (created here, owner-only), as it
+    /// arrives; returns the answer's headers.
+    pub async fn download(
+        &self,
+        path: &str,
+        to: &std::path::Path,
+    ) -> Result<http::HeaderMap, Exit> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let resp = self.send(Method::GET, path, None).await?;
+        if resp.status() != StatusCode::OK {
+            json_or_exit(resp).await?;
+            return Err(Exit::failure("the server sent no backup"));
+        }
+        let headers = resp.headers().clone();
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(to)
+            .map_err(|e| Exit::failure(format!("cannot create {}: {e}", to.display())))?;
+        let mut body = resp.into_body();
+        while let Some(frame) = body.frame().await {
+            let frame =
+                frame.map_err(|e| Exit::failure(format!("connection to the server broke: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                file.write_all(&data)
+                    .map_err(|e| Exit::failure(format!("writing {}: {e}", to.display())))?;
+            }
+        }
+        file.sync_all()
+            .map_err(|e| Exit::failure(format!("writing {}: {e}", to.display())))?;
+        Ok(headers)
+    }
+
     /// POSTs and hands each NDJSON line of the answer to `on_line` as it arrives.
     pub async fn post_stream(
         &self,

@@ -145,7 +145,7 @@ fn cidr(value: &str) -> Result<IpNet, String> {
         })
 }
 
-fn duration(value: &str) -> Result<Duration, String> {
+pub(crate) fn duration(value: &str) -> Result<Duration, String> {
     let parsed: tandem_core::units::Duration = value.parse()?;
     match parsed.as_millis() {
         0 => Err("must be more than 0".to_owned()),

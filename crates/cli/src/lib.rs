@@ -10,6 +10,7 @@ macro_rules! outln {
     };
 }
 
+mod backup;
 pub mod client;
 mod dataplane;
 pub mod exit;
@@ -141,6 +142,8 @@ pub enum Command {
         data_plane: dataplane::DataPlaneArgs,
         #[command(flatten)]
         acme: dataplane::AcmeArgs,
+        #[command(flatten)]
+        backups: backup::BackupArgs,
     },
     /// Stop every service and the agent of a data directory, and its server.
     Down {
@@ -176,6 +179,19 @@ pub enum Command {
         api_addr: SocketAddr,
         #[command(flatten)]
         acme: dataplane::AcmeArgs,
+        #[command(flatten)]
+        backups: backup::BackupArgs,
+    },
+    /// Write a consistent backup of the running server (its database,
+    /// artifacts, git mirrors and certificates) to FILE, a new file.
+    Backup { file: PathBuf },
+    /// Unpack a backup into an empty or new data directory and verify it;
+    /// `tandem up --data-dir DIR` then brings its services back.
+    Restore {
+        file: PathBuf,
+        /// The directory to restore into (empty or absent).
+        #[arg(long)]
+        data_dir: PathBuf,
     },
     /// Check a directory's tandem.yaml.
     Validate {
@@ -432,15 +448,19 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
             proxy_addr,
             data_plane,
             acme,
+            backups,
         } => {
             let agent = Some((proxy_addr, data_plane));
-            run::up(&data.resolve(), api_addr, agent, acme.config()).await
+            run::up(&data.resolve(), api_addr, agent, acme.config(), backups).await
         }
         Command::Server {
             data,
             api_addr,
             acme,
-        } => run::up(&data.resolve(), api_addr, None, acme.config()).await,
+            backups,
+        } => run::up(&data.resolve(), api_addr, None, acme.config(), backups).await,
+        Command::Backup { file } => backup::backup(&api(), &file).await,
+        Command::Restore { file, data_dir } => backup::restore(&file, &data_dir).await,
         Command::Agent {
             data,
             proxy_addr,

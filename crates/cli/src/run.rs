@@ -277,6 +277,7 @@ pub async fn up(
     api_addr: SocketAddr,
     start_agent_on: Option<(SocketAddr, DataPlaneArgs)>,
     acme: Option<tandem_engine::acme::AcmeConfig>,
+    backups: crate::backup::BackupArgs,
 ) -> CmdResult {
     check_data_dir(dir)?;
     let _lock = tandem_agent::lock_data_dir(dir, "server.lock").map_err(|_| {
@@ -347,6 +348,10 @@ pub async fn up(
         let engine = engine.clone();
         AbortOnDropHandle::new(tokio::spawn(engine.keep_acme_certificates(config)))
     });
+    let _backups = AbortOnDropHandle::new(tokio::spawn(crate::backup::keep_backing_up(
+        engine.clone(),
+        backups,
+    )));
     let app = tandem_api::router(tandem_api::AppState {
         engine,
         delivery,

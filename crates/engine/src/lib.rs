@@ -8,6 +8,7 @@
 pub mod acme;
 pub mod agent_client;
 pub mod artifact;
+pub mod backup;
 mod certs;
 mod placement;
 pub mod progress;
@@ -76,6 +77,37 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// Where a release's files are: by its digest under this data
+    /// directory (not the path recorded when it was made, which names the
+    /// data directory of then: a restored backup lives elsewhere).
+    pub fn artifact_dir(&self, release: &ReleaseRow) -> PathBuf {
+        self.data_dir.join("artifacts").join(&release.digest)
+    }
+
+    /// Writes a backup to `dest` (see [`backup`]) and journals it.
+    pub async fn backup(
+        &self,
+        dest: &Path,
+        actor: &str,
+    ) -> Result<backup::Manifest, backup::BackupError> {
+        let manifest = backup::make(&self.store, &self.data_dir, dest).await?;
+        let bytes = std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0);
+        let event = tandem_core::journal::NewEvent::new(actor, "backup.created").payload(
+            serde_json::json!({
+                "file": dest.file_name().map(|n| n.to_string_lossy().into_owned()),
+                "bytes": bytes,
+                "events": manifest.events,
+                "head": manifest.head,
+            }),
+        );
+        self.store.append(event).await?;
+        Ok(manifest)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
     pub fn new(store: Store, data_dir: &Path) -> Self {
         Engine {
             store,
@@ -533,7 +565,7 @@ impl Engine {
     ) -> Result<(u64, u64, Option<String>), (String, Vec<String>)> {
         let agent_err = |e: AgentClientError| (e.to_string(), Vec::new());
         let (service, name) = (to.unit.as_str(), release.name());
-        let mut group = group_spec(release, spec, &to.unit);
+        let mut group = group_spec(release, spec, &to.unit, &self.artifact_dir(release));
         group.env.extend(secrets.iter().cloned());
         self.agent.start_group(group).await.map_err(agent_err)?;
         reporter.phase(
@@ -878,12 +910,12 @@ fn probe_spec(p: &Probe, default_interval: tandem_core::Duration) -> ProbeSpec {
     }
 }
 
-/// What the agent needs to run a release.
-pub fn group_spec(release: &ReleaseRow, spec: &Spec, unit: &str) -> GroupSpec {
+/// What the agent needs to run a release whose files are in `dir`.
+pub fn group_spec(release: &ReleaseRow, spec: &Spec, unit: &str, dir: &Path) -> GroupSpec {
     GroupSpec {
         service: unit.to_owned(),
         release: release.name(),
-        dir: release.path.clone(),
+        dir: dir.to_string_lossy().into_owned(),
         command: spec.run.command.as_str().into(),
         env: spec.run.env.clone(),
         instances: spec.run.instances.get(),

@@ -198,6 +198,12 @@ impl Store {
         })
     }
 
+    /// Closes every connection (the last one checkpoints and removes the
+    /// WAL). Clones of this store cannot be used after.
+    pub async fn close(self) {
+        self.pool.close().await;
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path

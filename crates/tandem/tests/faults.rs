@@ -118,3 +118,112 @@ fn a_full_disk_fails_writes_is_an_incident_and_health_says_so_until_there_is_roo
     assert_ok(&env.tandem(&["audit", "verify"]));
     assert_eq!(env.get("shop.test", "/").0, 200);
 }
+
+#[test]
+fn a_backup_taken_under_load_restores_elsewhere_with_its_journal_secrets_and_services() {
+    let env = Env::start();
+    let dir = env.app("shop", "", "shop v1");
+    let spec = std::fs::read_to_string(dir.join("tandem.yaml")).expect("spec");
+    let spec = spec.replace("run:\n", "run:\n  secrets: [TOKEN]\n");
+    std::fs::write(dir.join("tandem.yaml"), spec).expect("spec");
+    assert_ok(&env.set_secret("shop", "TOKEN", "s3cret"));
+    assert_ok(&env.deploy(&dir));
+
+    let load = util::Load::start(&env.proxy, "shop.test", 2);
+    let file = env.root.path().join("backup.tar");
+    let out = env.tandem(&["backup", file.to_str().expect("utf8")]);
+    assert_ok(&out);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(said.contains("journal of"), "{said}");
+    let result = load.finish();
+    assert_eq!(
+        result.failed, 0,
+        "requests failed during the backup: {:?}",
+        result.failures
+    );
+    assert!(result.ok > 0);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&file)
+        .expect("backup")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "a backup holds secrets: mode {mode:o}");
+    // Asking again for the same file changes nothing.
+    let again = env.tandem(&["backup", file.to_str().expect("utf8")]);
+    assert_eq!(again.status.code(), Some(2));
+
+    // Into a directory that is not empty: refused, nothing changed.
+    let mut copy = Env::unstarted("", &[]);
+    std::fs::create_dir_all(copy.data()).expect("mkdir");
+    std::fs::write(copy.data().join("mine"), "keep").expect("write");
+    let refused = env.tandem(&[
+        "restore",
+        file.to_str().expect("utf8"),
+        "--data-dir",
+        copy.data().to_str().expect("utf8"),
+    ]);
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    assert_eq!(std::fs::read_dir(copy.data()).expect("dir").count(), 1);
+    std::fs::remove_file(copy.data().join("mine")).expect("rm");
+
+    let restored = env.tandem(&[
+        "restore",
+        file.to_str().expect("utf8"),
+        "--data-dir",
+        copy.data().to_str().expect("utf8"),
+    ]);
+    assert_ok(&restored);
+    // The restored server, beside the first one: the journal verifies, the
+    // secret is there, and the service comes back from its artifact.
+    copy.up_again();
+    assert_ok(&copy.tandem(&["audit", "verify"]));
+    let out = copy.tandem(&["secrets", "ls", "shop", "-o", "json"]);
+    assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("TOKEN"));
+    wait_until(
+        Duration::from_secs(30),
+        "the restored service serves",
+        || {
+            let (code, body) = copy.get("shop.test", "/");
+            (code == 200 && body.contains("shop v1")).then_some(())
+        },
+    );
+    let events = copy.tandem(&["audit", "events", "-o", "json"]);
+    assert!(String::from_utf8_lossy(&events.stdout).contains("restore.succeeded"));
+}
+
+#[test]
+fn scheduled_backups_keep_the_newest_and_each_restores() {
+    let env = Env::start_with(&[("TANDEM_BACKUP_EVERY", "1s"), ("TANDEM_BACKUP_KEEP", "2")]);
+    let dir = env.app("shop", "", "shop");
+    assert_ok(&env.deploy(&dir));
+    let backups = env.data().join("backups");
+    let count = || {
+        std::fs::read_dir(&backups)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("tandem-"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    wait_until(Duration::from_secs(15), "two scheduled backups", || {
+        (count() == 2).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(count(), 2, "more than --backup-keep were kept");
+    let mut newest: Vec<_> = std::fs::read_dir(&backups)
+        .expect("dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(".tar"))
+        .collect();
+    newest.sort();
+    let into = env.root.path().join("restored");
+    assert_ok(&env.tandem(&[
+        "restore",
+        newest.last().expect("one").to_str().expect("utf8"),
+        "--data-dir",
+        into.to_str().expect("utf8"),
+    ]));
+}
