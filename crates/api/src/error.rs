@@ -63,6 +63,7 @@ impl From<StoreError> for ApiError {
             e @ (StoreError::Storage { .. } | StoreError::Damaged { .. }) => {
                 ApiError::Unavailable(format!("{e}; nothing was changed"))
             }
+            e @ StoreError::Busy => ApiError::Unavailable(e.to_string()),
             other => ApiError::Internal(other.to_string()),
         }
     }

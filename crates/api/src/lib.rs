@@ -9,6 +9,7 @@ pub mod error;
 pub mod openapi;
 mod ops;
 mod pipelines;
+pub mod serve;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -35,6 +36,39 @@ pub struct AppState {
     pub engine: Engine,
     pub delivery: tandem_delivery::Delivery,
     pub ops: tandem_ops::Ops,
+    pub agent_status: RecentStatus,
+}
+
+/// The agent's status, asked at most once per [`RecentStatus::FRESH`]
+/// however many API calls want it at once (they wait for the one asking),
+/// so a thousand `/status` calls are one question to the agent, not a
+/// thousand answers in memory.
+type StatusAt = (
+    std::time::Instant,
+    Option<std::sync::Arc<tandem_core::protocol::AgentStatus>>,
+);
+
+#[derive(Clone, Default)]
+pub struct RecentStatus(std::sync::Arc<tokio::sync::Mutex<Option<StatusAt>>>);
+
+impl RecentStatus {
+    pub const FRESH: std::time::Duration = std::time::Duration::from_millis(500);
+
+    /// The agent's status (`None`: it did not answer), at most `FRESH` old.
+    pub async fn recent(
+        &self,
+        agent: &tandem_engine::AgentClient,
+    ) -> Option<std::sync::Arc<tandem_core::protocol::AgentStatus>> {
+        let mut cached = self.0.lock().await;
+        if let Some((at, status)) = cached.as_ref()
+            && at.elapsed() < Self::FRESH
+        {
+            return status.clone();
+        }
+        let status = agent.status().await.ok().map(std::sync::Arc::new);
+        *cached = Some((std::time::Instant::now(), status.clone()));
+        status
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -294,7 +328,10 @@ async fn status(
     {
         return Err(ApiError::NotFound(format!("no service named {name}")));
     }
-    let agent = s.engine.agent.status().await.ok();
+    let agent = s.agent_status.recent(&s.engine.agent).await;
+    let a_minute_ago = (jiff::Timestamp::now() - jiff::SignedDuration::from_secs(60))
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
     let unit = |name: &str| {
         agent
             .as_ref()
@@ -338,7 +375,7 @@ async fn status(
         let maintenance: Vec<_> = s
             .engine
             .store
-            .maintenance(Some(&svc.name))
+            .maintenance_ending_after(&svc.name, &a_minute_ago)
             .await?
             .into_iter()
             .filter(|w| {

@@ -20,6 +20,7 @@ async fn app(dir: &tempfile::TempDir) -> axum::Router {
         engine,
         delivery,
         ops,
+        agent_status: Default::default(),
     })
 }
 

@@ -112,6 +112,38 @@ pub struct DataDirArg {
     pub data_dir: Option<PathBuf>,
 }
 
+/// The API's bounds (see `tandem_api::serve`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ApiLimitsArgs {
+    /// Open API connections at most; more wait until one closes.
+    #[arg(long, env = "TANDEM_API_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub api_max_connections: u32,
+    /// API requests handled at once at most; more get 503 + Retry-After.
+    #[arg(long, env = "TANDEM_API_MAX_REQUESTS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub api_max_requests: u32,
+    /// Time for an API request head to arrive whole.
+    #[arg(long, env = "TANDEM_API_HEAD_TIMEOUT", default_value = "10s", value_parser = dataplane::duration)]
+    pub api_head_timeout: std::time::Duration,
+}
+
+impl ApiLimitsArgs {
+    fn options(
+        self,
+        acme: &dataplane::AcmeArgs,
+        backups: backup::BackupArgs,
+    ) -> run::ServerOptions {
+        run::ServerOptions {
+            acme: acme.config(),
+            backups,
+            api_limits: tandem_api::serve::Limits {
+                max_connections: self.api_max_connections as usize,
+                max_requests: self.api_max_requests as usize,
+                head_timeout: self.api_head_timeout,
+            },
+        }
+    }
+}
+
 impl DataDirArg {
     /// The flag, else `$TANDEM_DATA_DIR` (via clap), else the XDG data directory.
     pub fn resolve(&self) -> PathBuf {
@@ -144,6 +176,8 @@ pub enum Command {
         acme: dataplane::AcmeArgs,
         #[command(flatten)]
         backups: backup::BackupArgs,
+        #[command(flatten)]
+        api_limits: ApiLimitsArgs,
     },
     /// Stop every service and the agent of a data directory, and its server.
     Down {
@@ -181,6 +215,8 @@ pub enum Command {
         acme: dataplane::AcmeArgs,
         #[command(flatten)]
         backups: backup::BackupArgs,
+        #[command(flatten)]
+        api_limits: ApiLimitsArgs,
     },
     /// Write a consistent backup of the running server (its database,
     /// artifacts, git mirrors and certificates) to FILE, a new file.
@@ -449,16 +485,22 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
             data_plane,
             acme,
             backups,
+            api_limits,
         } => {
             let agent = Some((proxy_addr, data_plane));
-            run::up(&data.resolve(), api_addr, agent, acme.config(), backups).await
+            let options = api_limits.options(&acme, backups);
+            run::up(&data.resolve(), api_addr, agent, options).await
         }
         Command::Server {
             data,
             api_addr,
             acme,
             backups,
-        } => run::up(&data.resolve(), api_addr, None, acme.config(), backups).await,
+            api_limits,
+        } => {
+            let options = api_limits.options(&acme, backups);
+            run::up(&data.resolve(), api_addr, None, options).await
+        }
         Command::Backup { file } => backup::backup(&api(), &file).await,
         Command::Restore { file, data_dir } => backup::restore(&file, &data_dir).await,
         Command::Agent {

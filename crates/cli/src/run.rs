@@ -270,15 +270,26 @@ async fn start_agent_on_listener(
     .await
 }
 
+/// What the server does besides serving the API.
+pub struct ServerOptions {
+    pub acme: Option<tandem_engine::acme::AcmeConfig>,
+    pub backups: crate::backup::BackupArgs,
+    pub api_limits: tandem_api::serve::Limits,
+}
+
 /// Runs the server; with `start_agent_on`, also the agent (started unless
 /// one runs, and again should it die) on that address with those settings.
 pub async fn up(
     dir: &Path,
     api_addr: SocketAddr,
     start_agent_on: Option<(SocketAddr, DataPlaneArgs)>,
-    acme: Option<tandem_engine::acme::AcmeConfig>,
-    backups: crate::backup::BackupArgs,
+    options: ServerOptions,
 ) -> CmdResult {
+    let ServerOptions {
+        acme,
+        backups,
+        api_limits,
+    } = options;
     check_data_dir(dir)?;
     let _lock = tandem_agent::lock_data_dir(dir, "server.lock").map_err(|_| {
         let pid = std::fs::read_to_string(dir.join("server.lock")).unwrap_or_default();
@@ -356,9 +367,9 @@ pub async fn up(
         engine,
         delivery,
         ops,
+        agent_status: Default::default(),
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+    tandem_api::serve::serve(listener, app, api_limits, shutdown_signal())
         .await
         .map_err(|e| Exit::failure(format!("server failed: {e}")))?;
     say!("tandem server stopped; services keep running (tandem down stops them)");

@@ -26,6 +26,9 @@ pub enum StoreError {
     /// The write failed because of the storage (see [`StorageFault`]).
     #[error("{}", StorageFault { kind, error: error.clone(), since: String::new() })]
     Storage { kind: &'static str, error: String },
+    /// No connection came free in time: too much at once, nothing done.
+    #[error("the store is busy; try again in a moment")]
+    Busy,
     /// The database file is damaged; the way out is a backup.
     #[error(
         "the database {path} is damaged ({detail}); restore the latest backup with `tandem restore FILE --data-dir DIR` (scheduled backups are in <data>/backups)"
@@ -51,6 +54,7 @@ impl From<sqlx::Error> for StoreError {
                 kind,
                 error: e.to_string(),
             },
+            None if matches!(e, sqlx::Error::PoolTimedOut) => StoreError::Busy,
             None => StoreError::Sql(e),
         }
     }

@@ -127,6 +127,23 @@ impl Store {
         .await?)
     }
 
+    /// A service's maintenance windows that end after `after` (an RFC 3339
+    /// time; compared as text, so pass one a minute early and filter: a
+    /// status call reads what is current, not the service's whole history).
+    pub async fn maintenance_ending_after(
+        &self,
+        service: &str,
+        after: &str,
+    ) -> Result<Vec<MaintenanceRow>> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM maintenance WHERE service = ? AND ends_at >= ? ORDER BY starts_at",
+        )
+        .bind(service)
+        .bind(after)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     pub async fn remove_maintenance(&self, id: i64, actor: &str) -> Result<()> {
         self.writing(async move {
             let _w = self.writer.lock().await;

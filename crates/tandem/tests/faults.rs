@@ -227,3 +227,103 @@ fn scheduled_backups_keep_the_newest_and_each_restores() {
         into.to_str().expect("utf8"),
     ]));
 }
+
+/// A process's open file descriptors and peak resident memory (KiB).
+fn fds_and_peak_rss(pid: u32) -> (usize, u64) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let peak = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    (fds, peak)
+}
+
+#[test]
+fn the_api_bounds_connections_slow_heads_and_requests_in_flight() {
+    let env = Env::start_with(&[
+        ("TANDEM_API_MAX_CONNECTIONS", "64"),
+        ("TANDEM_API_MAX_REQUESTS", "8"),
+        ("TANDEM_API_HEAD_TIMEOUT", "1s"),
+    ]);
+    let dir = env.app("shop", "", "shop");
+    assert_ok(&env.deploy(&dir));
+    let server = env.up.as_ref().expect("up").id();
+
+    // 300 connections that send half a head and stop: they hold at most
+    // 64 slots, each for a second, and the server's descriptors stay few.
+    use std::io::{Read, Write};
+    let mut slow = Vec::new();
+    for _ in 0..300 {
+        let mut s = std::net::TcpStream::connect(&env.api).expect("connect");
+        let _ = s.write_all(b"GET /api/v1/status HTTP/1.1\r\nHost: api\r\n");
+        slow.push(s);
+    }
+    let started = std::time::Instant::now();
+    let (code, _) = env.api_get("/api/v1/health");
+    assert_eq!(code, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "a request waited {:?} behind slow heads",
+        started.elapsed()
+    );
+    let (fds, _) = fds_and_peak_rss(server);
+    assert!(fds < 64 + 100, "the server holds {fds} descriptors");
+    std::thread::sleep(Duration::from_secs(2));
+    for s in &mut slow {
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut rest = Vec::new();
+        // Closed (perhaps after a 408), never left open.
+        let _ = s.read_to_end(&mut rest);
+    }
+    drop(slow);
+
+    // 1,000 status calls at once: each is answered, 200 or a clean 503
+    // with Retry-After, never a 500; memory stays small.
+    let answers: Vec<(u16, bool)> = std::thread::scope(|scope| {
+        let calls: Vec<_> = (0..1000)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut s = std::net::TcpStream::connect(&env.api).expect("connect");
+                    s.set_read_timeout(Some(Duration::from_secs(60)))
+                        .expect("timeout");
+                    s.write_all(
+                        b"GET /api/v1/status HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n",
+                    )
+                    .expect("write");
+                    let mut text = String::new();
+                    let _ = s.read_to_string(&mut text);
+                    let code = text
+                        .split_whitespace()
+                        .nth(1)
+                        .and_then(|c| c.parse().ok())
+                        .unwrap_or(0);
+                    (code, text.to_ascii_lowercase().contains("retry-after: 1"))
+                })
+            })
+            .collect();
+        calls.into_iter().map(|c| c.join().expect("call")).collect()
+    });
+    let ok = answers.iter().filter(|(c, _)| *c == 200).count();
+    let busy = answers.iter().filter(|(c, r)| *c == 503 && *r).count();
+    assert_eq!(
+        ok + busy,
+        1000,
+        "answers other than 200 and 503 + Retry-After: {:?}",
+        answers
+            .iter()
+            .filter(|(c, r)| !(*c == 200 || (*c == 503 && *r)))
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+    assert!(ok > 0, "no status call got through");
+    let (_, peak_kib) = fds_and_peak_rss(server);
+    assert!(peak_kib < 512 * 1024, "the server peaked at {peak_kib} KiB");
+    eprintln!(
+        "1,000 status calls: {ok} answered, {busy} told to retry; server peak RSS {peak_kib} KiB"
+    );
+}
