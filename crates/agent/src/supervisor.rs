@@ -57,6 +57,15 @@ struct Shared {
     proxy: Proxy,
     prober: Prober,
     data_dir: PathBuf,
+    /// The data directory as instances are marked with it
+    /// (`procfs::AGENT_DIR_VAR`): canonical, so that any agent of the same
+    /// directory recognises them.
+    marked_dir: PathBuf,
+    /// Instances found running by their marks, without a state file to say
+    /// which group they belong to: the next `StartGroup` naming their id
+    /// takes them over; those still unclaimed after `UNCLAIMED_GRACE` are
+    /// stopped.
+    unclaimed: Mutex<BTreeMap<String, Adopted>>,
     /// One save at a time, each from a snapshot taken under it: saves that
     /// raced wrote the one temporary file together (and failed), and an
     /// older snapshot could be renamed over a newer one.
@@ -285,7 +294,9 @@ impl Supervisor {
                 changed: Notify::new(),
                 proxy,
                 prober: Prober::default(),
+                marked_dir: std::fs::canonicalize(&data_dir).unwrap_or_else(|_| data_dir.clone()),
                 data_dir,
+                unclaimed: Mutex::new(BTreeMap::new()),
                 saving: Mutex::new(()),
             }),
         }
@@ -299,37 +310,96 @@ impl Supervisor {
     /// takes over its instances that still run (watching them through
     /// pidfds, reading their output FIFOs again), starts the rest of its
     /// groups again and restores the routes.
+    ///
+    /// Instances are also found by the marks in their environment
+    /// (`procfs::marked_instances`), so none runs unseen: one the state
+    /// file names without a pid (the agent died between the spawn and the
+    /// save) is taken over by its id, one that belongs to no saved group is
+    /// stopped, and a second process for one id is stopped. Without a
+    /// readable state file, every instance found waits, unclaimed, for the
+    /// control plane to start its group again (`restore_missing`), which
+    /// takes it over instead of starting another.
     pub fn restore(&self) {
-        let Ok(text) = std::fs::read_to_string(self.state_path()) else {
-            return;
-        };
-        let saved: SavedState = match serde_json::from_str(&text) {
-            Ok(s) => s,
+        let found = procfs::marked_instances(&self.shared.marked_dir);
+        let saved: Option<SavedState> = match std::fs::read_to_string(self.state_path()) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => {
-                tracing::error!(error = %e, "agent state file unreadable; starting empty");
-                return;
+                tracing::error!(error = %e, "agent state file unreadable; finding instances by their marks");
+                None
             }
+            Ok(text) => match serde_json::from_str(&text) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::error!(error = %e, "agent state file damaged; finding instances by their marks");
+                    None
+                }
+            },
         };
         let mut adopted = BTreeMap::new();
-        for svc in saved.services.values() {
-            for pgid in &svc.pgids {
-                let _ = killpg(Pid::from_raw(*pgid as i32), Signal::SIGKILL);
-            }
-            for i in &svc.instances {
-                if started_at(i.pid) != Some(i.started) {
-                    continue; // gone, or its pid is someone else's now
+        if let Some(saved) = &saved {
+            for svc in saved.services.values() {
+                for pgid in &svc.pgids {
+                    let _ = killpg(Pid::from_raw(*pgid as i32), Signal::SIGKILL);
                 }
-                let a = Adopted {
-                    pid: i.pid,
-                    port: i.port,
-                    ready_at_ms: None,
-                    restarts: i.restarts,
-                    counts: Snapshot::default(),
-                };
-                adopted.insert(i.id.clone(), a);
+                for i in &svc.instances {
+                    if started_at(i.pid) != Some(i.started) {
+                        continue; // gone, or its pid is someone else's now
+                    }
+                    adopted.insert(
+                        i.id.clone(),
+                        Adopted {
+                            pid: i.pid,
+                            port: i.port,
+                            ready_at_ms: None,
+                            restarts: i.restarts,
+                            counts: Snapshot::default(),
+                        },
+                    );
+                }
             }
         }
-        self.take_services(saved.services, adopted, &BTreeMap::new());
+        for f in found {
+            match adopted.get(&f.id) {
+                Some(a) if a.pid == f.pid => {}
+                Some(a) => {
+                    tracing::warn!(instance = %f.id, pid = f.pid, kept = a.pid, "a second process for one instance; stopping it");
+                    let _ = killpg(Pid::from_raw(f.pid as i32), Signal::SIGKILL);
+                }
+                None => {
+                    tracing::info!(instance = %f.id, pid = f.pid, "instance found by its marks");
+                    adopted.insert(
+                        f.id,
+                        Adopted {
+                            pid: f.pid,
+                            port: f.port,
+                            ready_at_ms: None,
+                            restarts: 0,
+                            counts: Snapshot::default(),
+                        },
+                    );
+                }
+            }
+        }
+        match saved {
+            Some(saved) => self.take_services(saved.services, adopted, &BTreeMap::new()),
+            None if adopted.is_empty() => {}
+            None => {
+                tracing::warn!(
+                    instances = adopted.len(),
+                    "instances running without a state file; they wait for their groups"
+                );
+                *lock(&self.shared.unclaimed) = adopted;
+                let sup = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(unclaimed_grace()).await;
+                    let left = std::mem::take(&mut *lock(&sup.shared.unclaimed));
+                    for (id, a) in left {
+                        tracing::warn!(instance = %id, pid = a.pid, "no group claimed it; stopping it");
+                        let _ = killpg(Pid::from_raw(a.pid as i32), Signal::SIGTERM);
+                    }
+                });
+            }
+        }
     }
 
     /// Runs `services` as an earlier agent left them: their groups, with
@@ -463,9 +533,13 @@ impl Supervisor {
         self.publish(&state);
     }
 
-    /// Starts a group unless one for the same release exists.
+    /// Starts a group unless one for the same release exists; instances
+    /// found running unclaimed (see [`Supervisor::restore`]) are taken over.
     pub fn start_group(&self, spec: GroupSpec) -> Vec<String> {
-        self.start_group_adopting(spec, &mut BTreeMap::new())
+        let mut unclaimed = std::mem::take(&mut *lock(&self.shared.unclaimed));
+        let ids = self.start_group_adopting(spec, &mut unclaimed);
+        lock(&self.shared.unclaimed).extend(unclaimed);
+        ids
     }
 
     /// Starts a group; an instance whose id is in `adopted` takes over
@@ -1145,7 +1219,12 @@ async fn run_instance(
                     let guard = phase.borrow();
                     (*guard == Phase::Serving).then(|| {
                         let (port, child, pipes) = free_port().and_then(|port| {
-                            spawn(&spec, port, &inst.log, &outputs).map(|(c, p)| (port, c, p))
+                            let marks = [
+                                (procfs::INSTANCE_VAR, inst.id.as_str().as_ref()),
+                                (procfs::AGENT_DIR_VAR, sup.shared.marked_dir.as_os_str()),
+                            ];
+                            spawn(&spec, port, &inst.log, &outputs, marks)
+                                .map(|(c, p)| (port, c, p))
                         })?;
                         *lock(&inst.captures) = pipes;
                         inst.live().pid = child.id();
@@ -1319,6 +1398,17 @@ impl Proc {
     }
 }
 
+/// How long instances found without a state file wait for their group:
+/// `UNCLAIMED_GRACE`, or `TANDEM_UNCLAIMED_GRACE_MS` (tests).
+fn unclaimed_grace() -> Duration {
+    Duration::from_millis(
+        std::env::var("TANDEM_UNCLAIMED_GRACE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(UNCLAIMED_GRACE.as_millis() as u64),
+    )
+}
+
 /// The backoff cap: `BACKOFF_CAP`, or `TANDEM_BACKOFF_CAP_MS` (tests).
 fn backoff_cap() -> Duration {
     static CAP: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
@@ -1429,6 +1519,10 @@ async fn watch_instance(
 /// The output streams of an instance, each through its own FIFO.
 const OUTPUTS: [&str; 2] = ["out", "err"];
 
+/// How long instances found running without a state file wait for the
+/// control plane to start their group again before they are stopped.
+pub const UNCLAIMED_GRACE: Duration = Duration::from_secs(120);
+
 /// Starts the command; its stdout and stderr go to the log through FIFOs
 /// at `outputs` (see [`output_fifo`]).
 fn spawn(
@@ -1436,6 +1530,7 @@ fn spawn(
     port: u16,
     log: &InstanceLog,
     outputs: &[PathBuf; 2],
+    marks: [(&str, &std::ffi::OsStr); 2],
 ) -> std::io::Result<(tokio::process::Child, Vec<Capture>)> {
     let (out_reader, out_writer) = output_fifo(&outputs[0])?;
     let (err_reader, err_writer) = output_fifo(&outputs[1])?;
@@ -1445,6 +1540,7 @@ fn spawn(
         .current_dir(&spec.dir)
         .envs(&spec.env)
         .env("PORT", port.to_string())
+        .envs(marks)
         .stdin(std::process::Stdio::null())
         .stdout(out_writer)
         .stderr(err_writer)

@@ -420,8 +420,15 @@ async fn watch_agent(
                     pid,
                     "agent started again; it took over the running instances"
                 );
-                // What its state file did not bring back (it was lost, say).
+                // What its state file did not bring back (it was lost, say),
+                // and what it brought back that should no longer run (a
+                // group whose release failed while the agent was away).
                 restore_missing(&engine).await;
+                match engine.stop_strays().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(stopped = n, "stopped groups nothing serves"),
+                    Err(e) => tracing::warn!(error = %e, "could not stop stray groups"),
+                }
             }
             Err(e) => tracing::error!(error = %e.message, "could not start the agent again"),
         }

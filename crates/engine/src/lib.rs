@@ -34,6 +34,9 @@ pub use progress::{Progress, Reporter, Timings};
 pub const SYSTEM_ACTOR: &str = "system:engine";
 /// Drain bound for groups found orphaned after a control-plane restart.
 const RECONCILE_DRAIN_MS: u64 = 1_000;
+/// How long a failed release's `StopGroup` is asked again while the agent
+/// does not answer.
+const STOP_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -510,9 +513,7 @@ impl Engine {
             }
             Err((reason, log_tail)) => {
                 let log_tail: Vec<String> = log_tail.iter().map(|l| reporter.mask(l)).collect();
-                if let Err(e) = self.agent.stop_group(unit, &name, 0).await {
-                    tracing::warn!(unit, release = %name, error = %e, "could not stop the failed release");
-                }
+                self.stop_failed(unit, &name).await;
                 let payload =
                     serde_json::json!({ "reason": reason, "log_tail": log_tail, "env": to.env });
                 let failed = to.event(release_event(actor, kind("failed"), release, payload));
@@ -593,6 +594,60 @@ impl Engine {
             .await
             .map_err(agent_err)?;
         Ok((ready_at_ms, switched_at_ms, previous))
+    }
+
+    /// Stops the group of a release that failed, asking again while the
+    /// agent does not answer (for up to `STOP_RETRY_FOR`): an agent killed
+    /// mid-release is started again by `up` within seconds, from a state
+    /// file that still has the failed group, which must not go on running.
+    async fn stop_failed(&self, unit: &str, release: &str) {
+        let deadline = tokio::time::Instant::now() + STOP_RETRY_FOR;
+        loop {
+            match self.agent.stop_group(unit, release, 0).await {
+                Ok(_) => return,
+                Err(AgentClientError::Unreachable { .. } | AgentClientError::NoAnswer)
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(unit, release, error = %e, "could not stop the failed release");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Stops every group the agent runs that is not its unit's active one,
+    /// for units no release is under way for (their service lock is free):
+    /// after the agent was started again, say, from a state file with a
+    /// group whose release had failed meanwhile. Returns how many it
+    /// stopped.
+    pub async fn stop_strays(&self) -> Result<usize, EngineError> {
+        let status = self.agent.status().await?;
+        let mut stopped = 0;
+        for s in &status.services {
+            let (service, _) = Placement::split_unit(&s.service);
+            let lock = self.service_lock(service);
+            let Ok(_held) = lock.try_lock() else {
+                continue; // a release is under way; it stops what it leaves
+            };
+            let keep = s.active.as_deref().unwrap_or_default();
+            let strays: BTreeSet<&str> = s
+                .instances
+                .iter()
+                .map(|i| i.release.as_str())
+                .filter(|r| *r != keep)
+                .collect();
+            for release in strays {
+                tracing::warn!(unit = %s.service, release, "a group that is neither serving nor being released; stopping it");
+                self.agent
+                    .stop_group(&s.service, release, RECONCILE_DRAIN_MS)
+                    .await?;
+                stopped += 1;
+            }
+        }
+        Ok(stopped)
     }
 
     /// Drains and stops every group of `service` the agent runs but `keep`.
@@ -817,9 +872,7 @@ impl Engine {
                 true,
             ),
             Err((reason, log_tail)) => {
-                if let Err(e) = self.agent.stop_group(&to.unit, &name, 0).await {
-                    tracing::warn!(unit = %to.unit, release = %name, error = %e, "could not stop what did not start");
-                }
+                self.stop_failed(&to.unit, &name).await;
                 (
                     "restore.failed",
                     serde_json::json!({ "env": to.env, "reason": reason, "log_tail": log_tail }),

@@ -327,3 +327,193 @@ fn the_api_bounds_connections_slow_heads_and_requests_in_flight() {
         "1,000 status calls: {ok} answered, {busy} told to retry; server peak RSS {peak_kib} KiB"
     );
 }
+
+/// Process-group leaders marked as instances of the agent of `data`.
+fn marked_instances(data: &std::path::Path) -> Vec<(u32, String)> {
+    let dir = std::fs::canonicalize(data).expect("data dir");
+    let mark = format!("TANDEM_AGENT_DIR={}", dir.display());
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let vars: Vec<String> = environ
+            .split(|b| *b == 0)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, f)| f.split_whitespace().collect())
+            .unwrap_or_default();
+        let leader = fields.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(pid);
+        if leader && fields.first() != Some(&"Z") && vars.contains(&mark) {
+            let id = vars
+                .iter()
+                .find_map(|v| v.strip_prefix("TANDEM_INSTANCE="))
+                .unwrap_or_default()
+                .to_owned();
+            found.push((pid, id));
+        }
+    }
+    found.sort();
+    found
+}
+
+fn agent_pid(env: &Env) -> u32 {
+    let (_, body) = env.api_get("/api/v1/status");
+    let status: serde_json::Value = serde_json::from_str(&body).expect("status");
+    status["agent"]["pid"].as_u64().expect("agent pid") as u32
+}
+
+fn instance_pids(env: &Env, service: &str) -> Vec<u32> {
+    let mut pids: Vec<u32> = env
+        .instances(service)
+        .iter()
+        .filter_map(|i| i["pid"].as_u64().map(|p| p as u32))
+        .collect();
+    pids.sort();
+    pids
+}
+
+/// A process marked as an instance of `data`'s agent that no group has.
+fn ghost(data: &std::path::Path) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    std::process::Command::new("/bin/sh")
+        .args(["-c", "exec sleep 300"])
+        .env("TANDEM_INSTANCE", "ghost-r9-1")
+        .env(
+            "TANDEM_AGENT_DIR",
+            std::fs::canonicalize(data).expect("dir"),
+        )
+        .env("PORT", "1")
+        .process_group(0)
+        .spawn()
+        .expect("spawn ghost")
+}
+
+fn kill9(pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+fn gone(child: &mut std::process::Child) -> bool {
+    matches!(child.try_wait(), Ok(Some(_)))
+}
+
+#[test]
+fn a_torn_agent_state_file_runs_no_instance_twice_and_instances_nobody_claims_are_stopped() {
+    let env = Env::start_with(&[("TANDEM_UNCLAIMED_GRACE_MS", "3000")]);
+    let dir = env.app("web", "", "v1");
+    assert_ok(&env.deploy(&dir));
+    let before = instance_pids(&env, "web");
+    assert_eq!(before.len(), 2);
+    assert_eq!(marked_instances(&env.data()).len(), 2);
+    let mut stray = ghost(&env.data());
+
+    // The state file torn in half, then the agent killed: its successor
+    // finds the instances by their marks and the server's restore takes
+    // them over instead of starting two more.
+    let state = env.data().join("agent-state.json");
+    let text = std::fs::read(&state).expect("state");
+    std::fs::write(&state, &text[..text.len() / 2]).expect("tear");
+    let agent = agent_pid(&env);
+    kill9(agent);
+    wait_until(Duration::from_secs(30), "web served by a new agent", || {
+        let (code, body) = env.get("web.test", "/");
+        (code == 200 && body == "v1" && agent_pid(&env) != agent).then_some(())
+    });
+    wait_until(
+        Duration::from_secs(10),
+        "the ghost stopped after the grace",
+        || gone(&mut stray).then_some(()),
+    );
+    assert_eq!(
+        instance_pids(&env, "web"),
+        before,
+        "the same processes, taken over"
+    );
+    let marked: Vec<u32> = marked_instances(&env.data())
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(marked, before, "instances running besides the served ones");
+}
+
+#[test]
+fn an_instance_of_no_saved_group_is_stopped_when_the_agent_restarts() {
+    let env = Env::start();
+    let dir = env.app("web", "", "v1");
+    assert_ok(&env.deploy(&dir));
+    let before = instance_pids(&env, "web");
+    let mut stray = ghost(&env.data());
+    let agent = agent_pid(&env);
+    kill9(agent);
+    wait_until(Duration::from_secs(30), "a new agent", || {
+        (env.get("web.test", "/").0 == 200 && agent_pid(&env) != agent).then_some(())
+    });
+    wait_until(Duration::from_secs(10), "the ghost stopped", || {
+        gone(&mut stray).then_some(())
+    });
+    assert_eq!(instance_pids(&env, "web"), before);
+}
+
+#[test]
+fn a_release_that_fails_because_its_agent_was_killed_does_not_run_on_under_the_next_agent() {
+    let env = Env::start();
+    let dir = env.app("web", "release:\n  deploy_timeout: 30s\n", "v1");
+    assert_ok(&env.deploy(&dir));
+    // v2 takes seconds to listen: the agent dies while the deploy waits.
+    let spec = std::fs::read_to_string(dir.join("tandem.yaml")).expect("spec");
+    std::fs::write(
+        dir.join("tandem.yaml"),
+        spec.replace("command: exec python3", "command: sleep 4; exec python3"),
+    )
+    .expect("spec");
+    std::fs::write(dir.join("index.html"), "v2").expect("body");
+    let deploy = {
+        let (api, data, dir) = (env.api.clone(), env.data(), dir.clone());
+        std::thread::spawn(move || {
+            std::process::Command::new(util::bin())
+                .args(["deploy", "--dir", dir.to_str().expect("utf8")])
+                .env("TANDEM_SERVER", format!("http://{api}"))
+                .env("TANDEM_DATA_DIR", data)
+                .output()
+                .expect("deploy")
+        })
+    };
+    let r2: Vec<u32> = wait_until(Duration::from_secs(20), "r2's instances", || {
+        let pids: Vec<u32> = env
+            .instances("web")
+            .iter()
+            .filter(|i| i["release"] == "r2")
+            .filter_map(|i| i["pid"].as_u64().map(|p| p as u32))
+            .collect();
+        (pids.len() == 2).then_some(pids)
+    });
+    kill9(agent_pid(&env));
+    let out = deploy.join().expect("deploy thread");
+    assert!(!out.status.success(), "the deploy cannot have succeeded");
+    wait_until(Duration::from_secs(40), "r2 stopped, r1 serving", || {
+        let releases: Vec<String> = env
+            .instances("web")
+            .iter()
+            .filter_map(|i| i["release"].as_str().map(str::to_owned))
+            .collect();
+        let r2_alive = r2
+            .iter()
+            .any(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+        (releases.iter().all(|r| r == "r1") && !r2_alive).then_some(())
+    });
+    assert_eq!(env.get("web.test", "/"), (200, "v1".into()));
+}
