@@ -482,7 +482,7 @@ fn a_release_that_fails_because_its_agent_was_killed_does_not_run_on_under_the_n
     .expect("spec");
     std::fs::write(dir.join("index.html"), "v2").expect("body");
     let deploy = {
-        let (api, data, dir) = (env.api.clone(), env.data(), dir.clone());
+        let (api, data, dir) = (env.api.clone(), env.data(), dir);
         std::thread::spawn(move || {
             std::process::Command::new(util::bin())
                 .args(["deploy", "--dir", dir.to_str().expect("utf8")])
