@@ -27,6 +27,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt as _;
 
+/// How long a stopping server waits for open requests.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
 /// The API's bounds; defaults fit one machine's control plane.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -77,7 +80,9 @@ fn busy() -> Response {
 }
 
 /// Serves `router` on `listener` within `limits` until `shutdown`
-/// completes, then lets open requests finish (at most 10 s).
+/// completes, then lets open requests finish, for at most
+/// [`SHUTDOWN_GRACE`] (a deploy's progress stream would not end sooner:
+/// its work is interrupted anyway, and reconciled at the next start).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -131,7 +136,7 @@ pub async fn serve(
     drop(listener);
     tokio::select! {
         () = graceful.shutdown() => {}
-        () = tokio::time::sleep(Duration::from_secs(10)) => {}
+        () = tokio::time::sleep(SHUTDOWN_GRACE) => {}
     }
     Ok(())
 }

@@ -12,8 +12,10 @@
 //! would never end); files are opened without following links and read
 //! only when they are regular files.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use sha2::{Digest, Sha256};
 
@@ -34,11 +36,47 @@ pub enum ArtifactError {
         "{path} is a {kind}: an artifact takes regular files, directories and links inside the tree"
     )]
     Special { path: String, kind: &'static str },
+    /// Whoever asked for the work has gone (a cancelled run, a server
+    /// that stops).
+    #[error("stopped: the work that asked for the artifact ended")]
+    Abandoned,
     #[error("cannot read or copy {path}: {source}")]
     Io {
         path: String,
         source: std::io::Error,
     },
+}
+
+/// Set once the caller of a piece of file work has gone: the work stops at
+/// the next file or the next 64 KiB. A blocking thread cannot be
+/// cancelled, so the async side sets this when it is dropped
+/// ([`Abandoned::on_drop`]).
+#[derive(Clone, Default)]
+pub struct Abandoned(Arc<AtomicBool>);
+
+impl Abandoned {
+    fn check(&self) -> Result<(), ArtifactError> {
+        if self.0.load(Ordering::Relaxed) {
+            Err(ArtifactError::Abandoned)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A guard that marks the work abandoned when dropped (keep it in the
+    /// future that waits for the work).
+    pub fn on_drop(&self) -> AbandonOnDrop {
+        AbandonOnDrop(self.clone())
+    }
+}
+
+/// See [`Abandoned::on_drop`].
+pub struct AbandonOnDrop(Abandoned);
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        (self.0).0.store(true, Ordering::Relaxed);
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ArtifactError + '_ {
@@ -171,11 +209,12 @@ fn open_regular(path: &Path) -> Result<std::fs::File, ArtifactError> {
 }
 
 /// The digest of `files` under `root`.
-pub fn digest(root: &Path, files: &[PathBuf]) -> Result<String, ArtifactError> {
+pub fn digest(root: &Path, files: &[PathBuf], stop: &Abandoned) -> Result<String, ArtifactError> {
     use std::os::unix::fs::PermissionsExt;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
     for rel in files {
+        stop.check()?;
         let full = root.join(rel);
         let meta = std::fs::symlink_metadata(&full).map_err(io(&full))?;
         if meta.file_type().is_symlink() {
@@ -193,6 +232,7 @@ pub fn digest(root: &Path, files: &[PathBuf]) -> Result<String, ArtifactError> {
         h.update([0, u8::from(exec)]);
         h.update(meta.len().to_be_bytes());
         loop {
+            stop.check()?;
             let n = f.read(&mut buf).map_err(io(&full))?;
             if n == 0 {
                 break;
@@ -204,9 +244,16 @@ pub fn digest(root: &Path, files: &[PathBuf]) -> Result<String, ArtifactError> {
 }
 
 /// Copies `files` (relative to `root`) into `dest`, creating directories.
-pub fn copy(root: &Path, files: &[PathBuf], dest: &Path) -> Result<(), ArtifactError> {
+pub fn copy(
+    root: &Path,
+    files: &[PathBuf],
+    dest: &Path,
+    stop: &Abandoned,
+) -> Result<(), ArtifactError> {
     std::fs::create_dir_all(dest).map_err(io(dest))?;
+    let mut buf = vec![0u8; 64 * 1024];
     for rel in files {
+        stop.check()?;
         let from = root.join(rel);
         let to = dest.join(rel);
         if let Some(parent) = to.parent() {
@@ -222,7 +269,14 @@ pub fn copy(root: &Path, files: &[PathBuf], dest: &Path) -> Result<(), ArtifactE
         }
         let mut source = open_regular(&from)?;
         let mut out = std::fs::File::create(&to).map_err(io(&to))?;
-        std::io::copy(&mut source, &mut out).map_err(io(&from))?;
+        loop {
+            stop.check()?;
+            let n = source.read(&mut buf).map_err(io(&from))?;
+            if n == 0 {
+                break;
+            }
+            out.write_all(&buf[..n]).map_err(io(&to))?;
+        }
         out.set_permissions(meta.permissions()).map_err(io(&to))?;
     }
     Ok(())
@@ -235,6 +289,7 @@ pub fn store(
     digest: &str,
     root: &Path,
     files: &[PathBuf],
+    stop: &Abandoned,
 ) -> Result<PathBuf, ArtifactError> {
     let dest = artifacts.join(digest);
     if dest.is_dir() {
@@ -242,7 +297,10 @@ pub fn store(
     }
     let tmp = artifacts.join(format!(".tmp-{digest}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    copy(root, files, &tmp)?;
+    if let Err(e) = copy(root, files, &tmp, stop) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
     match std::fs::rename(&tmp, &dest) {
         Ok(()) => Ok(dest),
         // Someone stored the same digest meanwhile: theirs is identical.
@@ -270,14 +328,22 @@ mod tests {
         std::fs::write(a.path().join(".git/HEAD"), "ref").expect("write");
         let files = collect(a.path(), &[]).expect("collect");
         assert_eq!(files, vec![PathBuf::from("static/index.html")]);
-        let d1 = digest(a.path(), &files).expect("digest");
+        let d1 = digest(a.path(), &files, &Abandoned::default()).expect("digest");
         std::fs::write(a.path().join(".git/HEAD"), "other").expect("write");
         assert_eq!(
-            digest(a.path(), &collect(a.path(), &[]).expect("collect")).expect("digest"),
+            digest(
+                a.path(),
+                &collect(a.path(), &[]).expect("collect"),
+                &Abandoned::default()
+            )
+            .expect("digest"),
             d1
         );
         std::fs::write(a.path().join("static/index.html"), "changed").expect("write");
-        assert_ne!(digest(a.path(), &files).expect("digest"), d1);
+        assert_ne!(
+            digest(a.path(), &files, &Abandoned::default()).expect("digest"),
+            d1
+        );
     }
 
     #[test]
@@ -302,8 +368,9 @@ mod tests {
         std::fs::write(src.path().join("static/site.css"), "body{}").expect("write");
         symlink("../site.css", src.path().join("static/css/main.css")).expect("link");
         let files = collect(src.path(), &[]).expect("collect");
-        let d = digest(src.path(), &files).expect("digest");
-        let stored = store(arts.path(), &d, src.path(), &files).expect("store");
+        let d = digest(src.path(), &files, &Abandoned::default()).expect("digest");
+        let stored =
+            store(arts.path(), &d, src.path(), &files, &Abandoned::default()).expect("store");
         let link = stored.join("static/css/main.css");
         assert!(
             std::fs::symlink_metadata(&link)
@@ -347,8 +414,29 @@ mod tests {
         let err = collect(src.path(), &[]).expect_err("a FIFO");
         assert!(err.to_string().contains("pipe is a FIFO"), "{err}");
         // Read as if listed, it does not block either.
-        let err = digest(src.path(), &[PathBuf::from("pipe")]).expect_err("a FIFO");
+        let err = digest(src.path(), &[PathBuf::from("pipe")], &Abandoned::default())
+            .expect_err("a FIFO");
         assert!(matches!(err, ArtifactError::Special { .. }), "{err}");
+    }
+
+    #[test]
+    fn abandoned_work_stops_and_leaves_no_partial_copy() {
+        let src = tempfile::tempdir().expect("tempdir");
+        let arts = tempfile::tempdir().expect("tempdir");
+        std::fs::write(src.path().join("big"), vec![7u8; 4 << 20]).expect("write");
+        let files = collect(src.path(), &[]).expect("collect");
+        let stop = Abandoned::default();
+        drop(stop.on_drop());
+        assert!(matches!(
+            digest(src.path(), &files, &stop),
+            Err(ArtifactError::Abandoned)
+        ));
+        assert!(matches!(
+            store(arts.path(), "d", src.path(), &files, &stop),
+            Err(ArtifactError::Abandoned)
+        ));
+        let left: Vec<_> = std::fs::read_dir(arts.path()).expect("dir").collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     #[test]
@@ -357,9 +445,9 @@ mod tests {
         let arts = tempfile::tempdir().expect("tempdir");
         std::fs::write(src.path().join("app"), "bin").expect("write");
         let files = collect(src.path(), &[]).expect("collect");
-        let d = digest(src.path(), &files).expect("digest");
-        let p1 = store(arts.path(), &d, src.path(), &files).expect("store");
-        let p2 = store(arts.path(), &d, src.path(), &files).expect("store");
+        let d = digest(src.path(), &files, &Abandoned::default()).expect("digest");
+        let p1 = store(arts.path(), &d, src.path(), &files, &Abandoned::default()).expect("store");
+        let p2 = store(arts.path(), &d, src.path(), &files, &Abandoned::default()).expect("store");
         assert_eq!(p1, p2);
         assert_eq!(
             std::fs::read_to_string(p1.join("app")).expect("read"),

@@ -157,8 +157,10 @@ impl Engine {
                 .join("work")
                 .join(format!("{name}-{}", now_ms()));
             let (from, to) = (dir.clone(), work.clone());
+            let stop = artifact::Abandoned::default();
+            let _stop_when_dropped = stop.on_drop();
             tokio::task::spawn_blocking(move || {
-                artifact::copy(&from, &artifact::collect(&from, &[])?, &to)
+                artifact::copy(&from, &artifact::collect(&from, &[])?, &to, &stop)
             })
             .await
             .map_err(|e| EngineError::Io(format!("copying the tree: {e}")))??;
@@ -286,12 +288,16 @@ impl Engine {
         };
         let (root_dir, paths) = (root.to_path_buf(), spec.artifact.paths.clone());
         let artifacts = self.data_dir.join("artifacts");
-        // File work (a tree of any size) off the threads that serve the API.
+        // File work (a tree of any size) off the threads that serve the API,
+        // stopped when this future is dropped (a cancelled run, a server
+        // that stops): a blocking thread cannot be cancelled otherwise.
+        let stop = artifact::Abandoned::default();
+        let _stop_when_dropped = stop.on_drop();
         let stored = tokio::task::spawn_blocking(move || {
             let mut files = artifact::collect(&root_dir, &paths)?;
             files.retain(|f| Some(f) != key.as_ref());
-            let digest = artifact::digest(&root_dir, &files)?;
-            let path = artifact::store(&artifacts, &digest, &root_dir, &files)?;
+            let digest = artifact::digest(&root_dir, &files, &stop)?;
+            let path = artifact::store(&artifacts, &digest, &root_dir, &files, &stop)?;
             Ok::<_, artifact::ArtifactError>((digest, path))
         });
         let (digest, path) = stored

@@ -40,7 +40,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(tandem_cli::dispatch(cli)) {
+    let outcome = runtime.block_on(tandem_cli::dispatch(cli));
+    // File work on blocking threads stops once its task is dropped (see
+    // `artifact::Abandoned`); a process that is done does not wait longer
+    // than this for any that does not.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(exit) => {
             say(&format!("error: {exit}"));

@@ -517,3 +517,65 @@ fn a_release_that_fails_because_its_agent_was_killed_does_not_run_on_under_the_n
     });
     assert_eq!(env.get("web.test", "/"), (200, "v1".into()));
 }
+
+#[test]
+fn down_stops_a_server_that_is_digesting_a_huge_tree_at_once() {
+    let mut env = Env::start();
+    let dir = env.app("huge", "", "huge");
+    // 4 GiB of holes: cheap to make, long to read and digest.
+    let big = std::fs::File::create(dir.join("big.bin")).expect("create");
+    big.set_len(4 << 30).expect("set_len");
+    let deploy = {
+        let (api, dir) = (env.api.clone(), dir.clone());
+        std::thread::spawn(move || {
+            std::process::Command::new(util::bin())
+                .args(["deploy", "--dir", dir.to_str().expect("utf8")])
+                .env("TANDEM_SERVER", format!("http://{api}"))
+                .output()
+                .expect("deploy")
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let asked = std::time::Instant::now();
+    let out = std::process::Command::new(util::bin())
+        .args(["down", "--data-dir"])
+        .arg(env.data())
+        .output()
+        .expect("down");
+    assert_ok(&out);
+    let mut up = env.up.take().expect("up");
+    let exited = wait_until(Duration::from_secs(15), "the server to exit", || {
+        up.try_wait().expect("wait").map(|_| ())
+    });
+    let _ = exited;
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "the server took {:?} to stop",
+        asked.elapsed()
+    );
+    let _ = deploy.join();
+    // Nothing of the huge file was stored.
+    let stored: u64 = walk_size(&env.data().join("artifacts"));
+    assert!(
+        stored < 1 << 20,
+        "{stored} bytes of artifacts after an abandoned deploy"
+    );
+}
+
+fn walk_size(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            let meta = e.metadata().expect("meta");
+            if meta.is_dir() {
+                walk_size(&e.path())
+            } else {
+                use std::os::unix::fs::MetadataExt;
+                meta.blocks() * 512
+            }
+        })
+        .sum()
+}
