@@ -526,7 +526,7 @@ fn down_stops_a_server_that_is_digesting_a_huge_tree_at_once() {
     let big = std::fs::File::create(dir.join("big.bin")).expect("create");
     big.set_len(4 << 30).expect("set_len");
     let deploy = {
-        let (api, dir) = (env.api.clone(), dir.clone());
+        let (api, dir) = (env.api.clone(), dir);
         std::thread::spawn(move || {
             std::process::Command::new(util::bin())
                 .args(["deploy", "--dir", dir.to_str().expect("utf8")])
@@ -544,10 +544,9 @@ fn down_stops_a_server_that_is_digesting_a_huge_tree_at_once() {
         .expect("down");
     assert_ok(&out);
     let mut up = env.up.take().expect("up");
-    let exited = wait_until(Duration::from_secs(15), "the server to exit", || {
+    wait_until(Duration::from_secs(15), "the server to exit", || {
         up.try_wait().expect("wait").map(|_| ())
     });
-    let _ = exited;
     assert!(
         asked.elapsed() < Duration::from_secs(10),
         "the server took {:?} to stop",
