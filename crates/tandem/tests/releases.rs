@@ -44,6 +44,43 @@ fn ten_deploys_and_a_rollback_under_load_fail_no_request() {
 }
 
 #[test]
+fn deploys_and_a_rollback_under_posts_and_slow_requests_cut_none() {
+    let env = Env::start();
+    let dir = env.root.path().join("mixed");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("app.py"), util::MIXED_APP).expect("app");
+    std::fs::write(
+        dir.join("tandem.yaml"),
+        "service:\n  name: mixed\nrun:\n  command: exec python3 app.py\n  instances: 2\nroute:\n  host: mixed.test\nrelease:\n  deploy_timeout: 15s\n  drain_timeout: 5s\n",
+    )
+    .expect("spec");
+    std::fs::write(dir.join("index.html"), "v0").expect("body");
+    assert_ok(&env.deploy(&dir));
+    // POSTs with bodies (never retried by the proxy) and requests that
+    // take 1.5 s, in flight across every switch, beside plain GETs.
+    let load = Load::start_mixed(&env.proxy, "mixed.test", 2);
+    for v in 1..=4 {
+        std::fs::write(dir.join("index.html"), format!("v{v}")).expect("write");
+        assert_ok(&env.deploy(&dir));
+    }
+    assert_ok(&env.tandem(&["rollback", "mixed"]));
+    std::thread::sleep(Duration::from_secs(2));
+    let r = load.finish();
+    eprintln!(
+        "mixed load across 4 deploys and a rollback: {:?}, failed={}",
+        r.by_ask, r.failed
+    );
+    assert_eq!(r.failed, 0, "{:?}", &r.failures[..r.failures.len().min(10)]);
+    for ask in ["Get", "Post", "Slow"] {
+        assert!(
+            r.by_ask.get(ask).copied().unwrap_or(0) >= 5,
+            "{ask}: {:?}",
+            r.by_ask
+        );
+    }
+}
+
+#[test]
 fn release_that_never_gets_ready_fails_in_time_and_leaves_the_old_one_serving() {
     let (env, _) = web_serving("good");
     let bad = env.root.path().join("bad");

@@ -288,6 +288,7 @@ pub fn assert_ok(out: &Output) {
 /// Steady keep-alive GET load from `workers` connections until finished.
 pub struct Load {
     ok: Arc<AtomicU64>,
+    by_ask: Arc<Mutex<std::collections::BTreeMap<String, u64>>>,
     connects: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
     failures: Arc<Mutex<Vec<String>>>,
@@ -297,6 +298,8 @@ pub struct Load {
 
 pub struct LoadResult {
     pub ok: u64,
+    /// Answered requests by kind of [`Ask`].
+    pub by_ask: std::collections::BTreeMap<String, u64>,
     /// Connections the clients opened (one each, unless one was closed).
     pub connects: u64,
     pub failed: u64,
@@ -351,33 +354,87 @@ pub fn tls_client(ca_pem: &str) -> Arc<rustls::ClientConfig> {
     Arc::new(config)
 }
 
+/// What a load worker asks, over and over.
+#[derive(Clone, Copy, Debug)]
+pub enum Ask {
+    /// `GET /index.html`: bodiless, so the proxy may retry it elsewhere.
+    Get,
+    /// `POST /echo` with a 16 KiB body the answer must carry the SHA-256
+    /// of: never retried by the proxy, so a connection cut on a switch
+    /// shows.
+    Post,
+    /// `GET /slow?ms=1500`: in flight across a switch, for a drain to wait for.
+    Slow,
+}
+
+/// A service for mixed load ([`Ask`]): `app.py`, a threaded HTTP/1.1
+/// server answering `index.html`, `/slow?ms=N` after N ms, and POSTs with
+/// the SHA-256 of their body. Stopping ends it at once, in-flight
+/// requests included: only a drain keeps them whole.
+pub const MIXED_APP: &str = r#"
+import hashlib, http.server, os, time
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *args):
+        pass
+    def answer(self, body):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_GET(self):
+        if self.path.startswith("/slow?ms="):
+            time.sleep(int(self.path.split("=")[1]) / 1000)
+        with open("index.html", "rb") as f:
+            self.answer(f.read())
+    def do_POST(self):
+        data = self.rfile.read(int(self.headers["Content-Length"]))
+        self.answer(hashlib.sha256(data).hexdigest().encode())
+http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+"#;
+
 impl Load {
     pub fn start(proxy: &str, host: &str, workers: usize) -> Load {
         Load::start_on(&plain(proxy), host, workers)
     }
 
+    /// `workers` connections for each kind of [`Ask`].
+    pub fn start_mixed(proxy: &str, host: &str, workers: usize) -> Load {
+        let asks = [Ask::Get, Ask::Post, Ask::Slow];
+        Load::start_asking(&plain(proxy), host, &asks.repeat(workers))
+    }
+
     /// The load over connections `connect` opens.
     pub fn start_on(connect: &Connector, host: &str, workers: usize) -> Load {
+        Load::start_asking(connect, host, &vec![Ask::Get; workers])
+    }
+
+    /// One connection per entry of `asks`, each asking that.
+    pub fn start_asking(connect: &Connector, host: &str, asks: &[Ask]) -> Load {
         let ok = Arc::new(AtomicU64::new(0));
+        let by_ask = Arc::new(Mutex::new(std::collections::BTreeMap::new()));
         let connects = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
         let failures = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let threads = (0..workers)
-            .map(|_| {
+        let threads = asks
+            .iter()
+            .map(|&ask| {
                 let counts = Counts {
                     ok: ok.clone(),
+                    by_ask: by_ask.clone(),
                     connects: connects.clone(),
                     failed: failed.clone(),
                     failures: failures.clone(),
                 };
                 let stop = stop.clone();
                 let (connect, host) = (Arc::clone(connect), host.to_string());
-                std::thread::spawn(move || worker(&connect, &host, &counts, &stop))
+                std::thread::spawn(move || worker(&connect, &host, ask, &counts, &stop))
             })
             .collect();
         Load {
             ok,
+            by_ask,
             connects,
             failed,
             failures,
@@ -398,6 +455,7 @@ impl Load {
         let failures = self.failures.lock().map(|f| f.clone()).unwrap_or_default();
         LoadResult {
             ok: self.ok.load(Ordering::SeqCst),
+            by_ask: self.by_ask.lock().map(|b| b.clone()).unwrap_or_default(),
             connects: self.connects.load(Ordering::SeqCst),
             failed: self.failed.load(Ordering::SeqCst),
             failures,
@@ -408,15 +466,18 @@ impl Load {
 /// What the load's workers count.
 struct Counts {
     ok: Arc<AtomicU64>,
+    by_ask: Arc<Mutex<std::collections::BTreeMap<String, u64>>>,
     connects: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
     failures: Arc<Mutex<Vec<String>>>,
 }
 
-/// One keep-alive connection doing GETs; every error or non-200 is a failure.
-fn worker(connect: &Connector, host: &str, counts: &Counts, stop: &AtomicBool) {
+/// One keep-alive connection asking `ask` again and again; every error,
+/// non-200 or wrong answer is a failure.
+fn worker(connect: &Connector, host: &str, ask: Ask, counts: &Counts, stop: &AtomicBool) {
     let Counts {
         ok,
+        by_ask,
         connects,
         failed,
         failures,
@@ -428,7 +489,9 @@ fn worker(connect: &Connector, host: &str, counts: &Counts, stop: &AtomicBool) {
             f.push(why);
         }
     };
+    let mut n: u64 = 0;
     while !stop.load(Ordering::SeqCst) {
+        n += 1;
         let c = match conn.as_mut() {
             Some(c) => c,
             None => match connect() {
@@ -443,9 +506,12 @@ fn worker(connect: &Connector, host: &str, counts: &Counts, stop: &AtomicBool) {
                 }
             },
         };
-        match request(c, host) {
+        match request(c, host, ask, n) {
             Ok((200, close)) => {
                 ok.fetch_add(1, Ordering::SeqCst);
+                if let Ok(mut b) = by_ask.lock() {
+                    *b.entry(format!("{ask:?}")).or_default() += 1;
+                }
                 // A client sends nothing more on a connection the server
                 // said it closes.
                 if close {
@@ -461,12 +527,36 @@ fn worker(connect: &Connector, host: &str, counts: &Counts, stop: &AtomicBool) {
     }
 }
 
-/// One GET: its status, and whether the server closes the connection.
-fn request(c: &mut BufReader<Box<dyn Conn>>, host: &str) -> Result<(u16, bool), String> {
-    write!(
-        c.get_mut(),
-        "GET /index.html HTTP/1.1\r\nHost: {host}\r\n\r\n"
-    )
+/// One request: its status, and whether the server closes the connection.
+fn request(
+    c: &mut BufReader<Box<dyn Conn>>,
+    host: &str,
+    ask: Ask,
+    n: u64,
+) -> Result<(u16, bool), String> {
+    let mut expect = None;
+    match ask {
+        Ask::Get => write!(
+            c.get_mut(),
+            "GET /index.html HTTP/1.1\r\nHost: {host}\r\n\r\n"
+        ),
+        Ask::Slow => write!(
+            c.get_mut(),
+            "GET /slow?ms=1500 HTTP/1.1\r\nHost: {host}\r\n\r\n"
+        ),
+        Ask::Post => {
+            use sha2::Digest;
+            let body: Vec<u8> = (0..16 * 1024u64).map(|i| (i * 7 + n) as u8).collect();
+            let digest = sha2::Sha256::digest(&body);
+            expect = Some(digest.iter().map(|b| format!("{b:02x}")).collect::<String>());
+            write!(
+                c.get_mut(),
+                "POST /echo HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .and_then(|()| c.get_mut().write_all(&body))
+        }
+    }
     .map_err(|e| format!("write: {e}"))?;
     let mut status_line = String::new();
     c.read_line(&mut status_line)
@@ -499,6 +589,15 @@ fn request(c: &mut BufReader<Box<dyn Conn>>, host: &str) -> Result<(u16, bool), 
     let mut body = vec![0u8; len];
     c.read_exact(&mut body)
         .map_err(|e| format!("read body: {e}"))?;
+    if let Some(expect) = expect
+        && status == 200
+        && body != expect.as_bytes()
+    {
+        return Err(format!(
+            "{ask:?}: a wrong answer {:?}",
+            String::from_utf8_lossy(&body)
+        ));
+    }
     Ok((status, close))
 }
 
