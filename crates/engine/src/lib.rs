@@ -10,6 +10,7 @@ pub mod agent_client;
 pub mod artifact;
 pub mod backup;
 mod certs;
+mod faults;
 mod placement;
 pub mod progress;
 pub mod steps;
@@ -494,6 +495,7 @@ impl Engine {
                     "switch",
                     format!("traffic switched to {name}{}", to.suffix()),
                 );
+                faults::pause("before-stop").await;
                 let drain_started = Instant::now();
                 self.stop_others(
                     unit,
@@ -594,6 +596,7 @@ impl Engine {
                 return Err((format!("{name} did not become ready: {reason}"), log_tail));
             }
         };
+        faults::pause("before-switch").await;
         let (switched_at_ms, previous) = self
             .agent
             .activate(service, &name, to.route.clone())
@@ -624,6 +627,19 @@ impl Engine {
         }
     }
 
+    /// The drain a service's spec asks for (its `release.drain_timeout`),
+    /// for stopping its old groups outside a release: requests in flight
+    /// on them get as long as in a release. `RECONCILE_DRAIN_MS` for a
+    /// service the store does not know.
+    async fn drain_ms(&self, service: &str) -> u64 {
+        match self.store.service(service).await {
+            Ok(Some(row)) => serde_json::from_value::<Spec>(row.spec)
+                .map(|spec| spec.release.drain_timeout.as_millis())
+                .unwrap_or(RECONCILE_DRAIN_MS),
+            _ => RECONCILE_DRAIN_MS,
+        }
+    }
+
     /// Stops every group the agent runs that is not its unit's active one,
     /// for units no release is under way for (their service lock is free):
     /// after the agent was started again, say, from a state file with a
@@ -648,7 +664,7 @@ impl Engine {
             for release in strays {
                 tracing::warn!(unit = %s.service, release, "a group that is neither serving nor being released; stopping it");
                 self.agent
-                    .stop_group(&s.service, release, RECONCILE_DRAIN_MS)
+                    .stop_group(&s.service, release, self.drain_ms(service).await)
                     .await?;
                 stopped += 1;
             }
@@ -766,7 +782,9 @@ impl Engine {
         }
         for s in &status.services {
             let keep = s.active.as_deref().unwrap_or_default();
-            self.stop_others(&s.service, keep, RECONCILE_DRAIN_MS, &Reporter::silent())
+            let (service, _) = Placement::split_unit(&s.service);
+            let drain = self.drain_ms(service).await;
+            self.stop_others(&s.service, keep, drain, &Reporter::silent())
                 .await;
         }
         let payload =

@@ -578,3 +578,130 @@ fn walk_size(dir: &std::path::Path) -> u64 {
         })
         .sum()
 }
+
+/// `mixed` serving v1 under a mixed load, then `tandem up` again paused at
+/// `point` of every release; v2 deploying in the background.
+fn a_release_paused_at(
+    point: &str,
+) -> (
+    Env,
+    util::Load,
+    std::thread::JoinHandle<std::process::Output>,
+) {
+    let mut env = Env::start();
+    let dir = env.root.path().join("mixed");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("app.py"), util::MIXED_APP).expect("app");
+    std::fs::write(
+        dir.join("tandem.yaml"),
+        "service:\n  name: mixed\nrun:\n  command: exec python3 app.py\n  instances: 2\nroute:\n  host: mixed.test\nrelease:\n  deploy_timeout: 15s\n  drain_timeout: 5s\n",
+    )
+    .expect("spec");
+    std::fs::write(dir.join("index.html"), "v1").expect("body");
+    assert_ok(&env.deploy(&dir));
+    env.kill_up();
+    env.vars
+        .push(("TANDEM_FAULT_PAUSE".into(), format!("{point}:60000")));
+    env.up_again();
+    let load = util::Load::start_mixed(&env.proxy, "mixed.test", 1);
+    std::fs::write(dir.join("index.html"), "v2").expect("body");
+    let deploy = {
+        let api = env.api.clone();
+        std::thread::spawn(move || {
+            std::process::Command::new(util::bin())
+                .args(["deploy", "--dir", dir.to_str().expect("utf8")])
+                .env("TANDEM_SERVER", format!("http://{api}"))
+                .output()
+                .expect("deploy")
+        })
+    };
+    (env, load, deploy)
+}
+
+fn releases_running(env: &Env, service: &str) -> Vec<String> {
+    let mut r: Vec<String> = env
+        .instances(service)
+        .iter()
+        .filter_map(|i| i["release"].as_str().map(str::to_owned))
+        .collect();
+    r.dedup();
+    r
+}
+
+fn release_status(env: &Env, service: &str, number: u64) -> serde_json::Value {
+    let out = env.tandem(&["releases", service, "-o", "json"]);
+    assert_ok(&out);
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    all.as_array()
+        .expect("array")
+        .iter()
+        .find(|r| r["number"] == number)
+        .cloned()
+        .expect("release")
+}
+
+#[test]
+fn a_server_killed_between_ready_and_switch_leaves_the_old_release_serving_and_stops_the_new() {
+    let (mut env, load, deploy) = a_release_paused_at("before-switch");
+    wait_until(
+        Duration::from_secs(20),
+        "r2 ready, not yet switched",
+        || {
+            let ready = env
+                .instances("mixed")
+                .iter()
+                .filter(|i| i["release"] == "r2" && i["ready"] == true)
+                .count();
+            (ready == 2).then_some(())
+        },
+    );
+    env.kill_up();
+    let _ = deploy.join();
+    env.vars.clear();
+    env.up_again();
+    wait_until(Duration::from_secs(20), "only r1 running", || {
+        (releases_running(&env, "mixed") == ["r1"]).then_some(())
+    });
+    let r2 = release_status(&env, "mixed", 2);
+    assert_eq!(r2["status"], "failed", "{r2}");
+    assert_eq!(env.get("mixed.test", "/index.html"), (200, "v1".into()));
+    std::thread::sleep(Duration::from_secs(2));
+    let r = load.finish();
+    eprintln!(
+        "killed before the switch: {:?}, failed={}",
+        r.by_ask, r.failed
+    );
+    assert_eq!(r.failed, 0, "{:?}", &r.failures[..r.failures.len().min(10)]);
+    assert_ok(&env.tandem(&["audit", "verify"]));
+}
+
+#[test]
+fn a_server_killed_between_switch_and_stop_leaves_the_new_release_live_and_stops_the_old() {
+    let (mut env, load, deploy) = a_release_paused_at("before-stop");
+    wait_until(
+        Duration::from_secs(20),
+        "traffic on r2, r1 still running",
+        || {
+            let (_, body) = env.get("mixed.test", "/index.html");
+            (body == "v2" && releases_running(&env, "mixed").contains(&"r1".to_owned()))
+                .then_some(())
+        },
+    );
+    env.kill_up();
+    let _ = deploy.join();
+    env.vars.clear();
+    env.up_again();
+    wait_until(Duration::from_secs(20), "only r2 running", || {
+        (releases_running(&env, "mixed") == ["r2"]).then_some(())
+    });
+    assert_eq!(release_status(&env, "mixed", 2)["status"], "live");
+    assert_eq!(release_status(&env, "mixed", 1)["status"], "retired");
+    std::thread::sleep(Duration::from_secs(2));
+    let r = load.finish();
+    eprintln!(
+        "killed between switch and stop: {:?}, failed={}",
+        r.by_ask, r.failed
+    );
+    assert_eq!(r.failed, 0, "{:?}", &r.failures[..r.failures.len().min(10)]);
+    assert_ok(&env.tandem(&["audit", "verify"]));
+}

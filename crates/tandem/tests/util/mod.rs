@@ -548,7 +548,12 @@ fn request(
             use sha2::Digest;
             let body: Vec<u8> = (0..16 * 1024u64).map(|i| (i * 7 + n) as u8).collect();
             let digest = sha2::Sha256::digest(&body);
-            expect = Some(digest.iter().map(|b| format!("{b:02x}")).collect::<String>());
+            expect = Some(
+                digest
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>(),
+            );
             write!(
                 c.get_mut(),
                 "POST /echo HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n",
