@@ -321,20 +321,7 @@ impl Supervisor {
     /// takes it over instead of starting another.
     pub fn restore(&self) {
         let found = procfs::marked_instances(&self.shared.marked_dir);
-        let saved: Option<SavedState> = match std::fs::read_to_string(self.state_path()) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => {
-                tracing::error!(error = %e, "agent state file unreadable; finding instances by their marks");
-                None
-            }
-            Ok(text) => match serde_json::from_str(&text) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    tracing::error!(error = %e, "agent state file damaged; finding instances by their marks");
-                    None
-                }
-            },
-        };
+        let saved = self.read_saved();
         let mut adopted = BTreeMap::new();
         if let Some(saved) = &saved {
             for svc in saved.services.values() {
@@ -494,7 +481,40 @@ impl Supervisor {
         let _one_at_a_time = lock(&self.shared.saving);
         let saved = serde_json::to_vec_pretty(&self.saved()).map_err(std::io::Error::other)?;
         // Instances' environments hold secrets: owner-only, like the store.
-        crate::files::write_private(&self.state_path(), &saved)
+        crate::files::write_private(&self.state_path(), &saved)?;
+        // A second copy, for a state file damaged from outside (routes come
+        // back at once from it; instances are found by their marks anyway).
+        crate::files::write_private(&self.backup_state_path(), &saved)
+    }
+
+    fn backup_state_path(&self) -> PathBuf {
+        self.shared.data_dir.join("agent-state.json.bak")
+    }
+
+    /// The saved state: the state file, or its copy when the file is
+    /// damaged (not when it is missing: `None` then).
+    fn read_saved(&self) -> Option<SavedState> {
+        let read = |path: &Path| -> Result<SavedState, String> {
+            let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+            serde_json::from_str(&text).map_err(|e| e.to_string())
+        };
+        let path = self.state_path();
+        if !path.exists() {
+            return None;
+        }
+        match read(&path) {
+            Ok(saved) => Some(saved),
+            Err(e) => match read(&self.backup_state_path()) {
+                Ok(saved) => {
+                    tracing::error!(error = %e, "agent state file damaged; restoring from its copy");
+                    Some(saved)
+                }
+                Err(e2) => {
+                    tracing::error!(error = %e, copy = %e2, "agent state file and its copy damaged; finding instances by their marks");
+                    None
+                }
+            },
+        }
     }
 
     /// Builds the route table from the state and publishes it. Called with the

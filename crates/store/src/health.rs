@@ -104,6 +104,11 @@ impl Store {
         let result = work.await;
         match &result {
             Ok(_) if self.writes_again() => self.health.clear(),
+            // Committed into a WAL someone removed: a crash would lose it.
+            // Into the database file with it before anyone is told.
+            Ok(_) if self.wal_missing() => {
+                let _ = self.checkpoint().await;
+            }
             Ok(_) => {}
             Err(StoreError::Storage { kind, error }) => self.health.set(kind, error.clone()),
             Err(_) => {}
@@ -173,11 +178,20 @@ impl Store {
     /// checkpoints again.
     pub async fn checkpoint(&self) -> Result<()> {
         let missing = self.wal_missing();
-        let result = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
-            .map_err(StoreError::from);
+        let mut result: Result<bool> = Ok(true);
+        // A reader in the way makes it partial ("busy"): a few tries.
+        for _ in 0..5 {
+            result = sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(TRUNCATE)")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(StoreError::from)
+                .map(|(busy, _, _)| busy == 0);
+            match result {
+                Ok(false) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+                _ => break,
+            }
+        }
+        let result = result.map(|_| ());
         if missing {
             self.health.set(
                 "wal-missing",

@@ -424,9 +424,12 @@ fn a_torn_agent_state_file_runs_no_instance_twice_and_instances_nobody_claims_ar
     // The state file torn in half, then the agent killed: its successor
     // finds the instances by their marks and the server's restore takes
     // them over instead of starting two more.
-    let state = env.data().join("agent-state.json");
-    let text = std::fs::read(&state).expect("state");
-    std::fs::write(&state, &text[..text.len() / 2]).expect("tear");
+    // Both the file and its copy.
+    for name in ["agent-state.json", "agent-state.json.bak"] {
+        let state = env.data().join(name);
+        let text = std::fs::read(&state).expect("state");
+        std::fs::write(&state, &text[..text.len() / 2]).expect("tear");
+    }
     let agent = agent_pid(&env);
     kill9(agent);
     wait_until(Duration::from_secs(30), "web served by a new agent", || {
@@ -448,6 +451,26 @@ fn a_torn_agent_state_file_runs_no_instance_twice_and_instances_nobody_claims_ar
         .map(|(p, _)| p)
         .collect();
     assert_eq!(marked, before, "instances running besides the served ones");
+}
+
+#[test]
+fn a_torn_state_file_is_restored_from_its_copy_by_the_agent_itself() {
+    let env = Env::start();
+    let dir = env.app("web", "", "v1");
+    assert_ok(&env.deploy(&dir));
+    let before = instance_pids(&env, "web");
+    let state = env.data().join("agent-state.json");
+    let text = std::fs::read(&state).expect("state");
+    std::fs::write(&state, &text[..text.len() / 3]).expect("tear");
+    let agent = agent_pid(&env);
+    kill9(agent);
+    wait_until(Duration::from_secs(30), "web served by a new agent", || {
+        (env.get("web.test", "/") == (200, "v1".into()) && agent_pid(&env) != agent).then_some(())
+    });
+    assert_eq!(instance_pids(&env, "web"), before);
+    // The agent brought its routes back itself: the server restored nothing.
+    let events = env.tandem(&["audit", "events", "-o", "json"]);
+    assert!(!String::from_utf8_lossy(&events.stdout).contains("restore.started"));
 }
 
 #[test]
