@@ -39,10 +39,12 @@ pub struct AppState {
     pub agent_status: RecentStatus,
 }
 
-/// The agent's status, asked at most once per [`RecentStatus::FRESH`]
-/// however many API calls want it at once (they wait for the one asking),
-/// so a thousand `/status` calls are one question to the agent, not a
-/// thousand answers in memory.
+/// The agent's status for API calls, asked once for all the calls that
+/// wait at the same time: a caller takes an answer the agent gave to a
+/// question asked after it came (so never an older state than its own
+/// call), else asks itself while the others wait. A thousand `/status`
+/// calls at once are a couple of questions to the agent, not a thousand
+/// answers in memory.
 type StatusAt = (
     std::time::Instant,
     Option<std::sync::Arc<tandem_core::protocol::AgentStatus>>,
@@ -52,21 +54,22 @@ type StatusAt = (
 pub struct RecentStatus(std::sync::Arc<tokio::sync::Mutex<Option<StatusAt>>>);
 
 impl RecentStatus {
-    pub const FRESH: std::time::Duration = std::time::Duration::from_millis(500);
-
-    /// The agent's status (`None`: it did not answer), at most `FRESH` old.
+    /// The agent's status (`None`: it did not answer), asked no earlier
+    /// than this call.
     pub async fn recent(
         &self,
         agent: &tandem_engine::AgentClient,
     ) -> Option<std::sync::Arc<tandem_core::protocol::AgentStatus>> {
+        let came = std::time::Instant::now();
         let mut cached = self.0.lock().await;
-        if let Some((at, status)) = cached.as_ref()
-            && at.elapsed() < Self::FRESH
+        if let Some((asked, status)) = cached.as_ref()
+            && *asked >= came
         {
             return status.clone();
         }
+        let asked = std::time::Instant::now();
         let status = agent.status().await.ok().map(std::sync::Arc::new);
-        *cached = Some((std::time::Instant::now(), status.clone()));
+        *cached = Some((asked, status.clone()));
         status
     }
 }
