@@ -105,6 +105,26 @@ pub async fn fetch(mirror: &Path, url: &str, branch: &str) -> Result<String, Git
     Ok(head.trim().to_owned())
 }
 
+/// Whether `ancestor` is `descendant` or one of its ancestors (both in the
+/// mirror): a move from one to the other goes forward along history.
+pub async fn is_ancestor(
+    mirror: &Path,
+    ancestor: &str,
+    descendant: &str,
+) -> Result<bool, GitError> {
+    match git(
+        Some(mirror),
+        &["merge-base", "--is-ancestor", ancestor, descendant],
+    )
+    .await
+    {
+        Ok(_) => Ok(true),
+        // Exit status 1, nothing on stderr: not an ancestor.
+        Err(e) if e.message.is_empty() => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Resolves `rev` (a sha, a branch, a tag that was fetched) in the mirror.
 pub async fn resolve(mirror: &Path, rev: &str) -> Result<String, GitError> {
     let spec = format!("{rev}^{{commit}}");

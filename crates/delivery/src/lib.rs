@@ -2,12 +2,15 @@
 //! triggers that notice new commits (polling, push webhooks, by hand) and
 //! the pipeline runs that take a commit to production.
 //!
-//! The store's `runs` table is the queue: a trigger inserts a `queued` run
-//! (superseding older queued runs of the service), the scheduler starts the
-//! oldest queued run of every service that has none running, up to a limit
-//! across services, and each run records every stage in the journal with its
-//! commit. The engine does the building and releasing; this crate decides
-//! what to build and when.
+//! The store's `runs` table is the queue: a trigger inserts a `queued` run,
+//! the scheduler starts the oldest queued run of every service that has
+//! none running, up to a limit across services, and each run records every
+//! stage in the journal with its commit. The branch head is the goal:
+//! automatic runs of other commits are superseded at checkout, no run moves
+//! an environment back along the branch's history (unless the branch itself
+//! moved back), and [`Delivery::converge`] queues the head again when it
+//! has no run that settled it. The engine does the building and releasing;
+//! this crate decides what to build and when.
 
 pub mod git;
 pub mod hooks;
@@ -302,10 +305,17 @@ impl Delivery {
             .await?
         {
             Some(run) => Ok(HookOutcome::Queued(Box::new(run))),
-            None => Ok(HookOutcome::Ignored(format!(
-                "commit {} already has a run",
-                &push.after
-            ))),
+            None => {
+                // Seen before: perhaps the branch moved back to it. What the
+                // branch says decides, so look now rather than at the next poll.
+                let this = self.clone();
+                let service = service.to_owned();
+                tokio::spawn(async move { this.poll_now(&service).await });
+                Ok(HookOutcome::Ignored(format!(
+                    "commit {} already has a run",
+                    &push.after
+                )))
+            }
         }
     }
 
@@ -559,50 +569,119 @@ impl Delivery {
         }
     }
 
-    /// Compares the remote branch head every interval (`git ls-remote`:
-    /// refs only, no objects) and queues a commit it has not seen.
+    /// Every interval: the branch head (`git ls-remote`: refs only, no
+    /// objects), then [`Delivery::converge`] on it.
     async fn poll(&self, repo: RepoRow) {
         let every = Duration::from_millis(repo.poll_interval_ms.max(100) as u64);
-        let mut last: Option<String> = None;
         loop {
             tokio::time::sleep(every).await;
-            let head = match git::remote_head(&repo.url, &repo.branch).await {
-                Ok(Some(head)) => head,
-                Ok(None) => continue,
-                Err(e) => {
-                    tracing::warn!(service = %repo.service, error = %e, "polling failed");
-                    continue;
-                }
-            };
-            if last.as_deref() == Some(head.as_str()) {
-                continue;
-            }
-            match self.store().has_run(&repo.service, &head).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    if let Err(e) = self
-                        .enqueue(
-                            &repo.service,
-                            &head,
-                            &repo.branch,
-                            "poll",
-                            false,
-                            None,
-                            POLLER_ACTOR,
-                        )
-                        .await
-                    {
-                        tracing::warn!(service = %repo.service, error = %e, "cannot queue a run");
-                        continue;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(service = %repo.service, error = %e, "cannot read runs");
-                    continue;
-                }
-            }
-            last = Some(head);
+            self.poll_repo(&repo).await;
         }
+    }
+
+    async fn poll_repo(&self, repo: &RepoRow) {
+        let head = match git::remote_head(&repo.url, &repo.branch).await {
+            Ok(Some(head)) => head,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(service = %repo.service, error = %e, "polling failed");
+                return;
+            }
+        };
+        if let Err(e) = self.converge(repo, &head).await {
+            tracing::warn!(service = %repo.service, error = %e, "cannot converge on the branch head");
+        }
+    }
+
+    /// Polls the service's repository now, outside its interval.
+    pub(crate) async fn poll_now(&self, service: &str) {
+        if let Ok(Some(repo)) = self.store().repo(service).await {
+            self.poll_repo(&repo).await;
+        }
+    }
+
+    /// The branch head is the goal. Queues a run of `head` unless one is
+    /// under way or production runs it already:
+    ///
+    /// - a head that never had a run gets one;
+    /// - a head that ran before while the newest automatic run (past its
+    ///   checkout) was for another commit has moved back (a force-push)
+    ///   or aside: it runs again, since it is what the branch says now;
+    /// - a head whose last run ended before its build for reasons that
+    ///   pass (the git server was down: failed without reaching a stage
+    ///   or at checkout; interrupted; superseded) runs again, waiting the
+    ///   poll interval doubled for each such end in a row, up to 10
+    ///   minutes;
+    /// - otherwise (it succeeded, or failed in a build, test or deploy, or
+    ///   a person rolled production back, or cancelled it) nothing: that
+    ///   is a person's to act on.
+    pub async fn converge(&self, repo: &RepoRow, head: &str) -> Result<(), DeliveryError> {
+        let store = self.store();
+        let service = repo.service.as_str();
+        let runs = store.runs_of_commit(service, head).await?;
+        if runs.iter().any(|r| !r.is_finished()) {
+            return Ok(());
+        }
+        if let Some(live) = store.service(service).await?.and_then(|s| s.live_release)
+            && let Ok(release) = store.release(service, live).await
+            && run::commit_of(&release.source) == Some(head)
+        {
+            return Ok(());
+        }
+        let Some(last) = runs.first() else {
+            self.enqueue(
+                service,
+                head,
+                &repo.branch,
+                "poll",
+                false,
+                None,
+                POLLER_ACTOR,
+            )
+            .await?;
+            return Ok(());
+        };
+        let recent = store.runs(Some(service), 200).await?;
+        let moved = recent
+            .iter()
+            .find(|r| run::automatic(&r.trigger) && r.status != "superseded")
+            .is_some_and(|r| r.commit != head);
+        let passing = |r: &RunRow| match r.status.as_str() {
+            "failed" => r.stage.as_deref().is_none_or(|s| s == "checkout"),
+            "interrupted" | "superseded" => true,
+            _ => false,
+        };
+        let again = if moved {
+            true
+        } else if passing(last) {
+            let in_a_row = runs.iter().take_while(|r| passing(r)).count() as u32;
+            let every = Duration::from_millis(repo.poll_interval_ms.max(100) as u64);
+            let wait = (every * 2u32.pow(in_a_row.min(12) - 1)).min(Duration::from_secs(600));
+            let since = last
+                .updated_at
+                .parse::<jiff::Timestamp>()
+                .map(|t| jiff::Timestamp::now().duration_since(t))
+                .ok()
+                .and_then(|d| Duration::try_from(d).ok())
+                .unwrap_or(Duration::MAX);
+            since >= wait
+        } else {
+            false
+        };
+        if again {
+            tracing::info!(service, head, moved, "the branch head runs again");
+            self.enqueue(
+                service,
+                head,
+                &repo.branch,
+                "head",
+                true,
+                None,
+                POLLER_ACTOR,
+            )
+            .await?;
+        }
+        Ok(())
     }
 }
 

@@ -72,6 +72,48 @@ enum Stop {
         log_tail: Vec<String>,
     },
     Cancelled(String),
+    /// Not deployed: its commit is not where the branch is going (why).
+    Superseded(String),
+}
+
+/// Triggers that only say "something changed on the branch": their run
+/// goes ahead only for the branch head. A person's `deploy --ref` and
+/// `pipelines retry` are explicit and are not held to the head.
+pub fn automatic(trigger: &str) -> bool {
+    matches!(trigger, "poll" | "register" | "head" | "recovery") || trigger.starts_with("webhook:")
+}
+
+/// The commit a release was built from (`<url>@<sha>`), if it came from a
+/// repository.
+pub fn commit_of(source: &str) -> Option<&str> {
+    let (_, sha) = source.rsplit_once('@')?;
+    (sha.len() == 40 && sha.bytes().all(|b| b.is_ascii_hexdigit())).then_some(sha)
+}
+
+/// Fetches the branch into the mirror, three tries one and two seconds
+/// apart (a git server that blinks); returns the branch head.
+async fn fetch_retrying(
+    mirror: &Path,
+    url: &str,
+    branch: &str,
+    reporter: &Reporter,
+) -> Result<String, git::GitError> {
+    let mut wait = std::time::Duration::from_secs(1);
+    for attempt in 1.. {
+        match git::fetch(mirror, url, branch).await {
+            Ok(head) => return Ok(head),
+            Err(e) if attempt < 3 => {
+                reporter.phase(
+                    "checkout",
+                    format!("fetch failed ({e}); trying again in {wait:?}"),
+                );
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    unreachable!("the loop returns")
 }
 
 impl From<DeliveryError> for Stop {
@@ -153,8 +195,15 @@ impl Delivery {
             outcome = ctx.go() => outcome,
             by = cancelled => Err(Stop::Cancelled(by)),
         };
+        let superseded = matches!(outcome, Err(Stop::Superseded(_)));
         if let Err(e) = ctx.finish(outcome).await {
             tracing::error!(run = id, error = %e, "cannot record the end of a run");
+        }
+        if superseded {
+            // The head it gave way to may have no run yet.
+            let this = self.clone();
+            let service = ctx.run.service.clone();
+            tokio::spawn(async move { this.poll_now(&service).await });
         }
         lock(&self.inner.cancels).remove(&id);
         let _ = std::fs::remove_dir_all(workspace(&self.inner.data_dir, id));
@@ -207,6 +256,9 @@ impl Ctx<'_> {
                     return self.wait_for_approval(&env, required, approvers).await;
                 }
                 self.close_approval(&env);
+            }
+            if let Some(why) = self.moves_backward(&service, place).await? {
+                return Err(Stop::Superseded(why));
             }
             if i == 0 {
                 self.delivery
@@ -342,6 +394,72 @@ impl Ctx<'_> {
         }
     }
 
+    /// Why deploying this run's commit to `place` would move it back
+    /// along the branch's history, if it would: what runs there was built
+    /// from a commit this one does not descend from, and this one is not
+    /// the branch head either (a head moved back by a force-push is
+    /// deployed: it is what the branch says now, journalled
+    /// `run.head_moved_back`). A person's `deploy --ref` may go anywhere.
+    async fn moves_backward(
+        &mut self,
+        service: &str,
+        place: &Placement,
+    ) -> Result<Option<String>, Stop> {
+        if self.run.trigger == "manual" {
+            return Ok(None);
+        }
+        let d = self.delivery;
+        let Some(number) = d.inner.engine.running_in(service, place).await? else {
+            return Ok(None);
+        };
+        let running = d
+            .store()
+            .release(service, number)
+            .await
+            .map_err(DeliveryError::from)?;
+        // Deployed from a directory: no history to compare with.
+        let Some(running_sha) = commit_of(&running.source).map(str::to_owned) else {
+            return Ok(None);
+        };
+        if running_sha == self.run.commit {
+            return Ok(None);
+        }
+        let mirror = d.mirror(service);
+        if git::is_ancestor(&mirror, &running_sha, &self.run.commit)
+            .await
+            .unwrap_or(false)
+        {
+            return Ok(None);
+        }
+        let repo = d.repo(service).await?;
+        let head = fetch_retrying(&mirror, &repo.url, &repo.branch, &self.reporter).await?;
+        let env = place.env.clone().unwrap_or_else(|| "production".into());
+        if head == self.run.commit {
+            self.reporter.phase(
+                "deploy",
+                format!(
+                    "{} moved back to {}: deploying it over {}",
+                    repo.branch,
+                    short(&head),
+                    short(&running_sha)
+                ),
+            );
+            let event = self.event(
+                "run.head_moved_back",
+                serde_json::json!({ "env": env, "from": running_sha, "to": head }),
+            );
+            d.store().append(event).await.map_err(DeliveryError::from)?;
+            return Ok(None);
+        }
+        Ok(Some(format!(
+            "{} does not descend from {} ({}, running in {env}) and is not the head of {}",
+            short(&self.run.commit),
+            short(&running_sha),
+            running.name(),
+            repo.branch
+        )))
+    }
+
     /// Checkout, build, test and the immutable release: everything that
     /// happens once per run, whatever the environments.
     async fn build(&mut self) -> Result<(Spec, tandem_store::ReleaseRow), Stop> {
@@ -353,19 +471,35 @@ impl Ctx<'_> {
         // The checkout's start event carries the commit's author and time,
         // so learn them first; the stage still counts from here.
         let checkout_started = now_ms();
-        if git::resolve(&mirror, &self.run.commit).await.is_err() {
+        // An automatic run goes ahead only for the branch head, whatever
+        // order the triggers came in: fetch to know it.
+        let automatic = automatic(&self.run.trigger);
+        let head = if automatic || git::resolve(&mirror, &self.run.commit).await.is_err() {
             self.reporter.phase(
                 "checkout",
                 format!("fetching {} from {}", repo.branch, repo.url),
             );
-            git::fetch(&mirror, &repo.url, &repo.branch).await?;
-        }
+            Some(fetch_retrying(&mirror, &repo.url, &repo.branch, &self.reporter).await?)
+        } else {
+            None
+        };
         let sha = git::resolve(&mirror, &self.run.commit)
             .await
             .map_err(|_| Stop::Failed {
                 reason: format!("{} is not a commit of {}", self.run.commit, repo.url),
                 log_tail: Vec::new(),
             })?;
+        if automatic
+            && let Some(head) = head
+            && head != sha
+        {
+            return Err(Stop::Superseded(format!(
+                "{} is not the head of {}: {} is",
+                short(&sha),
+                repo.branch,
+                short(&head)
+            )));
+        }
         let info = git::commit_info(&mirror, &sha).await?;
         d.store()
             .describe_run(
@@ -598,12 +732,15 @@ impl Ctx<'_> {
                 self.reporter.phase("cancel", format!("cancelled by {by}"));
                 ("cancelled", Some(format!("cancelled by {by}")), None)
             }
+            Err(Stop::Superseded(why)) => {
+                self.reporter.phase("superseded", why.clone());
+                ("superseded", Some(why), None)
+            }
         };
         if still_running {
-            let stage_status = if status == "cancelled" {
-                "cancelled"
-            } else {
-                "failed"
+            let stage_status = match status {
+                "cancelled" | "superseded" => status,
+                _ => "failed",
             };
             // Ignore a refusal: a run removed with its service is already ended.
             let _ = self.stage_end(stage_status).await;
@@ -631,7 +768,7 @@ impl Ctx<'_> {
             Err(Stop::Failed { reason, .. }) => {
                 tracing::warn!(run = self.run.id, %reason, "run end not recorded")
             }
-            Err(Stop::Cancelled(_)) => {}
+            Err(Stop::Cancelled(_) | Stop::Superseded(_)) => {}
         }
         let line = match &reason {
             Some(r) => format!("run {} {status}: {r}", self.run.id),

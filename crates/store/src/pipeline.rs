@@ -185,28 +185,22 @@ impl Store {
         actor: &str,
     ) -> Result<Option<RunRow>> {
         self.writing(async move {
-        let _w = self.writer.lock().await;
-        let mut tx = self.pool.begin().await?;
-        if !force {
-            let seen: Option<i64> = sqlx::query_scalar(
-                "SELECT id FROM runs WHERE service = ? AND commit_sha = ? LIMIT 1",
-            )
-            .bind(&run.service)
-            .bind(&run.commit)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if seen.is_some() {
-                return Ok(None);
+            let _w = self.writer.lock().await;
+            let mut tx = self.pool.begin().await?;
+            if !force {
+                let seen: Option<i64> = sqlx::query_scalar(
+                    "SELECT id FROM runs WHERE service = ? AND commit_sha = ? LIMIT 1",
+                )
+                .bind(&run.service)
+                .bind(&run.commit)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if seen.is_some() {
+                    return Ok(None);
+                }
             }
-        }
-        let now = now_ts();
-        let older: Vec<(i64, String)> = sqlx::query_as(
-            "SELECT id, commit_sha FROM runs WHERE service = ? AND status = 'queued' AND release IS NULL ORDER BY id",
-        )
-        .bind(&run.service)
-        .fetch_all(&mut *tx)
-        .await?;
-        let id: i64 = sqlx::query_scalar(
+            let now = now_ts();
+            let id: i64 = sqlx::query_scalar(
             "INSERT INTO runs (service, commit_sha, branch, trigger, author, committed_at, message,
                status, retry_of, created_at, updated_at)
              VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?) RETURNING id",
@@ -223,37 +217,22 @@ impl Store {
         .bind(&now)
         .fetch_one(&mut *tx)
         .await?;
-        for (old, commit) in older {
-            sqlx::query(
-                "UPDATE runs SET status = 'superseded', reason = ?, updated_at = ? WHERE id = ?",
-            )
-            .bind(format!("superseded by run {id}"))
-            .bind(&now)
-            .bind(old)
-            .execute(&mut *tx)
-            .await?;
-            let event = NewEvent::new(actor, "run.superseded")
+            let event = NewEvent::new(actor, "run.queued")
                 .subject("service", &run.service)
-                .subject("run", old.to_string())
-                .payload(serde_json::json!({ "commit": commit, "by_run": id }));
+                .subject("run", id.to_string())
+                .payload(serde_json::json!({
+                    "commit": run.commit,
+                    "branch": run.branch,
+                    "trigger": run.trigger,
+                    "author": run.author,
+                    "committed_at": run.committed_at,
+                    "message": run.message,
+                    "retry_of": run.retry_of,
+                }));
             append_in(&mut tx, event).await?;
-        }
-        let event = NewEvent::new(actor, "run.queued")
-            .subject("service", &run.service)
-            .subject("run", id.to_string())
-            .payload(serde_json::json!({
-                "commit": run.commit,
-                "branch": run.branch,
-                "trigger": run.trigger,
-                "author": run.author,
-                "committed_at": run.committed_at,
-                "message": run.message,
-                "retry_of": run.retry_of,
-            }));
-        append_in(&mut tx, event).await?;
-        tx.commit().await?;
-        drop(_w);
-        self.run(id).await
+            tx.commit().await?;
+            drop(_w);
+            self.run(id).await
         })
         .await
     }
@@ -324,6 +303,17 @@ impl Store {
 }
 
 impl Store {
+    /// The runs of `commit` of `service`, newest first.
+    pub async fn runs_of_commit(&self, service: &str, commit: &str) -> Result<Vec<RunRow>> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM runs WHERE service = ? AND commit_sha = ? ORDER BY id DESC",
+        )
+        .bind(service)
+        .bind(commit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// Whether `commit` of `service` has had a run already.
     pub async fn has_run(&self, service: &str, commit: &str) -> Result<bool> {
         let n: i64 =

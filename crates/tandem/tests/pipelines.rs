@@ -534,9 +534,9 @@ fn a_run_interrupted_by_a_control_plane_crash_is_marked_and_completes_after_rest
     );
 }
 
-#[test]
-fn a_cancelled_run_leaves_no_process_and_a_removed_service_stops_serving() {
-    let env = Env::start();
+/// shop registered (polled every 300 ms) with `build_sh` as its build,
+/// its first commit live.
+fn first_run_with_build(env: &Env, build_sh: &str) -> Repo {
     let repo = Repo::new(env.root.path(), &slow_build_spec());
     let c1 = repo.push(
         "main",
@@ -544,14 +544,21 @@ fn a_cancelled_run_leaves_no_process_and_a_removed_service_stops_serving() {
         &[
             ("index.html", "v1"),
             ("check.sh", PASSING),
-            ("build.sh", BUILD_SH),
+            ("build.sh", build_sh),
         ],
     );
-    register(&env, &repo, &["--poll-interval", "300ms"]);
+    register(env, &repo, &["--poll-interval", "300ms"]);
     assert_eq!(
-        wait_for_run(&env, &c1, Duration::from_secs(60))["status"],
+        wait_for_run(env, &c1, Duration::from_secs(60))["status"],
         "succeeded"
     );
+    repo
+}
+
+#[test]
+fn a_cancelled_run_leaves_no_process_and_a_removed_service_stops_serving() {
+    let env = Env::start();
+    let repo = first_run_with_build(&env, BUILD_SH);
     // 4711 marks the sleep so the test can look for it.
     let c2 = repo.push("main", "slow", &[("index.html", "v2"), ("slow", "4711")]);
     let run = wait_for_stage(&env, &c2, "build");
@@ -600,6 +607,53 @@ fn a_cancelled_run_leaves_no_process_and_a_removed_service_stops_serving() {
     assert!(events(&env).iter().any(|e| e["kind"] == "service.removed"));
     let out = env.tandem(&["services", "rm", "shop"]);
     assert_eq!(out.status.code(), Some(2), "removing it twice is bad input");
+}
+
+/// The CPU seconds a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, f)| f.split_whitespace().collect())
+        .unwrap_or_default();
+    // utime and stime: fields 14 and 15 of the line, in clock ticks.
+    let ticks: f64 =
+        fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    ticks / 100.0
+}
+
+#[test]
+fn a_run_cancelled_while_its_artifact_is_stored_stops_that_work() {
+    let env = Env::start();
+    let repo = first_run_with_build(
+        &env,
+        "if [ -f huge ]; then truncate -s 4G big.bin; fi; echo built\n",
+    );
+    // The build makes a 4 GiB file of holes: long to digest and copy.
+    let c2 = repo.push("main", "huge", &[("index.html", "v2"), ("huge", "")]);
+    let run = wait_for_stage(&env, &c2, "release");
+    std::thread::sleep(Duration::from_millis(500));
+    let id = run["id"].as_i64().expect("id").to_string();
+    assert_ok(&env.tandem(&["pipelines", "cancel", &id]));
+    let run = wait_for_run(&env, &c2, Duration::from_secs(5));
+    assert_eq!(run["status"], "cancelled", "{run}");
+    // The digest stopped: the server is idle, not reading 4 GiB.
+    let server = env.up.as_ref().expect("up").id();
+    std::thread::sleep(Duration::from_secs(1));
+    let before = cpu_seconds(server);
+    std::thread::sleep(Duration::from_secs(3));
+    let used = cpu_seconds(server) - before;
+    assert!(
+        used < 1.0,
+        "the server used {used:.2} s of CPU in 3 s after the cancel"
+    );
+    let partial: Vec<_> = std::fs::read_dir(env.data().join("artifacts"))
+        .expect("artifacts")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
+        .collect();
+    assert!(partial.is_empty(), "{partial:?}");
+    assert_eq!(env.get("shop.test", "/index.html"), (200, "v1".into()));
 }
 
 const SMOKE: &str = "import os, urllib.request\nreq = urllib.request.Request('http://' + os.environ['TANDEM_PROXY'] + '/index.html', headers={'Host': os.environ['TANDEM_HOST']})\nbody = urllib.request.urlopen(req, timeout=5).read().decode()\nprint('smoke', os.environ['TANDEM_ENV'], body)\n";
@@ -932,4 +986,192 @@ fn a_repository_whose_spec_is_too_large_is_refused_without_reading_it() {
     );
     let services = env.tandem(&["services", "-o", "json"]);
     assert_eq!(String::from_utf8_lossy(&services.stdout).trim(), "[]");
+}
+
+/// A spec with no steps: runs are quick, so orders of runs are cheap to try.
+const QUICK_SPEC: &str = "service:\n  name: shop\nrun:\n  command: exec python3 -m http.server $PORT --bind 127.0.0.1\n  instances: 1\n  stop_timeout: 5s\nroute:\n  host: shop.test\nrelease:\n  deploy_timeout: 15s\n  drain_timeout: 1s\n";
+
+/// A signed GitHub push webhook for `after`.
+fn github_push(env: &Env, before: &str, after: &str) -> u16 {
+    let body = payload("github", "main", before, after);
+    let headers = vec![
+        ("X-GitHub-Event", "push".to_owned()),
+        ("X-GitHub-Delivery", format!("d-{after}")),
+        (
+            "X-Hub-Signature-256",
+            format!("sha256={}", sign("s3cret", &body)),
+        ),
+    ];
+    post(
+        &env.api,
+        "/api/v1/services/shop/hooks/github",
+        &headers,
+        &body,
+    )
+    .0
+}
+
+/// No run of the service is queued, running or waiting.
+fn settled(env: &Env) -> bool {
+    runs(env).iter().all(|r| {
+        [
+            "succeeded",
+            "failed",
+            "cancelled",
+            "superseded",
+            "interrupted",
+        ]
+        .contains(&r["status"].as_str().unwrap_or_default())
+    })
+}
+
+/// A permutation of 0..n from a seed (a small LCG: no dependency).
+fn shuffled(n: usize, seed: u64) -> Vec<usize> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        order.swap(i, (state >> 33) as usize % (i + 1));
+    }
+    order
+}
+
+#[test]
+fn webhooks_for_ten_commits_in_any_order_end_with_the_head_in_production() {
+    let env = Env::start();
+    let repo = Repo::new(env.root.path(), QUICK_SPEC);
+    let mut before = repo.push("main", "v0", &[("index.html", "v0")]);
+    register(
+        &env,
+        &repo,
+        &["--webhook-secret", "s3cret", "--poll-interval", "1h"],
+    );
+    assert_eq!(
+        wait_for_run(&env, &before, Duration::from_secs(60))["status"],
+        "succeeded"
+    );
+    // TANDEM_ORDER_TRIALS=100 for the acceptance run; CI tries 3.
+    let trials: u64 = std::env::var("TANDEM_ORDER_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    for trial in 0..trials {
+        let commits: Vec<(String, String)> = (1..=10)
+            .map(|n| {
+                let body = format!("t{trial}-v{n}");
+                let sha = repo.push("main", &body, &[("index.html", &body)]);
+                (sha, body)
+            })
+            .collect();
+        let order = shuffled(commits.len(), trial);
+        // All at once, in this order of sending.
+        std::thread::scope(|s| {
+            for &i in &order {
+                let (sha, prev) = (commits[i].0.clone(), before.clone());
+                let env = &env;
+                s.spawn(move || assert_eq!(github_push(env, &prev, &sha), 202));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        let head = commits.last().expect("ten").1.clone();
+        wait_until(Duration::from_secs(60), "the head in production", || {
+            (settled(&env) && env.get("shop.test", "/index.html") == (200, head.clone()))
+                .then_some(())
+        });
+        before = commits.last().expect("ten").0.clone();
+        eprintln!("trial {trial}: order {order:?}: production on the head");
+    }
+    // A late webhook for an old commit changes nothing.
+    let old = runs(&env).last().expect("a run")["commit"]
+        .as_str()
+        .expect("sha")
+        .to_owned();
+    github_push(&env, &old, &old);
+    std::thread::sleep(Duration::from_secs(2));
+    wait_until(Duration::from_secs(30), "settled", || {
+        settled(&env).then_some(())
+    });
+    let head = format!("t{}-v10", trials - 1);
+    assert_eq!(env.get("shop.test", "/index.html"), (200, head));
+}
+
+#[test]
+fn a_branch_forced_back_to_an_older_commit_is_deployed_and_journalled() {
+    let env = Env::start();
+    let repo = Repo::new(env.root.path(), QUICK_SPEC);
+    let c1 = repo.push("main", "v1", &[("index.html", "v1")]);
+    register(&env, &repo, &["--poll-interval", "300ms"]);
+    assert_eq!(
+        wait_for_run(&env, &c1, Duration::from_secs(60))["status"],
+        "succeeded"
+    );
+    let c2 = repo.push("main", "v2", &[("index.html", "v2")]);
+    assert_eq!(
+        wait_for_run(&env, &c2, Duration::from_secs(60))["status"],
+        "succeeded"
+    );
+    assert_eq!(env.get("shop.test", "/index.html"), (200, "v2".into()));
+    git(
+        &repo.work,
+        &[
+            "push",
+            "--quiet",
+            "--force",
+            "origin",
+            &format!("{c1}:main"),
+        ],
+    );
+    wait_until(Duration::from_secs(30), "v1 back in production", || {
+        (settled(&env) && env.get("shop.test", "/index.html") == (200, "v1".into())).then_some(())
+    });
+    let moved: Vec<_> = events(&env)
+        .into_iter()
+        .filter(|e| e["kind"] == "run.head_moved_back")
+        .collect();
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert_eq!(moved[0]["payload"]["from"], c2.as_str());
+    assert_eq!(moved[0]["payload"]["to"], c1.as_str());
+    // And it stays there: nothing moves production forward again.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(env.get("shop.test", "/index.html"), (200, "v1".into()));
+}
+
+#[test]
+fn a_push_during_a_git_server_outage_is_deployed_once_the_server_is_back() {
+    let env = Env::start();
+    let repo = Repo::new(env.root.path(), QUICK_SPEC);
+    let c1 = repo.push("main", "v1", &[("index.html", "v1")]);
+    register(
+        &env,
+        &repo,
+        &["--webhook-secret", "s3cret", "--poll-interval", "300ms"],
+    );
+    assert_eq!(
+        wait_for_run(&env, &c1, Duration::from_secs(60))["status"],
+        "succeeded"
+    );
+    // The git server goes away (its path with it); a push reaches it
+    // there, and its webhook reaches tandem, which cannot fetch.
+    let down = repo.origin.with_extension("down");
+    std::fs::rename(&repo.origin, &down).expect("outage");
+    std::fs::write(repo.work.join("index.html"), "v2").expect("write");
+    git(&repo.work, &["commit", "--quiet", "-am", "v2"]);
+    git(
+        &repo.work,
+        &["push", "--quiet", down.to_str().expect("utf8"), "main"],
+    );
+    let c2 = git(&repo.work, &["rev-parse", "HEAD"]);
+    assert_eq!(github_push(&env, &c1, &c2), 202);
+    let failed = wait_for_run(&env, &c2, Duration::from_secs(30));
+    assert_eq!(failed["status"], "failed", "{failed}");
+    std::fs::rename(&down, &repo.origin).expect("back");
+    wait_until(
+        Duration::from_secs(30),
+        "v2 in production after the outage",
+        || (env.get("shop.test", "/index.html") == (200, "v2".into())).then_some(()),
+    );
 }
