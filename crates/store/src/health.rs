@@ -226,6 +226,39 @@ impl Store {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_write_sqlite_refuses_as_read_only_is_a_read_only_fault() {
+        use sqlx::ConnectOptions;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.db");
+        let mut rw = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .connect()
+            .await
+            .expect("open");
+        sqlx::query("CREATE TABLE t (x)")
+            .execute(&mut rw)
+            .await
+            .expect("create");
+        let mut ro = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .read_only(true)
+            .connect()
+            .await
+            .expect("open read-only");
+        let e = sqlx::query("INSERT INTO t VALUES (1)")
+            .execute(&mut ro)
+            .await
+            .expect_err("a read-only database takes no write");
+        assert_eq!(classify(&e), Some("read-only"), "{e}");
+        let e = sqlx::query("SELECT * FROM nowhere")
+            .execute(&mut ro)
+            .await
+            .expect_err("no such table");
+        assert_eq!(classify(&e), None, "a bad query is no storage fault: {e}");
+    }
+
     #[test]
     fn an_os_error_for_no_space_is_a_full_disk() {
         let e = sqlx::Error::Io(std::io::Error::from_raw_os_error(28));
