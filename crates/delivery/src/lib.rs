@@ -100,6 +100,17 @@ impl Delivery {
                 pollers: Mutex::default(),
             }),
         };
+        // What an earlier server left behind: steps still running in
+        // their own process groups, scratch mirrors of a `services add` cut
+        // short.
+        tandem_engine::steps::kill_leftovers(data_dir);
+        if let Ok(entries) = std::fs::read_dir(data_dir.join("git")) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(".new-") {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
         delivery.recover().await?;
         let scheduler = delivery.clone();
         tokio::spawn(async move { scheduler.schedule().await });
@@ -522,7 +533,15 @@ impl Delivery {
                     SCHEDULER_ACTOR,
                 )
                 .await?;
-            tracing::info!(run = r.id, service = %r.service, requeued = ?again.map(|a| a.id), "interrupted run queued again");
+            if let Some(again) = &again {
+                let event =
+                    tandem_core::journal::NewEvent::new(SCHEDULER_ACTOR, "run.approvals_carried")
+                        .subject("service", &r.service)
+                        .subject("run", again.id.to_string())
+                        .payload(serde_json::json!({ "from_run": r.id, "commit": r.commit }));
+                self.store().carry_approvals(r.id, again.id, event).await?;
+            }
+            tracing::info!(run = r.id, service = %r.service, requeued = ?again.as_ref().map(|a| a.id), "interrupted run queued again");
         }
         Ok(())
     }

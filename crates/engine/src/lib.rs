@@ -336,10 +336,14 @@ impl Engine {
         actor: &str,
         reporter: &Reporter,
     ) -> Result<(), EngineError> {
+        // Marked as this data directory's, so that a server started after
+        // this one died finds what it left running (`steps::kill_leftovers`).
+        let mut env = env.to_vec();
+        env.push((steps::MARK.into(), steps::mark_of(&self.data_dir)));
         for step in steps {
             reporter.phase(stage, format!("{stage} step {}: {}", step.name, step.run));
             let started = Instant::now();
-            if let Err((reason, log_tail)) = steps::run(step, work, env, reporter).await {
+            if let Err((reason, log_tail)) = steps::run(step, work, &env, reporter).await {
                 let payload = serde_json::json!({
                     "step": step.name,
                     "reason": reason,

@@ -1,6 +1,16 @@
 //! Build and test steps: `/bin/sh -c` in the build tree, in a clean
 //! environment, in their own process group, output streamed line by line,
 //! killed as a group on timeout.
+//!
+//! Output is read in bounded pieces whatever it holds: a line longer than
+//! [`MAX_LINE`] is cut into lines of that length, at most [`REPORTED`]
+//! bytes of a step's output are passed on (the rest is read and dropped,
+//! its last lines kept for the error message), and the channel between
+//! the readers and the reporter is bounded, so a step that prints 300 MB
+//! without a newline costs the server kilobytes, not 300 MB. When the
+//! step's shell exits, what it left running in its process group (`x &`)
+//! is killed, and its output read for at most a second more: a background
+//! child that holds the step's stdout cannot make a finished step time out.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -8,7 +18,7 @@ use std::process::Stdio;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tandem_core::spec::Step;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::AsyncReadExt;
 
 use crate::progress::{Progress, Reporter};
 
@@ -18,6 +28,10 @@ const INHERITED: [&str; 6] = ["PATH", "HOME", "LANG", "TMPDIR", "USER", "CARGO_H
 
 /// Lines of a failing step kept for the error message.
 const TAIL: usize = 20;
+/// Longest line passed on; a longer one is cut into several.
+pub const MAX_LINE: usize = 8 * 1024;
+/// Bytes of one step's output passed on to its reporter.
+pub const REPORTED: usize = 16 * 1024 * 1024;
 
 /// Runs `step` in `dir` with `CI=true` and `env` added; `Err` carries the
 /// reason and the last output lines.
@@ -55,7 +69,7 @@ pub async fn run(
     // Dropping this future (a cancelled run) must not leave the step's
     // children behind: the guard kills the whole group unless disarmed.
     let mut guard = GroupGuard(pgid);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(256);
     for stream in [
         child
             .stdout
@@ -67,27 +81,56 @@ pub async fn run(
     .flatten()
     {
         let tx = tx.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stream).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let _ = tx.send(line);
-            }
-        });
+        tokio::spawn(read_lines(stream, tx));
     }
     drop(tx);
     let mut tail: Vec<String> = Vec::new();
-    let collect = async {
-        while let Some(line) = rx.recv().await {
+    let mut reported = 0usize;
+    let mut keep = |line: String| {
+        if reported < REPORTED {
+            reported += line.len() + 1;
+            let line = if reported >= REPORTED {
+                format!(
+                    "{line}\n[tandem] step {} printed more than {} MiB; the rest is not shown",
+                    step.name,
+                    REPORTED >> 20
+                )
+            } else {
+                line.clone()
+            };
             reporter.send(Progress::Log {
                 step: step.name.clone(),
-                line: line.clone(),
+                line,
             });
-            if tail.len() == TAIL {
-                tail.remove(0);
-            }
-            tail.push(line);
         }
-        child.wait().await
+        if tail.len() == TAIL {
+            tail.remove(0);
+        }
+        tail.push(line);
+    };
+    let collect = async {
+        // Output until the shell exits...
+        let exit = loop {
+            tokio::select! {
+                line = rx.recv() => match line {
+                    Some(line) => keep(line),
+                    None => break child.wait().await,
+                },
+                exit = child.wait() => break exit,
+            }
+        };
+        // ...then what it left behind in its group goes, and what is still
+        // in the pipes is read for a moment.
+        if let Some(pgid) = pgid {
+            let _ = killpg(pgid, Signal::SIGKILL);
+        }
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+            while let Some(line) = rx.recv().await {
+                keep(line);
+            }
+        })
+        .await;
+        exit
     };
     let status = tokio::time::timeout(step.timeout.to_std(), collect).await;
     if matches!(status, Ok(Ok(_))) {
@@ -108,6 +151,89 @@ pub async fn run(
     }
 }
 
+/// Names, in a step's environment, the data directory of the server that
+/// ran it.
+pub const MARK: &str = "TANDEM_STEP_OF";
+
+/// The value of [`MARK`] for `data_dir`: its canonical path.
+pub fn mark_of(data_dir: &Path) -> String {
+    std::fs::canonicalize(data_dir)
+        .unwrap_or_else(|_| data_dir.to_path_buf())
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Kills the process group of every step a server of `data_dir` left
+/// running (it was killed mid-step: its steps, in groups of their own, live
+/// on). Called at start, before any step runs; returns how many groups.
+pub fn kill_leftovers(data_dir: &Path) -> usize {
+    let mark = format!("{MARK}={}", mark_of(data_dir));
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut groups = std::collections::BTreeSet::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if environ.split(|b| *b == 0).any(|v| v == mark.as_bytes())
+            && let Ok(pgid) = nix::unistd::getpgid(Some(Pid::from_raw(pid)))
+        {
+            groups.insert(pgid);
+        }
+    }
+    for pgid in &groups {
+        tracing::warn!(
+            pgid = pgid.as_raw(),
+            "a step left running by an earlier server; killing it"
+        );
+        let _ = killpg(*pgid, Signal::SIGKILL);
+    }
+    groups.len()
+}
+
+/// Reads `stream` into lines of at most [`MAX_LINE`] bytes (lossy UTF-8)
+/// and sends them, waiting while the channel is full.
+async fn read_lines(
+    mut stream: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+    tx: tokio::sync::mpsc::Sender<String>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut line: Vec<u8> = Vec::with_capacity(256);
+    loop {
+        let n = match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        for &b in &buf[..n] {
+            if b == b'\n' || line.len() == MAX_LINE {
+                if b == b'\n' && line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                let text = String::from_utf8_lossy(&line).into_owned();
+                line.clear();
+                if tx.send(text).await.is_err() {
+                    return;
+                }
+                if b == b'\n' {
+                    continue;
+                }
+            }
+            line.push(b);
+        }
+    }
+    if !line.is_empty() {
+        let _ = tx.send(String::from_utf8_lossy(&line).into_owned()).await;
+    }
+}
+
 /// Kills a step's process group when dropped, unless disarmed (`None`).
 struct GroupGuard(Option<Pid>);
 
@@ -116,5 +242,93 @@ impl Drop for GroupGuard {
         if let Some(pgid) = self.0 {
             let _ = killpg(pgid, Signal::SIGKILL);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(run: &str) -> Step {
+        Step {
+            name: "s".into(),
+            run: run.into(),
+            timeout: "20s".parse().expect("duration"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_background_child_holding_the_output_neither_holds_the_step_nor_outlives_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let started = std::time::Instant::now();
+        run(
+            &step("sleep 3001 & echo started"),
+            dir.path(),
+            &[],
+            &Reporter::silent(),
+        )
+        .await
+        .expect("the step succeeds");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "the step took {:?}",
+            started.elapsed()
+        );
+        let left = std::process::Command::new("pgrep")
+            .args(["-f", "sleep 3001"])
+            .output()
+            .expect("pgrep");
+        assert!(left.stdout.is_empty(), "the background child lives on");
+    }
+
+    #[tokio::test]
+    async fn output_without_newlines_is_cut_into_lines_and_capped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let reporter = Reporter::new(tx);
+        run(
+            &step("head -c 20000000 /dev/zero | tr '\\0' x; echo; echo last words"),
+            dir.path(),
+            &[],
+            &reporter,
+        )
+        .await
+        .expect("the step succeeds");
+        drop(reporter);
+        let mut lines = Vec::new();
+        while let Some(p) = rx.recv().await {
+            if let Progress::Log { line, .. } = p {
+                lines.push(line);
+            }
+        }
+        let longest = lines.iter().map(String::len).max().unwrap_or(0);
+        let total: usize = lines.iter().map(|l| l.len() + 1).sum();
+        assert!(longest <= MAX_LINE + 200, "a line of {longest} bytes");
+        assert!(total <= REPORTED + 2 * MAX_LINE, "{total} bytes passed on");
+        assert!(
+            lines
+                .last()
+                .is_some_and(|l| l.contains("the rest is not shown")),
+            "{:?}",
+            lines.last()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failing_step_keeps_its_last_lines_even_past_the_cap() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = run(
+            &step("head -c 20000000 /dev/zero | tr '\\0' x; echo; echo the reason; exit 3"),
+            dir.path(),
+            &[],
+            &Reporter::silent(),
+        )
+        .await
+        .expect_err("the step fails");
+        assert!(
+            err.1.last().is_some_and(|l| l == "the reason"),
+            "{:?}",
+            err.1.last()
+        );
     }
 }

@@ -445,6 +445,31 @@ impl Store {
         .await
     }
 
+    /// Gives run `to` the approvals run `from` had (a run interrupted by a
+    /// restart, queued again: people approved that commit, and need not
+    /// again), journalled with `event` when there were any. Returns how many.
+    pub async fn carry_approvals(&self, from: i64, to: i64, event: NewEvent) -> Result<u64> {
+        self.writing(async move {
+            let _w = self.writer.lock().await;
+            let mut tx = self.pool.begin().await?;
+            let carried = sqlx::query(
+                "INSERT INTO approvals (run, env, approver, at)
+                 SELECT ?, env, approver, at FROM approvals WHERE run = ? ON CONFLICT DO NOTHING",
+            )
+            .bind(to)
+            .bind(from)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if carried > 0 {
+                append_in(&mut tx, event).await?;
+            }
+            tx.commit().await?;
+            Ok(carried)
+        })
+        .await
+    }
+
     /// Approvers of run `id` into `env`.
     pub async fn approvals(&self, id: i64, env: &str) -> Result<Vec<String>> {
         Ok(sqlx::query_scalar(

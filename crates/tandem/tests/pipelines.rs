@@ -1175,3 +1175,133 @@ fn a_push_during_a_git_server_outage_is_deployed_once_the_server_is_back() {
         || (env.get("shop.test", "/index.html") == (200, "v2".into())).then_some(()),
     );
 }
+
+fn pids_of(pattern: &str) -> Vec<u32> {
+    let out = Command::new("pgrep")
+        .args(["-f", pattern])
+        .output()
+        .expect("pgrep");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+#[test]
+fn steps_a_killed_server_left_running_are_killed_when_it_starts_again() {
+    let mut env = Env::start();
+    let repo = first_run_with_build(&env, BUILD_SH);
+    let c2 = repo.push("main", "slow", &[("index.html", "v2"), ("slow", "4713")]);
+    wait_for_stage(&env, &c2, "build");
+    let old = wait_until(Duration::from_secs(10), "the step's sleep", || {
+        let pids = pids_of("sleep 4713");
+        (!pids.is_empty()).then_some(pids)
+    });
+    env.kill_up();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        old.iter()
+            .all(|p| Path::new(&format!("/proc/{p}")).exists()),
+        "the step outlives the killed server (which is what is fixed at the next start)"
+    );
+    env.up_again();
+    wait_until(Duration::from_secs(10), "the orphaned step killed", || {
+        old.iter()
+            .all(|p| !Path::new(&format!("/proc/{p}")).exists())
+            .then_some(())
+    });
+    // The recovery run sleeps again; end it.
+    let again = wait_for(&env, Duration::from_secs(20), "the recovery run", |r| {
+        r["commit"] == c2.as_str() && r["trigger"] == "recovery"
+    });
+    let id = again["id"].as_i64().expect("id").to_string();
+    let _ = env.tandem(&["pipelines", "cancel", &id]);
+}
+
+#[test]
+fn approvals_are_carried_to_the_run_that_replaces_one_interrupted_mid_deploy() {
+    let mut env = Env::start();
+    let spec = format!(
+        "{QUICK_SPEC}environments:\n  staging: {{ route: {{ host: staging.shop.test }} }}\n  production: {{ promote: manual, approvals: 1 }}\n"
+    );
+    let repo = Repo::new(env.root.path(), &spec);
+    let c1 = repo.push("main", "first", &[("index.html", "v1")]);
+    register(&env, &repo, &["--poll-interval", "300ms"]);
+    let first = wait_for_status(&env, &c1, "waiting-approval");
+    let id = first["id"].as_i64().expect("id");
+    // The next server pauses before each switch: the approved run is
+    // caught in its production deploy, where the server is killed.
+    env.kill_up();
+    env.vars
+        .push(("TANDEM_FAULT_PAUSE".into(), "before-switch:60000".into()));
+    env.up_again();
+    assert_ok(&env.tandem(&["approve", &id.to_string()]));
+    wait_for(
+        &env,
+        Duration::from_secs(30),
+        "the production deploy",
+        |r| r["id"] == id && r["stage"] == "deploy:production",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    env.kill_up();
+    env.vars.clear();
+    env.up_again();
+    let again = wait_for(
+        &env,
+        Duration::from_secs(60),
+        "the recovery run's end",
+        |r| {
+            r["retry_of"] == id
+                && r["status"]
+                    .as_str()
+                    .is_some_and(|s| s != "queued" && s != "running")
+        },
+    );
+    assert_eq!(
+        again["status"], "succeeded",
+        "asked for approval again: {again}"
+    );
+    assert_eq!(env.get("shop.test", "/index.html"), (200, "v1".into()));
+    assert!(
+        events(&env)
+            .iter()
+            .any(|e| e["kind"] == "run.approvals_carried")
+    );
+}
+
+/// Peak resident memory of a process so far, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_step_printing_300_mb_without_a_newline_leaves_the_servers_memory_alone() {
+    let env = Env::start();
+    let dir = env.app(
+        "chatty",
+        "build:\n  - { name: flood, run: \"head -c 300000000 /dev/zero | tr '\\\\0' x\" }\n",
+        "chatty",
+    );
+    let server = env.up.as_ref().expect("up").id();
+    // The server's own peak once it has served a deploy's worth of work.
+    let warm = env.app("warm", "", "warm");
+    assert_ok(&env.deploy(&warm));
+    let before = peak_rss_kib(server);
+    let out = env.deploy(&dir);
+    assert_ok(&out);
+    let after = peak_rss_kib(server);
+    eprintln!(
+        "300 MB without a newline: server peak RSS {before} KiB -> {after} KiB; the client got {} bytes",
+        out.stdout.len() + out.stderr.len()
+    );
+    assert!(
+        after < before + 50 * 1024,
+        "peak RSS grew from {before} to {after} KiB"
+    );
+    assert_eq!(env.get("chatty.test", "/").0, 200);
+}
