@@ -102,6 +102,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/runs/{id}/cancel", post(pipelines::cancel))
         .route("/api/v1/runs/{id}/retry", post(pipelines::retry))
         .route("/api/v1/runs/{id}/approve", post(pipelines::approve))
+        .route("/api/v1/runs/{id}/reject", post(pipelines::reject))
         .route("/api/v1/services/{name}/releases", get(releases))
         .route("/api/v1/services/{name}/rollback", post(rollback))
         .route("/api/v1/services/{name}/logs", get(logs))

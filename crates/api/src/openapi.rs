@@ -4,7 +4,7 @@
 
 use axum::Json;
 
-pub const PATHS: [(&str, &str, &str); 35] = [
+pub const PATHS: [(&str, &str, &str); 36] = [
     (
         "/api/v1/health",
         "get",
@@ -64,6 +64,11 @@ pub const PATHS: [(&str, &str, &str); 35] = [
         "/api/v1/runs/{id}/approve",
         "post",
         "Approve the promotion a run waits for; the approver is recorded",
+    ),
+    (
+        "/api/v1/runs/{id}/reject",
+        "post",
+        "Refuse the promotion a run waits for, with a reason (journalled)",
     ),
     (
         "/api/v1/services/{name}/releases",

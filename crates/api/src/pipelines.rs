@@ -159,6 +159,24 @@ pub(crate) async fn approve(
     )))
 }
 
+#[derive(Deserialize)]
+pub(crate) struct RejectBody {
+    reason: String,
+}
+
+pub(crate) async fn reject(
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+    Json(body): Json<RejectBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(serde_json::json!(
+        s.delivery
+            .reject(id, &actor(&headers), &body.reason)
+            .await?
+    )))
+}
+
 pub(crate) async fn retry(
     State(s): State<AppState>,
     Path(id): Path<i64>,

@@ -319,6 +319,14 @@ pub enum Command {
     },
     /// Approve the promotion a pipeline run waits for (your identity is recorded).
     Approve { run: i64 },
+    /// Refuse the promotion a pipeline run waits for; the run ends
+    /// `rejected` (your identity and the reason are recorded).
+    Reject {
+        run: i64,
+        /// Why, for the journal and the run.
+        #[arg(long)]
+        reason: String,
+    },
     /// The tamper-evident journal.
     Audit {
         #[command(subcommand)]
@@ -600,6 +608,7 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
             ops::add_channel(&api(), body, fmt).await
         }
         Command::Approve { run } => pipelines::act(&api(), run, "approve", fmt).await,
+        Command::Reject { run, reason } => pipelines::reject(&api(), run, &reason, fmt).await,
         Command::Audit {
             command: AuditCommand::Verify,
         } => view::audit_verify(&api(), fmt).await,

@@ -160,6 +160,21 @@ pub async fn act(api: &Api, id: i64, action: &str, fmt: Format) -> CmdResult {
     Ok(())
 }
 
+pub async fn reject(api: &Api, id: i64, reason: &str, fmt: Format) -> CmdResult {
+    let v = api
+        .post(
+            &format!("/api/v1/runs/{id}/reject"),
+            serde_json::json!({ "reason": reason }),
+        )
+        .await?;
+    if fmt == Format::Json {
+        json(&v);
+    } else {
+        outln!("run {id} rejected: {}", cell(&v["reason"]));
+    }
+    Ok(())
+}
+
 pub async fn secrets(api: &Api, command: crate::SecretsCommand, fmt: Format) -> CmdResult {
     use crate::SecretsCommand as S;
     match command {

@@ -437,6 +437,53 @@ impl Delivery {
         self.run(id).await
     }
 
+    /// Refuses the promotion a run waits for: the run ends `rejected`,
+    /// journalled with who and why. A reason is required.
+    pub async fn reject(
+        &self,
+        id: i64,
+        actor: &str,
+        reason: &str,
+    ) -> Result<RunRow, DeliveryError> {
+        let reason = reason.trim();
+        if reason.is_empty() || reason.len() > 1000 {
+            return Err(DeliveryError::BadInput(
+                "a rejection needs a reason of 1 to 1000 bytes (--reason)".into(),
+            ));
+        }
+        let run = self.run(id).await?;
+        if run.status != "waiting-approval" {
+            return Err(DeliveryError::Conflict(format!(
+                "run {id} is {}; only a run waiting for approval can be rejected",
+                run.status
+            )));
+        }
+        let env = run
+            .stage
+            .as_deref()
+            .and_then(|s| s.strip_prefix("approval:"))
+            .unwrap_or("production")
+            .to_owned();
+        let event = tandem_core::journal::NewEvent::new(actor, "run.rejected")
+            .subject("service", &run.service)
+            .subject("run", id.to_string())
+            .subject("env", &env)
+            .payload(run::commit_payload(
+                &run,
+                serde_json::json!({ "env": env, "by": actor, "reason": reason }),
+            ));
+        let why = format!("rejected by {actor}: {reason}");
+        let update = tandem_store::RunUpdate {
+            status: "rejected",
+            stage: run.stage.as_deref(),
+            reason: Some(&why),
+            release: None,
+            stages: &run.stages,
+        };
+        self.store().update_run(id, update, event).await?;
+        self.run(id).await
+    }
+
     /// Queues the same commit again as a new run.
     pub async fn retry(&self, id: i64, actor: &str) -> Result<RunRow, DeliveryError> {
         let run = self.run(id).await?;

@@ -59,7 +59,7 @@ impl RunRow {
     pub fn is_finished(&self) -> bool {
         matches!(
             self.status.as_str(),
-            "succeeded" | "failed" | "superseded" | "cancelled" | "interrupted"
+            "succeeded" | "failed" | "superseded" | "cancelled" | "interrupted" | "rejected"
         )
     }
 }

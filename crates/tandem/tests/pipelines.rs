@@ -92,7 +92,7 @@ fn wait_for(
 fn wait_for_run(env: &Env, commit: &str, within: Duration) -> serde_json::Value {
     wait_for(env, within, &format!("a finished run of {commit}"), |r| {
         r["commit"] == commit
-            && ["succeeded", "failed", "cancelled", "superseded"]
+            && ["succeeded", "failed", "cancelled", "superseded", "rejected"]
                 .contains(&r["status"].as_str().unwrap_or_default())
     })
 }
@@ -1304,4 +1304,52 @@ fn a_step_printing_300_mb_without_a_newline_leaves_the_servers_memory_alone() {
         "peak RSS grew from {before} to {after} KiB"
     );
     assert_eq!(env.get("chatty.test", "/").0, 200);
+}
+
+#[test]
+fn a_promotion_can_be_rejected_with_a_reason_and_stays_rejected() {
+    let env = Env::start();
+    let spec = format!("{QUICK_SPEC}environments:\n  production: {{ promote: manual }}\n");
+    let repo = Repo::new(env.root.path(), &spec);
+    let c1 = repo.push("main", "first", &[("index.html", "v1")]);
+    register(&env, &repo, &["--poll-interval", "300ms"]);
+    let run = wait_for_status(&env, &c1, "waiting-approval");
+    let id = run["id"].as_i64().expect("id").to_string();
+    assert_eq!(
+        env.tandem(&["reject", &id]).status.code(),
+        Some(2),
+        "a reason is required"
+    );
+    assert_eq!(
+        env.tandem(&["reject", &id, "--reason", " "]).status.code(),
+        Some(2)
+    );
+    let out = env.tandem(&["reject", &id, "--reason", "breaks the invoice export"]);
+    assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("breaks the invoice export"));
+    let rejected = wait_for_run(&env, &c1, Duration::from_secs(5));
+    assert_eq!(rejected["status"], "rejected", "{rejected}");
+    assert_ne!(
+        env.tandem(&["approve", &id]).status.code(),
+        Some(0),
+        "approving it after is refused"
+    );
+    let event = events(&env)
+        .into_iter()
+        .find(|e| e["kind"] == "run.rejected")
+        .expect("run.rejected in the journal");
+    assert_eq!(event["payload"]["reason"], "breaks the invoice export");
+    assert!(
+        event["payload"]["by"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("user:"))
+    );
+    // The poller does not bring the rejected head back.
+    std::thread::sleep(Duration::from_secs(2));
+    let of_c1 = runs(&env)
+        .iter()
+        .filter(|r| r["commit"] == c1.as_str())
+        .count();
+    assert_eq!(of_c1, 1);
+    assert_eq!(env.get("shop.test", "/index.html").0, 404);
 }
