@@ -92,9 +92,18 @@ pub async fn fetch(mirror: &Path, url: &str, branch: &str) -> Result<String, Git
         git(None, &["init", "--quiet", "--bare", &m]).await?;
     }
     let refspec = format!("+refs/heads/{branch}:refs/heads/{branch}");
+    // Tags too: `deploy --ref v1.2.0` names one.
     git(
         Some(mirror),
-        &["fetch", "--quiet", "--no-tags", "--", url, &refspec],
+        &[
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            "--",
+            url,
+            &refspec,
+            "+refs/tags/*:refs/tags/*",
+        ],
     )
     .await?;
     let head = git(
@@ -123,6 +132,23 @@ pub async fn is_ancestor(
         Err(e) if e.message.is_empty() => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// Fetches one ref the branch and tags do not bring (another branch, a
+/// commit the server lets clients ask for) and returns its commit.
+pub async fn fetch_ref(mirror: &Path, url: &str, rev: &str) -> Result<String, GitError> {
+    if rev.starts_with('-') {
+        return Err(GitError {
+            args: "fetch".into(),
+            message: format!("{rev:?} is not a ref"),
+        });
+    }
+    git(
+        Some(mirror),
+        &["fetch", "--quiet", "--no-tags", "--", url, rev],
+    )
+    .await?;
+    resolve(mirror, "FETCH_HEAD").await
 }
 
 /// Resolves `rev` (a sha, a branch, a tag that was fetched) in the mirror.

@@ -270,9 +270,12 @@ impl Delivery {
         let mirror = self.mirror(service);
         git::fetch(&mirror, &repo.url, &repo.branch).await?;
         let rev = rev.unwrap_or(&repo.branch);
-        let sha = git::resolve(&mirror, rev).await.map_err(|_| {
-            DeliveryError::BadInput(format!("{rev} is not a commit of {}", repo.url))
-        })?;
+        let sha = match git::resolve(&mirror, rev).await {
+            Ok(sha) => sha,
+            Err(_) => git::fetch_ref(&mirror, &repo.url, rev).await.map_err(|_| {
+                DeliveryError::BadInput(format!("{rev} is not a commit of {}", repo.url))
+            })?,
+        };
         let run = self
             .enqueue(service, &sha, &repo.branch, "manual", true, None, actor)
             .await?;

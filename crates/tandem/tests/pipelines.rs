@@ -1353,3 +1353,33 @@ fn a_promotion_can_be_rejected_with_a_reason_and_stays_rejected() {
     assert_eq!(of_c1, 1);
     assert_eq!(env.get("shop.test", "/index.html").0, 404);
 }
+
+#[test]
+fn deploy_ref_takes_a_tag_and_an_unknown_ref_is_bad_input() {
+    let env = Env::start();
+    let repo = Repo::new(env.root.path(), QUICK_SPEC);
+    let c1 = repo.push("main", "v1", &[("index.html", "v1")]);
+    git(&repo.work, &["tag", "v1.0.0", &c1]);
+    git(&repo.work, &["push", "--quiet", "origin", "v1.0.0"]);
+    let c2 = repo.push("main", "v2", &[("index.html", "v2")]);
+    register(&env, &repo, &["--poll-interval", "1h"]);
+    assert_eq!(
+        wait_for_run(&env, &c2, Duration::from_secs(60))["status"],
+        "succeeded"
+    );
+    // A person deploys the tag: an explicit move back, allowed.
+    let out = env.tandem(&["deploy", "shop", "--ref", "v1.0.0", "-o", "json"]);
+    assert_ok(&out);
+    wait_until(Duration::from_secs(30), "the tag in production", || {
+        (settled(&env) && env.get("shop.test", "/index.html") == (200, "v1".into())).then_some(())
+    });
+    let out = env.tandem(&["deploy", "shop", "--ref", "no-such-ref"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = env.tandem(&["deploy", "shop", "--ref", "--upload-pack=touch /tmp/x"]);
+    assert_eq!(out.status.code(), Some(2));
+}
