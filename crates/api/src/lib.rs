@@ -206,10 +206,33 @@ async fn health(State(s): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// Every service, and for one from a repository how its polling goes
+/// (`repo.polled_at`, `repo.poll_error`, `repo.failing_since`).
 async fn services(State(s): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(Json(
-        serde_json::to_value(s.engine.store.services().await?).unwrap_or_default(),
-    ))
+    let repos = s.engine.store.repos().await?;
+    let out: Vec<serde_json::Value> = s
+        .engine
+        .store
+        .services()
+        .await?
+        .into_iter()
+        .map(|svc| {
+            let mut v = serde_json::to_value(&svc).unwrap_or_default();
+            if let Some(repo) = repos.iter().find(|r| r.service == svc.name) {
+                let last = s.delivery.last_poll(&svc.name);
+                v["repo"] = serde_json::json!({
+                    "url": repo.url,
+                    "branch": repo.branch,
+                    "poll_interval_ms": repo.poll_interval_ms,
+                    "polled_at": last.as_ref().map(|p| p.at.clone()),
+                    "poll_error": repo.poll_error,
+                    "failing_since": repo.poll_failing_since,
+                });
+            }
+            v
+        })
+        .collect();
+    Ok(Json(serde_json::Value::Array(out)))
 }
 
 async fn service(

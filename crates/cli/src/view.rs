@@ -152,15 +152,30 @@ pub async fn releases(api: &Api, service: &str, fmt: Format) -> CmdResult {
 }
 
 pub async fn services(api: &Api, fmt: Format) -> CmdResult {
-    let header = ["service", "owner", "customer", "tier", "live"];
+    let header = ["service", "owner", "customer", "tier", "live", "repository"];
     list(api, "/api/v1/services", fmt, &header, |s| {
         let live = s["live_release"].as_i64().map(|n| format!("r{n}"));
+        let repo = &s["repo"];
+        let polling = if repo.is_null() {
+            "-".to_owned()
+        } else if let Some(error) = repo["poll_error"].as_str() {
+            format!(
+                "UNREACHABLE since {}: {error}",
+                repo["failing_since"].as_str().unwrap_or("?")
+            )
+        } else {
+            match repo["polled_at"].as_str() {
+                Some(at) => format!("ok, polled {at}"),
+                None => "not polled yet".to_owned(),
+            }
+        };
         vec![
             cell(&s["name"]),
             cell(&s["owner"]),
             cell(&s["customer"]),
             cell(&s["tier"]),
             live.unwrap_or_else(|| "-".into()),
+            polling,
         ]
     })
     .await

@@ -79,6 +79,15 @@ struct Inner {
     /// actor is sent through.
     cancels: Mutex<HashMap<i64, watch::Sender<Option<String>>>>,
     pollers: Mutex<HashMap<String, JoinHandle<()>>>,
+    /// How each service's last poll went.
+    polls: Mutex<HashMap<String, PollState>>,
+}
+
+/// A service's last poll: when, and its error if it failed.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PollState {
+    pub at: String,
+    pub error: Option<String>,
 }
 
 impl Delivery {
@@ -98,6 +107,7 @@ impl Delivery {
                 busy: Mutex::default(),
                 cancels: Mutex::default(),
                 pollers: Mutex::default(),
+                polls: Mutex::default(),
             }),
         };
         // What an earlier server left behind: steps still running in
@@ -222,6 +232,8 @@ impl Delivery {
             webhook_secret: req.webhook_secret.clone(),
             poll_interval_ms: req.poll_interval.as_millis() as i64,
             created_at: String::new(),
+            poll_error: None,
+            poll_failing_since: None,
         };
         self.store().add_repo(&repo, actor).await?;
         Ok(name)
@@ -649,7 +661,29 @@ impl Delivery {
     }
 
     async fn poll_repo(&self, repo: &RepoRow) {
-        let head = match git::remote_head(&repo.url, &repo.branch).await {
+        let polled = git::remote_head(&repo.url, &repo.branch).await;
+        let error = match &polled {
+            Ok(Some(_)) => None,
+            Ok(None) => Some(format!("{} has no branch {}", repo.url, repo.branch)),
+            Err(e) => Some(e.message.clone()),
+        };
+        lock(&self.inner.polls).insert(
+            repo.service.clone(),
+            PollState {
+                at: tandem_store::now_ts(),
+                error: error.clone(),
+            },
+        );
+        // Failures are seen: `tandem services`, the API, and after a while
+        // an incident (the monitor reads them from the store).
+        if let Err(e) = self
+            .store()
+            .set_repo_poll(&repo.service, error.as_deref())
+            .await
+        {
+            tracing::warn!(service = %repo.service, error = %e, "cannot record the poll");
+        }
+        let head = match polled {
             Ok(Some(head)) => head,
             Ok(None) => return,
             Err(e) => {
@@ -660,6 +694,11 @@ impl Delivery {
         if let Err(e) = self.converge(repo, &head).await {
             tracing::warn!(service = %repo.service, error = %e, "cannot converge on the branch head");
         }
+    }
+
+    /// How the service's last poll went, if it was polled since start.
+    pub fn last_poll(&self, service: &str) -> Option<PollState> {
+        lock(&self.inner.polls).get(service).cloned()
     }
 
     /// Polls the service's repository now, outside its interval.

@@ -45,6 +45,18 @@ const AGENT_DOWN_KIND: &str = "agent-unreachable";
 /// under this name.
 pub const STORE_SERVICE: &str = "tandem-store";
 const STORAGE_KIND: &str = "storage-fault";
+/// A service's repository that has not answered its poller this long is an
+/// incident (`TANDEM_REPO_DOWN_AFTER`, a duration in seconds, for tests).
+pub const REPO_DOWN_AFTER: Duration = Duration::from_secs(10 * 60);
+const REPO_KIND: &str = "repo-unreachable";
+
+fn repo_down_after() -> Duration {
+    std::env::var("TANDEM_REPO_DOWN_AFTER")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(REPO_DOWN_AFTER)
+}
 
 /// Minutes are kept this long (13 months and some).
 pub const KEEP_MINUTES: i64 = 400 * 24 * 60;
@@ -82,6 +94,7 @@ impl Ops {
             missing_since: HashMap::new(),
             storage: None,
             storage_leftovers: true,
+            journal_seen: None,
         };
         tokio::spawn(monitor.run());
     }
@@ -184,6 +197,9 @@ struct Monitor {
     /// A storage incident a previous server left open may still need
     /// resolving (checked at the first look at a store that writes).
     storage_leftovers: bool,
+    /// The journal read so far, for failed runs to tell (`None` before the
+    /// first look: a restarted monitor does not tell old ones again).
+    journal_seen: Option<u64>,
 }
 
 /// A storage fault from its first sighting to the first write that works.
@@ -220,6 +236,9 @@ impl Monitor {
         loop {
             tick.tick().await;
             self.watch_storage().await;
+            if let Err(e) = self.watch_delivery().await {
+                tracing::debug!(error = %e, "monitor: delivery look failed");
+            }
             let asked = Instant::now();
             let status = match self.ops.engine.agent.status().await {
                 Ok(s) => s,
@@ -347,6 +366,77 @@ impl Monitor {
                 Err(e) => tracing::warn!(error = %e, "cannot resolve the storage incident"),
             }
         }
+    }
+
+    /// Delivery's failures, told: each `run.failed` in the journal goes to
+    /// the service's channels, and a repository that has not answered its
+    /// poller for `REPO_DOWN_AFTER` is a ticket incident of its service
+    /// (pushes are not deployed meanwhile), resolved when it answers.
+    async fn watch_delivery(&mut self) -> Result<(), StoreError> {
+        let store = self.ops.engine.store.clone();
+        match self.journal_seen {
+            None => self.journal_seen = Some(store.last_seq().await?),
+            Some(mut seen) => {
+                loop {
+                    let batch = store.events(seen, 500).await?;
+                    for e in &batch {
+                        if e.kind == "run.failed" {
+                            self.ops.notifier.run_failed(e).await;
+                        }
+                        seen = e.seq;
+                    }
+                    if batch.len() < 500 {
+                        break;
+                    }
+                }
+                self.journal_seen = Some(seen);
+            }
+        }
+        let repos = store.repos().await?;
+        if repos.is_empty() {
+            return Ok(());
+        }
+        let open = store.incidents(true, 10_000).await?;
+        let now = jiff::Timestamp::now();
+        for repo in repos {
+            let since = repo
+                .poll_failing_since
+                .as_deref()
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+            let down = since.is_some_and(|t| {
+                now.duration_since(t).as_secs() >= repo_down_after().as_secs() as i64
+            });
+            let incident = open
+                .iter()
+                .find(|i| i.service == repo.service && i.kind == REPO_KIND);
+            match (down, incident) {
+                (true, None) => {
+                    let new = NewIncident {
+                        service: repo.service.clone(),
+                        env: None,
+                        kind: REPO_KIND.into(),
+                        severity: "ticket".into(),
+                        summary: format!(
+                            "{} has not answered since {}: {}; pushes are not deployed until it does",
+                            repo.url,
+                            repo.poll_failing_since.as_deref().unwrap_or("?"),
+                            repo.poll_error.as_deref().unwrap_or("?")
+                        ),
+                        release: None,
+                        suspect_release: None,
+                    };
+                    let row = store.open_incident(&new, MONITOR_ACTOR).await?;
+                    self.ops.notifier.notify(&row, "incident.opened").await;
+                }
+                (false, Some(i)) if since.is_none() => {
+                    self.ops
+                        .resolve(i.id, MONITOR_ACTOR, Some("the repository answers again"))
+                        .await?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// The data plane does not answer: one incident for it, opened once.

@@ -51,6 +51,12 @@ impl Notifier {
         self.send_all(Notice::incident(incident, event)).await;
     }
 
+    /// Tells the service's channels that a pipeline run failed (`event`
+    /// is its `run.failed`).
+    pub async fn run_failed(&self, event: &tandem_core::journal::Event) {
+        self.send_all(Notice::run_failed(event)).await;
+    }
+
     /// Announces a scheduled maintenance window.
     pub async fn announce(&self, window: &MaintenanceRow) {
         self.send_all(Notice::maintenance(window)).await;
@@ -171,7 +177,8 @@ fn routed(ch: &ChannelRow, service: &str, tier: Option<&str>) -> bool {
 /// e-mail subject get, and an e-mail body.
 #[derive(Clone, Debug)]
 struct Notice {
-    /// The incident it is about (0: a maintenance announcement).
+    /// The incident it is about (0: a maintenance announcement, a failed
+    /// run).
     incident: i64,
     service: String,
     event: String,
@@ -211,6 +218,33 @@ impl Notice {
             service: i.service.clone(),
             event: event.to_owned(),
             json: serde_json::json!({ "incident": i }),
+            line,
+            text,
+        }
+    }
+
+    fn run_failed(e: &tandem_core::journal::Event) -> Notice {
+        let service = e.subject.get("service").cloned().unwrap_or_default();
+        let run = e.subject.get("run").cloned().unwrap_or_default();
+        let p = &e.payload;
+        let commit = p["commit"].as_str().unwrap_or("");
+        let reason = p["reason"].as_str().unwrap_or("(no reason recorded)");
+        let line = format!(
+            "[tandem] run #{run} of {service} failed: {reason} [commit {}]",
+            &commit[..12.min(commit.len())]
+        );
+        let text = format!(
+            "{line}\n\nservice: {service}\nrun: {run}\ncommit: {commit}\nauthor: {}\nsee: tandem pipelines logs {run}\n",
+            p["author"].as_str().unwrap_or("-")
+        );
+        Notice {
+            incident: 0,
+            service: service.clone(),
+            event: "run.failed".into(),
+            json: serde_json::json!({ "run": {
+                "id": run, "service": service, "commit": commit,
+                "author": p["author"], "reason": reason, "seq": e.seq,
+            }}),
             line,
             text,
         }

@@ -429,6 +429,14 @@ impl Store {
         rows.iter().map(event_row).collect()
     }
 
+    /// The last event's number (0 for an empty journal).
+    pub async fn last_seq(&self) -> Result<u64> {
+        let seq: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM events")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(seq.unwrap_or(0) as u64)
+    }
+
     /// Walks the whole chain; `Ok((count, head))` or the first broken link.
     pub async fn verify(&self) -> Result<std::result::Result<(u64, String), ChainError>> {
         let mut v = Verifier::default();

@@ -18,6 +18,12 @@ pub struct RepoRow {
     pub webhook_secret: Option<String>,
     pub poll_interval_ms: i64,
     pub created_at: String,
+    /// The last poll's error while polls fail.
+    #[sqlx(default)]
+    pub poll_error: Option<String>,
+    /// Since when polls have failed (RFC 3339); `None` while they work.
+    #[sqlx(default)]
+    pub poll_failing_since: Option<String>,
 }
 
 /// One stage of a run and its timing.
@@ -303,6 +309,39 @@ impl Store {
 }
 
 impl Store {
+    /// Records how the service's last poll went: an error (kept with when
+    /// polls began to fail) or success (clearing it). Writes only when
+    /// that changes.
+    pub async fn set_repo_poll(&self, service: &str, error: Option<&str>) -> Result<()> {
+        self.writing(async move {
+            let _w = self.writer.lock().await;
+            match error {
+                Some(error) => {
+                    sqlx::query(
+                        "UPDATE repos SET poll_error = ?1, poll_failing_since = COALESCE(poll_failing_since, ?2)
+                         WHERE service = ?3 AND poll_error IS NOT ?1",
+                    )
+                    .bind(error)
+                    .bind(now_ts())
+                    .bind(service)
+                    .execute(&self.pool)
+                    .await?;
+                }
+                None => {
+                    sqlx::query(
+                        "UPDATE repos SET poll_error = NULL, poll_failing_since = NULL
+                         WHERE service = ? AND poll_failing_since IS NOT NULL",
+                    )
+                    .bind(service)
+                    .execute(&self.pool)
+                    .await?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// The runs of `commit` of `service`, newest first.
     pub async fn runs_of_commit(&self, service: &str, commit: &str) -> Result<Vec<RunRow>> {
         Ok(sqlx::query_as(

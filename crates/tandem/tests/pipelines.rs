@@ -1383,3 +1383,78 @@ fn deploy_ref_takes_a_tag_and_an_unknown_ref_is_bad_input() {
     let out = env.tandem(&["deploy", "shop", "--ref", "--upload-pack=touch /tmp/x"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn a_failed_run_and_an_unreachable_repository_are_told_not_only_logged() {
+    let env = Env::start_with(&[("TANDEM_REPO_DOWN_AFTER", "2")]);
+    let (hook, got) = util::receiver();
+    assert_ok(&env.tandem(&["channels", "add", "webhook", &format!("http://{hook}/t")]));
+    let repo = Repo::new(env.root.path(), SPEC);
+    let c1 = repo.push(
+        "main",
+        "first",
+        &[("index.html", "v1"), ("check.sh", PASSING)],
+    );
+    register(&env, &repo, &["--poll-interval", "300ms"]);
+    assert_eq!(
+        wait_for_run(&env, &c1, Duration::from_secs(60))["status"],
+        "succeeded"
+    );
+
+    // A failing test: the run fails, and the channels hear of it.
+    let c2 = repo.push(
+        "main",
+        "broken",
+        &[("check.sh", "echo the tests fail; exit 1\n")],
+    );
+    let failed = wait_for_run(&env, &c2, Duration::from_secs(60));
+    assert_eq!(failed["status"], "failed");
+    wait_until(Duration::from_secs(10), "the failed run told", || {
+        got.lock()
+            .expect("lock")
+            .iter()
+            .any(|r| r.body.contains("\"run.failed\"") && r.body.contains(&c2))
+            .then_some(())
+    });
+
+    // The git server goes away: `services` says so at once, and after a
+    // while (2 s here, 10 min by default) it is an incident.
+    let down = repo.origin.with_extension("down");
+    std::fs::rename(&repo.origin, &down).expect("outage");
+    wait_until(
+        Duration::from_secs(10),
+        "services to say unreachable",
+        || {
+            let out = env.tandem(&["services"]);
+            String::from_utf8_lossy(&out.stdout)
+                .contains("UNREACHABLE")
+                .then_some(())
+        },
+    );
+    let incident = wait_until(
+        Duration::from_secs(15),
+        "a repo-unreachable incident",
+        || {
+            let out = env.tandem(&["incidents", "-o", "json"]);
+            let all: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            all.as_array()?
+                .iter()
+                .find(|i| i["kind"] == "repo-unreachable" && i["status"] == "open")
+                .cloned()
+        },
+    );
+    assert_eq!(incident["service"], "shop");
+    std::fs::rename(&down, &repo.origin).expect("back");
+    wait_until(Duration::from_secs(15), "the incident resolved", || {
+        let out = env.tandem(&["incidents", "-o", "json"]);
+        let all: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        all.as_array()?
+            .iter()
+            .any(|i| i["kind"] == "repo-unreachable" && i["status"] == "resolved")
+            .then_some(())
+    });
+    let out = env.tandem(&["services", "-o", "json"]);
+    let services: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(services[0]["repo"]["poll_error"].is_null(), "{services}");
+    assert!(services[0]["repo"]["polled_at"].is_string(), "{services}");
+}
