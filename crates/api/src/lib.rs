@@ -103,6 +103,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/runs/{id}/retry", post(pipelines::retry))
         .route("/api/v1/runs/{id}/approve", post(pipelines::approve))
         .route("/api/v1/runs/{id}/reject", post(pipelines::reject))
+        .route(
+            "/api/v1/services/{name}/policy",
+            get(pipelines::policy).put(pipelines::set_policy),
+        )
         .route("/api/v1/services/{name}/releases", get(releases))
         .route("/api/v1/services/{name}/rollback", post(rollback))
         .route("/api/v1/services/{name}/logs", get(logs))

@@ -4,7 +4,7 @@
 
 use axum::Json;
 
-pub const PATHS: [(&str, &str, &str); 36] = [
+pub const PATHS: [(&str, &str, &str); 38] = [
     (
         "/api/v1/health",
         "get",
@@ -64,6 +64,16 @@ pub const PATHS: [(&str, &str, &str); 36] = [
         "/api/v1/runs/{id}/approve",
         "post",
         "Approve the promotion a run waits for; the approver is recorded",
+    ),
+    (
+        "/api/v1/services/{name}/policy",
+        "get",
+        "A service's gate policy per environment",
+    ),
+    (
+        "/api/v1/services/{name}/policy",
+        "put",
+        "Change one environment's gate policy (journalled policy.set)",
     ),
     (
         "/api/v1/runs/{id}/reject",

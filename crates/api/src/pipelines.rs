@@ -159,6 +159,31 @@ pub(crate) async fn approve(
     )))
 }
 
+pub(crate) async fn policy(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if s.engine.store.service(&name).await?.is_none() {
+        return Err(ApiError::NotFound(format!("no service named {name}")));
+    }
+    Ok(Json(serde_json::json!(
+        s.engine.store.policies(&name).await?
+    )))
+}
+
+pub(crate) async fn set_policy(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Json(change): Json<tandem_delivery::PolicyChange>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(serde_json::json!(
+        s.delivery
+            .set_policy(&name, change, &actor(&headers))
+            .await?
+    )))
+}
+
 #[derive(Deserialize)]
 pub(crate) struct RejectBody {
     reason: String,

@@ -352,6 +352,28 @@ pub enum ServicesCommand {
     },
     /// Stop a service's instances and forget it (history stays in the journal).
     Rm { service: String },
+    /// Show, or with --env change, a service's gate policy: the approvals
+    /// each environment needs at least and who may give them, held here so
+    /// that a commit cannot loosen its own gate (its tandem.yaml may only
+    /// ask for more).
+    Policy {
+        service: String,
+        /// The environment to change (`production` for a service without
+        /// environments).
+        #[arg(long)]
+        env: Option<String>,
+        #[arg(long, requires = "env")]
+        approvals: Option<u32>,
+        /// Who may approve, comma-separated (`alice,bob`); empty: anyone.
+        #[arg(long, requires = "env", value_delimiter = ',')]
+        approvers: Option<Vec<String>>,
+        /// A commit whose tandem.yaml lacks the environment is not released.
+        #[arg(long, requires = "env", conflicts_with = "optional")]
+        required: bool,
+        /// A commit may drop the environment.
+        #[arg(long, requires = "env")]
+        optional: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -553,6 +575,31 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
         Command::Services {
             command: Some(ServicesCommand::Rm { service }),
         } => pipelines::remove(&api(), &service).await,
+        Command::Services {
+            command:
+                Some(ServicesCommand::Policy {
+                    service,
+                    env,
+                    approvals,
+                    approvers,
+                    required,
+                    optional,
+                }),
+        } => {
+            let change = env.map(|env| {
+                serde_json::json!({
+                    "env": env,
+                    "approvals": approvals,
+                    "approvers": approvers.map(|a| a
+                        .into_iter()
+                        .filter(|n| !n.is_empty())
+                        .map(|n| if n.starts_with("user:") { n } else { format!("user:{n}") })
+                        .collect::<Vec<_>>()),
+                    "required": if required { Some(true) } else if optional { Some(false) } else { None },
+                })
+            });
+            pipelines::policy(&api(), &service, change, fmt).await
+        }
         Command::Pipelines {
             service,
             command: None,

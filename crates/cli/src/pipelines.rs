@@ -160,6 +160,64 @@ pub async fn act(api: &Api, id: i64, action: &str, fmt: Format) -> CmdResult {
     Ok(())
 }
 
+pub async fn policy(
+    api: &Api,
+    service: &str,
+    change: Option<serde_json::Value>,
+    fmt: Format,
+) -> CmdResult {
+    let path = format!("/api/v1/services/{service}/policy");
+    if let Some(change) = change {
+        let v = api.put(&path, change).await?;
+        if fmt == Format::Json {
+            json(&v);
+        } else {
+            outln!(
+                "{service} {}: approvals {}, approvers {}, {}",
+                cell(&v["env"]),
+                cell(&v["approvals"]),
+                approvers(&v["approvers"]),
+                if v["required"] == true {
+                    "required"
+                } else {
+                    "optional"
+                }
+            );
+        }
+        return Ok(());
+    }
+    let header = ["env", "approvals", "approvers", "required", "set by", "at"];
+    crate::output::list(api, &path, fmt, &header, |p| {
+        vec![
+            cell(&p["env"]),
+            cell(&p["approvals"]),
+            approvers(&p["approvers"]),
+            if p["required"] == true {
+                "yes".into()
+            } else {
+                "no".into()
+            },
+            cell(&p["updated_by"]),
+            cell(&p["updated_at"]),
+        ]
+    })
+    .await
+}
+
+fn approvers(v: &serde_json::Value) -> String {
+    let names: Vec<&str> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str())
+        .collect();
+    if names.is_empty() {
+        "anyone".into()
+    } else {
+        names.join(",")
+    }
+}
+
 pub async fn reject(api: &Api, id: i64, reason: &str, fmt: Format) -> CmdResult {
     let v = api
         .post(

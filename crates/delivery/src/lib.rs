@@ -15,6 +15,7 @@
 pub mod git;
 pub mod hooks;
 mod log;
+pub mod policy;
 mod run;
 
 use std::collections::{HashMap, HashSet};
@@ -236,6 +237,22 @@ impl Delivery {
             poll_failing_since: None,
         };
         self.store().add_repo(&repo, actor).await?;
+        // The gates it was registered with become the control plane's
+        // policy: later commits may tighten them, not loosen them.
+        if self.store().policies(&name).await?.is_empty() {
+            for (env, approvals) in policy::of_spec(&spec) {
+                let row = tandem_store::PolicyRow {
+                    service: name.clone(),
+                    env,
+                    approvals: i64::from(approvals),
+                    approvers: Vec::new(),
+                    required: true,
+                    updated_at: String::new(),
+                    updated_by: String::new(),
+                };
+                self.store().set_policy(&row, actor).await?;
+            }
+        }
         Ok(name)
     }
 
@@ -415,12 +432,22 @@ impl Delivery {
         let release = self.store().release(&run.service, number).await?;
         let spec = tandem_engine::stored_spec(&release)
             .map_err(|e| DeliveryError::Conflict(e.to_string()))?;
-        let required = spec
-            .environments
-            .iter()
-            .find(|(n, _)| n.as_str() == env)
-            .map(|(_, e)| e.approvals.max(1))
-            .unwrap_or(1);
+        let policies = self.store().policies(&run.service).await?;
+        let gate = policy::effective(&spec, &policies)
+            .map_err(DeliveryError::Conflict)?
+            .into_iter()
+            .find(|g| g.env == env);
+        let required = gate.as_ref().map_or(1, |g| g.approvals.max(1));
+        if let Some(g) = &gate
+            && !g.approvers.is_empty()
+            && !g.approvers.iter().any(|a| a == actor)
+        {
+            return Err(DeliveryError::Conflict(format!(
+                "{actor} may not approve {env} of {}: its approvers are {}",
+                run.service,
+                g.approvers.join(", ")
+            )));
+        }
         let event = tandem_core::journal::NewEvent::new(actor, "run.approved")
             .subject("service", &run.service)
             .subject("run", id.to_string())
@@ -450,6 +477,70 @@ impl Delivery {
             self.inner.wake.notify_one();
         }
         self.run(id).await
+    }
+
+    /// Changes the gate policy of one environment of a service (an admin's
+    /// act, journalled `policy.set`); unset fields keep their value.
+    pub async fn set_policy(
+        &self,
+        service: &str,
+        change: PolicyChange,
+        actor: &str,
+    ) -> Result<tandem_store::PolicyRow, DeliveryError> {
+        if self.store().service(service).await?.is_none() {
+            return Err(DeliveryError::NotFound(format!(
+                "no service named {service}"
+            )));
+        }
+        if let Err(e) = tandem_core::spec::EnvName::try_from(change.env.clone()) {
+            return Err(DeliveryError::BadInput(format!(
+                "--env {}: {e}",
+                change.env
+            )));
+        }
+        if let Some(bad) = change
+            .approvers
+            .iter()
+            .flatten()
+            .find(|a| !a.starts_with("user:") || a.len() > 128)
+        {
+            return Err(DeliveryError::BadInput(format!(
+                "approver {bad:?} is not user:NAME"
+            )));
+        }
+        let current = self
+            .store()
+            .policies(service)
+            .await?
+            .into_iter()
+            .find(|p| p.env == change.env);
+        let row = tandem_store::PolicyRow {
+            service: service.to_owned(),
+            env: change.env.clone(),
+            approvals: change
+                .approvals
+                .map(i64::from)
+                .or(current.as_ref().map(|c| c.approvals))
+                .unwrap_or(0),
+            approvers: change
+                .approvers
+                .or(current.as_ref().map(|c| c.approvers.clone()))
+                .unwrap_or_default(),
+            required: change
+                .required
+                .or(current.as_ref().map(|c| c.required))
+                .unwrap_or(true),
+            updated_at: String::new(),
+            updated_by: String::new(),
+        };
+        self.store().set_policy(&row, actor).await?;
+        Ok(self
+            .store()
+            .policies(service)
+            .await?
+            .into_iter()
+            .find(|p| p.env == change.env)
+            .unwrap_or(row))
     }
 
     /// Refuses the promotion a run waits for: the run ends `rejected`,
@@ -791,6 +882,15 @@ impl Delivery {
         }
         Ok(())
     }
+}
+
+/// A change to one environment's gate policy.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+pub struct PolicyChange {
+    pub env: String,
+    pub approvals: Option<u32>,
+    pub approvers: Option<Vec<String>>,
+    pub required: Option<bool>,
 }
 
 /// What became of a webhook delivery.

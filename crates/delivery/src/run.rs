@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tandem_core::journal::NewEvent;
-use tandem_core::spec::{Promote, Spec};
+use tandem_core::spec::Spec;
 use tandem_engine::{EngineError, Placement, Progress, Reporter, now_ms, read_spec};
 use tandem_store::{RunRow, RunUpdate, StageRecord};
 use tokio::sync::watch;
@@ -221,22 +221,33 @@ impl Ctx<'_> {
             Some(number) => self.stored_release(&service, number).await?,
         };
         let engine = &self.delivery.inner.engine;
+        // The gates are the control plane's policy, which this commit's
+        // spec may tighten but not loosen (`policy::effective`).
+        let policies = self
+            .delivery
+            .store()
+            .policies(&service)
+            .await
+            .map_err(DeliveryError::from)?;
+        let gates = crate::policy::effective(&spec, &policies).map_err(|reason| Stop::Failed {
+            reason,
+            log_tail: Vec::new(),
+        })?;
+        let gate_of = |env: &str| {
+            gates
+                .iter()
+                .find(|g| g.env == env)
+                .map_or(Gate::Open, |g| match g.approvals {
+                    0 => Gate::Open,
+                    n => Gate::Approvals(n),
+                })
+        };
         let places: Vec<(Placement, Gate)> = if spec.environments.is_empty() {
-            vec![(Placement::production(&spec), Gate::Open)]
+            vec![(Placement::production(&spec), gate_of("production"))]
         } else {
             spec.environments
                 .iter()
-                .enumerate()
-                .map(|(i, (name, env))| {
-                    let manual = env.promote == Promote::Manual
-                        || (i == 0 && env.auto_deploy == Some(false));
-                    let gate = if manual {
-                        Gate::Approvals(env.approvals.max(1))
-                    } else {
-                        Gate::Open
-                    };
-                    (Placement::environment(&spec, name), gate)
-                })
+                .map(|(name, _)| (Placement::environment(&spec, name), gate_of(name.as_str())))
                 .collect()
         };
         for (i, (place, gate)) in places.iter().enumerate() {

@@ -63,7 +63,7 @@ impl From<sqlx::Error> for StoreError {
 pub use health::StorageFault;
 
 pub use ops::{ChannelRow, DeliveryRow, IncidentRow, NewIncident};
-pub use pipeline::{DeploymentRow, NewRun, RepoRow, RunRow, RunUpdate, StageRecord};
+pub use pipeline::{DeploymentRow, NewRun, PolicyRow, RepoRow, RunRow, RunUpdate, StageRecord};
 pub use secrets::SecretInfo;
 pub use slo::{MaintenanceRow, MinuteRow};
 

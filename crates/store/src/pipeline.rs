@@ -26,6 +26,22 @@ pub struct RepoRow {
     pub poll_failing_since: Option<String>,
 }
 
+/// The gate policy of one environment of a service.
+#[derive(Clone, Debug, PartialEq, Serialize, sqlx::FromRow)]
+pub struct PolicyRow {
+    pub service: String,
+    pub env: String,
+    /// Approvals a promotion into `env` needs at least (0: none).
+    pub approvals: i64,
+    /// Who may approve (`user:NAME`); empty: anyone.
+    #[sqlx(json)]
+    pub approvers: Vec<String>,
+    /// A commit whose spec lacks `env` is not released.
+    pub required: bool,
+    pub updated_at: String,
+    pub updated_by: String,
+}
+
 /// One stage of a run and its timing.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StageRecord {
@@ -153,6 +169,10 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             sqlx::query("DELETE FROM releases WHERE service = ?")
+                .bind(service)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM policies WHERE service = ?")
                 .bind(service)
                 .execute(&mut *tx)
                 .await?;
@@ -309,6 +329,62 @@ impl Store {
 }
 
 impl Store {
+    /// Sets the gate policy of `policy.service`'s `policy.env`, journalled
+    /// `policy.set` with what it was before.
+    pub async fn set_policy(&self, policy: &PolicyRow, actor: &str) -> Result<Event> {
+        self.writing(async move {
+            let _w = self.writer.lock().await;
+            let mut tx = self.pool.begin().await?;
+            let before: Option<PolicyRow> =
+                sqlx::query_as("SELECT * FROM policies WHERE service = ? AND env = ?")
+                    .bind(&policy.service)
+                    .bind(&policy.env)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            sqlx::query(
+                "INSERT INTO policies (service, env, approvals, approvers, required, updated_at, updated_by)
+                 VALUES (?, ?, ?, ?, ?, ?, ?)
+                 ON CONFLICT(service, env) DO UPDATE SET approvals = excluded.approvals,
+                   approvers = excluded.approvers, required = excluded.required,
+                   updated_at = excluded.updated_at, updated_by = excluded.updated_by",
+            )
+            .bind(&policy.service)
+            .bind(&policy.env)
+            .bind(policy.approvals)
+            .bind(serde_json::to_string(&policy.approvers)?)
+            .bind(policy.required)
+            .bind(now_ts())
+            .bind(actor)
+            .execute(&mut *tx)
+            .await?;
+            let event = NewEvent::new(actor, "policy.set")
+                .subject("service", &policy.service)
+                .subject("env", &policy.env)
+                .payload(serde_json::json!({
+                    "approvals": policy.approvals,
+                    "approvers": policy.approvers,
+                    "required": policy.required,
+                    "before": before.map(|b| serde_json::json!({
+                        "approvals": b.approvals, "approvers": b.approvers, "required": b.required,
+                    })),
+                }));
+            let e = append_in(&mut tx, event).await?;
+            tx.commit().await?;
+            Ok(e)
+        })
+        .await
+    }
+
+    /// The gate policies of `service`, by environment name.
+    pub async fn policies(&self, service: &str) -> Result<Vec<PolicyRow>> {
+        Ok(
+            sqlx::query_as("SELECT * FROM policies WHERE service = ? ORDER BY env")
+                .bind(service)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
     /// Records how the service's last poll went: an error (kept with when
     /// polls began to fail) or success (clearing it). Writes only when
     /// that changes.

@@ -1458,3 +1458,129 @@ fn a_failed_run_and_an_unreachable_repository_are_told_not_only_logged() {
     assert!(services[0]["repo"]["poll_error"].is_null(), "{services}");
     assert!(services[0]["repo"]["polled_at"].is_string(), "{services}");
 }
+
+#[test]
+fn a_commit_cannot_loosen_or_drop_its_own_gate_and_an_admin_can_change_the_policy() {
+    let env = Env::start();
+    let gated = format!(
+        "{QUICK_SPEC}environments:\n  staging: {{ route: {{ host: staging.shop.test }} }}\n  production: {{ promote: manual, approvals: 1 }}\n"
+    );
+    let loosened = format!(
+        "{QUICK_SPEC}environments:\n  staging: {{ route: {{ host: staging.shop.test }} }}\n  production: {{}}\n"
+    );
+    let repo = Repo::new(env.root.path(), &gated);
+    let c1 = repo.push("main", "v1", &[("index.html", "v1")]);
+    register(&env, &repo, &["--poll-interval", "300ms"]);
+    let out = env.tandem(&["services", "policy", "shop", "-o", "json"]);
+    assert_ok(&out);
+    let policy: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let production = policy
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|p| p["env"] == "production")
+        .cloned()
+        .expect("production's policy, from the registered spec");
+    assert_eq!(production["approvals"], 1);
+    let r1 = wait_for_status(&env, &c1, "waiting-approval");
+    assert_ok(&env.tandem(&["approve", &r1["id"].to_string()]));
+    assert_eq!(
+        wait_for_run(&env, &c1, Duration::from_secs(60))["status"],
+        "succeeded"
+    );
+
+    // The commit drops its approval: the gate holds all the same.
+    let c2 = repo.push(
+        "main",
+        "loosen",
+        &[("index.html", "v2"), ("tandem.yaml", &loosened)],
+    );
+    let r2 = wait_for_status(&env, &c2, "waiting-approval");
+    assert_eq!(env.get("shop.test", "/index.html"), (200, "v1".into()));
+    assert_ok(&env.tandem(&[
+        "reject",
+        &r2["id"].to_string(),
+        "--reason",
+        "a gate removed",
+    ]));
+    // The commit drops staging: not released.
+    let c3 = repo.push(
+        "main",
+        "drop",
+        &[("index.html", "v3"), ("tandem.yaml", QUICK_SPEC)],
+    );
+    let r3 = wait_for_run(&env, &c3, Duration::from_secs(60));
+    assert_eq!(r3["status"], "failed", "{r3}");
+    assert!(
+        r3["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("requires environment staging"),
+        "{r3}"
+    );
+    assert_eq!(env.get("shop.test", "/index.html"), (200, "v1".into()));
+
+    // Only named approvers count.
+    assert_ok(&env.tandem(&[
+        "services",
+        "policy",
+        "shop",
+        "--env",
+        "production",
+        "--approvers",
+        "alice",
+    ]));
+    let c4 = repo.push(
+        "main",
+        "v4",
+        &[("index.html", "v4"), ("tandem.yaml", &gated)],
+    );
+    let r4 = wait_for_status(&env, &c4, "waiting-approval");
+    let out = env.tandem(&["approve", &r4["id"].to_string()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("may not approve"),
+        "{out:?}"
+    );
+
+    // An admin loosens the policy; the journal says who and what it was.
+    assert_ok(&env.tandem(&[
+        "services",
+        "policy",
+        "shop",
+        "--env",
+        "staging",
+        "--optional",
+    ]));
+    assert_ok(&env.tandem(&[
+        "services",
+        "policy",
+        "shop",
+        "--env",
+        "production",
+        "--approvals",
+        "0",
+        "--approvers",
+        "",
+    ]));
+    let c5 = repo.push(
+        "main",
+        "v5",
+        &[("index.html", "v5"), ("tandem.yaml", QUICK_SPEC)],
+    );
+    assert_eq!(
+        wait_for_run(&env, &c5, Duration::from_secs(60))["status"],
+        "succeeded"
+    );
+    assert_eq!(env.get("shop.test", "/index.html"), (200, "v5".into()));
+    let set: Vec<_> = events(&env)
+        .into_iter()
+        .filter(|e| e["kind"] == "policy.set")
+        .collect();
+    assert!(
+        set.iter().any(|e| e["subject"]["env"] == "production"
+            && e["payload"]["approvals"] == 0
+            && e["payload"]["before"]["approvals"] == 1),
+        "{set:?}"
+    );
+}
