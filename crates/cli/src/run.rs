@@ -273,6 +273,7 @@ async fn start_agent_on_listener(
 /// What the server does besides serving the API.
 pub struct ServerOptions {
     pub acme: Option<tandem_engine::acme::AcmeConfig>,
+    pub keep_releases: usize,
     pub backups: crate::backup::BackupArgs,
     pub api_limits: tandem_api::serve::Limits,
 }
@@ -287,6 +288,7 @@ pub async fn up(
 ) -> CmdResult {
     let ServerOptions {
         acme,
+        keep_releases,
         backups,
         api_limits,
     } = options;
@@ -313,7 +315,7 @@ pub async fn up(
     let _checkpoints = AbortOnDropHandle::new(tokio::spawn(
         store.clone().keep_checkpointing(Duration::from_secs(30)),
     ));
-    let engine = Engine::new(store, dir);
+    let engine = Engine::new(store, dir).keeping(keep_releases);
     let https = start_agent_on
         .as_ref()
         .and_then(|(_, d)| d.proxy_tls_addr)
@@ -339,7 +341,7 @@ pub async fn up(
         restore_missing(&restoring).await;
     }));
     // The agent `up` started is started again should it die.
-    let _watchdog = match (start_agent_on, proxy.parse::<SocketAddr>()) {
+    let watchdog = match (start_agent_on, proxy.parse::<SocketAddr>()) {
         (Some((_, data_plane)), Ok(bound)) => Some(AbortOnDropHandle::new(tokio::spawn(
             watch_agent(dir.to_path_buf(), bound, data_plane, held, engine.clone()),
         ))),
@@ -369,7 +371,14 @@ pub async fn up(
         ops,
         agent_status: Default::default(),
     });
-    tandem_api::serve::serve(listener, app, api_limits, shutdown_signal())
+    // Once asked to stop, the agent is no longer ours to start again:
+    // `down` stops it next, and a watchdog still running while open
+    // requests finish would bring it back.
+    let stopping = async move {
+        shutdown_signal().await;
+        drop(watchdog);
+    };
+    tandem_api::serve::serve(listener, app, api_limits, stopping)
         .await
         .map_err(|e| Exit::failure(format!("server failed: {e}")))?;
     say!("tandem server stopped; services keep running (tandem down stops them)");
