@@ -112,9 +112,15 @@ pub struct DataDirArg {
     pub data_dir: Option<PathBuf>,
 }
 
-/// The API's bounds (see `tandem_api::serve`).
+/// The server's own settings: the API's bounds (see `tandem_api::serve`)
+/// and release retention.
 #[derive(clap::Args, Debug, Clone)]
-pub struct ApiLimitsArgs {
+pub struct ServerArgs {
+    /// Releases kept per service with their files, besides the live one,
+    /// its rollback target and those environments run; older ones are
+    /// pruned after each release (their history stays).
+    #[arg(long, env = "TANDEM_KEEP_RELEASES", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_releases: u32,
     /// Open API connections at most; more wait until one closes.
     #[arg(long, env = "TANDEM_API_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub api_max_connections: u32,
@@ -126,7 +132,7 @@ pub struct ApiLimitsArgs {
     pub api_head_timeout: std::time::Duration,
 }
 
-impl ApiLimitsArgs {
+impl ServerArgs {
     fn options(
         self,
         acme: &dataplane::AcmeArgs,
@@ -135,6 +141,7 @@ impl ApiLimitsArgs {
         run::ServerOptions {
             acme: acme.config(),
             backups,
+            keep_releases: self.keep_releases as usize,
             api_limits: tandem_api::serve::Limits {
                 max_connections: self.api_max_connections as usize,
                 max_requests: self.api_max_requests as usize,
@@ -177,7 +184,7 @@ pub enum Command {
         #[command(flatten)]
         backups: backup::BackupArgs,
         #[command(flatten)]
-        api_limits: ApiLimitsArgs,
+        server: ServerArgs,
     },
     /// Stop every service and the agent of a data directory, and its server.
     Down {
@@ -216,7 +223,7 @@ pub enum Command {
         #[command(flatten)]
         backups: backup::BackupArgs,
         #[command(flatten)]
-        api_limits: ApiLimitsArgs,
+        server: ServerArgs,
     },
     /// Write a consistent backup of the running server (its database,
     /// artifacts, git mirrors and certificates) to FILE, a new file.
@@ -515,10 +522,10 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
             data_plane,
             acme,
             backups,
-            api_limits,
+            server,
         } => {
             let agent = Some((proxy_addr, data_plane));
-            let options = api_limits.options(&acme, backups);
+            let options = server.options(&acme, backups);
             run::up(&data.resolve(), api_addr, agent, options).await
         }
         Command::Server {
@@ -526,9 +533,9 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
             api_addr,
             acme,
             backups,
-            api_limits,
+            server,
         } => {
-            let options = api_limits.options(&acme, backups);
+            let options = server.options(&acme, backups);
             run::up(&data.resolve(), api_addr, None, options).await
         }
         Command::Backup { file } => backup::backup(&api(), &file).await,

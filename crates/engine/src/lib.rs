@@ -78,7 +78,13 @@ pub struct Engine {
     pub agent: AgentClient,
     data_dir: PathBuf,
     locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Releases kept per service (with their files) besides the live one,
+    /// its rollback target and those environments run.
+    keep_releases: usize,
 }
+
+/// Default of [`Engine::keeping`].
+pub const KEEP_RELEASES: usize = 20;
 
 impl Engine {
     /// Where a release's files are: by its digest under this data
@@ -118,7 +124,42 @@ impl Engine {
             agent: AgentClient::for_data_dir(data_dir),
             data_dir: data_dir.to_path_buf(),
             locks: Arc::default(),
+            keep_releases: KEEP_RELEASES,
         }
+    }
+
+    /// Keeps `n` releases per service (at least 1) besides the live one,
+    /// its rollback target and those environments run; older ones lose
+    /// their files after each release.
+    pub fn keeping(mut self, n: usize) -> Self {
+        self.keep_releases = n.max(1);
+        self
+    }
+
+    /// Retention after a release of `service`: see
+    /// `Store::prune_releases`; the files no release keeps are removed.
+    async fn prune(&self, service: &str, actor: &str) {
+        let digests = match self
+            .store
+            .prune_releases(service, self.keep_releases, actor)
+            .await
+        {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(service, error = %e, "could not prune old releases");
+                return;
+            }
+        };
+        let artifacts = self.data_dir.join("artifacts");
+        let _ = tokio::task::spawn_blocking(move || {
+            for digest in digests {
+                let dir = artifacts.join(&digest);
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    tracing::warn!(dir = %dir.display(), error = %e, "could not remove a pruned artifact");
+                }
+            }
+        })
+        .await;
     }
 
     /// One release at a time per service.
@@ -402,6 +443,12 @@ impl Engine {
                 target.name()
             )));
         }
+        if target.pruned_at.is_some() {
+            return Err(EngineError::BadInput(format!(
+                "{service} {}'s files were removed by retention (--keep-releases); deploy its commit again instead",
+                target.name()
+            )));
+        }
         if target.status != "retired" {
             if !force {
                 return Err(EngineError::BadInput(format!(
@@ -521,6 +568,7 @@ impl Engine {
                     message,
                     timings,
                 });
+                self.prune(service, actor).await;
                 Ok(self.store.release(service, release.number).await?)
             }
             Err((reason, log_tail)) => {

@@ -107,6 +107,9 @@ pub struct ReleaseRow {
     pub reason: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+    /// When retention removed its files (`None`: they are kept).
+    #[sqlx(default)]
+    pub pruned_at: Option<String>,
 }
 
 impl ReleaseRow {
@@ -408,6 +411,85 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("{service} has no release r{number}")))
+    }
+
+    /// Retention: marks the releases of `service` beyond the newest `keep`
+    /// as pruned — never the live one, the one a rollback goes to (the
+    /// newest retired before it), one an environment runs, or one being
+    /// deployed — journalled `release.pruned`. Returns the digests no
+    /// release of any service keeps any more: their files may go.
+    pub async fn prune_releases(
+        &self,
+        service: &str,
+        keep: usize,
+        actor: &str,
+    ) -> Result<Vec<String>> {
+        self.writing(async move {
+            let _w = self.writer.lock().await;
+            let mut tx = self.pool.begin().await?;
+            let releases: Vec<ReleaseRow> =
+                sqlx::query_as("SELECT * FROM releases WHERE service = ? ORDER BY number DESC")
+                    .bind(service)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            let live: Option<i64> =
+                sqlx::query_scalar("SELECT live_release FROM services WHERE name = ?")
+                    .bind(service)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .flatten();
+            let deployed: Vec<i64> =
+                sqlx::query_scalar("SELECT release FROM deployments WHERE service = ?")
+                    .bind(service)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            let rollback_target = releases
+                .iter()
+                .find(|r| r.status == "retired" && live.is_some_and(|l| r.number < l))
+                .map(|r| r.number);
+            let pruned: Vec<&ReleaseRow> = releases
+                .iter()
+                .skip(keep)
+                .filter(|r| r.pruned_at.is_none())
+                .filter(|r| Some(r.number) != live && Some(r.number) != rollback_target)
+                .filter(|r| !deployed.contains(&r.number) && r.status != "deploying")
+                .collect();
+            if pruned.is_empty() {
+                return Ok(Vec::new());
+            }
+            let now = now_ts();
+            for r in &pruned {
+                sqlx::query("UPDATE releases SET pruned_at = ? WHERE service = ? AND number = ?")
+                    .bind(&now)
+                    .bind(service)
+                    .bind(r.number)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let names: Vec<String> = pruned.iter().map(|r| r.name()).collect();
+            append_in(
+                &mut tx,
+                NewEvent::new(actor, "release.pruned")
+                    .subject("service", service)
+                    .payload(serde_json::json!({ "releases": names, "keep": keep })),
+            )
+            .await?;
+            let mut unreferenced = Vec::new();
+            for r in &pruned {
+                let kept: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM releases WHERE digest = ? AND pruned_at IS NULL",
+                )
+                .bind(&r.digest)
+                .fetch_one(&mut *tx)
+                .await?;
+                if kept == 0 && !unreferenced.contains(&r.digest) {
+                    unreferenced.push(r.digest.clone());
+                }
+            }
+            tx.commit().await?;
+            Ok(unreferenced)
+        })
+        .await
     }
 
     /// Releases left in `deploying` (by a control plane that died mid-release).

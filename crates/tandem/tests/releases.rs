@@ -1078,3 +1078,42 @@ fn a_rollback_to_a_release_that_never_went_live_is_refused_unless_forced() {
         (200, "good".to_string())
     );
 }
+
+#[test]
+fn old_releases_lose_their_files_but_the_live_one_and_its_rollback_target_keep_them() {
+    let env = util::Env::start_with(&[("TANDEM_KEEP_RELEASES", "2")]);
+    let app = env.app("web", DEPLOY, "v1");
+    for v in 1..=5 {
+        std::fs::write(app.join("index.html"), format!("v{v}")).expect("write");
+        assert_ok(&env.deploy(&app));
+    }
+    let artifacts = std::fs::read_dir(env.data().join("artifacts"))
+        .expect("artifacts")
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .count();
+    assert_eq!(
+        artifacts, 2,
+        "r5 (live) and r4 (newest, its rollback target) keep their files"
+    );
+    let out = env.tandem(&["releases", "web", "-o", "json"]);
+    assert_ok(&out);
+    let releases: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let pruned: Vec<i64> = releases
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|r| !r["pruned_at"].is_null())
+        .filter_map(|r| r["number"].as_i64())
+        .collect();
+    assert_eq!(pruned, [3, 2, 1]);
+    let out = env.tandem(&["rollback", "web", "--to", "r2"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("removed by retention"));
+    assert_ok(&env.tandem(&["rollback", "web"]));
+    assert_eq!(env.get("web.test", "/index.html"), (200, "v4".into()));
+    let events = String::from_utf8_lossy(&env.tandem(&["audit", "events", "-o", "json"]).stdout)
+        .into_owned();
+    assert!(events.contains("release.pruned"));
+    assert_ok(&env.tandem(&["audit", "verify"]));
+}
