@@ -23,6 +23,8 @@ pub(crate) struct AddBody {
     webhook_secret: Option<String>,
     /// A duration such as `30s`.
     poll_interval: Option<String>,
+    #[serde(default)]
+    path: Option<String>,
 }
 
 pub(crate) async fn add_service(
@@ -42,7 +44,9 @@ pub(crate) async fn add_service(
             "poll interval must be at least 100ms".into(),
         ));
     }
+    let path = tandem_delivery::repo_path(body.path.as_deref().unwrap_or(""))?;
     let req = AddService {
+        path,
         url: body.url,
         branch: body.branch.unwrap_or_else(|| "main".into()),
         webhook_secret: body.webhook_secret.filter(|s| !s.is_empty()),

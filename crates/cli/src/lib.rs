@@ -356,6 +356,10 @@ pub enum ServicesCommand {
         /// How often to look for new commits (e.g. 30s, 1m).
         #[arg(long)]
         poll_interval: Option<String>,
+        /// The directory of the repository holding the service's
+        /// tandem.yaml, its build root (monorepos: services/shop).
+        #[arg(long)]
+        path: Option<String>,
     },
     /// Stop a service's instances and forget it (history stays in the journal).
     Rm { service: String },
@@ -577,8 +581,16 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
                     branch,
                     webhook_secret,
                     poll_interval,
+                    path,
                 }),
-        } => pipelines::add(&api(), &repo, &branch, webhook_secret, poll_interval, fmt).await,
+        } => {
+            let options = pipelines::AddOptions {
+                webhook_secret,
+                poll_interval,
+                path,
+            };
+            pipelines::add(&api(), &repo, &branch, options, fmt).await
+        }
         Command::Services {
             command: Some(ServicesCommand::Rm { service }),
         } => pipelines::remove(&api(), &service).await,

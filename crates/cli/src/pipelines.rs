@@ -6,14 +6,25 @@ use crate::client::Api;
 use crate::exit::{CmdResult, Exit};
 use crate::output::{cell, json, list};
 
+/// What `services add` may set besides the repository and branch.
+pub struct AddOptions {
+    pub webhook_secret: Option<String>,
+    pub poll_interval: Option<String>,
+    pub path: Option<String>,
+}
+
 pub async fn add(
     api: &Api,
     repo: &str,
     branch: &str,
-    webhook_secret: Option<String>,
-    poll_interval: Option<String>,
+    options: AddOptions,
     fmt: Format,
 ) -> CmdResult {
+    let AddOptions {
+        webhook_secret,
+        poll_interval,
+        path,
+    } = options;
     // A local path is resolved here: the server may run elsewhere.
     let url = match std::path::Path::new(repo).canonicalize() {
         Ok(p) if !repo.contains("://") => p.display().to_string(),
@@ -24,6 +35,7 @@ pub async fn add(
         "branch": branch,
         "webhook_secret": webhook_secret,
         "poll_interval": poll_interval,
+        "path": path,
     });
     let v = api.post("/api/v1/services", body).await?;
     if fmt == Format::Json {

@@ -61,6 +61,35 @@ pub struct AddService {
     pub branch: String,
     pub webhook_secret: Option<String>,
     pub poll_interval: Duration,
+    /// The directory of the repository holding the service (monorepos).
+    pub path: String,
+}
+
+/// `path` as a directory inside a repository: relative, plain names only,
+/// without a trailing slash (`""`: the top).
+pub fn repo_path(path: &str) -> Result<String, DeliveryError> {
+    let trimmed = path.trim().trim_matches('/');
+    if trimmed.is_empty() {
+        return Ok(String::new());
+    }
+    let plain = std::path::Path::new(trimmed)
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !plain || trimmed.len() > 512 || trimmed.contains('\0') {
+        return Err(DeliveryError::BadInput(format!(
+            "--path {path}: a directory inside the repository, such as services/shop"
+        )));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// `file` under the repository directory `path`.
+pub fn in_repo(path: &str, file: &str) -> String {
+    if path.is_empty() {
+        file.to_owned()
+    } else {
+        format!("{path}/{file}")
+    }
 }
 
 /// The continuous delivery service of one control plane; cheap to clone.
@@ -188,22 +217,23 @@ impl Delivery {
     ) -> Result<String, DeliveryError> {
         git::fetch(scratch, url, &req.branch).await?;
         let max = tandem_core::spec::MAX_SPEC_BYTES;
-        let text = git::show_file(scratch, head, "tandem.yaml", max)
+        let spec_file = in_repo(&req.path, "tandem.yaml");
+        let text = git::show_file(scratch, head, &spec_file, max)
             .await
             .map_err(|_| {
                 DeliveryError::BadInput(format!(
-                    "{url} has no tandem.yaml at the head of {}",
+                    "{url} has no {spec_file} at the head of {}",
                     req.branch
                 ))
             })?
             .ok_or_else(|| {
                 DeliveryError::BadInput(format!(
-                    "tandem.yaml at the head of {} of {url} is larger than {} KiB; a spec is at most that",
+                    "{spec_file} at the head of {} of {url} is larger than {} KiB; a spec is at most that",
                     req.branch,
                     max / 1024
                 ))
             })?;
-        let file = format!("{url}@{}:tandem.yaml", req.branch);
+        let file = format!("{url}@{}:{spec_file}", req.branch);
         let spec = Spec::parse(&file, &text).map_err(EngineError::Spec)?;
         let name = spec.service.name.to_string();
         if let Some(existing) = self.store().repo(&name).await?
@@ -235,6 +265,7 @@ impl Delivery {
             created_at: String::new(),
             poll_error: None,
             poll_failing_since: None,
+            path: req.path.clone(),
         };
         self.store().add_repo(&repo, actor).await?;
         // The gates it was registered with become the control plane's

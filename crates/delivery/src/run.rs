@@ -591,6 +591,9 @@ impl Ctx<'_> {
 
     /// The run's checkout, made again if it is gone (a run resumed after an
     /// approval verifies with the same commit's files).
+    /// The commit checked out, and within it the service's directory (the
+    /// repository's `--path`, its top by default): where the spec is read
+    /// and the steps run.
     async fn ensure_checkout(&self) -> Result<PathBuf, Stop> {
         let work = workspace(&self.delivery.inner.data_dir, self.run.id);
         if !work.join(".git").exists() {
@@ -598,7 +601,25 @@ impl Ctx<'_> {
             let mirror = self.delivery.mirror(&self.run.service);
             git::checkout(&mirror, &self.run.commit, &work).await?;
         }
-        Ok(work)
+        let repo = self.delivery.repo(&self.run.service).await?;
+        if repo.path.is_empty() {
+            return Ok(work);
+        }
+        let dir = work.join(&repo.path);
+        // A link in the commit must not take the build out of the checkout.
+        match dir.canonicalize() {
+            Ok(real) if work.canonicalize().is_ok_and(|w| real.starts_with(w)) && real.is_dir() => {
+                Ok(real)
+            }
+            _ => Err(Stop::Failed {
+                reason: format!(
+                    "{} has no directory {} (the service's --path)",
+                    short(&self.run.commit),
+                    repo.path
+                ),
+                log_tail: Vec::new(),
+            }),
+        }
     }
 
     fn step_env(&self) -> Vec<(String, String)> {

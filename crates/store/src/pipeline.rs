@@ -18,6 +18,10 @@ pub struct RepoRow {
     pub webhook_secret: Option<String>,
     pub poll_interval_ms: i64,
     pub created_at: String,
+    /// The directory holding the service's `tandem.yaml`, its build root
+    /// (`""`: the repository's top).
+    #[sqlx(default)]
+    pub path: String,
     /// The last poll's error while polls fail.
     #[sqlx(default)]
     pub poll_error: Option<String>,
@@ -117,10 +121,11 @@ impl Store {
         let _w = self.writer.lock().await;
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO repos (service, url, branch, webhook_secret, poll_interval_ms, created_at)
-             VALUES (?, ?, ?, ?, ?, ?)
+            "INSERT INTO repos (service, url, branch, webhook_secret, poll_interval_ms, created_at, path)
+             VALUES (?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT(service) DO UPDATE SET url = excluded.url, branch = excluded.branch,
-               webhook_secret = excluded.webhook_secret, poll_interval_ms = excluded.poll_interval_ms",
+               webhook_secret = excluded.webhook_secret, poll_interval_ms = excluded.poll_interval_ms,
+               path = excluded.path",
         )
         .bind(&repo.service)
         .bind(&repo.url)
@@ -128,6 +133,7 @@ impl Store {
         .bind(&repo.webhook_secret)
         .bind(repo.poll_interval_ms)
         .bind(now_ts())
+        .bind(&repo.path)
         .execute(&mut *tx)
         .await?;
         let event = NewEvent::new(actor, "repo.added")
@@ -137,6 +143,7 @@ impl Store {
                 "branch": repo.branch,
                 "poll_interval_ms": repo.poll_interval_ms,
                 "webhook": repo.webhook_secret.is_some(),
+                "path": repo.path,
             }));
         let e = append_in(&mut tx, event).await?;
         tx.commit().await?;

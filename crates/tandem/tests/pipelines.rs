@@ -1193,8 +1193,19 @@ fn steps_a_killed_server_left_running_are_killed_when_it_starts_again() {
     let repo = first_run_with_build(&env, BUILD_SH);
     let c2 = repo.push("main", "slow", &[("index.html", "v2"), ("slow", "4713")]);
     wait_for_stage(&env, &c2, "build");
+    // This server's step (another test's could match the pattern).
+    let mark = format!(
+        "TANDEM_STEP_OF={}",
+        std::fs::canonicalize(env.data()).expect("data").display()
+    );
     let old = wait_until(Duration::from_secs(10), "the step's sleep", || {
-        let pids = pids_of("sleep 4713");
+        let pids: Vec<u32> = pids_of("sleep 4713")
+            .into_iter()
+            .filter(|p| {
+                std::fs::read(format!("/proc/{p}/environ"))
+                    .is_ok_and(|e| e.split(|b| *b == 0).any(|v| v == mark.as_bytes()))
+            })
+            .collect();
         (!pids.is_empty()).then_some(pids)
     });
     env.kill_up();
@@ -1583,4 +1594,71 @@ fn a_commit_cannot_loosen_or_drop_its_own_gate_and_an_admin_can_change_the_polic
             && e["payload"]["before"]["approvals"] == 1),
         "{set:?}"
     );
+}
+
+#[test]
+fn two_services_of_one_monorepo_are_each_built_from_their_directory() {
+    let env = Env::start();
+    let root = env.root.path().join("mono");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    let repo = Repo::new(&root, "");
+    std::fs::remove_file(repo.work.join("tandem.yaml")).expect("no top spec");
+    for name in ["shop", "cart"] {
+        let dir = repo.work.join("services").join(name);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(
+            dir.join("tandem.yaml"),
+            QUICK_SPEC
+                .replace("name: shop", &format!("name: {name}"))
+                .replace("host: shop.test", &format!("host: {name}.test")),
+        )
+        .expect("spec");
+    }
+    let c1 = repo.push(
+        "main",
+        "both",
+        &[
+            ("services/shop/index.html", "shop v1"),
+            ("services/cart/index.html", "cart v1"),
+        ],
+    );
+    for name in ["shop", "cart"] {
+        let out = env.tandem(&[
+            "services",
+            "add",
+            repo.origin.to_str().expect("utf8"),
+            "--path",
+            &format!("services/{name}/"),
+            "--poll-interval",
+            "300ms",
+        ]);
+        assert_ok(&out);
+    }
+    for (name, body) in [("shop", "shop v1"), ("cart", "cart v1")] {
+        wait_until(Duration::from_secs(60), &format!("{name} serving"), || {
+            (env.get(&format!("{name}.test"), "/index.html") == (200, body.into())).then_some(())
+        });
+    }
+    let _ = c1;
+    // The release holds the service's directory, not the whole repository.
+    let out = env.tandem(&["releases", "cart", "-o", "json"]);
+    let releases: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let digest = releases[0]["digest"].as_str().expect("digest").to_owned();
+    let files: Vec<String> = std::fs::read_dir(env.data().join("artifacts").join(digest))
+        .expect("artifact")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        files.contains(&"index.html".to_owned()) && !files.contains(&"services".to_owned()),
+        "{files:?}"
+    );
+    let bad = env.tandem(&[
+        "services",
+        "add",
+        repo.origin.to_str().expect("utf8"),
+        "--path",
+        "../etc",
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
 }
