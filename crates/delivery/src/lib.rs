@@ -947,7 +947,21 @@ fn normalize_url(url: &str) -> Result<String, DeliveryError> {
             "the repository URL is empty".into(),
         ));
     }
-    if url.contains("://") || url.contains('@') {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        // `https://user:token@host/…`: the secret would be in the journal,
+        // the API, the database and every git command line.
+        let authority = rest.split('/').next().unwrap_or_default();
+        if let Some((userinfo, _)) = authority.rsplit_once('@')
+            && userinfo.contains(':')
+        {
+            return Err(DeliveryError::BadInput(format!(
+                "the URL holds a password or token ({scheme}://{}:***@…); register the URL without it: a credential in a URL is shown wherever the URL is (journal, API, process list)",
+                userinfo.split(':').next().unwrap_or_default()
+            )));
+        }
+        return Ok(url.to_owned());
+    }
+    if url.contains('@') {
         return Ok(url.to_owned());
     }
     let path = Path::new(url);
@@ -955,4 +969,26 @@ fn normalize_url(url: &str) -> Result<String, DeliveryError> {
         .canonicalize()
         .map_err(|e| DeliveryError::BadInput(format!("{url}: {e}")))?;
     Ok(abs.display().to_string())
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::*;
+
+    #[test]
+    fn a_url_with_a_password_is_refused_without_echoing_it() {
+        let err = normalize_url("https://ann:ghp_s3cr3t@git.example.test/acme/shop.git")
+            .expect_err("a token in the URL")
+            .to_string();
+        assert!(err.contains("holds a password"), "{err}");
+        assert!(!err.contains("ghp_s3cr3t"), "{err}");
+        for fine in [
+            "https://git.example.test/acme/shop.git",
+            "https://ann@git.example.test/acme/shop.git",
+            "ssh://git@git.example.test:22/acme/shop.git",
+            "git@git.example.test:acme/shop.git",
+        ] {
+            assert_eq!(normalize_url(fine).expect(fine), fine);
+        }
+    }
 }

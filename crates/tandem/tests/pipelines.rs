@@ -1662,3 +1662,23 @@ fn two_services_of_one_monorepo_are_each_built_from_their_directory() {
     ]);
     assert_eq!(bad.status.code(), Some(2));
 }
+
+#[test]
+fn a_repository_url_with_a_token_in_it_is_refused_and_the_token_shown_nowhere() {
+    let env = Env::start();
+    let out = env.tandem(&[
+        "services",
+        "add",
+        "https://ann:tok3n-5ecret@127.0.0.1:9/acme/shop.git",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("holds a password"), "{stderr}");
+    assert!(!stderr.contains("tok3n-5ecret"), "{stderr}");
+    let journal = String::from_utf8_lossy(&env.tandem(&["audit", "events", "-o", "json"]).stdout)
+        .into_owned();
+    assert!(!journal.contains("tok3n-5ecret"));
+    let services =
+        String::from_utf8_lossy(&env.tandem(&["services", "-o", "json"]).stdout).into_owned();
+    assert_eq!(services.trim(), "[]");
+}
