@@ -25,6 +25,11 @@ pub(crate) struct AddBody {
     poll_interval: Option<String>,
     #[serde(default)]
     path: Option<String>,
+    /// A token for the repository over HTTPS, kept sealed, never shown.
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    token_username: Option<String>,
 }
 
 pub(crate) async fn add_service(
@@ -45,7 +50,26 @@ pub(crate) async fn add_service(
         ));
     }
     let path = tandem_delivery::repo_path(body.path.as_deref().unwrap_or(""))?;
+    let credential = match body.token {
+        None => None,
+        Some(token) => {
+            if token.is_empty()
+                || token.len() > 4096
+                || token.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(ApiError::BadInput(
+                    "the token must be 1 to 4096 bytes without spaces or control characters".into(),
+                ));
+            }
+            let username = body.token_username.unwrap_or_else(|| "tandem".into());
+            if username.is_empty() || username.len() > 256 || username.contains(['\n', '\0', ':']) {
+                return Err(ApiError::BadInput("--token-user is not a user name".into()));
+            }
+            Some(tandem_delivery::git::Credential { username, token })
+        }
+    };
     let req = AddService {
+        credential,
         path,
         url: body.url,
         branch: body.branch.unwrap_or_else(|| "main".into()),

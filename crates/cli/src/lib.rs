@@ -360,6 +360,14 @@ pub enum ServicesCommand {
         /// tandem.yaml, its build root (monorepos: services/shop).
         #[arg(long)]
         path: Option<String>,
+        /// Read an access token for the repository (HTTPS) from stdin: kept
+        /// sealed by the server, never shown, handed to git through its
+        /// environment only.
+        #[arg(long)]
+        token_from_stdin: bool,
+        /// The user name that goes with the token.
+        #[arg(long, requires = "token_from_stdin")]
+        token_user: Option<String>,
     },
     /// Stop a service's instances and forget it (history stays in the journal).
     Rm { service: String },
@@ -582,12 +590,25 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
                     webhook_secret,
                     poll_interval,
                     path,
+                    token_from_stdin,
+                    token_user,
                 }),
         } => {
+            let token = if token_from_stdin {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line).map_err(|e| {
+                    Exit::bad_input(format!("cannot read the token from stdin: {e}"))
+                })?;
+                Some(line.trim().to_owned())
+            } else {
+                None
+            };
             let options = pipelines::AddOptions {
                 webhook_secret,
                 poll_interval,
                 path,
+                token,
+                token_user,
             };
             pipelines::add(&api(), &repo, &branch, options, fmt).await
         }

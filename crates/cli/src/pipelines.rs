@@ -11,6 +11,8 @@ pub struct AddOptions {
     pub webhook_secret: Option<String>,
     pub poll_interval: Option<String>,
     pub path: Option<String>,
+    pub token: Option<String>,
+    pub token_user: Option<String>,
 }
 
 pub async fn add(
@@ -24,6 +26,8 @@ pub async fn add(
         webhook_secret,
         poll_interval,
         path,
+        token,
+        token_user,
     } = options;
     // A local path is resolved here: the server may run elsewhere.
     let url = match std::path::Path::new(repo).canonicalize() {
@@ -36,6 +40,8 @@ pub async fn add(
         "webhook_secret": webhook_secret,
         "poll_interval": poll_interval,
         "path": path,
+        "token": token,
+        "token_username": token_user,
     });
     let v = api.post("/api/v1/services", body).await?;
     if fmt == Format::Json {

@@ -33,8 +33,41 @@ pub struct CommitInfo {
     pub message: String,
 }
 
+/// A credential for a repository over HTTPS: handed to one git command
+/// through its environment (a credential helper set by `GIT_CONFIG_*`,
+/// the token in a variable), never in its arguments, where `ps` shows it.
+#[derive(Clone)]
+pub struct Credential {
+    pub username: String,
+    pub token: String,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credential({}, ***)", self.username)
+    }
+}
+
 async fn git(cwd: Option<&Path>, args: &[&str]) -> Result<String, GitError> {
+    git_as(cwd, args, None).await
+}
+
+async fn git_as(
+    cwd: Option<&Path>,
+    args: &[&str],
+    credential: Option<&Credential>,
+) -> Result<String, GitError> {
     let mut cmd = Command::new("git");
+    if let Some(c) = credential {
+        cmd.env("GIT_CONFIG_COUNT", "1")
+            .env("GIT_CONFIG_KEY_0", "credential.helper")
+            .env(
+                "GIT_CONFIG_VALUE_0",
+                r#"!f() { test "$1" = get || exit 0; echo "username=$TANDEM_GIT_USERNAME"; echo "password=$TANDEM_GIT_TOKEN"; }; f"#,
+            )
+            .env("TANDEM_GIT_USERNAME", &c.username)
+            .env("TANDEM_GIT_TOKEN", &c.token);
+    }
     if let Some(cwd) = cwd {
         cmd.current_dir(cwd);
     }
@@ -68,9 +101,13 @@ async fn git(cwd: Option<&Path>, args: &[&str]) -> Result<String, GitError> {
 
 /// The commit `branch` points at in the repository at `url`, without
 /// fetching anything (`git ls-remote`); `None` when there is no such branch.
-pub async fn remote_head(url: &str, branch: &str) -> Result<Option<String>, GitError> {
+pub async fn remote_head(
+    url: &str,
+    branch: &str,
+    credential: Option<&Credential>,
+) -> Result<Option<String>, GitError> {
     let refname = format!("refs/heads/{branch}");
-    let out = git(None, &["ls-remote", "--", url, &refname]).await?;
+    let out = git_as(None, &["ls-remote", "--", url, &refname], credential).await?;
     Ok(out
         .lines()
         .filter_map(|l| l.split_once('\t'))
@@ -80,7 +117,12 @@ pub async fn remote_head(url: &str, branch: &str) -> Result<Option<String>, GitE
 
 /// Creates the bare mirror of `url` at `mirror` if missing, then fetches
 /// `branch` into it. Returns the fetched head.
-pub async fn fetch(mirror: &Path, url: &str, branch: &str) -> Result<String, GitError> {
+pub async fn fetch(
+    mirror: &Path,
+    url: &str,
+    branch: &str,
+    credential: Option<&Credential>,
+) -> Result<String, GitError> {
     let m = mirror.display().to_string();
     if !mirror.join("HEAD").exists() {
         if let Some(parent) = mirror.parent() {
@@ -93,7 +135,7 @@ pub async fn fetch(mirror: &Path, url: &str, branch: &str) -> Result<String, Git
     }
     let refspec = format!("+refs/heads/{branch}:refs/heads/{branch}");
     // Tags too: `deploy --ref v1.2.0` names one.
-    git(
+    git_as(
         Some(mirror),
         &[
             "fetch",
@@ -104,6 +146,7 @@ pub async fn fetch(mirror: &Path, url: &str, branch: &str) -> Result<String, Git
             &refspec,
             "+refs/tags/*:refs/tags/*",
         ],
+        credential,
     )
     .await?;
     let head = git(
@@ -136,16 +179,22 @@ pub async fn is_ancestor(
 
 /// Fetches one ref the branch and tags do not bring (another branch, a
 /// commit the server lets clients ask for) and returns its commit.
-pub async fn fetch_ref(mirror: &Path, url: &str, rev: &str) -> Result<String, GitError> {
+pub async fn fetch_ref(
+    mirror: &Path,
+    url: &str,
+    rev: &str,
+    credential: Option<&Credential>,
+) -> Result<String, GitError> {
     if rev.starts_with('-') {
         return Err(GitError {
             args: "fetch".into(),
             message: format!("{rev:?} is not a ref"),
         });
     }
-    git(
+    git_as(
         Some(mirror),
         &["fetch", "--quiet", "--no-tags", "--", url, rev],
+        credential,
     )
     .await?;
     resolve(mirror, "FETCH_HEAD").await

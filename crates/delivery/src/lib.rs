@@ -63,6 +63,8 @@ pub struct AddService {
     pub poll_interval: Duration,
     /// The directory of the repository holding the service (monorepos).
     pub path: String,
+    /// A token for the repository over HTTPS (kept sealed).
+    pub credential: Option<git::Credential>,
 }
 
 /// `path` as a directory inside a repository: relative, plain names only,
@@ -183,7 +185,8 @@ impl Delivery {
         actor: &str,
     ) -> Result<(String, Option<RunRow>), DeliveryError> {
         let url = normalize_url(&req.url)?;
-        let head = git::remote_head(&url, &req.branch)
+        let credential = req.credential.as_ref();
+        let head = git::remote_head(&url, &req.branch, credential)
             .await
             .map_err(|e| DeliveryError::BadInput(format!("cannot read {url}: {}", e.message)))?
             .ok_or_else(|| {
@@ -215,7 +218,7 @@ impl Delivery {
         head: &str,
         actor: &str,
     ) -> Result<String, DeliveryError> {
-        git::fetch(scratch, url, &req.branch).await?;
+        git::fetch(scratch, url, &req.branch, req.credential.as_ref()).await?;
         let max = tandem_core::spec::MAX_SPEC_BYTES;
         let spec_file = in_repo(&req.path, "tandem.yaml");
         let text = git::show_file(scratch, head, &spec_file, max)
@@ -268,6 +271,11 @@ impl Delivery {
             path: req.path.clone(),
         };
         self.store().add_repo(&repo, actor).await?;
+        if let Some(c) = &req.credential {
+            self.store()
+                .set_repo_credential(&name, &c.username, &c.token, actor)
+                .await?;
+        }
         // The gates it was registered with become the control plane's
         // policy: later commits may tighten them, not loosen them.
         if self.store().policies(&name).await?.is_empty() {
@@ -328,13 +336,16 @@ impl Delivery {
     ) -> Result<RunRow, DeliveryError> {
         let repo = self.repo(service).await?;
         let mirror = self.mirror(service);
-        git::fetch(&mirror, &repo.url, &repo.branch).await?;
+        let credential = self.credential(service).await?;
+        git::fetch(&mirror, &repo.url, &repo.branch, credential.as_ref()).await?;
         let rev = rev.unwrap_or(&repo.branch);
         let sha = match git::resolve(&mirror, rev).await {
             Ok(sha) => sha,
-            Err(_) => git::fetch_ref(&mirror, &repo.url, rev).await.map_err(|_| {
-                DeliveryError::BadInput(format!("{rev} is not a commit of {}", repo.url))
-            })?,
+            Err(_) => git::fetch_ref(&mirror, &repo.url, rev, credential.as_ref())
+                .await
+                .map_err(|_| {
+                    DeliveryError::BadInput(format!("{rev} is not a commit of {}", repo.url))
+                })?,
         };
         let run = self
             .enqueue(service, &sha, &repo.branch, "manual", true, None, actor)
@@ -783,7 +794,14 @@ impl Delivery {
     }
 
     async fn poll_repo(&self, repo: &RepoRow) {
-        let polled = git::remote_head(&repo.url, &repo.branch).await;
+        let credential = match self.credential(&repo.service).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(service = %repo.service, error = %e, "cannot read the repository's credential");
+                None
+            }
+        };
+        let polled = git::remote_head(&repo.url, &repo.branch, credential.as_ref()).await;
         let error = match &polled {
             Ok(Some(_)) => None,
             Ok(None) => Some(format!("{} has no branch {}", repo.url, repo.branch)),
@@ -816,6 +834,18 @@ impl Delivery {
         if let Err(e) = self.converge(repo, &head).await {
             tracing::warn!(service = %repo.service, error = %e, "cannot converge on the branch head");
         }
+    }
+
+    /// The credential of the service's repository, if it has one.
+    pub(crate) async fn credential(
+        &self,
+        service: &str,
+    ) -> Result<Option<git::Credential>, DeliveryError> {
+        Ok(self
+            .store()
+            .repo_credential(service)
+            .await?
+            .map(|(username, token)| git::Credential { username, token }))
     }
 
     /// How the service's last poll went, if it was polled since start.

@@ -96,11 +96,12 @@ async fn fetch_retrying(
     mirror: &Path,
     url: &str,
     branch: &str,
+    credential: Option<&git::Credential>,
     reporter: &Reporter,
 ) -> Result<String, git::GitError> {
     let mut wait = std::time::Duration::from_secs(1);
     for attempt in 1.. {
-        match git::fetch(mirror, url, branch).await {
+        match git::fetch(mirror, url, branch, credential).await {
             Ok(head) => return Ok(head),
             Err(e) if attempt < 3 => {
                 reporter.phase(
@@ -443,7 +444,15 @@ impl Ctx<'_> {
             return Ok(None);
         }
         let repo = d.repo(service).await?;
-        let head = fetch_retrying(&mirror, &repo.url, &repo.branch, &self.reporter).await?;
+        let credential = d.credential(service).await?;
+        let head = fetch_retrying(
+            &mirror,
+            &repo.url,
+            &repo.branch,
+            credential.as_ref(),
+            &self.reporter,
+        )
+        .await?;
         let env = place.env.clone().unwrap_or_else(|| "production".into());
         if head == self.run.commit {
             self.reporter.phase(
@@ -490,7 +499,17 @@ impl Ctx<'_> {
                 "checkout",
                 format!("fetching {} from {}", repo.branch, repo.url),
             );
-            Some(fetch_retrying(&mirror, &repo.url, &repo.branch, &self.reporter).await?)
+            let credential = d.credential(&service).await?;
+            Some(
+                fetch_retrying(
+                    &mirror,
+                    &repo.url,
+                    &repo.branch,
+                    credential.as_ref(),
+                    &self.reporter,
+                )
+                .await?,
+            )
         } else {
             None
         };

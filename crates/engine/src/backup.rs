@@ -6,7 +6,7 @@
 //! `backup.json` (the manifest: when, which version, the journal's length
 //! and head), `tandem.db`, then `artifacts/` (releases' files), `git/`
 //! (delivery's mirrors), `tls/` and `acme/` (certificates and the ACME
-//! account). Symbolic links inside artifacts are kept as links. The file is
+//! account), `keys/` (the key sealing repository credentials). Symbolic links inside artifacts are kept as links. The file is
 //! owner-only: the database holds secret values.
 //!
 //! `unpack` restores one into an empty directory, refusing any entry that
@@ -27,7 +27,7 @@ pub const MANIFEST: &str = "backup.json";
 /// The database copy's name, in the archive and in a data directory.
 pub const DATABASE: &str = "tandem.db";
 /// Directories of the data directory that go into a backup.
-pub const PARTS: [&str; 4] = ["artifacts", "git", "tls", "acme"];
+pub const PARTS: [&str; 5] = ["artifacts", "git", "tls", "acme", "keys"];
 /// The manifest format this code writes and reads.
 pub const FORMAT: u32 = 1;
 

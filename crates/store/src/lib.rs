@@ -8,6 +8,7 @@
 mod health;
 mod ops;
 mod pipeline;
+mod sealed;
 mod secrets;
 mod slo;
 
@@ -134,6 +135,7 @@ pub struct Store {
     pool: SqlitePool,
     writer: std::sync::Arc<tokio::sync::Mutex<()>>,
     health: health::SharedHealth,
+    sealer: sealed::Sealer,
     /// The database file.
     path: std::sync::Arc<std::path::PathBuf>,
 }
@@ -197,10 +199,12 @@ impl Store {
             file.push(suffix);
             let _ = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600));
         }
+        let sealer = sealed::Sealer::load_or_create(path.parent().unwrap_or(Path::new(".")))?;
         Ok(Store {
             pool,
             writer: Default::default(),
             health: Default::default(),
+            sealer,
             path: std::sync::Arc::new(path.to_path_buf()),
         })
     }

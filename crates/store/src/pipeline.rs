@@ -183,6 +183,10 @@ impl Store {
                 .bind(service)
                 .execute(&mut *tx)
                 .await?;
+            sqlx::query("DELETE FROM repo_credentials WHERE service = ?")
+                .bind(service)
+                .execute(&mut *tx)
+                .await?;
             let gone = sqlx::query("DELETE FROM services WHERE name = ?")
                 .bind(service)
                 .execute(&mut *tx)
@@ -336,6 +340,54 @@ impl Store {
 }
 
 impl Store {
+    /// Keeps `service`'s repository credential (a user name and a token),
+    /// the token sealed; journalled `repo.credential_set` with the user
+    /// name only.
+    pub async fn set_repo_credential(
+        &self,
+        service: &str,
+        username: &str,
+        token: &str,
+        actor: &str,
+    ) -> Result<Event> {
+        let sealed = self.sealer.seal(token.as_bytes());
+        self.writing(async move {
+            let _w = self.writer.lock().await;
+            let mut tx = self.pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO repo_credentials (service, username, sealed) VALUES (?, ?, ?)
+                 ON CONFLICT(service) DO UPDATE SET username = excluded.username, sealed = excluded.sealed",
+            )
+            .bind(service)
+            .bind(username)
+            .bind(&sealed)
+            .execute(&mut *tx)
+            .await?;
+            let event = NewEvent::new(actor, "repo.credential_set")
+                .subject("service", service)
+                .payload(serde_json::json!({ "username": username }));
+            let e = append_in(&mut tx, event).await?;
+            tx.commit().await?;
+            Ok(e)
+        })
+        .await
+    }
+
+    /// `service`'s repository credential (user name, token), opened.
+    pub async fn repo_credential(&self, service: &str) -> Result<Option<(String, String)>> {
+        let row: Option<(String, Vec<u8>)> =
+            sqlx::query_as("SELECT username, sealed FROM repo_credentials WHERE service = ?")
+                .bind(service)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some((username, sealed)) = row else {
+            return Ok(None);
+        };
+        let token = String::from_utf8(self.sealer.open(&sealed)?)
+            .map_err(|_| StoreError::Conflict("a sealed credential is not text".into()))?;
+        Ok(Some((username, token)))
+    }
+
     /// Sets the gate policy of `policy.service`'s `policy.env`, journalled
     /// `policy.set` with what it was before.
     pub async fn set_policy(&self, policy: &PolicyRow, actor: &str) -> Result<Event> {

@@ -1682,3 +1682,184 @@ fn a_repository_url_with_a_token_in_it_is_refused_and_the_token_shown_nowhere() 
         String::from_utf8_lossy(&env.tandem(&["services", "-o", "json"]).stdout).into_owned();
     assert_eq!(services.trim(), "[]");
 }
+
+/// A git smart-HTTP server (git http-backend) that wants Basic auth with
+/// `token` as the password, serving the repositories under `root`.
+const GIT_HTTP: &str = r#"
+import base64, os, subprocess, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+ROOT, PORTFILE = sys.argv[1], sys.argv[2]
+TOKEN = os.environ.pop("GIT_HTTP_TOKEN")
+BACKEND = os.path.join(subprocess.check_output(["git", "--exec-path"]).decode().strip(), "git-http-backend")
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *args):
+        pass
+    def body(self):
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            data = b""
+            while True:
+                size = int(self.rfile.readline().strip(), 16)
+                if size == 0:
+                    self.rfile.readline()
+                    return data
+                data += self.rfile.read(size)
+                self.rfile.readline()
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+    def any(self):
+        body = self.body()
+        auth = self.headers.get("Authorization", "")
+        user, password = "", None
+        if auth.startswith("Basic "):
+            user, _, password = base64.b64decode(auth[6:]).decode().partition(":")
+        if password != TOKEN:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="git"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        path, _, query = self.path.partition("?")
+        env = dict(os.environ, GIT_PROJECT_ROOT=ROOT, GIT_HTTP_EXPORT_ALL="1", PATH_INFO=path,
+                   QUERY_STRING=query, REQUEST_METHOD=self.command, REMOTE_USER=user,
+                   REMOTE_ADDR="127.0.0.1", CONTENT_TYPE=self.headers.get("Content-Type", ""),
+                   CONTENT_LENGTH=str(len(body)), GIT_PROTOCOL=self.headers.get("Git-Protocol", ""))
+        out = subprocess.run([BACKEND], input=body, env=env, capture_output=True).stdout
+        sep = b"\r\n\r\n" if b"\r\n\r\n" in out else b"\n\n"
+        head, _, rest = out.partition(sep)
+        status, headers = 200, []
+        for line in head.decode().splitlines():
+            k, _, v = line.partition(":")
+            if k.lower() == "status":
+                status = int(v.strip().split()[0])
+            elif k:
+                headers.append((k, v.strip()))
+        self.send_response(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(rest)))
+        self.end_headers()
+        self.wfile.write(rest)
+    do_GET = do_POST = any
+server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+with open(PORTFILE, "w") as f:
+    f.write(str(server.server_address[1]))
+server.serve_forever()
+"#;
+
+/// Every file under `dir` (recursively) that holds `needle`.
+fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            found.extend(files_holding(&path, needle));
+        } else if meta.is_file()
+            && std::fs::read(&path).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
+        {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[test]
+fn a_repository_token_works_and_appears_nowhere() {
+    const TOKEN: &str = "tok-S3cret-4f9b2c7e";
+    let env = Env::start();
+    let repo = Repo::new(env.root.path(), QUICK_SPEC);
+    let c1 = repo.push("main", "v1", &[("index.html", "v1")]);
+    let port_file = env.root.path().join("git-http.port");
+    // The token reaches it in its environment: its command line is
+    // searched below, like every other.
+    let server = Command::new("python3")
+        .arg("-c")
+        .arg(GIT_HTTP)
+        .arg(env.root.path())
+        .arg(&port_file)
+        .env("GIT_HTTP_TOKEN", TOKEN)
+        .spawn()
+        .expect("git http server");
+    let _server = KillOnDrop(server);
+    let port = wait_until(Duration::from_secs(10), "the git server", || {
+        std::fs::read_to_string(&port_file)
+            .ok()
+            .filter(|p| !p.is_empty())
+    });
+    let url = format!("http://127.0.0.1:{port}/origin.git");
+
+    // Without the token: refused, nothing registered.
+    let out = env.tandem(&["services", "add", &url]);
+    assert_ne!(out.status.code(), Some(0), "registered without the token");
+
+    let mut add = Command::new(util::bin())
+        .args([
+            "services",
+            "add",
+            &url,
+            "--token-from-stdin",
+            "--poll-interval",
+            "300ms",
+        ])
+        .env("TANDEM_SERVER", format!("http://{}", env.api))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("services add");
+    add.stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{TOKEN}\n").as_bytes())
+        .expect("token");
+    let out = add.wait_with_output().expect("wait");
+    assert_ok(&out);
+    assert_eq!(
+        wait_for_run(&env, &c1, Duration::from_secs(60))["status"],
+        "succeeded"
+    );
+    let c2 = repo.push("main", "v2", &[("index.html", "v2")]);
+    // Polled and fetched with the token; meanwhile no process shows it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while env.get("shop.test", "/index.html") != (200, "v2".into()) {
+        assert!(Instant::now() < deadline, "v2 never went live");
+        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+                assert!(
+                    !cmdline.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()),
+                    "a command line shows the token: {}",
+                    String::from_utf8_lossy(&cmdline).replace('\0', " ")
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = c2;
+    assert_eq!(
+        files_holding(&env.data(), TOKEN.as_bytes()),
+        Vec::<PathBuf>::new()
+    );
+    for path in [
+        "/api/v1/services",
+        "/api/v1/events?limit=10000",
+        "/api/v1/runs",
+    ] {
+        let (_, body) = util::get_from(&env.api, "api", path);
+        assert!(!body.contains(TOKEN), "{path} shows the token");
+    }
+}
+
+/// A child process killed when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

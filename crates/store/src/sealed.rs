@@ -1,0 +1,108 @@
+//! Values the store keeps sealed (ChaCha20-Poly1305) rather than in clear:
+//! repository credentials. The key is `keys/store.key` beside the
+//! database (32 random bytes, owner-only, made on first use): a copy of
+//! the database alone, a dump or a grep of its files does not show them.
+//! Each value is sealed with a nonce of its own, stored before it.
+
+use std::path::Path;
+
+use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+
+use crate::StoreError;
+
+/// Seals and opens values with the store's key.
+#[derive(Clone)]
+pub(crate) struct Sealer(ChaCha20Poly1305);
+
+const NONCE: usize = 12;
+
+impl Sealer {
+    /// The key in `keys/store.key` under `dir`, made if missing.
+    pub(crate) fn load_or_create(dir: &Path) -> Result<Sealer, StoreError> {
+        use std::io::Write;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let keys = dir.join("keys");
+        let path = keys.join("store.key");
+        let io = |e: std::io::Error| StoreError::Conflict(format!("{}: {e}", path.display()));
+        if let Ok(bytes) = std::fs::read(&path) {
+            if bytes.len() != 32 {
+                return Err(StoreError::Conflict(format!(
+                    "{} is not a key (32 bytes); restore it from a backup",
+                    path.display()
+                )));
+            }
+            let key: [u8; 32] = bytes.try_into().unwrap_or([0; 32]);
+            return Ok(Sealer(ChaCha20Poly1305::new(&Key::from(key))));
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&keys)
+            .map_err(io)?;
+        let key = ChaCha20Poly1305::generate_key(&mut OsRng);
+        let tmp = keys.join(format!(".store.key.{}", std::process::id()));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io)?;
+        file.write_all(&key[..]).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        // Another store opening at the same moment may have won: use its.
+        if std::fs::hard_link(&tmp, &path).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+            return Sealer::load_or_create(dir);
+        }
+        let _ = std::fs::remove_file(&tmp);
+        Ok(Sealer(ChaCha20Poly1305::new(&key)))
+    }
+
+    pub(crate) fn seal(&self, plain: &[u8]) -> Vec<u8> {
+        let nonce = ChaCha20Poly1305::generate_nonce(&mut OsRng);
+        let mut out = nonce.to_vec();
+        // Encrypting in memory cannot fail for inputs of this size.
+        out.extend(self.0.encrypt(&nonce, plain).unwrap_or_default());
+        out
+    }
+
+    pub(crate) fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, StoreError> {
+        if sealed.len() < NONCE {
+            return Err(StoreError::Conflict("a sealed value is cut short".into()));
+        }
+        let (nonce, body) = sealed.split_at(NONCE);
+        let nonce: [u8; NONCE] = nonce.try_into().unwrap_or([0; NONCE]);
+        self.0.decrypt(&Nonce::from(nonce), body).map_err(|_| {
+            StoreError::Conflict(
+                "a sealed value does not open with this store's key (keys/store.key replaced?)"
+                    .into(),
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sealed_value_opens_with_its_key_only_and_shows_nothing_in_clear() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sealer = Sealer::load_or_create(dir.path()).expect("key");
+        let sealed = sealer.seal(b"ghp_token");
+        assert!(!sealed.windows(9).any(|w| w == b"ghp_token"));
+        assert_eq!(sealer.open(&sealed).expect("open"), b"ghp_token");
+        let again = Sealer::load_or_create(dir.path()).expect("the same key");
+        assert_eq!(again.open(&sealed).expect("open"), b"ghp_token");
+        let other = tempfile::tempdir().expect("tempdir");
+        let stranger = Sealer::load_or_create(other.path()).expect("key");
+        assert!(stranger.open(&sealed).is_err());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("keys/store.key"))
+            .expect("key file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0);
+    }
+}
