@@ -132,11 +132,17 @@ impl Env {
             .expect("spawn tandem up");
         let stderr = child.stderr.take().expect("stderr");
         let mut lines = BufReader::new(stderr).lines();
+        let mut said = Vec::new();
         loop {
-            let line = lines
-                .next()
-                .expect("tandem up ended before its banner")
-                .expect("read");
+            let line = match lines.next() {
+                Some(line) => line.expect("read"),
+                None => panic!(
+                    "tandem up ended before its banner ({:?}); it said:\n{}",
+                    child.wait().map(|s| s.to_string()),
+                    said.join("\n")
+                ),
+            };
+            said.push(line.clone());
             if let Some(rest) = line.strip_prefix("tandem up: api http://") {
                 let mut parts = rest.split_whitespace();
                 self.api = parts.next().expect("api").to_string();
