@@ -868,8 +868,8 @@ impl Delivery {
     ///   checkout) was for another commit has moved back (a force-push)
     ///   or aside: it runs again, since it is what the branch says now;
     /// - a head whose last run ended before its build for reasons that
-    ///   pass (the git server was down: failed without reaching a stage
-    ///   or at checkout; interrupted; superseded) runs again, waiting the
+    ///   pass (the git server was down: failed in its fetch, before the
+    ///   checkout stage; interrupted; superseded) runs again, waiting the
     ///   poll interval doubled for each such end in a row, up to 10
     ///   minutes;
     /// - otherwise (it succeeded, or failed in a build, test or deploy, or
@@ -907,7 +907,9 @@ impl Delivery {
             .find(|r| run::automatic(&r.trigger) && r.status != "superseded")
             .is_some_and(|r| r.commit != head);
         let passing = |r: &RunRow| match r.status.as_str() {
-            "failed" => r.stage.as_deref().is_none_or(|s| s == "checkout"),
+            // Failed before its checkout began: the fetch (a checkout that
+            // fails on what the commit holds fails the same way again).
+            "failed" => r.stage.is_none(),
             "interrupted" | "superseded" => true,
             _ => false,
         };

@@ -90,6 +90,42 @@ pub fn commit_of(source: &str) -> Option<&str> {
     (sha.len() == 40 && sha.bytes().all(|b| b.is_ascii_hexdigit())).then_some(sha)
 }
 
+/// Files under `root` (its `.git` aside) that are Git LFS pointers, when
+/// its `.gitattributes` routes anything through LFS.
+fn lfs_pointers(root: &Path) -> Vec<PathBuf> {
+    const POINTER: &[u8] = b"version https://git-lfs.github.com/spec/v1";
+    let uses_lfs = std::fs::read_to_string(root.join(".gitattributes"))
+        .is_ok_and(|a| a.contains("filter=lfs"));
+    if !uses_lfs {
+        return Vec::new();
+    }
+    let mut found = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(kind) = e.file_type() else { continue };
+            if kind.is_dir() && e.file_name() != ".git" {
+                dirs.push(e.path());
+            } else if kind.is_file()
+                && e.metadata().is_ok_and(|m| m.len() < 1024)
+                && std::fs::read(e.path()).is_ok_and(|b| b.starts_with(POINTER))
+            {
+                found.push(
+                    e.path()
+                        .strip_prefix(root)
+                        .unwrap_or(&e.path())
+                        .to_path_buf(),
+                );
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
 /// Fetches the branch into the mirror, three tries one and two seconds
 /// apart (a git server that blinks); returns the branch head.
 async fn fetch_retrying(
@@ -619,6 +655,23 @@ impl Ctx<'_> {
             let _ = std::fs::remove_dir_all(&work);
             let mirror = self.delivery.mirror(&self.run.service);
             git::checkout(&mirror, &self.run.commit, &work).await?;
+            // Git LFS keeps large files outside git: what is checked out is
+            // their pointers, which must never ship as the files.
+            let root = work.clone();
+            let pointers = tokio::task::spawn_blocking(move || lfs_pointers(&root))
+                .await
+                .unwrap_or_default();
+            if !pointers.is_empty() {
+                return Err(Stop::Failed {
+                    reason: format!(
+                        "{} uses Git LFS ({} pointer file(s), e.g. {}); tandem does not fetch LFS objects, and will not release the pointers in their place",
+                        short(&self.run.commit),
+                        pointers.len(),
+                        pointers[0].display()
+                    ),
+                    log_tail: Vec::new(),
+                });
+            }
         }
         let repo = self.delivery.repo(&self.run.service).await?;
         if repo.path.is_empty() {

@@ -1863,3 +1863,35 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[test]
+fn a_repository_using_git_lfs_is_refused_rather_than_its_pointers_shipped() {
+    let env = Env::start();
+    let repo = Repo::new(env.root.path(), QUICK_SPEC);
+    let pointer = "version https://git-lfs.github.com/spec/v1\noid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 12345\n";
+    let c1 = repo.push(
+        "main",
+        "lfs",
+        &[
+            ("index.html", "v1"),
+            (
+                ".gitattributes",
+                "*.bin filter=lfs diff=lfs merge=lfs -text\n",
+            ),
+            ("model.bin", pointer),
+        ],
+    );
+    register(&env, &repo, &["--poll-interval", "1h"]);
+    let run = wait_for_run(&env, &c1, Duration::from_secs(60));
+    assert_eq!(run["status"], "failed", "{run}");
+    let reason = run["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("Git LFS") && reason.contains("model.bin"),
+        "{reason}"
+    );
+    assert_eq!(
+        env.get("shop.test", "/index.html").0,
+        404,
+        "nothing released"
+    );
+}
