@@ -59,8 +59,16 @@ async fn git_as(
 ) -> Result<String, GitError> {
     let mut cmd = Command::new("git");
     if let Some(c) = credential {
+        // Scoped to the repository's URL (the argument after `--`): a
+        // redirect to another host gets nothing.
+        let url = args
+            .iter()
+            .skip_while(|a| **a != "--")
+            .nth(1)
+            .copied()
+            .unwrap_or_default();
         cmd.env("GIT_CONFIG_COUNT", "1")
-            .env("GIT_CONFIG_KEY_0", "credential.helper")
+            .env("GIT_CONFIG_KEY_0", format!("credential.{url}.helper"))
             .env(
                 "GIT_CONFIG_VALUE_0",
                 r#"!f() { test "$1" = get || exit 0; echo "username=$TANDEM_GIT_USERNAME"; echo "password=$TANDEM_GIT_TOKEN"; }; f"#,
