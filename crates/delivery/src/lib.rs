@@ -113,6 +113,8 @@ struct Inner {
     pollers: Mutex<HashMap<String, JoinHandle<()>>>,
     /// How each service's last poll went.
     polls: Mutex<HashMap<String, PollState>>,
+    /// Services with an out-of-interval poll under way (`poll_now`).
+    polling_now: Mutex<HashSet<String>>,
 }
 
 /// A service's last poll: when, and its error if it failed.
@@ -140,6 +142,7 @@ impl Delivery {
                 cancels: Mutex::default(),
                 pollers: Mutex::default(),
                 polls: Mutex::default(),
+                polling_now: Mutex::default(),
             }),
         };
         // What an earlier server left behind: steps still running in
@@ -853,11 +856,18 @@ impl Delivery {
         lock(&self.inner.polls).get(service).cloned()
     }
 
-    /// Polls the service's repository now, outside its interval.
+    /// Polls the service's repository now, outside its interval — at most
+    /// one such poll per service at a time: a burst of webhooks (or one
+    /// signed webhook replayed a thousand times) is one `git ls-remote`,
+    /// not a thousand.
     pub(crate) async fn poll_now(&self, service: &str) {
+        if !lock(&self.inner.polling_now).insert(service.to_owned()) {
+            return;
+        }
         if let Ok(Some(repo)) = self.store().repo(service).await {
             self.poll_repo(&repo).await;
         }
+        lock(&self.inner.polling_now).remove(service);
     }
 
     /// The branch head is the goal. Queues a run of `head` unless one is

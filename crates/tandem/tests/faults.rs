@@ -612,16 +612,7 @@ fn a_release_paused_at(
     std::thread::JoinHandle<std::process::Output>,
 ) {
     let mut env = Env::start();
-    let dir = env.root.path().join("mixed");
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    std::fs::write(dir.join("app.py"), util::MIXED_APP).expect("app");
-    std::fs::write(
-        dir.join("tandem.yaml"),
-        "service:\n  name: mixed\nrun:\n  command: exec python3 app.py\n  instances: 2\nroute:\n  host: mixed.test\nrelease:\n  deploy_timeout: 15s\n  drain_timeout: 5s\n",
-    )
-    .expect("spec");
-    std::fs::write(dir.join("index.html"), "v1").expect("body");
-    assert_ok(&env.deploy(&dir));
+    let dir = env.deploy_mixed("v1");
     env.kill_up();
     env.vars
         .push(("TANDEM_FAULT_PAUSE".into(), format!("{point}:60000")));

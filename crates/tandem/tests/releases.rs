@@ -46,16 +46,7 @@ fn ten_deploys_and_a_rollback_under_load_fail_no_request() {
 #[test]
 fn deploys_and_a_rollback_under_posts_and_slow_requests_cut_none() {
     let env = Env::start();
-    let dir = env.root.path().join("mixed");
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    std::fs::write(dir.join("app.py"), util::MIXED_APP).expect("app");
-    std::fs::write(
-        dir.join("tandem.yaml"),
-        "service:\n  name: mixed\nrun:\n  command: exec python3 app.py\n  instances: 2\nroute:\n  host: mixed.test\nrelease:\n  deploy_timeout: 15s\n  drain_timeout: 5s\n",
-    )
-    .expect("spec");
-    std::fs::write(dir.join("index.html"), "v0").expect("body");
-    assert_ok(&env.deploy(&dir));
+    let dir = env.deploy_mixed("v0");
     // POSTs with bodies (never retried by the proxy) and requests that
     // take 1.5 s, in flight across every switch, beside plain GETs.
     let load = Load::start_mixed(&env.proxy, "mixed.test", 2);

@@ -169,6 +169,22 @@ impl Env {
             .expect("run tandem")
     }
 
+    /// The service `mixed` ([`MIXED_APP`], two instances, host
+    /// `mixed.test`, a 5 s drain) serving `body`, deployed; its directory.
+    pub fn deploy_mixed(&self, body: &str) -> PathBuf {
+        let dir = self.root.path().join("mixed");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("app.py"), MIXED_APP).expect("app");
+        std::fs::write(
+            dir.join("tandem.yaml"),
+            "service:\n  name: mixed\nrun:\n  command: exec python3 app.py\n  instances: 2\nroute:\n  host: mixed.test\nrelease:\n  deploy_timeout: 15s\n  drain_timeout: 5s\n",
+        )
+        .expect("spec");
+        std::fs::write(dir.join("index.html"), body).expect("body");
+        assert_ok(&self.deploy(&dir));
+        dir
+    }
+
     /// `tandem secrets set SERVICE NAME` with `value` on stdin.
     pub fn set_secret(&self, service: &str, name: &str, value: &str) -> Output {
         let mut set = Command::new(bin())
