@@ -212,6 +212,9 @@ fn unpack_into(source: File, file: &Path, dir: &Path) -> Result<Manifest, Backup
     };
     let mut archive = tar::Archive::new(std::io::BufReader::new(source));
     archive.set_preserve_permissions(true);
+    // Executable bits stay (artifacts need them); set-id bits and group or
+    // other write do not, whatever the file says.
+    archive.set_mask(0o7022);
     let mut manifest: Option<Manifest> = None;
     let entries = archive.entries().map_err(|e| not_a_backup(e.to_string()))?;
     for entry in entries {
@@ -350,6 +353,35 @@ mod tests {
             );
             assert!(!root.path().join("escape").exists());
         }
+    }
+
+    #[test]
+    fn set_id_bits_and_foreign_write_do_not_survive_a_restore() {
+        let file = tempfile::NamedTempFile::new().expect("temp");
+        let m = manifest();
+        let mut tar = tar::Builder::new(file.reopen().expect("reopen"));
+        for (name, mode, data) in [
+            (MANIFEST, 0o600, m.as_slice()),
+            (DATABASE, 0o600, b"db".as_slice()),
+            ("artifacts/d/run", 0o6777, b"#!/bin/sh\n".as_slice()),
+        ] {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(mode);
+            header.set_cksum();
+            tar.append_data(&mut header, name, data).expect("append");
+        }
+        tar.finish().expect("finish");
+        drop(tar);
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("restored");
+        unpack(file.path(), &dir).expect("unpack");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("artifacts/d/run"))
+            .expect("file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o755, "{mode:o}");
     }
 
     #[test]
