@@ -64,17 +64,7 @@ fn reaches(ip: IpAddr) -> bool {
 /// The socket inodes the processes of group `pgid` hold open.
 fn socket_inodes(pgid: u32) -> HashSet<u64> {
     let mut inodes = HashSet::new();
-    let Ok(procs) = fs::read_dir("/proc") else {
-        return inodes;
-    };
-    for entry in procs.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for pid in crate::procfs::pids() {
         if crate::procfs::stat(pid).map(|s| s.pgrp) != Some(pgid) {
             continue;
         }

@@ -23,6 +23,15 @@ pub fn stat(pid: u32) -> Option<Stat> {
     })
 }
 
+/// Every process id in `/proc` (those this agent may look at).
+pub fn pids() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+}
+
 /// Names the instance in its environment (set by the agent at spawn).
 pub const INSTANCE_VAR: &str = "TANDEM_INSTANCE";
 /// Names the data directory of the agent that started it.
@@ -43,18 +52,8 @@ pub struct Found {
 /// users' processes cannot be read; an agent finds its own.)
 pub fn marked_instances(data_dir: &std::path::Path) -> Vec<Found> {
     let dir = data_dir.to_string_lossy();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
     let mut found = Vec::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for pid in pids() {
         let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
             continue;
         };
