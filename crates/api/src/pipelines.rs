@@ -30,6 +30,10 @@ pub(crate) struct AddBody {
     token: Option<String>,
     #[serde(default)]
     token_username: Option<String>,
+    /// A deploy key for the repository over SSH (an OpenSSH private key),
+    /// kept sealed, never shown.
+    #[serde(default)]
+    ssh_key: Option<String>,
 }
 
 pub(crate) async fn add_service(
@@ -50,9 +54,14 @@ pub(crate) async fn add_service(
         ));
     }
     let path = tandem_delivery::repo_path(body.path.as_deref().unwrap_or(""))?;
-    let credential = match body.token {
-        None => None,
-        Some(token) => {
+    let credential = match (body.token, body.ssh_key) {
+        (None, None) => None,
+        (Some(_), Some(_)) => {
+            return Err(ApiError::BadInput(
+                "give a token or a deploy key, not both".into(),
+            ));
+        }
+        (Some(token), None) => {
             if token.is_empty()
                 || token.len() > 4096
                 || token.chars().any(|c| c.is_whitespace() || c.is_control())
@@ -65,7 +74,28 @@ pub(crate) async fn add_service(
             if username.is_empty() || username.len() > 256 || username.contains(['\n', '\0', ':']) {
                 return Err(ApiError::BadInput("--token-user is not a user name".into()));
             }
-            Some(tandem_delivery::git::Credential { username, token })
+            Some(tandem_delivery::git::Credential::Token { username, token })
+        }
+        (None, Some(key)) => {
+            let key = key.trim().to_owned();
+            if key.len() > 16 * 1024
+                || !key.starts_with("-----BEGIN ")
+                || !key.ends_with("PRIVATE KEY-----")
+            {
+                return Err(ApiError::BadInput(
+                    "the deploy key is not a private key in OpenSSH or PEM form (-----BEGIN … PRIVATE KEY-----, at most 16 KiB)".into(),
+                ));
+            }
+            if body.url.starts_with("http://") || body.url.starts_with("https://") {
+                return Err(ApiError::BadInput(format!(
+                    "a deploy key is for SSH, and {} is an HTTP URL (use --token-from-stdin)",
+                    body.url
+                )));
+            }
+            Some(tandem_delivery::git::Credential::SshKey {
+                key,
+                known_hosts: s.delivery.known_hosts(),
+            })
         }
     };
     let req = AddService {

@@ -368,6 +368,12 @@ pub enum ServicesCommand {
         /// The user name that goes with the token.
         #[arg(long, requires = "token_from_stdin")]
         token_user: Option<String>,
+        /// A deploy key for the repository over SSH (a private key file
+        /// without a passphrase): sent to the server, kept sealed, written
+        /// to a private file only while git runs. Host keys are learnt on
+        /// first use into <data>/git/known_hosts.
+        #[arg(long, value_name = "FILE", conflicts_with = "token_from_stdin")]
+        ssh_key: Option<std::path::PathBuf>,
     },
     /// Stop a service's instances and forget it (history stays in the journal).
     Rm { service: String },
@@ -592,6 +598,7 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
                     path,
                     token_from_stdin,
                     token_user,
+                    ssh_key,
                 }),
         } => {
             let token = if token_from_stdin {
@@ -603,12 +610,22 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
             } else {
                 None
             };
+            let ssh_key = match ssh_key {
+                None => None,
+                Some(file) => Some(std::fs::read_to_string(&file).map_err(|e| {
+                    Exit::bad_input(format!(
+                        "cannot read the deploy key {}: {e}",
+                        file.display()
+                    ))
+                })?),
+            };
             let options = pipelines::AddOptions {
                 webhook_secret,
                 poll_interval,
                 path,
                 token,
                 token_user,
+                ssh_key,
             };
             pipelines::add(&api(), &repo, &branch, options, fmt).await
         }

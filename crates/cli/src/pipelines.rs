@@ -13,6 +13,7 @@ pub struct AddOptions {
     pub path: Option<String>,
     pub token: Option<String>,
     pub token_user: Option<String>,
+    pub ssh_key: Option<String>,
 }
 
 pub async fn add(
@@ -28,6 +29,7 @@ pub async fn add(
         path,
         token,
         token_user,
+        ssh_key,
     } = options;
     // A local path is resolved here: the server may run elsewhere.
     let url = match std::path::Path::new(repo).canonicalize() {
@@ -42,6 +44,7 @@ pub async fn add(
         "path": path,
         "token": token,
         "token_username": token_user,
+        "ssh_key": ssh_key,
     });
     let v = api.post("/api/v1/services", body).await?;
     if fmt == Format::Json {

@@ -3,9 +3,17 @@
 //!
 //! Each service has a bare mirror under `data/git/<service>.git`; a run
 //! fetches into it and checks its commit out into a fresh workspace that
-//! shares the mirror's objects.
+//! shares the mirror's objects, then brings what the commit refers to from
+//! the real remote: submodules (their relative URLs resolved against the
+//! repository's URL, not the mirror's) and Git LFS objects.
+//!
+//! A credential reaches git through its environment for one command only:
+//! a token through a credential helper set by `GIT_CONFIG_*`, answering
+//! for the repository's host only; a deploy key through `GIT_SSH_COMMAND`
+//! and a 0600 file that lives as long as the command. Neither is ever in
+//! a process's arguments.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -33,18 +41,99 @@ pub struct CommitInfo {
     pub message: String,
 }
 
-/// A credential for a repository over HTTPS: handed to one git command
-/// through its environment (a credential helper set by `GIT_CONFIG_*`,
-/// the token in a variable), never in its arguments, where `ps` shows it.
+/// A credential for a repository.
 #[derive(Clone)]
-pub struct Credential {
-    pub username: String,
-    pub token: String,
+pub enum Credential {
+    /// HTTPS: a user name and an access token.
+    Token { username: String, token: String },
+    /// SSH: a deploy key (an OpenSSH private key). Host keys are learnt on
+    /// first use into `known_hosts` and must match from then on.
+    SshKey { key: String, known_hosts: PathBuf },
 }
 
 impl std::fmt::Debug for Credential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Credential({}, ***)", self.username)
+        match self {
+            Credential::Token { username, .. } => write!(f, "Token({username}, ***)"),
+            Credential::SshKey { .. } => write!(f, "SshKey(***)"),
+        }
+    }
+}
+
+impl Credential {
+    /// Hands the credential to `cmd` for the repository at `url`. What is
+    /// returned must outlive the command (the deploy key's file).
+    fn apply(&self, cmd: &mut Command, url: &str) -> std::io::Result<Option<tempfile::TempDir>> {
+        match self {
+            Credential::Token { username, token } => {
+                // For the repository's host only (its submodules and LFS
+                // store live there too): a redirect to another host gets
+                // nothing.
+                cmd.env("GIT_CONFIG_COUNT", "1")
+                    .env("GIT_CONFIG_KEY_0", format!("credential.{}.helper", origin(url)))
+                    .env(
+                        "GIT_CONFIG_VALUE_0",
+                        r#"!f() { test "$1" = get || exit 0; echo "username=$TANDEM_GIT_USERNAME"; echo "password=$TANDEM_GIT_TOKEN"; }; f"#,
+                    )
+                    .env("TANDEM_GIT_USERNAME", username)
+                    .env("TANDEM_GIT_TOKEN", token);
+                Ok(None)
+            }
+            Credential::SshKey { key, known_hosts } => {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                // A private directory (0700) beside `known_hosts`, gone
+                // when the command is.
+                let home = known_hosts.parent().unwrap_or(Path::new("/tmp"));
+                std::fs::create_dir_all(home)?;
+                let dir = tempfile::Builder::new().prefix(".key-").tempdir_in(home)?;
+                let file = dir.path().join("id");
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&file)?;
+                f.write_all(key.as_bytes())?;
+                if !key.ends_with('\n') {
+                    f.write_all(b"\n")?;
+                }
+                cmd.env(
+                    "GIT_SSH_COMMAND",
+                    format!(
+                        "ssh -i {} -o IdentitiesOnly=yes -o IdentityAgent=none -o BatchMode=yes -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile={} -o ConnectTimeout=30",
+                        shell_quote(&file),
+                        shell_quote(known_hosts)
+                    ),
+                );
+                Ok(Some(dir))
+            }
+        }
+    }
+}
+
+/// `path` quoted for the shell that runs `GIT_SSH_COMMAND`.
+fn shell_quote(path: &Path) -> String {
+    format!("'{}'", path.display().to_string().replace('\'', r"'\''"))
+}
+
+/// `scheme://host[:port]` of a URL (`https://u@h:1/a/b` → `https://h:1`):
+/// what a token is scoped to. A URL without a scheme is returned whole.
+fn origin(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    format!("{scheme}://{host}")
+}
+
+/// `url` as git's own tools all take it: a local path as a `file://` URL
+/// (Git LFS knows no bare paths).
+fn as_url(url: &str) -> String {
+    if url.contains("://") || !url.starts_with('/') {
+        url.to_owned()
+    } else {
+        format!("file://{url}")
     }
 }
 
@@ -52,50 +141,56 @@ async fn git(cwd: Option<&Path>, args: &[&str]) -> Result<String, GitError> {
     git_as(cwd, args, None).await
 }
 
+/// Runs git with `remote`'s credential, if any: the repository's URL and
+/// what it needs to reach it.
 async fn git_as(
     cwd: Option<&Path>,
     args: &[&str],
-    credential: Option<&Credential>,
+    remote: Option<(&str, &Credential)>,
 ) -> Result<String, GitError> {
+    run(cwd, args, remote, ALL_PROTOCOLS).await
+}
+
+/// The transports git may use: no remote helpers (`ext::`, `fd::`,
+/// anything `x::`), whose "URL" runs a command.
+const ALL_PROTOCOLS: &str = "file:git:http:https:ssh";
+/// The same without local files.
+const REMOTE_PROTOCOLS: &str = "git:http:https:ssh";
+
+async fn run(
+    cwd: Option<&Path>,
+    args: &[&str],
+    remote: Option<(&str, &Credential)>,
+    protocols: &str,
+) -> Result<String, GitError> {
+    let err = |message: String| GitError {
+        args: args.join(" "),
+        message,
+    };
     let mut cmd = Command::new("git");
-    if let Some(c) = credential {
-        // Scoped to the repository's URL (the argument after `--`): a
-        // redirect to another host gets nothing.
-        let url = args
-            .iter()
-            .skip_while(|a| **a != "--")
-            .nth(1)
-            .copied()
-            .unwrap_or_default();
-        cmd.env("GIT_CONFIG_COUNT", "1")
-            .env("GIT_CONFIG_KEY_0", format!("credential.{url}.helper"))
-            .env(
-                "GIT_CONFIG_VALUE_0",
-                r#"!f() { test "$1" = get || exit 0; echo "username=$TANDEM_GIT_USERNAME"; echo "password=$TANDEM_GIT_TOKEN"; }; f"#,
-            )
-            .env("TANDEM_GIT_USERNAME", &c.username)
-            .env("TANDEM_GIT_TOKEN", &c.token);
-    }
+    let _key = match remote {
+        Some((url, c)) => c
+            .apply(&mut cmd, url)
+            .map_err(|e| err(format!("cannot hand git the credential: {e}")))?,
+        None => None,
+    };
     if let Some(cwd) = cwd {
         cmd.current_dir(cwd);
     }
     cmd.args(args)
         // Never prompt for credentials: a daemon has no terminal.
         .env("GIT_TERMINAL_PROMPT", "0")
-        // Only these transports, for the repository and its submodules:
-        // no remote helpers (`ext::`, `fd::`, anything `x::`), whose
-        // "URL" runs a command. (`GIT_PROTOCOL_FROM_USER=0` would also
-        // refuse `file`, which git counts as a user protocol since 2.38,
-        // and so every repository the operator registers by its path.)
-        .env("GIT_ALLOW_PROTOCOL", "file:git:http:https:ssh")
+        // Only these transports, for the repository and its submodules.
+        // (`GIT_PROTOCOL_FROM_USER=0` would also refuse `file`, which git
+        // counts as a user protocol since 2.38, and so every repository
+        // the operator registers by its path.)
+        .env("GIT_ALLOW_PROTOCOL", protocols)
+        // LFS objects are fetched by `lfs pull`, from the real remote.
+        .env("GIT_LFS_SKIP_SMUDGE", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let err = |message: String| GitError {
-        args: args.join(" "),
-        message,
-    };
     let out = tokio::time::timeout(GIT_TIMEOUT, cmd.output())
         .await
         .map_err(|_| err(format!("no answer within {GIT_TIMEOUT:?}")))?
@@ -115,7 +210,12 @@ pub async fn remote_head(
     credential: Option<&Credential>,
 ) -> Result<Option<String>, GitError> {
     let refname = format!("refs/heads/{branch}");
-    let out = git_as(None, &["ls-remote", "--", url, &refname], credential).await?;
+    let out = git_as(
+        None,
+        &["ls-remote", "--", url, &refname],
+        credential.map(|c| (url, c)),
+    )
+    .await?;
     Ok(out
         .lines()
         .filter_map(|l| l.split_once('\t'))
@@ -154,7 +254,7 @@ pub async fn fetch(
             &refspec,
             "+refs/tags/*:refs/tags/*",
         ],
-        credential,
+        credential.map(|c| (url, c)),
     )
     .await?;
     let head = git(
@@ -202,7 +302,7 @@ pub async fn fetch_ref(
     git_as(
         Some(mirror),
         &["fetch", "--quiet", "--no-tags", "--", url, rev],
-        credential,
+        credential.map(|c| (url, c)),
     )
     .await?;
     resolve(mirror, "FETCH_HEAD").await
@@ -236,8 +336,15 @@ pub async fn commit_info(mirror: &Path, sha: &str) -> Result<CommitInfo, GitErro
 }
 
 /// Checks `sha` out into `dest` (which must not exist), sharing the mirror's
-/// objects, detached.
-pub async fn checkout(mirror: &Path, sha: &str, dest: &Path) -> Result<(), GitError> {
+/// objects, detached; then its submodules and LFS objects from `url`, the
+/// real remote.
+pub async fn checkout(
+    mirror: &Path,
+    sha: &str,
+    dest: &Path,
+    url: &str,
+    credential: Option<&Credential>,
+) -> Result<(), GitError> {
     let (m, d) = (mirror.display().to_string(), dest.display().to_string());
     git(
         None,
@@ -245,7 +352,100 @@ pub async fn checkout(mirror: &Path, sha: &str, dest: &Path) -> Result<(), GitEr
     )
     .await?;
     git(Some(dest), &["checkout", "--quiet", "--detach", sha]).await?;
+    let submodules = dest.join(".gitmodules").exists();
+    let lfs = uses_lfs(dest);
+    if !submodules && !lfs {
+        return Ok(());
+    }
+    // What a relative submodule URL and the LFS store are found from.
+    let url = as_url(url);
+    git(Some(dest), &["remote", "set-url", "origin", &url]).await?;
+    let remote = credential.map(|c| (url.as_str(), c));
+    if submodules {
+        // A submodule may not point into this server's own files (another
+        // service's mirror, the data directory) unless the repository is
+        // itself a local one.
+        let protocols = if url.starts_with("file://") {
+            ALL_PROTOCOLS
+        } else {
+            REMOTE_PROTOCOLS
+        };
+        run(
+            Some(dest),
+            &["submodule", "--quiet", "update", "--init", "--recursive"],
+            remote,
+            protocols,
+        )
+        .await?;
+    }
+    if lfs {
+        let failed = |why: String| {
+            let pointers = lfs_pointers(dest);
+            GitError {
+                args: "lfs pull".into(),
+                message: format!(
+                    "the commit uses Git LFS and {} file(s) could not be fetched (e.g. {}): {why}; pointer files are never released in place of the files",
+                    pointers.len(),
+                    pointers
+                        .first()
+                        .map_or("?".into(), |p| p.display().to_string()),
+                ),
+            }
+        };
+        if !lfs_installed().await {
+            return Err(failed(
+                "git-lfs is not installed on this server (apt-get install git-lfs)".into(),
+            ));
+        }
+        git(Some(dest), &["lfs", "install", "--local"]).await?;
+        git_as(Some(dest), &["lfs", "pull"], remote)
+            .await
+            .map_err(|e| failed(e.message))?;
+    }
     Ok(())
+}
+
+/// Whether the checkout at `root` routes any file through Git LFS.
+pub fn uses_lfs(root: &Path) -> bool {
+    std::fs::read_to_string(root.join(".gitattributes")).is_ok_and(|a| a.contains("filter=lfs"))
+}
+
+/// Files under `root` (its `.git` aside) that are Git LFS pointers, when
+/// its `.gitattributes` routes anything through LFS.
+pub fn lfs_pointers(root: &Path) -> Vec<PathBuf> {
+    const POINTER: &[u8] = b"version https://git-lfs.github.com/spec/v1";
+    if !uses_lfs(root) {
+        return Vec::new();
+    }
+    let mut found = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(kind) = e.file_type() else { continue };
+            if kind.is_dir() && e.file_name() != ".git" {
+                dirs.push(e.path());
+            } else if kind.is_file()
+                && e.metadata().is_ok_and(|m| m.len() < 1024)
+                && std::fs::read(e.path()).is_ok_and(|b| b.starts_with(POINTER))
+            {
+                found.push(
+                    e.path()
+                        .strip_prefix(root)
+                        .unwrap_or(&e.path())
+                        .to_path_buf(),
+                );
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+async fn lfs_installed() -> bool {
+    git(None, &["lfs", "version"]).await.is_ok()
 }
 
 /// Reads one file of a commit (`tandem.yaml` at the head, at registration),
@@ -275,5 +475,79 @@ mod tests {
             .await
             .expect_err("refused");
         assert!(err.message.contains("not allowed"), "{}", err.message);
+    }
+
+    fn sh(dir: &Path, args: &[&str]) {
+        let out = std::process::Command::new("git")
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "-c",
+                "protocol.file.allow=always",
+            ])
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("git");
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    }
+
+    #[tokio::test]
+    async fn a_submodule_of_a_remote_repository_cannot_reach_into_local_files() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let secret = tmp.path().join("secret");
+        let app = tmp.path().join("app");
+        for dir in [&secret, &app] {
+            std::fs::create_dir_all(dir).expect("mkdir");
+            sh(dir, &["init", "-q", "-b", "main"]);
+        }
+        std::fs::write(secret.join("key"), "private").expect("write");
+        sh(&secret, &["add", "key"]);
+        sh(&secret, &["commit", "-qm", "secret"]);
+        let secret_url = secret.display().to_string();
+        sh(&app, &["submodule", "add", "-q", &secret_url, "vendor"]);
+        sh(&app, &["commit", "-qm", "app"]);
+        let mirror = tmp.path().join("mirror.git");
+        let app_url = app.display().to_string();
+        sh(
+            tmp.path(),
+            &["clone", "-q", "--bare", &app_url, "mirror.git"],
+        );
+        let head = resolve(&mirror, "HEAD").await.expect("head");
+
+        // The same commit, as if from a server: the submodule is refused.
+        let err = checkout(
+            &mirror,
+            &head,
+            &tmp.path().join("w1"),
+            "https://example.invalid/app.git",
+            None,
+        )
+        .await
+        .expect_err("a local submodule of a remote repository");
+        assert!(err.message.contains("not allowed"), "{}", err.message);
+        assert!(!tmp.path().join("w1/vendor/key").exists());
+
+        // From a local repository, a local submodule is the operator's own.
+        checkout(&mirror, &head, &tmp.path().join("w2"), &app_url, None)
+            .await
+            .expect("a local repository's local submodule");
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join("w2/vendor/key")).expect("read"),
+            "private"
+        );
+    }
+
+    #[test]
+    fn a_token_is_scoped_to_the_repositorys_scheme_and_host() {
+        assert_eq!(
+            origin("https://git.example:8443/a/b.git"),
+            "https://git.example:8443"
+        );
+        assert_eq!(origin("https://u@git.example/a"), "https://git.example");
+        assert_eq!(as_url("/srv/git/a.git"), "file:///srv/git/a.git");
+        assert_eq!(as_url("git@host:a.git"), "git@host:a.git");
     }
 }

@@ -63,7 +63,7 @@ pub struct AddService {
     pub poll_interval: Duration,
     /// The directory of the repository holding the service (monorepos).
     pub path: String,
-    /// A token for the repository over HTTPS (kept sealed).
+    /// A token (HTTPS) or deploy key (SSH) for the repository, kept sealed.
     pub credential: Option<git::Credential>,
 }
 
@@ -147,11 +147,12 @@ impl Delivery {
         };
         // What an earlier server left behind: steps still running in
         // their own process groups, scratch mirrors of a `services add` cut
-        // short.
+        // short, a deploy key's file of a git command killed with it.
         tandem_engine::steps::kill_leftovers(data_dir);
         if let Ok(entries) = std::fs::read_dir(data_dir.join("git")) {
             for e in entries.flatten() {
-                if e.file_name().to_string_lossy().starts_with(".new-") {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(".new-") || name.starts_with(".key-") {
                     let _ = std::fs::remove_dir_all(e.path());
                 }
             }
@@ -275,8 +276,20 @@ impl Delivery {
         };
         self.store().add_repo(&repo, actor).await?;
         if let Some(c) = &req.credential {
+            let kept = match c {
+                git::Credential::Token { username, token } => tandem_store::RepoCredential {
+                    kind: "token".into(),
+                    username: username.clone(),
+                    secret: token.clone(),
+                },
+                git::Credential::SshKey { key, .. } => tandem_store::RepoCredential {
+                    kind: "ssh-key".into(),
+                    username: String::new(),
+                    secret: key.clone(),
+                },
+            };
             self.store()
-                .set_repo_credential(&name, &c.username, &c.token, actor)
+                .set_repo_credential(&name, &kept, actor)
                 .await?;
         }
         // The gates it was registered with become the control plane's
@@ -844,11 +857,25 @@ impl Delivery {
         &self,
         service: &str,
     ) -> Result<Option<git::Credential>, DeliveryError> {
-        Ok(self
-            .store()
-            .repo_credential(service)
-            .await?
-            .map(|(username, token)| git::Credential { username, token }))
+        let Some(kept) = self.store().repo_credential(service).await? else {
+            return Ok(None);
+        };
+        Ok(Some(match kept.kind.as_str() {
+            "ssh-key" => git::Credential::SshKey {
+                key: kept.secret,
+                known_hosts: self.known_hosts(),
+            },
+            _ => git::Credential::Token {
+                username: kept.username,
+                token: kept.secret,
+            },
+        }))
+    }
+
+    /// The SSH host keys of repositories reached with a deploy key, learnt
+    /// on first use (an operator may write them in beforehand).
+    pub fn known_hosts(&self) -> PathBuf {
+        self.inner.data_dir.join("git").join("known_hosts")
     }
 
     /// How the service's last poll went, if it was polled since start.

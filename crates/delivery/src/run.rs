@@ -90,42 +90,6 @@ pub fn commit_of(source: &str) -> Option<&str> {
     (sha.len() == 40 && sha.bytes().all(|b| b.is_ascii_hexdigit())).then_some(sha)
 }
 
-/// Files under `root` (its `.git` aside) that are Git LFS pointers, when
-/// its `.gitattributes` routes anything through LFS.
-fn lfs_pointers(root: &Path) -> Vec<PathBuf> {
-    const POINTER: &[u8] = b"version https://git-lfs.github.com/spec/v1";
-    let uses_lfs = std::fs::read_to_string(root.join(".gitattributes"))
-        .is_ok_and(|a| a.contains("filter=lfs"));
-    if !uses_lfs {
-        return Vec::new();
-    }
-    let mut found = Vec::new();
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let Ok(kind) = e.file_type() else { continue };
-            if kind.is_dir() && e.file_name() != ".git" {
-                dirs.push(e.path());
-            } else if kind.is_file()
-                && e.metadata().is_ok_and(|m| m.len() < 1024)
-                && std::fs::read(e.path()).is_ok_and(|b| b.starts_with(POINTER))
-            {
-                found.push(
-                    e.path()
-                        .strip_prefix(root)
-                        .unwrap_or(&e.path())
-                        .to_path_buf(),
-                );
-            }
-        }
-    }
-    found.sort();
-    found
-}
-
 /// Fetches the branch into the mirror, three tries one and two seconds
 /// apart (a git server that blinks); returns the branch head.
 async fn fetch_retrying(
@@ -654,17 +618,27 @@ impl Ctx<'_> {
         if !work.join(".git").exists() {
             let _ = std::fs::remove_dir_all(&work);
             let mirror = self.delivery.mirror(&self.run.service);
-            git::checkout(&mirror, &self.run.commit, &work).await?;
-            // Git LFS keeps large files outside git: what is checked out is
-            // their pointers, which must never ship as the files.
+            let repo = self.delivery.repo(&self.run.service).await?;
+            let credential = self.delivery.credential(&self.run.service).await?;
+            git::checkout(
+                &mirror,
+                &self.run.commit,
+                &work,
+                &repo.url,
+                credential.as_ref(),
+            )
+            .await?;
+            // Git LFS keeps large files outside git: what the checkout
+            // brought must be the files, never their pointers (an object
+            // the LFS store lacks leaves its pointer).
             let root = work.clone();
-            let pointers = tokio::task::spawn_blocking(move || lfs_pointers(&root))
+            let pointers = tokio::task::spawn_blocking(move || git::lfs_pointers(&root))
                 .await
                 .unwrap_or_default();
             if !pointers.is_empty() {
                 return Err(Stop::Failed {
                     reason: format!(
-                        "{} uses Git LFS ({} pointer file(s), e.g. {}); tandem does not fetch LFS objects, and will not release the pointers in their place",
+                        "{} uses Git LFS and {} file(s) are still pointers after `git lfs pull` (e.g. {}: the LFS store lacks the object); pointers are never released in place of the files",
                         short(&self.run.commit),
                         pointers.len(),
                         pointers[0].display()

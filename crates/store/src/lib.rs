@@ -64,7 +64,9 @@ impl From<sqlx::Error> for StoreError {
 pub use health::StorageFault;
 
 pub use ops::{ChannelRow, DeliveryRow, IncidentRow, NewIncident};
-pub use pipeline::{DeploymentRow, NewRun, PolicyRow, RepoRow, RunRow, RunUpdate, StageRecord};
+pub use pipeline::{
+    DeploymentRow, NewRun, PolicyRow, RepoCredential, RepoRow, RunRow, RunUpdate, StageRecord,
+};
 pub use secrets::SecretInfo;
 pub use slo::{MaintenanceRow, MinuteRow};
 

@@ -8,6 +8,21 @@ use tandem_core::journal::{Event, NewEvent};
 use crate::{Result, Store, StoreError, append_in, now_ts};
 
 /// Where a service's code comes from.
+/// A repository's credential as kept: `kind` is `token` (HTTPS, with a user
+/// name) or `ssh-key` (a deploy key); `secret` is sealed at rest.
+#[derive(Clone, PartialEq)]
+pub struct RepoCredential {
+    pub kind: String,
+    pub username: String,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for RepoCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RepoCredential({}, {}, ***)", self.kind, self.username)
+    }
+}
+
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct RepoRow {
     pub service: String,
@@ -340,32 +355,35 @@ impl Store {
 }
 
 impl Store {
-    /// Keeps `service`'s repository credential (a user name and a token),
-    /// the token sealed; journalled `repo.credential_set` with the user
-    /// name only.
+    /// Keeps `service`'s repository credential, its secret sealed;
+    /// journalled `repo.credential_set` with its kind and user name only.
     pub async fn set_repo_credential(
         &self,
         service: &str,
-        username: &str,
-        token: &str,
+        credential: &RepoCredential,
         actor: &str,
     ) -> Result<Event> {
-        let sealed = self.sealer.seal(token.as_bytes());
+        let sealed = self.sealer.seal(credential.secret.as_bytes());
         self.writing(async move {
             let _w = self.writer.lock().await;
             let mut tx = self.pool.begin().await?;
             sqlx::query(
-                "INSERT INTO repo_credentials (service, username, sealed) VALUES (?, ?, ?)
-                 ON CONFLICT(service) DO UPDATE SET username = excluded.username, sealed = excluded.sealed",
+                "INSERT INTO repo_credentials (service, kind, username, sealed) VALUES (?, ?, ?, ?)
+                 ON CONFLICT(service) DO UPDATE SET kind = excluded.kind,
+                   username = excluded.username, sealed = excluded.sealed",
             )
             .bind(service)
-            .bind(username)
+            .bind(&credential.kind)
+            .bind(&credential.username)
             .bind(&sealed)
             .execute(&mut *tx)
             .await?;
             let event = NewEvent::new(actor, "repo.credential_set")
                 .subject("service", service)
-                .payload(serde_json::json!({ "username": username }));
+                .payload(serde_json::json!({
+                    "kind": credential.kind,
+                    "username": credential.username,
+                }));
             let e = append_in(&mut tx, event).await?;
             tx.commit().await?;
             Ok(e)
@@ -373,19 +391,23 @@ impl Store {
         .await
     }
 
-    /// `service`'s repository credential (user name, token), opened.
-    pub async fn repo_credential(&self, service: &str) -> Result<Option<(String, String)>> {
-        let row: Option<(String, Vec<u8>)> =
-            sqlx::query_as("SELECT username, sealed FROM repo_credentials WHERE service = ?")
+    /// `service`'s repository credential, opened.
+    pub async fn repo_credential(&self, service: &str) -> Result<Option<RepoCredential>> {
+        let row: Option<(String, String, Vec<u8>)> =
+            sqlx::query_as("SELECT kind, username, sealed FROM repo_credentials WHERE service = ?")
                 .bind(service)
                 .fetch_optional(&self.pool)
                 .await?;
-        let Some((username, sealed)) = row else {
+        let Some((kind, username, sealed)) = row else {
             return Ok(None);
         };
-        let token = String::from_utf8(self.sealer.open(&sealed)?)
+        let secret = String::from_utf8(self.sealer.open(&sealed)?)
             .map_err(|_| StoreError::Conflict("a sealed credential is not text".into()))?;
-        Ok(Some((username, token)))
+        Ok(Some(RepoCredential {
+            kind,
+            username,
+            secret,
+        }))
     }
 
     /// Sets the gate policy of `policy.service`'s `policy.env`, journalled

@@ -1840,8 +1840,14 @@ fn a_repository_token_works_and_appears_nowhere() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = c2;
+    assert_secret_nowhere(&env, TOKEN);
+}
+
+/// `secret` is in no file of the data directory and no API answer that
+/// shows services, runs or the journal.
+fn assert_secret_nowhere(env: &Env, secret: &str) {
     assert_eq!(
-        files_holding(&env.data(), TOKEN.as_bytes()),
+        files_holding(&env.data(), secret.as_bytes()),
         Vec::<PathBuf>::new()
     );
     for path in [
@@ -1850,7 +1856,7 @@ fn a_repository_token_works_and_appears_nowhere() {
         "/api/v1/runs",
     ] {
         let (_, body) = util::get_from(&env.api, "api", path);
-        assert!(!body.contains(TOKEN), "{path} shows the token");
+        assert!(!body.contains(secret), "{path} shows the secret");
     }
 }
 
@@ -1894,4 +1900,237 @@ fn a_repository_using_git_lfs_is_refused_rather_than_its_pointers_shipped() {
         404,
         "nothing released"
     );
+}
+
+/// Whether this machine can run an SSH server for the tests (CI installs
+/// openssh-server and runs as root, the user sshd logs in as here).
+fn sshd_available() -> bool {
+    Path::new("/usr/sbin/sshd").exists()
+        && std::fs::metadata("/root").is_ok()
+        && Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn keygen(file: &Path) {
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "tandem-test", "-f"])
+        .arg(file)
+        .output()
+        .expect("ssh-keygen");
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn a_deploy_key_reaches_the_repository_over_ssh_and_appears_nowhere() {
+    if !sshd_available() {
+        eprintln!("skipped: needs /usr/sbin/sshd and root (CI has both)");
+        return;
+    }
+    let mut env = Env::start();
+    let repo = Repo::new(env.root.path(), QUICK_SPEC);
+    let c1 = repo.push("main", "v1", &[("index.html", "v1")]);
+    let ssh = env.root.path().join("ssh");
+    std::fs::create_dir_all(&ssh).expect("mkdir");
+    keygen(&ssh.join("host"));
+    keygen(&ssh.join("deploy"));
+    let key = std::fs::read_to_string(ssh.join("deploy")).expect("key");
+    // A line from the middle of the key: what would betray it anywhere.
+    let secret_line = key.lines().nth(2).expect("key body").to_owned();
+    std::fs::copy(ssh.join("deploy.pub"), ssh.join("authorized")).expect("cp");
+    let port = util::free_port();
+    let config = format!(
+        "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host\nAuthorizedKeysFile {d}/authorized\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nUsePAM no\nStrictModes no\nPidFile none\n",
+        d = ssh.display()
+    );
+    std::fs::write(ssh.join("sshd_config"), config).expect("config");
+    std::fs::create_dir_all("/run/sshd").expect("privsep dir");
+    let sshd = Command::new("/usr/sbin/sshd")
+        .args(["-D", "-e", "-f"])
+        .arg(ssh.join("sshd_config"))
+        .stderr(std::fs::File::create(ssh.join("sshd.log")).expect("log"))
+        .spawn()
+        .expect("sshd");
+    let _sshd = KillOnDrop(sshd);
+    wait_until(Duration::from_secs(10), "sshd listening", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    let url = format!("ssh://root@127.0.0.1:{port}{}", repo.origin.display());
+
+    // Without the key: refused, nothing registered.
+    let out = env.tandem(&["services", "add", &url]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "registered without a key: {out:?}"
+    );
+
+    // A key for an HTTP URL is bad input.
+    let out = env.tandem(&[
+        "services",
+        "add",
+        "http://127.0.0.1:1/x.git",
+        "--ssh-key",
+        ssh.join("deploy").to_str().expect("utf8"),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+
+    let out = env.tandem(&[
+        "services",
+        "add",
+        &url,
+        "--poll-interval",
+        "1h",
+        "--ssh-key",
+        ssh.join("deploy").to_str().expect("utf8"),
+    ]);
+    assert_ok(&out);
+    // The key file the server was given can go: it keeps its own copy.
+    std::fs::remove_file(ssh.join("deploy")).expect("rm key");
+    let run = wait_for_run(&env, &c1, Duration::from_secs(60));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(env.get("shop.test", "/index.html"), (200, "v1".into()));
+
+    // A later commit is fetched over SSH with the same key; every
+    // process's arguments are searched while it is.
+    let c2 = repo.push("main", "v2", &[("index.html", "v2")]);
+    assert_ok(&env.tandem(&["deploy", "shop", "--ref", "main"]));
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        for entry in std::fs::read_dir("/proc").expect("proc").flatten() {
+            if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+                let text = String::from_utf8_lossy(&cmdline);
+                assert!(!text.contains(&secret_line), "the key in a command line");
+            }
+        }
+        if runs(&env)
+            .iter()
+            .any(|r| r["commit"] == c2 && r["status"] == "succeeded")
+        {
+            break;
+        }
+        assert!(Instant::now() < until, "v2 never deployed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(env.get("shop.test", "/index.html"), (200, "v2".into()));
+
+    // The host key was learnt; no private key file outlived its command,
+    // and one a killed server left is removed when it starts again.
+    let git_dir = env.data().join("git");
+    assert!(
+        std::fs::read_to_string(git_dir.join("known_hosts"))
+            .is_ok_and(|k| k.contains("ssh-ed25519")),
+        "known_hosts"
+    );
+    let key_dirs = || -> Vec<PathBuf> {
+        std::fs::read_dir(&git_dir)
+            .expect("git dir")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".key-"))
+            .map(|e| e.path())
+            .collect()
+    };
+    assert_eq!(key_dirs(), Vec::<PathBuf>::new());
+    env.kill_up();
+    std::fs::create_dir_all(git_dir.join(".key-left")).expect("mkdir");
+    std::fs::write(git_dir.join(".key-left/id"), &key).expect("a left key");
+    env.up_again();
+    wait_until(Duration::from_secs(10), "the left key removed", || {
+        key_dirs().is_empty().then_some(())
+    });
+    assert_secret_nowhere(&env, &secret_line);
+    assert!(
+        events(&env)
+            .iter()
+            .any(|e| e["kind"] == "repo.credential_set" && e["payload"]["kind"] == "ssh-key"),
+        "the credential's setting is journalled, without it"
+    );
+}
+
+#[test]
+fn submodules_are_checked_out_from_the_real_remote_by_relative_urls() {
+    let env = Env::start();
+    // The library beside the application's origin: `../lib.git` from it.
+    let lib = Repo {
+        origin: env.root.path().join("lib.git"),
+        work: env.root.path().join("lib"),
+    };
+    std::fs::create_dir_all(&lib.origin).expect("mkdir");
+    std::fs::create_dir_all(&lib.work).expect("mkdir");
+    git(&lib.origin, &["init", "--quiet", "--bare", "-b", "main"]);
+    git(&lib.work, &["init", "--quiet", "-b", "main"]);
+    git(
+        &lib.work,
+        &[
+            "remote",
+            "add",
+            "origin",
+            lib.origin.to_str().expect("utf8"),
+        ],
+    );
+    lib.push("main", "lib v1", &[("greeting.txt", "from the library")]);
+
+    let spec = QUICK_SPEC.to_owned()
+        + "build:\n  - { name: vendor, run: \"cp vendor/lib/greeting.txt index.html\" }\n";
+    let repo = Repo::new(env.root.path(), &spec);
+    // `../lib.git` from the application's origin, as its developers add it.
+    git(
+        &repo.work,
+        &[
+            "-c",
+            "protocol.file.allow=always",
+            "submodule",
+            "--quiet",
+            "add",
+            "../lib.git",
+            "vendor/lib",
+        ],
+    );
+    let c1 = repo.push("main", "with lib", &[]);
+    register(&env, &repo, &["--poll-interval", "1h"]);
+    let run = wait_for_run(&env, &c1, Duration::from_secs(60));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(
+        env.get("shop.test", "/index.html"),
+        (200, "from the library".into())
+    );
+}
+
+#[test]
+fn git_lfs_objects_are_fetched_and_the_files_released_not_their_pointers() {
+    if Command::new("git")
+        .args(["lfs", "version"])
+        .output()
+        .map_or(true, |o| !o.status.success())
+    {
+        eprintln!("skipped: needs git-lfs (CI installs it)");
+        return;
+    }
+    let env = Env::start();
+    let repo = Repo::new(env.root.path(), QUICK_SPEC);
+    git(&repo.work, &["lfs", "install", "--local"]);
+    // Git LFS knows no bare paths: the working clone pushes by URL.
+    let url = format!("file://{}", repo.origin.display());
+    git(&repo.work, &["remote", "set-url", "origin", &url]);
+    let content = "a large model ".repeat(1000);
+    std::fs::write(
+        repo.work.join(".gitattributes"),
+        "*.bin filter=lfs diff=lfs merge=lfs -text\n",
+    )
+    .expect("gitattributes");
+    let c1 = repo.push(
+        "main",
+        "lfs",
+        &[("index.html", "v1"), ("model.bin", &content)],
+    );
+    let stored = git(&repo.origin, &["show", &format!("{c1}:model.bin")]);
+    assert!(
+        stored.starts_with("version https://git-lfs"),
+        "a pointer in git"
+    );
+    register(&env, &repo, &["--poll-interval", "1h"]);
+    let run = wait_for_run(&env, &c1, Duration::from_secs(60));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(env.get("shop.test", "/model.bin"), (200, content));
 }
