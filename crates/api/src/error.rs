@@ -11,6 +11,10 @@ use tandem_store::StoreError;
 #[derive(Debug)]
 pub enum ApiError {
     BadInput(String),
+    /// No valid token (401).
+    Unauthorized(String),
+    /// The caller's role may not (403).
+    Forbidden(String),
     NotFound(String),
     /// The request conflicts with the current state (409).
     Conflict(String),
@@ -58,6 +62,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound(m) => ApiError::NotFound(m),
             StoreError::Conflict(m) => ApiError::Conflict(m),
+            StoreError::Invalid(m) => ApiError::BadInput(m),
             // The storage's fault, not the request's: nothing was changed,
             // and asking again once there is room will do.
             e @ (StoreError::Storage { .. } | StoreError::Damaged { .. }) => {
@@ -74,9 +79,11 @@ impl ApiError {
     /// input is the caller's to fix (`bad_input`); anything else `failed`.
     pub fn into_progress(self) -> Progress {
         let (message, log_tail, kind) = match self {
-            ApiError::BadInput(m) | ApiError::NotFound(m) | ApiError::Conflict(m) => {
-                (m, Vec::new(), "bad_input")
-            }
+            ApiError::BadInput(m)
+            | ApiError::NotFound(m)
+            | ApiError::Conflict(m)
+            | ApiError::Unauthorized(m)
+            | ApiError::Forbidden(m) => (m, Vec::new(), "bad_input"),
             ApiError::Failed(m, tail) => (m, tail, "failed"),
             ApiError::Unavailable(m) => (m, Vec::new(), "failed"),
             ApiError::Internal(cause) => {
@@ -99,6 +106,16 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, message, log_tail) = match self {
             ApiError::BadInput(m) => (StatusCode::BAD_REQUEST, m, Vec::new()),
+            ApiError::Unauthorized(m) => {
+                let body = Json(serde_json::json!({ "error": m, "log_tail": [] }));
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
+                    body,
+                )
+                    .into_response();
+            }
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, m, Vec::new()),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m, Vec::new()),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, m, Vec::new()),
             ApiError::Failed(m, tail) => (StatusCode::UNPROCESSABLE_ENTITY, m, tail),

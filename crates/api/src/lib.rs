@@ -5,9 +5,11 @@
 //! answers with a stream of newline-delimited JSON progress events and goes on
 //! even when the client disconnects.
 
+pub mod auth;
 pub mod error;
 pub mod openapi;
 mod ops;
+mod people;
 mod pipelines;
 pub mod serve;
 
@@ -19,17 +21,15 @@ use tandem_core::protocol::LogCursor;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use tandem_engine::{Engine, EngineError, Reporter};
 
+pub use auth::Caller;
 pub use error::ApiError;
-
-/// Header the CLI sets to the local OS user (`user:<name>`).
-pub const ACTOR_HEADER: &str = "x-tandem-actor";
 
 #[derive(Clone)]
 pub struct AppState {
@@ -37,6 +37,8 @@ pub struct AppState {
     pub delivery: tandem_delivery::Delivery,
     pub ops: tandem_ops::Ops,
     pub agent_status: RecentStatus,
+    /// Requests refused by [`auth::check`], for `/metrics`.
+    pub refused: auth::Refused,
 }
 
 /// The agent's status for API calls, asked once for all the calls that
@@ -141,22 +143,34 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/audit/verify", get(audit_verify))
         .route("/api/v1/backup", get(backup))
         .route("/metrics", get(metrics))
+        .route("/api/v1/whoami", get(people::whoami))
+        .route("/api/v1/users", get(people::users).post(people::add_user))
+        .route(
+            "/api/v1/users/{name}",
+            axum::routing::delete(people::remove_user),
+        )
+        .route(
+            "/api/v1/tokens",
+            get(people::tokens).post(people::create_token),
+        )
+        .route(
+            "/api/v1/tokens/{id}",
+            axum::routing::delete(people::revoke_token),
+        )
+        .route(
+            "/api/v1/customers",
+            get(people::customers).post(people::add_customer),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::check,
+        ))
         .with_state(state)
-}
-
-/// Who acts. Until accounts exist: the CLI's OS user, else `anonymous`.
-fn actor(headers: &HeaderMap) -> String {
-    headers
-        .get(ACTOR_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| v.starts_with("user:") && v.len() < 128)
-        .map(str::to_owned)
-        .unwrap_or_else(|| "user:anonymous".into())
 }
 
 /// A backup (a tar: see `tandem_engine::backup`), written to a file of the
 /// data directory, which is unlinked once open and streamed from there.
-async fn backup(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn backup(State(s): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
     let dir = s.engine.data_dir().join("backups");
     std::fs::create_dir_all(&dir)
         .map_err(|e| ApiError::Internal(format!("cannot create {}: {e}", dir.display())))?;
@@ -167,7 +181,7 @@ async fn backup(State(s): State<AppState>, headers: HeaderMap) -> Result<Respons
     ));
     let manifest = s
         .engine
-        .backup(&path, &actor(&headers))
+        .backup(&path, &caller.actor())
         .await
         .map_err(|e| match e {
             tandem_engine::backup::BackupError::Store(e) => ApiError::from(e),
@@ -212,14 +226,19 @@ async fn health(State(s): State<AppState>) -> Response {
 
 /// Every service, and for one from a repository how its polling goes
 /// (`repo.polled_at`, `repo.poll_error`, `repo.failing_since`).
-async fn services(State(s): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn services(
+    State(s): State<AppState>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let repos = s.engine.store.repos().await?;
+    let seen = caller.services(&s.engine.store).await?;
     let out: Vec<serde_json::Value> = s
         .engine
         .store
         .services()
         .await?
         .into_iter()
+        .filter(|svc| auth::visible(&seen, &svc.name))
         .map(|svc| {
             let mut v = serde_json::to_value(&svc).unwrap_or_default();
             if let Some(repo) = repos.iter().find(|r| r.service == svc.name) {
@@ -271,10 +290,10 @@ struct DeployBody {
 
 async fn deploy(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Json(body): Json<DeployBody>,
 ) -> Response {
-    let actor = actor(&headers);
+    let actor = caller.actor();
     stream_progress(move |reporter| async move {
         s.engine.deploy_dir(&body.dir, &actor, &reporter).await
     })
@@ -291,10 +310,10 @@ struct RollbackBody {
 async fn rollback(
     State(s): State<AppState>,
     Path(name): Path<String>,
-    headers: HeaderMap,
+    caller: Caller,
     body: Option<Json<RollbackBody>>,
 ) -> Response {
-    let actor = actor(&headers);
+    let actor = caller.actor();
     let body = body.map(|b| b.0).unwrap_or_default();
     let force = body.force;
     let to = body.to;
@@ -351,9 +370,12 @@ struct StatusQuery {
 
 async fn status(
     State(s): State<AppState>,
+    caller: Caller,
     Query(q): Query<StatusQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let services = s.engine.store.services().await?;
+    let seen = caller.services(&s.engine.store).await?;
+    let mut services = s.engine.store.services().await?;
+    services.retain(|svc| auth::visible(&seen, &svc.name));
     if let Some(name) = &q.service
         && !services.iter().any(|x| &x.name == name)
     {
@@ -489,16 +511,37 @@ struct EventsQuery {
     limit: Option<u32>,
 }
 
+/// Journal events after a sequence number. A customer's people get the
+/// events about their customer's services only, a page as full as for
+/// anyone (a short page means the end).
 async fn events(
     State(s): State<AppState>,
+    caller: Caller,
     Query(q): Query<EventsQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let events = s
-        .engine
-        .store
-        .events(q.after.unwrap_or(0), q.limit.unwrap_or(1000).min(10_000))
-        .await?;
-    Ok(Json(serde_json::to_value(events).unwrap_or_default()))
+    let limit = q.limit.unwrap_or(1000).min(10_000);
+    let mut after = q.after.unwrap_or(0);
+    let seen = caller.services(&s.engine.store).await?;
+    let Some(seen) = seen else {
+        let events = s.engine.store.events(after, limit).await?;
+        return Ok(Json(serde_json::to_value(events).unwrap_or_default()));
+    };
+    let mut out = Vec::new();
+    loop {
+        let page = s.engine.store.events(after, limit).await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        let full = page.len() as u32 == limit;
+        out.extend(
+            page.into_iter()
+                .filter(|e| e.subject.get("service").is_some_and(|n| seen.contains(n))),
+        );
+        if out.len() >= limit as usize || !full {
+            break;
+        }
+    }
+    out.truncate(limit as usize);
+    Ok(Json(serde_json::to_value(out).unwrap_or_default()))
 }
 
 async fn audit_verify(State(s): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
@@ -509,6 +552,7 @@ async fn audit_verify(State(s): State<AppState>) -> Result<Json<serde_json::Valu
 }
 
 async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
-    let text = s.engine.agent.metrics().await.map_err(EngineError::from)?;
+    let mut text = s.engine.agent.metrics().await.map_err(EngineError::from)?;
+    text.push_str(&s.refused.metrics());
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }

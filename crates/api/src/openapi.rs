@@ -1,190 +1,406 @@
 //! The OpenAPI 3.1 document of `/api/v1`, served at `/api/v1/openapi.json`.
 //! Written out here rather than derived: the API is small and the document
-//! is checked by a test against the router's paths.
+//! is checked by a test against the router's paths. Each route's entry in
+//! [`PATHS`] is also what [`crate::auth`] checks callers against.
 
 use axum::Json;
+use tandem_core::access::Need;
 
-pub const PATHS: [(&str, &str, &str); 38] = [
-    (
-        "/api/v1/health",
-        "get",
-        "Health of the control plane: 200, or 503 with the storage fault that stops writes",
-    ),
-    ("/api/v1/services", "get", "List services"),
-    (
-        "/api/v1/services",
-        "post",
-        "Register a service from a git repository and queue a run of its head",
-    ),
-    ("/api/v1/services/{name}", "get", "One service"),
-    (
-        "/api/v1/services/{name}",
-        "delete",
-        "Stop a service's instances and forget it",
-    ),
-    (
-        "/api/v1/services/{name}/hooks/{provider}",
-        "post",
-        "Push webhook (github, gitlab, gitea); 401 on a bad signature, 202 otherwise",
-    ),
-    (
-        "/api/v1/services/{name}/runs",
-        "post",
-        "Queue a pipeline run of a ref (default: the branch head)",
-    ),
-    (
-        "/api/v1/services/{name}/secrets",
-        "get",
-        "Names of a service's secrets (never their values)",
-    ),
-    (
-        "/api/v1/services/{name}/secrets/{secret}",
-        "put",
-        "Set a secret; injected into instances and steps that declare it",
-    ),
-    (
-        "/api/v1/services/{name}/secrets/{secret}",
-        "delete",
-        "Remove a secret",
-    ),
-    ("/api/v1/runs", "get", "Pipeline runs, newest first"),
-    ("/api/v1/runs/{id}", "get", "One pipeline run"),
-    (
-        "/api/v1/runs/{id}/logs",
-        "get",
-        "A run's log as Server-Sent Events (`follow=true` until it ends)",
-    ),
-    ("/api/v1/runs/{id}/cancel", "post", "Cancel a run"),
-    (
-        "/api/v1/runs/{id}/retry",
-        "post",
-        "Run a finished run's commit again",
-    ),
-    (
-        "/api/v1/runs/{id}/approve",
-        "post",
-        "Approve the promotion a run waits for; the approver is recorded",
-    ),
-    (
-        "/api/v1/services/{name}/policy",
-        "get",
-        "A service's gate policy per environment",
-    ),
-    (
-        "/api/v1/services/{name}/policy",
-        "put",
-        "Change one environment's gate policy (journalled policy.set)",
-    ),
-    (
-        "/api/v1/runs/{id}/reject",
-        "post",
-        "Refuse the promotion a run waits for, with a reason (journalled)",
-    ),
-    (
-        "/api/v1/services/{name}/releases",
-        "get",
-        "Releases of a service, newest first",
-    ),
-    (
-        "/api/v1/services/{name}/rollback",
-        "post",
-        "Re-release an earlier release (body {to, force}: one that never went live only with force); streams NDJSON progress",
-    ),
-    (
-        "/api/v1/services/{name}/logs",
-        "get",
-        "Last lines of the service's instance logs (?lines=N, ?release=R); each line's `next` is a cursor, and ?after=INSTANCE:FILE:OFFSET,... returns what was written since",
-    ),
-    (
-        "/api/v1/deploys",
-        "post",
-        "Deploy a directory holding a tandem.yaml; streams NDJSON progress",
-    ),
-    (
-        "/api/v1/status",
-        "get",
-        "Services with their running instances",
-    ),
-    (
-        "/api/v1/events",
-        "get",
-        "Journal events after a sequence number",
-    ),
-    (
-        "/api/v1/audit/verify",
-        "get",
-        "Verify the journal's hash chain",
-    ),
-    (
-        "/api/v1/incidents",
-        "get",
-        "Incidents, newest first (`open=true`: unresolved only)",
-    ),
-    (
-        "/api/v1/incidents/{id}",
-        "get",
-        "One incident with its notification attempts",
-    ),
-    (
-        "/api/v1/incidents/{id}/ack",
-        "post",
-        "Acknowledge an incident",
-    ),
-    (
-        "/api/v1/incidents/{id}/resolve",
-        "post",
-        "Resolve an incident with a note",
-    ),
-    (
-        "/api/v1/services/{name}/maintenance",
-        "post",
-        "Schedule a maintenance window (announced; its minutes are excluded from SLOs)",
-    ),
-    (
-        "/api/v1/services/{name}/maintenance-mode",
-        "post",
-        "Serve 503 with Retry-After instead of forwarding (on/off)",
-    ),
-    ("/api/v1/maintenance", "get", "Maintenance windows"),
-    (
-        "/api/v1/maintenance/{id}",
-        "delete",
-        "Cancel a maintenance window",
-    ),
-    ("/api/v1/channels", "get", "Notification channels"),
-    (
-        "/api/v1/channels",
-        "post",
-        "Add a channel: webhook (signed), slack or email",
-    ),
-    ("/api/v1/channels/{id}", "delete", "Remove a channel"),
-    ("/api/v1/openapi.json", "get", "This document"),
+/// A route of the API: what it needs of its caller
+/// ([`tandem_core::access::Need`]) and what it does.
+pub struct Route {
+    pub path: &'static str,
+    pub method: &'static str,
+    pub need: Need,
+    pub summary: &'static str,
+}
+
+pub const PATHS: [Route; 49] = [
+    Route {
+        path: "/api/v1/health",
+        method: "get",
+        need: Need::Public,
+        summary: "Health of the control plane: 200, or 503 with the storage fault that stops writes",
+    },
+    Route {
+        path: "/api/v1/services",
+        method: "get",
+        need: Need::CustomerRead,
+        summary: "List services",
+    },
+    Route {
+        path: "/api/v1/services",
+        method: "post",
+        need: Need::Admin,
+        summary: "Register a service from a git repository and queue a run of its head",
+    },
+    Route {
+        path: "/api/v1/services/{name}",
+        method: "get",
+        need: Need::CustomerRead,
+        summary: "One service",
+    },
+    Route {
+        path: "/api/v1/services/{name}",
+        method: "delete",
+        need: Need::Admin,
+        summary: "Stop a service's instances and forget it",
+    },
+    Route {
+        path: "/api/v1/services/{name}/hooks/{provider}",
+        method: "post",
+        need: Need::Public,
+        summary: "Push webhook (github, gitlab, gitea); 401 on a bad signature, 202 otherwise",
+    },
+    Route {
+        path: "/api/v1/services/{name}/runs",
+        method: "post",
+        need: Need::Operate,
+        summary: "Queue a pipeline run of a ref (default: the branch head)",
+    },
+    Route {
+        path: "/api/v1/services/{name}/secrets",
+        method: "get",
+        need: Need::Read,
+        summary: "Names of a service's secrets (never their values)",
+    },
+    Route {
+        path: "/api/v1/services/{name}/secrets/{secret}",
+        method: "put",
+        need: Need::Operate,
+        summary: "Set a secret; injected into instances and steps that declare it",
+    },
+    Route {
+        path: "/api/v1/services/{name}/secrets/{secret}",
+        method: "delete",
+        need: Need::Operate,
+        summary: "Remove a secret",
+    },
+    Route {
+        path: "/api/v1/runs",
+        method: "get",
+        need: Need::CustomerRead,
+        summary: "Pipeline runs, newest first",
+    },
+    Route {
+        path: "/api/v1/runs/{id}",
+        method: "get",
+        need: Need::CustomerRead,
+        summary: "One pipeline run",
+    },
+    Route {
+        path: "/api/v1/runs/{id}/logs",
+        method: "get",
+        need: Need::Read,
+        summary: "A run's log as Server-Sent Events (`follow=true` until it ends)",
+    },
+    Route {
+        path: "/api/v1/runs/{id}/cancel",
+        method: "post",
+        need: Need::Operate,
+        summary: "Cancel a run",
+    },
+    Route {
+        path: "/api/v1/runs/{id}/retry",
+        method: "post",
+        need: Need::Operate,
+        summary: "Run a finished run's commit again",
+    },
+    Route {
+        path: "/api/v1/runs/{id}/approve",
+        method: "post",
+        need: Need::Approve,
+        summary: "Approve the promotion a run waits for; the approver is recorded",
+    },
+    Route {
+        path: "/api/v1/services/{name}/policy",
+        method: "get",
+        need: Need::Read,
+        summary: "A service's gate policy per environment",
+    },
+    Route {
+        path: "/api/v1/services/{name}/policy",
+        method: "put",
+        need: Need::Admin,
+        summary: "Change one environment's gate policy (journalled policy.set)",
+    },
+    Route {
+        path: "/api/v1/runs/{id}/reject",
+        method: "post",
+        need: Need::Approve,
+        summary: "Refuse the promotion a run waits for, with a reason (journalled)",
+    },
+    Route {
+        path: "/api/v1/services/{name}/releases",
+        method: "get",
+        need: Need::CustomerRead,
+        summary: "Releases of a service, newest first",
+    },
+    Route {
+        path: "/api/v1/services/{name}/rollback",
+        method: "post",
+        need: Need::Operate,
+        summary: "Re-release an earlier release (body {to, force}: one that never went live only with force); streams NDJSON progress",
+    },
+    Route {
+        path: "/api/v1/services/{name}/logs",
+        method: "get",
+        need: Need::Read,
+        summary: "Last lines of the service's instance logs (?lines=N, ?release=R); each line's `next` is a cursor, and ?after=INSTANCE:FILE:OFFSET,... returns what was written since",
+    },
+    Route {
+        path: "/api/v1/deploys",
+        method: "post",
+        need: Need::Operate,
+        summary: "Deploy a directory holding a tandem.yaml; streams NDJSON progress",
+    },
+    Route {
+        path: "/api/v1/status",
+        method: "get",
+        need: Need::CustomerRead,
+        summary: "Services with their running instances",
+    },
+    Route {
+        path: "/api/v1/events",
+        method: "get",
+        need: Need::CustomerRead,
+        summary: "Journal events after a sequence number",
+    },
+    Route {
+        path: "/api/v1/audit/verify",
+        method: "get",
+        need: Need::Read,
+        summary: "Verify the journal's hash chain",
+    },
+    Route {
+        path: "/api/v1/incidents",
+        method: "get",
+        need: Need::CustomerRead,
+        summary: "Incidents, newest first (`open=true`: unresolved only)",
+    },
+    Route {
+        path: "/api/v1/incidents/{id}",
+        method: "get",
+        need: Need::CustomerRead,
+        summary: "One incident with its notification attempts",
+    },
+    Route {
+        path: "/api/v1/incidents/{id}/ack",
+        method: "post",
+        need: Need::Operate,
+        summary: "Acknowledge an incident",
+    },
+    Route {
+        path: "/api/v1/incidents/{id}/resolve",
+        method: "post",
+        need: Need::Operate,
+        summary: "Resolve an incident with a note",
+    },
+    Route {
+        path: "/api/v1/services/{name}/maintenance",
+        method: "post",
+        need: Need::Operate,
+        summary: "Schedule a maintenance window (announced; its minutes are excluded from SLOs)",
+    },
+    Route {
+        path: "/api/v1/services/{name}/maintenance-mode",
+        method: "post",
+        need: Need::Operate,
+        summary: "Serve 503 with Retry-After instead of forwarding (on/off)",
+    },
+    Route {
+        path: "/api/v1/maintenance",
+        method: "get",
+        need: Need::CustomerRead,
+        summary: "Maintenance windows",
+    },
+    Route {
+        path: "/api/v1/maintenance/{id}",
+        method: "delete",
+        need: Need::Operate,
+        summary: "Cancel a maintenance window",
+    },
+    Route {
+        path: "/api/v1/channels",
+        method: "get",
+        need: Need::Read,
+        summary: "Notification channels",
+    },
+    Route {
+        path: "/api/v1/channels",
+        method: "post",
+        need: Need::Admin,
+        summary: "Add a channel: webhook (signed), slack or email",
+    },
+    Route {
+        path: "/api/v1/channels/{id}",
+        method: "delete",
+        need: Need::Admin,
+        summary: "Remove a channel",
+    },
+    Route {
+        path: "/api/v1/openapi.json",
+        method: "get",
+        need: Need::Public,
+        summary: "This document",
+    },
+    Route {
+        path: "/api/v1/backup",
+        method: "get",
+        need: Need::Admin,
+        summary: "A backup of the data directory as a tar (database, keys, artifacts); admin only",
+    },
+    Route {
+        path: "/metrics",
+        method: "get",
+        need: Need::Read,
+        summary: "Prometheus metrics of the data plane and of refused API requests",
+    },
+    Route {
+        path: "/api/v1/whoami",
+        method: "get",
+        need: Need::Signed,
+        summary: "The caller: user, role, customer, token",
+    },
+    Route {
+        path: "/api/v1/users",
+        method: "get",
+        need: Need::Admin,
+        summary: "People and their roles",
+    },
+    Route {
+        path: "/api/v1/users",
+        method: "post",
+        need: Need::Admin,
+        summary: "Add a person with a role (body {name, role, customer?, email?})",
+    },
+    Route {
+        path: "/api/v1/users/{name}",
+        method: "delete",
+        need: Need::Admin,
+        summary: "Remove a person and their tokens (not the last admin)",
+    },
+    Route {
+        path: "/api/v1/tokens",
+        method: "get",
+        need: Need::Signed,
+        summary: "API tokens (never their secrets): all for an admin, one's own otherwise",
+    },
+    Route {
+        path: "/api/v1/tokens",
+        method: "post",
+        need: Need::Admin,
+        summary: "Make a token for a user (body {user, name?, expires?}); the token is in this answer only",
+    },
+    Route {
+        path: "/api/v1/tokens/{id}",
+        method: "delete",
+        need: Need::Signed,
+        summary: "Revoke a token (an admin any, others their own); refused from the next request",
+    },
+    Route {
+        path: "/api/v1/customers",
+        method: "get",
+        need: Need::Read,
+        summary: "Customers",
+    },
+    Route {
+        path: "/api/v1/customers",
+        method: "post",
+        need: Need::Admin,
+        summary: "Add a customer (body {id, name})",
+    },
 ];
 
 pub async fn document() -> Json<serde_json::Value> {
     let mut paths = serde_json::Map::new();
-    for (path, method, summary) in PATHS {
-        let params: Vec<serde_json::Value> = path
+    for route in &PATHS {
+        let params: Vec<serde_json::Value> = route
+            .path
             .split('/')
             .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
             .map(|name| serde_json::json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }))
             .collect();
         let entry = paths
-            .entry(path.to_string())
+            .entry(route.path.to_string())
             .or_insert_with(|| serde_json::json!({}));
-        entry[method] = serde_json::json!({
-            "summary": summary,
+        let mut responses = serde_json::json!({
+            "200": { "description": "OK" },
+            "400": { "description": "Bad input; `error` says what and where" },
+            "404": { "description": "No such service or release" }
+        });
+        let security = if route.need == Need::Public {
+            serde_json::json!([])
+        } else {
+            responses["401"] = serde_json::json!({ "description": "No valid token" });
+            responses["403"] = serde_json::json!({ "description": "The caller's role may not" });
+            serde_json::json!([{ "bearer": [] }])
+        };
+        entry[route.method] = serde_json::json!({
+            "summary": route.summary,
             "parameters": params,
-            "responses": {
-                "200": { "description": "OK" },
-                "400": { "description": "Bad input; `error` says what and where" },
-                "404": { "description": "No such service or release" }
-            }
+            "security": security,
+            "x-tandem-need": route.need.as_str(),
+            "responses": responses,
         });
     }
     Json(serde_json::json!({
         "openapi": "3.1.0",
         "info": { "title": "tandem API", "version": env!("CARGO_PKG_VERSION") },
+        "components": {
+            "securitySchemes": {
+                "bearer": { "type": "http", "scheme": "bearer", "description": "A token from `tandem tokens create`" }
+            }
+        },
         "paths": paths,
     }))
+}
+
+/// The table route × role of ARCHITECTURE.md, from [`PATHS`] and
+/// [`tandem_core::access::decide`].
+pub fn access_table() -> String {
+    use tandem_core::access::{Access, Role, decide};
+    let mut out = String::from("| Route | ");
+    out.push_str(&Role::ALL.map(Role::as_str).join(" | "));
+    out.push_str(" |\n|---|");
+    out.push_str(&"---|".repeat(Role::ALL.len()));
+    out.push('\n');
+    let mut routes: Vec<&Route> = PATHS.iter().collect();
+    routes.sort_by_key(|r| (r.path, r.method));
+    for r in routes {
+        out.push_str(&format!("| `{} {}` |", r.method.to_uppercase(), r.path));
+        for role in Role::ALL {
+            let cell = match (r.need, decide(role, r.need)) {
+                (Need::Public, _) => "anyone",
+                (_, Access::Allow) => "yes",
+                (_, Access::OwnCustomer) => "own",
+                (_, Access::Deny) => "-",
+            };
+            out.push_str(&format!(" {cell} |"));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    /// ARCHITECTURE.md's table is this code's: `TANDEM_PRINT_TABLE=1`
+    /// prints the table to paste when a route or role changes.
+    #[test]
+    fn architecture_md_holds_the_access_table_as_the_code_decides_it() {
+        let table = super::access_table();
+        if std::env::var_os("TANDEM_PRINT_TABLE").is_some() {
+            println!("{table}");
+        }
+        let doc = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../ARCHITECTURE.md"
+        ))
+        .expect("ARCHITECTURE.md");
+        assert!(
+            doc.contains(&table),
+            "ARCHITECTURE.md's route × role table differs from the code's; print it with TANDEM_PRINT_TABLE=1 cargo test -p tandem-api architecture_md -- --nocapture"
+        );
+    }
 }

@@ -3,12 +3,12 @@
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tandem_store::ChannelRow;
 
-use crate::{ApiError, AppState, actor};
+use crate::{ApiError, AppState, Caller};
 
 #[derive(Deserialize)]
 pub(crate) struct IncidentsQuery {
@@ -19,13 +19,16 @@ pub(crate) struct IncidentsQuery {
 
 pub(crate) async fn incidents(
     State(s): State<AppState>,
+    caller: Caller,
     Query(q): Query<IncidentsQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let rows = s
+    let seen = caller.services(&s.engine.store).await?;
+    let mut rows = s
         .engine
         .store
         .incidents(q.open.unwrap_or(false), q.limit.unwrap_or(100).min(10_000))
         .await?;
+    rows.retain(|i| crate::auth::visible(&seen, &i.service));
     Ok(Json(serde_json::json!(rows)))
 }
 
@@ -48,10 +51,10 @@ pub(crate) async fn incident(
 pub(crate) async fn acknowledge(
     State(s): State<AppState>,
     Path(id): Path<i64>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     Ok(Json(serde_json::json!(
-        s.ops.acknowledge(id, &actor(&headers)).await?
+        s.ops.acknowledge(id, &caller.actor()).await?
     )))
 }
 
@@ -63,12 +66,12 @@ pub(crate) struct ResolveBody {
 pub(crate) async fn resolve(
     State(s): State<AppState>,
     Path(id): Path<i64>,
-    headers: HeaderMap,
+    caller: Caller,
     body: Option<Json<ResolveBody>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let note = body.and_then(|b| b.0.note).filter(|n| !n.trim().is_empty());
     Ok(Json(serde_json::json!(
-        s.ops.resolve(id, &actor(&headers), note.as_deref()).await?
+        s.ops.resolve(id, &caller.actor(), note.as_deref()).await?
     )))
 }
 
@@ -90,7 +93,7 @@ pub(crate) async fn channels(
 
 pub(crate) async fn add_channel(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Json(b): Json<ChannelBody>,
 ) -> Result<Response, ApiError> {
     match b.kind.as_str() {
@@ -142,16 +145,16 @@ pub(crate) async fn add_channel(
         tier: b.tier,
         created_at: String::new(),
     };
-    let row = s.engine.store.add_channel(&row, &actor(&headers)).await?;
+    let row = s.engine.store.add_channel(&row, &caller.actor()).await?;
     Ok((StatusCode::CREATED, Json(serde_json::json!(row))).into_response())
 }
 
 pub(crate) async fn remove_channel(
     State(s): State<AppState>,
     Path(id): Path<i64>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    s.engine.store.remove_channel(id, &actor(&headers)).await?;
+    s.engine.store.remove_channel(id, &caller.actor()).await?;
     Ok(Json(serde_json::json!({ "removed": id })))
 }
 
@@ -173,7 +176,7 @@ fn timestamp(what: &str, text: &str) -> Result<jiff::Timestamp, ApiError> {
 pub(crate) async fn schedule_maintenance(
     State(s): State<AppState>,
     Path(name): Path<String>,
-    headers: HeaderMap,
+    caller: Caller,
     Json(b): Json<MaintenanceBody>,
 ) -> Result<Response, ApiError> {
     if s.engine.store.service(&name).await?.is_none() {
@@ -196,7 +199,7 @@ pub(crate) async fn schedule_maintenance(
     }
     let row = s
         .ops
-        .schedule_maintenance(&name, from, to, b.reason.trim(), &actor(&headers))
+        .schedule_maintenance(&name, from, to, b.reason.trim(), &caller.actor())
         .await?;
     Ok((StatusCode::CREATED, Json(serde_json::json!(row))).into_response())
 }
@@ -208,21 +211,23 @@ pub(crate) struct MaintenanceQuery {
 
 pub(crate) async fn maintenance(
     State(s): State<AppState>,
+    caller: Caller,
     Query(q): Query<MaintenanceQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(Json(serde_json::json!(
-        s.engine.store.maintenance(q.service.as_deref()).await?
-    )))
+    let seen = caller.services(&s.engine.store).await?;
+    let mut rows = s.engine.store.maintenance(q.service.as_deref()).await?;
+    rows.retain(|m| crate::auth::visible(&seen, &m.service));
+    Ok(Json(serde_json::json!(rows)))
 }
 
 pub(crate) async fn remove_maintenance(
     State(s): State<AppState>,
     Path(id): Path<i64>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     s.engine
         .store
-        .remove_maintenance(id, &actor(&headers))
+        .remove_maintenance(id, &caller.actor())
         .await?;
     Ok(Json(serde_json::json!({ "removed": id })))
 }
@@ -236,7 +241,7 @@ pub(crate) struct ModeBody {
 pub(crate) async fn maintenance_mode(
     State(s): State<AppState>,
     Path(name): Path<String>,
-    headers: HeaderMap,
+    caller: Caller,
     Json(b): Json<ModeBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     if s.engine.store.service(&name).await?.is_none() {
@@ -244,7 +249,7 @@ pub(crate) async fn maintenance_mode(
     }
     let retry = b.retry_after_s.unwrap_or(300);
     s.ops
-        .maintenance_mode(&name, b.on, retry, &actor(&headers))
+        .maintenance_mode(&name, b.on, retry, &caller.actor())
         .await?;
     Ok(Json(
         serde_json::json!({ "service": name, "maintenance_mode": b.on, "retry_after_s": retry }),

@@ -14,7 +14,7 @@ use tandem_delivery::hooks::Provider;
 use tandem_delivery::{AddService, DEFAULT_POLL_INTERVAL, HookOutcome};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use crate::{ApiError, AppState, actor};
+use crate::{ApiError, AppState, Caller};
 
 #[derive(Deserialize)]
 pub(crate) struct AddBody {
@@ -38,7 +38,7 @@ pub(crate) struct AddBody {
 
 pub(crate) async fn add_service(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Json(body): Json<AddBody>,
 ) -> Result<Response, ApiError> {
     let poll_interval = match body.poll_interval.as_deref() {
@@ -106,7 +106,7 @@ pub(crate) async fn add_service(
         webhook_secret: body.webhook_secret.filter(|s| !s.is_empty()),
         poll_interval,
     };
-    let (service, run) = s.delivery.add_service(req, &actor(&headers)).await?;
+    let (service, run) = s.delivery.add_service(req, &caller.actor()).await?;
     Ok((
         StatusCode::CREATED,
         Json(serde_json::json!({ "service": service, "run": run })),
@@ -117,9 +117,9 @@ pub(crate) async fn add_service(
 pub(crate) async fn remove_service(
     State(s): State<AppState>,
     Path(name): Path<String>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    s.delivery.remove_service(&name, &actor(&headers)).await?;
+    s.delivery.remove_service(&name, &caller.actor()).await?;
     Ok(Json(serde_json::json!({ "removed": name })))
 }
 
@@ -156,13 +156,13 @@ pub(crate) struct RunBody {
 pub(crate) async fn start_run(
     State(s): State<AppState>,
     Path(name): Path<String>,
-    headers: HeaderMap,
+    caller: Caller,
     body: Option<Json<RunBody>>,
 ) -> Result<Response, ApiError> {
     let rev = body.and_then(|b| b.0.rev);
     let run = s
         .delivery
-        .deploy_ref(&name, rev.as_deref(), &actor(&headers))
+        .deploy_ref(&name, rev.as_deref(), &caller.actor())
         .await?;
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!(run))).into_response())
 }
@@ -175,18 +175,29 @@ pub(crate) struct RunsQuery {
 
 pub(crate) async fn runs(
     State(s): State<AppState>,
+    caller: Caller,
     Query(q): Query<RunsQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let seen = caller.services(&s.engine.store).await?;
     if let Some(name) = &q.service
-        && s.engine.store.service(name).await?.is_none()
+        && (s.engine.store.service(name).await?.is_none() || !crate::auth::visible(&seen, name))
     {
         return Err(ApiError::NotFound(format!("no service named {name}")));
     }
-    let runs = s
-        .engine
-        .store
-        .runs(q.service.as_deref(), q.limit.unwrap_or(50).min(1000))
-        .await?;
+    let limit = q.limit.unwrap_or(50).min(1000);
+    let mut runs = match &seen {
+        // The newest of the customer's: read them service by service.
+        Some(names) if q.service.is_none() => {
+            let mut all = Vec::new();
+            for name in names {
+                all.extend(s.engine.store.runs(Some(name), limit).await?);
+            }
+            all.sort_by_key(|r| std::cmp::Reverse(r.id));
+            all
+        }
+        _ => s.engine.store.runs(q.service.as_deref(), limit).await?,
+    };
+    runs.truncate(limit as usize);
     Ok(Json(serde_json::json!(runs)))
 }
 
@@ -200,21 +211,34 @@ pub(crate) async fn run(
 pub(crate) async fn cancel(
     State(s): State<AppState>,
     Path(id): Path<i64>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     Ok(Json(serde_json::json!(
-        s.delivery.cancel(id, &actor(&headers)).await?
+        s.delivery.cancel(id, &caller.actor()).await?
     )))
 }
 
 pub(crate) async fn approve(
     State(s): State<AppState>,
     Path(id): Path<i64>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    customer_may_not_yet(&caller)?;
     Ok(Json(serde_json::json!(
-        s.delivery.approve(id, &actor(&headers)).await?
+        s.delivery.approve(id, &caller.actor()).await?
     )))
+}
+
+/// Customer approvals count only where an environment asks its customer,
+/// which gate policies cannot say yet: until they can, a customer's
+/// approval or rejection is refused rather than counted as the supplier's.
+fn customer_may_not_yet(caller: &Caller) -> Result<(), ApiError> {
+    if caller.scoped() {
+        return Err(ApiError::Forbidden(
+            "a customer's approval counts only where the environment asks the customer (approvers: customer), which no gate does yet".into(),
+        ));
+    }
+    Ok(())
 }
 
 pub(crate) async fn policy(
@@ -232,12 +256,12 @@ pub(crate) async fn policy(
 pub(crate) async fn set_policy(
     State(s): State<AppState>,
     Path(name): Path<String>,
-    headers: HeaderMap,
+    caller: Caller,
     Json(change): Json<tandem_delivery::PolicyChange>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     Ok(Json(serde_json::json!(
         s.delivery
-            .set_policy(&name, change, &actor(&headers))
+            .set_policy(&name, change, &caller.actor())
             .await?
     )))
 }
@@ -250,22 +274,21 @@ pub(crate) struct RejectBody {
 pub(crate) async fn reject(
     State(s): State<AppState>,
     Path(id): Path<i64>,
-    headers: HeaderMap,
+    caller: Caller,
     Json(body): Json<RejectBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    customer_may_not_yet(&caller)?;
     Ok(Json(serde_json::json!(
-        s.delivery
-            .reject(id, &actor(&headers), &body.reason)
-            .await?
+        s.delivery.reject(id, &caller.actor(), &body.reason).await?
     )))
 }
 
 pub(crate) async fn retry(
     State(s): State<AppState>,
     Path(id): Path<i64>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Response, ApiError> {
-    let run = s.delivery.retry(id, &actor(&headers)).await?;
+    let run = s.delivery.retry(id, &caller.actor()).await?;
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!(run))).into_response())
 }
 
@@ -416,7 +439,7 @@ pub(crate) struct SecretBody {
 pub(crate) async fn set_secret(
     State(s): State<AppState>,
     Path((name, secret)): Path<(String, String)>,
-    headers: HeaderMap,
+    caller: Caller,
     Json(body): Json<SecretBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     check_service_name(&name)?;
@@ -435,7 +458,7 @@ pub(crate) async fn set_secret(
     }
     s.engine
         .store
-        .set_secret(&name, &secret, &body.value, &actor(&headers))
+        .set_secret(&name, &secret, &body.value, &caller.actor())
         .await?;
     Ok(Json(serde_json::json!({ "service": name, "name": secret })))
 }
@@ -443,11 +466,11 @@ pub(crate) async fn set_secret(
 pub(crate) async fn remove_secret(
     State(s): State<AppState>,
     Path((name, secret)): Path<(String, String)>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     s.engine
         .store
-        .remove_secret(&name, &secret, &actor(&headers))
+        .remove_secret(&name, &secret, &caller.actor())
         .await?;
     Ok(Json(serde_json::json!({ "removed": secret })))
 }

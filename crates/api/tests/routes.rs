@@ -21,16 +21,55 @@ async fn app(dir: &tempfile::TempDir) -> axum::Router {
         delivery,
         ops,
         agent_status: Default::default(),
+        refused: Default::default(),
     })
 }
 
+/// The first admin's token of the store in `dir` (made on first call).
+async fn admin_token(dir: &tempfile::TempDir) -> String {
+    let store = Store::open(&dir.path().join("tandem.db"))
+        .await
+        .expect("store");
+    store
+        .bootstrap_admin()
+        .await
+        .expect("bootstrap")
+        .expect("a fresh store")
+}
+
 async fn call(app: &axum::Router, method: &str, path: &str) -> (u16, Vec<u8>) {
-    let req = axum::http::Request::builder()
+    call_as(app, method, path, None, &[]).await
+}
+
+async fn call_as(
+    app: &axum::Router,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, Vec<u8>) {
+    send(app, method, path, token, headers, "{}").await
+}
+
+async fn send(
+    app: &axum::Router,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Vec<u8>) {
+    let mut req = axum::http::Request::builder()
         .method(method)
         .uri(path)
-        .header("content-type", "application/json")
-        .body(Body::from("{}"))
-        .expect("request");
+        .header("content-type", "application/json");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Body::from(body.to_owned())).expect("request");
     let resp = app.clone().oneshot(req).await.expect("infallible");
     let status = resp.status().as_u16();
     let body = resp
@@ -46,13 +85,14 @@ async fn call(app: &axum::Router, method: &str, path: &str) -> (u16, Vec<u8>) {
 #[tokio::test]
 async fn every_documented_path_is_routed() {
     let dir = tempfile::tempdir().expect("tempdir");
+    let token = admin_token(&dir).await;
     let app = app(&dir).await;
     let (status, doc) = call(&app, "GET", "/api/v1/openapi.json").await;
     assert_eq!(status, 200);
     let doc: serde_json::Value = serde_json::from_slice(&doc).expect("json");
     let paths = doc["paths"].as_object().expect("paths");
     let documented: std::collections::BTreeSet<&str> =
-        tandem_api::openapi::PATHS.iter().map(|p| p.0).collect();
+        tandem_api::openapi::PATHS.iter().map(|p| p.path).collect();
     assert_eq!(paths.len(), documented.len());
     for (path, ops) in paths {
         for method in ops.as_object().expect("ops").keys() {
@@ -61,7 +101,8 @@ async fn every_documented_path_is_routed() {
                 .replace("{id}", "0")
                 .replace("{provider}", "github")
                 .replace("{secret}", "S");
-            let (status, body) = call(&app, &method.to_uppercase(), &concrete).await;
+            let (status, body) =
+                call_as(&app, &method.to_uppercase(), &concrete, Some(&token), &[]).await;
             // axum's own 404/405 for an unrouted path has an empty body;
             // ours always explains itself.
             assert!(
@@ -75,9 +116,252 @@ async fn every_documented_path_is_routed() {
 #[tokio::test]
 async fn unknown_service_is_404_with_a_message() {
     let dir = tempfile::tempdir().expect("tempdir");
+    let token = admin_token(&dir).await;
     let app = app(&dir).await;
-    let (status, body) = call(&app, "GET", "/api/v1/services/nope/releases").await;
+    let (status, body) = call_as(
+        &app,
+        "GET",
+        "/api/v1/services/nope/releases",
+        Some(&token),
+        &[],
+    )
+    .await;
     assert_eq!(status, 404);
     let body: serde_json::Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(body["error"], "no service named nope");
+}
+
+/// A service of customer `customer` with a run, an incident and a
+/// maintenance window, its owner a marker that must not leak.
+async fn service_of(store: &Store, engine: &Engine, name: &str, customer: &str) -> (i64, i64) {
+    let yaml = format!(
+        "service:\n  name: {name}\n  owner: owner-of-{name}\n  customer: {customer}\nrun:\n  command: exec sleep 100\nroute:\n  host: {name}.test\n"
+    );
+    let spec = tandem_core::Spec::parse("tandem.yaml", &yaml).expect("spec");
+    engine
+        .register(&spec, "test", None, "user:admin")
+        .await
+        .expect("register");
+    let run = store
+        .enqueue_run(
+            tandem_store::NewRun {
+                service: name.into(),
+                commit: format!("{:0>40}", name.len()),
+                branch: "main".into(),
+                trigger: "manual".into(),
+                author: Some(format!("author-of-{name}")),
+                committed_at: None,
+                message: Some(format!("message-of-{name}")),
+                retry_of: None,
+            },
+            false,
+            "user:admin",
+        )
+        .await
+        .expect("run")
+        .expect("queued");
+    let incident = store
+        .open_incident(
+            &tandem_store::NewIncident {
+                service: name.into(),
+                env: None,
+                kind: "probe".into(),
+                severity: "critical".into(),
+                summary: format!("summary-of-{name}"),
+                release: None,
+                suspect_release: None,
+            },
+            "system:test",
+        )
+        .await
+        .expect("incident");
+    store
+        .add_maintenance(
+            name,
+            "2030-01-01T00:00:00Z",
+            "2030-01-01T01:00:00Z",
+            &format!("maintenance-of-{name}"),
+            "user:admin",
+        )
+        .await
+        .expect("maintenance");
+    (run.id, incident.id)
+}
+
+/// Every route of the API document, tried as nobody, as another
+/// customer's viewer and as a viewer: the document is the list, so a new
+/// route cannot be missed.
+#[tokio::test]
+async fn every_route_refuses_who_may_not_and_hides_other_customers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let admin = admin_token(&dir).await;
+    let store = Store::open(&dir.path().join("tandem.db"))
+        .await
+        .expect("store");
+    let engine = Engine::new(store.clone(), dir.path());
+    for (id, name) in [("acme", "ACME AG"), ("globex", "Globex")] {
+        store
+            .add_customer(id, name, "user:admin")
+            .await
+            .expect("customer");
+    }
+    let (run_a, incident_a) = service_of(&store, &engine, "shop-a", "acme").await;
+    let (run_b, _) = service_of(&store, &engine, "shop-b", "globex").await;
+    let mut tokens = std::collections::HashMap::new();
+    for (user, role, customer) in [
+        ("vic", "viewer", None),
+        ("bea", "customer-viewer", Some("globex")),
+    ] {
+        let row = tandem_store::identity::UserRow {
+            name: user.into(),
+            role: role.into(),
+            customer: customer.map(Into::into),
+            email: None,
+            created_at: String::new(),
+        };
+        store.add_user(&row, "user:admin").await.expect("user");
+        let (token, _) = store
+            .create_token(user, "test", None, "user:admin")
+            .await
+            .expect("token");
+        tokens.insert(user, token);
+    }
+    let app = app(&dir).await;
+    // What people did (the scheduler works on in the background).
+    let journal_len = || async {
+        store
+            .events(0, 100_000)
+            .await
+            .expect("events")
+            .iter()
+            .filter(|e| e.actor.starts_with("user:"))
+            .count()
+    };
+    let leaks_a = |body: &[u8]| {
+        let text = String::from_utf8_lossy(body);
+        [
+            "owner-of-shop-a",
+            "author-of-shop-a",
+            "message-of-shop-a",
+            "summary-of-shop-a",
+            "maintenance-of-shop-a",
+        ]
+        .iter()
+        .find(|m| text.contains(*m))
+        .map(|m| m.to_string())
+    };
+
+    let mut tried = 0;
+    for route in &tandem_api::openapi::PATHS {
+        let method = route.method.to_uppercase();
+        let of_a = route
+            .path
+            .replace("{name}", "shop-a")
+            .replace("{secret}", "S")
+            .replace("{provider}", "github")
+            .replace(
+                "{id}",
+                &if route.path.starts_with("/api/v1/incidents/") {
+                    incident_a
+                } else {
+                    run_a
+                }
+                .to_string(),
+            );
+        if route.need == tandem_core::access::Need::Public {
+            continue;
+        }
+        tried += 1;
+        // Nobody: 401, whatever the body.
+        let (status, _) = call(&app, &method, &of_a).await;
+        assert_eq!(status, 401, "{method} {} without a token", route.path);
+        let (status, _) = call_as(&app, &method, &of_a, Some("tdm_00000000_00"), &[]).await;
+        assert_eq!(status, 401, "{method} {} with a made-up token", route.path);
+
+        // Another customer's viewer: A's things do not exist.
+        let before = journal_len().await;
+        let (status, body) = call_as(&app, &method, &of_a, Some(&tokens["bea"]), &[]).await;
+        assert!(
+            [403, 404].contains(&status) || (method == "GET" && status == 200),
+            "{method} {} as globex's viewer: {status}",
+            route.path
+        );
+        if of_a.contains("shop-a")
+            || of_a.contains(&format!("/{run_a}"))
+            || of_a.contains(&format!("/{incident_a}"))
+        {
+            assert_ne!(status, 200, "{method} {} as globex's viewer", route.path);
+        }
+        assert_eq!(
+            leaks_a(&body),
+            None,
+            "{method} {} shows acme's data to globex",
+            route.path
+        );
+        assert_eq!(
+            journal_len().await,
+            before,
+            "{method} {} changed something",
+            route.path
+        );
+
+        // A viewer changes nothing.
+        if method != "GET" {
+            let before = journal_len().await;
+            let (status, _) = call_as(&app, &method, &of_a, Some(&tokens["vic"]), &[]).await;
+            // A route for one's own things (a token): another's is unknown.
+            let expected = if route.need == tandem_core::access::Need::Signed {
+                404
+            } else {
+                403
+            };
+            assert_eq!(status, expected, "{method} {} as a viewer", route.path);
+            assert_eq!(
+                journal_len().await,
+                before,
+                "{method} {} as a viewer",
+                route.path
+            );
+        }
+    }
+    assert!(tried > 40, "only {tried} routes tried");
+
+    // Globex's viewer sees globex's own.
+    let (status, body) = call_as(
+        &app,
+        "GET",
+        &format!("/api/v1/runs/{run_b}"),
+        Some(&tokens["bea"]),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let (_, body) = call_as(&app, "GET", "/api/v1/services", Some(&tokens["bea"]), &[]).await;
+    let services: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    let names: Vec<&str> = services
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(names, ["shop-b"]);
+
+    // What the client says it is changes nothing: the journal names the
+    // token's user.
+    let (status, body) = send(
+        &app,
+        "PUT",
+        "/api/v1/services/shop-a/secrets/API_KEY",
+        Some(&admin),
+        &[("x-tandem-actor", "user:ceo")],
+        r#"{"value": "k-123456"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let events = store.events(0, 100_000).await.expect("events");
+    let set = events
+        .iter()
+        .rfind(|e| e.kind == "secret.set")
+        .expect("secret.set");
+    assert_eq!(set.actor, "user:admin", "{set:?}");
 }

@@ -24,15 +24,16 @@ fn causes(error: &dyn std::error::Error) -> String {
 
 pub struct Api {
     base: String,
-    actor: String,
+    /// Sent as `Authorization: Bearer`.
+    token: Option<String>,
     http: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl Api {
-    pub fn new(base: &str) -> Self {
+    pub fn new(base: &str, token: Option<String>) -> Self {
         Api {
             base: base.trim_end_matches('/').to_owned(),
-            actor: format!("user:{}", local_user()),
+            token,
             http: Client::builder(TokioExecutor::new()).build_http(),
         }
     }
@@ -45,11 +46,14 @@ impl Api {
     ) -> Result<hyper::Response<hyper::body::Incoming>, Exit> {
         let url = format!("{}{path}", self.base);
         let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(method)
             .uri(&url)
-            .header("content-type", "application/json")
-            .header(tandem_api::ACTOR_HEADER, &self.actor)
+            .header("content-type", "application/json");
+        if let Some(token) = &self.token {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        let req = req
             .body(Full::new(bytes))
             .map_err(|e| Exit::bad_input(format!("bad server URL {url}: {e}")))?;
         self.http
@@ -217,18 +221,11 @@ async fn json_or_exit(
             full.push_str(l.as_str().unwrap_or_default());
         }
     }
+    if status == StatusCode::UNAUTHORIZED {
+        full.push_str("\n(give a token with --token or TANDEM_TOKEN; on the server's machine the CLI reads <data>/admin.token itself)");
+    }
     Err(match status {
         StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND => Exit::bad_input(full),
         _ => Exit::failure(full),
     })
-}
-
-/// The OS user running the CLI.
-pub fn local_user() -> String {
-    nix::unistd::User::from_uid(nix::unistd::getuid())
-        .ok()
-        .flatten()
-        .map(|u| u.name)
-        .or_else(|| std::env::var("USER").ok())
-        .unwrap_or_else(|| "unknown".into())
 }

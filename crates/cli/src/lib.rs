@@ -16,6 +16,7 @@ mod dataplane;
 pub mod exit;
 mod ops;
 mod output;
+mod people;
 mod pipelines;
 mod release;
 mod run;
@@ -45,6 +46,11 @@ pub struct Cli {
         value_parser = server_url
     )]
     pub server: String,
+    /// API token (`tandem tokens create`). Without one, a CLI talking to a
+    /// server on this machine uses the first admin's, from
+    /// <data>/admin.token, if it can read it.
+    #[arg(long, global = true, env = "TANDEM_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
     pub output: Format,
@@ -284,6 +290,29 @@ pub enum Command {
         #[arg(short = 'n', long, default_value_t = 50)]
         lines: usize,
     },
+    /// People and their roles (admin): `add`, `rm`; without a subcommand,
+    /// the list.
+    #[command(args_conflicts_with_subcommands = true)]
+    Users {
+        #[command(subcommand)]
+        command: Option<UsersCommand>,
+    },
+    /// API tokens: `create` one for a user, `rm` (revoke) one; without a
+    /// subcommand, the list (all for an admin, one's own otherwise).
+    #[command(args_conflicts_with_subcommands = true)]
+    Tokens {
+        #[command(subcommand)]
+        command: Option<TokensCommand>,
+    },
+    /// The customers services are delivered to: `add` one; without a
+    /// subcommand, the list.
+    #[command(args_conflicts_with_subcommands = true)]
+    Customers {
+        #[command(subcommand)]
+        command: Option<CustomersCommand>,
+    },
+    /// Who the token in use belongs to.
+    Whoami,
     /// Registered services; `add` one from a git repository, `rm` one.
     #[command(args_conflicts_with_subcommands = true)]
     Services {
@@ -528,9 +557,78 @@ pub enum AuditCommand {
     },
 }
 
+/// The first admin's token, for a CLI on the server's own machine: read
+/// from the data directory (`$TANDEM_DATA_DIR`, else the default) when
+/// the server is on a loopback address and the file is readable to us.
+fn local_admin_token(server: &str) -> Option<String> {
+    let uri: http::Uri = server.parse().ok()?;
+    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !loopback {
+        return None;
+    }
+    let data = DataDirArg {
+        data_dir: std::env::var_os("TANDEM_DATA_DIR").map(PathBuf::from),
+    }
+    .resolve();
+    let token = std::fs::read_to_string(data.join(run::ADMIN_TOKEN_FILE)).ok()?;
+    Some(token.trim().to_owned()).filter(|t| !t.is_empty())
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UsersCommand {
+    /// Add a person with one role.
+    Add {
+        name: String,
+        /// admin, engineer, viewer, customer-viewer or customer-approver.
+        #[arg(long)]
+        role: String,
+        /// The customer of a customer-viewer or customer-approver.
+        #[arg(long)]
+        customer: Option<String>,
+        /// Their e-mail (an approver is matched against commit authors by it).
+        #[arg(long)]
+        email: Option<String>,
+    },
+    /// Remove a person and their tokens.
+    Rm { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokensCommand {
+    /// Make a token for a user; printed once, only its hash is kept.
+    Create {
+        #[arg(long)]
+        user: String,
+        /// What it is for (laptop, ci).
+        #[arg(long)]
+        name: Option<String>,
+        /// How long it is valid (30d, 12h); forever without.
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// Revoke a token by its id: refused from the next request on.
+    Rm { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CustomersCommand {
+    /// Add a customer: the id is what `service.customer` in tandem.yaml names.
+    Add {
+        id: String,
+        /// The customer's full name.
+        #[arg(long)]
+        name: String,
+    },
+}
+
 /// Runs a parsed command line.
 pub async fn dispatch(cli: Cli) -> CmdResult {
-    let api = || client::Api::new(&cli.server);
+    let token = cli.token.clone().or_else(|| local_admin_token(&cli.server));
+    let api = || client::Api::new(&cli.server, token.clone());
     let fmt = cli.output;
     match cli.command {
         Command::Up {
@@ -587,6 +685,36 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
             follow,
             lines,
         } => view::logs(&api(), &service, follow, lines).await,
+        Command::Whoami => people::whoami(&api(), fmt).await,
+        Command::Users { command: None } => people::users(&api(), fmt).await,
+        Command::Users {
+            command:
+                Some(UsersCommand::Add {
+                    name,
+                    role,
+                    customer,
+                    email,
+                }),
+        } => people::add_user(&api(), &name, &role, customer, email, fmt).await,
+        Command::Users {
+            command: Some(UsersCommand::Rm { name }),
+        } => people::remove_user(&api(), &name).await,
+        Command::Tokens { command: None } => people::tokens(&api(), fmt).await,
+        Command::Tokens {
+            command:
+                Some(TokensCommand::Create {
+                    user,
+                    name,
+                    expires,
+                }),
+        } => people::create_token(&api(), &user, name, expires, fmt).await,
+        Command::Tokens {
+            command: Some(TokensCommand::Rm { id }),
+        } => people::revoke_token(&api(), &id).await,
+        Command::Customers { command: None } => people::customers(&api(), fmt).await,
+        Command::Customers {
+            command: Some(CustomersCommand::Add { id, name }),
+        } => people::add_customer(&api(), &id, &name, fmt).await,
         Command::Services { command: None } => view::services(&api(), fmt).await,
         Command::Services {
             command:

@@ -347,6 +347,21 @@ pub async fn up(
         ))),
         _ => None,
     };
+    // A data directory's first start makes its first admin; the local
+    // CLI finds the token beside the database.
+    match engine.store.bootstrap_admin().await {
+        Ok(Some(token)) => {
+            let file = dir.join(ADMIN_TOKEN_FILE);
+            write_private(&file, &token)
+                .map_err(|e| Exit::failure(format!("cannot write {}: {e}", file.display())))?;
+            say!(
+                "tandem up: first start: user admin made; its token is in {} (owner-only)",
+                file.display()
+            );
+        }
+        Ok(None) => {}
+        Err(e) => return Err(Exit::failure(format!("cannot make the first admin: {e}"))),
+    }
     say!(
         "tandem up: api http://{api_local}  proxy http://{proxy}{https}  data {}  agent pid {agent_pid}",
         dir.display()
@@ -370,6 +385,7 @@ pub async fn up(
         delivery,
         ops,
         agent_status: Default::default(),
+        refused: Default::default(),
     });
     // Once asked to stop, the agent is no longer ours to start again:
     // `down` stops it next, and a watchdog still running while open
@@ -505,6 +521,26 @@ pub async fn down(dir: &Path) -> CmdResult {
         Err(_) => {}
     }
     Ok(())
+}
+
+/// The file under the data directory holding the first admin's token.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// Writes `text` to `file`, owner-only (0600), replacing it whole.
+fn write_private(file: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, file)
 }
 
 #[cfg(test)]

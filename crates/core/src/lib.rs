@@ -7,6 +7,7 @@ pub mod units;
 
 pub use spec::{Spec, SpecError};
 pub use units::{Duration, Percent};
+pub mod access;
 pub mod journal;
 pub mod protocol;
 pub mod signature;

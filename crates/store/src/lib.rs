@@ -6,6 +6,7 @@
 //! the chain has no forks.
 
 mod health;
+pub mod identity;
 mod ops;
 mod pipeline;
 mod sealed;
@@ -44,6 +45,9 @@ pub enum StoreError {
     /// The change conflicts with the current state.
     #[error("{0}")]
     Conflict(String),
+    /// The request is not valid (a bad name, an unknown role).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -138,6 +142,7 @@ pub struct Store {
     writer: std::sync::Arc<tokio::sync::Mutex<()>>,
     health: health::SharedHealth,
     sealer: sealed::Sealer,
+    tokens: identity::TokenCache,
     /// The database file.
     path: std::sync::Arc<std::path::PathBuf>,
 }
@@ -207,6 +212,7 @@ impl Store {
             writer: Default::default(),
             health: Default::default(),
             sealer,
+            tokens: Default::default(),
             path: std::sync::Arc::new(path.to_path_buf()),
         })
     }

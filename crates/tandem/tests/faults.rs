@@ -173,6 +173,13 @@ fn a_backup_taken_under_load_restores_elsewhere_with_its_journal_secrets_and_ser
         copy.data().to_str().expect("utf8"),
     ]);
     assert_ok(&restored);
+    // People and their tokens come back with the database: the first
+    // server's admin token works on the restored one.
+    std::fs::copy(
+        env.data().join("admin.token"),
+        copy.data().join("admin.token"),
+    )
+    .expect("the admin's token");
     // The restored server, beside the first one: the journal verifies, the
     // secret is there, and the service comes back from its artifact.
     copy.up_again();
@@ -284,6 +291,10 @@ fn the_api_bounds_connections_slow_heads_and_requests_in_flight() {
 
     // 1,000 status calls at once: each is answered, 200 or a clean 503
     // with Retry-After, never a 500; memory stays small.
+    let request = format!(
+        "GET /api/v1/status HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        env.token()
+    );
     let answers: Vec<(u16, bool)> = std::thread::scope(|scope| {
         let calls: Vec<_> = (0..1000)
             .map(|_| {
@@ -291,10 +302,7 @@ fn the_api_bounds_connections_slow_heads_and_requests_in_flight() {
                     let mut s = std::net::TcpStream::connect(&env.api).expect("connect");
                     s.set_read_timeout(Some(Duration::from_secs(60)))
                         .expect("timeout");
-                    s.write_all(
-                        b"GET /api/v1/status HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n",
-                    )
-                    .expect("write");
+                    s.write_all(request.as_bytes()).expect("write");
                     let mut text = String::new();
                     let _ = s.read_to_string(&mut text);
                     let code = text
@@ -549,11 +557,12 @@ fn down_stops_a_server_that_is_digesting_a_huge_tree_at_once() {
     let big = std::fs::File::create(dir.join("big.bin")).expect("create");
     big.set_len(4 << 30).expect("set_len");
     let deploy = {
-        let (api, dir) = (env.api.clone(), dir);
+        let (api, token, dir) = (env.api.clone(), env.token(), dir);
         std::thread::spawn(move || {
             std::process::Command::new(util::bin())
                 .args(["deploy", "--dir", dir.to_str().expect("utf8")])
                 .env("TANDEM_SERVER", format!("http://{api}"))
+                .env("TANDEM_TOKEN", token)
                 .output()
                 .expect("deploy")
         })
@@ -620,11 +629,12 @@ fn a_release_paused_at(
     let load = util::Load::start_mixed(&env.proxy, "mixed.test", 1);
     std::fs::write(dir.join("index.html"), "v2").expect("body");
     let deploy = {
-        let api = env.api.clone();
+        let (api, token) = (env.api.clone(), env.token());
         std::thread::spawn(move || {
             std::process::Command::new(util::bin())
                 .args(["deploy", "--dir", dir.to_str().expect("utf8")])
                 .env("TANDEM_SERVER", format!("http://{api}"))
+                .env("TANDEM_TOKEN", token)
                 .output()
                 .expect("deploy")
         })

@@ -916,6 +916,7 @@ fn secrets_reach_instances_and_steps_and_are_masked_everywhere_else() {
     let mut set = Command::new(util::bin())
         .args(["secrets", "set", "shop", "API_TOKEN"])
         .env("TANDEM_SERVER", format!("http://{}", env.api))
+        .env("TANDEM_TOKEN", env.token())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -1807,6 +1808,7 @@ fn a_repository_token_works_and_appears_nowhere() {
             "300ms",
         ])
         .env("TANDEM_SERVER", format!("http://{}", env.api))
+        .env("TANDEM_TOKEN", env.token())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -1855,7 +1857,8 @@ fn assert_secret_nowhere(env: &Env, secret: &str) {
         "/api/v1/events?limit=10000",
         "/api/v1/runs",
     ] {
-        let (_, body) = util::get_from(&env.api, "api", path);
+        let (status, body) = env.api_get(path);
+        assert_eq!(status, 200, "{path}: {body}");
         assert!(!body.contains(secret), "{path} shows the secret");
     }
 }

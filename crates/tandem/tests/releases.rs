@@ -204,6 +204,7 @@ fn the_journal_is_read_whole_a_page_at_a_time() {
     let mut reader = std::process::Command::new(util::bin())
         .args(["audit", "events", "-o", "json", "--page", "1"])
         .env("TANDEM_SERVER", format!("http://{}", env.api))
+        .env("TANDEM_TOKEN", env.token())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -249,6 +250,7 @@ fn following_logs_shows_every_new_line_once_even_when_lines_are_alike() {
     let mut follower = std::process::Command::new(util::bin())
         .args(["logs", "web", "-f", "-n", "0"])
         .env("TANDEM_SERVER", format!("http://{}", env.api))
+        .env("TANDEM_TOKEN", env.token())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");
@@ -637,7 +639,7 @@ fn metrics_and_logs_account_for_every_proxied_request() {
     for _ in 0..50 {
         assert_eq!(env.get("web.test", "/index.html").0, 200);
     }
-    let metrics = http_get(&env.api, "/metrics");
+    let metrics = http_get(&env, "/metrics");
     let line = metrics
         .lines()
         .find(|l| l.starts_with(r#"tandem_route_requests_total{service="web",class="2xx"}"#))
@@ -665,7 +667,7 @@ fn metrics_and_logs_account_for_every_proxied_request() {
     // 256 kept back (the rest for upstream connections), at most the
     // configured 10,000.
     let status: serde_json::Value =
-        serde_json::from_str(&http_get(&env.api, "/api/v1/status")).expect("status json");
+        serde_json::from_str(&http_get(&env, "/api/v1/status")).expect("status json");
     let agent_pid = status["agent"]["pid"].as_u64().expect("agent pid");
     let (soft, _) = open_files_limit(u32::try_from(agent_pid).expect("pid"));
     assert_eq!(max, (soft.saturating_sub(256) / 4 * 3).min(10_000));
@@ -690,7 +692,7 @@ fn web_serving(body: &str) -> (Env, std::path::PathBuf) {
 /// The agent's pid, as the server sees it.
 fn agent_pid(env: &Env) -> u64 {
     let status: serde_json::Value =
-        serde_json::from_str(&http_get(&env.api, "/api/v1/status")).expect("status json");
+        serde_json::from_str(&http_get(env, "/api/v1/status")).expect("status json");
     status["agent"]["pid"].as_u64().expect("agent pid")
 }
 
@@ -716,7 +718,7 @@ fn the_instances_log_a_request(env: &Env, path: &str) {
 
 /// The web service's 2xx count on the agent's metrics.
 fn route_2xx(env: &Env) -> u64 {
-    let metrics = http_get(&env.api, "/metrics");
+    let metrics = http_get(env, "/metrics");
     metrics
         .lines()
         .find_map(|l| {
@@ -728,19 +730,9 @@ fn route_2xx(env: &Env) -> u64 {
 }
 
 /// A plain HTTP/1.1 GET; returns the body.
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    out.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default()
+/// GET `path` of the API as the first admin: the body.
+fn http_get(env: &Env, path: &str) -> String {
+    env.api_get(path).1
 }
 
 #[test]
@@ -1008,6 +1000,7 @@ fn a_secret_with_a_nul_byte_is_refused_at_set_and_changes_nothing() {
     let mut set = std::process::Command::new(util::bin())
         .args(["secrets", "set", "web", "TOKEN"])
         .env("TANDEM_SERVER", format!("http://{}", env.api))
+        .env("TANDEM_TOKEN", env.token())
         .stdin(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -96,9 +96,17 @@ impl Env {
         path
     }
 
-    /// GET `path` of the API: status and body.
+    /// GET `path` of the API as the first admin: status and body.
     pub fn api_get(&self, path: &str) -> (u16, String) {
-        get_from(&self.api, "api", path)
+        get_as(&self.api, "api", path, Some(&self.token()))
+    }
+
+    /// The first admin's token, which `tandem up` wrote on first start.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data().join("admin.token"))
+            .expect("admin.token")
+            .trim()
+            .to_owned()
     }
 
     /// `tandem up` with extra environment variables.
@@ -190,6 +198,7 @@ impl Env {
         let mut set = Command::new(bin())
             .args(["secrets", "set", service, name])
             .env("TANDEM_SERVER", format!("http://{}", self.api))
+            .env("TANDEM_TOKEN", self.token())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -262,10 +271,18 @@ impl Drop for Env {
 /// One GET of `path` from `addr` for `host` on a fresh connection:
 /// (status, body).
 pub fn get_from(addr: &str, host: &str, path: &str) -> (u16, String) {
+    get_as(addr, host, path, None)
+}
+
+/// [`get_from`] with a bearer token.
+pub fn get_as(addr: &str, host: &str, path: &str, token: Option<&str>) -> (u16, String) {
     let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n"
     )
     .expect("write");
     let mut resp = String::new();

@@ -1,0 +1,252 @@
+//! Who is asking, and whether they may: every request to a route passes
+//! [`check`] before its handler. What a route needs is in
+//! [`crate::openapi::PATHS`] beside its description (a route missing there
+//! needs an admin); whether a role meets it is
+//! [`tandem_core::access::decide`]. A customer's people reach their own
+//! customer's services only: a route naming another customer's service,
+//! run or incident answers 404, as if it did not exist, and lists are
+//! filtered by their handlers through [`Caller::sees`].
+//!
+//! The journal's actor is the caller's user (`user:<name>`); nothing the
+//! client sends can change it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
+use axum::http::request::Parts;
+use axum::http::{Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tandem_core::access::{Access, Need, decide};
+use tandem_store::identity::{Identity, Refusal};
+
+use crate::{ApiError, AppState};
+
+/// The authenticated caller of a request, and how far they reach.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub identity: Identity,
+    pub access: Access,
+}
+
+impl Caller {
+    /// The journal's actor for what they do.
+    pub fn actor(&self) -> String {
+        self.identity.actor()
+    }
+
+    /// Whether they may see a service delivered to `customer`.
+    pub fn sees(&self, customer: Option<&str>) -> bool {
+        match self.access {
+            Access::OwnCustomer => {
+                customer.is_some() && customer == self.identity.customer.as_deref()
+            }
+            Access::Allow => true,
+            Access::Deny => false,
+        }
+    }
+
+    /// Whether the caller is bound to one customer.
+    pub fn scoped(&self) -> bool {
+        self.access == Access::OwnCustomer
+    }
+
+    /// The services the caller may see: `None` for all of them.
+    pub async fn services(
+        &self,
+        store: &tandem_store::Store,
+    ) -> Result<Option<std::collections::HashSet<String>>, ApiError> {
+        if !self.scoped() {
+            return Ok(None);
+        }
+        Ok(Some(
+            store
+                .services()
+                .await?
+                .into_iter()
+                .filter(|s| self.sees(s.customer.as_deref()))
+                .map(|s| s.name)
+                .collect(),
+        ))
+    }
+}
+
+/// Whether `service` is in what [`Caller::services`] returned.
+pub fn visible(seen: &Option<std::collections::HashSet<String>>, service: &str) -> bool {
+    seen.as_ref().is_none_or(|set| set.contains(service))
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Caller, ApiError> {
+        parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
+            ApiError::Internal("a handler needing a caller on a public route".into())
+        })
+    }
+}
+
+/// Requests refused, by answer, for `/metrics`.
+#[derive(Clone, Default)]
+pub struct Refused(Arc<[AtomicU64; 2]>);
+
+impl Refused {
+    pub fn metrics(&self) -> String {
+        let [unauthorized, forbidden] = &*self.0;
+        format!(
+            "# HELP tandem_api_refused_total API requests refused: 401 no valid token, 403 the role may not.\n# TYPE tandem_api_refused_total counter\ntandem_api_refused_total{{status=\"401\"}} {}\ntandem_api_refused_total{{status=\"403\"}} {}\n",
+            unauthorized.load(Ordering::Relaxed),
+            forbidden.load(Ordering::Relaxed)
+        )
+    }
+}
+
+/// The need of `method` on the route `route` (as the router spells it).
+pub fn need(method: &Method, route: &str) -> Need {
+    crate::openapi::PATHS
+        .iter()
+        .find(|p| p.path == route && p.method.eq_ignore_ascii_case(method.as_str()))
+        .map_or(Need::Admin, |p| p.need)
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// The check every routed request passes (a `route_layer`).
+pub async fn check(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let (mut parts, body) = req.into_parts();
+    let route = parts
+        .extensions
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_default();
+    let need = need(&parts.method, &route);
+    if need == Need::Public {
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    let refuse = |status: usize, who: &str, error: ApiError| {
+        s.refused.0[status].fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(method = %parts.method, route, who, error = ?error, "request refused");
+        error.into_response()
+    };
+    let identity = match bearer(&parts) {
+        None => {
+            return refuse(
+                0,
+                "",
+                ApiError::Unauthorized(
+                    "this route needs a token (Authorization: Bearer …); `tandem tokens create` makes one".into(),
+                ),
+            );
+        }
+        Some(token) => match s.engine.store.authenticate(token).await {
+            Ok(identity) => identity,
+            Err(Refusal::Expired) => {
+                return refuse(
+                    0,
+                    "",
+                    ApiError::Unauthorized("the token has expired".into()),
+                );
+            }
+            Err(Refusal::Unknown) => {
+                return refuse(
+                    0,
+                    "",
+                    ApiError::Unauthorized("the token is not valid (unknown or revoked)".into()),
+                );
+            }
+        },
+    };
+    let access = decide(identity.role, need);
+    if access == Access::Deny {
+        let message = format!(
+            "{} ({}) may not {} {route}",
+            identity.user, identity.role, parts.method
+        );
+        return refuse(1, &identity.user, ApiError::Forbidden(message));
+    }
+    let caller = Caller { identity, access };
+    if caller.scoped() {
+        let params = RawPathParams::from_request_parts(&mut parts, &s).await.ok();
+        let params: Vec<(String, String)> = params
+            .iter()
+            .flat_map(|p| p.iter())
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        match owner_of(&s, &route, &params).await {
+            Ok(Some(customer)) if caller.sees(customer.as_deref()) => {}
+            Ok(None) => {}
+            Ok(Some(_)) => return ApiError::NotFound(not_found(&route, &params)).into_response(),
+            Err(e) => return e.into_response(),
+        }
+    }
+    parts.extensions.insert(caller);
+    next.run(Request::from_parts(parts, body)).await
+}
+
+/// The customer of what the route's parameters name: `Some(customer)` for
+/// a service, run or incident (`Some(None)`: a service of nobody's, or
+/// nothing by that name), `None` when the route names none of them.
+async fn owner_of(
+    s: &AppState,
+    route: &str,
+    params: &[(String, String)],
+) -> Result<Option<Option<String>>, ApiError> {
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let store = &s.engine.store;
+    let service =
+        if let Some(name) = param("name").filter(|_| route.starts_with("/api/v1/services/")) {
+            Some(name.to_owned())
+        } else if let Some(id) = param("id") {
+            let id: i64 = id.parse().unwrap_or(-1);
+            if route.starts_with("/api/v1/runs/") {
+                Some(
+                    store
+                        .run(id)
+                        .await
+                        .ok()
+                        .flatten()
+                        .map(|r| r.service)
+                        .unwrap_or_default(),
+                )
+            } else if route.starts_with("/api/v1/incidents/") {
+                Some(
+                    store
+                        .incident(id)
+                        .await
+                        .ok()
+                        .flatten()
+                        .map(|i| i.service)
+                        .unwrap_or_default(),
+                )
+            } else {
+                None
+            }
+        } else {
+            None
+        };
+    let Some(service) = service else {
+        return Ok(None);
+    };
+    Ok(Some(
+        store.service(&service).await?.and_then(|row| row.customer),
+    ))
+}
+
+fn not_found(route: &str, params: &[(String, String)]) -> String {
+    match params.first() {
+        Some((k, v)) if k == "name" => format!("no service {v}"),
+        Some((_, v)) if route.starts_with("/api/v1/runs/") => format!("no run {v}"),
+        Some((_, v)) => format!("no incident {v}"),
+        None => "not found".into(),
+    }
+}
