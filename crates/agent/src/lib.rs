@@ -281,10 +281,15 @@ async fn bind_tls(config: &AgentConfig) -> Result<Option<tokio::net::TcpListener
 /// handover to a new agent.
 pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let dir = &config.data_dir;
-    std::fs::create_dir_all(dir).map_err(|source| AgentError::DataDir {
-        path: dir.display().to_string(),
-        source,
-    })?;
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| AgentError::DataDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
     let Start {
         lock,
         listener,

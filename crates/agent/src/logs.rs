@@ -30,14 +30,33 @@ struct Inner {
     file: Option<File>,
     written: u64,
     tail: VecDeque<String>,
+    /// The instance's secret values, masked in every line written.
+    secrets: Vec<String>,
+}
+
+/// An instance log file: appended to, owner-only (what an instance prints
+/// is its own business).
+fn open_log(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
 }
 
 impl InstanceLog {
-    pub fn open(path: PathBuf) -> std::io::Result<Self> {
+    /// The log at `path`; `secrets` (values of the instance's secrets)
+    /// are masked in what is written to it.
+    pub fn open(path: PathBuf, secrets: Vec<String>) -> std::io::Result<Self> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let file = open_log(&path)?;
         let written = file.metadata().map(|m| m.len()).unwrap_or(0);
         Ok(InstanceLog {
             inner: Arc::new(Mutex::new(Inner {
@@ -45,6 +64,7 @@ impl InstanceLog {
                 file: Some(file),
                 written,
                 tail: VecDeque::new(),
+                secrets: tandem_core::masking::maskable(secrets),
             })),
         })
     }
@@ -59,6 +79,13 @@ impl InstanceLog {
 
     pub fn write_line(&self, line: &str) {
         let mut inner = self.lock();
+        let masked;
+        let line = if inner.secrets.is_empty() {
+            line
+        } else {
+            masked = tandem_core::masking::mask(line, &inner.secrets);
+            masked.as_str()
+        };
         if inner.written > ROTATE_AT_BYTES {
             inner.rotate();
         }
@@ -151,11 +178,7 @@ impl Inner {
         self.file = None;
         let rotated = rotated_path(&self.path);
         let _ = std::fs::rename(&self.path, rotated);
-        self.file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .ok();
+        self.file = open_log(&self.path).ok();
         self.written = 0;
     }
 }
@@ -271,7 +294,7 @@ mod tests {
     fn rotates_past_the_limit_and_tails_across_files() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("a.log");
-        let log = InstanceLog::open(path.clone()).expect("open");
+        let log = InstanceLog::open(path.clone(), Vec::new()).expect("open");
         let line = "x".repeat(1024);
         for _ in 0..(ROTATE_AT_BYTES / 1024 + 2) {
             log.write_line(&line);
@@ -289,7 +312,7 @@ mod tests {
     fn a_cursor_gives_every_line_written_since_once_even_alike_and_across_a_rotation() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("c.log");
-        let log = InstanceLog::open(path.clone()).expect("open");
+        let log = InstanceLog::open(path.clone(), Vec::new()).expect("open");
         let texts = |lines: &[(String, LogCursor)]| -> Vec<String> {
             lines.iter().map(|(l, _)| l.clone()).collect()
         };
@@ -345,7 +368,7 @@ mod tests {
     async fn a_detached_capture_keeps_what_it_read_and_its_pipe_reads_on() {
         use std::io::Write;
         let dir = tempfile::tempdir().expect("tempdir");
-        let log = InstanceLog::open(dir.path().join("b.log")).expect("open");
+        let log = InstanceLog::open(dir.path().join("b.log"), Vec::new()).expect("open");
         let (reader, mut writer) = std::io::pipe().expect("pipe");
         let pipe = OwnedFd::from(reader);
         let capture = log

@@ -70,6 +70,10 @@ struct Shared {
     /// raced wrote the one temporary file together (and failed), and an
     /// older snapshot could be renamed over a newer one.
     saving: Mutex<()>,
+    /// Seals the instances' secret values in the state file (the data
+    /// directory's key); `None` if the key could not be had, and then
+    /// they are not saved at all.
+    sealer: Option<tandem_seal::Sealer>,
 }
 
 #[derive(Default)]
@@ -295,9 +299,14 @@ impl Supervisor {
                 proxy,
                 prober: Prober::default(),
                 marked_dir: std::fs::canonicalize(&data_dir).unwrap_or_else(|_| data_dir.clone()),
-                data_dir,
                 unclaimed: Mutex::new(BTreeMap::new()),
                 saving: Mutex::new(()),
+                sealer: tandem_seal::Sealer::load_or_create(&data_dir)
+                    .inspect_err(|e| {
+                        tracing::error!(error = %e, "no key to seal secrets with: they are left out of the state file");
+                    })
+                    .ok(),
+                data_dir,
             }),
         }
     }
@@ -440,7 +449,11 @@ impl Supervisor {
                     let saved = SavedService {
                         route: s.route.clone(),
                         active: s.active.clone(),
-                        groups: s.groups.values().map(|g| g.spec.clone()).collect(),
+                        groups: s
+                            .groups
+                            .values()
+                            .map(|g| seal_secrets(self.shared.sealer.as_ref(), &g.spec))
+                            .collect(),
                         instances: s
                             .groups
                             .values()
@@ -502,12 +515,20 @@ impl Supervisor {
         if !path.exists() {
             return None;
         }
+        let opened = |mut saved: SavedState| {
+            for s in saved.services.values_mut() {
+                for g in &mut s.groups {
+                    open_secrets(self.shared.sealer.as_ref(), g);
+                }
+            }
+            saved
+        };
         match read(&path) {
-            Ok(saved) => Some(saved),
+            Ok(saved) => Some(opened(saved)),
             Err(e) => match read(&self.backup_state_path()) {
                 Ok(saved) => {
                     tracing::error!(error = %e, "agent state file damaged; restoring from its copy");
-                    Some(saved)
+                    Some(opened(saved))
                 }
                 Err(e2) => {
                     tracing::error!(error = %e, copy = %e2, "agent state file and its copy damaged; finding instances by their marks");
@@ -583,7 +604,12 @@ impl Supervisor {
                 .join("logs")
                 .join(&spec.service)
                 .join(format!("{id}.log"));
-            let log = match InstanceLog::open(log_path.clone()) {
+            let secrets = spec
+                .secrets
+                .iter()
+                .filter_map(|k| spec.env.get(k).cloned())
+                .collect();
+            let log = match InstanceLog::open(log_path.clone(), secrets) {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::error!(error = %e, path = %log_path.display(), "cannot open instance log");
@@ -1632,9 +1658,102 @@ async fn terminate(proc: &mut Proc, pgid: Pid, timeout: Duration) {
     proc.wait().await;
 }
 
+/// A sealed value in the state file.
+const SEALED: &str = "tandem-sealed:";
+
+/// `spec` as the state file keeps it: its secret values sealed (left out
+/// without a key), never in clear.
+fn seal_secrets(sealer: Option<&tandem_seal::Sealer>, spec: &GroupSpec) -> GroupSpec {
+    let mut spec = spec.clone();
+    for key in &spec.secrets {
+        let Some(value) = spec.env.remove(key) else {
+            continue;
+        };
+        if let Some(sealer) = sealer {
+            let hex: String = sealer
+                .seal(value.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            spec.env.insert(key.clone(), format!("{SEALED}{hex}"));
+        }
+    }
+    spec
+}
+
+/// The reverse of [`seal_secrets`]: a value that does not open (another
+/// key) is left out, said in the log.
+fn open_secrets(sealer: Option<&tandem_seal::Sealer>, spec: &mut GroupSpec) {
+    for key in spec.secrets.clone() {
+        let Some(hex) = spec.env.get(&key).and_then(|v| v.strip_prefix(SEALED)) else {
+            continue;
+        };
+        let bytes: Option<Vec<u8>> = (hex.len() % 2 == 0 && hex.is_ascii())
+            .then(|| {
+                (0..hex.len() / 2)
+                    .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+                    .collect()
+            })
+            .flatten();
+        let opened = bytes
+            .and_then(|b| sealer?.open(&b).ok())
+            .and_then(|p| String::from_utf8(p).ok());
+        match opened {
+            Some(value) => {
+                spec.env.insert(key, value);
+            }
+            None => {
+                tracing::error!(service = %spec.service, release = %spec.release, secret = %key, "a sealed secret of the state file does not open; the instances start without it");
+                spec.env.remove(&key);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_values_are_sealed_in_the_state_file_and_open_again() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let sealer = tandem_seal::Sealer::load_or_create(dir.path()).expect("key");
+        let spec = GroupSpec {
+            service: "shop".into(),
+            release: "r1".into(),
+            dir: "/tmp".into(),
+            command: "true".into(),
+            env: [("API_TOKEN", "t0ken-value"), ("PLAIN", "shown")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            instances: 1,
+            readiness: tandem_core::protocol::ProbeSpec {
+                kind: tandem_core::protocol::ProbeKind::Tcp,
+                interval_ms: 100,
+                timeout_ms: 100,
+                failures: 1,
+            },
+            liveness: None,
+            stop_timeout_ms: 100,
+            secrets: vec!["API_TOKEN".into()],
+        };
+        let saved = seal_secrets(Some(&sealer), &spec);
+        let text = serde_json::to_string(&saved).expect("json");
+        assert!(!text.contains("t0ken-value"), "{text}");
+        assert!(text.contains("shown"));
+        let mut back: GroupSpec = serde_json::from_str(&text).expect("json");
+        open_secrets(Some(&sealer), &mut back);
+        assert_eq!(back, spec);
+        // Without the key: left out, never kept in clear.
+        let unkeyed = seal_secrets(None, &spec);
+        assert!(!unkeyed.env.contains_key("API_TOKEN"));
+        let other = tempfile::tempdir().expect("tmp");
+        let stranger = tandem_seal::Sealer::load_or_create(other.path()).expect("key");
+        let mut foreign: GroupSpec = serde_json::from_str(&text).expect("json");
+        open_secrets(Some(&stranger), &mut foreign);
+        assert!(!foreign.env.contains_key("API_TOKEN"));
+    }
 
     #[tokio::test]
     async fn saves_at_once_all_succeed_and_leave_a_whole_state_file() {

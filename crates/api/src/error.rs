@@ -50,6 +50,7 @@ impl From<tandem_delivery::DeliveryError> for ApiError {
             D::BadInput(m) => ApiError::BadInput(m),
             D::NotFound(m) => ApiError::NotFound(m),
             D::Conflict(m) => ApiError::Conflict(m),
+            D::Forbidden(m) => ApiError::Forbidden(m),
             D::Git(g) => ApiError::Failed(g.to_string(), Vec::new()),
             D::Engine(e) => e.into(),
             D::Store(s) => s.into(),

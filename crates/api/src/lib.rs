@@ -286,6 +286,10 @@ async fn releases(
 #[derive(Deserialize)]
 struct DeployBody {
     dir: PathBuf,
+    /// Deploy over a service registered from a repository, past its
+    /// pipeline and gates (admins only; journalled `deploy.forced`).
+    #[serde(default)]
+    force: bool,
 }
 
 async fn deploy(
@@ -293,6 +297,36 @@ async fn deploy(
     caller: Caller,
     Json(body): Json<DeployBody>,
 ) -> Response {
+    // A service registered from a repository is released by its pipeline,
+    // with its approvals: a directory naming it does not get around them.
+    if let Ok(spec) = tandem_engine::read_spec(&body.dir) {
+        let name = spec.service.name.to_string();
+        match s.engine.store.repo(&name).await {
+            Ok(Some(repo)) if !body.force => {
+                return ApiError::Forbidden(format!(
+                    "{name} is delivered from {}#{} by its pipeline and gates; deploy it with `tandem deploy {name} [--ref R]` (an admin may force a directory with --force)",
+                    repo.url, repo.branch
+                ))
+                .into_response();
+            }
+            Ok(Some(_)) if caller.identity.role != tandem_core::access::Role::Admin => {
+                return ApiError::Forbidden(format!(
+                    "only an admin may force a directory over {name}, which is delivered from a repository"
+                ))
+                .into_response();
+            }
+            Ok(Some(_)) => {
+                let event = tandem_core::journal::NewEvent::new(caller.actor(), "deploy.forced")
+                    .subject("service", &name)
+                    .payload(serde_json::json!({ "dir": body.dir }));
+                if let Err(e) = s.engine.store.append(event).await {
+                    return ApiError::from(e).into_response();
+                }
+            }
+            Ok(None) => {}
+            Err(e) => return ApiError::from(e).into_response(),
+        }
+    }
     let actor = caller.actor();
     stream_progress(move |reporter| async move {
         s.engine.deploy_dir(&body.dir, &actor, &reporter).await
@@ -496,12 +530,20 @@ async fn logs(
     }
     let lines = q.lines.unwrap_or(100).min(10_000);
     let after = log_cursors(q.after.as_deref().unwrap_or_default())?;
-    let lines = s
+    let mut lines = s
         .engine
         .agent
         .logs(&name, q.release, lines, after)
         .await
         .map_err(EngineError::from)?;
+    // What the instance printed of its secrets (a log written before the
+    // agent masked, or a value set since), masked like run logs.
+    let secrets = tandem_core::masking::maskable(s.engine.store.all_secret_values(&name).await?);
+    if !secrets.is_empty() {
+        for l in &mut lines {
+            l.line = tandem_core::masking::mask(&l.line, &secrets);
+        }
+    }
     Ok(Json(serde_json::to_value(lines).unwrap_or_default()))
 }
 

@@ -223,22 +223,25 @@ pub(crate) async fn approve(
     Path(id): Path<i64>,
     caller: Caller,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    customer_may_not_yet(&caller)?;
     Ok(Json(serde_json::json!(
-        s.delivery.approve(id, &caller.actor()).await?
+        s.delivery.approve(id, &approver(&caller)).await?
     )))
 }
 
-/// Customer approvals count only where an environment asks its customer,
-/// which gate policies cannot say yet: until they can, a customer's
-/// approval or rejection is refused rather than counted as the supplier's.
-fn customer_may_not_yet(caller: &Caller) -> Result<(), ApiError> {
-    if caller.scoped() {
-        return Err(ApiError::Forbidden(
-            "a customer's approval counts only where the environment asks the customer (approvers: customer), which no gate does yet".into(),
-        ));
+/// The caller as someone deciding on a promotion: their side is their
+/// customer's for a customer's people (whose reach `auth::check` has
+/// limited to that customer's services), else the supplier's.
+fn approver(caller: &Caller) -> tandem_delivery::Approver {
+    tandem_delivery::Approver {
+        actor: caller.actor(),
+        email: caller.identity.email.clone(),
+        customer: caller
+            .identity
+            .role
+            .is_customer()
+            .then(|| caller.identity.customer.clone())
+            .flatten(),
     }
-    Ok(())
 }
 
 pub(crate) async fn policy(
@@ -277,9 +280,10 @@ pub(crate) async fn reject(
     caller: Caller,
     Json(body): Json<RejectBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    customer_may_not_yet(&caller)?;
     Ok(Json(serde_json::json!(
-        s.delivery.reject(id, &caller.actor(), &body.reason).await?
+        s.delivery
+            .reject(id, &approver(&caller), &body.reason)
+            .await?
     )))
 }
 
@@ -434,16 +438,59 @@ pub(crate) struct SecretBody {
     value: String,
 }
 
+#[derive(Deserialize, Default)]
+pub(crate) struct SecretQuery {
+    /// One environment's value (else the service-wide one).
+    env: Option<String>,
+}
+
+/// `env` as a secret's environment: one the service declares, if it is
+/// registered (a secret may be set before).
+async fn secret_env(
+    s: &AppState,
+    service: &str,
+    env: Option<String>,
+) -> Result<Option<String>, ApiError> {
+    let Some(env) = env.filter(|e| !e.is_empty()) else {
+        return Ok(None);
+    };
+    check_secret_env(&env)?;
+    if let Some(row) = s.engine.store.service(service).await?
+        && !row.declares_env(&env)
+    {
+        return Err(ApiError::BadInput(format!(
+            "{service} has no environment {env}"
+        )));
+    }
+    Ok(Some(env))
+}
+
+fn check_secret_env(env: &str) -> Result<(), ApiError> {
+    let ok = env.len() <= 64
+        && env
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::BadInput(format!(
+            "{env:?} is not an environment name"
+        )))
+    }
+}
+
 /// Secrets may be set before the service is registered, so its first
 /// release finds them.
 pub(crate) async fn set_secret(
     State(s): State<AppState>,
     Path((name, secret)): Path<(String, String)>,
     caller: Caller,
+    Query(q): Query<SecretQuery>,
     Json(body): Json<SecretBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     check_service_name(&name)?;
     check_secret_name(&secret)?;
+    let env = secret_env(&s, &name, q.env).await?;
     if body.value.is_empty() || body.value.len() > 64 * 1024 {
         return Err(ApiError::BadInput(
             "a secret value must be 1 byte to 64 KiB".into(),
@@ -458,19 +505,26 @@ pub(crate) async fn set_secret(
     }
     s.engine
         .store
-        .set_secret(&name, &secret, &body.value, &caller.actor())
+        .set_secret(&name, env.as_deref(), &secret, &body.value, &caller.actor())
         .await?;
-    Ok(Json(serde_json::json!({ "service": name, "name": secret })))
+    Ok(Json(
+        serde_json::json!({ "service": name, "name": secret, "env": env }),
+    ))
 }
 
 pub(crate) async fn remove_secret(
     State(s): State<AppState>,
     Path((name, secret)): Path<(String, String)>,
     caller: Caller,
+    Query(q): Query<SecretQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let env = q.env.filter(|e| !e.is_empty());
+    if let Some(e) = &env {
+        check_secret_env(e)?;
+    }
     s.engine
         .store
-        .remove_secret(&name, &secret, &caller.actor())
+        .remove_secret(&name, env.as_deref(), &secret, &caller.actor())
         .await?;
     Ok(Json(serde_json::json!({ "removed": secret })))
 }

@@ -264,6 +264,10 @@ pub enum Command {
         /// Target environment.
         #[arg(long)]
         env: Option<String>,
+        /// With --dir, over a service delivered from a repository, past
+        /// its pipeline and gates (admins only; journalled).
+        #[arg(long, requires = "dir")]
+        force: bool,
     },
     /// Release an earlier release again, without rebuilding.
     Rollback {
@@ -427,6 +431,13 @@ pub enum ServicesCommand {
         /// A commit may drop the environment.
         #[arg(long, requires = "env")]
         optional: bool,
+        /// Whose approvals count: supplier, customer (a customer-approver
+        /// of the service's customer) or both (one of each at least).
+        #[arg(long, requires = "env", value_parser = ["supplier", "customer", "both"])]
+        approvers_from: Option<String>,
+        /// Whether a commit's author may approve it (true or false).
+        #[arg(long, requires = "env")]
+        author_may_approve: Option<bool>,
     },
 }
 
@@ -520,11 +531,23 @@ pub enum ChannelKind {
 #[derive(Subcommand, Debug)]
 pub enum SecretsCommand {
     /// Set a secret; the value is read from standard input.
-    Set { service: String, name: String },
-    /// Names of a service's secrets.
+    Set {
+        service: String,
+        name: String,
+        /// For one environment only (it takes this before the
+        /// service-wide value).
+        #[arg(long)]
+        env: Option<String>,
+    },
+    /// Names of a service's secrets, and their environments.
     Ls { service: String },
-    /// Remove a secret.
-    Rm { service: String, name: String },
+    /// Remove a secret (the service-wide one, or one environment's).
+    Rm {
+        service: String,
+        name: String,
+        #[arg(long)]
+        env: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -671,10 +694,15 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
             dir: None,
             git_ref,
             env: None,
+            ..
         } => pipelines::deploy_ref(&api(), &service, git_ref, fmt).await,
         Command::Deploy {
-            service, dir, env, ..
-        } => release::deploy(&api(), service, dir, env, fmt).await,
+            service,
+            dir,
+            env,
+            force,
+            ..
+        } => release::deploy(&api(), service, dir, env, force, fmt).await,
         Command::Rollback { service, to, force } => {
             release::rollback(&api(), &service, to, force, fmt).await
         }
@@ -769,6 +797,8 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
                     approvers,
                     required,
                     optional,
+                    approvers_from,
+                    author_may_approve,
                 }),
         } => {
             let change = env.map(|env| {
@@ -781,6 +811,8 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
                         .map(|n| if n.starts_with("user:") { n } else { format!("user:{n}") })
                         .collect::<Vec<_>>()),
                     "required": if required { Some(true) } else if optional { Some(false) } else { None },
+                    "approvers_from": approvers_from,
+                    "author_may_approve": author_may_approve,
                 })
             });
             pipelines::policy(&api(), &service, change, fmt).await

@@ -194,25 +194,46 @@ pub async fn policy(
             json(&v);
         } else {
             outln!(
-                "{service} {}: approvals {}, approvers {}, {}",
+                "{service} {}: approvals {} from {}, approvers {}, {}{}",
                 cell(&v["env"]),
                 cell(&v["approvals"]),
+                cell(&v["approvers_from"]),
                 approvers(&v["approvers"]),
                 if v["required"] == true {
                     "required"
                 } else {
                     "optional"
+                },
+                if v["author_may_approve"] == true {
+                    ", the author may approve"
+                } else {
+                    ""
                 }
             );
         }
         return Ok(());
     }
-    let header = ["env", "approvals", "approvers", "required", "set by", "at"];
+    let header = [
+        "env",
+        "approvals",
+        "from",
+        "approvers",
+        "author may",
+        "required",
+        "set by",
+        "at",
+    ];
     crate::output::list(api, &path, fmt, &header, |p| {
         vec![
             cell(&p["env"]),
             cell(&p["approvals"]),
+            cell(&p["approvers_from"]),
             approvers(&p["approvers"]),
+            if p["author_may_approve"] == true {
+                "yes".into()
+            } else {
+                "no".into()
+            },
             if p["required"] == true {
                 "yes".into()
             } else {
@@ -257,7 +278,7 @@ pub async fn reject(api: &Api, id: i64, reason: &str, fmt: Format) -> CmdResult 
 pub async fn secrets(api: &Api, command: crate::SecretsCommand, fmt: Format) -> CmdResult {
     use crate::SecretsCommand as S;
     match command {
-        S::Set { service, name } => {
+        S::Set { service, name, env } => {
             let mut value = String::new();
             std::io::Read::read_to_string(&mut std::io::stdin(), &mut value)
                 .map_err(|e| Exit::bad_input(format!("cannot read the value from stdin: {e}")))?;
@@ -269,26 +290,46 @@ pub async fn secrets(api: &Api, command: crate::SecretsCommand, fmt: Format) -> 
                 )));
             }
             api.put(
-                &format!("/api/v1/services/{service}/secrets/{name}"),
+                &format!(
+                    "/api/v1/services/{service}/secrets/{name}{}",
+                    env_query(&env)
+                ),
                 serde_json::json!({ "value": value }),
             )
             .await?;
-            outln!("{service}: {name} set");
+            match env {
+                Some(env) => outln!("{service}: {name} set for {env}"),
+                None => outln!("{service}: {name} set"),
+            }
         }
         S::Ls { service } => {
             let path = format!("/api/v1/services/{service}/secrets");
-            return list(api, &path, fmt, &["NAME", "UPDATED"], |s| {
-                vec![cell(&s["name"]), cell(&s["updated_at"])]
+            return list(api, &path, fmt, &["NAME", "ENV", "UPDATED"], |s| {
+                vec![
+                    cell(&s["name"]),
+                    s["env"].as_str().unwrap_or("(all)").to_owned(),
+                    cell(&s["updated_at"]),
+                ]
             })
             .await;
         }
-        S::Rm { service, name } => {
-            api.delete(&format!("/api/v1/services/{service}/secrets/{name}"))
-                .await?;
+        S::Rm { service, name, env } => {
+            api.delete(&format!(
+                "/api/v1/services/{service}/secrets/{name}{}",
+                env_query(&env)
+            ))
+            .await?;
             outln!("{service}: {name} removed");
         }
     }
     Ok(())
+}
+
+/// `?env=E` for an environment's secret, nothing for the service-wide one.
+fn env_query(env: &Option<String>) -> String {
+    env.as_ref()
+        .map(|e| format!("?env={e}"))
+        .unwrap_or_default()
 }
 
 fn short(v: &serde_json::Value) -> String {

@@ -14,6 +14,7 @@ pub async fn deploy(
     service: Option<String>,
     dir: Option<PathBuf>,
     env: Option<String>,
+    force: bool,
     fmt: Format,
 ) -> CmdResult {
     if env.is_some() {
@@ -41,7 +42,7 @@ pub async fn deploy(
     follow(
         api,
         "/api/v1/deploys",
-        serde_json::json!({ "dir": dir }),
+        serde_json::json!({ "dir": dir, "force": force }),
         fmt,
     )
     .await

@@ -31,12 +31,18 @@ const AGENT_START_TIMEOUT: Duration = Duration::from_secs(10);
 const AGENT_TAKEOVER_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn check_data_dir(dir: &Path) -> CmdResult {
-    std::fs::create_dir_all(dir).map_err(|e| {
-        Exit::bad_input(format!(
-            "cannot create data directory {}: {e}",
-            dir.display()
-        ))
-    })?;
+    // Owner-only when made here: it holds the database, keys and logs.
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| {
+            Exit::bad_input(format!(
+                "cannot create data directory {}: {e}",
+                dir.display()
+            ))
+        })?;
     let probe = dir.join(".write-test");
     std::fs::write(&probe, b"").map_err(|e| {
         Exit::bad_input(format!(

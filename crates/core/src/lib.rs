@@ -9,6 +9,7 @@ pub use spec::{Spec, SpecError};
 pub use units::{Duration, Percent};
 pub mod access;
 pub mod journal;
+pub mod masking;
 pub mod protocol;
 pub mod signature;
 pub mod slo;

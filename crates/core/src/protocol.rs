@@ -39,6 +39,10 @@ pub struct GroupSpec {
     #[serde(default)]
     pub liveness: Option<ProbeSpec>,
     pub stop_timeout_ms: u64,
+    /// The keys of `env` that hold secrets: the agent seals their values
+    /// in its state file and masks them in the instances' logs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 fn default_status() -> (u16, u16) {

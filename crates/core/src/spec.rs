@@ -874,8 +874,55 @@ pub struct Environment {
     pub promote: Promote,
     #[serde(default)]
     pub approvals: u32,
+    /// Whose approvals count: the supplier's people (default), the
+    /// service's customer's, or both (at least one of each).
+    #[serde(default)]
+    pub approvers: Approvers,
+    /// Whether the commit's author may approve its promotion (matched by
+    /// e-mail); four eyes by default.
+    #[serde(default)]
+    pub author_may_approve: bool,
     #[serde(default)]
     pub route: Option<RouteOverride>,
+}
+
+/// Whose approvals an environment's gate counts.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Approvers {
+    #[default]
+    Supplier,
+    Customer,
+    Both,
+}
+
+impl Approvers {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Approvers::Supplier => "supplier",
+            Approvers::Customer => "customer",
+            Approvers::Both => "both",
+        }
+    }
+
+    /// The stricter of two: the same, or both.
+    pub fn and(self, other: Approvers) -> Approvers {
+        if self == other { self } else { Approvers::Both }
+    }
+}
+
+impl std::str::FromStr for Approvers {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Approvers, String> {
+        match s {
+            "supplier" => Ok(Approvers::Supplier),
+            "customer" => Ok(Approvers::Customer),
+            "both" => Ok(Approvers::Both),
+            _ => Err(format!("{s:?}: one of supplier, customer, both")),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

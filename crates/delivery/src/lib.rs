@@ -23,7 +23,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tandem_core::spec::Spec;
+use policy::Gate;
+use tandem_core::spec::{Approvers, Spec};
 use tandem_engine::{Engine, EngineError};
 use tandem_store::{NewRun, RepoRow, RunRow, StoreError};
 use tokio::sync::{Notify, Semaphore, watch};
@@ -46,6 +47,9 @@ pub enum DeliveryError {
     /// The request conflicts with the run's state.
     #[error("{0}")]
     Conflict(String),
+    /// The caller may not decide this (four eyes, the wrong side).
+    #[error("{0}")]
+    Forbidden(String),
     #[error(transparent)]
     Git(#[from] git::GitError),
     #[error(transparent)]
@@ -295,13 +299,15 @@ impl Delivery {
         // The gates it was registered with become the control plane's
         // policy: later commits may tighten them, not loosen them.
         if self.store().policies(&name).await?.is_empty() {
-            for (env, approvals) in policy::of_spec(&spec) {
+            for asked in policy::of_spec(&spec) {
                 let row = tandem_store::PolicyRow {
                     service: name.clone(),
-                    env,
-                    approvals: i64::from(approvals),
+                    env: asked.env,
+                    approvals: i64::from(asked.approvals),
                     approvers: Vec::new(),
                     required: true,
+                    approvers_from: asked.from.as_str().into(),
+                    author_may_approve: asked.author_may_approve,
                     updated_at: String::new(),
                     updated_by: String::new(),
                 };
@@ -471,15 +477,14 @@ impl Delivery {
         self.run(id).await
     }
 
-    /// Records `actor`'s approval of the environment a run waits for; with
-    /// enough approvals the run is queued again and promotes itself.
-    pub async fn approve(&self, id: i64, actor: &str) -> Result<RunRow, DeliveryError> {
+    /// The environment run `id` waits to be promoted into, and its gate.
+    pub async fn waiting_gate(&self, id: i64) -> Result<(RunRow, i64, Gate), DeliveryError> {
         let run = self.run(id).await?;
         let env = match (run.status.as_str(), run.stage.as_deref()) {
             ("waiting-approval", Some(stage)) => stage.strip_prefix("approval:").unwrap_or(stage),
             (status, _) => {
                 return Err(DeliveryError::Conflict(format!(
-                    "run {id} is {status}; only a run waiting for approval can be approved"
+                    "run {id} is {status}; only a run waiting for approval can be approved or rejected"
                 )));
             }
         }
@@ -494,35 +499,95 @@ impl Delivery {
         let gate = policy::effective(&spec, &policies)
             .map_err(DeliveryError::Conflict)?
             .into_iter()
-            .find(|g| g.env == env);
-        let required = gate.as_ref().map_or(1, |g| g.approvals.max(1));
-        if let Some(g) = &gate
-            && !g.approvers.is_empty()
-            && !g.approvers.iter().any(|a| a == actor)
+            .find(|g| g.env == env)
+            .unwrap_or(Gate {
+                env,
+                approvals: 1,
+                approvers: Vec::new(),
+                from: Approvers::Supplier,
+                author_may_approve: false,
+            });
+        Ok((run, number, gate))
+    }
+
+    /// Whether `who` may decide on `gate` for `run` (approve or reject):
+    /// their side counts there, they are not the commit's author (unless
+    /// the gate allows it), and they are among its named approvers if it
+    /// names any.
+    fn may_decide(run: &RunRow, gate: &Gate, who: &Approver) -> Result<(), DeliveryError> {
+        let env = &gate.env;
+        match (gate.from, &who.customer) {
+            (Approvers::Supplier, Some(c)) => {
+                return Err(DeliveryError::Forbidden(format!(
+                    "{env} of {} asks the supplier's approval; {} of customer {c} cannot give it",
+                    run.service, who.actor
+                )));
+            }
+            (Approvers::Customer, None) => {
+                return Err(DeliveryError::Forbidden(format!(
+                    "{env} of {} asks its customer's approval (approvers: customer); {} is the supplier's",
+                    run.service, who.actor
+                )));
+            }
+            _ => {}
+        }
+        if !gate.author_may_approve
+            && let (Some(mine), Some(author)) = (&who.email, run.author.as_deref())
+            && author_email(author).is_some_and(|a| a.eq_ignore_ascii_case(mine))
         {
-            return Err(DeliveryError::Conflict(format!(
-                "{actor} may not approve {env} of {}: its approvers are {}",
-                run.service,
-                g.approvers.join(", ")
+            return Err(DeliveryError::Forbidden(format!(
+                "{} wrote {} ({author}); four eyes: someone else approves it (an environment may allow it with author_may_approve: true)",
+                who.actor,
+                &run.commit[..run.commit.len().min(12)]
             )));
         }
+        if !gate.approvers.is_empty() && !gate.approvers.contains(&who.actor) {
+            return Err(DeliveryError::Forbidden(format!(
+                "{} may not approve {env} of {}: its approvers are {}",
+                who.actor,
+                run.service,
+                gate.approvers.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// Records `who`'s approval of the environment a run waits for; with
+    /// enough approvals (distinct people, of the sides the gate asks) the
+    /// run is queued again and promotes itself.
+    pub async fn approve(&self, id: i64, who: &Approver) -> Result<RunRow, DeliveryError> {
+        let (run, number, gate) = self.waiting_gate(id).await?;
+        Self::may_decide(&run, &gate, who)?;
+        let env = gate.env.clone();
+        let org = who.customer.as_deref().unwrap_or("supplier");
+        let actor = who.actor.as_str();
         let event = tandem_core::journal::NewEvent::new(actor, "run.approved")
             .subject("service", &run.service)
             .subject("run", id.to_string())
             .subject("env", &env)
             .payload(run::commit_payload(
                 &run,
-                serde_json::json!({ "env": env, "approver": actor, "release": format!("r{number}") }),
+                serde_json::json!({ "env": env, "approver": actor, "organisation": org, "release": format!("r{number}") }),
             ));
-        let approvals = self.store().approve(id, &env, actor, event).await?;
-        if approvals >= required {
+        let approvals = self.store().approve(id, &env, actor, org, event).await?;
+        let supplier = approvals.iter().filter(|(_, o)| o == "supplier").count();
+        let customer = approvals.len() - supplier;
+        let (required, sides_met) = match gate.from {
+            Approvers::Both => (gate.approvals.max(2), supplier >= 1 && customer >= 1),
+            _ => (gate.approvals.max(1), true),
+        };
+        if approvals.len() as u32 >= required && sides_met {
+            let approvers: Vec<serde_json::Value> = approvals
+                .iter()
+                .map(|(a, o)| serde_json::json!({ "approver": a, "organisation": o }))
+                .collect();
             let event = tandem_core::journal::NewEvent::new(SCHEDULER_ACTOR, "run.promoting")
                 .subject("service", &run.service)
                 .subject("run", id.to_string())
                 .subject("env", &env)
                 .payload(run::commit_payload(
                     &run,
-                    serde_json::json!({ "env": env, "approvals": approvals, "required": required }),
+                    serde_json::json!({ "env": env, "approvals": approvals.len(), "required": required, "approvers": approvers }),
                 ));
             let update = tandem_store::RunUpdate {
                 status: "queued",
@@ -588,6 +653,15 @@ impl Delivery {
                 .required
                 .or(current.as_ref().map(|c| c.required))
                 .unwrap_or(true),
+            approvers_from: change
+                .approvers_from
+                .map(|a| a.as_str().to_owned())
+                .or(current.as_ref().map(|c| c.approvers_from.clone()))
+                .unwrap_or_else(|| "supplier".into()),
+            author_may_approve: change
+                .author_may_approve
+                .or(current.as_ref().map(|c| c.author_may_approve))
+                .unwrap_or(false),
             updated_at: String::new(),
             updated_by: String::new(),
         };
@@ -606,7 +680,7 @@ impl Delivery {
     pub async fn reject(
         &self,
         id: i64,
-        actor: &str,
+        who: &Approver,
         reason: &str,
     ) -> Result<RunRow, DeliveryError> {
         let reason = reason.trim();
@@ -615,19 +689,14 @@ impl Delivery {
                 "a rejection needs a reason of 1 to 1000 bytes (--reason)".into(),
             ));
         }
-        let run = self.run(id).await?;
-        if run.status != "waiting-approval" {
-            return Err(DeliveryError::Conflict(format!(
-                "run {id} is {}; only a run waiting for approval can be rejected",
-                run.status
-            )));
-        }
-        let env = run
-            .stage
-            .as_deref()
-            .and_then(|s| s.strip_prefix("approval:"))
-            .unwrap_or("production")
-            .to_owned();
+        let (run, _, gate) = self.waiting_gate(id).await?;
+        // Whose approval counts may refuse; the author may too (refusing
+        // one's own commit needs no second pair of eyes).
+        let mut gate = gate;
+        gate.author_may_approve = true;
+        Self::may_decide(&run, &gate, who)?;
+        let env = gate.env;
+        let actor = who.actor.as_str();
         let event = tandem_core::journal::NewEvent::new(actor, "run.rejected")
             .subject("service", &run.service)
             .subject("run", id.to_string())
@@ -991,6 +1060,26 @@ pub struct PolicyChange {
     pub approvals: Option<u32>,
     pub approvers: Option<Vec<String>>,
     pub required: Option<bool>,
+    /// Whose approvals count: supplier, customer or both.
+    pub approvers_from: Option<tandem_core::spec::Approvers>,
+    pub author_may_approve: Option<bool>,
+}
+
+/// Someone deciding on a promotion.
+#[derive(Clone, Debug)]
+pub struct Approver {
+    /// `user:<name>`.
+    pub actor: String,
+    /// Matched against the commit's author.
+    pub email: Option<String>,
+    /// The customer they belong to; `None`: the supplier.
+    pub customer: Option<String>,
+}
+
+/// The e-mail of `Name <email>`.
+fn author_email(author: &str) -> Option<&str> {
+    let (_, rest) = author.rsplit_once('<')?;
+    rest.strip_suffix('>').map(str::trim)
 }
 
 /// What became of a webhook delivery.

@@ -5,7 +5,7 @@
 //! the policy, never fewer, and may not drop an environment the policy
 //! requires. So a commit cannot remove its own gate.
 
-use tandem_core::spec::{Promote, Spec};
+use tandem_core::spec::{Approvers, Promote, Spec};
 use tandem_store::PolicyRow;
 
 /// One environment's gate as a run meets it.
@@ -16,13 +16,31 @@ pub struct Gate {
     pub approvals: u32,
     /// Who may approve; empty: anyone.
     pub approvers: Vec<String>,
+    /// Whose approvals count (with `Both`, at least one of each side).
+    pub from: Approvers,
+    /// Whether the commit's author may approve it.
+    pub author_may_approve: bool,
 }
 
-/// The approvals `spec` asks for, per environment in order (a spec without
+/// What `spec` asks of one environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Asked {
+    pub env: String,
+    pub approvals: u32,
+    pub from: Approvers,
+    pub author_may_approve: bool,
+}
+
+/// What `spec` asks for, per environment in order (a spec without
 /// environments has one, `production`).
-pub fn of_spec(spec: &Spec) -> Vec<(String, u32)> {
+pub fn of_spec(spec: &Spec) -> Vec<Asked> {
     if spec.environments.is_empty() {
-        return vec![("production".into(), 0)];
+        return vec![Asked {
+            env: "production".into(),
+            approvals: 0,
+            from: Approvers::Supplier,
+            author_may_approve: false,
+        }];
     }
     spec.environments
         .iter()
@@ -30,10 +48,12 @@ pub fn of_spec(spec: &Spec) -> Vec<(String, u32)> {
         .map(|(i, (name, env))| {
             let manual =
                 env.promote == Promote::Manual || (i == 0 && env.auto_deploy == Some(false));
-            (
-                name.as_str().to_owned(),
-                if manual { env.approvals.max(1) } else { 0 },
-            )
+            Asked {
+                env: name.as_str().to_owned(),
+                approvals: if manual { env.approvals.max(1) } else { 0 },
+                from: env.approvers,
+                author_may_approve: env.author_may_approve,
+            }
         })
         .collect()
 }
@@ -45,7 +65,7 @@ pub fn effective(spec: &Spec, policies: &[PolicyRow]) -> Result<Vec<Gate>, Strin
     let asked = of_spec(spec);
     if let Some(missing) = policies
         .iter()
-        .find(|p| p.required && !asked.iter().any(|(env, _)| *env == p.env))
+        .find(|p| p.required && !asked.iter().any(|a| a.env == p.env))
     {
         return Err(format!(
             "the policy of {} requires environment {}, which this commit's tandem.yaml does not have; a commit cannot remove a gate (an admin can: tandem services policy {} --env {} --optional)",
@@ -54,12 +74,19 @@ pub fn effective(spec: &Spec, policies: &[PolicyRow]) -> Result<Vec<Gate>, Strin
     }
     Ok(asked
         .into_iter()
-        .map(|(env, approvals)| {
-            let policy = policies.iter().find(|p| p.env == env);
+        .map(|a| {
+            let policy = policies.iter().find(|p| p.env == a.env);
+            // A commit may ask for other eyes too, never for fewer.
+            let held = policy.and_then(|p| p.approvers_from.parse::<Approvers>().ok());
             Gate {
-                approvals: approvals.max(policy.map_or(0, |p| p.approvals.max(0) as u32)),
+                approvals: a
+                    .approvals
+                    .max(policy.map_or(0, |p| p.approvals.max(0) as u32)),
                 approvers: policy.map(|p| p.approvers.clone()).unwrap_or_default(),
-                env,
+                from: held.map_or(a.from, |h| h.and(a.from)),
+                author_may_approve: a.author_may_approve
+                    && policy.is_none_or(|p| p.author_may_approve),
+                env: a.env,
             }
         })
         .collect())
@@ -83,6 +110,8 @@ mod tests {
             approvals,
             approvers: vec!["user:alice".into()],
             required,
+            approvers_from: "supplier".into(),
+            author_may_approve: false,
             updated_at: String::new(),
             updated_by: String::new(),
         }
@@ -111,5 +140,20 @@ mod tests {
             effective(&dropped, &optional).expect("gates")[0].approvals,
             1
         );
+    }
+
+    #[test]
+    fn a_spec_may_ask_for_other_eyes_but_not_let_the_author_approve_alone() {
+        let asks = spec(
+            "environments:\n  staging: { route: { host: s.test } }\n  production: { promote: manual, approvers: customer, author_may_approve: true }\n",
+        );
+        let policies = [policy("staging", 0, true), policy("production", 1, true)];
+        let gates = effective(&asks, &policies).expect("gates");
+        assert_eq!(
+            gates[1].from,
+            Approvers::Both,
+            "supplier's policy and customer's spec"
+        );
+        assert!(!gates[1].author_may_approve, "the policy does not allow it");
     }
 }

@@ -288,7 +288,11 @@ impl Ctx<'_> {
                 let work = self.ensure_checkout().await?;
                 let (_, proxy) = engine.agent.hello().await.map_err(EngineError::from)?;
                 let mut vars = self.step_env();
-                vars.extend(engine.secret_env(&service, &spec).await?);
+                vars.extend(
+                    engine
+                        .secret_env(&service, &spec, place.env.as_deref())
+                        .await?,
+                );
                 vars.push(("TANDEM_ENV".into(), env.clone()));
                 vars.push(("TANDEM_HOST".into(), place.route.host.clone()));
                 vars.push(("TANDEM_PROXY".into(), proxy.clone()));
@@ -566,7 +570,8 @@ impl Ctx<'_> {
 
         let engine = &d.inner.engine;
         let mut env = self.step_env();
-        env.extend(engine.secret_env(&service, &spec).await?);
+        // Build and test steps see the service-wide values.
+        env.extend(engine.secret_env(&service, &spec, None).await?);
         for (stage, steps) in [("build", &spec.build), ("test", &spec.test)] {
             if steps.is_empty() {
                 continue;

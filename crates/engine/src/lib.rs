@@ -188,7 +188,8 @@ impl Engine {
         let _guard = self.lock_service(&name).await;
         let source = dir.display().to_string();
         self.register(&spec, &source, Some(&dir), actor).await?;
-        let secrets = self.secret_env(&name, &spec).await?;
+        // Build and test steps see the service-wide values.
+        let secrets = self.secret_env(&name, &spec, None).await?;
         let reporter = &reporter.masking(self.store.all_secret_values(&name).await?);
 
         let build_root = if spec.build.is_empty() && spec.test.is_empty() {
@@ -506,7 +507,7 @@ impl Engine {
         let service = release.service.as_str();
         let unit = to.unit.as_str();
         let name = release.name();
-        let secrets = self.secret_env(service, spec).await?;
+        let secrets = self.secret_env(service, spec, to.env.as_deref()).await?;
         let reporter = &reporter.masking(secrets.iter().map(|(_, v)| v.clone()).collect());
         let kind = |outcome: &str| {
             format!(
@@ -627,6 +628,13 @@ impl Engine {
         let agent_err = |e: AgentClientError| (e.to_string(), Vec::new());
         let (service, name) = (to.unit.as_str(), release.name());
         let mut group = group_spec(release, spec, &to.unit, &self.artifact_dir(release));
+        group.env.insert(
+            "TANDEM_ENV".into(),
+            to.env.clone().unwrap_or_else(|| "production".into()),
+        );
+        // Named as secrets: the agent seals them in its state file and
+        // masks them in the instances' logs.
+        group.secrets = secrets.iter().map(|(k, _)| k.clone()).collect();
         group.env.extend(secrets.iter().cloned());
         self.agent.start_group(group).await.map_err(agent_err)?;
         reporter.phase(
@@ -759,14 +767,21 @@ impl Engine {
         }
     }
 
-    /// The values of the spec's `run.secrets`, for instances and steps.
-    /// A secret that is not set is the operator's to fix.
+    /// The values of the spec's `run.secrets` as environment `env` sees
+    /// them (its own, else the service-wide ones; `None`: the service-wide
+    /// ones), for instances and steps. A secret that is not set is the
+    /// operator's to fix.
     pub async fn secret_env(
         &self,
         service: &str,
         spec: &Spec,
+        env: Option<&str>,
     ) -> Result<Vec<(String, String)>, EngineError> {
-        match self.store.secret_values(service, &spec.run.secrets).await? {
+        match self
+            .store
+            .secret_values(service, env, &spec.run.secrets)
+            .await?
+        {
             Ok(values) => Ok(values),
             Err(missing) => Err(EngineError::BadInput(format!(
                 "run.secrets of {service} names {}, not set; set it with `tandem secrets set {service} {}`",
@@ -929,7 +944,9 @@ impl Engine {
     ) -> Result<bool, EngineError> {
         let name = release.name();
         tracing::info!(unit = %to.unit, release = %name, "the agent runs nothing of it; starting it again");
-        let secrets = self.secret_env(&release.service, spec).await?;
+        let secrets = self
+            .secret_env(&release.service, spec, to.env.as_deref())
+            .await?;
         let why = "the agent ran nothing of it";
         let payload = serde_json::json!({ "env": to.env, "reason": why });
         let started = release_event(SYSTEM_ACTOR, "restore.started".into(), release, payload);
@@ -1055,5 +1072,6 @@ pub fn group_spec(release: &ReleaseRow, spec: &Spec, unit: &str, dir: &Path) -> 
             .as_ref()
             .map(|p| probe_spec(p, DEFAULT_LIVENESS_INTERVAL)),
         stop_timeout_ms: spec.run.stop_timeout.as_millis(),
+        secrets: Vec::new(),
     }
 }

@@ -64,13 +64,10 @@ impl Reporter {
         }
     }
 
-    /// The same reporter, masking `secrets` (empty values are ignored).
+    /// The same reporter, masking `secrets` too (see
+    /// `tandem_core::masking`: values too short to be secrets are not).
     pub fn masking(&self, secrets: Vec<String>) -> Self {
-        let mut all: Vec<String> = self.secrets.iter().cloned().chain(secrets).collect();
-        all.retain(|s| !s.is_empty());
-        // Longest first, so a secret that contains another is masked whole.
-        all.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        all.dedup();
+        let all = tandem_core::masking::maskable(self.secrets.iter().cloned().chain(secrets));
         Reporter {
             tx: self.tx.clone(),
             secrets: std::sync::Arc::new(all),
@@ -124,16 +121,7 @@ impl Reporter {
     }
 }
 
-/// `text` with each of `secrets` replaced by `***`.
-pub fn mask(text: &str, secrets: &[String]) -> String {
-    let mut out = text.to_owned();
-    for s in secrets.iter().filter(|s| !s.is_empty()) {
-        if out.contains(s.as_str()) {
-            out = out.replace(s.as_str(), "***");
-        }
-    }
-    out
-}
+pub use tandem_core::masking::mask;
 
 #[cfg(test)]
 mod tests {

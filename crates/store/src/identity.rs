@@ -11,8 +11,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use chacha20poly1305::aead::OsRng;
-use chacha20poly1305::aead::rand_core::RngCore;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tandem_core::access::Role;
@@ -285,8 +283,8 @@ impl Store {
         }
         let mut id = [0u8; 4];
         let mut secret = [0u8; 32];
-        OsRng.fill_bytes(&mut id);
-        OsRng.fill_bytes(&mut secret);
+        tandem_seal::random_bytes(&mut id);
+        tandem_seal::random_bytes(&mut secret);
         let id = hex(&id);
         let token = format!("tdm_{id}_{}", hex(&secret));
         let row = TokenRow {

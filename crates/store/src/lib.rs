@@ -9,7 +9,6 @@ mod health;
 pub mod identity;
 mod ops;
 mod pipeline;
-mod sealed;
 mod secrets;
 mod slo;
 
@@ -51,6 +50,15 @@ pub enum StoreError {
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
+
+impl From<tandem_seal::SealError> for StoreError {
+    fn from(e: tandem_seal::SealError) -> Self {
+        match e {
+            tandem_seal::SealError::Key(m) => StoreError::Invalid(m),
+            tandem_seal::SealError::Open(m) => StoreError::Conflict(m.into()),
+        }
+    }
+}
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
@@ -141,7 +149,7 @@ pub struct Store {
     pool: SqlitePool,
     writer: std::sync::Arc<tokio::sync::Mutex<()>>,
     health: health::SharedHealth,
-    sealer: sealed::Sealer,
+    sealer: tandem_seal::Sealer,
     tokens: identity::TokenCache,
     /// The database file.
     path: std::sync::Arc<std::path::PathBuf>,
@@ -161,6 +169,8 @@ impl Store {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
+            // A page a secret left is zeroed, not left for a grep to find.
+            .pragma("secure_delete", "on")
             .busy_timeout(std::time::Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -206,15 +216,17 @@ impl Store {
             file.push(suffix);
             let _ = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600));
         }
-        let sealer = sealed::Sealer::load_or_create(path.parent().unwrap_or(Path::new(".")))?;
-        Ok(Store {
+        let sealer = tandem_seal::Sealer::load_or_create(path.parent().unwrap_or(Path::new(".")))?;
+        let store = Store {
             pool,
             writer: Default::default(),
             health: Default::default(),
             sealer,
             tokens: Default::default(),
             path: std::sync::Arc::new(path.to_path_buf()),
-        })
+        };
+        store.seal_secrets().await?;
+        Ok(store)
     }
 
     /// Closes every connection (the last one checkpoints and removes the

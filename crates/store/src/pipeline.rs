@@ -57,6 +57,10 @@ pub struct PolicyRow {
     pub approvers: Vec<String>,
     /// A commit whose spec lacks `env` is not released.
     pub required: bool,
+    /// Whose approvals count: `supplier`, `customer` or `both`.
+    pub approvers_from: String,
+    /// Whether a commit's author may approve it.
+    pub author_may_approve: bool,
     pub updated_at: String,
     pub updated_by: String,
 }
@@ -423,8 +427,8 @@ impl Store {
                     .fetch_optional(&mut *tx)
                     .await?;
             sqlx::query(
-                "INSERT INTO policies (service, env, approvals, approvers, required, updated_at, updated_by)
-                 VALUES (?, ?, ?, ?, ?, ?, ?)
+                "INSERT INTO policies (service, env, approvals, approvers, required, approvers_from, author_may_approve, updated_at, updated_by)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                  ON CONFLICT(service, env) DO UPDATE SET approvals = excluded.approvals,
                    approvers = excluded.approvers, required = excluded.required,
                    updated_at = excluded.updated_at, updated_by = excluded.updated_by",
@@ -434,6 +438,8 @@ impl Store {
             .bind(policy.approvals)
             .bind(serde_json::to_string(&policy.approvers)?)
             .bind(policy.required)
+            .bind(&policy.approvers_from)
+            .bind(policy.author_may_approve)
             .bind(now_ts())
             .bind(actor)
             .execute(&mut *tx)
@@ -608,35 +614,42 @@ impl Store {
     /// Records `approver`'s approval of run `id` into `env` with its event;
     /// returns how many distinct approvers that environment now has. A
     /// second approval by the same approver counts once.
+    /// Records `approver`'s approval (of organisation `org`: `supplier`
+    /// or a customer's id) of run `id` into `env`, once per person;
+    /// returns every approval so far as (approver, org).
     pub async fn approve(
         &self,
         id: i64,
         env: &str,
         approver: &str,
+        org: &str,
         event: NewEvent,
-    ) -> Result<u32> {
+    ) -> Result<Vec<(String, String)>> {
         self.writing(async move {
-        let _w = self.writer.lock().await;
-        let mut tx = self.pool.begin().await?;
-        let added = sqlx::query(
-            "INSERT INTO approvals (run, env, approver, at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-        )
-        .bind(id)
-        .bind(env)
-        .bind(approver)
-        .bind(now_ts())
-        .execute(&mut *tx)
-        .await?;
-        if added.rows_affected() == 1 {
-            append_in(&mut tx, event).await?;
-        }
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM approvals WHERE run = ? AND env = ?")
+            let _w = self.writer.lock().await;
+            let mut tx = self.pool.begin().await?;
+            let added = sqlx::query(
+                "INSERT INTO approvals (run, env, approver, org, at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            )
             .bind(id)
             .bind(env)
-            .fetch_one(&mut *tx)
+            .bind(approver)
+            .bind(org)
+            .bind(now_ts())
+            .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
-        Ok(n as u32)
+            if added.rows_affected() == 1 {
+                append_in(&mut tx, event).await?;
+            }
+            let all: Vec<(String, String)> = sqlx::query_as(
+                "SELECT approver, org FROM approvals WHERE run = ? AND env = ? ORDER BY at",
+            )
+            .bind(id)
+            .bind(env)
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(all)
         })
         .await
     }
@@ -649,8 +662,8 @@ impl Store {
             let _w = self.writer.lock().await;
             let mut tx = self.pool.begin().await?;
             let carried = sqlx::query(
-                "INSERT INTO approvals (run, env, approver, at)
-                 SELECT ?, env, approver, at FROM approvals WHERE run = ? ON CONFLICT DO NOTHING",
+                "INSERT INTO approvals (run, env, approver, org, at)
+                 SELECT ?, env, approver, org, at FROM approvals WHERE run = ? ON CONFLICT DO NOTHING",
             )
             .bind(to)
             .bind(from)

@@ -12,7 +12,13 @@ async fn a_damaged_database_is_refused_at_open_naming_the_way_out() {
         let store = Store::open(&db).await.expect("open");
         for i in 0..200 {
             store
-                .set_secret("shop", &format!("S{i}"), &"v".repeat(500), "user:test")
+                .set_secret(
+                    "shop",
+                    None,
+                    &format!("S{i}"),
+                    &"v".repeat(500),
+                    "user:test",
+                )
                 .await
                 .expect("write");
         }
@@ -42,13 +48,13 @@ async fn a_removed_wal_is_a_fault_and_what_was_committed_reaches_the_database_fi
     let db = dir.path().join("tandem.db");
     let store = Store::open(&db).await.expect("open");
     store
-        .set_secret("shop", "KEPT", "v", "user:test")
+        .set_secret("shop", None, "KEPT", "v", "user:test")
         .await
         .expect("write");
     assert_eq!(store.fault(), None);
     std::fs::remove_file(dir.path().join("tandem.db-wal")).expect("remove the WAL");
     store
-        .set_secret("shop", "AFTER", "v", "user:test")
+        .set_secret("shop", None, "AFTER", "v", "user:test")
         .await
         .expect("a write still works, into the unlinked WAL");
     // Acknowledged means in the database file: the write checkpointed

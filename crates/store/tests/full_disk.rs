@@ -55,7 +55,7 @@ async fn a_full_disk_fails_writes_loses_nothing_acknowledged_and_the_store_recov
     let db = fs.path().join("tandem.db");
     let store = Store::open(&db).await.expect("open");
     store
-        .set_secret("shop", "BEFORE", "v", "user:test")
+        .set_secret("shop", None, "BEFORE", "v", "user:test")
         .await
         .expect("a write with room");
     let filler = fill(fs.path());
@@ -65,7 +65,10 @@ async fn a_full_disk_fails_writes_loses_nothing_acknowledged_and_the_store_recov
     let mut failed = 0;
     for i in 0..40 {
         let name = format!("FULL{i}");
-        match store.set_secret("shop", &name, &value, "user:test").await {
+        match store
+            .set_secret("shop", None, &name, &value, "user:test")
+            .await
+        {
             Ok(_) => acknowledged.push(name),
             Err(_) => failed += 1,
         }
@@ -88,7 +91,7 @@ async fn a_full_disk_fails_writes_loses_nothing_acknowledged_and_the_store_recov
     for i in 0..12 {
         let name = format!("AFTER{i}");
         store
-            .set_secret("shop", &name, "v", "user:test")
+            .set_secret("shop", None, &name, "v", "user:test")
             .await
             .unwrap_or_else(|e| panic!("{name}: a write once there is room: {e}"));
         acknowledged.push(name);

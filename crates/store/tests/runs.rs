@@ -116,23 +116,28 @@ async fn approvals_count_distinct_approvers() {
         .expect("queued");
     let ev = || NewEvent::new("user:ann", "run.approved");
     assert_eq!(
-        s.approve(r.id, "production", "user:ann", ev())
+        s.approve(r.id, "production", "user:ann", "supplier", ev())
             .await
-            .expect("approve"),
+            .expect("approve")
+            .len(),
         1
     );
     assert_eq!(
-        s.approve(r.id, "production", "user:ann", ev())
+        s.approve(r.id, "production", "user:ann", "supplier", ev())
             .await
-            .expect("approve"),
+            .expect("approve")
+            .len(),
         1,
         "twice by one person counts once"
     );
     assert_eq!(
-        s.approve(r.id, "production", "user:bob", ev())
+        s.approve(r.id, "production", "user:bob", "acme", ev())
             .await
             .expect("approve"),
-        2
+        [
+            ("user:ann".to_owned(), "supplier".to_owned()),
+            ("user:bob".to_owned(), "acme".to_owned())
+        ]
     );
     assert_eq!(
         s.approvals(r.id, "production").await.expect("read"),

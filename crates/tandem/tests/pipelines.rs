@@ -2137,3 +2137,288 @@ fn git_lfs_objects_are_fetched_and_the_files_released_not_their_pointers() {
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(env.get("shop.test", "/model.bin"), (200, content));
 }
+
+/// `KEY=value` pairs of a process's environment.
+fn environ(pid: u64) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
+}
+
+#[test]
+fn secrets_are_sealed_everywhere_on_disk_and_an_environment_takes_its_own_value() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::start();
+    let (wide, staging) = ("wide-S3cret-7731", "staging-S3cret-4409");
+    // Set before the service exists, so its first run finds them.
+    assert_ok(&env.set_secret("shop", "API_TOKEN", wide));
+    assert_ok(&env.set_secret_with(
+        &["secrets", "set", "shop", "API_TOKEN", "--env", "staging"],
+        staging,
+    ));
+
+    // The instances print their secret: the agent masks it as it writes.
+    let spec = SPEC
+        .replace(
+            "command: exec python3 -m http.server $PORT --bind 127.0.0.1",
+            "command: echo \"token=$API_TOKEN env=$TANDEM_ENV\" && exec python3 -m http.server $PORT --bind 127.0.0.1",
+        )
+        .replace("  instances: 2\n", "  instances: 1\n  secrets: [API_TOKEN]\n")
+        + "environments:\n  staging: { auto_deploy: true, route: { host: staging.shop.test } }\n  production: {}\n";
+    let repo = Repo::new(env.root.path(), &spec);
+    // The service-wide value, known by its start (the whole value in the
+    // repository would be on disk in the release).
+    let check = "echo \"testing with $API_TOKEN\"; test \"${API_TOKEN%%-*}\" = wide\n";
+    let c1 = repo.push(
+        "main",
+        "needs a secret",
+        &[("index.html", "v1"), ("check.sh", check)],
+    );
+    register(&env, &repo, &["--poll-interval", "1h"]);
+    let run = wait_for_run(&env, &c1, Duration::from_secs(90));
+    assert_eq!(run["status"], "succeeded", "{run}");
+
+    // Each environment's instances got its value, and TANDEM_ENV.
+    let status = env.status_json("shop");
+    let svc = &status["services"][0];
+    let pids_of = |instances: &serde_json::Value| -> Vec<u64> {
+        instances
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["pid"].as_u64())
+            .collect()
+    };
+    let mut seen = Vec::new();
+    // Environments before production, then production: the service's own.
+    let mut places: Vec<(String, serde_json::Value)> = svc["environments"]
+        .as_array()
+        .expect("environments")
+        .iter()
+        .map(|e| {
+            (
+                e["env"].as_str().expect("env").to_owned(),
+                e["instances"].clone(),
+            )
+        })
+        .collect();
+    if !places.iter().any(|(n, _)| n == "production") {
+        places.push(("production".into(), svc["instances"].clone()));
+    }
+    for (name, instances) in places {
+        let expected = if name == "staging" { staging } else { wide };
+        let pids = pids_of(&instances);
+        assert!(!pids.is_empty(), "{name} runs: {status}");
+        for pid in pids {
+            let vars = environ(pid);
+            assert!(
+                vars.contains(&format!("API_TOKEN={expected}")),
+                "{name}: {vars:?}"
+            );
+            assert!(
+                vars.contains(&format!("TANDEM_ENV={name}")),
+                "{name}: {vars:?}"
+            );
+        }
+        seen.push(name);
+    }
+    seen.sort();
+    assert_eq!(seen, ["production", "staging"]);
+
+    let logs = env.tandem(&["logs", "shop"]);
+    let logs = String::from_utf8_lossy(&logs.stdout);
+    assert!(logs.contains("token=*** env=production"), "{logs}");
+
+    // Not a byte of either value on disk: database, WAL, the agent's state
+    // and its copy, instance and run logs, checkouts.
+    for value in [wide, staging] {
+        assert_eq!(
+            files_holding(&env.data(), value.as_bytes()),
+            Vec::<PathBuf>::new(),
+            "{value} in clear"
+        );
+        for path in [
+            "/api/v1/services",
+            "/api/v1/events?limit=10000",
+            "/api/v1/runs",
+            "/api/v1/status",
+            "/api/v1/services/shop/secrets",
+            "/api/v1/services/shop/logs",
+        ] {
+            let (status, body) = env.api_get(path);
+            assert_eq!(status, 200, "{path}: {body}");
+            assert!(!body.contains(value), "{path} shows a secret");
+        }
+        let journal = env.tandem(&["audit", "events", "-o", "json"]);
+        assert!(!String::from_utf8_lossy(&journal.stdout).contains(value));
+    }
+    let mode = |p: PathBuf| std::fs::metadata(&p).expect("meta").permissions().mode() & 0o777;
+    assert_eq!(mode(env.data()), 0o700, "the data directory");
+    let log_dir = env.data().join("logs");
+    for entry in std::fs::read_dir(log_dir.join("shop"))
+        .expect("logs")
+        .flatten()
+    {
+        assert_eq!(mode(entry.path()), 0o600, "{}", entry.path().display());
+    }
+}
+
+#[test]
+fn a_directory_naming_a_repository_service_cannot_go_around_its_pipeline() {
+    let env = Env::start();
+    let repo = Repo::new(env.root.path(), QUICK_SPEC);
+    let c1 = repo.push("main", "v1", &[("index.html", "v1")]);
+    register(&env, &repo, &["--poll-interval", "1h"]);
+    assert_eq!(
+        wait_for_run(&env, &c1, Duration::from_secs(60))["status"],
+        "succeeded"
+    );
+    // A directory of someone's own, saying it is shop.
+    let dir = env.root.path().join("impostor");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("tandem.yaml"), QUICK_SPEC).expect("spec");
+    std::fs::write(dir.join("index.html"), "impostor").expect("page");
+    let dir_arg = dir.to_str().expect("utf8");
+
+    let out = env.tandem(&["deploy", "--dir", dir_arg]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("by its pipeline and gates"),
+        "{out:?}"
+    );
+    assert_eq!(env.get("shop.test", "/index.html"), (200, "v1".into()));
+
+    // An engineer may not force it; an admin may, and it is journalled.
+    assert_ok(&env.tandem(&["users", "add", "erin", "--role", "engineer"]));
+    let token = env.tandem(&["tokens", "create", "--user", "erin"]);
+    assert_ok(&token);
+    let token = String::from_utf8_lossy(&token.stdout).trim().to_owned();
+    let out = Command::new(util::bin())
+        .args(["deploy", "--dir", dir_arg, "--force"])
+        .env("TANDEM_SERVER", format!("http://{}", env.api))
+        .env("TANDEM_TOKEN", &token)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only an admin"));
+    assert_eq!(env.get("shop.test", "/index.html"), (200, "v1".into()));
+
+    assert_ok(&env.tandem(&["deploy", "--dir", dir_arg, "--force"]));
+    assert_eq!(
+        env.get("shop.test", "/index.html"),
+        (200, "impostor".into())
+    );
+    let forced = events(&env)
+        .into_iter()
+        .find(|e| e["kind"] == "deploy.forced")
+        .expect("deploy.forced");
+    assert_eq!(forced["actor"], "user:admin");
+}
+
+/// A token for a new user of `role` (and `extra` flags).
+fn user_token(env: &Env, name: &str, role: &str, extra: &[&str]) -> String {
+    let mut args = vec!["users", "add", name, "--role", role];
+    args.extend_from_slice(extra);
+    assert_ok(&env.tandem(&args));
+    let out = env.tandem(&["tokens", "create", "--user", name]);
+    assert_ok(&out);
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn as_user(env: &Env, token: &str, args: &[&str]) -> std::process::Output {
+    Command::new(util::bin())
+        .args(args)
+        .env("TANDEM_SERVER", format!("http://{}", env.api))
+        .env("TANDEM_TOKEN", token)
+        .output()
+        .expect("run tandem")
+}
+
+#[test]
+fn production_asking_both_sides_needs_a_supplier_and_a_customer_and_never_the_author() {
+    let env = Env::start();
+    let spec = QUICK_SPEC.replace("  name: shop\n", "  name: shop\n  customer: acme\n")
+        + "environments:\n  staging: { auto_deploy: true, route: { host: staging.shop.test } }\n  production: { promote: manual, approvals: 1, approvers: both }\n";
+    assert_ok(&env.tandem(&["customers", "add", "acme", "--name", "ACME AG"]));
+    assert_ok(&env.tandem(&["customers", "add", "globex", "--name", "Globex"]));
+    // Ada writes the commits (see `git`); Erin is another engineer.
+    let ada = user_token(&env, "ada", "engineer", &["--email", "ADA@example.test"]);
+    let erin = user_token(&env, "erin", "engineer", &[]);
+    let carl = user_token(&env, "carl", "customer-approver", &["--customer", "acme"]);
+    let gina = user_token(&env, "gina", "customer-approver", &["--customer", "globex"]);
+
+    let repo = Repo::new(env.root.path(), &spec);
+    let c1 = repo.push("main", "v1", &[("index.html", "v1")]);
+    register(&env, &repo, &["--poll-interval", "1h"]);
+    let run = wait_for_status(&env, &c1, "waiting-approval");
+    let id = run["id"].as_i64().expect("id").to_string();
+
+    // The author: four eyes.
+    let out = as_user(&env, &ada, &["approve", &id]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("four eyes"),
+        "{out:?}"
+    );
+    // Another customer's approver: the run does not exist for her.
+    let out = as_user(&env, &gina, &["approve", &id]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no run"),
+        "{out:?}"
+    );
+    // The supplier's half: still waiting for the customer.
+    assert_ok(&as_user(&env, &erin, &["approve", &id]));
+    std::thread::sleep(Duration::from_millis(500));
+    let now = runs(&env)
+        .into_iter()
+        .find(|r| r["commit"] == c1)
+        .expect("run");
+    assert_eq!(now["status"], "waiting-approval", "{now}");
+    assert_eq!(env.get("shop.test", "/index.html").0, 404);
+    // The customer's half: it goes.
+    assert_ok(&as_user(&env, &carl, &["approve", &id]));
+    assert_eq!(
+        wait_for_run(&env, &c1, Duration::from_secs(60))["status"],
+        "succeeded"
+    );
+    assert_eq!(env.get("shop.test", "/index.html"), (200, "v1".into()));
+
+    let all = events(&env);
+    let approved: Vec<(String, String)> = all
+        .iter()
+        .filter(|e| e["kind"] == "run.approved")
+        .map(|e| {
+            (
+                e["payload"]["approver"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                e["payload"]["organisation"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        approved,
+        [
+            ("user:erin".to_owned(), "supplier".to_owned()),
+            ("user:carl".to_owned(), "acme".to_owned())
+        ]
+    );
+    let promoting = all
+        .iter()
+        .find(|e| e["kind"] == "run.promoting")
+        .expect("run.promoting");
+    let names: Vec<&str> = promoting["payload"]["approvers"]
+        .as_array()
+        .expect("approvers")
+        .iter()
+        .filter_map(|a| a["approver"].as_str())
+        .collect();
+    assert_eq!(names, ["user:erin", "user:carl"]);
+}

@@ -195,8 +195,13 @@ impl Env {
 
     /// `tandem secrets set SERVICE NAME` with `value` on stdin.
     pub fn set_secret(&self, service: &str, name: &str, value: &str) -> Output {
+        self.set_secret_with(&["secrets", "set", service, name], value)
+    }
+
+    /// A `tandem secrets set …` command line with `value` on stdin.
+    pub fn set_secret_with(&self, args: &[&str], value: &str) -> Output {
         let mut set = Command::new(bin())
-            .args(["secrets", "set", service, name])
+            .args(args)
             .env("TANDEM_SERVER", format!("http://{}", self.api))
             .env("TANDEM_TOKEN", self.token())
             .stdin(Stdio::piped())

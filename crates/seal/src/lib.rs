@@ -1,6 +1,8 @@
-//! Values the store keeps sealed (ChaCha20-Poly1305) rather than in clear:
-//! repository credentials. The key is `keys/store.key` beside the
-//! database (32 random bytes, owner-only, made on first use): a copy of
+//! Values kept sealed (ChaCha20-Poly1305) rather than in clear: the
+//! store's secrets and repository credentials, and the secret part of the
+//! instances' environments in the agent's state file. The key is `keys/store.key` beside
+//! the database (32 random bytes, owner-only, made on first use), or
+//! `TANDEM_SECRETS_KEY` (64 hex digits) to keep it off the disk: a copy of
 //! the database alone, a dump or a grep of its files does not show them.
 //! Each value is sealed with a nonce of its own, stored before it.
 
@@ -9,25 +11,44 @@ use std::path::Path;
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 
-use crate::StoreError;
+/// Why a key could not be had or a value not opened.
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    #[error("{0}")]
+    Key(String),
+    #[error("{0}")]
+    Open(&'static str),
+}
+
+/// Fills `buf` with random bytes from the operating system (tokens, ids).
+pub fn random_bytes(buf: &mut [u8]) {
+    use chacha20poly1305::aead::rand_core::RngCore;
+    OsRng.fill_bytes(buf);
+}
 
 /// Seals and opens values with the store's key.
 #[derive(Clone)]
-pub(crate) struct Sealer(ChaCha20Poly1305);
+pub struct Sealer(ChaCha20Poly1305);
 
 const NONCE: usize = 12;
 
+/// The environment variable that may hold the key instead of its file.
+pub const KEY_VARIABLE: &str = "TANDEM_SECRETS_KEY";
+
 impl Sealer {
     /// The key in `keys/store.key` under `dir`, made if missing.
-    pub(crate) fn load_or_create(dir: &Path) -> Result<Sealer, StoreError> {
+    pub fn load_or_create(dir: &Path) -> Result<Sealer, SealError> {
         use std::io::Write;
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        if let Ok(hex) = std::env::var(KEY_VARIABLE) {
+            return Sealer::from_hex(&hex);
+        }
         let keys = dir.join("keys");
         let path = keys.join("store.key");
-        let io = |e: std::io::Error| StoreError::Conflict(format!("{}: {e}", path.display()));
+        let io = |e: std::io::Error| SealError::Key(format!("{}: {e}", path.display()));
         if let Ok(bytes) = std::fs::read(&path) {
             if bytes.len() != 32 {
-                return Err(StoreError::Conflict(format!(
+                return Err(SealError::Key(format!(
                     "{} is not a key (32 bytes); restore it from a backup",
                     path.display()
                 )));
@@ -59,7 +80,25 @@ impl Sealer {
         Ok(Sealer(ChaCha20Poly1305::new(&key)))
     }
 
-    pub(crate) fn seal(&self, plain: &[u8]) -> Vec<u8> {
+    /// The key from 64 hex digits.
+    pub fn from_hex(hex: &str) -> Result<Sealer, SealError> {
+        let hex = hex.trim();
+        let bytes: Option<Vec<u8>> = (hex.len() == 64 && hex.is_ascii())
+            .then(|| {
+                (0..32)
+                    .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+                    .collect()
+            })
+            .flatten();
+        let key: [u8; 32] = bytes.and_then(|b| b.try_into().ok()).ok_or_else(|| {
+            SealError::Key(format!(
+                "{KEY_VARIABLE} is not a key: 64 hex digits (e.g. `openssl rand -hex 32`)"
+            ))
+        })?;
+        Ok(Sealer(ChaCha20Poly1305::new(&Key::from(key))))
+    }
+
+    pub fn seal(&self, plain: &[u8]) -> Vec<u8> {
         let nonce = ChaCha20Poly1305::generate_nonce(&mut OsRng);
         let mut out = nonce.to_vec();
         // Encrypting in memory cannot fail for inputs of this size.
@@ -67,16 +106,15 @@ impl Sealer {
         out
     }
 
-    pub(crate) fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, StoreError> {
+    pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, SealError> {
         if sealed.len() < NONCE {
-            return Err(StoreError::Conflict("a sealed value is cut short".into()));
+            return Err(SealError::Open("a sealed value is cut short"));
         }
         let (nonce, body) = sealed.split_at(NONCE);
         let nonce: [u8; NONCE] = nonce.try_into().unwrap_or([0; NONCE]);
         self.0.decrypt(&Nonce::from(nonce), body).map_err(|_| {
-            StoreError::Conflict(
-                "a sealed value does not open with this store's key (keys/store.key replaced?)"
-                    .into(),
+            SealError::Open(
+                "a sealed value does not open with this data directory's key (keys/store.key replaced?)",
             )
         })
     }
