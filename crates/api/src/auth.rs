@@ -87,6 +87,98 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
+/// Names (besides IP addresses and `localhost`) the API answers to as a
+/// request's `Host`: a page of another site whose name an attacker points
+/// at this machine (DNS rebinding) is refused.
+#[derive(Clone, Default)]
+pub struct AllowedHosts(pub Arc<Vec<String>>);
+
+impl AllowedHosts {
+    fn allows(&self, host: &str) -> bool {
+        let name = host_name(host);
+        // No Host at all (HTTP/1.0 tools): no page of a browser.
+        name.is_empty()
+            || name.eq_ignore_ascii_case("localhost")
+            || name.parse::<std::net::IpAddr>().is_ok()
+            || self.0.iter().any(|h| h.eq_ignore_ascii_case(name))
+    }
+}
+
+/// The host of a `Host` header value, without its port (`[::1]:7070` →
+/// `::1`).
+fn host_name(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or_default();
+    }
+    host.rsplit_once(':')
+        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(host, |(name, _)| name)
+}
+
+/// Checks every request before routing, and shapes what axum itself
+/// answers: a `Host` the server does not answer to is refused (DNS
+/// rebinding), a changing request from a page of another site (`Origin`)
+/// is refused (a browser's cross-site form or fetch), and axum's own
+/// plain-text rejections (a body that is not the JSON asked for, a path
+/// parameter that is not a number) become the API's JSON error.
+pub async fn same_site(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    if req.headers().get_all(header::HOST).iter().count() > 1 {
+        return ApiError::BadInput("a request names one Host".into()).into_response();
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    if !s.allowed_hosts.allows(&host) {
+        s.refused.0[1].fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(host, path = %req.uri().path(), "request for a host this server does not answer to");
+        return ApiError::Forbidden(format!(
+            "this server does not answer to the host {host:?}; name it with `tandem up --api-host NAME`"
+        ))
+        .into_response();
+    }
+    let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if !safe && let Some(origin) = req.headers().get(header::ORIGIN) {
+        let same = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.split_once("://"))
+            .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(&host));
+        if !same {
+            s.refused.0[1].fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(origin = ?origin, host, path = %req.uri().path(), "cross-site request refused");
+            return ApiError::Forbidden(format!(
+                "a {} from a page of another site ({}) is refused",
+                req.method(),
+                origin.to_str().unwrap_or("?")
+            ))
+            .into_response();
+        }
+    }
+    let resp = next.run(req).await;
+    let plain = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("text/plain"));
+    if !(plain && (resp.status().is_client_error() || resp.status().is_server_error())) {
+        return resp;
+    }
+    let status = resp.status();
+    let body = axum::body::to_bytes(resp.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let message = String::from_utf8_lossy(&body).trim().to_owned();
+    (
+        status,
+        axum::Json(serde_json::json!({ "error": message, "log_tail": [] })),
+    )
+        .into_response()
+}
+
 /// Requests refused, by answer, for `/metrics`.
 #[derive(Clone, Default)]
 pub struct Refused(Arc<[AtomicU64; 2]>);

@@ -39,6 +39,8 @@ pub struct AppState {
     pub agent_status: RecentStatus,
     /// Requests refused by [`auth::check`], for `/metrics`.
     pub refused: auth::Refused,
+    /// Host names the API answers to besides IP addresses and localhost.
+    pub allowed_hosts: auth::AllowedHosts,
 }
 
 /// The agent's status for API calls, asked once for all the calls that
@@ -164,6 +166,10 @@ pub fn router(state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::check,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::same_site,
         ))
         .with_state(state)
 }

@@ -11,6 +11,9 @@
 //!   is exempt: it must answer when everything else is busy. A streamed
 //!   answer (deploy progress, log follow) counts only until its handler
 //!   returns the stream.
+//!
+//! With a TLS configuration ([`tls_config`]) every connection is TLS: its
+//! handshake must end within the head timeout too.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,8 +90,10 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let router = bounded(router, limits.max_requests);
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let mut http = auto::Builder::new(TokioExecutor::new());
@@ -124,14 +129,35 @@ pub async fn serve(
                 router.clone().oneshot(req.map(axum::body::Body::new))
             }
         });
-        let conn = http
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _ = conn.await;
-            drop(permit);
-        });
+        match &tls {
+            None => {
+                let conn = http
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                    drop(permit);
+                });
+            }
+            Some(acceptor) => {
+                let (acceptor, http) = (acceptor.clone(), http.clone());
+                let watcher = graceful.watcher();
+                let head_timeout = limits.head_timeout;
+                tokio::spawn(async move {
+                    let Ok(Ok(stream)) =
+                        tokio::time::timeout(head_timeout, acceptor.accept(stream)).await
+                    else {
+                        return;
+                    };
+                    let conn = http
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    let _ = watcher.watch(conn).await;
+                    drop(permit);
+                });
+            }
+        }
     }
     drop(listener);
     tokio::select! {
@@ -139,4 +165,29 @@ pub async fn serve(
         () = tokio::time::sleep(SHUTDOWN_GRACE) => {}
     }
     Ok(())
+}
+
+/// The API's TLS configuration from a PEM certificate chain and its
+/// private key (HTTP/1.1 over TLS 1.2 and 1.3).
+pub fn tls_config(chain_pem: &[u8], key_pem: &[u8]) -> Result<Arc<rustls::ServerConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("the certificate is not PEM: {e}"))?;
+    if chain.is_empty() {
+        return Err("no certificate in it (expected -----BEGIN CERTIFICATE-----)".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| format!("the private key is not a PEM private key: {e}"))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .map_err(|e| format!("the certificate and the key do not go together: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }

@@ -22,6 +22,7 @@ async fn app(dir: &tempfile::TempDir) -> axum::Router {
         ops,
         agent_status: Default::default(),
         refused: Default::default(),
+        allowed_hosts: Default::default(),
     })
 }
 
@@ -63,6 +64,9 @@ async fn send(
         .method(method)
         .uri(path)
         .header("content-type", "application/json");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req = req.header("host", "127.0.0.1:7070");
+    }
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }
@@ -364,4 +368,92 @@ async fn every_route_refuses_who_may_not_and_hides_other_customers() {
         .rfind(|e| e.kind == "secret.set")
         .expect("secret.set");
     assert_eq!(set.actor, "user:admin", "{set:?}");
+}
+
+#[tokio::test]
+async fn foreign_hosts_and_cross_site_changes_are_refused_and_errors_are_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let admin = admin_token(&dir).await;
+    let app = app(&dir).await;
+    let json = |body: &[u8]| -> serde_json::Value {
+        serde_json::from_slice(body)
+            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(body)))
+    };
+    // DNS rebinding: a name the server was not told it answers to.
+    let (status, body) = call_as(
+        &app,
+        "GET",
+        "/api/v1/status",
+        Some(&admin),
+        &[("host", "attacker.example:7070")],
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert!(
+        json(&body)["error"]
+            .as_str()
+            .expect("error")
+            .contains("does not answer to the host")
+    );
+    for host in ["localhost:7070", "[::1]:7070", "10.1.2.3"] {
+        let (status, _) = call_as(
+            &app,
+            "GET",
+            "/api/v1/status",
+            Some(&admin),
+            &[("host", host)],
+        )
+        .await;
+        assert_eq!(status, 200, "{host}");
+    }
+    // A page of another site posting with the admin's token (a browser
+    // that somehow has it): refused; the same site is not.
+    let (status, _) = call_as(
+        &app,
+        "POST",
+        "/api/v1/customers",
+        Some(&admin),
+        &[("origin", "https://evil.example")],
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, body) = send(
+        &app,
+        "POST",
+        "/api/v1/customers",
+        Some(&admin),
+        &[("origin", "http://127.0.0.1:7070")],
+        r#"{"id": "acme", "name": "ACME AG"}"#,
+    )
+    .await;
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    // A body-less change without a token: 401 before anything is read.
+    let (status, _) = call(&app, "POST", "/api/v1/services/shop/rollback").await;
+    assert_eq!(status, 401);
+    // axum's own rejections in the API's error shape.
+    let (status, body) = send(
+        &app,
+        "POST",
+        "/api/v1/customers",
+        Some(&admin),
+        &[],
+        "{not json",
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(json(&body)["error"].is_string());
+    let (status, body) = call_as(&app, "GET", "/api/v1/runs/abc", Some(&admin), &[]).await;
+    assert_eq!(status, 400);
+    assert!(json(&body)["error"].is_string());
+    let (status, body) = send(
+        &app,
+        "POST",
+        "/api/v1/customers",
+        Some(&admin),
+        &[],
+        r#"{"id": 1}"#,
+    )
+    .await;
+    assert_eq!(status, 422);
+    assert!(json(&body)["error"].as_str().expect("error").contains("id"));
 }

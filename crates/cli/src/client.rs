@@ -1,4 +1,6 @@
-//! A small typed client for the control plane's API.
+//! A small typed client for the control plane's API, over hyper-util's
+//! client: plain HTTP, or HTTPS with rustls (hyper-rustls) trusting the
+//! system's roots (and `SSL_CERT_FILE`) or the CA file given.
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
@@ -22,20 +24,73 @@ fn causes(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// The connection maker: HTTP, and HTTPS with rustls.
+pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
 pub struct Api {
     base: String,
     /// Sent as `Authorization: Bearer`.
     token: Option<String>,
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Client<Connector, Full<Bytes>>,
 }
 
 impl Api {
-    pub fn new(base: &str, token: Option<String>) -> Self {
+    pub fn new(base: &str, token: Option<String>, connector: Connector) -> Self {
         Api {
             base: base.trim_end_matches('/').to_owned(),
             token,
-            http: Client::builder(TokioExecutor::new()).build_http(),
+            http: Client::builder(TokioExecutor::new()).build(connector),
         }
+    }
+
+    /// A connector trusting the CA certificates in `cacert` (PEM), else the
+    /// system's roots (which honour `SSL_CERT_FILE`).
+    pub fn connector(cacert: Option<&std::path::Path>) -> Result<Connector, Exit> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let builder = match cacert {
+            Some(file) => {
+                let pem = std::fs::read(file)
+                    .map_err(|e| Exit::bad_input(format!("--cacert {}: {e}", file.display())))?;
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in CertificateDer::pem_slice_iter(&pem) {
+                    let cert = cert.map_err(|e| {
+                        Exit::bad_input(format!("--cacert {}: not PEM: {e}", file.display()))
+                    })?;
+                    roots.add(cert).map_err(|e| {
+                        Exit::bad_input(format!("--cacert {}: {e}", file.display()))
+                    })?;
+                }
+                if roots.is_empty() {
+                    return Err(Exit::bad_input(format!(
+                        "--cacert {}: no certificate in it",
+                        file.display()
+                    )));
+                }
+                let config = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| Exit::failure(e.to_string()))?
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
+            }
+            None => hyper_rustls::HttpsConnectorBuilder::new()
+                .with_provider_and_native_roots(provider)
+                .unwrap_or_else(|_| {
+                    // No system roots: https fails with a clear error,
+                    // plain HTTP works.
+                    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                        rustls::crypto::ring::default_provider(),
+                    ))
+                    .with_safe_default_protocol_versions()
+                    .expect("ring supports the default versions")
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth();
+                    hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
+                }),
+        };
+        Ok(builder.https_or_http().enable_http1().build())
     }
 
     async fn send(

@@ -51,6 +51,10 @@ pub struct Cli {
     /// <data>/admin.token, if it can read it.
     #[arg(long, global = true, env = "TANDEM_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// CA certificates (PEM) to trust for an https --server, instead of
+    /// the system's (which honour SSL_CERT_FILE).
+    #[arg(long, global = true, env = "TANDEM_CACERT")]
+    pub cacert: Option<PathBuf>,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
     pub output: Format,
@@ -84,15 +88,12 @@ pub(crate) fn listen_addr(value: &str) -> Result<SocketAddr, String> {
 }
 
 /// Checks `--server` when the command line is read, so a mistyped URL is
-/// bad usage (exit 2) before anything is sent: `http://HOST[:PORT][/PREFIX]`.
+/// bad usage (exit 2) before anything is sent: `http[s]://HOST[:PORT][/PREFIX]`.
 fn server_url(value: &str) -> Result<String, String> {
-    const FORM: &str = "expected http://HOST[:PORT], e.g. http://127.0.0.1:7070";
+    const FORM: &str = "expected http[s]://HOST[:PORT], e.g. http://127.0.0.1:7070";
     let uri: http::Uri = value.parse().map_err(|e| format!("{e}; {FORM}"))?;
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err("https is not spoken by the CLI: the API serves plain HTTP (reach a remote server through an SSH tunnel)".into());
-        }
+        Some("http" | "https") => {}
         Some(other) => return Err(format!("scheme {other} is not http; {FORM}")),
         None => return Err(format!("no scheme; {FORM}")),
     }
@@ -136,6 +137,18 @@ pub struct ServerArgs {
     /// Time for an API request head to arrive whole.
     #[arg(long, env = "TANDEM_API_HEAD_TIMEOUT", default_value = "10s", value_parser = dataplane::duration)]
     pub api_head_timeout: std::time::Duration,
+    /// Serve the API over TLS with this PEM certificate chain (with
+    /// --api-tls-key).
+    #[arg(long, env = "TANDEM_API_TLS_CERT", requires = "api_tls_key")]
+    pub api_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --api-tls-cert.
+    #[arg(long, env = "TANDEM_API_TLS_KEY", requires = "api_tls_cert")]
+    pub api_tls_key: Option<PathBuf>,
+    /// A host name the API answers to (besides IP addresses and
+    /// localhost); repeat or separate with commas. Requests naming any
+    /// other host are refused (DNS rebinding).
+    #[arg(long = "api-host", env = "TANDEM_API_HOSTS", value_delimiter = ',')]
+    pub api_hosts: Vec<String>,
 }
 
 impl ServerArgs {
@@ -153,6 +166,8 @@ impl ServerArgs {
                 max_requests: self.api_max_requests as usize,
                 head_timeout: self.api_head_timeout,
             },
+            api_tls: self.api_tls_cert.zip(self.api_tls_key),
+            api_hosts: self.api_hosts,
         }
     }
 }
@@ -651,7 +666,8 @@ pub enum CustomersCommand {
 /// Runs a parsed command line.
 pub async fn dispatch(cli: Cli) -> CmdResult {
     let token = cli.token.clone().or_else(|| local_admin_token(&cli.server));
-    let api = || client::Api::new(&cli.server, token.clone());
+    let http = client::Api::connector(cli.cacert.as_deref())?;
+    let api = || client::Api::new(&cli.server, token.clone(), http.clone());
     let fmt = cli.output;
     match cli.command {
         Command::Up {
@@ -931,15 +947,15 @@ mod tests {
             "http://127.0.0.1:7070",
             "http://tandem.internal/",
             "http://[::1]:7070/base",
+            "https://tandem.example",
         ] {
             let cli = Cli::try_parse_from(["tandem", "--server", url, "status"]).expect(url);
             assert_eq!(cli.server, url);
         }
         assert!(server_error("notaurl").contains("no scheme"));
-        assert!(server_error("127.0.0.1:7070").contains("expected http://HOST"));
-        assert!(server_error("https://tandem.example").contains("plain HTTP"));
+        assert!(server_error("127.0.0.1:7070").contains("expected http[s]://HOST"));
         assert!(server_error("ftp://host").contains("scheme ftp"));
         assert!(server_error("http://host:7070/?x=1").contains("query"));
-        assert!(server_error("http://exa mple").contains("expected http://HOST"));
+        assert!(server_error("http://exa mple").contains("expected http[s]://HOST"));
     }
 }

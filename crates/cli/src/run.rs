@@ -282,6 +282,10 @@ pub struct ServerOptions {
     pub keep_releases: usize,
     pub backups: crate::backup::BackupArgs,
     pub api_limits: tandem_api::serve::Limits,
+    /// The API's TLS certificate chain and key files.
+    pub api_tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Host names the API answers to besides IP addresses and localhost.
+    pub api_hosts: Vec<String>,
 }
 
 /// Runs the server; with `start_agent_on`, also the agent (started unless
@@ -297,8 +301,31 @@ pub async fn up(
         keep_releases,
         backups,
         api_limits,
+        api_tls,
+        api_hosts,
     } = options;
     check_data_dir(dir)?;
+    let tls = match &api_tls {
+        None => None,
+        Some((cert, key)) => {
+            let read = |p: &Path| {
+                std::fs::read(p).map_err(|e| Exit::bad_input(format!("{}: {e}", p.display())))
+            };
+            Some(
+                tandem_api::serve::tls_config(&read(cert)?, &read(key)?)
+                    .map_err(|e| Exit::bad_input(format!("--api-tls-cert/--api-tls-key: {e}")))?,
+            )
+        }
+    };
+    if tls.is_none() && !api_addr.ip().is_loopback() {
+        tracing::warn!(
+            addr = %api_addr,
+            "the API listens beyond this machine without TLS: tokens cross the network in clear; give --api-tls-cert and --api-tls-key"
+        );
+        say!(
+            "tandem up: warning: the API on {api_addr} is not loopback and has no TLS (--api-tls-cert, --api-tls-key)"
+        );
+    }
     let _lock = tandem_agent::lock_data_dir(dir, "server.lock").map_err(|_| {
         let pid = std::fs::read_to_string(dir.join("server.lock")).unwrap_or_default();
         Exit::bad_input(format!(
@@ -368,8 +395,9 @@ pub async fn up(
         Ok(None) => {}
         Err(e) => return Err(Exit::failure(format!("cannot make the first admin: {e}"))),
     }
+    let scheme = if tls.is_some() { "https" } else { "http" };
     say!(
-        "tandem up: api http://{api_local}  proxy http://{proxy}{https}  data {}  agent pid {agent_pid}",
+        "tandem up: api {scheme}://{api_local}  proxy http://{proxy}{https}  data {}  agent pid {agent_pid}",
         dir.display()
     );
     let delivery = tandem_delivery::Delivery::start(engine.clone(), dir, pipeline_parallelism())
@@ -392,6 +420,7 @@ pub async fn up(
         ops,
         agent_status: Default::default(),
         refused: Default::default(),
+        allowed_hosts: tandem_api::auth::AllowedHosts(std::sync::Arc::new(api_hosts)),
     });
     // Once asked to stop, the agent is no longer ours to start again:
     // `down` stops it next, and a watchdog still running while open
@@ -400,7 +429,7 @@ pub async fn up(
         shutdown_signal().await;
         drop(watchdog);
     };
-    tandem_api::serve::serve(listener, app, api_limits, stopping)
+    tandem_api::serve::serve(listener, app, api_limits, tls, stopping)
         .await
         .map_err(|e| Exit::failure(format!("server failed: {e}")))?;
     say!("tandem server stopped; services keep running (tandem down stops them)");

@@ -266,7 +266,7 @@ fn the_api_bounds_connections_slow_heads_and_requests_in_flight() {
     let mut slow = Vec::new();
     for _ in 0..300 {
         let mut s = std::net::TcpStream::connect(&env.api).expect("connect");
-        let _ = s.write_all(b"GET /api/v1/status HTTP/1.1\r\nHost: api\r\n");
+        let _ = s.write_all(b"GET /api/v1/status HTTP/1.1\r\nHost: localhost\r\n");
         slow.push(s);
     }
     let started = std::time::Instant::now();
@@ -292,7 +292,7 @@ fn the_api_bounds_connections_slow_heads_and_requests_in_flight() {
     // 1,000 status calls at once: each is answered, 200 or a clean 503
     // with Retry-After, never a 500; memory stays small.
     let request = format!(
-        "GET /api/v1/status HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        "GET /api/v1/status HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
         env.token()
     );
     let answers: Vec<(u16, bool)> = std::thread::scope(|scope| {

@@ -434,3 +434,51 @@ fn an_acme_certificate_is_obtained_from_pebble_and_served() {
     let mode = std::fs::metadata(&kept).expect("kept").permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
 }
+
+#[test]
+fn the_api_speaks_tls_and_the_cli_trusts_the_ca_it_is_given() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    let ca = certificates(certs.path(), &["127.0.0.1"]);
+    let ca_file = certs.path().join("ca.pem");
+    std::fs::write(&ca_file, ca).expect("write");
+    let (cert, key) = (
+        certs.path().join("127.0.0.1.crt"),
+        certs.path().join("127.0.0.1.key"),
+    );
+    let env = Env::start_with(&[
+        ("TANDEM_API_TLS_CERT", cert.to_str().expect("utf8")),
+        ("TANDEM_API_TLS_KEY", key.to_str().expect("utf8")),
+    ]);
+    let cli = |args: &[&str], cacert: Option<&Path>| {
+        let mut cmd = Command::new(util::bin());
+        cmd.args(args)
+            .env("TANDEM_SERVER", format!("https://{}", env.api))
+            .env("TANDEM_DATA_DIR", env.data())
+            .env_remove("SSL_CERT_FILE");
+        if let Some(ca) = cacert {
+            cmd.arg("--cacert").arg(ca);
+        }
+        cmd.output().expect("run tandem")
+    };
+    let me = cli(&["whoami"], Some(&ca_file));
+    assert_ok(&me);
+    assert!(String::from_utf8_lossy(&me.stdout).starts_with("admin (admin)"));
+    // A CA it was not given: the handshake fails, said as such.
+    let other = tempfile::tempdir().expect("tempdir");
+    let stranger = other.path().join("ca.pem");
+    std::fs::write(&stranger, certificates(other.path(), &["127.0.0.1"])).expect("write");
+    let refused = cli(&["whoami"], Some(&stranger));
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("certificate"),
+        "{refused:?}"
+    );
+    // Plain HTTP to the TLS port gets nothing.
+    let plain = Command::new(util::bin())
+        .args(["whoami"])
+        .env("TANDEM_SERVER", format!("http://{}", env.api))
+        .env("TANDEM_DATA_DIR", env.data())
+        .output()
+        .expect("run tandem");
+    assert_ne!(plain.status.code(), Some(0), "{plain:?}");
+}

@@ -98,7 +98,7 @@ impl Env {
 
     /// GET `path` of the API as the first admin: status and body.
     pub fn api_get(&self, path: &str) -> (u16, String) {
-        get_as(&self.api, "api", path, Some(&self.token()))
+        get_as(&self.api, &self.api, path, Some(&self.token()))
     }
 
     /// The first admin's token, which `tandem up` wrote on first start.
@@ -151,7 +151,10 @@ impl Env {
                 ),
             };
             said.push(line.clone());
-            if let Some(rest) = line.strip_prefix("tandem up: api http://") {
+            if let Some(rest) = line
+                .strip_prefix("tandem up: api http://")
+                .or_else(|| line.strip_prefix("tandem up: api https://"))
+            {
                 let mut parts = rest.split_whitespace();
                 self.api = parts.next().expect("api").to_string();
                 parts.next();
