@@ -31,8 +31,12 @@ use tandem_engine::{Engine, EngineError, Reporter};
 pub use auth::Caller;
 pub use error::ApiError;
 
+/// What every handler reaches, shared: cloned per request by axum's
+/// extractors and middleware, so a clone is one reference count.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(std::sync::Arc<Shared>);
+
+pub struct Shared {
     pub engine: Engine,
     pub delivery: tandem_delivery::Delivery,
     pub ops: tandem_ops::Ops,
@@ -41,6 +45,19 @@ pub struct AppState {
     pub refused: auth::Refused,
     /// Host names the API answers to besides IP addresses and localhost.
     pub allowed_hosts: auth::AllowedHosts,
+}
+
+impl AppState {
+    pub fn new(shared: Shared) -> AppState {
+        AppState(std::sync::Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 /// The agent's status for API calls, asked once for all the calls that

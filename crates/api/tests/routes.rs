@@ -16,14 +16,14 @@ async fn app(dir: &tempfile::TempDir) -> axum::Router {
         .await
         .expect("delivery");
     let ops = tandem_ops::Ops::new(engine.clone());
-    router(AppState {
+    router(AppState::new(tandem_api::Shared {
         engine,
         delivery,
         ops,
         agent_status: Default::default(),
         refused: Default::default(),
         allowed_hosts: Default::default(),
-    })
+    }))
 }
 
 /// The first admin's token of the store in `dir` (made on first call).

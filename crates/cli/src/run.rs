@@ -414,14 +414,14 @@ pub async fn up(
         engine.clone(),
         backups,
     )));
-    let app = tandem_api::router(tandem_api::AppState {
+    let app = tandem_api::router(tandem_api::AppState::new(tandem_api::Shared {
         engine,
         delivery,
         ops,
         agent_status: Default::default(),
         refused: Default::default(),
         allowed_hosts: tandem_api::auth::AllowedHosts(std::sync::Arc::new(api_hosts)),
-    });
+    }));
     // Once asked to stop, the agent is no longer ours to start again:
     // `down` stops it next, and a watchdog still running while open
     // requests finish would bring it back.
