@@ -306,8 +306,8 @@ async fn releases(
     ))
 }
 
-#[derive(Deserialize)]
-struct DeployBody {
+#[derive(Deserialize, schemars::JsonSchema)]
+pub(crate) struct DeployBody {
     dir: PathBuf,
     /// Deploy over a service registered from a repository, past its
     /// pipeline and gates (admins only; journalled `deploy.forced`).
@@ -356,8 +356,8 @@ async fn deploy(
     })
 }
 
-#[derive(Deserialize, Default)]
-struct RollbackBody {
+#[derive(Deserialize, Default, schemars::JsonSchema)]
+pub(crate) struct RollbackBody {
     to: Option<String>,
     /// Release `to` even if it never went live.
     #[serde(default)]
@@ -420,8 +420,8 @@ where
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-#[derive(Deserialize)]
-struct StatusQuery {
+#[derive(Deserialize, schemars::JsonSchema)]
+pub(crate) struct StatusQuery {
     service: Option<String>,
 }
 
@@ -515,8 +515,8 @@ async fn status(
     })))
 }
 
-#[derive(Deserialize)]
-struct LogsQuery {
+#[derive(Deserialize, schemars::JsonSchema)]
+pub(crate) struct LogsQuery {
     lines: Option<usize>,
     release: Option<String>,
     /// Where a follower got to: `INSTANCE:FILE:OFFSET`, comma-separated
@@ -570,8 +570,8 @@ async fn logs(
     Ok(Json(serde_json::to_value(lines).unwrap_or_default()))
 }
 
-#[derive(Deserialize)]
-struct EventsQuery {
+#[derive(Deserialize, schemars::JsonSchema)]
+pub(crate) struct EventsQuery {
     after: Option<u64>,
     limit: Option<u32>,
 }

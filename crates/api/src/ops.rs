@@ -10,7 +10,7 @@ use tandem_store::ChannelRow;
 
 use crate::{ApiError, AppState, Caller};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 pub(crate) struct IncidentsQuery {
     /// Only unresolved incidents.
     open: Option<bool>,
@@ -58,7 +58,7 @@ pub(crate) async fn acknowledge(
     )))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, schemars::JsonSchema)]
 pub(crate) struct ResolveBody {
     note: Option<String>,
 }
@@ -75,7 +75,7 @@ pub(crate) async fn resolve(
     )))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 pub(crate) struct ChannelBody {
     kind: String,
     target: String,
@@ -158,7 +158,7 @@ pub(crate) async fn remove_channel(
     Ok(Json(serde_json::json!({ "removed": id })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 pub(crate) struct MaintenanceBody {
     from: String,
     to: String,
@@ -204,7 +204,7 @@ pub(crate) async fn schedule_maintenance(
     Ok((StatusCode::CREATED, Json(serde_json::json!(row))).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 pub(crate) struct MaintenanceQuery {
     service: Option<String>,
 }
@@ -232,7 +232,7 @@ pub(crate) async fn remove_maintenance(
     Ok(Json(serde_json::json!({ "removed": id })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 pub(crate) struct ModeBody {
     on: bool,
     retry_after_s: Option<u32>,

@@ -28,7 +28,7 @@ pub(crate) async fn users(State(s): State<AppState>) -> Result<Response, ApiErro
     Ok(Json(s.engine.store.users().await?).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UserBody {
     name: String,
@@ -74,7 +74,7 @@ pub(crate) async fn tokens(
     Ok(Json(s.engine.store.tokens(own).await?).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TokenBody {
     user: String,
@@ -140,7 +140,7 @@ pub(crate) async fn customers(State(s): State<AppState>) -> Result<Response, Api
     Ok(Json(s.engine.store.customers().await?).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CustomerBody {
     id: String,

@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::{ApiError, AppState, Caller};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 pub(crate) struct AddBody {
     url: String,
     branch: Option<String>,
@@ -147,7 +147,7 @@ pub(crate) async fn hook(
     Ok((status, Json(body)).into_response())
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, schemars::JsonSchema)]
 pub(crate) struct RunBody {
     #[serde(rename = "ref")]
     rev: Option<String>,
@@ -167,7 +167,7 @@ pub(crate) async fn start_run(
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!(run))).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 pub(crate) struct RunsQuery {
     service: Option<String>,
     limit: Option<u32>,
@@ -269,7 +269,7 @@ pub(crate) async fn set_policy(
     )))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 pub(crate) struct RejectBody {
     reason: String,
 }
@@ -296,7 +296,7 @@ pub(crate) async fn retry(
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!(run))).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 pub(crate) struct LogQuery {
     follow: Option<bool>,
 }
@@ -433,12 +433,12 @@ pub(crate) async fn secrets(
     )))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 pub(crate) struct SecretBody {
     value: String,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, schemars::JsonSchema)]
 pub(crate) struct SecretQuery {
     /// One environment's value (else the service-wide one).
     env: Option<String>,

@@ -349,6 +349,21 @@ async fn every_route_refuses_who_may_not_and_hides_other_customers() {
         .filter_map(|s| s["name"].as_str())
         .collect();
     assert_eq!(names, ["shop-b"]);
+    // Its lists hold its own, not only nothing of the other's.
+    for (path, marker) in [
+        ("/api/v1/runs", "message-of-shop-b"),
+        ("/api/v1/incidents", "summary-of-shop-b"),
+        ("/api/v1/maintenance", "maintenance-of-shop-b"),
+        ("/api/v1/events?limit=1", "shop-b"),
+    ] {
+        let (status, body) = call_as(&app, "GET", path, Some(&tokens["bea"]), &[]).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(
+            String::from_utf8_lossy(&body).contains(marker),
+            "{path}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
 
     // What the client says it is changes nothing: the journal names the
     // token's user.
@@ -456,4 +471,41 @@ async fn foreign_hosts_and_cross_site_changes_are_refused_and_errors_are_json() 
     .await;
     assert_eq!(status, 422);
     assert!(json(&body)["error"].as_str().expect("error").contains("id"));
+}
+
+#[tokio::test]
+async fn the_document_has_the_bodies_and_queries_of_the_handlers_types() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = app(&dir).await;
+    let (status, doc) = call(&app, "GET", "/api/v1/openapi.json").await;
+    assert_eq!(status, 200);
+    let doc: serde_json::Value = serde_json::from_slice(&doc).expect("json");
+    let users = &doc["paths"]["/api/v1/users"]["post"];
+    let body = &users["requestBody"]["content"]["application/json"]["schema"];
+    assert_eq!(
+        body["required"],
+        serde_json::json!(["name", "role"]),
+        "{body}"
+    );
+    assert!(body["properties"]["email"].is_object());
+    let events = doc["paths"]["/api/v1/events"]["get"]["parameters"]
+        .as_array()
+        .expect("parameters");
+    let names: Vec<&str> = events.iter().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(names, ["after", "limit"]);
+    assert_eq!(
+        doc["paths"]["/api/v1/health"]["get"]["security"],
+        serde_json::json!([])
+    );
+    assert_eq!(
+        doc["paths"]["/api/v1/users"]["get"]["security"],
+        serde_json::json!([{ "bearer": [] }])
+    );
+    // Every reference resolves within the document.
+    let text = doc.to_string();
+    for part in text.split("\"$ref\":\"").skip(1) {
+        let target = part.split('"').next().expect("ref");
+        let pointer = target.strip_prefix('#').expect("local ref");
+        assert!(doc.pointer(pointer).is_some(), "{target} does not resolve");
+    }
 }

@@ -1054,7 +1054,7 @@ impl Delivery {
 }
 
 /// A change to one environment's gate policy.
-#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[derive(Clone, Debug, Default, serde::Deserialize, schemars::JsonSchema)]
 pub struct PolicyChange {
     pub env: String,
     pub approvals: Option<u32>,

@@ -172,6 +172,35 @@ impl Store {
             // A page a secret left is zeroed, not left for a grep to find.
             .pragma("secure_delete", "on")
             .busy_timeout(std::time::Duration::from_secs(10));
+        // One connection first, alone: it turns a new file to WAL, checks
+        // it and migrates it. Connections opened side by side on a file
+        // being set up can get SQLITE_BUSY at once, past any busy timeout
+        // (a new WAL's recovery, a change of journal mode).
+        let first = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .map_err(|e| damaged_or(path, e))?;
+        // A damaged file is told at start, with the way out, rather than
+        // met by whichever request reads the damaged page first.
+        let check: Vec<String> = sqlx::query_scalar("PRAGMA quick_check(5)")
+            .fetch_all(&first)
+            .await
+            .map_err(|e| damaged_or(path, e))?;
+        if check.first().map(String::as_str) != Some("ok") {
+            return Err(StoreError::Damaged {
+                path: path.display().to_string(),
+                detail: check.join("; "),
+            });
+        }
+        sqlx::migrate!("./migrations")
+            .run(&first)
+            .await
+            .map_err(|e| match e {
+                sqlx::migrate::MigrateError::Execute(e) => damaged_or(path, e),
+                e => StoreError::Migrate(e),
+            })?;
+        first.close().await;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             // Connections live as long as the store: SQLite removes the WAL
@@ -190,25 +219,6 @@ impl Store {
             .connect_with(options)
             .await
             .map_err(|e| damaged_or(path, e))?;
-        // A damaged file is told at start, with the way out, rather than
-        // met by whichever request reads the damaged page first.
-        let check: Vec<String> = sqlx::query_scalar("PRAGMA quick_check(5)")
-            .fetch_all(&pool)
-            .await
-            .map_err(|e| damaged_or(path, e))?;
-        if check.first().map(String::as_str) != Some("ok") {
-            return Err(StoreError::Damaged {
-                path: path.display().to_string(),
-                detail: check.join("; "),
-            });
-        }
-        sqlx::migrate!("./migrations")
-            .run(&pool)
-            .await
-            .map_err(|e| match e {
-                sqlx::migrate::MigrateError::Execute(e) => damaged_or(path, e),
-                e => StoreError::Migrate(e),
-            })?;
         // The database holds secret values: owner-only, with its WAL files.
         for suffix in ["", "-wal", "-shm"] {
             use std::os::unix::fs::PermissionsExt;

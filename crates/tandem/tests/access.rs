@@ -127,3 +127,54 @@ fn tokens_are_made_used_revoked_and_expire_and_roles_are_held() {
         "{metrics}"
     );
 }
+
+/// schemathesis (PyPI; `.ci/setup` installs it beside the test Python)
+/// against the served document, as the first admin: every route, examples
+/// from the schemas, their edges and fuzzed inputs. No answer may be a
+/// 5xx, have a status the document does not allow, or another type than
+/// it says.
+#[test]
+fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document() {
+    let Some(python) = std::env::var_os("TANDEM_TEST_PYTHON") else {
+        eprintln!("skipped: TANDEM_TEST_PYTHON is not set (make test sets it)");
+        return;
+    };
+    let st = std::path::Path::new(&python).with_file_name("schemathesis");
+    assert!(
+        st.exists(),
+        "{} is missing: .ci/setup installs schemathesis",
+        st.display()
+    );
+    let env = Env::start();
+    let out = Command::new(&st)
+        .args(["run", &format!("http://{}/api/v1/openapi.json", env.api)])
+        .args([
+            "--header",
+            &format!("Authorization: Bearer {}", env.token()),
+        ])
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance",
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--max-examples",
+            "30",
+            "--workers",
+            "1",
+            "--seed",
+            "15",
+            "--request-timeout",
+            "30",
+        ])
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run schemathesis");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "schemathesis found problems:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The admin is still the admin: nothing it generated locked us out.
+    assert_ok(&env.tandem(&["whoami"]));
+}
