@@ -220,9 +220,10 @@ pub async fn check(State(s): State<AppState>, req: Request, next: Next) -> Respo
     if need == Need::Public {
         return next.run(Request::from_parts(parts, body)).await;
     }
+    let method = parts.method.clone();
     let refuse = |status: usize, who: &str, error: ApiError| {
         s.refused.0[status].fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(method = %parts.method, route, who, error = ?error, "request refused");
+        tracing::warn!(%method, route, who, error = ?error, "request refused");
         error.into_response()
     };
     let identity = match bearer(&parts) {
@@ -254,6 +255,24 @@ pub async fn check(State(s): State<AppState>, req: Request, next: Next) -> Respo
         },
     };
     let access = decide(identity.role, need);
+    // A customer's people learn nothing of what is not their customer's,
+    // not even that it exists: naming another's service, run or incident
+    // is answered 404 whatever they asked to do with it.
+    if identity.role.is_customer() {
+        let params = RawPathParams::from_request_parts(&mut parts, &s).await.ok();
+        let params: Vec<(String, String)> = params
+            .iter()
+            .flat_map(|p| p.iter())
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        match owner_of(&s, &route, &params).await {
+            Ok(Some(customer)) if customer.is_none() || customer != identity.customer => {
+                return ApiError::NotFound(not_found(&route, &params)).into_response();
+            }
+            Ok(_) => {}
+            Err(e) => return e.into_response(),
+        }
+    }
     if access == Access::Deny {
         let message = format!(
             "{} ({}) may not {} {route}",
@@ -262,20 +281,6 @@ pub async fn check(State(s): State<AppState>, req: Request, next: Next) -> Respo
         return refuse(1, &identity.user, ApiError::Forbidden(message));
     }
     let caller = Caller { identity, access };
-    if caller.scoped() {
-        let params = RawPathParams::from_request_parts(&mut parts, &s).await.ok();
-        let params: Vec<(String, String)> = params
-            .iter()
-            .flat_map(|p| p.iter())
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect();
-        match owner_of(&s, &route, &params).await {
-            Ok(Some(customer)) if caller.sees(customer.as_deref()) => {}
-            Ok(None) => {}
-            Ok(Some(_)) => return ApiError::NotFound(not_found(&route, &params)).into_response(),
-            Err(e) => return e.into_response(),
-        }
-    }
     parts.extensions.insert(caller);
     next.run(Request::from_parts(parts, body)).await
 }

@@ -2422,3 +2422,43 @@ fn production_asking_both_sides_needs_a_supplier_and_a_customer_and_never_the_au
         .collect();
     assert_eq!(names, ["user:erin", "user:carl"]);
 }
+
+#[test]
+fn production_asking_its_customer_promotes_only_on_its_customers_approval() {
+    let env = Env::start();
+    let spec = QUICK_SPEC.replace("  name: shop\n", "  name: shop\n  customer: acme\n")
+        + "environments:\n  staging: { auto_deploy: true, route: { host: staging.shop.test } }\n  production: { promote: manual, approvals: 1, approvers: customer }\n";
+    assert_ok(&env.tandem(&["customers", "add", "acme", "--name", "ACME AG"]));
+    let erin = user_token(&env, "erin", "engineer", &[]);
+    let carl = user_token(&env, "carl", "customer-approver", &["--customer", "acme"]);
+    let repo = Repo::new(env.root.path(), &spec);
+    let c1 = repo.push("main", "v1", &[("index.html", "v1")]);
+    register(&env, &repo, &["--poll-interval", "1h"]);
+    let run = wait_for_status(&env, &c1, "waiting-approval");
+    let id = run["id"].as_i64().expect("id").to_string();
+    // The supplier's engineer, and the admin: not theirs to give.
+    for out in [
+        as_user(&env, &erin, &["approve", &id]),
+        env.tandem(&["approve", &id]),
+    ] {
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("asks its customer's approval"),
+            "{out:?}"
+        );
+    }
+    assert_eq!(env.get("shop.test", "/index.html").0, 404);
+    assert_ok(&as_user(&env, &carl, &["approve", &id]));
+    assert_eq!(
+        wait_for_run(&env, &c1, Duration::from_secs(60))["status"],
+        "succeeded"
+    );
+    let promoting = events(&env)
+        .into_iter()
+        .find(|e| e["kind"] == "run.promoting")
+        .expect("run.promoting");
+    assert_eq!(
+        promoting["payload"]["approvers"],
+        serde_json::json!([{ "approver": "user:carl", "organisation": "acme" }])
+    );
+}
