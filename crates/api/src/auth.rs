@@ -281,8 +281,9 @@ pub async fn check(State(s): State<AppState>, req: Request, next: Next) -> Respo
         return refuse(1, &identity.user, ApiError::Forbidden(message));
     }
     let caller = Caller { identity, access };
+    let token = caller.identity.token.clone();
     parts.extensions.insert(caller);
-    next.run(Request::from_parts(parts, body)).await
+    tandem_store::with_token(token, next.run(Request::from_parts(parts, body))).await
 }
 
 /// The customer of what the route's parameters name: `Some(customer)` for

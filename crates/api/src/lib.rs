@@ -402,11 +402,13 @@ where
 {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let reporter = Reporter::new(tx);
-    tokio::spawn(async move {
+    // The work goes on in a task of its own: it keeps the request's token.
+    let token = tandem_store::current_token().unwrap_or_default();
+    tokio::spawn(tandem_store::with_token(token, async move {
         if let Err(e) = work(reporter.clone()).await {
             reporter.send(ApiError::from(e).into_progress());
         }
-    });
+    }));
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         let p = rx.recv().await?;
         let mut line = serde_json::to_vec(&p).unwrap_or_default();

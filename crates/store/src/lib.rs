@@ -591,7 +591,39 @@ fn damaged_or(path: &Path, e: sqlx::Error) -> StoreError {
     }
 }
 
-async fn append_in(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, event: NewEvent) -> Result<Event> {
+tokio::task_local! {
+    /// The API token of the request this work is done for.
+    static TOKEN: String;
+}
+
+/// Runs `work` for a request made with token `id`: the events its user
+/// journals in it carry `"via_token": id` in their payload, so the journal
+/// says which of a person's tokens did what (a revoked laptop's, say).
+pub async fn with_token<F: std::future::Future>(id: String, work: F) -> F::Output {
+    TOKEN.scope(id, work).await
+}
+
+/// The token [`with_token`] set for the work running now, if any.
+pub fn current_token() -> Option<String> {
+    TOKEN.try_with(Clone::clone).ok()
+}
+
+async fn append_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    mut event: NewEvent,
+) -> Result<Event> {
+    if event.actor.starts_with("user:")
+        && let Some(token) = current_token().filter(|t| !t.is_empty())
+    {
+        match &mut event.payload {
+            serde_json::Value::Object(map) => {
+                map.entry("via_token")
+                    .or_insert(serde_json::Value::String(token));
+            }
+            serde_json::Value::Null => event.payload = serde_json::json!({ "via_token": token }),
+            _ => {}
+        }
+    }
     let last: Option<(i64, String)> =
         sqlx::query_as("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
             .fetch_optional(&mut **tx)

@@ -121,6 +121,10 @@ fn tokens_are_made_used_revoked_and_expire_and_roles_are_held() {
         .find(|e| e["kind"] == "token.revoked")
         .expect("token.revoked");
     assert_eq!(revoked["actor"], "user:admin");
+    // With the id of the token it was done with.
+    let admin_token = std::fs::read_to_string(&file).expect("admin.token");
+    let admin_id = admin_token.trim().split('_').nth(1).expect("id");
+    assert_eq!(revoked["payload"]["via_token"], admin_id, "{revoked}");
     let metrics = env.api_get("/metrics").1;
     assert!(
         metrics.contains("tandem_api_refused_total{status=\"403\"} 1"),

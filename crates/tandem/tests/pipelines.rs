@@ -2315,6 +2315,23 @@ fn a_directory_naming_a_repository_service_cannot_go_around_its_pipeline() {
         .find(|e| e["kind"] == "deploy.forced")
         .expect("deploy.forced");
     assert_eq!(forced["actor"], "user:admin");
+    // The events of the deploy (its own task) name the token too.
+    let admin_id = env.token().split('_').nth(1).expect("id").to_owned();
+    let all = events(&env);
+    let released = all
+        .iter()
+        .rfind(|e| e["kind"] == "release.succeeded" && e["actor"] == "user:admin")
+        .expect("release.succeeded by the admin");
+    assert_eq!(
+        released["payload"]["via_token"],
+        admin_id.as_str(),
+        "{released}"
+    );
+    assert_eq!(
+        forced["payload"]["via_token"],
+        admin_id.as_str(),
+        "{forced}"
+    );
 }
 
 /// A token for a new user of `role` (and `extra` flags).
