@@ -452,14 +452,56 @@ async fn watch_agent(
     engine: Engine,
 ) {
     let client = AgentClient::for_data_dir(&dir);
+    // Asks in a row that the agent holding the lock did not answer.
+    let mut unanswered = 0u32;
     loop {
         tokio::time::sleep(AGENT_WATCH_EVERY).await;
-        if client.hello().await.is_ok() {
+        let asked = client.hello().await;
+        let silent = matches!(
+            asked,
+            Err(tandem_engine::AgentClientError::TimedOut { .. }
+                | tandem_engine::AgentClientError::NoAnswer)
+        );
+        if asked.is_ok() || !silent && !tandem_agent::lock_is_free(&dir, "agent.lock") {
+            // Alive (an error it sent is an answer: a handover, say).
+            unanswered = 0;
             continue;
         }
         if !tandem_agent::lock_is_free(&dir, "agent.lock") {
+            // It holds the lock and says nothing: stopped (SIGSTOP) or
+            // hung. A stopped one is replaced after three unanswered asks
+            // (~12 s: the monitor pages at 5 s first), a merely silent one
+            // after five (a busy agent may come back).
+            unanswered += 1;
+            let Some(pid) = lock_holder(&dir).filter(|pid| is_agent_of(*pid, &dir)) else {
+                continue;
+            };
+            let stopped = process_stopped(pid);
+            if unanswered
+                < if stopped {
+                    AGENT_STOPPED_ASKS
+                } else {
+                    AGENT_SILENT_ASKS
+                }
+            {
+                continue;
+            }
+            let why = if stopped { "stopped" } else { "not answering" };
+            tracing::error!(pid, why, "the agent is stuck; replacing it");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let event = tandem_core::journal::NewEvent::new("system:server", "agent.replaced")
+                .payload(serde_json::json!({ "agent_pid": pid, "reason": why }));
+            if let Err(e) = engine.store.append(event).await {
+                tracing::warn!(error = %e, "could not journal the agent's replacement");
+            }
+            unanswered = 0;
+            // Its lock goes with it; the next look starts a new agent.
             continue;
         }
+        unanswered = 0;
         tracing::warn!("the agent has died; starting it again");
         let started = match &held {
             Some(listener) => {
@@ -493,6 +535,45 @@ async fn watch_agent(
             Err(e) => tracing::error!(error = %e.message, "could not start the agent again"),
         }
     }
+}
+
+/// Unanswered asks (each a second apart, up to 3 s long) after which a
+/// stopped agent is replaced.
+const AGENT_STOPPED_ASKS: u32 = 3;
+/// The same for an agent that is not stopped but does not answer.
+const AGENT_SILENT_ASKS: u32 = 5;
+
+/// The pid written in the agent's lock file.
+fn lock_holder(dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(dir.join("agent.lock"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|pid| *pid > 1)
+}
+
+/// Whether process `pid` is a `tandem agent` of data directory `dir` (a
+/// pid read from a file is not killed on its word alone).
+fn is_agent_of(pid: u32, dir: &Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let dir = dir.as_os_str().as_encoded_bytes();
+    args.contains(&b"agent".as_slice()) && args.contains(&dir)
+}
+
+/// Whether process `pid` is stopped (by a signal or a tracer).
+fn process_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // The state follows the command name, which is in parentheses.
+            let (_, rest) = stat.rsplit_once(") ")?;
+            rest.chars().next()
+        })
+        .is_some_and(|state| state == 'T' || state == 't')
 }
 
 /// Starts again what the store says serves but the agent runs nothing of

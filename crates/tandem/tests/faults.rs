@@ -729,3 +729,43 @@ fn a_server_killed_between_switch_and_stop_leaves_the_new_release_live_and_stops
     assert_eq!(r.failed, 0, "{:?}", &r.failures[..r.failures.len().min(10)]);
     assert_ok(&env.tandem(&["audit", "verify"]));
 }
+
+#[test]
+fn a_stopped_agent_is_replaced_and_its_instances_serve_on_under_the_next() {
+    let env = Env::start();
+    let dir = env.app("web", "", "v1");
+    assert_ok(&env.deploy(&dir));
+    let before = instance_pids(&env, "web");
+    let agent = agent_pid(&env);
+    // What a service could do today (issue 16 takes that away): freeze it.
+    let status = std::process::Command::new("kill")
+        .args(["-STOP", &agent.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let stopped_at = std::time::Instant::now();
+    wait_until(Duration::from_secs(30), "web served by a new agent", || {
+        let (code, body) = env.get("web.test", "/");
+        (code == 200 && body == "v1" && agent_pid(&env) != agent).then_some(())
+    });
+    let took = stopped_at.elapsed();
+    assert!(
+        !std::path::Path::new(&format!("/proc/{agent}")).exists()
+            || std::fs::read_to_string(format!("/proc/{agent}/stat"))
+                .is_ok_and(|s| s.contains(") Z")),
+        "the stopped agent is gone"
+    );
+    assert_eq!(
+        instance_pids(&env, "web"),
+        before,
+        "the same instances, taken over"
+    );
+    let events = env.tandem(&["audit", "events", "-o", "json"]);
+    let text = String::from_utf8_lossy(&events.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.contains("\"agent.replaced\"") && l.contains("stopped")),
+        "journalled"
+    );
+    eprintln!("a stopped agent was replaced and serving again within {took:?}");
+}
