@@ -11,6 +11,7 @@ pub mod logs;
 pub mod metrics;
 pub mod probe;
 mod procfs;
+mod sandbox;
 pub mod socket;
 pub mod supervisor;
 

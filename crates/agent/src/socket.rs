@@ -168,7 +168,7 @@ async fn dispatch(req: Request, ctx: &Context) -> Response {
                 };
             }
             Response::Started {
-                instances: sup.start_group(group),
+                instances: sup.start_group(*group),
             }
         }
         Request::WaitReady {

@@ -70,6 +70,8 @@ struct Shared {
     /// raced wrote the one temporary file together (and failed), and an
     /// older snapshot could be renamed over a newer one.
     saving: Mutex<()>,
+    /// The control groups instances are limited by.
+    cgroups: crate::sandbox::Cgroups,
     /// Seals the instances' secret values in the state file (the data
     /// directory's key); `None` if the key could not be had, and then
     /// they are not saved at all.
@@ -301,6 +303,14 @@ impl Supervisor {
                 marked_dir: std::fs::canonicalize(&data_dir).unwrap_or_else(|_| data_dir.clone()),
                 unclaimed: Mutex::new(BTreeMap::new()),
                 saving: Mutex::new(()),
+                cgroups: {
+                    let cgroups = crate::sandbox::Cgroups::detect(&data_dir);
+                    match cgroups.off() {
+                        Some(why) => tracing::warn!(why, "instances' memory, processes and CPU are not limited"),
+                        None => tracing::info!(cgroups = ?cgroups, "instances are limited by control groups"),
+                    }
+                    cgroups
+                },
                 sealer: tandem_seal::Sealer::load_or_create(&data_dir)
                     .inspect_err(|e| {
                         tracing::error!(error = %e, "no key to seal secrets with: they are left out of the state file");
@@ -858,6 +868,8 @@ impl Supervisor {
         for (service, release) in groups {
             self.stop_group(&service, &release, drain_timeout).await;
         }
+        // Nothing runs any more: the instances' control groups go too.
+        self.shared.cgroups.remove_all();
     }
 
     pub fn status(&self, proxy_addr: &str) -> AgentStatus {
@@ -1269,7 +1281,7 @@ async fn run_instance(
                                 (procfs::INSTANCE_VAR, inst.id.as_str().as_ref()),
                                 (procfs::AGENT_DIR_VAR, sup.shared.marked_dir.as_os_str()),
                             ];
-                            spawn(&spec, port, &inst.log, &outputs, marks)
+                            spawn(&spec, port, &inst.log, &outputs, marks, &sup.shared.cgroups)
                                 .map(|(c, p)| (port, c, p))
                         })?;
                         *lock(&inst.captures) = pipes;
@@ -1372,6 +1384,7 @@ async fn run_instance(
         l.state = InstanceState::Stopped;
         l.pid = None;
     });
+    sup.shared.cgroups.remove(&inst.id);
 }
 
 /// Takes over a process a previous agent started: watches it through a
@@ -1571,15 +1584,21 @@ pub const UNCLAIMED_GRACE: Duration = Duration::from_secs(120);
 
 /// Starts the command; its stdout and stderr go to the log through FIFOs
 /// at `outputs` (see [`output_fifo`]).
+#[allow(unsafe_code)]
 fn spawn(
     spec: &GroupSpec,
     port: u16,
     log: &InstanceLog,
     outputs: &[PathBuf; 2],
     marks: [(&str, &std::ffi::OsStr); 2],
+    cgroups: &crate::sandbox::Cgroups,
 ) -> std::io::Result<(tokio::process::Child, Vec<Capture>)> {
     let (out_reader, out_writer) = output_fifo(&outputs[0])?;
     let (err_reader, err_writer) = output_fifo(&outputs[1])?;
+    // Its control groups, made and opened here; the child joins them.
+    let id = marks[0].1.to_string_lossy().into_owned();
+    let procs = cgroups.prepare(&id, &spec.limits)?;
+    let nofile = spec.limits.nofile;
     let mut cmd = tokio::process::Command::new("/bin/sh");
     cmd.arg("-c")
         .arg(&spec.command)
@@ -1594,6 +1613,12 @@ fn spawn(
         .kill_on_drop(false);
     for var in crate::PASSED_SOCKET_VARS {
         cmd.env_remove(var);
+    }
+    // SAFETY: `confine_self` makes only async-signal-safe calls (getpid,
+    // write on descriptors opened before the fork, setrlimit) and
+    // allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || crate::sandbox::confine_self(&procs, nofile));
     }
     let child = cmd.spawn()?;
     // Our copies of the instance's ends close with `cmd`.
@@ -1737,6 +1762,7 @@ mod tests {
             liveness: None,
             stop_timeout_ms: 100,
             secrets: vec!["API_TOKEN".into()],
+            limits: Default::default(),
         };
         let saved = seal_secrets(Some(&sealer), &spec);
         let text = serde_json::to_string(&saved).expect("json");

@@ -43,6 +43,23 @@ pub struct GroupSpec {
     /// in its state file and masks them in the instances' logs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
+    /// What each instance may use (`None`: no limit).
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// An instance's limits, as the agent enforces them (cgroups, rlimits).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
+    /// Thousandths of a CPU (1000: one CPU).
+    #[serde(default)]
+    pub cpu_millis: Option<u32>,
+    #[serde(default)]
+    pub pids: Option<u32>,
+    #[serde(default)]
+    pub nofile: Option<u64>,
 }
 
 fn default_status() -> (u16, u16) {
@@ -97,7 +114,7 @@ pub enum Request {
     Status,
     /// Starts the group's instances unless it already exists.
     StartGroup {
-        group: GroupSpec,
+        group: Box<GroupSpec>,
     },
     /// Waits until every instance of the group is ready, or fails early when
     /// one exits, or after `timeout_ms`.

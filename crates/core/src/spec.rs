@@ -239,6 +239,48 @@ pub struct Run {
     pub secrets: Vec<String>,
     #[serde(default = "default_stop_timeout")]
     pub stop_timeout: Duration,
+    /// What each instance may use; unset fields take the defaults.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// Per-instance limits, enforced by the agent with cgroups and rlimits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Memory (e.g. 512Mi); past it the instance is killed and restarted.
+    #[serde(default = "default_memory")]
+    pub memory: crate::units::Bytes,
+    /// CPUs' worth of time (0.5: half of one); unset: no cap.
+    #[serde(default)]
+    pub cpu: Option<f64>,
+    /// Processes and threads at once.
+    #[serde(default = "default_pids")]
+    pub pids: u32,
+    /// Open files.
+    #[serde(default = "default_nofile")]
+    pub nofile: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            memory: default_memory(),
+            cpu: None,
+            pids: default_pids(),
+            nofile: default_nofile(),
+        }
+    }
+}
+
+fn default_memory() -> crate::units::Bytes {
+    crate::units::Bytes::from_bytes(1 << 30)
+}
+fn default_pids() -> u32 {
+    512
+}
+fn default_nofile() -> u32 {
+    4096
 }
 
 fn default_instances() -> Instances {

@@ -1,5 +1,5 @@
 //! Human-friendly units used in `tandem.yaml`: durations (`500ms`, `30s`,
-//! `10m`, `1h`, `7d`) and percentages (`99.95%`).
+//! `10m`, `1h`, `7d`), percentages (`99.95%`) and sizes (`512Mi`, `1G`).
 
 use std::fmt;
 use std::str::FromStr;
@@ -233,5 +233,86 @@ mod tests {
                 .contains("end with `%`")
         );
         assert!("101%".parse::<Percent>().is_err());
+    }
+}
+
+/// A size in bytes, written with a unit: `Ki`, `Mi`, `Gi` (powers of 1024)
+/// or `K`, `M`, `G` (powers of 1000); a bare number is bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Bytes(u64);
+
+impl Bytes {
+    pub const fn from_bytes(n: u64) -> Self {
+        Bytes(n)
+    }
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl FromStr for Bytes {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (number, unit) = s.split_at(split);
+        let n: u64 = number
+            .parse()
+            .map_err(|_| format!("`{s}` is not a size; write e.g. 512Mi, 1Gi or 64M"))?;
+        let scale: u64 = match unit {
+            "" => 1,
+            "K" => 1_000,
+            "M" => 1_000_000,
+            "G" => 1_000_000_000,
+            "Ki" => 1 << 10,
+            "Mi" => 1 << 20,
+            "Gi" => 1 << 30,
+            _ => {
+                return Err(format!(
+                    "size `{s}` has unknown unit `{unit}`; use Ki, Mi, Gi (or K, M, G)"
+                ));
+            }
+        };
+        n.checked_mul(scale)
+            .map(Bytes)
+            .ok_or_else(|| format!("size `{s}` is out of range"))
+    }
+}
+
+impl fmt::Display for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (unit, size) in [("Gi", 1u64 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
+            if self.0 != 0 && self.0.is_multiple_of(size) {
+                return write!(f, "{}{unit}", self.0 / size);
+            }
+        }
+        write!(f, "{}", self.0)
+    }
+}
+
+impl Serialize for Bytes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        raw.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for Bytes {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Bytes".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^[0-9]+(Ki|Mi|Gi|K|M|G)?$",
+            "description": "A size: 512Mi, 1Gi, 64M"
+        })
     }
 }

@@ -162,6 +162,7 @@ impl AgentClient {
     }
 
     pub async fn start_group(&self, group: GroupSpec) -> Result<Vec<String>, AgentClientError> {
+        let group = Box::new(group);
         match self.call(&Request::StartGroup { group }).await? {
             Response::Started { instances } => Ok(instances),
             other => Err(unexpected("start_group", &other)),

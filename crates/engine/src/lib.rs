@@ -1073,5 +1073,16 @@ pub fn group_spec(release: &ReleaseRow, spec: &Spec, unit: &str, dir: &Path) -> 
             .map(|p| probe_spec(p, DEFAULT_LIVENESS_INTERVAL)),
         stop_timeout_ms: spec.run.stop_timeout.as_millis(),
         secrets: Vec::new(),
+        limits: tandem_core::protocol::Limits {
+            memory_bytes: Some(spec.run.limits.memory.get()),
+            cpu_millis: spec
+                .run
+                .limits
+                .cpu
+                .filter(|c| c.is_finite() && *c > 0.0)
+                .map(|c| (c * 1000.0).round().min(f64::from(u32::MAX)) as u32),
+            pids: Some(spec.run.limits.pids.max(1)),
+            nofile: Some(u64::from(spec.run.limits.nofile.max(16))),
+        },
     }
 }

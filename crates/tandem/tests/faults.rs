@@ -769,3 +769,99 @@ fn a_stopped_agent_is_replaced_and_its_instances_serve_on_under_the_next() {
     );
     eprintln!("a stopped agent was replaced and serving again within {took:?}");
 }
+
+/// Whether this machine lets tandem limit instances with cgroups (root,
+/// and memory/pids/cpu controllers; CI has both).
+fn cgroups_usable() -> bool {
+    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let v1 = std::path::Path::new("/sys/fs/cgroup/pids/cgroup.procs").exists();
+    (v1 || v2)
+        && std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Processes marked as instance `id` (an instance's children inherit its
+/// mark).
+fn processes_of(id: &str) -> usize {
+    let mark = format!("TANDEM_INSTANCE={id}");
+    std::fs::read_dir("/proc")
+        .expect("proc")
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == mark.as_bytes()))
+        })
+        .count()
+}
+
+#[test]
+fn a_fork_bomb_stops_at_its_pids_limit_and_a_memory_hog_is_killed_while_a_neighbour_serves() {
+    if !cgroups_usable() {
+        eprintln!("skipped: needs root and cgroups (CI has both)");
+        return;
+    }
+    let env = Env::start();
+    let web = env.app("web", "", "v1");
+    assert_ok(&env.deploy(&web));
+    let load = util::Load::start(&env.proxy, "web.test", 2);
+
+    // 200 sleepers asked for once it serves, 20 processes allowed.
+    let bomb = env.root.path().join("bomb");
+    std::fs::create_dir_all(&bomb).expect("mkdir");
+    std::fs::write(
+        bomb.join("tandem.yaml"),
+        "service:\n  name: bomb\nrun:\n  command: '(sleep 1; exec python3 bomb.py) & exec python3 -m http.server $PORT --bind 127.0.0.1'\n  instances: 1\n  limits: { pids: 20 }\nroute:\n  host: bomb.test\n",
+    )
+    .expect("spec");
+    std::fs::write(
+        bomb.join("bomb.py"),
+        "import subprocess\nfor i in range(200):\n    try:\n        subprocess.Popen(['sleep', '120'])\n    except OSError:\n        pass\n",
+    )
+    .expect("bomb");
+    std::fs::write(bomb.join("index.html"), "still here").expect("page");
+    assert_ok(&env.deploy(&bomb));
+    let id = env.instances("bomb")[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    std::thread::sleep(Duration::from_secs(3));
+    let held = processes_of(&id);
+    assert!(held <= 20, "{held} processes of {id}, limit 20");
+    assert!(
+        held >= 10,
+        "{held} processes: the sleepers did start up to the limit"
+    );
+
+    // A hog of 300 MB in a 64 MiB instance: killed.
+    let hog = env.root.path().join("hog");
+    std::fs::create_dir_all(&hog).expect("mkdir");
+    let said = env.root.path().join("hog-exit");
+    std::fs::write(
+        hog.join("tandem.yaml"),
+        format!(
+            "service:\n  name: hog\nrun:\n  command: '(sleep 1; python3 -c \"x = bytearray(300 * 1024 * 1024); import time; time.sleep(60)\"; echo $? > {}) & exec python3 -m http.server $PORT --bind 127.0.0.1'\n  instances: 1\n  limits: {{ memory: 64Mi }}\nroute:\n  host: hog.test\n",
+            said.display()
+        ),
+    )
+    .expect("spec");
+    std::fs::write(hog.join("index.html"), "hog").expect("page");
+    assert_ok(&env.deploy(&hog));
+    let code = wait_until(Duration::from_secs(20), "the hog killed", || {
+        std::fs::read_to_string(&said)
+            .ok()
+            .filter(|s| !s.is_empty())
+    });
+    assert_eq!(code.trim(), "137", "killed by SIGKILL (the OOM killer)");
+
+    let result = load.finish();
+    assert_eq!(
+        result.failed, 0,
+        "the neighbour lost requests: {:?}",
+        result.failures
+    );
+    assert!(result.ok > 100, "{} answered", result.ok);
+    // The agent answers on.
+    assert_ok(&env.tandem(&["status"]));
+}
