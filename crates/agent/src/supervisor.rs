@@ -1597,7 +1597,13 @@ fn spawn(
     let (err_reader, err_writer) = output_fifo(&outputs[1])?;
     // Its control groups, made and opened here; the child joins them.
     let id = marks[0].1.to_string_lossy().into_owned();
-    let procs = cgroups.prepare(&id, &spec.limits)?;
+    // Limits protect the others; an instance that cannot have them still
+    // serves (the data plane does not stop for them), and says so.
+    let procs = cgroups.prepare(&id, &spec.limits).unwrap_or_else(|e| {
+        tracing::error!(instance = %id, error = %e, "cannot set the instance's limits; it runs without them");
+        log.write_line(&format!("[tandem] limits not applied: {e}"));
+        Vec::new()
+    });
     let nofile = spec.limits.nofile;
     let mut cmd = tokio::process::Command::new("/bin/sh");
     cmd.arg("-c")
