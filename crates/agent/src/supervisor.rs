@@ -1701,12 +1701,8 @@ fn seal_secrets(sealer: Option<&tandem_seal::Sealer>, spec: &GroupSpec) -> Group
             continue;
         };
         if let Some(sealer) = sealer {
-            let hex: String = sealer
-                .seal(value.as_bytes())
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            spec.env.insert(key.clone(), format!("{SEALED}{hex}"));
+            spec.env
+                .insert(key.clone(), format!("{SEALED}{}", sealer.seal_text(&value)));
         }
     }
     spec
@@ -1719,16 +1715,7 @@ fn open_secrets(sealer: Option<&tandem_seal::Sealer>, spec: &mut GroupSpec) {
         let Some(hex) = spec.env.get(&key).and_then(|v| v.strip_prefix(SEALED)) else {
             continue;
         };
-        let bytes: Option<Vec<u8>> = (hex.len() % 2 == 0 && hex.is_ascii())
-            .then(|| {
-                (0..hex.len() / 2)
-                    .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
-                    .collect()
-            })
-            .flatten();
-        let opened = bytes
-            .and_then(|b| sealer?.open(&b).ok())
-            .and_then(|p| String::from_utf8(p).ok());
+        let opened = sealer.and_then(|s| s.open_text(hex).ok());
         match opened {
             Some(value) => {
                 spec.env.insert(key, value);

@@ -94,6 +94,17 @@ pub fn hex(bytes: &[u8]) -> String {
     out
 }
 
+/// The bytes of lowercase or uppercase hex; `None` for anything else.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 /// Seals `new` as event `seq` after `prev`.
 pub fn seal(seq: u64, ts: String, new: NewEvent, prev: &str) -> Result<Event, serde_json::Error> {
     let hash = sha256_hex(&canonical_bytes(seq, &ts, &new, prev)?);

@@ -4,7 +4,7 @@
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use crate::journal::hex;
+use crate::journal::{hex, unhex};
 
 /// `hex(HMAC-SHA256(secret, body))`.
 pub fn sign(secret: &str, body: &[u8]) -> String {
@@ -14,7 +14,7 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
 /// Whether `signature` (hex) is `body`'s HMAC under `secret`, compared in
 /// constant time.
 pub fn verify(secret: &str, body: &[u8], signature: &str) -> bool {
-    decode_hex(signature.trim())
+    unhex(signature.trim())
         .is_some_and(|expected| mac(secret, body).verify_slice(&expected).is_ok())
 }
 
@@ -23,16 +23,6 @@ fn mac(secret: &str, body: &[u8]) -> Hmac<Sha256> {
         Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
     mac.update(body);
     mac
-}
-
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

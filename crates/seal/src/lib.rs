@@ -10,6 +10,7 @@ use std::path::Path;
 
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use tandem_core::journal::{hex, unhex};
 
 /// Why a key could not be had or a value not opened.
 #[derive(Debug, thiserror::Error)]
@@ -82,20 +83,26 @@ impl Sealer {
 
     /// The key from 64 hex digits.
     pub fn from_hex(hex: &str) -> Result<Sealer, SealError> {
-        let hex = hex.trim();
-        let bytes: Option<Vec<u8>> = (hex.len() == 64 && hex.is_ascii())
-            .then(|| {
-                (0..32)
-                    .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
-                    .collect()
-            })
-            .flatten();
-        let key: [u8; 32] = bytes.and_then(|b| b.try_into().ok()).ok_or_else(|| {
-            SealError::Key(format!(
-                "{KEY_VARIABLE} is not a key: 64 hex digits (e.g. `openssl rand -hex 32`)"
-            ))
-        })?;
+        let key: [u8; 32] = unhex(hex.trim())
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| {
+                SealError::Key(format!(
+                    "{KEY_VARIABLE} is not a key: 64 hex digits (e.g. `openssl rand -hex 32`)"
+                ))
+            })?;
         Ok(Sealer(ChaCha20Poly1305::new(&Key::from(key))))
+    }
+
+    /// `plain` sealed, as hex: for a value kept in a text file.
+    pub fn seal_text(&self, plain: &str) -> String {
+        hex(&self.seal(plain.as_bytes()))
+    }
+
+    /// The reverse of [`Sealer::seal_text`].
+    pub fn open_text(&self, sealed: &str) -> Result<String, SealError> {
+        let bytes = unhex(sealed).ok_or(SealError::Open("a sealed value is not hex"))?;
+        String::from_utf8(self.open(&bytes)?)
+            .map_err(|_| SealError::Open("a sealed value is not text"))
     }
 
     pub fn seal(&self, plain: &[u8]) -> Vec<u8> {

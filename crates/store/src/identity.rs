@@ -14,7 +14,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tandem_core::access::Role;
-use tandem_core::journal::{Event, NewEvent};
+use tandem_core::journal::{Event, NewEvent, hex};
 
 use crate::{Result, Store, StoreError, append_in, now_ts};
 
@@ -100,10 +100,6 @@ pub fn valid_name(kind: &str, name: &str) -> Result<()> {
             "{kind} {name:?} is not a name: 1 to 64 of a-z, 0-9, '-', '_', '.', starting with a letter or digit"
         )))
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn digest(token: &str) -> [u8; 32] {
