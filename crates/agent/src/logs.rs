@@ -31,7 +31,7 @@ struct Inner {
     written: u64,
     tail: VecDeque<String>,
     /// The instance's secret values, masked in every line written.
-    secrets: Vec<String>,
+    secrets: tandem_core::masking::Masker,
 }
 
 /// An instance log file: appended to, owner-only (what an instance prints
@@ -64,7 +64,7 @@ impl InstanceLog {
                 file: Some(file),
                 written,
                 tail: VecDeque::new(),
-                secrets: tandem_core::masking::maskable(secrets),
+                secrets: tandem_core::masking::Masker::new(secrets),
             })),
         })
     }
@@ -83,7 +83,7 @@ impl InstanceLog {
         let line = if inner.secrets.is_empty() {
             line
         } else {
-            masked = tandem_core::masking::mask(line, &inner.secrets);
+            masked = inner.secrets.mask(line);
             masked.as_str()
         };
         if inner.written > ROTATE_AT_BYTES {

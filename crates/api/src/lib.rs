@@ -563,10 +563,10 @@ async fn logs(
         .map_err(EngineError::from)?;
     // What the instance printed of its secrets (a log written before the
     // agent masked, or a value set since), masked like run logs.
-    let secrets = tandem_core::masking::maskable(s.engine.store.all_secret_values(&name).await?);
+    let secrets = tandem_core::masking::Masker::new(s.engine.store.all_secret_values(&name).await?);
     if !secrets.is_empty() {
         for l in &mut lines {
-            l.line = tandem_core::masking::mask(&l.line, &secrets);
+            l.line = secrets.mask(&l.line);
         }
     }
     Ok(Json(serde_json::to_value(lines).unwrap_or_default()))

@@ -7,31 +7,41 @@
 /// Values shorter than this are not masked.
 pub const MIN_MASKED_CHARS: usize = 4;
 
-/// The values worth masking, longest first (a secret containing another
-/// is masked whole), without repeats.
-pub fn maskable(values: impl IntoIterator<Item = String>) -> Vec<String> {
-    let mut all: Vec<String> = values
-        .into_iter()
-        .filter(|s| s.chars().count() >= MIN_MASKED_CHARS)
-        .collect();
-    all.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    all.dedup();
-    all
-}
+/// The values to mask, longest first (a secret containing another is
+/// masked whole), without repeats or values too short to be secrets.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Masker(Vec<String>);
 
-/// `text` with each of `secrets` (as [`maskable`] gives them) replaced by
-/// `***`.
-pub fn mask(text: &str, secrets: &[String]) -> String {
-    let mut out = text.to_owned();
-    for s in secrets
-        .iter()
-        .filter(|s| s.chars().count() >= MIN_MASKED_CHARS)
-    {
-        if out.contains(s.as_str()) {
-            out = out.replace(s.as_str(), "***");
-        }
+impl Masker {
+    pub fn new(values: impl IntoIterator<Item = String>) -> Masker {
+        let mut all: Vec<String> = values
+            .into_iter()
+            .filter(|s| s.chars().count() >= MIN_MASKED_CHARS)
+            .collect();
+        all.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        all.dedup();
+        Masker(all)
     }
-    out
+
+    /// This and `more` together.
+    pub fn with(&self, more: impl IntoIterator<Item = String>) -> Masker {
+        Masker::new(self.0.iter().cloned().chain(more))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `text` with each value replaced by `***`.
+    pub fn mask(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for s in &self.0 {
+            if out.contains(s.as_str()) {
+                out = out.replace(s.as_str(), "***");
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -40,10 +50,13 @@ mod tests {
 
     #[test]
     fn values_are_masked_longest_first_and_short_ones_left_alone() {
-        let secrets = maskable(["d".into(), "hunter2".into(), "hunter2-long".into()]);
-        assert_eq!(secrets, ["hunter2-long", "hunter2"]);
+        let masker = Masker::new(["d".into(), "hunter2".into(), "hunter2-long".into()]);
         assert_eq!(
-            mask("draining with hunter2-long and hunter2", &secrets),
+            masker,
+            Masker(vec!["hunter2-long".into(), "hunter2".into()])
+        );
+        assert_eq!(
+            masker.mask("draining with hunter2-long and hunter2"),
             "draining with *** and ***"
         );
     }

@@ -47,7 +47,7 @@ pub struct Timings {
 pub struct Reporter {
     tx: Option<mpsc::UnboundedSender<Progress>>,
     /// Secret values, replaced by `***` in everything sent.
-    secrets: std::sync::Arc<Vec<String>>,
+    secrets: std::sync::Arc<tandem_core::masking::Masker>,
 }
 
 impl Reporter {
@@ -67,16 +67,15 @@ impl Reporter {
     /// The same reporter, masking `secrets` too (see
     /// `tandem_core::masking`: values too short to be secrets are not).
     pub fn masking(&self, secrets: Vec<String>) -> Self {
-        let all = tandem_core::masking::maskable(self.secrets.iter().cloned().chain(secrets));
         Reporter {
             tx: self.tx.clone(),
-            secrets: std::sync::Arc::new(all),
+            secrets: std::sync::Arc::new(self.secrets.with(secrets)),
         }
     }
 
     /// `text` with every secret value replaced by `***`.
     pub fn mask(&self, text: &str) -> String {
-        mask(text, &self.secrets)
+        self.secrets.mask(text)
     }
 
     pub fn send(&self, p: Progress) {
@@ -120,8 +119,6 @@ impl Reporter {
         });
     }
 }
-
-pub use tandem_core::masking::mask;
 
 #[cfg(test)]
 mod tests {
