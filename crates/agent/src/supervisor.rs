@@ -1606,6 +1606,13 @@ fn spawn(
     });
     let nofile = spec.limits.nofile;
     let mut cmd = tokio::process::Command::new("/bin/sh");
+    // Nothing of tandem's own settings reaches a service (the secrets key,
+    // a token, the data directory): only what its spec and marks give it.
+    for (name, _) in std::env::vars_os() {
+        if name.as_encoded_bytes().starts_with(b"TANDEM_") {
+            cmd.env_remove(name);
+        }
+    }
     cmd.arg("-c")
         .arg(&spec.command)
         .current_dir(&spec.dir)

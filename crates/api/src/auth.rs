@@ -245,6 +245,10 @@ pub async fn check(State(s): State<AppState>, req: Request, next: Next) -> Respo
                     ApiError::Unauthorized("the token has expired".into()),
                 );
             }
+            Err(Refusal::Unavailable) => {
+                return ApiError::Unavailable("the tokens cannot be read now; try again".into())
+                    .into_response();
+            }
             Err(Refusal::Unknown) => {
                 return refuse(
                     0,

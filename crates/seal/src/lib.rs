@@ -41,21 +41,25 @@ impl Sealer {
     pub fn load_or_create(dir: &Path) -> Result<Sealer, SealError> {
         use std::io::Write;
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-        if let Ok(hex) = std::env::var(KEY_VARIABLE) {
-            return Sealer::from_hex(&hex);
+        if let Some(hex) = std::env::var_os(KEY_VARIABLE) {
+            return Sealer::from_hex(hex.to_str().unwrap_or_default());
         }
         let keys = dir.join("keys");
         let path = keys.join("store.key");
         let io = |e: std::io::Error| SealError::Key(format!("{}: {e}", path.display()));
-        if let Ok(bytes) = std::fs::read(&path) {
-            if bytes.len() != 32 {
-                return Err(SealError::Key(format!(
-                    "{} is not a key (32 bytes); restore it from a backup",
-                    path.display()
-                )));
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let key: [u8; 32] = bytes.try_into().map_err(|_| {
+                    SealError::Key(format!(
+                        "{} is not a key (32 bytes); restore it from a backup",
+                        path.display()
+                    ))
+                })?;
+                return Ok(Sealer(ChaCha20Poly1305::new(&Key::from(key))));
             }
-            let key: [u8; 32] = bytes.try_into().unwrap_or([0; 32]);
-            return Ok(Sealer(ChaCha20Poly1305::new(&Key::from(key))));
+            // Made below; any other failure (no permission, a directory) is said.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
         }
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -72,9 +76,13 @@ impl Sealer {
             .map_err(io)?;
         file.write_all(&key[..]).map_err(io)?;
         file.sync_all().map_err(io)?;
-        // Another store opening at the same moment may have won: use its.
-        if std::fs::hard_link(&tmp, &path).is_err() {
+        // Another store opening at the same moment may have won: use its
+        // (read above, once more).
+        if let Err(e) = std::fs::hard_link(&tmp, &path) {
             let _ = std::fs::remove_file(&tmp);
+            if e.kind() != std::io::ErrorKind::AlreadyExists {
+                return Err(io(e));
+            }
             return Sealer::load_or_create(dir);
         }
         let _ = std::fs::remove_file(&tmp);
@@ -149,5 +157,17 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o077, 0);
+    }
+
+    #[test]
+    fn an_unreadable_key_file_is_an_error_not_a_new_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A directory where the key should be: said, never replaced.
+        std::fs::create_dir_all(dir.path().join("keys/store.key")).expect("mkdir");
+        let err = Sealer::load_or_create(dir.path()).err().expect("refused");
+        assert!(err.to_string().contains("store.key"), "{err}");
+        // Hex that `from_str_radix` alone would take (a `+` sign).
+        assert!(Sealer::from_hex(&"+a".repeat(32)).is_err());
+        assert!(Sealer::from_hex(&"ab".repeat(32)).is_ok());
     }
 }

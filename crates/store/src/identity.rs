@@ -69,6 +69,8 @@ pub enum Refusal {
     /// Not a token of this server (or revoked).
     Unknown,
     Expired,
+    /// The tokens could not be read (the store is busy or broken).
+    Unavailable,
 }
 
 /// A token as a check needs it.
@@ -82,7 +84,15 @@ struct Entry {
 type Tokens = Arc<HashMap<String, Entry>>;
 
 #[derive(Clone, Default)]
-pub(crate) struct TokenCache(Arc<std::sync::RwLock<Option<Tokens>>>);
+pub(crate) struct TokenCache(Arc<std::sync::RwLock<Cached>>);
+
+/// The copy of the tokens, and how many changes it has seen: a copy read
+/// before a change (a revocation) committed is never installed after it.
+#[derive(Default)]
+struct Cached {
+    tokens: Option<Tokens>,
+    generation: u64,
+}
 
 /// A customer id or user name: 1–64 of `a-z 0-9 - _ .`, starting with a
 /// letter or digit.
@@ -377,7 +387,7 @@ impl Store {
             .ok_or(Refusal::Unknown)?;
         let tokens = match self.tokens_cache() {
             Some(t) => t,
-            None => self.load_tokens().await.map_err(|_| Refusal::Unknown)?,
+            None => self.load_tokens().await.map_err(|_| Refusal::Unavailable)?,
         };
         let entry = tokens.get(id).ok_or(Refusal::Unknown)?;
         let hash = digest(token);
@@ -398,12 +408,15 @@ impl Store {
             .0
             .read()
             .unwrap_or_else(|e| e.into_inner())
+            .tokens
             .clone()
     }
 
     /// Forgets the copy of the tokens: the next check reads them again.
     fn tokens_changed(&self) {
-        *self.tokens.0.write().unwrap_or_else(|e| e.into_inner()) = None;
+        let mut cached = self.tokens.0.write().unwrap_or_else(|e| e.into_inner());
+        cached.tokens = None;
+        cached.generation += 1;
     }
 
     async fn load_tokens(&self) -> Result<Tokens> {
@@ -416,6 +429,12 @@ impl Store {
             Option<String>,
             Option<String>,
         );
+        let generation = self
+            .tokens
+            .0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .generation;
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT t.id, t.hash, t.expires_at, u.name, u.role, u.customer, u.email
              FROM tokens t JOIN users u ON u.name = t.user",
@@ -446,7 +465,11 @@ impl Store {
             );
         }
         let map = Arc::new(map);
-        *self.tokens.0.write().unwrap_or_else(|e| e.into_inner()) = Some(map.clone());
+        let mut cached = self.tokens.0.write().unwrap_or_else(|e| e.into_inner());
+        // Read before a change committed: used for this check only.
+        if cached.generation == generation {
+            cached.tokens = Some(map.clone());
+        }
         Ok(map)
     }
 

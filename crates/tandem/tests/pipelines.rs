@@ -2150,7 +2150,9 @@ fn environ(pid: u64) -> Vec<String> {
 #[test]
 fn secrets_are_sealed_everywhere_on_disk_and_an_environment_takes_its_own_value() {
     use std::os::unix::fs::PermissionsExt;
-    let env = Env::start();
+    // The key kept off the disk: it must not reach the services either.
+    let key = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let env = Env::start_with(&[("TANDEM_SECRETS_KEY", key)]);
     let (wide, staging) = ("wide-S3cret-7731", "staging-S3cret-4409");
     // Set before the service exists, so its first run finds them.
     assert_ok(&env.set_secret("shop", "API_TOKEN", wide));
@@ -2221,6 +2223,12 @@ fn secrets_are_sealed_everywhere_on_disk_and_an_environment_takes_its_own_value(
                 vars.contains(&format!("TANDEM_ENV={name}")),
                 "{name}: {vars:?}"
             );
+            assert!(
+                !vars
+                    .iter()
+                    .any(|v| v.contains(key) || v.starts_with("TANDEM_TOKEN")),
+                "{name} sees tandem's own settings: {vars:?}"
+            );
         }
         seen.push(name);
     }
@@ -2254,6 +2262,10 @@ fn secrets_are_sealed_everywhere_on_disk_and_an_environment_takes_its_own_value(
         let journal = env.tandem(&["audit", "events", "-o", "json"]);
         assert!(!String::from_utf8_lossy(&journal.stdout).contains(value));
     }
+    assert!(
+        !env.data().join("keys/store.key").exists(),
+        "with TANDEM_SECRETS_KEY no key file is written"
+    );
     let mode = |p: PathBuf| std::fs::metadata(&p).expect("meta").permissions().mode() & 0o777;
     assert_eq!(mode(env.data()), 0o700, "the data directory");
     let log_dir = env.data().join("logs");
