@@ -431,6 +431,8 @@ impl Store {
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                  ON CONFLICT(service, env) DO UPDATE SET approvals = excluded.approvals,
                    approvers = excluded.approvers, required = excluded.required,
+                   approvers_from = excluded.approvers_from,
+                   author_may_approve = excluded.author_may_approve,
                    updated_at = excluded.updated_at, updated_by = excluded.updated_by",
             )
             .bind(&policy.service)
@@ -451,8 +453,11 @@ impl Store {
                     "approvals": policy.approvals,
                     "approvers": policy.approvers,
                     "required": policy.required,
+                    "approvers_from": policy.approvers_from,
+                    "author_may_approve": policy.author_may_approve,
                     "before": before.map(|b| serde_json::json!({
                         "approvals": b.approvals, "approvers": b.approvers, "required": b.required,
+                        "approvers_from": b.approvers_from, "author_may_approve": b.author_may_approve,
                     })),
                 }));
             let e = append_in(&mut tx, event).await?;

@@ -152,3 +152,33 @@ async fn approvals_count_distinct_approvers() {
         .count();
     assert_eq!(approved, 2, "one event per distinct approval");
 }
+
+#[tokio::test]
+async fn a_policy_changed_again_keeps_every_field_it_was_given() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Store::open(&dir.path().join("tandem.db"))
+        .await
+        .expect("open");
+    let mut row = tandem_store::PolicyRow {
+        service: "shop".into(),
+        env: "production".into(),
+        approvals: 1,
+        approvers: Vec::new(),
+        required: true,
+        approvers_from: "supplier".into(),
+        author_may_approve: false,
+        updated_at: String::new(),
+        updated_by: String::new(),
+    };
+    s.set_policy(&row, "user:admin").await.expect("first");
+    row.approvers_from = "both".into();
+    row.author_may_approve = true;
+    let event = s.set_policy(&row, "user:admin").await.expect("again");
+    let kept = s.policies("shop").await.expect("read");
+    assert_eq!(
+        (kept[0].approvers_from.as_str(), kept[0].author_may_approve),
+        ("both", true)
+    );
+    assert_eq!(event.payload["before"]["approvers_from"], "supplier");
+    assert_eq!(event.payload["approvers_from"], "both");
+}
