@@ -69,10 +69,15 @@ impl Credential {
                 // For the repository's host only (its submodules and LFS
                 // store live there too): a redirect to another host gets
                 // nothing.
-                cmd.env("GIT_CONFIG_COUNT", "1")
-                    .env("GIT_CONFIG_KEY_0", format!("credential.{}.helper", origin(url)))
+                // First an empty helper, which clears those the operator's
+                // config names: git would hand them the token to `store`
+                // (`credential.helper=store` writes it to ~/.git-credentials).
+                cmd.env("GIT_CONFIG_COUNT", "2")
+                    .env("GIT_CONFIG_KEY_0", "credential.helper")
+                    .env("GIT_CONFIG_VALUE_0", "")
+                    .env("GIT_CONFIG_KEY_1", format!("credential.{}.helper", origin(url)))
                     .env(
-                        "GIT_CONFIG_VALUE_0",
+                        "GIT_CONFIG_VALUE_1",
                         r#"!f() { test "$1" = get || exit 0; echo "username=$TANDEM_GIT_USERNAME"; echo "password=$TANDEM_GIT_TOKEN"; }; f"#,
                     )
                     .env("TANDEM_GIT_USERNAME", username)
@@ -395,6 +400,14 @@ pub async fn checkout(
         if !lfs_installed().await {
             return Err(failed(
                 "git-lfs is not installed on this server (apt-get install git-lfs)".into(),
+            ));
+        }
+        // A commit does not choose where its objects come from: git-lfs
+        // would follow a `.lfsconfig` URL anywhere (this server's files,
+        // an internal address), past the transports allowed above.
+        if dest.join(".lfsconfig").exists() {
+            return Err(failed(
+                "the commit has a .lfsconfig; tandem fetches LFS objects from the repository itself only".into(),
             ));
         }
         git(Some(dest), &["lfs", "install", "--local"]).await?;

@@ -2136,6 +2136,25 @@ fn git_lfs_objects_are_fetched_and_the_files_released_not_their_pointers() {
     let run = wait_for_run(&env, &c1, Duration::from_secs(60));
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(env.get("shop.test", "/model.bin"), (200, content));
+
+    // A commit naming its own LFS store (this server's files, say) is
+    // refused, not followed.
+    let c2 = repo.push(
+        "main",
+        "elsewhere",
+        &[(".lfsconfig", "[lfs]\n\turl = file:///etc\n")],
+    );
+    let out = env.tandem(&["deploy", "shop", "--ref", "main"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let run = wait_for_run(&env, &c2, Duration::from_secs(60));
+    assert_eq!(run["status"], "failed", "{run}");
+    assert!(
+        run["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(".lfsconfig"),
+        "{run}"
+    );
 }
 
 /// `KEY=value` pairs of a process's environment.
