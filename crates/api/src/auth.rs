@@ -27,7 +27,6 @@ use crate::{ApiError, AppState};
 #[derive(Clone, Debug)]
 pub struct Caller {
     pub identity: Identity,
-    pub access: Access,
 }
 
 impl Caller {
@@ -38,18 +37,14 @@ impl Caller {
 
     /// Whether they may see a service delivered to `customer`.
     pub fn sees(&self, customer: Option<&str>) -> bool {
-        match self.access {
-            Access::OwnCustomer => {
-                customer.is_some() && customer == self.identity.customer.as_deref()
-            }
-            Access::Allow => true,
-            Access::Deny => false,
-        }
+        !self.scoped() || customer.is_some() && customer == self.identity.customer.as_deref()
     }
 
     /// Whether the caller is bound to one customer.
     pub fn scoped(&self) -> bool {
-        self.access == Access::OwnCustomer
+        // By who they are, not by the route's need: a customer's person on
+        // a route for anyone signed in is still bound to the customer.
+        self.identity.role.is_customer()
     }
 
     /// The services the caller may see: `None` for all of them.
@@ -125,13 +120,16 @@ pub async fn same_site(State(s): State<AppState>, req: Request, next: Next) -> R
     if req.headers().get_all(header::HOST).iter().count() > 1 {
         return ApiError::BadInput("a request names one Host".into()).into_response();
     }
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()))
-        .unwrap_or_default();
+    let host = match req.headers().get(header::HOST).map(|h| h.to_str()) {
+        Some(Ok(h)) => h.to_owned(),
+        // Not text: not a name this server answers to (never "no Host").
+        Some(Err(_)) => return ApiError::BadInput("the Host is not text".into()).into_response(),
+        None => req
+            .uri()
+            .authority()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+    };
     if !s.allowed_hosts.allows(&host) {
         s.refused.0[1].fetch_add(1, Ordering::Relaxed);
         tracing::warn!(host, path = %req.uri().path(), "request for a host this server does not answer to");
@@ -196,6 +194,12 @@ impl Refused {
 
 /// The need of `method` on the route `route` (as the router spells it).
 pub fn need(method: &Method, route: &str) -> Need {
+    // HEAD is a GET without the body, and needs what the GET needs.
+    let method = if method == Method::HEAD {
+        &Method::GET
+    } else {
+        method
+    };
     crate::openapi::PATHS
         .iter()
         .find(|p| p.path == route && p.method.eq_ignore_ascii_case(method.as_str()))
@@ -263,10 +267,12 @@ pub async fn check(State(s): State<AppState>, req: Request, next: Next) -> Respo
     // not even that it exists: naming another's service, run or incident
     // is answered 404 whatever they asked to do with it.
     if identity.role.is_customer() {
-        let params = RawPathParams::from_request_parts(&mut parts, &s).await.ok();
+        // Parameters that cannot be read are refused, never left unchecked.
+        let Ok(params) = RawPathParams::from_request_parts(&mut parts, &s).await else {
+            return ApiError::BadInput("a path parameter is not text".into()).into_response();
+        };
         let params: Vec<(String, String)> = params
             .iter()
-            .flat_map(|p| p.iter())
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect();
         match owner_of(&s, &route, &params).await {
@@ -284,7 +290,7 @@ pub async fn check(State(s): State<AppState>, req: Request, next: Next) -> Respo
         );
         return refuse(1, &identity.user, ApiError::Forbidden(message));
     }
-    let caller = Caller { identity, access };
+    let caller = Caller { identity };
     let token = caller.identity.token.clone();
     parts.extensions.insert(caller);
     tandem_store::with_token(token, next.run(Request::from_parts(parts, body))).await

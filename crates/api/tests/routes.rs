@@ -374,6 +374,23 @@ async fn every_route_refuses_who_may_not_and_hides_other_customers() {
         );
     }
 
+    // A later spec naming another customer does not hand shop-a over.
+    let yaml = "service:\n  name: shop-a\n  customer: globex\nrun:\n  command: exec sleep 100\nroute:\n  host: shop-a.test\n";
+    let spec = tandem_core::Spec::parse("tandem.yaml", yaml).expect("spec");
+    engine
+        .register(&spec, "test", None, "user:admin")
+        .await
+        .expect("register");
+    let (status, _) = call_as(
+        &app,
+        "GET",
+        "/api/v1/services/shop-a",
+        Some(&tokens["bea"]),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 404, "a commit moved shop-a to globex");
+
     // What the client says it is changes nothing: the journal names the
     // token's user.
     let (status, body) = send(
@@ -419,6 +436,31 @@ async fn foreign_hosts_and_cross_site_changes_are_refused_and_errors_are_json() 
             .expect("error")
             .contains("does not answer to the host")
     );
+    // Two of them, one harmless: which one would a proxy in front read?
+    let req = axum::http::Request::builder()
+        .uri("/api/v1/status")
+        .header("host", "127.0.0.1:7070")
+        .header("host", "attacker.example")
+        .header("authorization", format!("Bearer {admin}"))
+        .body(Body::empty())
+        .expect("request");
+    let resp = app.clone().oneshot(req).await.expect("infallible");
+    assert_eq!(resp.status(), 400);
+    // A Host that is not text is no "missing Host".
+    let req = axum::http::Request::builder()
+        .uri("/api/v1/status")
+        .header(
+            "host",
+            axum::http::HeaderValue::from_bytes(b"a\xff").expect("bytes"),
+        )
+        .header("authorization", format!("Bearer {admin}"))
+        .body(Body::empty())
+        .expect("request");
+    let resp = app.clone().oneshot(req).await.expect("infallible");
+    assert_eq!(resp.status(), 400);
+    // HEAD needs what GET needs: the health check, no token.
+    let (status, _) = call(&app, "HEAD", "/api/v1/health").await;
+    assert_eq!(status, 200);
     for host in ["localhost:7070", "[::1]:7070", "10.1.2.3"] {
         let (status, _) = call_as(
             &app,

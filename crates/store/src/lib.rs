@@ -295,7 +295,11 @@ impl Store {
         sqlx::query(
             "INSERT INTO services (name, owner, customer, tier, spec, source, created_at, updated_at)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT(name) DO UPDATE SET owner = excluded.owner, customer = excluded.customer,
+             ON CONFLICT(name) DO UPDATE SET owner = excluded.owner,
+               -- A service's customer is the first it was delivered to: a
+               -- later spec (a commit) cannot hand it, its history and its
+               -- approvals to another.
+               customer = COALESCE(services.customer, excluded.customer),
                tier = excluded.tier, spec = excluded.spec, source = excluded.source, updated_at = excluded.updated_at",
         )
         .bind(s.name)
