@@ -1604,14 +1604,16 @@ fn spawn(
         log.write_line(&format!("[tandem] limits not applied: {e}"));
         Vec::new()
     });
-    let nofile = spec.limits.nofile;
+    // Never above what the agent may give (a higher one would make
+    // `setrlimit` fail, and the instance never start).
+    let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum;
+    let nofile = spec.limits.nofile.map(|n| hard.map_or(n, |h| n.min(h)));
     let mut cmd = tokio::process::Command::new("/bin/sh");
-    // Nothing of tandem's own settings reaches a service (the secrets key,
-    // a token, the data directory): only what its spec and marks give it.
-    for (name, _) in std::env::vars_os() {
-        if name.as_encoded_bytes().starts_with(b"TANDEM_") {
-            cmd.env_remove(name);
-        }
+    // The agent's environment is the instances' (the operator's settings),
+    // but for tandem's own credentials: the key that opens every service's
+    // secrets, an API token.
+    for name in [tandem_seal::KEY_VARIABLE, "TANDEM_TOKEN"] {
+        cmd.env_remove(name);
     }
     cmd.arg("-c")
         .arg(&spec.command)
