@@ -55,7 +55,7 @@ fn main() {
             tokio::spawn(async move {
                 tokio::time::sleep(offset).await;
                 loop {
-                    if prober.check(&spec, port, "/").await.is_err() {
+                    if prober.check(&spec, port, "/", &|_| Ok(())).await.is_err() {
                         failures.fetch_add(1, Ordering::Relaxed);
                     }
                     checks.fetch_add(1, Ordering::Relaxed);

@@ -462,6 +462,31 @@ async fn ask_for_fds(
             path: path.display().to_string(),
             source,
         })?;
+    // The key first (see `Request::Auth`); its answer is one plain line,
+    // read a byte at a time so that nothing of the frames behind it is.
+    let key = tandem_seal::local_key(data_dir, tandem_core::protocol::AGENT_KEY)?;
+    let mut line = serde_json::to_vec(&Request::Auth { key }).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    link.write_all(&line).await?;
+    let mut answer = Vec::new();
+    loop {
+        let mut byte = [0u8; 1];
+        if tokio::io::AsyncReadExt::read(&mut link, &mut byte).await? == 0 || byte[0] == b'\n' {
+            break;
+        }
+        answer.push(byte[0]);
+    }
+    match serde_json::from_slice::<Response>(&answer) {
+        Ok(Response::Ok) => {}
+        // An agent older than keys answers `bad request`, then serves on.
+        Ok(Response::Error { message }) if message.starts_with("bad request") => {}
+        other => {
+            return Err(std::io::Error::other(format!(
+                "the running agent did not take our key: {other:?}"
+            ))
+            .into());
+        }
+    }
     let mut line = serde_json::to_vec(request).map_err(std::io::Error::other)?;
     line.push(b'\n');
     link.write_all(&line).await?;
@@ -601,10 +626,27 @@ mod tests {
         let writer = OwnedFd::from(writer);
         let answering = async {
             let (mut first, _) = agent.accept().await.expect("accept");
+            first
+                .write_all(b"{\"result\":\"ok\"}\n")
+                .await
+                .expect("key taken");
             answer_with_fds(&mut first, b"{\"a\":1}", &[writer.as_fd()])
                 .await
                 .expect("answer");
             let (mut second, _) = agent.accept().await.expect("accept");
+            second
+                .write_all(b"{\"result\":\"ok\"}\n")
+                .await
+                .expect("key taken");
+            // The key and the request, then the refusal (as an old agent).
+            let mut asked = Vec::new();
+            while asked.iter().filter(|b| **b == b'\n').count() < 2 {
+                let mut byte = [0u8; 1];
+                tokio::io::AsyncReadExt::read_exact(&mut second, &mut byte)
+                    .await
+                    .expect("read");
+                asked.push(byte[0]);
+            }
             second
                 .write_all(b"{\"result\":\"error\",\"message\":\"bad request: unknown variant `handover`\"}\n")
                 .await

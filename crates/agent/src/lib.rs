@@ -11,7 +11,6 @@ pub mod logs;
 pub mod metrics;
 pub mod probe;
 mod procfs;
-mod sandbox;
 pub mod socket;
 pub mod supervisor;
 
@@ -291,6 +290,13 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             path: dir.display().to_string(),
             source,
         })?;
+    // What every connection to the control socket starts with.
+    let key: Arc<str> = tandem_seal::local_key(dir, tandem_core::protocol::AGENT_KEY)
+        .map_err(|source| AgentError::DataDir {
+            path: dir.join("keys").display().to_string(),
+            source,
+        })?
+        .into();
     let Start {
         lock,
         listener,
@@ -357,6 +363,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         changing: Arc::default(),
         settled,
         certs: Arc::clone(&certs),
+        key,
     };
     let control_task = AbortOnDropHandle::new(tokio::spawn(socket::serve(control, ctx)));
     let _metrics_task = match config.metrics_addr {

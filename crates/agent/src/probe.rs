@@ -29,8 +29,16 @@ impl Default for Prober {
 }
 
 impl Prober {
-    /// Runs one probe; `Err` says why it failed.
-    pub async fn check(&self, spec: &ProbeSpec, port: u16, dir: &str) -> Result<(), String> {
+    /// Runs one probe; `Err` says why it failed. An exec probe's command
+    /// runs in `dir`, confined by `confine` as the instance is (its user,
+    /// its groups, its fence).
+    pub async fn check(
+        &self,
+        spec: &ProbeSpec,
+        port: u16,
+        dir: &str,
+        confine: &(dyn Fn(&mut std::process::Command) -> std::io::Result<()> + Sync),
+    ) -> Result<(), String> {
         let timeout = Duration::from_millis(spec.timeout_ms.max(1));
         let attempt = async {
             match &spec.kind {
@@ -58,15 +66,17 @@ impl Prober {
                     }
                 }
                 ProbeKind::Exec { command } => {
-                    let status = tokio::process::Command::new("/bin/sh")
-                        .arg("-c")
+                    let mut cmd = tokio::process::Command::new("/bin/sh");
+                    cmd.arg("-c")
                         .arg(command)
                         .current_dir(dir)
                         .env("PORT", port.to_string())
                         .stdin(std::process::Stdio::null())
                         .stdout(std::process::Stdio::null())
                         .stderr(std::process::Stdio::null())
-                        .kill_on_drop(true)
+                        .kill_on_drop(true);
+                    confine(cmd.as_std_mut()).map_err(|e| format!("exec {command}: {e}"))?;
+                    let status = cmd
                         .status()
                         .await
                         .map_err(|e| format!("exec {command}: {e}"))?;
@@ -128,15 +138,27 @@ mod tests {
         let no_content = server(204).await;
         let broken = server(500).await;
         assert_eq!(
-            prober.check(&http((200, 299)), no_content, "/").await,
+            prober
+                .check(&http((200, 299)), no_content, "/", &|_| Ok(()))
+                .await,
             Ok(())
         );
         let err = prober
-            .check(&http((200, 200)), no_content, "/")
+            .check(&http((200, 200)), no_content, "/", &|_| Ok(()))
             .await
             .expect_err("204 is outside 200-200");
         assert!(err.contains("204") && err.contains("200-200"), "{err}");
-        assert!(prober.check(&http((200, 399)), broken, "/").await.is_err());
-        assert_eq!(prober.check(&http((500, 599)), broken, "/").await, Ok(()));
+        assert!(
+            prober
+                .check(&http((200, 399)), broken, "/", &|_| Ok(()))
+                .await
+                .is_err()
+        );
+        assert_eq!(
+            prober
+                .check(&http((500, 599)), broken, "/", &|_| Ok(()))
+                .await,
+            Ok(())
+        );
     }
 }

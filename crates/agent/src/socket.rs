@@ -33,6 +33,8 @@ pub struct Context {
     pub settled: tokio::sync::watch::Receiver<bool>,
     /// The certificates served over HTTPS.
     pub certs: Arc<crate::certs::CertStore>,
+    /// What a connection must start with (`Request::Auth`).
+    pub key: Arc<str>,
 }
 
 /// How the agent ends.
@@ -69,8 +71,30 @@ pub async fn serve(listener: UnixListener, ctx: Context) {
 async fn connection(stream: UnixStream, ctx: Context) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
+    let mut authenticated = false;
     while let Some(line) = lines.next_line().await? {
-        let response = match serde_json::from_str::<Request>(&line) {
+        let request = serde_json::from_str::<Request>(&line);
+        if !authenticated {
+            // Nothing else before the key; a wrong one ends the connection.
+            let ok = matches!(&request, Ok(Request::Auth { key }) if same(key, &ctx.key));
+            let response = if ok {
+                Response::Ok
+            } else {
+                tracing::warn!("a control connection without the agent's key; refused");
+                Response::Error {
+                    message: "refused: a connection to the agent starts with its key (keys/agent.key in the data directory)".into(),
+                }
+            };
+            let mut out = serde_json::to_vec(&response).unwrap_or_default();
+            out.push(b'\n');
+            write.write_all(&out).await?;
+            if !ok {
+                return Ok(());
+            }
+            authenticated = true;
+            continue;
+        }
+        let response = match request {
             Ok(req @ (Request::ProxyListener | Request::Handover)) => {
                 // These go on with descriptors. Nothing follows such a
                 // request until it is answered, so the reader holds no bytes.
@@ -121,11 +145,21 @@ async fn connection(stream: UnixStream, ctx: Context) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Whether two keys are the same, in time independent of where they differ.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
 /// Whether `req` changes instances or routes.
 fn changes(req: &Request) -> bool {
     !matches!(
         req,
-        Request::Hello
+        Request::Auth { .. }
+            | Request::Hello
             | Request::Status
             | Request::Logs { .. }
             | Request::Metrics
@@ -152,6 +186,7 @@ fn refusal(req: &Request, phase: Phase) -> Option<String> {
 async fn dispatch(req: Request, ctx: &Context) -> Response {
     let sup = &ctx.supervisor;
     match req {
+        Request::Auth { .. } => Response::Ok,
         Request::Hello => Response::Hello {
             version: PROTOCOL_VERSION,
             pid: std::process::id(),

@@ -39,6 +39,11 @@ pub const CRASH_LOOP_AFTER: u32 = 5;
 pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(30);
 /// Probe period until an instance is first ready, so deploys switch fast.
 pub const STARTUP_PROBE_PERIOD: Duration = Duration::from_millis(20);
+/// How often an instance's temp and state directories are measured.
+pub const DISK_CHECK_EVERY: Duration = Duration::from_secs(2);
+/// How long a stop for disk use shows in the status (for the monitor to
+/// open its incident).
+pub const OVER_DISK_SHOWN: Duration = Duration::from_secs(600);
 
 /// The supervisor; cheap to clone.
 #[derive(Clone)]
@@ -70,8 +75,8 @@ struct Shared {
     /// raced wrote the one temporary file together (and failed), and an
     /// older snapshot could be renamed over a newer one.
     saving: Mutex<()>,
-    /// The control groups instances are limited by.
-    cgroups: crate::sandbox::Cgroups,
+    /// What confines instances: their users, limits and fence.
+    sandbox: tandem_sandbox::Sandbox,
     /// Seals the instances' secret values in the state file (the data
     /// directory's key); `None` if the key could not be had, and then
     /// they are not saved at all.
@@ -144,6 +149,8 @@ struct Live {
     last_probe_error: Option<String>,
     /// Consecutive exits that came soon after a start (the backoff exponent).
     quick_crashes: u32,
+    /// When and why it was last stopped for its disk use.
+    over_disk: Option<(Instant, String)>,
 }
 
 /// What the agent writes to its state file.
@@ -303,13 +310,16 @@ impl Supervisor {
                 marked_dir: std::fs::canonicalize(&data_dir).unwrap_or_else(|_| data_dir.clone()),
                 unclaimed: Mutex::new(BTreeMap::new()),
                 saving: Mutex::new(()),
-                cgroups: {
-                    let cgroups = crate::sandbox::Cgroups::detect(&data_dir);
-                    match cgroups.off() {
-                        Some(why) => tracing::warn!(why, "instances' memory, processes and CPU are not limited"),
-                        None => tracing::info!(cgroups = ?cgroups, "instances are limited by control groups"),
+                sandbox: {
+                    let sandbox = tandem_sandbox::Sandbox::detect(&data_dir, "");
+                    for p in sandbox.protections() {
+                        if p.on {
+                            tracing::info!(protection = p.name, "{}", p.detail);
+                        } else {
+                            tracing::warn!(protection = p.name, "off: {}", p.detail);
+                        }
                     }
-                    cgroups
+                    sandbox
                 },
                 sealer: tandem_seal::Sealer::load_or_create(&data_dir)
                     .inspect_err(|e| {
@@ -642,6 +652,7 @@ impl Supervisor {
                     last_exit: None,
                     last_probe_error: None,
                     quick_crashes: 0,
+                    over_disk: None,
                 }),
                 stop,
                 task: Mutex::new(None),
@@ -869,7 +880,7 @@ impl Supervisor {
             self.stop_group(&service, &release, drain_timeout).await;
         }
         // Nothing runs any more: the instances' control groups go too.
-        self.shared.cgroups.remove_all();
+        self.shared.sandbox.cgroups().remove_all();
     }
 
     pub fn status(&self, proxy_addr: &str) -> AgentStatus {
@@ -909,6 +920,11 @@ impl Supervisor {
                                     }),
                                 last_exit: live.last_exit.clone(),
                                 last_probe_error: live.last_probe_error.clone(),
+                                over_disk: live
+                                    .over_disk
+                                    .as_ref()
+                                    .filter(|(at, _)| at.elapsed() < OVER_DISK_SHOWN)
+                                    .map(|(_, why)| why.clone()),
                             }
                         })
                         .collect(),
@@ -1281,7 +1297,7 @@ async fn run_instance(
                                 (procfs::INSTANCE_VAR, inst.id.as_str().as_ref()),
                                 (procfs::AGENT_DIR_VAR, sup.shared.marked_dir.as_os_str()),
                             ];
-                            spawn(&spec, port, &inst.log, &outputs, marks, &sup.shared.cgroups)
+                            spawn(&spec, port, &inst.log, &outputs, marks, &sup.shared)
                                 .map(|(c, p)| (port, c, p))
                         })?;
                         *lock(&inst.captures) = pipes;
@@ -1339,6 +1355,7 @@ async fn run_instance(
         )
         .await;
         let pgid = Pid::from_raw(pid as i32);
+        let over_disk = matches!(outcome, Outcome::OverDisk(_));
         match outcome {
             Outcome::Stop => {
                 sup.set_live(&inst, |l| {
@@ -1355,7 +1372,7 @@ async fn run_instance(
                 }
                 return;
             }
-            Outcome::Exited(why) | Outcome::Unhealthy(why) => {
+            Outcome::Exited(why) | Outcome::Unhealthy(why) | Outcome::OverDisk(why) => {
                 // Leftover children of the command must not hold the port.
                 let _ = killpg(pgid, Signal::SIGKILL);
                 proc.wait().await;
@@ -1365,6 +1382,15 @@ async fn run_instance(
                 let crashes = quick_crashes + 1;
                 inst.log
                     .write_line(&format!("[tandem] instance {}: {why}; restarting", inst.id));
+                if over_disk {
+                    // Its temp goes with it; its state stays (the service's to
+                    // clean up: an incident tells its people).
+                    let _ = std::fs::remove_dir_all(tandem_sandbox::paths::tmp_dir(
+                        &sup.shared.data_dir,
+                        &inst.id,
+                    ));
+                    inst.live().over_disk = Some((Instant::now(), why.clone()));
+                }
                 tracing::warn!(instance = %inst.id, reason = %why, "instance exited");
                 sup.set_live(&inst, |l| {
                     l.state = InstanceState::Backoff;
@@ -1384,7 +1410,11 @@ async fn run_instance(
         l.state = InstanceState::Stopped;
         l.pid = None;
     });
-    sup.shared.cgroups.remove(&inst.id);
+    sup.shared.sandbox.remove(&inst.id);
+    let _ = std::fs::remove_dir_all(tandem_sandbox::paths::tmp_dir(
+        &sup.shared.data_dir,
+        &inst.id,
+    ));
 }
 
 /// Takes over a process a previous agent started: watches it through a
@@ -1496,6 +1526,8 @@ enum Outcome {
     Stop,
     Exited(String),
     Unhealthy(String),
+    /// Its temp and state directories hold more than its disk limit.
+    OverDisk(String),
 }
 
 async fn watch_instance(
@@ -1525,12 +1557,57 @@ async fn watch_instance(
     let mut next_live =
         tokio::time::Instant::now() + liveness_every.unwrap_or(Duration::from_secs(3600));
     let mut live_failures = 0;
+    // What it may write, measured now and then (blocking work, off the
+    // runtime's threads).
+    let mut disk_check = tokio::time::interval(DISK_CHECK_EVERY);
+    disk_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut dirs = vec![tandem_sandbox::paths::tmp_dir(
+        &sup.shared.data_dir,
+        &inst.id,
+    )];
+    if spec.state_dir {
+        dirs.push(tandem_sandbox::paths::state_dir(
+            &sup.shared.data_dir,
+            &spec.service,
+        ));
+    }
+    // An exec probe runs as the instance does: its user, groups and fence.
+    let confine = |cmd: &mut std::process::Command| {
+        let user = spec.user.filter(|_| sup.shared.sandbox.users());
+        sup.shared
+            .sandbox
+            .prepare(&tandem_sandbox::Confinement {
+                group: &inst.id,
+                user,
+                limits: &spec.limits,
+                read: &[PathBuf::from(&spec.dir)],
+                write: &dirs,
+            })
+            .map(|p| {
+                cmd.env("TMPDIR", &dirs[0]);
+                p.install(cmd)
+            })
+    };
     loop {
         tokio::select! {
             why = proc.wait() => return Outcome::Exited(why),
+            _ = disk_check.tick(), if spec.limits.disk_bytes.is_some() => {
+                let limit = spec.limits.disk_bytes.unwrap_or(u64::MAX);
+                let dirs = dirs.clone();
+                let used = tokio::task::spawn_blocking(move || tandem_sandbox::paths::usage(&dirs, limit))
+                    .await
+                    .unwrap_or(0);
+                if used > limit {
+                    return Outcome::OverDisk(format!(
+                        "its temp and state directories hold more than its disk limit of {} ({:.1} MiB counted)",
+                        tandem_core::units::Bytes::from_bytes(limit),
+                        used as f64 / f64::from(1u32 << 20),
+                    ));
+                }
+            }
             _ = stop_rx.changed() => return Outcome::Stop,
             () = tokio::time::sleep_until(next_ready) => {
-                let result = prober.check(&spec.readiness, port, &spec.dir).await;
+                let result = prober.check(&spec.readiness, port, &spec.dir, &confine).await;
                 match result {
                     Ok(()) => {
                         ready_failures = 0;
@@ -1559,7 +1636,7 @@ async fn watch_instance(
             }
             () = tokio::time::sleep_until(next_live), if liveness_every.is_some() && ever_ready => {
                 if let Some(live) = &spec.liveness {
-                    match prober.check(live, port, &spec.dir).await {
+                    match prober.check(live, port, &spec.dir, &confine).await {
                         Ok(()) => live_failures = 0,
                         Err(e) => {
                             live_failures += 1;
@@ -1582,32 +1659,47 @@ const OUTPUTS: [&str; 2] = ["out", "err"];
 /// control plane to start their group again before they are stopped.
 pub const UNCLAIMED_GRACE: Duration = Duration::from_secs(120);
 
-/// Starts the command; its stdout and stderr go to the log through FIFOs
-/// at `outputs` (see [`output_fifo`]).
-#[allow(unsafe_code)]
+/// Starts the command, confined (see `tandem_sandbox`); its stdout and
+/// stderr go to the log through FIFOs at `outputs` (see [`output_fifo`]).
 fn spawn(
     spec: &GroupSpec,
     port: u16,
     log: &InstanceLog,
     outputs: &[PathBuf; 2],
     marks: [(&str, &std::ffi::OsStr); 2],
-    cgroups: &crate::sandbox::Cgroups,
+    shared: &Shared,
 ) -> std::io::Result<(tokio::process::Child, Vec<Capture>)> {
-    let (out_reader, out_writer) = output_fifo(&outputs[0])?;
-    let (err_reader, err_writer) = output_fifo(&outputs[1])?;
-    // Its control groups, made and opened here; the child joins them.
     let id = marks[0].1.to_string_lossy().into_owned();
+    let user = spec.user.filter(|_| shared.sandbox.users());
+    // Its own temporary directory, fresh at each start, and the unit's
+    // state directory if it asked for one: the only places it may write.
+    let tmp = tandem_sandbox::paths::tmp_dir(&shared.data_dir, &id);
+    let _ = std::fs::remove_dir_all(&tmp);
+    tandem_sandbox::paths::own_dir(&tmp, user)?;
+    let mut write = vec![tmp.clone()];
+    let home = if spec.state_dir {
+        let state = tandem_sandbox::paths::state_dir(&shared.data_dir, &spec.service);
+        tandem_sandbox::paths::own_dir(&state, user)?;
+        write.push(state.clone());
+        Some(state)
+    } else {
+        None
+    };
+    let prepared = shared.sandbox.prepare(&tandem_sandbox::Confinement {
+        group: &id,
+        user,
+        limits: &spec.limits,
+        read: &[PathBuf::from(&spec.dir)],
+        write: &write,
+    })?;
     // Limits protect the others; an instance that cannot have them still
     // serves (the data plane does not stop for them), and says so.
-    let procs = cgroups.prepare(&id, &spec.limits).unwrap_or_else(|e| {
-        tracing::error!(instance = %id, error = %e, "cannot set the instance's limits; it runs without them");
-        log.write_line(&format!("[tandem] limits not applied: {e}"));
-        Vec::new()
-    });
-    // Never above what the agent may give (a higher one would make
-    // `setrlimit` fail, and the instance never start).
-    let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum;
-    let nofile = spec.limits.nofile.map(|n| hard.map_or(n, |h| n.min(h)));
+    for missing in &prepared.missing {
+        tracing::error!(instance = %id, "{missing}; it runs without them");
+        log.write_line(&format!("[tandem] {missing}"));
+    }
+    let (out_reader, out_writer) = output_fifo(&outputs[0])?;
+    let (err_reader, err_writer) = output_fifo(&outputs[1])?;
     let mut cmd = tokio::process::Command::new("/bin/sh");
     // The agent's environment is the instances' (the operator's settings),
     // but for tandem's own credentials: the key that opens every service's
@@ -1618,6 +1710,9 @@ fn spawn(
     cmd.arg("-c")
         .arg(&spec.command)
         .current_dir(&spec.dir)
+        .env("TMPDIR", &tmp)
+        .env("HOME", home.as_ref().unwrap_or(&tmp))
+        .envs(home.as_ref().map(|s| ("STATE_DIRECTORY", s)))
         .envs(&spec.env)
         .env("PORT", port.to_string())
         .envs(marks)
@@ -1629,12 +1724,7 @@ fn spawn(
     for var in crate::PASSED_SOCKET_VARS {
         cmd.env_remove(var);
     }
-    // SAFETY: `confine_self` makes only async-signal-safe calls (getpid,
-    // write on descriptors opened before the fork, setrlimit) and
-    // allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || crate::sandbox::confine_self(&procs, nofile));
-    }
+    prepared.install(cmd.as_std_mut());
     let child = cmd.spawn()?;
     // Our copies of the instance's ends close with `cmd`.
     drop(cmd);
@@ -1765,6 +1855,8 @@ mod tests {
             stop_timeout_ms: 100,
             secrets: vec!["API_TOKEN".into()],
             limits: Default::default(),
+            user: None,
+            state_dir: false,
         };
         let saved = seal_secrets(Some(&sealer), &spec);
         let text = serde_json::to_string(&saved).expect("json");

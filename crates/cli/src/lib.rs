@@ -173,7 +173,8 @@ impl ServerArgs {
 }
 
 impl DataDirArg {
-    /// The flag, else `$TANDEM_DATA_DIR` (via clap), else the XDG data directory.
+    /// The flag, else `$TANDEM_DATA_DIR` (via clap), else the XDG data
+    /// directory (for root: `/var/lib/tandem`).
     pub fn resolve(&self) -> PathBuf {
         if let Some(d) = &self.data_dir {
             return d.clone();
@@ -182,7 +183,14 @@ impl DataDirArg {
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
             .unwrap_or_else(|| PathBuf::from("."));
-        base.join("tandem")
+        let xdg = base.join("tandem");
+        // root's services run as users of their own, who cannot pass
+        // through /root: its home is /var/lib's (unless an older tandem
+        // made one under the XDG directory already).
+        if rustix::process::geteuid().is_root() && !xdg.exists() {
+            return PathBuf::from("/var/lib/tandem");
+        }
+        xdg
     }
 }
 

@@ -31,11 +31,12 @@ const AGENT_START_TIMEOUT: Duration = Duration::from_secs(10);
 const AGENT_TAKEOVER_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn check_data_dir(dir: &Path) -> CmdResult {
-    // Owner-only when made here: it holds the database, keys and logs.
+    // What tandem makes is owner-only; its memory is not for others.
+    tandem_sandbox::paths::protect_self();
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
-        .mode(0o700)
+        .mode(0o711)
         .create(dir)
         .map_err(|e| {
             Exit::bad_input(format!(
@@ -51,6 +52,27 @@ fn check_data_dir(dir: &Path) -> CmdResult {
         ))
     })?;
     let _ = std::fs::remove_file(probe);
+    // Services' users reach their releases by name through it (never
+    // listing it); all else in it is tandem's alone.
+    tandem_sandbox::paths::harden(dir).map_err(|e| {
+        Exit::bad_input(format!(
+            "cannot set the modes of data directory {}: {e}",
+            dir.display()
+        ))
+    })?;
+    if rustix::process::geteuid().is_root()
+        && let Some((at, mode)) = tandem_sandbox::paths::unreachable_ancestor(dir)
+    {
+        return Err(Exit::bad_input(format!(
+            "data directory {}: services run as users of their own and must pass \
+                 through {} (mode {mode:04o}) to reach their releases; make it \
+                 searchable (chmod o+x {}) or choose a data directory under one \
+                 that is, such as /var/lib/tandem",
+            dir.display(),
+            at.display(),
+            at.display()
+        )));
+    }
     Ok(())
 }
 
@@ -394,6 +416,11 @@ pub async fn up(
         }
         Ok(None) => {}
         Err(e) => return Err(Exit::failure(format!("cannot make the first admin: {e}"))),
+    }
+    // Which protections services run with, and why any is off.
+    for p in engine.sandbox.protections() {
+        let state = if p.on { "on" } else { "OFF" };
+        say!("tandem up: isolation: {} {state}: {}", p.name, p.detail);
     }
     let scheme = if tls.is_some() { "https" } else { "http" };
     say!(

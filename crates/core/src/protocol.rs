@@ -13,8 +13,19 @@ use serde::{Deserialize, Serialize};
 /// Protocol version; bumped on incompatible change.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// The first of the uids tandem gives services (one each, never reused;
+/// see `tandem_sandbox`). Above the ranges distributions, systemd's dynamic
+/// users and the usual subordinate-uid ranges use, below 2^31.
+pub const FIRST_SERVICE_UID: u32 = 1_900_000_000;
+/// How many there are.
+pub const SERVICE_UIDS: u32 = 1_000_000;
+
 /// File name of the agent's socket inside the data directory.
 pub const SOCKET_FILE: &str = "agent.sock";
+
+/// The name of the key a connection to the agent starts with, under the
+/// data directory's `keys/`.
+pub const AGENT_KEY: &str = "agent.key";
 /// How an agent's refusal starts while it hands over to a new agent
 /// (`tandem upgrade-agent`): asking again shortly reaches the one that
 /// serves, and since every request but `Upgrade` is idempotent, clients do.
@@ -46,6 +57,12 @@ pub struct GroupSpec {
     /// What each instance may use (`None`: no limit).
     #[serde(default)]
     pub limits: Limits,
+    /// The unit's user (and group) where tandem can switch users.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<u32>,
+    /// Whether instances get the unit's state directory (`run.state_dir`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub state_dir: bool,
 }
 
 /// An instance's limits, as the agent enforces them (cgroups, rlimits).
@@ -60,6 +77,9 @@ pub struct Limits {
     pub pids: Option<u32>,
     #[serde(default)]
     pub nofile: Option<u64>,
+    /// What its temp and state directories may hold together.
+    #[serde(default)]
+    pub disk_bytes: Option<u64>,
 }
 
 fn default_status() -> (u16, u16) {
@@ -109,6 +129,14 @@ fn default_route_timeout_ms() -> u64 {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
+    /// First on every connection: the key in `keys/agent.key` of the data
+    /// directory ([`AGENT_KEY`]), which only tandem's own processes can
+    /// read. Without it nothing is answered: a process that can reach the
+    /// socket (a service of the same user, where tandem is not root) cannot
+    /// drive the agent.
+    Auth {
+        key: String,
+    },
     Hello,
     /// Everything the agent runs and routes.
     Status,
@@ -320,6 +348,9 @@ pub struct InstanceStatus {
     /// The last failing probe's error, while it is failing.
     #[serde(default)]
     pub last_probe_error: Option<String>,
+    /// Why it was last stopped for its disk use, for a while after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub over_disk: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

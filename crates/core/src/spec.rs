@@ -242,6 +242,10 @@ pub struct Run {
     /// What each instance may use; unset fields take the defaults.
     #[serde(default)]
     pub limits: Limits,
+    /// A writable directory of the service's own that outlives releases
+    /// (`$STATE_DIRECTORY`); the release directory itself is read-only.
+    #[serde(default)]
+    pub state_dir: bool,
 }
 
 /// Per-instance limits, enforced by the agent with cgroups and rlimits.
@@ -260,6 +264,11 @@ pub struct Limits {
     /// Open files.
     #[serde(default = "default_nofile")]
     pub nofile: u32,
+    /// What its temp and state directories may hold together (and the
+    /// largest file it may write); past it the instance is stopped and
+    /// restarted, and an incident opened.
+    #[serde(default = "default_disk")]
+    pub disk: crate::units::Bytes,
 }
 
 impl Default for Limits {
@@ -269,6 +278,7 @@ impl Default for Limits {
             cpu: None,
             pids: default_pids(),
             nofile: default_nofile(),
+            disk: default_disk(),
         }
     }
 }
@@ -281,6 +291,9 @@ fn default_pids() -> u32 {
 }
 fn default_nofile() -> u32 {
     4096
+}
+fn default_disk() -> crate::units::Bytes {
+    crate::units::Bytes::from_bytes(1 << 30)
 }
 
 fn default_instances() -> Instances {

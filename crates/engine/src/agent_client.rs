@@ -116,8 +116,21 @@ impl AgentClient {
             }
         })?;
         let (read, mut write) = stream.into_split();
-        let mut line =
-            serde_json::to_vec(request).map_err(|e| AgentClientError::Garbled(e.to_string()))?;
+        // The key first (see `Request::Auth`), the request right behind it.
+        let dir = self.socket.parent().unwrap_or(Path::new("."));
+        let key =
+            tandem_seal::local_key(dir, tandem_core::protocol::AGENT_KEY).map_err(|source| {
+                AgentClientError::Unreachable {
+                    path: dir.join("keys").display().to_string(),
+                    source,
+                }
+            })?;
+        let mut line = serde_json::to_vec(&Request::Auth { key })
+            .map_err(|e| AgentClientError::Garbled(e.to_string()))?;
+        line.push(b'\n');
+        line.extend(
+            serde_json::to_vec(request).map_err(|e| AgentClientError::Garbled(e.to_string()))?,
+        );
         line.push(b'\n');
         write
             .write_all(&line)
@@ -126,16 +139,32 @@ impl AgentClient {
                 path: self.socket.display().to_string(),
                 source,
             })?;
+        let mut read = BufReader::new(read);
         let mut answer = String::new();
-        BufReader::new(read)
-            .read_line(&mut answer)
-            .await
-            .map_err(|source| AgentClientError::Unreachable {
-                path: self.socket.display().to_string(),
-                source,
-            })?;
-        if answer.is_empty() {
-            return Err(AgentClientError::NoAnswer);
+        for first in [true, false] {
+            answer.clear();
+            read.read_line(&mut answer)
+                .await
+                .map_err(|source| AgentClientError::Unreachable {
+                    path: self.socket.display().to_string(),
+                    source,
+                })?;
+            if answer.is_empty() {
+                return Err(AgentClientError::NoAnswer);
+            }
+            if first {
+                match serde_json::from_str(&answer) {
+                    Ok(Response::Ok) => {}
+                    // An agent older than keys knows no `auth`, and answers
+                    // the request behind it all the same.
+                    Ok(Response::Error { message }) if message.starts_with("bad request") => {}
+                    Ok(Response::Error { message }) => {
+                        return Err(AgentClientError::Refused(message));
+                    }
+                    Ok(other) => return Err(unexpected("auth", &other)),
+                    Err(e) => return Err(AgentClientError::Garbled(e.to_string())),
+                }
+            }
         }
         match serde_json::from_str(&answer) {
             Ok(Response::Error { message }) => Err(AgentClientError::Refused(message)),

@@ -282,6 +282,31 @@ pub fn copy(
     Ok(())
 }
 
+/// Makes a release's files readable (and its programs executable) by the
+/// service's user, writable by no one but tandem: directories 0755, files
+/// 0644 or 0755. Those users find a release by its digest; they cannot
+/// list the store.
+fn publish(dir: &Path) -> Result<(), ArtifactError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(dir).map_err(io(dir))?;
+    let mode = if meta.is_dir() {
+        0o755
+    } else if meta.file_type().is_symlink() {
+        return Ok(());
+    } else if meta.permissions().mode() & 0o111 != 0 {
+        0o755
+    } else {
+        0o644
+    };
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(io(dir))?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+            publish(&entry.map_err(io(dir))?.path())?;
+        }
+    }
+    Ok(())
+}
+
 /// Copies `files` into the store under `digest`, unless already there.
 /// Returns the artifact directory.
 pub fn store(
@@ -297,7 +322,7 @@ pub fn store(
     }
     let tmp = artifacts.join(format!(".tmp-{digest}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    if let Err(e) = copy(root, files, &tmp, stop) {
+    if let Err(e) = copy(root, files, &tmp, stop).and_then(|()| publish(&tmp)) {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }

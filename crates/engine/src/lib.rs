@@ -81,6 +81,8 @@ pub struct Engine {
     /// Releases kept per service (with their files) besides the live one,
     /// its rollback target and those environments run.
     keep_releases: usize,
+    /// What confines build and test steps.
+    pub sandbox: Arc<tandem_sandbox::Sandbox>,
 }
 
 /// Default of [`Engine::keeping`].
@@ -125,6 +127,7 @@ impl Engine {
             data_dir: data_dir.to_path_buf(),
             locks: Arc::default(),
             keep_releases: KEEP_RELEASES,
+            sandbox: Arc::new(tandem_sandbox::Sandbox::detect(data_dir, "builds")),
         }
     }
 
@@ -382,10 +385,14 @@ impl Engine {
         // this one died finds what it left running (`steps::kill_leftovers`).
         let mut env = env.to_vec();
         env.push((steps::MARK.into(), steps::mark_of(&self.data_dir)));
+        // Steps run as the service's user, confined like its instances (see
+        // `steps::Confined`), with the checkout and a home of its own.
+        let confined = self.confine_steps(name, work).await?;
         for step in steps {
             reporter.phase(stage, format!("{stage} step {}: {}", step.name, step.run));
             let started = Instant::now();
-            if let Err((reason, log_tail)) = steps::run(step, work, &env, reporter).await {
+            if let Err((reason, log_tail)) = steps::run(step, work, &env, &confined, reporter).await
+            {
                 let payload = serde_json::json!({
                     "step": step.name,
                     "reason": reason,
@@ -399,6 +406,35 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// The user, home and sandbox `name`'s steps in `work` run with; the
+    /// checkout becomes the user's.
+    async fn confine_steps(&self, name: &str, work: &Path) -> Result<steps::Confined, EngineError> {
+        let user = if self.sandbox.users() {
+            Some(self.store.unit_uid(name).await?)
+        } else {
+            None
+        };
+        let home = tandem_sandbox::paths::build_home(&self.data_dir, name);
+        let (work, home2) = (work.to_path_buf(), home.clone());
+        tokio::task::spawn_blocking(move || {
+            tandem_sandbox::paths::own_dir(&home2, user)?;
+            std::fs::create_dir_all(home2.join("tmp"))?;
+            if let Some(uid) = user {
+                tandem_sandbox::paths::give_tree(&home2.join("tmp"), uid)?;
+                tandem_sandbox::paths::give_tree(&work, uid)?;
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .await
+        .map_err(|e| EngineError::Io(e.to_string()))?
+        .map_err(|e| EngineError::Io(format!("cannot give the build its directories: {e}")))?;
+        Ok(steps::Confined {
+            sandbox: self.sandbox.clone(),
+            user,
+            home,
+        })
     }
 
     /// Re-releases an earlier release without rebuilding: `to`, or the one
@@ -636,6 +672,13 @@ impl Engine {
         // masks them in the instances' logs.
         group.secrets = secrets.iter().map(|(k, _)| k.clone()).collect();
         group.env.extend(secrets.iter().cloned());
+        // Its own user (the agent uses it where it can switch users).
+        group.user = Some(
+            self.store
+                .unit_uid(&to.unit)
+                .await
+                .map_err(|e| (e.to_string(), Vec::new()))?,
+        );
         self.agent.start_group(group).await.map_err(agent_err)?;
         reporter.phase(
             "ready",
@@ -1083,6 +1126,9 @@ pub fn group_spec(release: &ReleaseRow, spec: &Spec, unit: &str, dir: &Path) -> 
                 .map(|c| (c * 1000.0).round().min(f64::from(u32::MAX)) as u32),
             pids: Some(spec.run.limits.pids.max(1)),
             nofile: Some(u64::from(spec.run.limits.nofile.max(16))),
+            disk_bytes: Some(spec.run.limits.disk.get().max(1 << 20)),
         },
+        user: None,
+        state_dir: spec.run.state_dir,
     }
 }

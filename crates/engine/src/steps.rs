@@ -12,8 +12,9 @@
 //! is killed, and its output read for at most a second more: a background
 //! child that holds the step's stdout cannot make a finished step time out.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -33,16 +34,66 @@ pub const MAX_LINE: usize = 8 * 1024;
 /// Bytes of one step's output passed on to its reporter.
 pub const REPORTED: usize = 16 * 1024 * 1024;
 
-/// Runs `step` in `dir` with `CI=true` and `env` added; `Err` carries the
-/// reason and the last output lines.
+/// How a service's steps are confined: as its user (where tandem can
+/// switch users), in the sandbox (its checkout and `home` writable, the
+/// network open: builds fetch dependencies), with [`BUILD_LIMITS`].
+pub struct Confined {
+    pub sandbox: Arc<tandem_sandbox::Sandbox>,
+    pub user: Option<u32>,
+    /// `HOME` (caches kept between builds), with `TMPDIR` in it.
+    pub home: PathBuf,
+}
+
+/// What one step may use: more than an instance's defaults (compilers
+/// fork and take memory), still not the machine.
+pub const BUILD_LIMITS: tandem_core::protocol::Limits = tandem_core::protocol::Limits {
+    memory_bytes: Some(4 << 30),
+    cpu_millis: None,
+    pids: Some(2048),
+    nofile: Some(8192),
+    disk_bytes: None,
+};
+
+/// Runs `step` in `dir` with `CI=true` and `env` added, confined as
+/// `confined` says; `Err` carries the reason and the last output lines.
 pub async fn run(
     step: &Step,
     dir: &Path,
     env: &[(String, String)],
+    confined: &Confined,
     reporter: &Reporter,
 ) -> Result<(), (String, Vec<String>)> {
-    let mut child = tokio::process::Command::new("/bin/sh")
-        .arg("-c")
+    let cannot = |e: std::io::Error| {
+        (
+            format!("step {} could not start: {e}", step.name),
+            Vec::new(),
+        )
+    };
+    static STEPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let group = format!(
+        "step-{}-{}",
+        std::process::id(),
+        STEPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let write = [dir.to_path_buf(), confined.home.clone()];
+    let prepared = confined
+        .sandbox
+        .prepare(&tandem_sandbox::Confinement {
+            group: &group,
+            user: confined.user,
+            limits: &BUILD_LIMITS,
+            read: &[],
+            write: &write,
+        })
+        .map_err(cannot)?;
+    for missing in &prepared.missing {
+        tracing::warn!(step = %step.name, "{missing}");
+    }
+    // Whatever happens, nothing of the step outlives it (a daemon that left
+    // its process group is still in its control group).
+    let _group = GroupRemover(&confined.sandbox, &group);
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    cmd.arg("-c")
         .arg(&step.run)
         .current_dir(dir)
         .env_clear()
@@ -51,20 +102,23 @@ pub async fn run(
                 .iter()
                 .filter_map(|k| Some((k, std::env::var_os(k)?))),
         )
+        .env("HOME", &confined.home)
+        .env("TMPDIR", confined.home.join("tmp"))
         .env("CI", "true")
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| {
-            (
-                format!("step {} could not start: {e}", step.name),
-                Vec::new(),
-            )
-        })?;
+        .kill_on_drop(true);
+    if confined.user.is_some() {
+        // Tandem's own toolchain settings point into its home, not the
+        // service's.
+        cmd.env_remove("CARGO_HOME");
+        cmd.env_remove("USER");
+    }
+    prepared.install(cmd.as_std_mut());
+    let mut child = cmd.spawn().map_err(cannot)?;
     let pgid = child.id().map(|p| Pid::from_raw(p as i32));
     // Dropping this future (a cancelled run) must not leave the step's
     // children behind: the guard kills the whole group unless disarmed.
@@ -148,6 +202,16 @@ pub async fn run(
             format!("step {} timed out after {}", step.name, step.timeout),
             tail,
         )),
+    }
+}
+
+/// Kills what is left in a step's control groups and removes them.
+struct GroupRemover<'a>(&'a tandem_sandbox::Sandbox, &'a str);
+
+impl Drop for GroupRemover<'_> {
+    fn drop(&mut self) {
+        self.0.cgroups().kill_all(self.1);
+        self.0.remove(self.1);
     }
 }
 
@@ -257,6 +321,41 @@ mod tests {
         }
     }
 
+    /// Confined as this machine allows, as no service's user.
+    fn confined(dir: &Path) -> Confined {
+        let home = dir.join("home");
+        std::fs::create_dir_all(home.join("tmp")).expect("home");
+        Confined {
+            sandbox: Arc::new(tandem_sandbox::Sandbox::detect(dir, "test")),
+            user: None,
+            home,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_daemon_that_left_its_process_group_does_not_outlive_its_step() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let confined = confined(dir.path());
+        if !confined.sandbox.protections()[1].on {
+            eprintln!("skipped: needs cgroups (CI runs as root)");
+            return;
+        }
+        run(
+            &step("setsid sleep 3003 > /dev/null 2>&1 < /dev/null & echo started"),
+            dir.path(),
+            &[],
+            &confined,
+            &Reporter::silent(),
+        )
+        .await
+        .expect("the step succeeds");
+        let left = std::process::Command::new("pgrep")
+            .args(["-f", "sleep 3003"])
+            .output()
+            .expect("pgrep");
+        assert!(left.stdout.is_empty(), "the daemon lives on");
+    }
+
     #[tokio::test]
     async fn a_background_child_holding_the_output_neither_holds_the_step_nor_outlives_it() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -265,6 +364,7 @@ mod tests {
             &step("sleep 3001 & echo started"),
             dir.path(),
             &[],
+            &confined(dir.path()),
             &Reporter::silent(),
         )
         .await
@@ -290,6 +390,7 @@ mod tests {
             &step("head -c 20000000 /dev/zero | tr '\\0' x; echo; echo last words"),
             dir.path(),
             &[],
+            &confined(dir.path()),
             &reporter,
         )
         .await
@@ -321,6 +422,7 @@ mod tests {
             &step("head -c 20000000 /dev/zero | tr '\\0' x; echo; echo the reason; exit 3"),
             dir.path(),
             &[],
+            &confined(dir.path()),
             &Reporter::silent(),
         )
         .await

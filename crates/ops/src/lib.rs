@@ -62,11 +62,12 @@ fn repo_down_after() -> Duration {
 pub const KEEP_MINUTES: i64 = 400 * 24 * 60;
 
 /// The kinds of incident the monitor opens by itself.
-pub const KINDS: [&str; 4] = [
+pub const KINDS: [&str; 5] = [
     "no-ready-instance",
     "crash-loop",
     "error-ratio",
     "burn-rate",
+    "disk-limit",
 ];
 
 #[derive(Clone)]
@@ -802,6 +803,16 @@ impl Monitor {
             found.push((
                 "no-ready-instance",
                 format!("{} has no ready instance of {active}: {why}", svc.service),
+            ));
+        }
+        if let Some((i, why)) = svc
+            .instances
+            .iter()
+            .find_map(|i| Some((i, i.over_disk.as_deref()?)))
+        {
+            found.push((
+                "disk-limit",
+                format!("{} instance {} was stopped: {why}", svc.service, i.id),
             ));
         }
         if let Some(i) = svc.instances.iter().find(|i| i.crash_looping) {

@@ -27,6 +27,50 @@ pub fn random_bytes(buf: &mut [u8]) {
     OsRng.fill_bytes(buf);
 }
 
+/// A local secret shared by tandem's own processes through a file only
+/// they may read: `keys/<name>` under `dir`, 64 hex digits, made if
+/// missing (by whichever process comes first; the others read it).
+pub fn local_key(dir: &Path, name: &str) -> std::io::Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let keys = dir.join("keys");
+    let path = keys.join(name);
+    match std::fs::read_to_string(&path) {
+        Ok(key) if key.trim().len() == 64 => return Ok(key.trim().to_owned()),
+        Ok(_) => {
+            return Err(std::io::Error::other(format!(
+                "{} is not a key (64 hex digits); remove it and restart tandem",
+                path.display()
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&keys)?;
+    let mut key = [0u8; 32];
+    random_bytes(&mut key);
+    let key = hex(&key);
+    let tmp = keys.join(format!(".{name}.{}", std::process::id()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(key.as_bytes())?;
+    file.sync_all()?;
+    let linked = std::fs::hard_link(&tmp, &path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(key),
+        // Someone made it meanwhile: theirs.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => local_key(dir, name),
+        Err(e) => Err(e),
+    }
+}
+
 /// Seals and opens values with the store's key.
 #[derive(Clone)]
 pub struct Sealer(ChaCha20Poly1305);

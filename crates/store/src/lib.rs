@@ -433,6 +433,45 @@ impl Store {
             .await?)
     }
 
+    /// The uid `unit` runs as: given at its first use (the next never
+    /// given before), the same ever after.
+    pub async fn unit_uid(&self, unit: &str) -> Result<u32> {
+        let uid: Option<i64> = sqlx::query_scalar("SELECT uid FROM unit_users WHERE unit = ?")
+            .bind(unit)
+            .fetch_optional(&self.pool)
+            .await?;
+        if let Some(uid) = uid {
+            return Ok(uid as u32);
+        }
+        self.writing(async move {
+            let _w = self.writer.lock().await;
+            let first = i64::from(tandem_core::protocol::FIRST_SERVICE_UID);
+            // Under the writer's lock: no one else gives one meanwhile.
+            let next: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(uid) + 1, ?) FROM unit_users")
+                .bind(first)
+                .fetch_one(&self.pool)
+                .await?;
+            if next >= first + i64::from(tandem_core::protocol::SERVICE_UIDS) {
+                return Err(StoreError::Conflict(format!(
+                    "no service uid left for {unit}: all {} are given",
+                    tandem_core::protocol::SERVICE_UIDS
+                )));
+            }
+            let uid: i64 = sqlx::query_scalar(
+                "INSERT INTO unit_users (unit, uid, created_at) VALUES (?, ?, ?)
+                 ON CONFLICT(unit) DO UPDATE SET unit = excluded.unit
+                 RETURNING uid",
+            )
+            .bind(unit)
+            .bind(next)
+            .bind(now_ts())
+            .fetch_one(&self.pool)
+            .await?;
+            Ok(uid as u32)
+        })
+        .await
+    }
+
     pub async fn releases(&self, service: &str) -> Result<Vec<ReleaseRow>> {
         Ok(
             sqlx::query_as("SELECT * FROM releases WHERE service = ? ORDER BY number DESC")

@@ -39,17 +39,18 @@ fn upgrading_an_agent_that_cannot_hand_over_says_so_and_changes_nothing() {
     let old = std::os::unix::net::UnixListener::bind(data.join("agent.sock")).expect("bind");
     std::thread::spawn(move || {
         for conn in old.incoming().flatten() {
-            let mut reader = BufReader::new(conn.try_clone().expect("clone"));
-            let mut line = String::new();
-            if reader.read_line(&mut line).is_err() {
-                continue;
+            // Line after line, as the real handler (it knows no `auth`
+            // either, and answers the request behind it all the same).
+            let reader = BufReader::new(conn.try_clone().expect("clone"));
+            for line in reader.lines() {
+                let Ok(line) = line else { break };
+                let answer = if line.contains("\"hello\"") {
+                    r#"{"result":"hello","version":1,"pid":4242,"proxy_addr":"127.0.0.1:1","started_at_ms":0}"#
+                } else {
+                    r#"{"result":"error","message":"bad request: unknown variant `handover`, expected one of `hello`, `status`"}"#
+                };
+                let _ = writeln!(&conn, "{answer}");
             }
-            let answer = if line.contains("\"hello\"") {
-                r#"{"result":"hello","version":1,"pid":4242,"proxy_addr":"127.0.0.1:1","started_at_ms":0}"#
-            } else {
-                r#"{"result":"error","message":"bad request: unknown variant `handover`, expected one of `hello`, `status`"}"#
-            };
-            let _ = writeln!(&conn, "{answer}");
         }
     });
     let out = Command::new(bin())

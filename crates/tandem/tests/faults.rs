@@ -837,13 +837,12 @@ fn a_fork_bomb_stops_at_its_pids_limit_and_a_memory_hog_is_killed_while_a_neighb
     // A hog of 300 MB in a 64 MiB instance: killed.
     let hog = env.root.path().join("hog");
     std::fs::create_dir_all(&hog).expect("mkdir");
-    let said = env.root.path().join("hog-exit");
+    // Its exit status, in its state directory (the only place it may write
+    // beside its temp).
+    let said = env.data().join("sandbox/state/hog/exit");
     std::fs::write(
         hog.join("tandem.yaml"),
-        format!(
-            "service:\n  name: hog\nrun:\n  command: '(sleep 1; python3 -c \"x = bytearray(300 * 1024 * 1024); import time; time.sleep(60)\"; echo $? > {}) & exec python3 -m http.server $PORT --bind 127.0.0.1'\n  instances: 1\n  limits: {{ memory: 64Mi }}\nroute:\n  host: hog.test\n",
-            said.display()
-        ),
+        "service:\n  name: hog\nrun:\n  command: '(sleep 1; python3 -c \"x = bytearray(300 * 1024 * 1024); import time; time.sleep(60)\"; echo $? > $STATE_DIRECTORY/exit) & exec python3 -m http.server $PORT --bind 127.0.0.1'\n  instances: 1\n  state_dir: true\n  limits: { memory: 64Mi }\nroute:\n  host: hog.test\n",
     )
     .expect("spec");
     std::fs::write(hog.join("index.html"), "hog").expect("page");

@@ -894,9 +894,13 @@ fn secrets_reach_instances_and_steps_and_are_masked_everywhere_else() {
     let spec = SPEC
         .replace(
             "command: exec python3 -m http.server $PORT --bind 127.0.0.1",
-            "command: echo \"token=$API_TOKEN\" > token.txt && exec python3 -m http.server $PORT --bind 127.0.0.1",
+            // Its release is read-only: what it writes goes to its state.
+            "command: echo \"token=$API_TOKEN\" > $STATE_DIRECTORY/token.txt && exec python3 -m http.server $PORT --bind 127.0.0.1 --directory $STATE_DIRECTORY",
         )
-        .replace("  instances: 2\n", "  instances: 2\n  secrets: [API_TOKEN]\n");
+        .replace(
+            "  instances: 2\n",
+            "  instances: 2\n  secrets: [API_TOKEN]\n  state_dir: true\n",
+        );
     let repo = Repo::new(env.root.path(), &spec);
     let check = "echo \"testing with $API_TOKEN\"; test -n \"$API_TOKEN\"\n";
     let c1 = repo.push(
@@ -2286,7 +2290,8 @@ fn secrets_are_sealed_everywhere_on_disk_and_an_environment_takes_its_own_value(
         "with TANDEM_SECRETS_KEY no key file is written"
     );
     let mode = |p: PathBuf| std::fs::metadata(&p).expect("meta").permissions().mode() & 0o777;
-    assert_eq!(mode(env.data()), 0o700, "the data directory");
+    // Services' users pass through it to their releases; no one lists it.
+    assert_eq!(mode(env.data()), 0o711, "the data directory");
     let log_dir = env.data().join("logs");
     for entry in std::fs::read_dir(log_dir.join("shop"))
         .expect("logs")

@@ -474,11 +474,14 @@ fn an_upgrade_to_a_binary_that_is_no_agent_fails_at_once_and_the_agent_serves_on
     let asked = Instant::now();
     let mut socket =
         std::os::unix::net::UnixStream::connect(env.data().join("agent.sock")).expect("connect");
+    writeln!(socket, "{}", util::agent_auth(&env.data())).expect("key");
     writeln!(socket, r#"{{"op":"upgrade","exe":"/bin/false"}}"#).expect("ask");
     let mut answer = String::new();
-    BufReader::new(&socket)
-        .read_line(&mut answer)
-        .expect("answer");
+    let mut reader = BufReader::new(&socket);
+    reader.read_line(&mut answer).expect("key taken");
+    assert!(answer.contains("\"ok\""), "{answer}");
+    answer.clear();
+    reader.read_line(&mut answer).expect("answer");
     assert!(
         answer.contains("\"error\"") && answer.contains("exited before it took over"),
         "{answer}"
@@ -743,6 +746,13 @@ fn an_agent_whose_successor_never_confirms_serves_on_as_before() {
     // A would-be successor that asks, takes the offer and goes away.
     let mut link = std::os::unix::net::UnixStream::connect(env.data().join("agent.sock"))
         .expect("connect agent socket");
+    link.write_all(format!("{}\n", util::agent_auth(&env.data())).as_bytes())
+        .expect("key");
+    let mut taken = [0u8; 15];
+    link.read_exact(&mut taken).expect("key taken");
+    assert_eq!(&taken, b"{\"result\":\"ok\"}");
+    let mut newline = [0u8; 1];
+    link.read_exact(&mut newline).expect("newline");
     link.write_all(b"{\"op\":\"handover\"}\n").expect("ask");
     let mut offer = [0u8; 5];
     link.read_exact(&mut offer).expect("offer");

@@ -10,6 +10,23 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// A temporary directory other users may pass through (not list): as
+/// root, tandem runs services as users of their own, who must reach
+/// their releases in the data directory inside it.
+pub fn searchable_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))
+        .expect("chmod tempdir");
+    dir
+}
+
+/// The line a connection to the agent of `data` starts with.
+pub fn agent_auth(data: &Path) -> String {
+    let key = std::fs::read_to_string(data.join("keys/agent.key")).expect("agent key");
+    format!(r#"{{"op":"auth","key":"{}"}}"#, key.trim())
+}
+
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tandem"))
 }
@@ -23,6 +40,10 @@ pub struct Env {
     pub vars: Vec<(String, String)>,
     /// File systems mounted for the test, unmounted when it ends.
     pub mounts: Vec<PathBuf>,
+    /// The uid `tandem up` runs as (`None`: the test's own).
+    pub as_user: Option<u32>,
+    /// What `tandem up` said before its banner.
+    pub said: Vec<String>,
 }
 
 impl Env {
@@ -46,7 +67,7 @@ impl Env {
     /// An environment whose `tandem up` is started by `up_again`.
     pub fn unstarted(proxy: &str, vars: &[(&str, &str)]) -> Env {
         Env {
-            root: tempfile::tempdir().expect("tempdir"),
+            root: searchable_tempdir(),
             api: String::new(),
             proxy: proxy.to_string(),
             up: None,
@@ -55,6 +76,8 @@ impl Env {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             mounts: Vec::new(),
+            as_user: None,
+            said: Vec::new(),
         }
     }
 
@@ -122,7 +145,12 @@ impl Env {
         } else {
             self.proxy.clone()
         };
-        let mut child = Command::new(bin())
+        let mut up = Command::new(bin());
+        if let Some(uid) = self.as_user {
+            use std::os::unix::process::CommandExt;
+            up.uid(uid).gid(uid);
+        }
+        let mut child = up
             .args([
                 "up",
                 "--api-addr",
@@ -166,6 +194,7 @@ impl Env {
                 break;
             }
         }
+        self.said = said;
         // Keep draining stderr so the server never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
         self.up = Some(child);

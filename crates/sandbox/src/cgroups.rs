@@ -1,13 +1,12 @@
-//! What confines an instance (see ARCHITECTURE.md, Isolation): for now
-//! its limits. Each instance gets a control group of its own under
-//! `tandem/<data dir hash>/` for memory, pids and cpu —
-//! cgroup v2 where the kernel offers it whole, else v1 (one hierarchy per
-//! controller), found once at agent start; and its open-files limit as an
-//! rlimit. The process joins its groups between fork and exec, before
-//! running anything of the service, so all it ever starts is counted.
+//! Control groups: each confined process tree (an instance, a build)
+//! gets a group of its own under `tandem/<data dir hash>/` for memory,
+//! pids and cpu — cgroup v2 where the kernel offers it whole, else v1 (one
+//! hierarchy per controller), found once at start. The process joins its
+//! groups between fork and exec (see `child`), before running anything of
+//! the service, so all it ever starts is counted.
 //!
-//! Without cgroups (not root, nothing delegated) only the rlimit applies;
-//! the agent says so at start.
+//! Without cgroups (not root, nothing delegated) limits other than the
+//! rlimits do not apply; `Sandbox::protections` says so.
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -49,10 +48,19 @@ fn dir_key(dir: &Path) -> String {
 impl Cgroups {
     /// What this machine offers the agent of `data_dir`, and whether it
     /// may use it; groups a killed agent left empty are removed.
-    pub fn detect(data_dir: &Path) -> Cgroups {
+    /// `part` keeps the groups of different processes apart (the agent's
+    /// instances: empty; the server's builds: `builds`), so one cleaning
+    /// up never races the other making a group.
+    pub fn detect(data_dir: &Path, part: &str) -> Cgroups {
+        // The same directory however it was named.
+        let key = dir_key(&std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.into()));
         let cgroups = Cgroups {
             layout: Layout::detect_at(Path::new(ROOT)),
-            parent: format!("tandem/{}", dir_key(data_dir)),
+            parent: if part.is_empty() {
+                format!("tandem/{key}")
+            } else {
+                format!("tandem/{key}-{part}")
+            },
         };
         for dir in cgroups.dirs() {
             let _ = std::fs::create_dir_all(&dir);
@@ -84,7 +92,11 @@ impl Cgroups {
 
 impl Layout {
     fn detect_at(root: &Path) -> Layout {
-        let writable = |dir: &Path| std::fs::create_dir_all(dir.join("tandem")).is_ok();
+        // Made (by root, once) and ours to make groups in.
+        let writable = |dir: &Path| {
+            std::fs::create_dir_all(dir.join("tandem")).is_ok()
+                && rustix::fs::access(dir.join("tandem"), rustix::fs::Access::WRITE_OK).is_ok()
+        };
         if root.join("cgroup.controllers").exists() {
             let have = std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
             if CONTROLLERS
@@ -193,10 +205,36 @@ impl Cgroups {
     pub fn remove(&self, id: &str) {
         let name = sanitize(id);
         for dir in self.dirs() {
+            // The parent stays: another group may be being made in it.
             let _ = std::fs::remove_dir(dir.join(&name));
-            // The agent's own parent too, once its last group is gone (it
-            // is made again at the next start).
-            let _ = std::fs::remove_dir(&dir);
+        }
+    }
+
+    /// Kills every process in `id`'s groups (those that left their
+    /// process group too), for at most a second.
+    pub fn kill_all(&self, id: &str) {
+        let dir = match &self.layout {
+            Layout::None(_) => return,
+            Layout::V2(root) => root.join(&self.parent).join(sanitize(id)),
+            Layout::V1(root) => root.join("pids").join(&self.parent).join(sanitize(id)),
+        };
+        for _ in 0..100 {
+            let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) else {
+                return;
+            };
+            let pids: Vec<i32> = procs
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect();
+            if pids.is_empty() {
+                return;
+            }
+            for pid in pids {
+                if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
     }
 
@@ -210,6 +248,15 @@ impl Cgroups {
                 }
             }
             let _ = std::fs::remove_dir(&dir);
+        }
+    }
+
+    /// Which kind of control groups, for the start report.
+    pub fn kind(&self) -> &'static str {
+        match &self.layout {
+            Layout::V2(_) => "cgroup v2",
+            Layout::V1(_) => "cgroup v1",
+            Layout::None(_) => "nothing",
         }
     }
 
@@ -230,7 +277,7 @@ fn open_procs(dir: &Path) -> std::io::Result<OwnedFd> {
 }
 
 /// An instance id as a group name: no `/`, nothing hidden.
-fn sanitize(id: &str) -> String {
+pub(crate) fn sanitize(id: &str) -> String {
     id.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || "-_@.".contains(c) {
@@ -242,40 +289,6 @@ fn sanitize(id: &str) -> String {
         .collect::<String>()
         .trim_start_matches('.')
         .to_owned()
-}
-
-/// Run in the child between fork and exec: joins the groups whose
-/// `cgroup.procs` are open in `procs` and lowers the open-files limit.
-/// Only async-signal-safe calls: `getpid`, `write`, `setrlimit`.
-pub fn confine_self(procs: &[OwnedFd], nofile: Option<u64>) -> std::io::Result<()> {
-    let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
-    // The pid in decimal, without allocating.
-    let mut buf = [0u8; 12];
-    let mut at = buf.len();
-    let mut n = pid;
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for fd in procs {
-        // A group gone since it was made (removed by hand): the instance
-        // runs unlimited rather than not at all.
-        let _ = rustix::io::write(fd, &buf[at..]);
-    }
-    if let Some(n) = nofile {
-        rustix::process::setrlimit(
-            rustix::process::Resource::Nofile,
-            rustix::process::Rlimit {
-                current: Some(n),
-                maximum: Some(n),
-            },
-        )?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,215 @@
+//! The one door (ARCHITECTURE.md, Isolation): every process tandem starts
+//! for a service — its instances (the agent) and its build and test steps
+//! (the server) — is confined here.
+//!
+//! A [`Confinement`] says who the process runs as, what it may use and
+//! which paths it may read and write. [`Sandbox::prepare`] makes before the
+//! fork what can be made there (the control groups, the Landlock ruleset,
+//! both as open descriptors), and [`Prepared::install`] has the child apply
+//! it between fork and exec with async-signal-safe calls only: join the
+//! groups, set the rlimits, drop to the service's user, set
+//! `no_new_privs`, restrict itself to the ruleset.
+//!
+//! Limits fail open (a process whose control groups cannot be made runs
+//! without them and says so: the data plane does not stop for them). The
+//! user and the fence fail closed: a process that cannot drop to its user
+//! or enforce its ruleset never runs.
+
+pub mod cgroups;
+mod child;
+mod fence;
+pub mod paths;
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+pub use cgroups::Cgroups;
+use tandem_core::protocol::Limits;
+
+/// What this machine lets tandem do to confine services, found once at
+/// start by the process that starts them.
+#[derive(Debug)]
+pub struct Sandbox {
+    cgroups: Cgroups,
+    /// The kernel's Landlock ABI (0: none).
+    landlock: u32,
+    /// Whether tandem may switch users (it runs as root).
+    root: bool,
+    /// Read-only for everyone: the system's paths and the operator's
+    /// (`TANDEM_SANDBOX_READ`).
+    read: Vec<PathBuf>,
+}
+
+/// How one process tree is to be confined.
+pub struct Confinement<'a> {
+    /// Its control groups' name (an instance id, `build-<run>`).
+    pub group: &'a str,
+    /// The service's user (and group); `None` where users are off.
+    pub user: Option<u32>,
+    pub limits: &'a Limits,
+    /// Readable and executable beside the system's paths (its release).
+    pub read: &'a [PathBuf],
+    /// Readable and writable (its temp and state directories, a build's
+    /// checkout).
+    pub write: &'a [PathBuf],
+}
+
+/// A confinement made ready for one process: descriptors the child uses.
+#[derive(Debug)]
+pub struct Prepared {
+    procs: Vec<OwnedFd>,
+    ruleset: Option<OwnedFd>,
+    user: Option<u32>,
+    nofile: Option<u64>,
+    fsize: Option<u64>,
+    /// What could not be applied and is not enforced (limits fail open).
+    pub missing: Vec<String>,
+}
+
+/// One protection and whether it is on, for `up` to say at start.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Protection {
+    pub name: &'static str,
+    pub on: bool,
+    pub detail: String,
+}
+
+/// Paths every service may read and execute, where they exist.
+const SYSTEM_READ: [&str; 12] = [
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/etc",
+    "/opt",
+    "/proc",
+    "/sys",
+    "/run/systemd/resolve",
+];
+
+/// The operator's additions to [`SYSTEM_READ`], `:`-separated (a
+/// toolchain outside `/usr`, say).
+pub const READ_VARIABLE: &str = "TANDEM_SANDBOX_READ";
+
+impl Sandbox {
+    /// What the process serving `data_dir` may use; `part` names its
+    /// control groups apart from another process's (see [`Cgroups`]).
+    pub fn detect(data_dir: &Path, part: &str) -> Sandbox {
+        let mut read: Vec<PathBuf> = SYSTEM_READ.iter().map(PathBuf::from).collect();
+        if let Some(extra) = std::env::var_os(READ_VARIABLE) {
+            read.extend(std::env::split_paths(&extra).filter(|p| p.is_absolute()));
+        }
+        read.retain(|p| p.exists());
+        Sandbox {
+            cgroups: Cgroups::detect(data_dir, part),
+            landlock: fence::abi(),
+            root: rustix::process::geteuid().is_root(),
+            read,
+        }
+    }
+
+    /// Whether processes get users of their own.
+    pub fn users(&self) -> bool {
+        self.root
+    }
+
+    pub fn cgroups(&self) -> &Cgroups {
+        &self.cgroups
+    }
+
+    /// Makes what `c` needs before the fork. `Err`: the process must not
+    /// run (its ruleset could not be made).
+    pub fn prepare(&self, c: &Confinement) -> std::io::Result<Prepared> {
+        let mut missing = Vec::new();
+        let procs = self.cgroups.prepare(c.group, c.limits).unwrap_or_else(|e| {
+            missing.push(format!("limits not applied: {e}"));
+            Vec::new()
+        });
+        let ruleset = if self.landlock > 0 {
+            let mut read = self.read.clone();
+            read.extend(c.read.iter().cloned());
+            fence::ruleset(&read, c.write).map_err(|e| {
+                std::io::Error::other(format!("cannot make the Landlock ruleset: {e}"))
+            })?
+        } else {
+            None
+        };
+        // Never above what tandem may give (a higher one would make
+        // `setrlimit` fail, and the process never start).
+        let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum;
+        let nofile = c.limits.nofile.map(|n| hard.map_or(n, |h| n.min(h)));
+        Ok(Prepared {
+            procs,
+            ruleset,
+            user: c.user.filter(|_| self.root),
+            nofile,
+            fsize: c.limits.disk_bytes,
+            missing,
+        })
+    }
+
+    /// Removes `group`'s control groups once nothing runs in them.
+    pub fn remove(&self, group: &str) {
+        self.cgroups.remove(group);
+    }
+
+    /// Each protection, on or off and why.
+    pub fn protections(&self) -> Vec<Protection> {
+        let uid = rustix::process::geteuid().as_raw();
+        vec![
+            Protection {
+                name: "users",
+                on: self.root,
+                detail: if self.root {
+                    format!(
+                        "each service runs as a user of its own (uids from {})",
+                        tandem_core::protocol::FIRST_SERVICE_UID
+                    )
+                } else {
+                    format!(
+                        "tandem runs as uid {uid}, not root, and cannot switch users: \
+                         services run as tandem's user (the fence still keeps them \
+                         out of its files)"
+                    )
+                },
+            },
+            Protection {
+                name: "limits",
+                on: self.cgroups.off().is_none(),
+                detail: match self.cgroups.off() {
+                    Some(why) => format!("{why}: memory, cpu and pids are not limited"),
+                    None => format!("memory, cpu and pids by {}", self.cgroups.kind()),
+                },
+            },
+            Protection {
+                name: "fence",
+                on: self.landlock > 0,
+                detail: if self.landlock > 0 {
+                    format!(
+                        "Landlock ABI {}: files{}",
+                        self.landlock,
+                        if self.landlock >= 6 {
+                            ", signals and abstract sockets"
+                        } else {
+                            " (signals need ABI 6)"
+                        }
+                    )
+                } else {
+                    "the kernel offers no Landlock: services can read what their \
+                     user may"
+                        .into()
+                },
+            },
+        ]
+    }
+}
+
+impl Prepared {
+    /// Has `cmd`'s child apply this between fork and exec.
+    pub fn install(self, cmd: &mut std::process::Command) {
+        child::install(cmd, self);
+    }
+}

@@ -1,0 +1,204 @@
+//! The data directory as confined processes see it. It is searchable but
+//! not listable (0711) so that a service's user can reach what is its own
+//! by name: the release directories under `artifacts/` (read-only,
+//! content-addressed), its private directories under `sandbox/` and a
+//! build's checkout under `work/`. Everything else at the top (the
+//! database, keys, logs, git mirrors, the agent's socket and state) is
+//! owner-only, so nothing below it is reachable by any other user.
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Top-level entries other users may pass through (never list).
+pub const PASSABLE: [&str; 3] = ["artifacts", "sandbox", "work"];
+
+/// An instance's private temporary directory, removed when it stops.
+pub fn tmp_dir(data_dir: &Path, instance: &str) -> PathBuf {
+    data_dir.join("sandbox").join("tmp").join(name(instance))
+}
+
+/// A unit's state directory (`run.state_dir`), kept across releases.
+pub fn state_dir(data_dir: &Path, unit: &str) -> PathBuf {
+    data_dir.join("sandbox").join("state").join(name(unit))
+}
+
+/// A service's home for its builds (caches such as `~/.cargo`).
+pub fn build_home(data_dir: &Path, service: &str) -> PathBuf {
+    data_dir.join("sandbox").join("home").join(name(service))
+}
+
+/// An id as one path component: no `/`, nothing hidden.
+fn name(id: &str) -> String {
+    crate::cgroups::sanitize(id)
+}
+
+/// Makes `dir` (and its parents, passable) owned by `uid` and private to
+/// it; an existing one is given to `uid` again (not its contents).
+pub fn own_dir(dir: &Path, uid: Option<u32>) -> std::io::Result<()> {
+    if let Some(parent) = dir.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(parent)?;
+        // Explicitly: the process's mask (tandem's is 077) applied above.
+        set_mode(parent, 0o711)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
+    }
+    if let Some(uid) = uid {
+        std::os::unix::fs::lchown(dir, Some(uid), Some(uid))?;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Gives everything under `dir` to `uid` (a checkout before its build);
+/// symbolic links themselves, never what they point at.
+pub fn give_tree(dir: &Path, uid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(dir, Some(uid), Some(uid))?;
+    let meta = std::fs::symlink_metadata(dir)?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(dir)? {
+            give_tree(&entry?.path(), uid)?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets the data directory's modes as described above. Run at every
+/// start: a directory made by an older tandem gets them too.
+pub fn harden(data_dir: &Path) -> std::io::Result<()> {
+    set_mode(data_dir, 0o711)?;
+    for dir in PASSABLE {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .create(data_dir.join(dir))?;
+    }
+    for dir in ["tmp", "state", "home"] {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .create(data_dir.join("sandbox").join(dir))?;
+        set_mode(&data_dir.join("sandbox").join(dir), 0o711)?;
+    }
+    for entry in std::fs::read_dir(data_dir)? {
+        let entry = entry?;
+        let meta = entry.path().symlink_metadata()?;
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        let passable = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| PASSABLE.contains(&n));
+        let mode = meta.permissions().mode() & 0o7777;
+        let want = if passable && meta.is_dir() {
+            0o711
+        } else {
+            mode & 0o700
+        };
+        if mode != want {
+            set_mode(&entry.path(), want)?;
+        }
+    }
+    Ok(())
+}
+
+fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+/// The disk space the files under `dirs` take (their blocks, so a sparse
+/// file counts what it uses), counted up to a little past `enough`.
+pub fn usage(dirs: &[PathBuf], enough: u64) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0u64;
+    let mut todo: Vec<PathBuf> = dirs.to_vec();
+    while let Some(dir) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(meta) = e.path().symlink_metadata() else {
+                continue;
+            };
+            total += meta.blocks() * 512;
+            if meta.is_dir() {
+                todo.push(e.path());
+            }
+            if total > enough {
+                return total;
+            }
+        }
+    }
+    total
+}
+
+/// Makes what tandem creates from now on owner-only (its database, keys,
+/// logs), and the process undumpable: no core file of its memory, and
+/// `/proc/<pid>` of it (environment, memory) root's alone even to
+/// processes of the same user.
+pub fn protect_self() {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    // SAFETY: prctl with integer arguments.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    }
+}
+
+/// Whether other users can reach `dir` (every directory on its way is
+/// searchable by them); the first one that is not, if any.
+pub fn unreachable_ancestor(dir: &Path) -> Option<(PathBuf, u32)> {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    for a in dir.ancestors().skip(1) {
+        let mode = std::fs::metadata(a).ok()?.permissions().mode();
+        if mode & 0o001 == 0 {
+            return Some((a.to_path_buf(), mode & 0o7777));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_passable_entries_stay_open() {
+        let d = tempfile::tempdir().expect("tmp");
+        let data = d.path().join("data");
+        std::fs::create_dir_all(data.join("artifacts/abc")).expect("mkdir");
+        std::fs::create_dir_all(data.join("git/x.git")).expect("mkdir");
+        std::fs::write(data.join("tandem.db"), "db").expect("db");
+        set_mode(&data.join("tandem.db"), 0o644).expect("chmod");
+        set_mode(&data.join("git"), 0o755).expect("chmod");
+        harden(&data).expect("harden");
+        let mode = |p: &str| {
+            std::fs::metadata(data.join(p))
+                .expect("meta")
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(mode(""), 0o711);
+        assert_eq!(mode("artifacts"), 0o711);
+        assert_eq!(mode("tandem.db"), 0o600);
+        assert_eq!(mode("git"), 0o700);
+        assert_eq!(mode("sandbox/tmp"), 0o711);
+    }
+
+    #[test]
+    fn a_private_ancestor_is_named() {
+        let d = tempfile::tempdir().expect("tmp");
+        let inner = d.path().join("a/b");
+        std::fs::create_dir_all(&inner).expect("mkdir");
+        set_mode(&d.path().join("a"), 0o700).expect("chmod");
+        let (at, mode) = unreachable_ancestor(&inner).expect("found");
+        assert_eq!(
+            at,
+            std::fs::canonicalize(d.path().join("a")).expect("canon")
+        );
+        assert_eq!(mode, 0o700);
+    }
+}
