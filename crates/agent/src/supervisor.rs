@@ -1370,11 +1370,13 @@ async fn run_instance(
                 for stream in OUTPUTS {
                     let _ = std::fs::remove_file(sup.output_path(&inst.id, stream));
                 }
-                return;
+                break;
             }
             Outcome::Exited(why) | Outcome::Unhealthy(why) | Outcome::OverDisk(why) => {
-                // Leftover children of the command must not hold the port.
+                // Leftover children of the command must not hold the port,
+                // nor those that left its process group live on.
                 let _ = killpg(pgid, Signal::SIGKILL);
+                kill_group(&sup, &inst.id).await;
                 proc.wait().await;
                 if started.elapsed() >= BACKOFF_RESET_AFTER {
                     quick_crashes = 0;
@@ -1410,11 +1412,21 @@ async fn run_instance(
         l.state = InstanceState::Stopped;
         l.pid = None;
     });
+    // What left its process group (a daemon) goes with it, as systemd's
+    // KillMode=control-group does.
+    kill_group(&sup, &inst.id).await;
     sup.shared.sandbox.remove(&inst.id);
     let _ = std::fs::remove_dir_all(tandem_sandbox::paths::tmp_dir(
         &sup.shared.data_dir,
         &inst.id,
     ));
+}
+
+/// Kills every process in instance `id`'s control groups (blocking work:
+/// off the runtime's threads).
+async fn kill_group(sup: &Supervisor, id: &str) {
+    let (shared, id) = (sup.shared.clone(), id.to_owned());
+    let _ = tokio::task::spawn_blocking(move || shared.sandbox.cgroups().kill_all(&id)).await;
 }
 
 /// Takes over a process a previous agent started: watches it through a
