@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tandem_core::protocol::{HANDOVER_REFUSAL, PROTOCOL_VERSION, Request, Response};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
@@ -70,30 +70,36 @@ pub async fn serve(listener: UnixListener, ctx: Context) {
 
 async fn connection(stream: UnixStream, ctx: Context) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    let mut authenticated = false;
+    let mut reader = BufReader::new(read);
+    // Nothing before the key, and the key soon and short: whoever cannot
+    // give it holds neither memory nor a task for long.
+    let mut first = Vec::new();
+    let mut limited = (&mut reader).take(KEY_LINE_MAX);
+    let read_key = limited.read_until(b'\n', &mut first);
+    let ok = match tokio::time::timeout(KEY_WITHIN, read_key).await {
+        Ok(Ok(_)) => matches!(
+            serde_json::from_slice::<Request>(&first),
+            Ok(Request::Auth { key }) if same(&key, &ctx.key)
+        ),
+        _ => false,
+    };
+    let response = if ok {
+        Response::Ok
+    } else {
+        tracing::warn!("a control connection without the agent's key; refused");
+        Response::Error {
+            message: "refused: a connection to the agent starts with its key (keys/agent.key in the data directory)".into(),
+        }
+    };
+    let mut out = serde_json::to_vec(&response).unwrap_or_default();
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    if !ok {
+        return Ok(());
+    }
+    let mut lines = reader.lines();
     while let Some(line) = lines.next_line().await? {
         let request = serde_json::from_str::<Request>(&line);
-        if !authenticated {
-            // Nothing else before the key; a wrong one ends the connection.
-            let ok = matches!(&request, Ok(Request::Auth { key }) if same(key, &ctx.key));
-            let response = if ok {
-                Response::Ok
-            } else {
-                tracing::warn!("a control connection without the agent's key; refused");
-                Response::Error {
-                    message: "refused: a connection to the agent starts with its key (keys/agent.key in the data directory)".into(),
-                }
-            };
-            let mut out = serde_json::to_vec(&response).unwrap_or_default();
-            out.push(b'\n');
-            write.write_all(&out).await?;
-            if !ok {
-                return Ok(());
-            }
-            authenticated = true;
-            continue;
-        }
         let response = match request {
             Ok(req @ (Request::ProxyListener | Request::Handover)) => {
                 // These go on with descriptors. Nothing follows such a
@@ -144,6 +150,11 @@ async fn connection(stream: UnixStream, ctx: Context) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// The longest first line (the key) the agent reads.
+const KEY_LINE_MAX: u64 = 4096;
+/// How long a connection has to give the key.
+const KEY_WITHIN: Duration = Duration::from_secs(5);
 
 /// Whether two keys are the same, in time independent of where they differ.
 fn same(a: &str, b: &str) -> bool {

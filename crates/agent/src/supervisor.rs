@@ -1585,7 +1585,7 @@ async fn watch_instance(
     }
     // An exec probe runs as the instance does: its user, groups and fence.
     let confine = |cmd: &mut std::process::Command| {
-        let user = spec.user.filter(|_| sup.shared.sandbox.users());
+        let user = sup.shared.sandbox.user_for(spec.user, &spec.service)?;
         sup.shared
             .sandbox
             .prepare(&tandem_sandbox::Confinement {
@@ -1596,7 +1596,12 @@ async fn watch_instance(
                 write: &dirs,
             })
             .map(|p| {
-                cmd.env("TMPDIR", &dirs[0]);
+                // Its directories, as the instance has them.
+                cmd.env("TMPDIR", &dirs[0])
+                    .env("HOME", dirs.last().unwrap_or(&dirs[0]));
+                if let Some(state) = dirs.get(1) {
+                    cmd.env("STATE_DIRECTORY", state);
+                }
                 p.install(cmd)
             })
     };
@@ -1682,13 +1687,22 @@ fn spawn(
     shared: &Shared,
 ) -> std::io::Result<(tokio::process::Child, Vec<Capture>)> {
     let id = marks[0].1.to_string_lossy().into_owned();
-    let user = spec.user.filter(|_| shared.sandbox.users());
+    let user = shared.sandbox.user_for(spec.user, &spec.service)?;
     // Its own temporary directory, fresh at each start, and the unit's
     // state directory if it asked for one: the only places it may write.
     let tmp = tandem_sandbox::paths::tmp_dir(&shared.data_dir, &id);
     let _ = std::fs::remove_dir_all(&tmp);
     tandem_sandbox::paths::own_dir(&tmp, user)?;
-    let mut write = vec![tmp.clone()];
+    // Its output FIFOs are its own, so that it may open them again as
+    // /dev/stdout and /dev/stderr.
+    let (out_reader, out_writer) = output_fifo(&outputs[0])?;
+    let (err_reader, err_writer) = output_fifo(&outputs[1])?;
+    if let Some(uid) = user {
+        for fifo in outputs {
+            std::os::unix::fs::lchown(fifo, Some(uid), Some(uid))?;
+        }
+    }
+    let mut write = vec![tmp.clone(), outputs[0].clone(), outputs[1].clone()];
     let home = if spec.state_dir {
         let state = tandem_sandbox::paths::state_dir(&shared.data_dir, &spec.service);
         tandem_sandbox::paths::own_dir(&state, user)?;
@@ -1710,15 +1724,9 @@ fn spawn(
         tracing::error!(instance = %id, "{missing}; it runs without them");
         log.write_line(&format!("[tandem] {missing}"));
     }
-    let (out_reader, out_writer) = output_fifo(&outputs[0])?;
-    let (err_reader, err_writer) = output_fifo(&outputs[1])?;
-    let mut cmd = tokio::process::Command::new("/bin/sh");
     // The agent's environment is the instances' (the operator's settings),
-    // but for tandem's own credentials: the key that opens every service's
-    // secrets, an API token.
-    for name in [tandem_seal::KEY_VARIABLE, "TANDEM_TOKEN"] {
-        cmd.env_remove(name);
-    }
+    // but for what `install` withholds (tandem's credentials).
+    let mut cmd = tokio::process::Command::new("/bin/sh");
     cmd.arg("-c")
         .arg(&spec.command)
         .current_dir(&spec.dir)
@@ -1731,7 +1739,6 @@ fn spawn(
         .stdin(std::process::Stdio::null())
         .stdout(out_writer)
         .stderr(err_writer)
-        .process_group(0)
         .kill_on_drop(false);
     for var in crate::PASSED_SOCKET_VARS {
         cmd.env_remove(var);

@@ -190,14 +190,11 @@ fn stays_inside(rel: &Path, target: &Path) -> bool {
 }
 
 /// `path` opened for reading without following a link, as a regular file.
-fn open_regular(path: &Path) -> Result<std::fs::File, ArtifactError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let flags = nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(flags.bits())
-        .open(path)
-        .map_err(io(path))?;
+fn open_regular(root: &Path, rel: &Path) -> Result<std::fs::File, ArtifactError> {
+    let path = &root.join(rel);
+    // No link anywhere on the way: the build's user may have swapped a
+    // directory for one since the tree was listed.
+    let file = tandem_sandbox::paths::open_beneath(root, rel).map_err(io(path))?;
     let kind = file.metadata().map_err(io(path))?.file_type();
     if !kind.is_file() {
         return Err(ArtifactError::Special {
@@ -225,7 +222,7 @@ pub fn digest(root: &Path, files: &[PathBuf], stop: &Abandoned) -> Result<String
             h.update([0]);
             continue;
         }
-        let mut f = open_regular(&full)?;
+        let mut f = open_regular(root, rel)?;
         let meta = f.metadata().map_err(io(&full))?;
         let exec = meta.permissions().mode() & 0o111 != 0;
         h.update(rel.to_string_lossy().as_bytes());
@@ -267,7 +264,7 @@ pub fn copy(
             std::os::unix::fs::symlink(&target, &to).map_err(io(&to))?;
             continue;
         }
-        let mut source = open_regular(&from)?;
+        let mut source = open_regular(root, rel)?;
         let mut out = std::fs::File::create(&to).map_err(io(&to))?;
         loop {
             stop.check()?;

@@ -411,8 +411,10 @@ impl Engine {
     /// The user, home and sandbox `name`'s steps in `work` run with; the
     /// checkout becomes the user's.
     async fn confine_steps(&self, name: &str, work: &Path) -> Result<steps::Confined, EngineError> {
+        // A user of the builds' own, not the instances': a build cannot
+        // touch what runs, nor what runs what builds.
         let user = if self.sandbox.users() {
-            Some(self.store.unit_uid(name).await?)
+            Some(self.store.unit_uid(&format!("{name}#build")).await?)
         } else {
             None
         };
@@ -420,9 +422,10 @@ impl Engine {
         let (work, home2) = (work.to_path_buf(), home.clone());
         tokio::task::spawn_blocking(move || {
             tandem_sandbox::paths::own_dir(&home2, user)?;
-            std::fs::create_dir_all(home2.join("tmp"))?;
+            // Its temp afresh; its checkout its own.
+            let _ = std::fs::remove_dir_all(home2.join("tmp"));
+            tandem_sandbox::paths::own_dir(&home2.join("tmp"), user)?;
             if let Some(uid) = user {
-                tandem_sandbox::paths::give_tree(&home2.join("tmp"), uid)?;
                 tandem_sandbox::paths::give_tree(&work, uid)?;
             }
             Ok::<_, std::io::Error>(())

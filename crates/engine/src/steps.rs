@@ -51,7 +51,8 @@ pub const BUILD_LIMITS: tandem_core::protocol::Limits = tandem_core::protocol::L
     cpu_millis: None,
     pids: Some(2048),
     nofile: Some(8192),
-    disk_bytes: None,
+    // The largest file a step may write (RLIMIT_FSIZE).
+    disk_bytes: Some(4 << 30),
 };
 
 /// Runs `step` in `dir` with `CI=true` and `env` added, confined as
@@ -109,7 +110,6 @@ pub async fn run(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
         .kill_on_drop(true);
     if confined.user.is_some() {
         // Tandem's own toolchain settings point into its home, not the
@@ -191,6 +191,29 @@ pub async fn run(
         guard.0 = None;
     }
     drop(guard);
+    // Nothing of it may live on to touch its checkout while tandem reads
+    // it: its control groups emptied (and, with no groups, its user's
+    // every process, a user only its builds have).
+    let sandbox = confined.sandbox.clone();
+    let (user, group2) = (confined.user, group.clone());
+    let emptied = tokio::task::spawn_blocking(move || {
+        let emptied = sandbox.cgroups().kill_all(&group2);
+        if let (Some(uid), Some(_)) = (user, sandbox.cgroups().off()) {
+            tandem_sandbox::kill_user(uid);
+        }
+        emptied
+    })
+    .await
+    .unwrap_or(false);
+    if !emptied {
+        return Err((
+            format!(
+                "step {} left processes that could not be stopped",
+                step.name
+            ),
+            tail,
+        ));
+    }
     match status {
         Ok(Ok(s)) if s.success() => Ok(()),
         Ok(Ok(s)) => Err((format!("step {} failed: {s}", step.name), tail)),

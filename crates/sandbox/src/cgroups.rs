@@ -37,12 +37,17 @@ const CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
 
 /// FNV-1a of the data directory: a short, stable name for its groups.
 fn dir_key(dir: &Path) -> String {
+    format!("{:016x}", fnv(dir.as_os_str().as_encoded_bytes()))
+}
+
+/// FNV-1a of `bytes`.
+pub(crate) fn fnv(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in dir.as_os_str().as_encoded_bytes() {
+    for b in bytes {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    format!("{h:016x}")
+    h
 }
 
 impl Cgroups {
@@ -75,6 +80,15 @@ impl Cgroups {
             }
         }
         cgroups
+    }
+
+    /// No control groups (for tests of what does not need them).
+    #[cfg(test)]
+    pub(crate) fn none() -> Cgroups {
+        Cgroups {
+            layout: Layout::None("none in this test".into()),
+            parent: String::new(),
+        }
     }
 
     /// This agent's parent group in each hierarchy.
@@ -210,32 +224,41 @@ impl Cgroups {
         }
     }
 
-    /// Kills every process in `id`'s groups (those that left their
-    /// process group too), for at most a second.
-    pub fn kill_all(&self, id: &str) {
+    /// Kills every process in `id`'s groups, those that left their
+    /// process group too, and none can fork meanwhile (`cgroup.kill`
+    /// where the kernel has it, else its pids limit set to 0 first).
+    /// Whether the groups are empty now (true without control groups).
+    pub fn kill_all(&self, id: &str) -> bool {
         let dir = match &self.layout {
-            Layout::None(_) => return,
+            Layout::None(_) => return true,
             Layout::V2(root) => root.join(&self.parent).join(sanitize(id)),
             Layout::V1(root) => root.join("pids").join(&self.parent).join(sanitize(id)),
         };
-        for _ in 0..100 {
+        if !dir.exists() {
+            return true;
+        }
+        if std::fs::write(dir.join("cgroup.kill"), "1").is_err() {
+            let _ = std::fs::write(dir.join("pids.max"), "0");
+        }
+        for _ in 0..200 {
             let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) else {
-                return;
+                return true;
             };
             let pids: Vec<i32> = procs
                 .lines()
                 .filter_map(|l| l.trim().parse().ok())
                 .collect();
             if pids.is_empty() {
-                return;
+                return true;
             }
             for pid in pids {
                 if let Some(pid) = rustix::process::Pid::from_raw(pid) {
                     let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
                 }
             }
-            std::thread::sleep(std::time::Duration::from_millis(10));
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
+        false
     }
 
     /// Removes every group of this agent that nothing runs in, and its

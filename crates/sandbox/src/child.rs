@@ -17,7 +17,25 @@ pub(crate) fn install(cmd: &mut std::process::Command, p: Prepared) {
     }
 }
 
+pub(crate) fn kill_user(uid: u32) {
+    let mut cmd = std::process::Command::new("/bin/true");
+    cmd.uid(uid).gid(uid);
+    // SAFETY: after std's setuid, one system call on integers.
+    #[allow(unsafe_code)]
+    unsafe {
+        cmd.pre_exec(|| {
+            // Every process the user may signal but this one.
+            libc::kill(-1, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let _ = cmd.status();
+}
+
 fn apply(p: &Prepared) -> std::io::Result<()> {
+    // A session of its own: no controlling terminal to inject keystrokes
+    // into, and a process group of its own (led by it) to be stopped by.
+    rustix::process::setsid()?;
     join(&p.procs);
     // Files the service makes are its own to share: the usual mask, not
     // tandem's owner-only one.

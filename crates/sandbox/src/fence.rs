@@ -14,6 +14,15 @@ use landlock::{
 /// kernel enforces this much, an older one what it has (best effort).
 const TARGET: ABI = ABI::V6;
 
+/// Devices a confined process may open.
+const DEVICES: [&str; 5] = [
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+];
+
 /// The kernel's Landlock ABI version (0: none).
 pub(crate) fn abi() -> u32 {
     // SAFETY: landlock_create_ruleset(NULL, 0, VERSION) only answers the
@@ -40,13 +49,13 @@ pub(crate) fn ruleset(
         .handle_access(AccessFs::from_all(TARGET))?
         .scope(Scope::from_all(TARGET))?
         .create()?;
-    let dev =
-        AccessFs::from_read(TARGET) | AccessFs::WriteFile | AccessFs::Truncate | AccessFs::IoctlDev;
-    let dev_dir = PathBuf::from("/dev");
+    // The harmless devices only: no terminals, disks or shared memory.
+    let dev = AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::Truncate;
+    let devices: Vec<PathBuf> = DEVICES.iter().map(PathBuf::from).collect();
     let rules = read
         .iter()
         .map(|p| (p, AccessFs::from_read(TARGET)))
-        .chain(std::iter::once((&dev_dir, dev)))
+        .chain(devices.iter().map(|p| (p, dev)))
         .chain(write.iter().map(|p| (p, AccessFs::from_all(TARGET))));
     for (path, access) in rules {
         let Ok(meta) = std::fs::metadata(path) else {

@@ -116,6 +116,33 @@ impl Sandbox {
         self.root
     }
 
+    /// The user `unit`'s processes run as: `given` (the store's), which
+    /// must be a service uid — never root, never tandem's; for a unit
+    /// started before users existed (a state file of an older agent), one
+    /// derived from its name in a range of its own. `None` where users are
+    /// off.
+    pub fn user_for(&self, given: Option<u32>, unit: &str) -> std::io::Result<Option<u32>> {
+        use tandem_core::protocol::{FIRST_SERVICE_UID, SERVICE_UIDS};
+        if !self.root {
+            return Ok(None);
+        }
+        match given {
+            Some(uid) if (FIRST_SERVICE_UID..FIRST_SERVICE_UID + SERVICE_UIDS).contains(&uid) => {
+                Ok(Some(uid))
+            }
+            Some(uid) => Err(std::io::Error::other(format!(
+                "refused: uid {uid} is not a service's (those are {FIRST_SERVICE_UID} to {})",
+                FIRST_SERVICE_UID + SERVICE_UIDS - 1
+            ))),
+            None => {
+                let h = cgroups::fnv(unit.as_bytes());
+                Ok(Some(
+                    FIRST_SERVICE_UID + SERVICE_UIDS + (h % u64::from(SERVICE_UIDS)) as u32,
+                ))
+            }
+        }
+    }
+
     pub fn cgroups(&self) -> &Cgroups {
         &self.cgroups
     }
@@ -207,9 +234,75 @@ impl Sandbox {
     }
 }
 
+/// Kills every process of `uid` (a user only one service's builds have):
+/// a child that becomes `uid` sends SIGKILL to all it may signal.
+pub fn kill_user(uid: u32) {
+    child::kill_user(uid);
+}
+
+/// Variables of tandem's environment a confined process never gets: its
+/// own credentials (the key that opens every secret, an API token) and
+/// ways out of the fence to the operator's session (its bus, its agents).
+pub const WITHHELD: [&str; 7] = [
+    tandem_seal::KEY_VARIABLE,
+    "TANDEM_TOKEN",
+    "DBUS_SESSION_BUS_ADDRESS",
+    "XDG_RUNTIME_DIR",
+    "SSH_AUTH_SOCK",
+    "GPG_AGENT_INFO",
+    "KRB5CCNAME",
+];
+
 impl Prepared {
-    /// Has `cmd`'s child apply this between fork and exec.
+    /// Has `cmd`'s child apply this between fork and exec, and keeps
+    /// [`WITHHELD`] out of its environment.
     pub fn install(self, cmd: &mut std::process::Command) {
+        for name in WITHHELD {
+            cmd.env_remove(name);
+        }
         child::install(cmd, self);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_core::protocol::{FIRST_SERVICE_UID, SERVICE_UIDS};
+
+    fn as_root() -> Sandbox {
+        Sandbox {
+            cgroups: Cgroups::none(),
+            landlock: 0,
+            root: true,
+            read: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn only_service_uids_are_taken_and_an_old_group_gets_one_of_its_own() {
+        let s = as_root();
+        assert_eq!(
+            s.user_for(Some(FIRST_SERVICE_UID), "a").ok(),
+            Some(Some(FIRST_SERVICE_UID))
+        );
+        for bad in [
+            0,
+            1000,
+            FIRST_SERVICE_UID - 1,
+            FIRST_SERVICE_UID + SERVICE_UIDS,
+        ] {
+            assert!(s.user_for(Some(bad), "a").is_err(), "uid {bad} taken");
+        }
+        let old = s.user_for(None, "shop").expect("derived").expect("some");
+        assert!(
+            old >= FIRST_SERVICE_UID + SERVICE_UIDS && old < FIRST_SERVICE_UID + 2 * SERVICE_UIDS
+        );
+        assert_eq!(s.user_for(None, "shop").expect("again"), Some(old));
+        assert_ne!(s.user_for(None, "cart").expect("other"), Some(old));
+        let not_root = Sandbox {
+            root: false,
+            ..as_root()
+        };
+        assert_eq!(not_root.user_for(Some(0), "a").ok(), Some(None));
     }
 }

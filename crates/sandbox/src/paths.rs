@@ -40,8 +40,12 @@ pub fn own_dir(dir: &Path, uid: Option<u32>) -> std::io::Result<()> {
             .recursive(true)
             .mode(0o711)
             .create(parent)?;
-        // Explicitly: the process's mask (tandem's is 077) applied above.
-        set_mode(parent, 0o711)?;
+        // Explicitly: the process's mask (tandem's is 077) applied above;
+        // a parent of the service's own (a build's home) stays as it is.
+        use std::os::unix::fs::MetadataExt;
+        if std::fs::metadata(parent)?.uid() == rustix::process::geteuid().as_raw() {
+            set_mode(parent, 0o711)?;
+        }
     }
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
@@ -54,16 +58,71 @@ pub fn own_dir(dir: &Path, uid: Option<u32>) -> std::io::Result<()> {
 }
 
 /// Gives everything under `dir` to `uid` (a checkout before its build);
-/// symbolic links themselves, never what they point at.
+/// symbolic links themselves, never what they point at. Walked by
+/// descriptors, never by path: a directory swapped for a link meanwhile
+/// (by a process of `uid`) leads nowhere else.
 pub fn give_tree(dir: &Path, uid: u32) -> std::io::Result<()> {
-    std::os::unix::fs::lchown(dir, Some(uid), Some(uid))?;
-    let meta = std::fs::symlink_metadata(dir)?;
-    if meta.is_dir() {
-        for entry in std::fs::read_dir(dir)? {
-            give_tree(&entry?.path(), uid)?;
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    give_fd(&fd, uid)
+}
+
+fn give_fd(dir: &std::os::fd::OwnedFd, uid: u32) -> std::io::Result<()> {
+    use rustix::fs::{AtFlags, Gid, Mode, OFlags, Uid};
+    let (owner, group) = (Some(Uid::from_raw(uid)), Some(Gid::from_raw(uid)));
+    rustix::fs::fchown(dir, owner, group)?;
+    for entry in rustix::fs::Dir::read_from(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_bytes() == b"." || name.to_bytes() == b".." {
+            continue;
+        }
+        match rustix::fs::openat(
+            dir,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(sub) => give_fd(&sub, uid)?,
+            // Not a directory (a file, a link): itself.
+            Err(rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP) => {
+                rustix::fs::chownat(dir, name, owner, group, AtFlags::SYMLINK_NOFOLLOW)?
+            }
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())
+}
+
+/// Opens `rel` under `root` for reading without following a symbolic
+/// link anywhere on the way, nor leaving `root`: what a process that can
+/// change the tree meanwhile cannot redirect (`openat2`, Linux 5.6; older
+/// kernels: no link as the last component only).
+pub fn open_beneath(root: &Path, rel: &Path) -> std::io::Result<std::fs::File> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let dir = rustix::fs::open(
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    match rustix::fs::openat2(
+        &dir,
+        rel,
+        flags,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    ) {
+        Ok(fd) => Ok(fd.into()),
+        Err(rustix::io::Errno::NOSYS) => {
+            Ok(rustix::fs::openat(&dir, rel, flags, Mode::empty())?.into())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Sets the data directory's modes as described above. Run at every
@@ -186,6 +245,38 @@ mod tests {
         assert_eq!(mode("tandem.db"), 0o600);
         assert_eq!(mode("git"), 0o700);
         assert_eq!(mode("sandbox/tmp"), 0o711);
+    }
+
+    #[test]
+    fn a_directory_swapped_for_a_link_leads_nowhere() {
+        let d = tempfile::tempdir().expect("tmp");
+        let (root, outside) = (d.path().join("root"), d.path().join("outside"));
+        std::fs::create_dir_all(root.join("dist")).expect("mkdir");
+        std::fs::create_dir_all(&outside).expect("mkdir");
+        std::fs::write(outside.join("store.key"), "secret").expect("key");
+        std::fs::write(root.join("dist/ok"), "fine").expect("ok");
+        assert!(open_beneath(&root, Path::new("dist/ok")).is_ok());
+        std::fs::remove_dir_all(root.join("dist")).expect("rm");
+        std::os::unix::fs::symlink(&outside, root.join("dist")).expect("link");
+        assert!(open_beneath(&root, Path::new("dist/store.key")).is_err());
+        assert!(open_beneath(&root, Path::new("../outside/store.key")).is_err());
+        if rustix::process::geteuid().is_root() {
+            // Given away: the tree, not what a link in it names.
+            give_tree(&root, 12345).expect("give");
+            use std::os::unix::fs::MetadataExt;
+            assert_eq!(
+                std::fs::metadata(outside.join("store.key"))
+                    .expect("m")
+                    .uid(),
+                0
+            );
+            assert_eq!(
+                std::fs::symlink_metadata(root.join("dist"))
+                    .expect("m")
+                    .uid(),
+                12345
+            );
+        }
     }
 
     #[test]

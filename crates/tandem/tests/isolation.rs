@@ -58,16 +58,20 @@ tr("stop the agent", lambda: os.kill(int(os.environ["AGENT_PID"]), signal.SIGSTO
 tr("stop the server", lambda: os.kill(int(os.environ["SERVER_PID"]), signal.SIGSTOP))
 tr("talk to the agent's socket", sock)
 tr("write /tmp", write("/tmp/tandem-isolation-test"))
+tr("open a terminal", write("/dev/tty"))
+tr("write shared memory", write("/dev/shm/tandem-isolation-test"))
 # Controls: what is its own.
 tr("own temp", write(os.environ["TMPDIR"] + "/x"))
 if mode == "run":
     tr("own state", write(os.environ["STATE_DIRECTORY"] + "/x"))
     tr("own release", read("index.html"))
+    tr("own stderr by its name", write("/dev/stderr"))
     tr("write own release", write("index.html"))
 else:
     tr("own checkout", write("index.html"))
     tr("own home", write(os.environ["HOME"] + "/cache"))
 res["uid"] = os.getuid()
+res["withheld"] = [k for k in ("TANDEM_SECRETS_KEY", "SSH_AUTH_SOCK", "TANDEM_TOKEN") if k in os.environ]
 with open(out, "w") as f:
     json.dump(res, f)
 "#;
@@ -84,7 +88,7 @@ fn as_root() -> bool {
         .unwrap_or(false)
 }
 
-const REFUSED: [&str; 16] = [
+const REFUSED: [&str; 18] = [
     "read database",
     "read database by a relative path",
     "write database",
@@ -101,6 +105,8 @@ const REFUSED: [&str; 16] = [
     "stop the server",
     "talk to the agent's socket",
     "write /tmp",
+    "open a terminal",
+    "write shared memory",
 ];
 
 fn check(report: &serde_json::Value, controls: &[&str], refused_too: &[&str], what: &str) {
@@ -117,6 +123,11 @@ fn check(report: &serde_json::Value, controls: &[&str], refused_too: &[&str], wh
             "{what}: `{name}` (its own) should work\n{report:#}"
         );
     }
+    assert_eq!(
+        report["withheld"],
+        serde_json::json!([]),
+        "{what}: {report:#}"
+    );
     let uid = report["uid"].as_u64().expect("uid");
     assert!(
         uid >= 1_900_000_000,
@@ -197,7 +208,7 @@ fn deploy_evil(env: &Env, t: &Targets, build: bool) -> serde_json::Value {
     std::fs::write(
         evil.join("tandem.yaml"),
         format!(
-            "service:\n  name: evil\n{build}run:\n  command: {vars} python3 attack.py run $STATE_DIRECTORY/report.json; exec python3 -m http.server $PORT --bind 127.0.0.1\n  state_dir: true\nroute:\n  host: evil.test\n"
+            "service:\n  name: evil\n{build}run:\n  command: {vars} python3 attack.py run $STATE_DIRECTORY/report.json; exec python3 -m http.server $PORT --bind 127.0.0.1\n  state_dir: true\nroute:\n  host: evil.test\nhealth:\n  liveness: {{ exec: 'id -u > $STATE_DIRECTORY/probe-env; env >> $STATE_DIRECTORY/probe-env', interval: 1s }}\n"
         ),
     )
     .expect("spec");
@@ -214,10 +225,33 @@ fn a_hostile_service_and_its_build_reach_nothing_of_tandem_or_a_neighbour() {
         eprintln!("skipped: switching users needs root (CI has it)");
         return;
     }
-    let env = Env::start();
+    // tandem's own credentials in its environment: no service process
+    // (instance, probe, build) may get them.
+    let env = Env::start_with(&[
+        ("TANDEM_SECRETS_KEY", &"ab".repeat(32)),
+        ("SSH_AUTH_SOCK", "/operator/agent.sock"),
+    ]);
     let targets = deploy_victim(&env);
     let load = util::Load::start(&env.proxy, "victim.test", 2);
     let run = deploy_evil(&env, &targets, true);
+    let probe_env = env.data().join("sandbox/state/evil/probe-env");
+    let probed = wait_until(Duration::from_secs(10), "the exec probe ran", || {
+        std::fs::read_to_string(&probe_env)
+            .ok()
+            .filter(|s| s.contains("PORT="))
+    });
+    let probe_uid: u64 = probed
+        .lines()
+        .next()
+        .and_then(|l| l.parse().ok())
+        .expect("uid");
+    assert!(probe_uid >= 1_900_000_000, "the probe ran as {probe_uid}");
+    for withheld in ["TANDEM_SECRETS_KEY", "SSH_AUTH_SOCK", "TANDEM_TOKEN"] {
+        assert!(
+            !probed.contains(withheld),
+            "the probe got {withheld}: {probed}"
+        );
+    }
     // The build's report is in its release; the instance's in its state.
     let evil_digest = release_digest(&env, "evil");
     let build: serde_json::Value = serde_json::from_slice(
@@ -238,7 +272,12 @@ fn a_hostile_service_and_its_build_reach_nothing_of_tandem_or_a_neighbour() {
     );
     check(
         &run,
-        &["own temp", "own state", "own release"],
+        &[
+            "own temp",
+            "own state",
+            "own release",
+            "own stderr by its name",
+        ],
         &["write own release"],
         "the instance",
     );
@@ -301,7 +340,12 @@ fn without_root_tandem_says_what_is_off_and_the_fence_still_keeps_a_service_out(
             "`{name}` was not refused: {got}\n{run:#}"
         );
     }
-    for name in ["own temp", "own state", "own release"] {
+    for name in [
+        "own temp",
+        "own state",
+        "own release",
+        "own stderr by its name",
+    ] {
         assert_eq!(run[name], "done", "`{name}`\n{run:#}");
     }
     assert_ok(&env.tandem(&["status"]));
