@@ -295,7 +295,7 @@ mod tests {
         }
         let old = s.user_for(None, "shop").expect("derived").expect("some");
         assert!(
-            old >= FIRST_SERVICE_UID + SERVICE_UIDS && old < FIRST_SERVICE_UID + 2 * SERVICE_UIDS
+            (FIRST_SERVICE_UID + SERVICE_UIDS..FIRST_SERVICE_UID + 2 * SERVICE_UIDS).contains(&old)
         );
         assert_eq!(s.user_for(None, "shop").expect("again"), Some(old));
         assert_ne!(s.user_for(None, "cart").expect("other"), Some(old));
