@@ -240,7 +240,7 @@ pub struct Run {
     #[serde(default = "default_stop_timeout")]
     pub stop_timeout: Duration,
     /// What each instance may use; unset fields take the defaults.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "checked_limits")]
     pub limits: Limits,
     /// A writable directory of the service's own that outlives releases
     /// (`$STATE_DIRECTORY`); the release directory itself is read-only.
@@ -281,6 +281,34 @@ impl Default for Limits {
             disk: default_disk(),
         }
     }
+}
+
+/// Limits a process can live within: a limit below these would make the
+/// kernel refuse it (and every limit fail open) or nothing start at all.
+fn checked_limits<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Limits, D::Error> {
+    use serde::de::Error;
+    let l = Limits::deserialize(d)?;
+    let at_least = |what: &str, value: u64, min: u64, shown: &str| {
+        if value < min {
+            Err(D::Error::custom(format!(
+                "run.limits.{what} must be at least {shown}"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    at_least("memory", l.memory.get(), 4 << 20, "4Mi")?;
+    at_least("disk", l.disk.get(), 1 << 20, "1Mi")?;
+    at_least("pids", u64::from(l.pids), 4, "4")?;
+    at_least("nofile", u64::from(l.nofile), 16, "16")?;
+    if let Some(cpu) = l.cpu
+        && !(cpu.is_finite() && (0.01..=1024.0).contains(&cpu))
+    {
+        return Err(D::Error::custom(format!(
+            "run.limits.cpu must be between 0.01 and 1024 CPUs, not {cpu}"
+        )));
+    }
+    Ok(l)
 }
 
 fn default_memory() -> crate::units::Bytes {
@@ -1187,6 +1215,31 @@ mod tests {
 
     fn err(text: &str) -> SpecError {
         *Spec::parse("tandem.yaml", text).expect_err("spec should be rejected")
+    }
+
+    #[test]
+    fn limits_nothing_can_live_within_are_refused_saying_which() {
+        for (limits, said) in [
+            ("{ cpu: 0.001 }", "run.limits.cpu must be between 0.01 and 1024"),
+            ("{ cpu: .nan }", "run.limits.cpu must be between"),
+            ("{ memory: 1Ki }", "run.limits.memory must be at least 4Mi"),
+            ("{ pids: 1 }", "run.limits.pids must be at least 4"),
+            ("{ nofile: 3 }", "run.limits.nofile must be at least 16"),
+            ("{ disk: 10 }", "run.limits.disk must be at least 1Mi"),
+        ] {
+            let text = MINIMAL.replace(
+                "  command: python3 -m http.server $PORT\n",
+                &format!("  command: python3 -m http.server $PORT\n  limits: {limits}\n"),
+            );
+            let e = err(&text);
+            assert!(e.to_string().contains(said), "{limits}: {e}");
+        }
+        let text = MINIMAL.replace(
+            "  command: python3 -m http.server $PORT\n",
+            "  command: python3 -m http.server $PORT\n  limits: { cpu: 0.5, memory: 64Mi, disk: 2Mi }\n",
+        );
+        let spec = Spec::parse("tandem.yaml", &text).expect("fine limits");
+        assert_eq!(spec.run.limits.cpu, Some(0.5));
     }
 
     #[test]
