@@ -1594,6 +1594,7 @@ async fn watch_instance(
                 limits: &spec.limits,
                 read: &[PathBuf::from(&spec.dir)],
                 write: &dirs,
+                private_tmp: Some(&dirs[0]),
             })
             .map(|p| {
                 // Its directories, as the instance has them.
@@ -1717,6 +1718,7 @@ fn spawn(
         limits: &spec.limits,
         read: &[PathBuf::from(&spec.dir)],
         write: &write,
+        private_tmp: Some(&tmp),
     })?;
     // Limits protect the others; an instance that cannot have them still
     // serves (the data plane does not stop for them), and says so.

@@ -1220,7 +1220,10 @@ mod tests {
     #[test]
     fn limits_nothing_can_live_within_are_refused_saying_which() {
         for (limits, said) in [
-            ("{ cpu: 0.001 }", "run.limits.cpu must be between 0.01 and 1024"),
+            (
+                "{ cpu: 0.001 }",
+                "run.limits.cpu must be between 0.01 and 1024",
+            ),
             ("{ cpu: .nan }", "run.limits.cpu must be between"),
             ("{ memory: 1Ki }", "run.limits.memory must be at least 4Mi"),
             ("{ pids: 1 }", "run.limits.pids must be at least 4"),

@@ -76,7 +76,10 @@ pub async fn run(
         std::process::id(),
         STEPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     );
-    let write = [dir.to_path_buf(), confined.home.clone()];
+    // Its temp named on its own too: seen as /tmp, it is beneath no
+    // other rule (Landlock follows the mount, not the directory).
+    let tmp = confined.home.join("tmp");
+    let write = [dir.to_path_buf(), confined.home.clone(), tmp.clone()];
     let prepared = confined
         .sandbox
         .prepare(&tandem_sandbox::Confinement {
@@ -85,6 +88,7 @@ pub async fn run(
             limits: &BUILD_LIMITS,
             read: &[],
             write: &write,
+            private_tmp: Some(&tmp),
         })
         .map_err(cannot)?;
     for missing in &prepared.missing {

@@ -52,6 +52,7 @@ fn main() {
                     limits: &limits,
                     read: std::slice::from_ref(&release),
                     write: std::slice::from_ref(&tmp),
+                    private_tmp: Some(&tmp),
                 })
                 .expect("prepare");
             prepared.install(&mut cmd);

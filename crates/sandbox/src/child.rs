@@ -47,6 +47,11 @@ fn apply(p: &Prepared) -> std::io::Result<()> {
     if let Some(n) = p.fsize {
         setrlimit(rustix::process::Resource::Fsize, n)?;
     }
+    if let Some((tmp, over)) = &p.private_tmp
+        && over.iter().any(|o| *o)
+    {
+        private_tmp(tmp, *over)?;
+    }
     // No core files of a service's memory (its secrets) in its release.
     setrlimit(rustix::process::Resource::Core, 0)?;
     if let Some(uid) = p.user {
@@ -68,6 +73,42 @@ fn apply(p: &Prepared) -> std::io::Result<()> {
                 libc::syscall(libc::SYS_landlock_restrict_self, fd.as_raw_fd(), 0) as libc::c_int
             },
         )?;
+    }
+    Ok(())
+}
+
+/// A mount namespace of its own in which `tmp` is `/tmp` and `/var/tmp`
+/// (those `over` says):
+/// nothing it mounts goes back out (private propagation). Before the user
+/// switch (it needs root) and the fence (which forbids mounting).
+fn private_tmp(tmp: &std::ffi::CStr, over: [bool; 2]) -> std::io::Result<()> {
+    // SAFETY: system calls on C strings made before the fork.
+    #[allow(unsafe_code)]
+    unsafe {
+        check(libc::unshare(libc::CLONE_NEWNS))?;
+        check(libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ))?;
+        for (target, over) in [c"/tmp", c"/var/tmp"].into_iter().zip(over) {
+            if !over {
+                continue;
+            }
+            let ret = libc::mount(
+                tmp.as_ptr(),
+                target.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            );
+            // A system without /var/tmp: /tmp alone.
+            if ret == -1 && target != c"/var/tmp" {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
     }
     Ok(())
 }

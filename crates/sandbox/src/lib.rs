@@ -52,6 +52,9 @@ pub struct Confinement<'a> {
     /// Readable and writable (its temp and state directories, a build's
     /// checkout).
     pub write: &'a [PathBuf],
+    /// Seen as `/tmp` and `/var/tmp` by it alone (a mount namespace of its
+    /// own, where tandem is root).
+    pub private_tmp: Option<&'a Path>,
 }
 
 /// A confinement made ready for one process: descriptors the child uses.
@@ -62,6 +65,9 @@ pub struct Prepared {
     user: Option<u32>,
     nofile: Option<u64>,
     fsize: Option<u64>,
+    /// The directory bound over `/tmp` and `/var/tmp` (those of them
+    /// that hide none of its paths), as C strings.
+    private_tmp: Option<(std::ffi::CString, [bool; 2])>,
     /// What could not be applied and is not enforced (limits fail open).
     pub missing: Vec<String>,
 }
@@ -174,6 +180,19 @@ impl Sandbox {
             user: c.user.filter(|_| self.root),
             nofile,
             fsize: c.limits.disk_bytes,
+            private_tmp: match c.private_tmp.filter(|_| self.root) {
+                Some(dir) => {
+                    // A data directory under /tmp (a test's) stays visible.
+                    let hides =
+                        |target: &str| c.read.iter().chain(c.write).any(|p| p.starts_with(target));
+                    Some((
+                        std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+                            .map_err(std::io::Error::other)?,
+                        [!hides("/tmp"), !hides("/var/tmp")],
+                    ))
+                }
+                None => None,
+            },
             missing,
         })
     }

@@ -88,7 +88,7 @@ fn as_root() -> bool {
         .unwrap_or(false)
 }
 
-const REFUSED: [&str; 18] = [
+const REFUSED: [&str; 17] = [
     "read database",
     "read database by a relative path",
     "write database",
@@ -104,7 +104,6 @@ const REFUSED: [&str; 18] = [
     "stop the agent",
     "stop the server",
     "talk to the agent's socket",
-    "write /tmp",
     "open a terminal",
     "write shared memory",
 ];
@@ -227,7 +226,7 @@ fn a_hostile_service_and_its_build_reach_nothing_of_tandem_or_a_neighbour() {
     }
     // tandem's own credentials in its environment: no service process
     // (instance, probe, build) may get them.
-    let env = Env::start_with(&[
+    let env = Env::start_outside_tmp(&[
         ("TANDEM_SECRETS_KEY", &"ab".repeat(32)),
         ("SSH_AUTH_SOCK", "/operator/agent.sock"),
     ]);
@@ -266,7 +265,7 @@ fn a_hostile_service_and_its_build_reach_nothing_of_tandem_or_a_neighbour() {
     .expect("json");
     check(
         &build,
-        &["own temp", "own checkout", "own home"],
+        &["own temp", "own checkout", "own home", "write /tmp"],
         &[],
         "the build",
     );
@@ -277,9 +276,15 @@ fn a_hostile_service_and_its_build_reach_nothing_of_tandem_or_a_neighbour() {
             "own state",
             "own release",
             "own stderr by its name",
+            "write /tmp",
         ],
         &["write own release"],
         "the instance",
+    );
+    // Its /tmp was its own: nothing reached the machine's.
+    assert!(
+        !std::path::Path::new("/tmp/tandem-isolation-test").exists(),
+        "a service wrote the machine's /tmp"
     );
 
     // Nothing was harmed: the agent runs (not stopped) and answers, the
@@ -333,7 +338,8 @@ fn without_root_tandem_says_what_is_off_and_the_fence_still_keeps_a_service_out(
     // The same user as tandem: only the fence (Landlock: files, signals),
     // the agent's key and its undumpable memory stand between them.
     assert_eq!(run["uid"], NOBODY, "{run:#}");
-    for name in REFUSED {
+    // No mount namespace without root: /tmp is refused, not private.
+    for name in REFUSED.iter().chain(&["write /tmp"]) {
         let got = run[name].as_str().unwrap_or("missing");
         assert!(
             got.starts_with("refused"),

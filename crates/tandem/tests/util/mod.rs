@@ -66,8 +66,27 @@ impl Env {
 
     /// An environment whose `tandem up` is started by `up_again`.
     pub fn unstarted(proxy: &str, vars: &[(&str, &str)]) -> Env {
+        Env::unstarted_in(searchable_tempdir(), proxy, vars)
+    }
+
+    /// `tandem up` with its data directory outside `/tmp` (under cargo's
+    /// scratch directory in `target/`), so that services get a `/tmp` of
+    /// their own.
+    pub fn start_outside_tmp(vars: &[(&str, &str)]) -> Env {
+        use std::os::unix::fs::PermissionsExt;
+        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        std::fs::create_dir_all(&base).expect("target tmp");
+        let root = tempfile::tempdir_in(&base).expect("tempdir");
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o711))
+            .expect("chmod");
+        let mut env = Env::unstarted_in(root, "", vars);
+        env.up_again();
+        env
+    }
+
+    fn unstarted_in(root: tempfile::TempDir, proxy: &str, vars: &[(&str, &str)]) -> Env {
         Env {
-            root: searchable_tempdir(),
+            root,
             api: String::new(),
             proxy: proxy.to_string(),
             up: None,
