@@ -48,8 +48,23 @@ pub(crate) async fn incident(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no incident {id}")))?;
     let deliveries = s.engine.store.deliveries(id).await?;
+    let notifications: Vec<serde_json::Value> = s
+        .engine
+        .store
+        .outbox_of(id)
+        .await?
+        .into_iter()
+        .map(|n| {
+            serde_json::json!({
+                "webhook_id": n.webhook_id, "channel": n.channel, "event": n.event,
+                "status": n.status, "attempts": n.attempts, "next_at": n.next_at,
+                "last_detail": n.last_detail, "created_at": n.created_at, "done_at": n.done_at,
+            })
+        })
+        .collect();
     let mut v = serde_json::json!(row);
     v["deliveries"] = serde_json::json!(deliveries);
+    v["notifications"] = serde_json::json!(notifications);
     Ok(Json(v))
 }
 

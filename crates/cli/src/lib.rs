@@ -493,6 +493,8 @@ pub enum MaintenanceCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum IncidentsCommand {
+    /// One incident, with each notification about it and its attempts.
+    Show { id: i64 },
     /// Acknowledge: someone is on it (recorded with your identity).
     Ack { id: i64 },
     /// Resolve by hand, with a note.
@@ -526,7 +528,7 @@ pub enum ChannelsCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum ChannelKind {
-    /// JSON POSTs, signed with X-Tandem-Signature: sha256=<HMAC-SHA256 of the body>.
+    /// JSON POSTs, signed as Standard Webhooks are (webhook-id, webhook-timestamp, webhook-signature).
     Webhook {
         url: String,
         #[arg(long, env = "TANDEM_CHANNEL_SECRET")]
@@ -862,6 +864,10 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
             open,
             command: None,
         } => ops::incidents(&api(), open, fmt).await,
+        Command::Incidents {
+            command: Some(IncidentsCommand::Show { id }),
+            ..
+        } => ops::show_incident(&api(), id, fmt).await,
         Command::Incidents {
             command: Some(IncidentsCommand::Ack { id }),
             ..

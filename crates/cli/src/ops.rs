@@ -37,6 +37,58 @@ pub async fn incidents(api: &Api, open: bool, fmt: Format) -> CmdResult {
     .await
 }
 
+/// One incident, its notifications (each channel's, with its state) and
+/// every attempt at them.
+pub async fn show_incident(api: &Api, id: i64, fmt: Format) -> CmdResult {
+    let v = api.get(&format!("/api/v1/incidents/{id}")).await?;
+    if fmt == Format::Json {
+        json(&v);
+        return Ok(());
+    }
+    outln!(
+        "incident {} · {} · {} · {}",
+        cell(&v["id"]),
+        cell(&v["service"]),
+        cell(&v["severity"]),
+        cell(&v["status"])
+    );
+    outln!("{}", cell(&v["summary"]));
+    outln!(
+        "opened {} · release {} · suspect {}",
+        cell(&v["opened_at"]),
+        cell(&v["release"]),
+        cell(&v["suspect_release"])
+    );
+    let empty = Vec::new();
+    let attempts = v["deliveries"].as_array().unwrap_or(&empty);
+    for n in v["notifications"].as_array().unwrap_or(&empty) {
+        outln!(
+            "  {} to channel {}: {} after {} attempt(s){}",
+            cell(&n["event"]),
+            cell(&n["channel"]),
+            cell(&n["status"]),
+            cell(&n["attempts"]),
+            match n["status"].as_str() {
+                Some("pending") => format!(", next at {}", cell(&n["next_at"])),
+                _ => String::new(),
+            }
+        );
+        for a in attempts
+            .iter()
+            .filter(|a| a["channel"] == n["channel"] && a["event"] == n["event"])
+        {
+            outln!(
+                "    #{} {} {} {}",
+                cell(&a["attempt"]),
+                cell(&a["at"]),
+                if a["ok"] == true { "ok" } else { "failed" },
+                cell(&a["detail"])
+            );
+        }
+    }
+    Ok(())
+}
+
 pub async fn transition(
     api: &Api,
     id: i64,

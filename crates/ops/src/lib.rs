@@ -98,6 +98,9 @@ impl Ops {
             journal_seen: None,
         };
         tokio::spawn(monitor.run());
+        // The outbox is sent from here on: what a server before this one
+        // queued and did not deliver goes first.
+        tokio::spawn(self.notifier.clone().dispatch());
     }
 
     pub async fn acknowledge(&self, id: i64, by: &str) -> Result<IncidentRow, StoreError> {

@@ -1,7 +1,16 @@
-//! Telling people: every incident change goes to each channel that wants
-//! it — a signed JSON webhook, a Slack-compatible incoming webhook, or
-//! e-mail over SMTP — with retries and backoff, each attempt recorded.
+//! Telling people: every incident change (and failed run, announced
+//! maintenance) goes to each channel that wants it — a signed JSON
+//! webhook, a Slack-compatible incoming webhook, or e-mail over SMTP —
+//! through a durable outbox: a notification is written to the store
+//! before anyone is told (`Notifier::send_all`), and a dispatcher
+//! (`Notifier::dispatch`) sends what is due, retrying with backoff from
+//! one second to ten minutes for a day, across restarts of the server.
+//! Each attempt is recorded among the incident's deliveries. Webhooks are
+//! signed as Standard Webhooks are: `webhook-id` (the same on every retry,
+//! so a receiver can drop repeats), `webhook-timestamp`, and
+//! `webhook-signature` over `id.timestamp.body`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -9,14 +18,25 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tandem_core::signature::sign;
-use tandem_store::{ChannelRow, IncidentRow, MaintenanceRow, Store};
+use serde::{Deserialize, Serialize};
+use tandem_core::signature::webhook_signature;
+use tandem_store::{ChannelRow, IncidentRow, MaintenanceRow, NewNotice, OutboxRow, Store};
 
-/// Attempts per delivery; waits double from `FIRST_RETRY` between them.
-const ATTEMPTS: u32 = 5;
+/// The first retry's wait; each further one doubles, up to `MAX_RETRY`.
 const FIRST_RETRY: Duration = Duration::from_secs(1);
+const MAX_RETRY: Duration = Duration::from_secs(600);
+/// How long after it was queued a notification is given up.
+const GIVE_UP: Duration = Duration::from_secs(24 * 3600);
 /// Longest a receiver may take to answer.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a notification taken for sending is not taken again (a
+/// server that died sending it: due again after this).
+const LEASE: Duration = Duration::from_secs(60);
+/// Notifications taken at once, and sent at once.
+const BATCH: i64 = 64;
+const AT_ONCE: usize = 16;
+/// How often the outbox is looked at when nothing wakes the dispatcher.
+const POLL: Duration = Duration::from_secs(1);
 
 type Https = hyper_rustls::HttpsConnector<HttpConnector>;
 
@@ -24,6 +44,21 @@ type Https = hyper_rustls::HttpsConnector<HttpConnector>;
 pub struct Notifier {
     store: Store,
     http: Client<Https, Full<Bytes>>,
+    /// Rung when something is queued.
+    wake: Arc<tokio::sync::Notify>,
+}
+
+/// What a queued notification sends, fixed when it is queued: every retry
+/// sends the same bytes.
+#[derive(Debug, Serialize, Deserialize)]
+struct Queued {
+    service: String,
+    /// The webhook's JSON body.
+    body: String,
+    /// Slack's text and an e-mail's subject.
+    line: String,
+    /// An e-mail's body.
+    text: String,
 }
 
 impl Notifier {
@@ -42,11 +77,12 @@ impl Notifier {
         Notifier {
             store,
             http: Client::builder(TokioExecutor::new()).build(https),
+            wake: Arc::default(),
         }
     }
 
-    /// Sends `event` (`incident.opened`, `.acknowledged`, `.resolved`) of
-    /// `incident` to every channel routed to it, each on its own task.
+    /// Queues `event` (`incident.opened`, `.acknowledged`, `.resolved`) of
+    /// `incident` for every channel routed to it.
     pub async fn notify(&self, incident: &IncidentRow, event: &str) {
         self.send_all(Notice::incident(incident, event)).await;
     }
@@ -62,6 +98,8 @@ impl Notifier {
         self.send_all(Notice::maintenance(window)).await;
     }
 
+    /// Queues `notice` for each channel that wants it, in one write, and
+    /// wakes the dispatcher.
     async fn send_all(&self, notice: Notice) {
         let channels = match self.store.channels().await {
             Ok(c) => c,
@@ -74,66 +112,187 @@ impl Notifier {
             Ok(Some(s)) => Some(s.tier),
             _ => None,
         };
-        for ch in channels
-            .into_iter()
+        let mut body = notice.json.clone();
+        body["event"] = serde_json::json!(notice.event);
+        body["occurred_at"] = serde_json::json!(tandem_store::now_ts());
+        let queued = Queued {
+            service: notice.service.clone(),
+            body: body.to_string(),
+            line: notice.line.clone(),
+            text: notice.text.clone(),
+        };
+        let queued = serde_json::to_string(&queued).unwrap_or_default();
+        let rows: Vec<(i64, String)> = channels
+            .iter()
             .filter(|c| routed(c, &notice.service, tier.as_deref()))
-        {
-            let this = self.clone();
-            let notice = notice.clone();
-            tokio::spawn(async move { this.deliver(ch, notice).await });
+            .map(|c| (c.id, webhook_id()))
+            .collect();
+        if rows.is_empty() {
+            return;
+        }
+        let notices: Vec<NewNotice> = rows
+            .iter()
+            .map(|(channel, id)| NewNotice {
+                webhook_id: id,
+                channel: *channel,
+                incident: notice.incident,
+                event: &notice.event,
+                notice: &queued,
+            })
+            .collect();
+        match self.store.enqueue(&notices).await {
+            Ok(()) => self.wake.notify_one(),
+            Err(e) => {
+                // A store that cannot write (a full disk: the very incident
+                // to tell) must not silence the channels: sent from memory,
+                // a few tries, unrecorded.
+                tracing::error!(error = %e, event = %notice.event, "cannot queue notifications; sending them unrecorded");
+                for (channel, webhook_id) in rows {
+                    let Some(ch) = channels.iter().find(|c| c.id == channel).cloned() else {
+                        continue;
+                    };
+                    let row = OutboxRow {
+                        id: 0,
+                        webhook_id,
+                        channel,
+                        incident: notice.incident,
+                        event: notice.event.clone(),
+                        notice: String::new(),
+                        status: "pending".into(),
+                        attempts: 0,
+                        next_at: String::new(),
+                        last_detail: None,
+                        created_at: String::new(),
+                        done_at: None,
+                    };
+                    let (this, queued) = (self.clone(), serde_json::from_str::<Queued>(&queued));
+                    if let Ok(queued) = queued {
+                        tokio::spawn(async move { this.unrecorded(ch, row, queued).await });
+                    }
+                }
+            }
         }
     }
 
-    async fn deliver(&self, ch: ChannelRow, notice: Notice) {
-        let mut wait = FIRST_RETRY;
-        for attempt in 1..=ATTEMPTS {
-            let result = tokio::time::timeout(SEND_TIMEOUT, self.send(&ch, &notice))
-                .await
-                .unwrap_or_else(|_| Err(format!("no answer within {SEND_TIMEOUT:?}")));
-            let (ok, detail) = match &result {
-                Ok(d) => (true, d.clone()),
-                Err(e) => (false, e.clone()),
-            };
-            if let Err(e) = self
-                .store
-                .record_delivery(ch.id, notice.incident, &notice.event, attempt, ok, &detail)
-                .await
-            {
-                tracing::warn!(error = %e, "cannot record a delivery attempt");
-            }
-            if ok {
+    /// Up to five tries of a notification the store could not keep.
+    async fn unrecorded(&self, ch: ChannelRow, row: OutboxRow, queued: Queued) {
+        for attempt in 1..=5 {
+            let sent = tokio::time::timeout(SEND_TIMEOUT, self.send(&ch, &row, &queued)).await;
+            if matches!(sent, Ok(Ok(_))) {
                 return;
             }
-            tracing::warn!(channel = ch.id, event = %notice.event, attempt, %detail, "notification failed");
-            if attempt < ATTEMPTS {
-                tokio::time::sleep(wait).await;
-                wait *= 2;
+            tracing::warn!(channel = ch.id, event = %row.event, attempt, "unrecorded notification failed");
+            tokio::time::sleep(backoff(attempt)).await;
+        }
+    }
+
+    /// Sends what is due, for as long as the server runs: at most
+    /// [`AT_ONCE`] at a time, each taken with a lease so that a server
+    /// that dies mid-send leaves it due again.
+    pub async fn dispatch(self) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(AT_ONCE));
+        loop {
+            let taken = match self
+                .store
+                .take_due(&tandem_store::ts_in(LEASE), BATCH)
+                .await
+            {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the outbox");
+                    Vec::new()
+                }
+            };
+            let full = taken.len() as i64 == BATCH;
+            for row in taken {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let this = self.clone();
+                tokio::spawn(async move {
+                    this.attempt(row).await;
+                    drop(slot);
+                });
+            }
+            if !full {
+                tokio::select! {
+                    () = self.wake.notified() => {}
+                    () = tokio::time::sleep(POLL) => {}
+                }
             }
         }
     }
 
-    async fn send(&self, ch: &ChannelRow, notice: &Notice) -> Result<String, String> {
+    /// One attempt at `row`, recorded: delivered, due again after its
+    /// backoff, or given up a day after it was queued.
+    async fn attempt(&self, row: OutboxRow) {
+        let channel = match self.store.channels().await {
+            Ok(all) => all.into_iter().find(|c| c.id == row.channel),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read channels; trying again later");
+                return;
+            }
+        };
+        let result = match (&channel, serde_json::from_str::<Queued>(&row.notice)) {
+            (None, _) => Err("the channel was removed".to_owned()),
+            (_, Err(e)) => Err(format!("unreadable notification: {e}")),
+            (Some(ch), Ok(queued)) => {
+                tokio::time::timeout(SEND_TIMEOUT, self.send(ch, &row, &queued))
+                    .await
+                    .unwrap_or_else(|_| Err(format!("no answer within {SEND_TIMEOUT:?}")))
+            }
+        };
+        let attempt = row.attempts + 1;
+        let (ok, detail) = match result {
+            Ok(d) => (true, d),
+            Err(e) => (false, e),
+        };
+        let given_up = channel.is_none()
+            || row
+                .created_at
+                .parse::<jiff::Timestamp>()
+                .is_ok_and(|at| jiff::Timestamp::now().duration_since(at).unsigned_abs() > GIVE_UP);
+        let next = (!ok && !given_up).then(|| tandem_store::ts_in(backoff(attempt)));
+        if !ok {
+            tracing::warn!(channel = row.channel, event = %row.event, attempt, %detail, retry_at = ?next, "notification failed");
+        }
+        if let Err(e) = self
+            .store
+            .attempted(&row, ok, &detail, next.as_deref())
+            .await
+        {
+            tracing::warn!(error = %e, "cannot record a delivery attempt; it is sent again when its lease ends");
+        }
+    }
+
+    async fn send(
+        &self,
+        ch: &ChannelRow,
+        row: &OutboxRow,
+        queued: &Queued,
+    ) -> Result<String, String> {
         match ch.kind.as_str() {
             "webhook" => {
-                let mut body = notice.json.clone();
-                body["event"] = serde_json::json!(notice.event);
-                body["sent_at"] = serde_json::json!(jiff::Timestamp::now().to_string());
-                let body = body.to_string();
-                let mut headers = vec![("content-type", "application/json".to_owned())];
+                let now = jiff::Timestamp::now().as_second();
+                let mut headers = vec![
+                    ("content-type", "application/json".to_owned()),
+                    ("webhook-id", row.webhook_id.clone()),
+                    ("webhook-timestamp", now.to_string()),
+                ];
                 if let Some(secret) = &ch.secret {
                     headers.push((
-                        "x-tandem-signature",
-                        format!("sha256={}", sign(secret, body.as_bytes())),
+                        "webhook-signature",
+                        webhook_signature(secret, &row.webhook_id, now, queued.body.as_bytes()),
                     ));
                 }
-                self.post(&ch.target, headers, body).await
+                self.post(&ch.target, headers, queued.body.clone()).await
             }
             "slack" => {
-                let body = serde_json::json!({ "text": notice.line }).to_string();
+                let body = serde_json::json!({ "text": queued.line }).to_string();
                 let headers = vec![("content-type", "application/json".into())];
                 self.post(&ch.target, headers, body).await
             }
-            "email" => send_mail(ch, notice).await,
+            "email" => send_mail(ch, &queued.line, &queued.text).await,
             other => Err(format!("unknown channel kind {other}")),
         }
     }
@@ -167,6 +326,21 @@ impl Notifier {
     }
 }
 
+/// The wait before attempt `attempt + 1`: 1 s, 2 s, 4 s, … up to 10 min.
+fn backoff(attempt: i64) -> Duration {
+    let doublings = u32::try_from(attempt.saturating_sub(1))
+        .unwrap_or(u32::MAX)
+        .min(20);
+    (FIRST_RETRY * 2u32.pow(doublings)).min(MAX_RETRY)
+}
+
+/// A new notification's identity: `msg_` and 128 random bits.
+fn webhook_id() -> String {
+    let mut bytes = [0u8; 16];
+    tandem_seal::random_bytes(&mut bytes);
+    format!("msg_{}", tandem_core::journal::hex(&bytes))
+}
+
 /// Whether `ch` wants to hear about `service`: all, one service, or a tier.
 fn routed(ch: &ChannelRow, service: &str, tier: Option<&str>) -> bool {
     ch.service.as_deref().is_none_or(|s| s == service)
@@ -175,7 +349,7 @@ fn routed(ch: &ChannelRow, service: &str, tier: Option<&str>) -> bool {
 
 /// One thing to tell: the JSON a webhook gets, the line Slack and an
 /// e-mail subject get, and an e-mail body.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct Notice {
     /// The incident it is about (0: a maintenance announcement, a failed
     /// run).
@@ -266,7 +440,7 @@ impl Notice {
     }
 }
 
-async fn send_mail(ch: &ChannelRow, notice: &Notice) -> Result<String, String> {
+async fn send_mail(ch: &ChannelRow, subject: &str, text: &str) -> Result<String, String> {
     use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
     let smtp = ch.smtp.as_deref().ok_or("e-mail channel without --smtp")?;
     let (host, port) = smtp
@@ -283,8 +457,8 @@ async fn send_mail(ch: &ChannelRow, notice: &Notice) -> Result<String, String> {
             .target
             .parse()
             .map_err(|e| format!("address {}: {e}", ch.target))?)
-        .subject(notice.line.clone())
-        .body(notice.text.clone())
+        .subject(subject.to_owned())
+        .body(text.to_owned())
         .map_err(|e| format!("cannot build the message: {e}"))?;
     // Plain SMTP to the relay the operator named (usually local).
     let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
@@ -306,4 +480,18 @@ fn rustls_config_without_roots() -> rustls::ClientConfig {
     .expect("ring supports the default protocol versions")
     .with_root_certificates(rustls::RootCertStore::empty())
     .with_no_client_auth()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_from_a_second_to_ten_minutes() {
+        let waits: Vec<u64> = (1..=12).map(|a| backoff(a).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 600, 600]);
+        assert_eq!(backoff(i64::MAX), MAX_RETRY);
+        assert!(webhook_id().starts_with("msg_") && webhook_id().len() == 36);
+        assert_ne!(webhook_id(), webhook_id());
+    }
 }

@@ -75,7 +75,7 @@ impl From<sqlx::Error> for StoreError {
 
 pub use health::StorageFault;
 
-pub use ops::{ChannelRow, DeliveryRow, IncidentRow, NewIncident};
+pub use ops::{ChannelRow, DeliveryRow, IncidentRow, NewIncident, NewNotice, OutboxRow};
 pub use pipeline::{
     DeploymentRow, NewRun, PolicyRow, RepoCredential, RepoRow, RunRow, RunUpdate, StageRecord,
 };
@@ -158,6 +158,17 @@ pub struct Store {
 /// Now, UTC, millisecond precision, as the journal writes it.
 pub fn now_ts() -> String {
     format!("{:.3}", jiff::Timestamp::now())
+}
+
+/// [`now_ts`] `d` from now (for times compared with it as text).
+pub fn ts_in(d: std::time::Duration) -> String {
+    let d = jiff::SignedDuration::from_millis(i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    format!(
+        "{:.3}",
+        jiff::Timestamp::now()
+            .checked_add(d)
+            .unwrap_or(jiff::Timestamp::MAX)
+    )
 }
 
 impl Store {

@@ -60,6 +60,32 @@ pub struct ChannelRow {
     pub created_at: String,
 }
 
+/// One notification to one channel, as queued (see `0018_outbox.sql`).
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub webhook_id: String,
+    pub channel: i64,
+    pub incident: i64,
+    pub event: String,
+    pub notice: String,
+    pub status: String,
+    pub attempts: i64,
+    pub next_at: String,
+    pub last_detail: Option<String>,
+    pub created_at: String,
+    pub done_at: Option<String>,
+}
+
+/// A notification to queue.
+pub struct NewNotice<'a> {
+    pub webhook_id: &'a str,
+    pub channel: i64,
+    pub incident: i64,
+    pub event: &'a str,
+    pub notice: &'a str,
+}
+
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct DeliveryRow {
     pub id: i64,
@@ -261,30 +287,111 @@ impl Store {
         .await
     }
 
-    /// Records one delivery attempt (not a journal event: attempts are
-    /// operational detail; the incident's own events are journaled).
-    pub async fn record_delivery(
+    /// Queues notifications, all or none, due at once.
+    pub async fn enqueue(&self, notices: &[NewNotice<'_>]) -> Result<()> {
+        self.writing(async move {
+            let _w = self.writer.lock().await;
+            let mut tx = self.pool.begin().await?;
+            let now = now_ts();
+            for n in notices {
+                sqlx::query(
+                    "INSERT INTO outbox (webhook_id, channel, incident, event, notice, status, next_at, created_at)
+                     VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+                )
+                .bind(n.webhook_id)
+                .bind(n.channel)
+                .bind(n.incident)
+                .bind(n.event)
+                .bind(n.notice)
+                .bind(&now)
+                .bind(&now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Up to `limit` pending notifications due by now, each leased until
+    /// `lease` (RFC 3339) so that no other pass takes it meanwhile; one
+    /// whose sender died with it is due again when its lease ends.
+    pub async fn take_due(&self, lease: &str, limit: i64) -> Result<Vec<OutboxRow>> {
+        self.writing(async move {
+            let _w = self.writer.lock().await;
+            Ok(sqlx::query_as(
+                "UPDATE outbox SET next_at = ?
+                 WHERE id IN (SELECT id FROM outbox WHERE status = 'pending' AND next_at <= ?
+                              ORDER BY next_at, id LIMIT ?)
+                 RETURNING *",
+            )
+            .bind(lease)
+            .bind(now_ts())
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
+        })
+        .await
+    }
+
+    /// Records an attempt at `row`: delivered, failed for good, or due
+    /// again at `next_at`; and the attempt among the incident's deliveries.
+    pub async fn attempted(
         &self,
-        channel: i64,
-        incident: i64,
-        event: &str,
-        attempt: u32,
+        row: &OutboxRow,
         ok: bool,
         detail: &str,
+        next_at: Option<&str>,
     ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO deliveries (channel, incident, event, attempt, ok, detail, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        self.writing(async move {
+            let _w = self.writer.lock().await;
+            let mut tx = self.pool.begin().await?;
+            let now = now_ts();
+            let status = match (ok, next_at) {
+                (true, _) => "delivered",
+                (false, None) => "failed",
+                (false, Some(_)) => "pending",
+            };
+            sqlx::query(
+                "UPDATE outbox SET status = ?, attempts = attempts + 1, next_at = COALESCE(?, next_at),
+                   last_detail = ?, done_at = CASE WHEN ? = 'pending' THEN NULL ELSE ? END
+                 WHERE id = ?",
+            )
+            .bind(status)
+            .bind(next_at)
+            .bind(detail)
+            .bind(status)
+            .bind(&now)
+            .bind(row.id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO deliveries (channel, incident, event, attempt, ok, detail, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(row.channel)
+            .bind(row.incident)
+            .bind(&row.event)
+            .bind(row.attempts + 1)
+            .bind(ok)
+            .bind(detail)
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The notifications about `incident`, oldest first.
+    pub async fn outbox_of(&self, incident: i64) -> Result<Vec<OutboxRow>> {
+        Ok(
+            sqlx::query_as("SELECT * FROM outbox WHERE incident = ? ORDER BY id")
+                .bind(incident)
+                .fetch_all(&self.pool)
+                .await?,
         )
-        .bind(channel)
-        .bind(incident)
-        .bind(event)
-        .bind(attempt)
-        .bind(ok)
-        .bind(detail)
-        .bind(now_ts())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
     }
 
     pub async fn deliveries(&self, incident: i64) -> Result<Vec<DeliveryRow>> {

@@ -58,6 +58,19 @@ fn app(env: &Env, name: &str) -> (PathBuf, PathBuf, PathBuf) {
     (dir, health, crash)
 }
 
+/// Deploys [`app`] `name`, makes it unhealthy, and waits for its
+/// `no-ready-instance` incident.
+fn unhealthy(env: &Env, name: &str) -> serde_json::Value {
+    let (dir, health, _) = app(env, name);
+    assert_ok(&env.deploy(&dir));
+    std::fs::remove_file(&health).expect("unhealthy");
+    wait_until(Duration::from_secs(10), "an incident", || {
+        incidents(env)
+            .into_iter()
+            .find(|i| i["kind"] == "no-ready-instance" && i["service"] == name)
+    })
+}
+
 fn incidents(env: &Env) -> Vec<serde_json::Value> {
     let out = env.tandem(&["incidents", "-o", "json"]);
     assert_ok(&out);
@@ -68,14 +81,37 @@ fn incidents(env: &Env) -> Vec<serde_json::Value> {
         .unwrap_or_default()
 }
 
-fn hmac_hex(secret: &str, body: &str) -> String {
+/// The Standard Webhooks signature of a notification, computed here on
+/// its own: `v1,` base64(HMAC-SHA256(secret, "{id}.{timestamp}.{body}")).
+fn standard_signature(secret: &str, id: &str, timestamp: &str, body: &str) -> String {
+    use base64::Engine;
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("key");
-    mac.update(body.as_bytes());
-    mac.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    )
+}
+
+/// Checks a received notification as a receiver would: signed over its
+/// id, time and body, sent just now.
+fn assert_signed(r: &util::Received, secret: &str) {
+    let id = r.header("webhook-id").expect("webhook-id");
+    let ts = r.header("webhook-timestamp").expect("webhook-timestamp");
+    assert!(id.starts_with("msg_"), "{id}");
+    let sent: i64 = ts.parse().expect("seconds");
+    assert!(
+        (jiff::Timestamp::now().as_second() - sent).abs() < 300,
+        "{ts}"
+    );
+    assert_eq!(
+        r.header("webhook-signature"),
+        Some(standard_signature(secret, id, ts, &r.body).as_str())
+    );
+    assert!(
+        r.header("x-tandem-signature").is_none(),
+        "the replayable one is gone"
+    );
 }
 
 #[test]
@@ -131,11 +167,7 @@ fn failing_health_opens_an_incident_that_is_told_signed_and_resolves_on_recovery
     let opened = wait_until(Duration::from_secs(10), "the opened notification", || {
         got.lock().expect("lock").first().cloned()
     });
-    let sig = opened.header("x-tandem-signature").expect("signed");
-    assert_eq!(
-        sig,
-        format!("sha256={}", hmac_hex("hook-secret", &opened.body))
-    );
+    assert_signed(&opened, "hook-secret");
     let body: serde_json::Value = serde_json::from_str(&opened.body).expect("json body");
     assert_eq!(body["event"], "incident.opened");
     assert_eq!(body["incident"]["id"], incident["id"]);
@@ -161,9 +193,11 @@ fn failing_health_opens_an_incident_that_is_told_signed_and_resolves_on_recovery
     let second = wait_until(Duration::from_secs(10), "the resolved notification", || {
         got.lock().expect("lock").get(1).cloned()
     });
-    assert_eq!(
-        second.header("x-tandem-signature").map(str::to_owned),
-        Some(format!("sha256={}", hmac_hex("hook-secret", &second.body)))
+    assert_signed(&second, "hook-secret");
+    assert_ne!(
+        second.header("webhook-id"),
+        opened.header("webhook-id"),
+        "each notification has an id of its own"
     );
     let body: serde_json::Value = serde_json::from_str(&second.body).expect("json");
     assert_eq!(body["event"], "incident.resolved");
@@ -238,14 +272,7 @@ fn incidents_reach_a_real_smtp_server_and_manual_ack_and_resolve_are_recorded() 
         "--tier",
         "critical",
     ]));
-    let (dir, health, _) = app(&env, "mail");
-    assert_ok(&env.deploy(&dir));
-    std::fs::remove_file(&health).expect("unhealthy");
-    let incident = wait_until(Duration::from_secs(10), "an incident", || {
-        incidents(&env)
-            .into_iter()
-            .find(|i| i["kind"] == "no-ready-instance")
-    });
+    let incident = unhealthy(&env, "mail");
     let id = incident["id"].as_i64().expect("id").to_string();
     let mail = wait_until(Duration::from_secs(10), "the e-mail", || {
         std::fs::read_to_string(&mailbox)
@@ -510,7 +537,7 @@ class H(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         with open(sys.argv[4], "ab") as f:
-            f.write(self.headers.get("X-Tandem-Signature", "").encode() + b"\n" + body + b"\n")
+            f.write((self.headers.get("webhook-id", "") + " " + self.headers.get("webhook-timestamp", "") + " " + self.headers.get("webhook-signature", "")).encode() + b"\n" + body + b"\n")
         self.send_response(200)
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -641,8 +668,14 @@ fn notifications_reach_an_https_receiver_trusted_through_ssl_cert_file() {
             .filter(|t| t.lines().count() >= 2)
     });
     let mut lines = received.lines();
-    let (sig, body) = (lines.next().expect("sig"), lines.next().expect("body"));
-    assert_eq!(sig, format!("sha256={}", hmac_hex("tls-secret", body)));
+    let (head, body) = (lines.next().expect("head"), lines.next().expect("body"));
+    let mut head = head.split(' ');
+    let (id, ts, sig) = (
+        head.next().expect("id"),
+        head.next().expect("ts"),
+        head.next().expect("sig"),
+    );
+    assert_eq!(sig, standard_signature("tls-secret", id, ts, body));
     assert!(body.contains("\"incident.opened\""), "{body}");
     let _ = receiver.kill();
     let _ = receiver.wait();
@@ -735,4 +768,71 @@ fn a_live_release_that_runs_nowhere_is_an_incident_until_it_serves_again() {
             .into_iter()
             .find(|i| i["id"] == incident["id"] && i["status"] == "resolved")
     });
+}
+
+#[test]
+fn a_notification_to_a_receiver_that_is_down_survives_a_restart_and_arrives_once_with_its_id() {
+    let mut env = Env::start();
+    // The receiver's port, with nobody listening on it yet.
+    let port = util::free_port();
+    assert_ok(&env.tandem(&[
+        "channels",
+        "add",
+        "webhook",
+        &format!("http://127.0.0.1:{port}/hook"),
+        "--secret",
+        "outbox-secret",
+    ]));
+    let incident = unhealthy(&env, "down");
+    let id = incident["id"].as_i64().expect("id").to_string();
+    let show = |env: &Env| -> serde_json::Value {
+        let out = env.tandem(&["incidents", "show", &id, "-o", "json"]);
+        assert_ok(&out);
+        serde_json::from_slice(&out.stdout).expect("json")
+    };
+    // It fails, is kept, and waits for its next try.
+    let pending = wait_until(Duration::from_secs(15), "two failed attempts", || {
+        let v = show(&env);
+        let n = v["notifications"][0].clone();
+        (n["attempts"].as_i64()? >= 2 && n["status"] == "pending").then_some(n)
+    });
+    let webhook_id = pending["webhook_id"].as_str().expect("id").to_owned();
+    let text =
+        String::from_utf8_lossy(&env.tandem(&["incidents", "show", &id]).stdout).into_owned();
+    assert!(
+        text.contains("incident.opened to channel")
+            && text.contains("pending")
+            && text.contains("failed"),
+        "{text}"
+    );
+
+    // The server dies with it undelivered; the receiver comes up; a new
+    // server delivers it, with the id it had.
+    env.kill_up();
+    let (_, got) = util::receiver_on(port);
+    env.up_again();
+    let received = wait_until(Duration::from_secs(30), "the notification", || {
+        got.lock()
+            .expect("lock")
+            .iter()
+            .find(|r| r.body.contains("incident.opened"))
+            .map(|r| (r.header("webhook-id").map(str::to_owned), r.body.clone()))
+    });
+    assert_eq!(received.0.as_deref(), Some(webhook_id.as_str()));
+    let delivered = wait_until(Duration::from_secs(10), "it recorded as delivered", || {
+        let v = show(&env);
+        (v["notifications"][0]["status"] == "delivered").then_some(v)
+    });
+    let attempts = delivered["deliveries"].as_array().expect("attempts");
+    assert!(attempts.len() >= 3, "{delivered:#}");
+    assert_eq!(attempts.last().expect("last")["ok"], true);
+    // Delivered once: no second copy of it arrives.
+    std::thread::sleep(Duration::from_secs(2));
+    let copies = got
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|r| r.header("webhook-id") == Some(webhook_id.as_str()))
+        .count();
+    assert_eq!(copies, 1);
 }

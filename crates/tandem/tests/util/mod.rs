@@ -754,7 +754,12 @@ impl Received {
 
 /// A real HTTP receiver on port 0 that answers 200 and keeps every request.
 pub fn receiver() -> (String, Arc<Mutex<Vec<Received>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind receiver");
+    receiver_on(0)
+}
+
+/// [`receiver`] on `port` (one a test chose before it was up).
+pub fn receiver_on(port: u16) -> (String, Arc<Mutex<Vec<Received>>>) {
+    let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind receiver");
     let addr = listener.local_addr().expect("addr").to_string();
     let got = Arc::new(Mutex::new(Vec::new()));
     let keep = Arc::clone(&got);
