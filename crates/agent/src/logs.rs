@@ -183,6 +183,81 @@ impl Inner {
     }
 }
 
+/// The name of the variable that sends a daemon's own log to a file it
+/// rotates while it runs (what `up` gives the agent: `<data>/agent.log`).
+pub const LOG_FILE_VARIABLE: &str = "TANDEM_LOG_FILE";
+
+/// A daemon's own log, rotated while it runs: past `limit` bytes the file
+/// is moved to `<path>.1` (over the one before) and a new one begun. A
+/// write that fails (a full disk) is dropped, never fatal.
+pub struct DaemonLog {
+    path: PathBuf,
+    limit: u64,
+    inner: std::sync::Mutex<(Option<std::fs::File>, u64)>,
+}
+
+impl DaemonLog {
+    pub fn open(path: &Path, limit: u64) -> DaemonLog {
+        let file = open_log(path).ok();
+        let written = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        DaemonLog {
+            path: path.to_path_buf(),
+            limit,
+            inner: std::sync::Mutex::new((file, written)),
+        }
+    }
+
+    fn write_all(&self, buf: &[u8]) {
+        use std::io::Write;
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if inner.1 >= self.limit {
+            let _ = std::fs::rename(&self.path, rotated_path(&self.path));
+            *inner = (open_log(&self.path).ok(), 0);
+        }
+        if inner.0.is_none() {
+            // Gone (removed, a full disk at rotation): tried again.
+            inner.0 = open_log(&self.path).ok();
+        }
+        if let Some(file) = inner.0.as_mut()
+            && file.write_all(buf).is_ok()
+        {
+            inner.1 += buf.len() as u64;
+        }
+    }
+}
+
+/// One event's output, written whole when it is dropped.
+pub struct DaemonLogLine<'a> {
+    log: &'a DaemonLog,
+    buf: Vec<u8>,
+}
+
+impl std::io::Write for DaemonLogLine<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for DaemonLogLine<'_> {
+    fn drop(&mut self) {
+        self.log.write_all(&self.buf);
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for DaemonLog {
+    type Writer = DaemonLogLine<'a>;
+    fn make_writer(&'a self) -> Self::Writer {
+        DaemonLogLine {
+            log: self,
+            buf: Vec::with_capacity(256),
+        }
+    }
+}
+
 /// Moves a log file of `limit` bytes or more aside (to `<path>.1`, over
 /// the one before), for a writer about to append to it from the start:
 /// the agent's own `agent.log`, each time an agent is started. Whether it

@@ -29,6 +29,9 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 pub use exit::{CmdResult, Exit};
+pub use tandem_agent::logs::{
+    DaemonLog, LOG_FILE_VARIABLE, ROTATE_AT_BYTES as LOG_ROTATE_AT_BYTES,
+};
 
 #[derive(Parser, Debug)]
 #[command(

@@ -128,6 +128,10 @@ async fn start_agent(
         .arg("--data-dir")
         .arg(dir)
         .args(args)
+        // Its log, rotated while it runs (and by its successors, which
+        // inherit its environment); stdout and stderr there too, for what
+        // is not logged (a panic).
+        .env(tandem_agent::logs::LOG_FILE_VARIABLE, &log_path)
         .stdin(std::process::Stdio::null())
         .stdout(log)
         .stderr(log2)

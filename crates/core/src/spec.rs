@@ -927,6 +927,11 @@ impl From<Environments> for indexmap::IndexMap<EnvName, Environment> {
 }
 
 impl Environments {
+    /// The environment named `name`.
+    pub fn get(&self, name: &str) -> Option<&Environment> {
+        self.0.iter().find(|(n, _)| n.0 == name).map(|(_, e)| e)
+    }
+
     /// In promotion order; production last.
     pub fn iter(&self) -> impl Iterator<Item = (&EnvName, &Environment)> {
         self.0.iter()
@@ -967,6 +972,10 @@ pub struct Environment {
     pub author_may_approve: bool,
     #[serde(default)]
     pub route: Option<RouteOverride>,
+    /// Added to `run.env` (or replacing its values) in this environment:
+    /// staging's own database, say. Secrets have `--env` for theirs.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
 }
 
 /// Whose approvals an environment's gate counts.

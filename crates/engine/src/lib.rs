@@ -667,6 +667,12 @@ impl Engine {
         let agent_err = |e: AgentClientError| (e.to_string(), Vec::new());
         let (service, name) = (to.unit.as_str(), release.name());
         let mut group = group_spec(release, spec, &to.unit, &self.artifact_dir(release));
+        // The environment's own settings over the service's.
+        if let Some(env) = to.env.as_deref().and_then(|e| spec.environments.get(e)) {
+            group
+                .env
+                .extend(env.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
         group.env.insert(
             "TANDEM_ENV".into(),
             to.env.clone().unwrap_or_else(|| "production".into()),

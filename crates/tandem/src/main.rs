@@ -11,19 +11,7 @@ fn main() -> ExitCode {
         cli.command,
         Command::Up { .. } | Command::Agent { .. } | Command::Server { .. }
     );
-    let default_filter = if daemon { "info" } else { "warn" };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG")
-                .unwrap_or_else(|_| default_filter.into()),
-        )
-        .with_writer(std::io::stderr)
-        // A log that cannot be written (a full disk under the agent's
-        // log file) is lost, never fatal: by default a failed write is
-        // reported on stderr, which is that same file, and `eprintln!`
-        // panics when it cannot write.
-        .log_internal_errors(false)
-        .init();
+    init_logging(daemon);
     // TANDEM_WORKER_THREADS pins the runtime size (benchmarks compare one worker each).
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = std::env::var("TANDEM_WORKER_THREADS")
@@ -51,6 +39,40 @@ fn main() -> ExitCode {
             say(&format!("error: {exit}"));
             ExitCode::from(exit.code)
         }
+    }
+}
+
+/// Logs to stderr, or for a daemon given `TANDEM_LOG_FILE` (the agent
+/// `up` starts) to that file, rotated while it runs; as text, or one JSON
+/// object a line with `TANDEM_LOG_FORMAT=json`. Filtered by `TANDEM_LOG`.
+fn init_logging(daemon: bool) {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    let default_filter = if daemon { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG")
+        .unwrap_or_else(|_| default_filter.into());
+    let file = std::env::var_os(tandem_cli::LOG_FILE_VARIABLE).filter(|_| daemon);
+    let writer = match file {
+        Some(path) => {
+            let limit = std::env::var("TANDEM_LOG_ROTATE_BYTES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(tandem_cli::LOG_ROTATE_AT_BYTES);
+            BoxMakeWriter::new(tandem_cli::DaemonLog::open(path.as_ref(), limit))
+        }
+        None => BoxMakeWriter::new(std::io::stderr),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        // A log that cannot be written (a full disk under the agent's
+        // log file) is lost, never fatal: by default a failed write is
+        // reported on stderr, which is that same file, and `eprintln!`
+        // panics when it cannot write.
+        .log_internal_errors(false);
+    if std::env::var("TANDEM_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
     }
 }
 

@@ -4,7 +4,7 @@ use std::process::Command;
 use std::time::Duration;
 
 mod util;
-use util::{bin, open_files_limit, wait_until};
+use util::{Env, assert_ok, bin, open_files_limit, wait_until};
 
 #[test]
 fn the_agent_raises_its_open_files_limit_to_the_hard_one() {
@@ -303,4 +303,45 @@ fn the_agent_starts_and_serves_when_its_log_cannot_be_written() {
     let _ = agent.kill();
     let status = agent.wait().expect("wait");
     assert!(alive, "the agent died: {status}");
+}
+
+#[test]
+fn the_agents_own_log_is_rotated_while_it_runs_and_can_be_json() {
+    // A small threshold, so that a few releases' lines pass it.
+    let env = Env::start_with(&[
+        ("TANDEM_LOG_ROTATE_BYTES", "1024"),
+        ("TANDEM_LOG_FORMAT", "json"),
+    ]);
+    let agent = std::fs::read_to_string(env.data().join("agent.lock")).expect("lock");
+    let dir = env.app("web", "", "v0");
+    for i in 1..=6 {
+        std::fs::write(dir.join("index.html"), format!("v{i}")).expect("page");
+        assert_ok(&env.deploy(&dir));
+    }
+    let log = env.data().join("agent.log");
+    let rotated = env.data().join("agent.log.1");
+    assert!(
+        rotated.exists(),
+        "agent.log was not rotated while the agent ran"
+    );
+    let now = std::fs::read_to_string(&log).expect("agent.log");
+    assert!(
+        now.len() < 4096 + 2048,
+        "agent.log holds {} bytes",
+        now.len()
+    );
+    // The same agent wrote both: it was not restarted to rotate.
+    assert_eq!(
+        std::fs::read_to_string(env.data().join("agent.lock")).expect("lock"),
+        agent
+    );
+    let before = std::fs::read_to_string(&rotated).expect("agent.log.1");
+    for line in before.lines().chain(now.lines()).filter(|l| !l.is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v["level"].is_string() && v["timestamp"].is_string(),
+            "{line}"
+        );
+    }
 }

@@ -2190,8 +2190,12 @@ fn secrets_are_sealed_everywhere_on_disk_and_an_environment_takes_its_own_value(
             "command: exec python3 -m http.server $PORT --bind 127.0.0.1",
             "command: echo \"token=$API_TOKEN env=$TANDEM_ENV\" && exec python3 -m http.server $PORT --bind 127.0.0.1",
         )
-        .replace("  instances: 2\n", "  instances: 1\n  secrets: [API_TOKEN]\n")
-        + "environments:\n  staging: { auto_deploy: true, route: { host: staging.shop.test } }\n  production: {}\n";
+        .replace(
+            "  instances: 2\n",
+            "  instances: 1\n  secrets: [API_TOKEN]\n  env: { DATABASE_URL: db-of-production, SHARED: both }\n",
+        )
+        // Staging's own database (environments.<env>.env over run.env).
+        + "environments:\n  staging: { auto_deploy: true, route: { host: staging.shop.test }, env: { DATABASE_URL: db-of-staging } }\n  production: {}\n";
     let repo = Repo::new(env.root.path(), &spec);
     // The service-wide value, known by its start (the whole value in the
     // repository would be on disk in the release).
@@ -2244,6 +2248,11 @@ fn secrets_are_sealed_everywhere_on_disk_and_an_environment_takes_its_own_value(
             );
             assert!(
                 vars.contains(&format!("TANDEM_ENV={name}")),
+                "{name}: {vars:?}"
+            );
+            assert!(
+                vars.contains(&format!("DATABASE_URL=db-of-{name}"))
+                    && vars.contains(&"SHARED=both".to_owned()),
                 "{name}: {vars:?}"
             );
             assert!(
