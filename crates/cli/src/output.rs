@@ -83,3 +83,16 @@ pub async fn list(
     table(header, &rows);
     Ok(())
 }
+
+/// Whether to colour what goes to a terminal: not with `NO_COLOR` set
+/// (no-color.org), `CLICOLOR=0` or `TERM=dumb`; `CLICOLOR_FORCE=1`
+/// colours even so.
+pub fn colour() -> bool {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    if var("CLICOLOR_FORCE").is_some_and(|v| v != "0") {
+        return true;
+    }
+    var("NO_COLOR").is_none()
+        && var("CLICOLOR").is_none_or(|v| v != "0")
+        && var("TERM").is_none_or(|v| v != "dumb")
+}

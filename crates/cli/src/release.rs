@@ -69,7 +69,10 @@ pub async fn rollback(
 /// phase begins, step output scrolling above it); otherwise plain lines.
 async fn follow(api: &Api, path: &str, body: serde_json::Value, fmt: Format) -> CmdResult {
     let started = Instant::now();
-    let live = fmt == Format::Table && std::io::stderr().is_terminal();
+    // A spinner needs a terminal that can move its cursor.
+    let live = fmt == Format::Table
+        && std::io::stderr().is_terminal()
+        && std::env::var("TERM").map_or(true, |t| t != "dumb");
     let mut display = Display::new(live);
     let mut end: Option<serde_json::Value> = None;
     api.post_stream(path, body, |event| match event["type"].as_str() {
@@ -132,9 +135,10 @@ async fn follow(api: &Api, path: &str, body: serde_json::Value, fmt: Format) -> 
     }
 }
 
-/// Phase lines, live on a terminal.
+/// Phase lines, live on a terminal; coloured unless asked not to be.
 struct Display {
     live: bool,
+    colour: bool,
     current: Option<(indicatif::ProgressBar, String)>,
 }
 
@@ -142,7 +146,17 @@ impl Display {
     fn new(live: bool) -> Self {
         Display {
             live,
+            colour: live && crate::output::colour(),
             current: None,
+        }
+    }
+
+    /// `text` in SGR colour `code`, if colours are on.
+    fn paint(&self, code: &str, text: &str) -> String {
+        if self.colour {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_owned()
         }
     }
 
@@ -152,13 +166,17 @@ impl Display {
             eprintln!("{elapsed:>6.2}s {phase:>8}  {message}");
             return;
         }
-        self.tick_off("\x1b[32m✓\x1b[0m");
+        let done = self.paint("32", "✓");
+        self.tick_off(&done);
         let bar = indicatif::ProgressBar::new_spinner();
+        let template = if self.colour {
+            "{spinner} {prefix:>8.bold} {msg} {elapsed:.dim}"
+        } else {
+            "{spinner} {prefix:>8} {msg} {elapsed}"
+        };
         bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} {prefix:>8.bold} {msg} {elapsed:.dim}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            indicatif::ProgressStyle::with_template(template)
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
         );
         bar.set_prefix(phase.to_owned());
         bar.set_message(message.to_owned());
@@ -178,15 +196,17 @@ impl Display {
         if let Some((bar, text)) = self.current.take() {
             let took = bar.elapsed().as_secs_f64();
             bar.finish_and_clear();
-            eprintln!("{mark} {text} \x1b[2m({took:.2}s)\x1b[0m");
+            let took = self.paint("2", &format!("({took:.2}s)"));
+            eprintln!("{mark} {text} {took}");
         }
     }
 
     fn finish(&mut self, ok: bool) {
-        self.tick_off(if ok {
-            "\x1b[32m✓\x1b[0m"
+        let mark = if ok {
+            self.paint("32", "✓")
         } else {
-            "\x1b[31m✗\x1b[0m"
-        });
+            self.paint("31", "✗")
+        };
+        self.tick_off(&mark);
     }
 }

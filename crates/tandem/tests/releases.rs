@@ -5,7 +5,7 @@ mod util;
 
 use std::time::{Duration, Instant};
 
-use util::{Env, Load, assert_ok, open_files_limit};
+use util::{Env, Load, assert_ok, bin, open_files_limit};
 
 const DEPLOY: &str = "release:\n  deploy_timeout: 15s\n  drain_timeout: 5s\n";
 
@@ -1110,4 +1110,36 @@ fn old_releases_lose_their_files_but_the_live_one_and_its_rollback_target_keep_t
         .into_owned();
     assert!(events.contains("release.pruned"));
     assert_ok(&env.tandem(&["audit", "verify"]));
+}
+
+#[test]
+fn deploy_colours_its_terminal_unless_no_color_clicolor_or_a_dumb_term_says_not() {
+    let env = Env::start();
+    let dir = env.app("tty", "", "v1");
+    // On a pseudo-terminal (script(1)), as a person at a terminal runs it.
+    let on_a_terminal = |vars: &[(&str, &str)]| -> String {
+        let cmd = format!("{} deploy --dir {}", bin().display(), dir.display());
+        let out = std::process::Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .env("TANDEM_SERVER", format!("http://{}", env.api))
+            .env("TANDEM_DATA_DIR", env.data())
+            .env("TERM", "xterm")
+            .env_remove("NO_COLOR")
+            .env_remove("CLICOLOR")
+            .envs(vars.iter().copied())
+            .output()
+            .expect("script");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let coloured = on_a_terminal(&[]);
+    assert!(coloured.contains("\x1b[32m✓"), "{coloured:?}");
+    for off in [("NO_COLOR", "1"), ("CLICOLOR", "0"), ("TERM", "dumb")] {
+        std::fs::write(dir.join("index.html"), format!("{off:?}")).expect("page");
+        let plain = on_a_terminal(&[off]);
+        assert!(plain.contains("is live"), "{off:?}: {plain:?}");
+        for sgr in ["\x1b[32m", "\x1b[31m", "\x1b[2m", "\x1b[1m"] {
+            assert!(!plain.contains(sgr), "{off:?} still colours: {plain:?}");
+        }
+    }
 }
