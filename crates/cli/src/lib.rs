@@ -29,6 +29,17 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 pub use exit::{CmdResult, Exit};
+
+/// `bytes` to stdout; a reader that stopped early (`| head`) is no error.
+fn print_bytes(bytes: &[u8]) -> CmdResult {
+    use std::io::Write;
+    match std::io::stdout().write_all(bytes) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Exit::failure(format!("cannot write to stdout: {e}")))
+        }
+        _ => Ok(()),
+    }
+}
 pub use tandem_agent::logs::{
     DaemonLog, LOG_FILE_VARIABLE, ROTATE_AT_BYTES as LOG_ROTATE_AT_BYTES,
 };
@@ -276,6 +287,14 @@ pub enum Command {
     },
     /// Print the JSON Schema of tandem.yaml.
     Schema,
+    /// Print a shell's completion script.
+    #[command(
+        after_help = "Examples:\n  tandem completions bash > /etc/bash_completion.d/tandem\n  tandem completions zsh > \"${fpath[1]}/_tandem\"\n  tandem completions fish > ~/.config/fish/completions/tandem.fish"
+    )]
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff), for `man`.
+    #[command(after_help = "Example:\n  tandem man > /usr/local/share/man/man1/tandem.1")]
+    Man,
     /// Build, test and release a service: from a directory (--dir), or a
     /// commit of a service registered from a repository (run a pipeline).
     Deploy {
@@ -718,6 +737,20 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
         Command::Down { data } => run::down(&data.resolve()).await,
         Command::Validate { path } => spec::validate(&path, fmt),
         Command::Schema => spec::schema(),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut text = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "tandem", &mut text);
+            print_bytes(&text)
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            let mut text = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut text)
+                .map_err(|e| Exit::failure(format!("cannot make the manual page: {e}")))?;
+            print_bytes(&text)
+        }
         Command::Deploy {
             service: Some(service),
             dir: None,

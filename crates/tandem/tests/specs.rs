@@ -155,3 +155,58 @@ fn an_oversized_spec_is_refused_without_being_read_whole() {
         started.elapsed()
     );
 }
+
+#[test]
+fn shell_completions_load_and_the_manual_page_renders() {
+    let completions = std::process::Command::new(util::bin())
+        .args(["completions", "bash"])
+        .output()
+        .expect("completions");
+    assert!(completions.status.success());
+    // Loaded into a real bash, they complete `tandem`'s subcommands.
+    let script = std::env::temp_dir().join(format!("tandem-completion-{}", std::process::id()));
+    std::fs::write(&script, &completions.stdout).expect("script");
+    let bash = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {} && COMP_WORDS=(tandem dep) && COMP_CWORD=1 && _tandem tandem dep tandem && printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            script.display()
+        ))
+        .output()
+        .expect("bash");
+    let _ = std::fs::remove_file(&script);
+    let offered = String::from_utf8_lossy(&bash.stdout);
+    assert!(
+        offered.lines().any(|l| l == "deploy"),
+        "{offered:?} {bash:?}"
+    );
+
+    let man = std::process::Command::new(util::bin())
+        .arg("man")
+        .output()
+        .expect("man");
+    assert!(man.status.success());
+    let page = String::from_utf8_lossy(&man.stdout);
+    assert!(page.contains(".TH tandem 1"), "{page}");
+    // groff renders it without a warning.
+    let mut groff = std::process::Command::new("groff")
+        .args(["-man", "-Tutf8", "-ww", "-z"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("groff");
+    use std::io::Write;
+    groff
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(&man.stdout)
+        .expect("feed groff");
+    let out = groff.wait_with_output().expect("groff");
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
