@@ -29,6 +29,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 pub use exit::{CmdResult, Exit};
+pub use output::colour;
 
 /// `bytes` to stdout; a reader that stopped early (`| head`) is no error.
 fn print_bytes(bytes: &[u8]) -> CmdResult {
@@ -211,7 +212,9 @@ impl DataDirArg {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run tandem on this machine: the agent (if none runs) and the server, in the foreground.
-    #[command(after_help = "Examples:\n  tandem up                                   # API on 127.0.0.1:7070, proxy on 127.0.0.1:8080\n  tandem up --proxy-addr 0.0.0.0:80 --data-dir /var/lib/tandem\n  TANDEM_LOG_FORMAT=json tandem up            # JSON logs")]
+    #[command(
+        after_help = "Examples:\n  tandem up                                   # API on 127.0.0.1:7070, proxy on 127.0.0.1:8080\n  tandem up --proxy-addr 0.0.0.0:80 --data-dir /var/lib/tandem\n  TANDEM_LOG_FORMAT=json tandem up            # JSON logs"
+    )]
     Up {
         #[command(flatten)]
         data: DataDirArg,
@@ -298,7 +301,9 @@ pub enum Command {
     Man,
     /// Build, test and release a service: from a directory (--dir), or a
     /// commit of a service registered from a repository (run a pipeline).
-    #[command(after_help = "Examples:\n  tandem deploy --dir ./shop                  # build, test, release, switch\n  tandem deploy shop --ref v1.4.2             # a commit of a repository service\n  tandem deploy --dir ./shop -o json          # progress as JSON lines")]
+    #[command(
+        after_help = "Examples:\n  tandem deploy --dir ./shop                  # build, test, release, switch\n  tandem deploy shop --ref v1.4.2             # a commit of a repository service\n  tandem deploy --dir ./shop -o json          # progress as JSON lines"
+    )]
     Deploy {
         /// Service name (optional with --dir: it comes from tandem.yaml).
         service: Option<String>,
@@ -317,7 +322,9 @@ pub enum Command {
         force: bool,
     },
     /// Release an earlier release again, without rebuilding.
-    #[command(after_help = "Examples:\n  tandem rollback shop                        # to the release live before\n  tandem rollback shop --to r3                # to r3")]
+    #[command(
+        after_help = "Examples:\n  tandem rollback shop                        # to the release live before\n  tandem rollback shop --to r3                # to r3"
+    )]
     Rollback {
         service: String,
         /// Release to go back to (e.g. r3); default: the one live before.

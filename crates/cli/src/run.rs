@@ -30,6 +30,30 @@ const AGENT_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// on meanwhile.
 const AGENT_TAKEOVER_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Sends `message` to systemd's notification socket (`$NOTIFY_SOCKET`: a
+/// path, or `@name` in the abstract namespace), if there is one; what it
+/// cannot send is dropped (the unit times out and says so).
+fn notify_systemd(message: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(socket) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    let bytes = path.as_encoded_bytes();
+    let sent = match bytes.strip_prefix(b"@") {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            std::os::unix::net::SocketAddr::from_abstract_name(name)
+                .and_then(|addr| socket.send_to_addr(message.as_bytes(), &addr))
+        }
+        None => socket.send_to(message.as_bytes(), &path),
+    };
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
 fn check_data_dir(dir: &Path) -> CmdResult {
     // What tandem makes is owner-only; its memory is not for others.
     tandem_sandbox::paths::protect_self();
@@ -132,6 +156,8 @@ async fn start_agent(
         // inherit its environment); stdout and stderr there too, for what
         // is not logged (a panic).
         .env(tandem_agent::logs::LOG_FILE_VARIABLE, &log_path)
+        // systemd hears from `up`, the unit's main process, alone.
+        .env_remove("NOTIFY_SOCKET")
         .stdin(std::process::Stdio::null())
         .stdout(log)
         .stderr(log2)
@@ -436,6 +462,10 @@ pub async fn up(
         .map_err(|e| Exit::failure(format!("cannot start pipelines: {e}")))?;
     let ops = tandem_ops::Ops::new(engine.clone());
     ops.start();
+    // Under systemd's Type=notify, the unit is started once this serves.
+    notify_systemd(&format!(
+        "READY=1\nSTATUS=serving: api {api_local}, proxy {proxy}\n"
+    ));
     // Certificates for `route.tls: acme`, ordered and renewed.
     let _acme = acme.map(|config| {
         let engine = engine.clone();

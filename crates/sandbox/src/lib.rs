@@ -262,10 +262,11 @@ pub fn kill_user(uid: u32) {
 /// Variables of tandem's environment a confined process never gets: its
 /// own credentials (the key that opens every secret, an API token) and
 /// ways out of the fence to the operator's session (its bus, its agents).
-pub const WITHHELD: [&str; 8] = [
+pub const WITHHELD: [&str; 9] = [
     tandem_seal::KEY_VARIABLE,
     "TANDEM_TOKEN",
     "TANDEM_LOG_FILE",
+    "NOTIFY_SOCKET",
     "DBUS_SESSION_BUS_ADDRESS",
     "XDG_RUNTIME_DIR",
     "SSH_AUTH_SOCK",

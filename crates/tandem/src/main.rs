@@ -51,6 +51,10 @@ fn init_logging(daemon: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG")
         .unwrap_or_else(|_| default_filter.into());
     let file = std::env::var_os(tandem_cli::LOG_FILE_VARIABLE).filter(|_| daemon);
+    // Colour only for a person at a terminal who has not said no.
+    let ansi = file.is_none()
+        && std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && tandem_cli::colour();
     let writer = match file {
         Some(path) => {
             let limit = std::env::var("TANDEM_LOG_ROTATE_BYTES")
@@ -64,6 +68,7 @@ fn init_logging(daemon: bool) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
+        .with_ansi(ansi)
         // A log that cannot be written (a full disk under the agent's
         // log file) is lost, never fatal: by default a failed write is
         // reported on stderr, which is that same file, and `eprintln!`

@@ -130,9 +130,28 @@ fn the_shipped_systemd_unit_is_valid_and_runs_up_with_flags_it_knows() {
     let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../contrib/systemd/tandem.service");
     let unit = std::fs::read_to_string(&shipped).expect("read the unit");
-    for needed in ["KillMode=process", "Restart=on-failure", "LimitNOFILE="] {
+    for needed in [
+        "KillMode=process",
+        "Restart=on-failure",
+        "LimitNOFILE=",
+        "Type=notify",
+        "Environment=TANDEM_LOG=",
+    ] {
         assert!(unit.contains(needed), "{needed} in {}", shipped.display());
     }
+    // Hardened as far as the agent's work allows: 5 or lower.
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes"])
+        .arg(&shipped)
+        .output()
+        .expect("systemd-analyze security");
+    let said = String::from_utf8_lossy(&out.stdout);
+    let score: f64 = said
+        .lines()
+        .find_map(|l| l.split("exposure level for tandem.service: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in: {said}"));
+    assert!(score <= 5.0, "exposure {score}: {said}");
     // systemd's own check, with this build's binary where the unit expects
     // the installed one (it checks that the command is executable).
     let root = tempfile::tempdir().expect("tempdir");
@@ -342,6 +361,35 @@ fn the_agents_own_log_is_rotated_while_it_runs_and_can_be_json() {
         assert!(
             v["level"].is_string() && v["timestamp"].is_string(),
             "{line}"
+        );
+    }
+}
+
+#[test]
+fn up_tells_systemd_it_is_ready_and_no_service_can_speak_for_it() {
+    // systemd's notification socket, played by the test.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("notify");
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).expect("bind");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let env = Env::start_with(&[("NOTIFY_SOCKET", path.to_str().expect("utf-8"))]);
+    let mut buf = [0u8; 4096];
+    let n = socket.recv(&mut buf).expect("a notification");
+    let said = String::from_utf8_lossy(&buf[..n]);
+    assert!(said.starts_with("READY=1\n"), "{said}");
+    assert!(said.contains("STATUS=serving: api"), "{said}");
+    // The agent and the services it runs do not get the socket.
+    let dir = env.app("web", "", "v1");
+    assert_ok(&env.deploy(&dir));
+    let agent = std::fs::read_to_string(env.data().join("agent.lock")).expect("lock");
+    let instance = env.instances("web")[0]["pid"].as_u64().expect("pid");
+    for pid in [agent.trim().to_owned(), instance.to_string()] {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+        assert!(
+            !String::from_utf8_lossy(&environ).contains("NOTIFY_SOCKET"),
+            "{pid} got NOTIFY_SOCKET"
         );
     }
 }

@@ -1142,4 +1142,7 @@ fn deploy_colours_its_terminal_unless_no_color_clicolor_or_a_dumb_term_says_not(
             assert!(!plain.contains(sgr), "{off:?} still colours: {plain:?}");
         }
     }
+    // A log file is no terminal: the agent's has no colour codes.
+    let log = std::fs::read_to_string(env.data().join("agent.log")).expect("agent.log");
+    assert!(log.contains("INFO") && !log.contains('\x1b'), "{log}");
 }
