@@ -389,9 +389,12 @@ pub enum Command {
     },
     /// Secrets of a service: injected into its instances and steps by name
     /// (`run.secrets`), masked in logs, never shown.
+    #[command(args_conflicts_with_subcommands = true)]
     Secrets {
+        /// List this service's secrets (as `secrets ls SERVICE`).
+        service: Option<String>,
         #[command(subcommand)]
-        command: SecretsCommand,
+        command: Option<SecretsCommand>,
     },
     /// Incidents, newest first; acknowledge or resolve one.
     #[command(args_conflicts_with_subcommands = true)]
@@ -404,9 +407,12 @@ pub enum Command {
     },
     /// Maintenance windows (announced, excluded from SLOs, alerts muted) and
     /// the proxy's maintenance page.
+    #[command(args_conflicts_with_subcommands = true)]
     Maintenance {
+        /// List this service's windows (as `maintenance ls [SERVICE]`).
+        service: Option<String>,
         #[command(subcommand)]
-        command: MaintenanceCommand,
+        command: Option<MaintenanceCommand>,
     },
     /// Where incidents are told: webhooks, Slack, e-mail.
     Channels {
@@ -526,6 +532,12 @@ pub enum MaintenanceCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum IncidentsCommand {
+    /// Incidents, newest first (as `incidents` alone).
+    Ls {
+        /// Only unresolved incidents.
+        #[arg(long)]
+        open: bool,
+    },
     /// One incident, with each notification about it and its attempts.
     Show { id: i64 },
     /// Acknowledge: someone is on it (recorded with your identity).
@@ -557,6 +569,8 @@ pub enum ChannelsCommand {
     },
     /// Remove a channel.
     Rm { id: i64 },
+    /// The channels (as `channels` alone).
+    Ls,
 }
 
 #[derive(Subcommand, Debug)]
@@ -610,6 +624,8 @@ pub enum SecretsCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum PipelinesCommand {
+    /// Runs, newest first (as `pipelines [SERVICE]`).
+    Ls { service: Option<String> },
     /// A run's log; -f follows it live until the run ends.
     Logs {
         run: i64,
@@ -785,7 +801,7 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
             service,
             follow,
             lines,
-        } => view::logs(&api(), &service, follow, lines).await,
+        } => view::logs(&api(), &service, follow, lines, fmt).await,
         Command::Whoami => people::whoami(&api(), fmt).await,
         Command::Users { command: None } => people::users(&api(), fmt).await,
         Command::Users {
@@ -893,6 +909,10 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
         Command::Pipelines {
             service,
             command: None,
+        }
+        | Command::Pipelines {
+            command: Some(PipelinesCommand::Ls { service }),
+            ..
         } => pipelines::runs(&api(), service.as_deref(), fmt).await,
         Command::Pipelines {
             command: Some(PipelinesCommand::Logs { run, follow }),
@@ -906,10 +926,27 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
             command: Some(PipelinesCommand::Retry { run }),
             ..
         } => pipelines::act(&api(), run, "retry", fmt).await,
-        Command::Secrets { command } => pipelines::secrets(&api(), command, fmt).await,
+        Command::Secrets {
+            command: Some(command),
+            ..
+        } => pipelines::secrets(&api(), command, fmt).await,
+        Command::Secrets {
+            service: Some(service),
+            command: None,
+        } => pipelines::secrets(&api(), SecretsCommand::Ls { service }, fmt).await,
+        Command::Secrets {
+            service: None,
+            command: None,
+        } => Err(Exit::bad_input(
+            "tandem secrets needs a service: tandem secrets SERVICE, or set/rm (see --help)",
+        )),
         Command::Incidents {
             open,
             command: None,
+        }
+        | Command::Incidents {
+            command: Some(IncidentsCommand::Ls { open }),
+            ..
         } => ops::incidents(&api(), open, fmt).await,
         Command::Incidents {
             command: Some(IncidentsCommand::Show { id }),
@@ -923,11 +960,16 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
             command: Some(IncidentsCommand::Resolve { id, note }),
             ..
         } => ops::transition(&api(), id, "resolve", note, fmt).await,
-        Command::Maintenance { command } => ops::maintenance(&api(), command, fmt).await,
-        Command::Channels { command: None } => ops::channels(&api(), fmt).await,
+        Command::Maintenance { service, command } => {
+            let command = command.unwrap_or(MaintenanceCommand::Ls { service });
+            ops::maintenance(&api(), command, fmt).await
+        }
+        Command::Channels {
+            command: None | Some(ChannelsCommand::Ls),
+        } => ops::channels(&api(), fmt).await,
         Command::Channels {
             command: Some(ChannelsCommand::Rm { id }),
-        } => ops::remove_channel(&api(), id).await,
+        } => ops::remove_channel(&api(), id, fmt).await,
         Command::Channels {
             command: Some(ChannelsCommand::Add { kind }),
         } => {

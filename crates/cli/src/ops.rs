@@ -138,9 +138,13 @@ pub async fn add_channel(api: &Api, body: serde_json::Value, fmt: Format) -> Cmd
     Ok(())
 }
 
-pub async fn remove_channel(api: &Api, id: i64) -> CmdResult {
-    api.delete(&format!("/api/v1/channels/{id}")).await?;
-    outln!("channel {id} removed");
+pub async fn remove_channel(api: &Api, id: i64, fmt: Format) -> CmdResult {
+    let answer = api.delete(&format!("/api/v1/channels/{id}")).await?;
+    if fmt == Format::Json {
+        json(&answer);
+    } else {
+        outln!("channel {id} removed");
+    }
     Ok(())
 }
 

@@ -289,17 +289,19 @@ pub async fn secrets(api: &Api, command: crate::SecretsCommand, fmt: Format) -> 
                     "no value on stdin; e.g. printf %s \"$VALUE\" | tandem secrets set {service} {name}"
                 )));
             }
-            api.put(
-                &format!(
-                    "/api/v1/services/{service}/secrets/{name}{}",
-                    env_query(&env)
-                ),
-                serde_json::json!({ "value": value }),
-            )
-            .await?;
-            match env {
-                Some(env) => outln!("{service}: {name} set for {env}"),
-                None => outln!("{service}: {name} set"),
+            let answer = api
+                .put(
+                    &format!(
+                        "/api/v1/services/{service}/secrets/{name}{}",
+                        env_query(&env)
+                    ),
+                    serde_json::json!({ "value": value }),
+                )
+                .await?;
+            match (fmt, env) {
+                (Format::Json, _) => crate::output::json(&answer),
+                (_, Some(env)) => outln!("{service}: {name} set for {env}"),
+                (_, None) => outln!("{service}: {name} set"),
             }
         }
         S::Ls { service } => {
@@ -314,12 +316,17 @@ pub async fn secrets(api: &Api, command: crate::SecretsCommand, fmt: Format) -> 
             .await;
         }
         S::Rm { service, name, env } => {
-            api.delete(&format!(
-                "/api/v1/services/{service}/secrets/{name}{}",
-                env_query(&env)
-            ))
-            .await?;
-            outln!("{service}: {name} removed");
+            let answer = api
+                .delete(&format!(
+                    "/api/v1/services/{service}/secrets/{name}{}",
+                    env_query(&env)
+                ))
+                .await?;
+            if fmt == Format::Json {
+                crate::output::json(&answer);
+            } else {
+                outln!("{service}: {name} removed");
+            }
         }
     }
     Ok(())

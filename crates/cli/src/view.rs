@@ -186,7 +186,8 @@ pub async fn services(api: &Api, fmt: Format) -> CmdResult {
 /// line is printed twice or skipped, however many come between two asks or
 /// however alike they are. An agent that gives no cursors gets the older
 /// way: each instance's new lines are those after the last one printed.
-pub async fn logs(api: &Api, service: &str, follow: bool, lines: usize) -> CmdResult {
+/// With `-o json`, each line is one JSON object: `{"instance", "line"}`.
+pub async fn logs(api: &Api, service: &str, follow: bool, lines: usize, fmt: Format) -> CmdResult {
     // After the first ask, an instance without a cursor is one that had
     // written nothing or did not run yet: all it has is new.
     const SINCE_START: usize = 10_000;
@@ -226,7 +227,14 @@ pub async fn logs(api: &Api, service: &str, follow: bool, lines: usize) -> CmdRe
                     .unwrap_or(0)
             };
             for l in &ls[start..] {
-                outln!("{inst} | {}", cell(&l["line"]));
+                if fmt == Format::Json {
+                    outln!(
+                        "{}",
+                        serde_json::json!({ "instance": inst, "line": l["line"] })
+                    );
+                } else {
+                    outln!("{inst} | {}", cell(&l["line"]));
+                }
                 printed += 1;
             }
             if let Some(l) = ls.last() {

@@ -41,7 +41,8 @@ pub enum HookError {
     MissingSignature(&'static str),
     #[error("signature does not match")]
     BadSignature,
-    #[error("ignored: {0}")]
+    /// Said under `"ignored"` in the answer: the reason alone.
+    #[error("{0}")]
     Ignored(String),
     #[error("malformed payload: {0}")]
     Malformed(String),

@@ -470,7 +470,7 @@ impl Delivery {
             }
             other => {
                 return Err(DeliveryError::Conflict(format!(
-                    "run {id} is already {other}"
+                    "run {id} has ended ({other}): there is nothing to cancel"
                 )));
             }
         }

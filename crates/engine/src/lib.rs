@@ -176,6 +176,26 @@ impl Engine {
         self.service_lock(service).lock_owned().await
     }
 
+    /// [`Engine::lock_service`], saying so on `reporter` when another
+    /// release of the service holds it (a person waits, not in silence).
+    async fn lock_service_telling(
+        &self,
+        service: &str,
+        reporter: &Reporter,
+    ) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self.service_lock(service);
+        match lock.clone().try_lock_owned() {
+            Ok(guard) => guard,
+            Err(_) => {
+                reporter.phase(
+                    "waiting",
+                    format!("another release of {service} is in progress; waiting for it to end"),
+                );
+                lock.lock_owned().await
+            }
+        }
+    }
+
     /// Reads `dir/tandem.yaml`, builds, tests, stores the release and rolls it out.
     pub async fn deploy_dir(
         &self,
@@ -188,7 +208,7 @@ impl Engine {
             .map_err(|e| EngineError::BadInput(format!("{}: {e}", dir.display())))?;
         let spec = read_spec(&dir)?;
         let name = spec.service.name.to_string();
-        let _guard = self.lock_service(&name).await;
+        let _guard = self.lock_service_telling(&name, reporter).await;
         let source = dir.display().to_string();
         self.register(&spec, &source, Some(&dir), actor).await?;
         // Build and test steps see the service-wide values.
@@ -453,7 +473,7 @@ impl Engine {
         actor: &str,
         reporter: &Reporter,
     ) -> Result<ReleaseRow, EngineError> {
-        let _guard = self.lock_service(service).await;
+        let _guard = self.lock_service_telling(service, reporter).await;
         let svc = self
             .store
             .service(service)

@@ -1146,3 +1146,22 @@ fn deploy_colours_its_terminal_unless_no_color_clicolor_or_a_dumb_term_says_not(
     let log = std::fs::read_to_string(env.data().join("agent.log")).expect("agent.log");
     assert!(log.contains("INFO") && !log.contains('\x1b'), "{log}");
 }
+
+#[test]
+fn a_second_deploy_of_a_service_says_it_waits_for_the_first() {
+    let env = Env::start();
+    // A build that takes a while: the second deploy arrives during it.
+    let dir = env.app("slow", "build:\n  - { name: wait, run: sleep 3 }\n", "v1");
+    std::thread::scope(|s| {
+        let first = s.spawn(|| env.deploy(&dir));
+        std::thread::sleep(Duration::from_millis(800));
+        let second = env.deploy(&dir);
+        assert_ok(&second);
+        let said = String::from_utf8_lossy(&second.stderr);
+        assert!(
+            said.contains("another release of slow is in progress; waiting for it to end"),
+            "{said}"
+        );
+        assert_ok(&first.join().expect("first"));
+    });
+}

@@ -210,3 +210,34 @@ fn shell_completions_load_and_the_manual_page_renders() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn every_list_is_its_noun_alone_or_with_ls_and_says_the_same() {
+    let env = Env::start();
+    let dir = env.app("web", "", "v1");
+    assert_ok(&env.deploy(&dir));
+    for (alone, with_ls) in [
+        (vec!["incidents"], vec!["incidents", "ls"]),
+        (
+            vec!["incidents", "--open"],
+            vec!["incidents", "ls", "--open"],
+        ),
+        (vec!["channels"], vec!["channels", "ls"]),
+        (vec!["pipelines"], vec!["pipelines", "ls"]),
+        (vec!["pipelines", "web"], vec!["pipelines", "ls", "web"]),
+        (vec!["maintenance"], vec!["maintenance", "ls"]),
+        (vec!["maintenance", "web"], vec!["maintenance", "ls", "web"]),
+        (vec!["secrets", "web"], vec!["secrets", "ls", "web"]),
+    ] {
+        for fmt in [&[][..], &["-o", "json"][..]] {
+            let a = env.tandem(&[&alone[..], fmt].concat());
+            let b = env.tandem(&[&with_ls[..], fmt].concat());
+            assert_ok(&a);
+            assert_ok(&b);
+            assert_eq!(a.stdout, b.stdout, "{alone:?} and {with_ls:?} differ");
+        }
+    }
+    let out = env.tandem(&["secrets"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tandem secrets SERVICE"));
+}

@@ -333,6 +333,10 @@ pub fn get_from(addr: &str, host: &str, path: &str) -> (u16, String) {
 /// [`get_from`] with a bearer token.
 pub fn get_as(addr: &str, host: &str, path: &str, token: Option<&str>) -> (u16, String) {
     let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    // A test that waits on an answer fails in time rather than hangs.
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
