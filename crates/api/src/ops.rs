@@ -103,6 +103,12 @@ pub(crate) struct ChannelBody {
     smtp: Option<String>,
     service: Option<String>,
     tier: Option<String>,
+    /// Tell an unacknowledged page again this often (e.g. `15m`).
+    repeat: Option<String>,
+    /// Escalate an unacknowledged page this long after it opened…
+    escalate_after: Option<String>,
+    /// …to this channel too.
+    escalate_to: Option<i64>,
 }
 
 pub(crate) async fn channels(
@@ -155,6 +161,34 @@ pub(crate) async fn add_channel(
             )));
         }
     }
+    let seconds = |what: &str, v: &Option<String>| -> Result<Option<i64>, ApiError> {
+        v.as_deref()
+            .map(|d| {
+                let d: tandem_core::Duration = d
+                    .parse()
+                    .map_err(|e| ApiError::BadInput(format!("{what}: {e}")))?;
+                let s = (d.as_millis() / 1000) as i64;
+                if s < 1 {
+                    return Err(ApiError::BadInput(format!("{what} must be at least 1s")));
+                }
+                Ok(s)
+            })
+            .transpose()
+    };
+    let repeat_s = seconds("repeat", &b.repeat)?;
+    let escalate_after_s = seconds("escalate_after", &b.escalate_after)?;
+    if escalate_after_s.is_some() != b.escalate_to.is_some() {
+        return Err(ApiError::BadInput(
+            "escalate_after and escalate_to go together: after how long, to which channel".into(),
+        ));
+    }
+    if let Some(to) = b.escalate_to
+        && !s.engine.store.channels().await?.iter().any(|c| c.id == to)
+    {
+        return Err(ApiError::BadInput(format!(
+            "no channel {to} to escalate to"
+        )));
+    }
     let row = ChannelRow {
         id: 0,
         kind: b.kind,
@@ -164,6 +198,9 @@ pub(crate) async fn add_channel(
         service: b.service,
         tier: b.tier,
         created_at: String::new(),
+        repeat_s,
+        escalate_after_s,
+        escalate_to: b.escalate_to,
     };
     let row = s.engine.store.add_channel(&row, &caller.actor()).await?;
     Ok((StatusCode::CREATED, Json(serde_json::json!(row))).into_response())

@@ -558,6 +558,15 @@ pub struct ChannelScope {
     /// Only incidents of services of this tier.
     #[arg(long)]
     pub tier: Option<String>,
+    /// Tell an unacknowledged page again this often (e.g. 15m).
+    #[arg(long)]
+    pub repeat: Option<String>,
+    /// Escalate an unacknowledged page this long after it opened (e.g.
+    /// 30m) to the channel --escalate-to.
+    #[arg(long, requires = "escalate_to")]
+    pub escalate_after: Option<String>,
+    #[arg(long, requires = "escalate_after")]
+    pub escalate_to: Option<i64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -986,7 +995,8 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
             };
             let body = serde_json::json!({
                 "kind": kind, "target": target, "secret": secret, "smtp": smtp,
-                "service": scope.service, "tier": scope.tier,
+                "service": scope.service, "tier": scope.tier, "repeat": scope.repeat,
+                "escalate_after": scope.escalate_after, "escalate_to": scope.escalate_to,
             });
             ops::add_channel(&api(), body, fmt).await
         }

@@ -550,6 +550,9 @@ impl Monitor {
             .into_iter()
             .map(|i| ((i.service.clone(), i.env.clone(), i.kind.clone()), i))
             .collect();
+        // Unacknowledged pages: told again, and escalated, as channels ask.
+        let unresolved: Vec<IncidentRow> = open.values().cloned().collect();
+        self.ops.notifier.follow_up(&unresolved).await;
         let maintenance = store.maintenance(None).await?;
         let now = jiff::Timestamp::now();
         let missing = self.missing_units(status).await?;

@@ -112,6 +112,75 @@ impl Notifier {
             Ok(Some(s)) => Some(s.tier),
             _ => None,
         };
+        let to: Vec<ChannelRow> = channels
+            .into_iter()
+            .filter(|c| routed(c, &notice.service, tier.as_deref()))
+            .collect();
+        self.queue(&notice, &to).await;
+    }
+
+    /// Tells again, for each open page nobody has acknowledged, the
+    /// channels that repeat (every `repeat_s`), and escalates it once to a
+    /// channel's `escalate_to` (`escalate_after_s` after it opened). Called
+    /// by the monitor every second; what was sent is read from the outbox,
+    /// so a restarted server neither repeats early nor escalates twice.
+    pub async fn follow_up(&self, open: &[IncidentRow]) {
+        let pages: Vec<&IncidentRow> = open
+            .iter()
+            .filter(|i| i.status == "open" && i.severity == "page")
+            .collect();
+        if pages.is_empty() {
+            return;
+        }
+        let Ok(channels) = self.store.channels().await else {
+            return;
+        };
+        let now = jiff::Timestamp::now();
+        let age = |ts: &str| {
+            ts.parse::<jiff::Timestamp>()
+                .map(|t| now.duration_since(t).as_secs())
+                .unwrap_or(0)
+        };
+        for incident in pages {
+            let Ok(sent) = self.store.outbox_of(incident.id).await else {
+                continue;
+            };
+            let tier = match self.store.service(&incident.service).await {
+                Ok(Some(s)) => Some(s.tier),
+                _ => None,
+            };
+            for ch in channels
+                .iter()
+                .filter(|c| routed(c, &incident.service, tier.as_deref()))
+            {
+                if let Some(every) = ch.repeat_s {
+                    let last = sent
+                        .iter()
+                        .filter(|n| n.channel == ch.id)
+                        .map(|n| n.created_at.as_str())
+                        .max();
+                    if last.is_some_and(|l| age(l) >= every) {
+                        let notice = Notice::incident(incident, "incident.repeated");
+                        self.queue(&notice, std::slice::from_ref(ch)).await;
+                    }
+                }
+                if let (Some(after), Some(to)) = (ch.escalate_after_s, ch.escalate_to)
+                    && age(&incident.opened_at) >= after
+                    && !sent
+                        .iter()
+                        .any(|n| n.channel == to && n.event == "incident.escalated")
+                    && let Some(target) = channels.iter().find(|c| c.id == to)
+                {
+                    let notice = Notice::incident(incident, "incident.escalated");
+                    self.queue(&notice, std::slice::from_ref(target)).await;
+                }
+            }
+        }
+    }
+
+    /// Queues `notice` for the channels `to`, in one write, and wakes the
+    /// dispatcher.
+    async fn queue(&self, notice: &Notice, to: &[ChannelRow]) {
         let mut body = notice.json.clone();
         body["event"] = serde_json::json!(notice.event);
         body["occurred_at"] = serde_json::json!(tandem_store::now_ts());
@@ -122,11 +191,7 @@ impl Notifier {
             text: notice.text.clone(),
         };
         let queued = serde_json::to_string(&queued).unwrap_or_default();
-        let rows: Vec<(i64, String)> = channels
-            .iter()
-            .filter(|c| routed(c, &notice.service, tier.as_deref()))
-            .map(|c| (c.id, webhook_id()))
-            .collect();
+        let rows: Vec<(i64, String)> = to.iter().map(|c| (c.id, webhook_id())).collect();
         if rows.is_empty() {
             return;
         }
@@ -148,7 +213,7 @@ impl Notifier {
                 // a few tries, unrecorded.
                 tracing::error!(error = %e, event = %notice.event, "cannot queue notifications; sending them unrecorded");
                 for (channel, webhook_id) in rows {
-                    let Some(ch) = channels.iter().find(|c| c.id == channel).cloned() else {
+                    let Some(ch) = to.iter().find(|c| c.id == channel).cloned() else {
                         continue;
                     };
                     let row = OutboxRow {

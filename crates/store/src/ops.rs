@@ -58,6 +58,12 @@ pub struct ChannelRow {
     pub service: Option<String>,
     pub tier: Option<String>,
     pub created_at: String,
+    /// Seconds between repeats of an unacknowledged page (`None`: once).
+    pub repeat_s: Option<i64>,
+    /// Seconds after an unacknowledged page opened that it is escalated
+    /// to channel `escalate_to`.
+    pub escalate_after_s: Option<i64>,
+    pub escalate_to: Option<i64>,
 }
 
 /// One notification to one channel, as queued (see `0018_outbox.sql`).
@@ -229,8 +235,9 @@ impl Store {
             let _w = self.writer.lock().await;
             let mut tx = self.pool.begin().await?;
             let id: i64 = sqlx::query_scalar(
-                "INSERT INTO channels (kind, target, secret, smtp, service, tier, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                "INSERT INTO channels (kind, target, secret, smtp, service, tier, created_at,
+                   repeat_s, escalate_after_s, escalate_to)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             )
             .bind(&c.kind)
             .bind(&c.target)
@@ -239,13 +246,17 @@ impl Store {
             .bind(&c.service)
             .bind(&c.tier)
             .bind(now_ts())
+            .bind(c.repeat_s)
+            .bind(c.escalate_after_s)
+            .bind(c.escalate_to)
             .fetch_one(&mut *tx)
             .await?;
             let event = NewEvent::new(actor, "channel.added")
                 .subject("channel", id.to_string())
                 .payload(serde_json::json!({
                     "kind": c.kind, "target": c.target, "service": c.service, "tier": c.tier,
-                    "signed": c.secret.is_some(),
+                    "signed": c.secret.is_some(), "repeat_s": c.repeat_s,
+                    "escalate_after_s": c.escalate_after_s, "escalate_to": c.escalate_to,
                 }));
             append_in(&mut tx, event).await?;
             tx.commit().await?;

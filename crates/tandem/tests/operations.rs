@@ -836,3 +836,95 @@ fn a_notification_to_a_receiver_that_is_down_survives_a_restart_and_arrives_once
         .count();
     assert_eq!(copies, 1);
 }
+
+#[test]
+fn an_unacknowledged_page_is_repeated_and_escalated_until_someone_acknowledges_it() {
+    let env = Env::start();
+    let (oncall, first) = receiver();
+    let (manager, second) = receiver();
+    // The escalation target hears of nothing else (scoped to another
+    // service); the first channel repeats every 2 s and escalates at 3 s.
+    let out = env.tandem(&[
+        "channels",
+        "add",
+        "webhook",
+        &format!("http://{manager}/hook"),
+        "--service",
+        "someone-else",
+        "-o",
+        "json",
+    ]);
+    assert_ok(&out);
+    let manager_id = serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")["id"]
+        .as_i64()
+        .expect("id")
+        .to_string();
+    assert_ok(&env.tandem(&[
+        "channels",
+        "add",
+        "webhook",
+        &format!("http://{oncall}/hook"),
+        "--repeat",
+        "2s",
+        "--escalate-after",
+        "3s",
+        "--escalate-to",
+        &manager_id,
+    ]));
+    // Bad follow-ups are refused, naming what is wrong, and change nothing.
+    for (args, said) in [
+        (&["--repeat", "0s"][..], "repeat must be at least 1s"),
+        (&["--repeat", "soon"][..], "repeat:"),
+        (
+            &["--escalate-after", "3s", "--escalate-to", "999"][..],
+            "no channel 999 to escalate to",
+        ),
+    ] {
+        let out = env.tandem(
+            &[
+                &["channels", "add", "webhook", "http://127.0.0.1:9/x"][..],
+                args,
+            ]
+            .concat(),
+        );
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(said),
+            "{out:?}"
+        );
+    }
+    let listed = env.tandem(&["channels", "-o", "json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("json");
+    assert_eq!(listed.as_array().map(Vec::len), Some(2));
+    let incident = unhealthy(&env, "paged");
+    let id = incident["id"].as_i64().expect("id").to_string();
+    let events = |got: &std::sync::Arc<std::sync::Mutex<Vec<util::Received>>>, kind: &str| {
+        got.lock()
+            .expect("lock")
+            .iter()
+            .filter(|r| r.body.contains(&format!("\"event\":\"{kind}\"")))
+            .count()
+    };
+    wait_until(
+        Duration::from_secs(20),
+        "two repeats and an escalation",
+        || {
+            (events(&first, "incident.repeated") >= 2 && events(&second, "incident.escalated") == 1)
+                .then_some(())
+        },
+    );
+    assert_eq!(events(&first, "incident.opened"), 1);
+    assert_eq!(events(&second, "incident.opened"), 0, "scoped away");
+    // Acknowledged: no more repeats, no second escalation.
+    assert_ok(&env.tandem(&["incidents", "ack", &id]));
+    std::thread::sleep(Duration::from_millis(500));
+    let repeats = events(&first, "incident.repeated");
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        events(&first, "incident.repeated"),
+        repeats,
+        "repeated after the ack"
+    );
+    assert_eq!(events(&second, "incident.escalated"), 1);
+    assert_eq!(events(&first, "incident.acknowledged"), 1);
+}
