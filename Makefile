@@ -26,3 +26,5 @@ bench: build
 	python3 bench/pipeline
 	bash bench/probes
 	bash bench/upgrade
+	bash bench/isolation
+	python3 bench/alerts
