@@ -109,6 +109,13 @@ pub(crate) struct ChannelBody {
     escalate_after: Option<String>,
     /// …to this channel too.
     escalate_to: Option<i64>,
+    /// E-mail: `none`, `starttls` or `tls` (implicit TLS); default `none`
+    /// for a relay on this machine, else `starttls`.
+    smtp_tls: Option<String>,
+    /// E-mail: log in to the relay as this user…
+    smtp_user: Option<String>,
+    /// …with this password (kept as the channel's secret, never shown).
+    smtp_password: Option<String>,
 }
 
 pub(crate) async fn channels(
@@ -122,6 +129,7 @@ pub(crate) async fn add_channel(
     caller: Caller,
     Json(b): Json<ChannelBody>,
 ) -> Result<Response, ApiError> {
+    let mut smtp_tls = None;
     match b.kind.as_str() {
         "webhook" | "slack" => {
             let uri: axum::http::Uri = b
@@ -145,15 +153,38 @@ pub(crate) async fn add_channel(
             let smtp = b.smtp.as_deref().ok_or_else(|| {
                 ApiError::BadInput("an e-mail channel needs --smtp host:port".into())
             })?;
-            if smtp
+            let Some((host, _)) = smtp
                 .rsplit_once(':')
-                .and_then(|(_, p)| p.parse::<u16>().ok())
-                .is_none()
-            {
+                .filter(|(_, p)| p.parse::<u16>().is_ok())
+            else {
                 return Err(ApiError::BadInput(format!(
                     "--smtp {smtp} is not host:port"
                 )));
+            };
+            let local = host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            let tls = b
+                .smtp_tls
+                .clone()
+                .unwrap_or_else(|| if local { "none" } else { "starttls" }.into());
+            if !["none", "starttls", "tls"].contains(&tls.as_str()) {
+                return Err(ApiError::BadInput(format!(
+                    "--smtp-tls {tls}: one of none, starttls, tls"
+                )));
             }
+            if b.smtp_user.is_some() != b.smtp_password.is_some() {
+                return Err(ApiError::BadInput(
+                    "--smtp-user and its password go together".into(),
+                ));
+            }
+            if b.smtp_user.is_some() && tls == "none" {
+                return Err(ApiError::BadInput(
+                    "a password is sent only over TLS: give --smtp-tls starttls or tls".into(),
+                ));
+            }
+            smtp_tls = Some(tls);
         }
         other => {
             return Err(ApiError::BadInput(format!(
@@ -193,7 +224,10 @@ pub(crate) async fn add_channel(
         id: 0,
         kind: b.kind,
         target: b.target,
-        secret: b.secret.filter(|s| !s.is_empty()),
+        secret: b
+            .secret
+            .or(b.smtp_password.clone())
+            .filter(|s| !s.is_empty()),
         smtp: b.smtp,
         service: b.service,
         tier: b.tier,
@@ -201,6 +235,8 @@ pub(crate) async fn add_channel(
         repeat_s,
         escalate_after_s,
         escalate_to: b.escalate_to,
+        smtp_tls,
+        smtp_user: b.smtp_user,
     };
     let row = s.engine.store.add_channel(&row, &caller.actor()).await?;
     Ok((StatusCode::CREATED, Json(serde_json::json!(row))).into_response())

@@ -31,6 +31,20 @@ use clap::{Parser, Subcommand, ValueEnum};
 pub use exit::{CmdResult, Exit};
 pub use output::colour;
 
+/// The relay password of `user`, from standard input (one line).
+fn read_password(user: &str) -> Result<String, Exit> {
+    let mut value = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut value)
+        .map_err(|e| Exit::bad_input(format!("cannot read the password from stdin: {e}")))?;
+    let value = value.trim_end_matches(['\n', '\r']).to_owned();
+    if value.is_empty() {
+        return Err(Exit::bad_input(format!(
+            "no password on stdin for {user}; e.g. printf %s \"$PASS\" | tandem channels add email … --smtp-user {user}"
+        )));
+    }
+    Ok(value)
+}
+
 /// `bytes` to stdout; a reader that stopped early (`| head`) is no error.
 fn print_bytes(bytes: &[u8]) -> CmdResult {
     use std::io::Write;
@@ -604,6 +618,14 @@ pub enum ChannelKind {
         /// host:port of the SMTP relay.
         #[arg(long)]
         smtp: String,
+        /// none, starttls or tls (implicit TLS, e.g. port 465); default:
+        /// none for a relay on this machine, else starttls.
+        #[arg(long)]
+        smtp_tls: Option<String>,
+        /// Log in to the relay as this user; the password is read from
+        /// standard input.
+        #[arg(long)]
+        smtp_user: Option<String>,
         #[command(flatten)]
         scope: ChannelScope,
     },
@@ -982,6 +1004,7 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
         Command::Channels {
             command: Some(ChannelsCommand::Add { kind }),
         } => {
+            let mut login = (None, None, None);
             let (kind, target, secret, smtp, scope) = match kind {
                 ChannelKind::Webhook { url, secret, scope } => {
                     ("webhook", url, secret, None, scope)
@@ -990,13 +1013,23 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
                 ChannelKind::Email {
                     address,
                     smtp,
+                    smtp_tls,
+                    smtp_user,
                     scope,
-                } => ("email", address, None, Some(smtp), scope),
+                } => {
+                    let password = match &smtp_user {
+                        Some(user) => Some(read_password(user)?),
+                        None => None,
+                    };
+                    login = (smtp_tls, smtp_user, password);
+                    ("email", address, None, Some(smtp), scope)
+                }
             };
             let body = serde_json::json!({
                 "kind": kind, "target": target, "secret": secret, "smtp": smtp,
                 "service": scope.service, "tier": scope.tier, "repeat": scope.repeat,
                 "escalate_after": scope.escalate_after, "escalate_to": scope.escalate_to,
+                "smtp_tls": login.0, "smtp_user": login.1, "smtp_password": login.2,
             });
             ops::add_channel(&api(), body, fmt).await
         }

@@ -525,11 +525,24 @@ async fn send_mail(ch: &ChannelRow, subject: &str, text: &str) -> Result<String,
         .subject(subject.to_owned())
         .body(text.to_owned())
         .map_err(|e| format!("cannot build the message: {e}"))?;
-    // Plain SMTP to the relay the operator named (usually local).
-    let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+    use lettre::transport::smtp::authentication::Credentials;
+    use lettre::transport::smtp::client::{Tls, TlsParameters};
+    // TLS as the channel says (the system's roots, and SSL_CERT_FILE):
+    // STARTTLS required, or TLS from the first byte; plain only if asked
+    // (a relay on this machine).
+    let tls = || TlsParameters::new(host.to_owned()).map_err(|e| format!("smtp {smtp}: TLS: {e}"));
+    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
         .port(port)
-        .timeout(Some(SEND_TIMEOUT))
-        .build();
+        .timeout(Some(SEND_TIMEOUT));
+    builder = match ch.smtp_tls.as_deref().unwrap_or("none") {
+        "starttls" => builder.tls(Tls::Required(tls()?)),
+        "tls" => builder.tls(Tls::Wrapper(tls()?)),
+        _ => builder,
+    };
+    if let (Some(user), Some(password)) = (&ch.smtp_user, &ch.secret) {
+        builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
+    }
+    let transport = builder.build();
     let response = transport
         .send(message)
         .await

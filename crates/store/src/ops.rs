@@ -64,6 +64,10 @@ pub struct ChannelRow {
     /// to channel `escalate_to`.
     pub escalate_after_s: Option<i64>,
     pub escalate_to: Option<i64>,
+    /// E-mail: `none`, `starttls` or `tls` (implicit); `None`: `none`.
+    pub smtp_tls: Option<String>,
+    /// E-mail: the relay's login (its password is `secret`).
+    pub smtp_user: Option<String>,
 }
 
 /// One notification to one channel, as queued (see `0018_outbox.sql`).
@@ -236,8 +240,8 @@ impl Store {
             let mut tx = self.pool.begin().await?;
             let id: i64 = sqlx::query_scalar(
                 "INSERT INTO channels (kind, target, secret, smtp, service, tier, created_at,
-                   repeat_s, escalate_after_s, escalate_to)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                   repeat_s, escalate_after_s, escalate_to, smtp_tls, smtp_user)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             )
             .bind(&c.kind)
             .bind(&c.target)
@@ -249,6 +253,8 @@ impl Store {
             .bind(c.repeat_s)
             .bind(c.escalate_after_s)
             .bind(c.escalate_to)
+            .bind(&c.smtp_tls)
+            .bind(&c.smtp_user)
             .fetch_one(&mut *tx)
             .await?;
             let event = NewEvent::new(actor, "channel.added")
@@ -257,6 +263,7 @@ impl Store {
                     "kind": c.kind, "target": c.target, "service": c.service, "tier": c.tier,
                     "signed": c.secret.is_some(), "repeat_s": c.repeat_s,
                     "escalate_after_s": c.escalate_after_s, "escalate_to": c.escalate_to,
+                    "smtp_tls": c.smtp_tls, "smtp_user": c.smtp_user,
                 }));
             append_in(&mut tx, event).await?;
             tx.commit().await?;

@@ -220,6 +220,25 @@ fn smtp_python() -> String {
     std::env::var("TANDEM_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
+/// Starts an aiosmtpd script and waits for its "ready".
+fn start_smtpd(cmd: &mut std::process::Command) -> std::process::Child {
+    let mut smtpd = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the SMTP server");
+    let mut ready = String::new();
+    BufReader::new(smtpd.stdout.take().expect("stdout"))
+        .read_line(&mut ready)
+        .expect("read");
+    if ready.trim() != "ready" {
+        let mut err = String::new();
+        let _ = smtpd.stderr.take().map(|mut e| e.read_to_string(&mut err));
+        panic!("aiosmtpd did not start (install it: .ci/run does): {err}");
+    }
+    smtpd
+}
+
 const SMTPD: &str = r#"import sys, time
 from aiosmtpd.controller import Controller
 class Keep:
@@ -245,23 +264,12 @@ fn incidents_reach_a_real_smtp_server_and_manual_ack_and_resolve_are_recorded() 
     let mailbox = env.root.path().join("mailbox");
     let script = env.root.path().join("smtpd.py");
     std::fs::write(&script, SMTPD).expect("script");
-    let mut smtpd = std::process::Command::new(smtp_python())
-        .arg(&script)
-        .arg(port.to_string())
-        .arg(&mailbox)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start the SMTP server");
-    let mut ready = String::new();
-    BufReader::new(smtpd.stdout.take().expect("stdout"))
-        .read_line(&mut ready)
-        .expect("read");
-    if ready.trim() != "ready" {
-        let mut err = String::new();
-        let _ = smtpd.stderr.take().map(|mut e| e.read_to_string(&mut err));
-        panic!("aiosmtpd did not start (install it: .ci/run does): {err}");
-    }
+    let mut smtpd = start_smtpd(
+        std::process::Command::new(smtp_python())
+            .arg(&script)
+            .arg(port.to_string())
+            .arg(&mailbox),
+    );
     assert_ok(&env.tandem(&[
         "channels",
         "add",
@@ -927,4 +935,126 @@ fn an_unacknowledged_page_is_repeated_and_escalated_until_someone_acknowledges_i
     );
     assert_eq!(events(&second, "incident.escalated"), 1);
     assert_eq!(events(&first, "incident.acknowledged"), 1);
+}
+
+const TLS_SMTPD: &str = r#"import ssl, sys, time
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+mode, port, cert, key, mailbox = sys.argv[1:6]
+class Keep:
+    async def handle_DATA(self, server, session, envelope):
+        with open(mailbox, "a") as f:
+            tls = server.transport.get_extra_info("ssl_object") is not None
+            f.write("TLS %s RCPT %s\n" % (tls, ",".join(envelope.rcpt_tos)))
+            f.write(envelope.content.decode("utf8", "replace") + "\n=====\n")
+        return "250 OK"
+def auth(server, session, envelope, mechanism, data):
+    ok = isinstance(data, LoginPassword) and data.login == b"alerts" and data.password == b"relay-s3cret"
+    with open(mailbox, "a") as f:
+        f.write("AUTH %s\n" % ok)
+    return AuthResult(success=ok)
+ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+ctx.load_cert_chain(cert, key)
+if mode == "starttls":
+    c = Controller(Keep(), hostname="127.0.0.1", port=int(port), tls_context=ctx,
+                   require_starttls=True, authenticator=auth, auth_require_tls=True)
+else:
+    c = Controller(Keep(), hostname="127.0.0.1", port=int(port), ssl_context=ctx,
+                   authenticator=auth, auth_require_tls=False)
+c.start()
+print("ready", flush=True)
+while True:
+    time.sleep(3600)
+"#;
+
+#[test]
+fn e_mail_goes_over_starttls_or_implicit_tls_with_a_login() {
+    // A certificate for 127.0.0.1, trusted through SSL_CERT_FILE.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("cert");
+    let (cert_file, key_file) = (dir.path().join("relay.crt"), dir.path().join("relay.key"));
+    std::fs::write(&cert_file, cert.pem()).expect("cert");
+    std::fs::write(&key_file, key.serialize_pem()).expect("key");
+    let env = Env::start_with(&[("SSL_CERT_FILE", cert_file.to_str().expect("utf-8"))]);
+    // A login without TLS is refused: the password would cross in clear.
+    let out = env.set_secret_with(
+        &[
+            "channels",
+            "add",
+            "email",
+            "a@example.test",
+            "--smtp",
+            "192.0.2.1:25",
+            "--smtp-tls",
+            "none",
+            "--smtp-user",
+            "alerts",
+        ],
+        "relay-s3cret",
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only over TLS"));
+
+    let mut relays = Vec::new();
+    for mode in ["starttls", "tls"] {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port();
+        let mailbox = dir.path().join(format!("{mode}.mbox"));
+        let script = dir.path().join("tls_smtpd.py");
+        std::fs::write(&script, TLS_SMTPD).expect("script");
+        let smtpd = start_smtpd(
+            std::process::Command::new(smtp_python())
+                .arg(&script)
+                .args([mode, &port.to_string()])
+                .arg(&cert_file)
+                .arg(&key_file)
+                .arg(&mailbox),
+        );
+        let out = env.set_secret_with(
+            &[
+                "channels",
+                "add",
+                "email",
+                &format!("{mode}@example.test"),
+                "--smtp",
+                &format!("127.0.0.1:{port}"),
+                "--smtp-tls",
+                mode,
+                "--smtp-user",
+                "alerts",
+            ],
+            "relay-s3cret",
+        );
+        assert_ok(&out);
+        relays.push((mode, mailbox, smtpd));
+    }
+    // The password is the channel's secret: never shown.
+    let listed = env.tandem(&["channels", "-o", "json"]);
+    assert!(!String::from_utf8_lossy(&listed.stdout).contains("relay-s3cret"));
+
+    let incident = unhealthy(&env, "mailed");
+    for (mode, mailbox, mut smtpd) in relays {
+        let mail = wait_until(Duration::from_secs(15), "the e-mail", || {
+            std::fs::read_to_string(&mailbox)
+                .ok()
+                .filter(|m| m.contains("====="))
+        });
+        assert!(mail.contains("AUTH True"), "{mode}: {mail}");
+        assert!(
+            mail.contains(&format!("TLS True RCPT {mode}@example.test")),
+            "{mode}: {mail}"
+        );
+        assert!(
+            mail.contains(&format!("incident #{} opened", incident["id"])),
+            "{mode}: {mail}"
+        );
+        let _ = smtpd.kill();
+        let _ = smtpd.wait();
+    }
 }
