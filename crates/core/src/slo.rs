@@ -251,6 +251,44 @@ mod tests {
     }
 
     #[test]
+    fn the_six_times_rule_pages_on_six_hours_and_thirty_minutes_alone() {
+        // 0.6% errors = 6× the budget for the last 6 hours: below 14.4× over
+        // the hour, so only the second page rule can fire.
+        let m = with_errors(minutes(NOW, 3 * 24 * 60, 1000, 0), NOW - 360, NOW, 6);
+        assert!((burn_rate(&m, Sli::Availability, SLO, NOW, 360) - 6.0).abs() < 1e-9);
+        assert!((burn_rate(&m, Sli::Availability, SLO, NOW, 30) - 6.0).abs() < 1e-9);
+        assert!(burn_rate(&m, Sli::Availability, SLO, NOW, 60) < 14.4);
+        assert_eq!(alert(&m, Sli::Availability, SLO, NOW), Some(Alert::Page));
+        // The same burn that stopped 31 minutes ago: the short window is
+        // clean, so no page (the long window alone does not decide).
+        let ended = with_errors(minutes(NOW, 3 * 24 * 60, 1000, 0), NOW - 360, NOW - 31, 6);
+        assert_ne!(
+            alert(&ended, Sli::Availability, SLO, NOW),
+            Some(Alert::Page)
+        );
+    }
+
+    #[test]
+    fn the_one_times_rule_tickets_on_three_days_and_six_hours_alone() {
+        // Exactly the budget's pace (0.1%) for three days: 1×, a ticket.
+        let m = minutes(NOW, 3 * 24 * 60, 1000, 1);
+        assert!((burn_rate(&m, Sli::Availability, SLO, NOW, 4320) - 1.0).abs() < 1e-9);
+        assert!(burn_rate(&m, Sli::Availability, SLO, NOW, 1440) < 3.0);
+        assert_eq!(alert(&m, Sli::Availability, SLO, NOW), Some(Alert::Ticket));
+        // Below it (0.09%): nothing.
+        let under: Vec<Minute> = m
+            .iter()
+            .map(|x| Minute {
+                total: 10_000,
+                errors: 9,
+                fast: 9_991,
+                ..*x
+            })
+            .collect();
+        assert_eq!(alert(&under, Sli::Availability, SLO, NOW), None);
+    }
+
+    #[test]
     fn burning_14_times_does_not_page() {
         let m = with_errors(minutes(NOW, 3 * 24 * 60, 10_000, 0), NOW - 60, NOW, 140);
         let rate = burn_rate(&m, Sli::Availability, SLO, NOW, 60);

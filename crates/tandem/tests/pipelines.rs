@@ -964,7 +964,13 @@ fn secrets_reach_instances_and_steps_and_are_masked_everywhere_else() {
     let journal = String::from_utf8_lossy(&journal.stdout);
     assert!(journal.contains("secret.set"), "setting it is journaled");
     assert!(!journal.contains(value), "the value is not");
-    for file in ["tandem.db", "agent-state.json"] {
+    // The database's WAL and shared memory hold its pages too.
+    for file in [
+        "tandem.db",
+        "tandem.db-wal",
+        "tandem.db-shm",
+        "agent-state.json",
+    ] {
         let mode = std::fs::metadata(env.data().join(file))
             .expect(file)
             .permissions()

@@ -241,3 +241,37 @@ fn every_list_is_its_noun_alone_or_with_ls_and_says_the_same() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("tandem secrets SERVICE"));
 }
+
+#[test]
+fn audit_verify_through_the_cli_fails_on_a_tampered_journal_naming_the_event() {
+    let env = Env::start();
+    let dir = env.app("web", "", "v1");
+    assert_ok(&env.deploy(&dir));
+    assert_ok(&env.tandem(&["audit", "verify"]));
+    // Someone with the database file rewrites who did something.
+    let db = env.data().join("tandem.db");
+    let tamper = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sqlite3, sys\n\
+             c = sqlite3.connect(sys.argv[1])\n\
+             c.execute('DROP TRIGGER IF EXISTS events_no_update')\n\
+             c.execute(\"UPDATE events SET actor = 'user:mallory' WHERE seq = 2\")\n\
+             c.commit()\n",
+        )
+        .arg(&db)
+        .output()
+        .expect("python3");
+    assert!(tamper.status.success(), "{tamper:?}");
+    let out = env.tandem(&["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("event 2: content does not match its hash"),
+        "{said}"
+    );
+}
