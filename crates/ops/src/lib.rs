@@ -30,6 +30,12 @@ pub const RESOLVE_AFTER: Duration = Duration::from_secs(3);
 pub const ERROR_WINDOW: Duration = Duration::from_secs(60);
 pub const ERROR_MIN_REQUESTS: u64 = 20;
 pub const ERROR_RATIO: f64 = 0.05;
+/// Whether `errors` of `total` requests in [`ERROR_WINDOW`] open an
+/// `error-ratio` incident: enough requests to judge, and enough of them 5xx.
+pub fn error_ratio_breached(total: u64, errors: u64) -> bool {
+    total >= ERROR_MIN_REQUESTS && errors as f64 / total as f64 >= ERROR_RATIO
+}
+
 /// A release that went live this recently is suspected when an incident opens.
 pub const SUSPECT_WITHIN: Duration = Duration::from_secs(15 * 60);
 
@@ -868,7 +874,7 @@ impl Monitor {
             } else {
                 (last.total, last.errors)
             };
-            if t >= ERROR_MIN_REQUESTS && e as f64 / t as f64 >= ERROR_RATIO {
+            if error_ratio_breached(t, e) {
                 found.push((
                     "error-ratio",
                     format!(
@@ -904,5 +910,20 @@ impl Monitor {
         let age = jiff::Timestamp::now().duration_since(at);
         (age.as_secs() >= 0 && (age.as_secs() as u64) < SUSPECT_WITHIN.as_secs())
             .then(|| active.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_ratio_needs_twenty_requests_and_five_percent_of_them_5xx() {
+        assert!(!error_ratio_breached(19, 19), "too few to judge");
+        assert!(error_ratio_breached(20, 1), "5% of 20");
+        assert!(!error_ratio_breached(20, 0));
+        assert!(!error_ratio_breached(100, 4), "4%");
+        assert!(error_ratio_breached(100, 5), "5%");
+        assert!(!error_ratio_breached(0, 0));
     }
 }

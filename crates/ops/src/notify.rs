@@ -564,6 +564,37 @@ fn rustls_config_without_roots() -> rustls::ClientConfig {
 mod tests {
     use super::*;
 
+    fn channel(service: Option<&str>, tier: Option<&str>) -> ChannelRow {
+        ChannelRow {
+            id: 1,
+            kind: "webhook".into(),
+            target: "http://127.0.0.1:9/".into(),
+            secret: None,
+            smtp: None,
+            service: service.map(str::to_owned),
+            tier: tier.map(str::to_owned),
+            created_at: String::new(),
+            repeat_s: None,
+            escalate_after_s: None,
+            escalate_to: None,
+            smtp_tls: None,
+            smtp_user: None,
+        }
+    }
+
+    #[test]
+    fn a_scoped_channel_hears_only_of_its_service_or_tier() {
+        let all = channel(None, None);
+        let shop = channel(Some("shop"), None);
+        let critical = channel(None, Some("critical"));
+        assert!(routed(&all, "shop", Some("standard")));
+        assert!(routed(&shop, "shop", Some("standard")));
+        assert!(!routed(&shop, "cart", Some("critical")));
+        assert!(routed(&critical, "cart", Some("critical")));
+        assert!(!routed(&critical, "shop", Some("standard")));
+        assert!(!routed(&critical, "gone", None), "a service without a tier");
+    }
+
     #[test]
     fn retries_back_off_from_a_second_to_ten_minutes() {
         let waits: Vec<u64> = (1..=12).map(|a| backoff(a).as_secs()).collect();
