@@ -79,7 +79,8 @@ async fn connection(stream: UnixStream, ctx: Context) -> std::io::Result<()> {
     let ok = match tokio::time::timeout(KEY_WITHIN, read_key).await {
         Ok(Ok(_)) => matches!(
             serde_json::from_slice::<Request>(&first),
-            Ok(Request::Auth { key }) if same(&key, &ctx.key)
+            Ok(Request::Auth { key })
+                if bool::from(subtle::ConstantTimeEq::ct_eq(key.as_bytes(), ctx.key.as_bytes()))
         ),
         _ => false,
     };
@@ -155,15 +156,6 @@ async fn connection(stream: UnixStream, ctx: Context) -> std::io::Result<()> {
 const KEY_LINE_MAX: u64 = 4096;
 /// How long a connection has to give the key.
 const KEY_WITHIN: Duration = Duration::from_secs(5);
-
-/// Whether two keys are the same, in time independent of where they differ.
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
 
 /// Whether `req` changes instances or routes.
 fn changes(req: &Request) -> bool {

@@ -51,10 +51,24 @@ pub fn own_dir(dir: &Path, uid: Option<u32>) -> std::io::Result<()> {
         Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
         _ => {}
     }
+    // Owner and mode set on the directory opened, never through a path a
+    // process of `uid` could have swapped for a link meanwhile (a build's
+    // home is its own).
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
     if let Some(uid) = uid {
-        std::os::unix::fs::lchown(dir, Some(uid), Some(uid))?;
+        rustix::fs::fchown(
+            &fd,
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(uid)),
+        )?;
     }
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700))?;
+    Ok(())
 }
 
 /// Gives everything under `dir` to `uid` (a checkout before its build);
@@ -167,8 +181,14 @@ fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
+/// What one entry costs at least: a block and an inode, so that a tree
+/// of millions of empty files is over a limit (and the walk ends) rather
+/// than free and walked whole every time.
+const ENTRY_AT_LEAST: u64 = 4096;
+
 /// The disk space the files under `dirs` take (their blocks, so a sparse
-/// file counts what it uses), counted up to a little past `enough`.
+/// file counts what it uses; each entry at least [`ENTRY_AT_LEAST`]),
+/// counted up to a little past `enough`.
 pub fn usage(dirs: &[PathBuf], enough: u64) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let mut total = 0u64;
@@ -181,7 +201,7 @@ pub fn usage(dirs: &[PathBuf], enough: u64) -> u64 {
             let Ok(meta) = e.path().symlink_metadata() else {
                 continue;
             };
-            total += meta.blocks() * 512;
+            total += (meta.blocks() * 512).max(ENTRY_AT_LEAST);
             if meta.is_dir() {
                 todo.push(e.path());
             }
@@ -277,6 +297,36 @@ mod tests {
                 12345
             );
         }
+    }
+
+    #[test]
+    fn many_empty_files_cost_space_and_the_count_stops_past_enough() {
+        let d = tempfile::tempdir().expect("tmp");
+        for i in 0..2000 {
+            std::fs::write(d.path().join(i.to_string()), "").expect("file");
+        }
+        let all = usage(&[d.path().to_path_buf()], u64::MAX);
+        assert!(all >= 2000 * ENTRY_AT_LEAST, "{all}");
+        // Past `enough` the walk ends: a little over it, not the whole.
+        let some = usage(&[d.path().to_path_buf()], 100 * ENTRY_AT_LEAST);
+        assert!(some > 100 * ENTRY_AT_LEAST && some < all, "{some} of {all}");
+    }
+
+    #[test]
+    fn own_dir_gives_the_directory_not_what_a_link_names() {
+        let d = tempfile::tempdir().expect("tmp");
+        let target = d.path().join("elsewhere");
+        std::fs::create_dir(&target).expect("mkdir");
+        std::os::unix::fs::symlink(&target, d.path().join("link")).expect("link");
+        assert!(own_dir(&d.path().join("link"), None).is_err());
+        let mode = std::fs::metadata(&target).expect("m").permissions().mode() & 0o777;
+        assert_ne!(mode, 0o700, "the link's target was changed");
+        own_dir(&d.path().join("mine"), None).expect("own");
+        let mode = std::fs::metadata(d.path().join("mine"))
+            .expect("m")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
     }
 
     #[test]
