@@ -269,13 +269,30 @@ impl Notifier {
                 }
             };
             let full = taken.len() as i64 == BATCH;
+            // The channels once a pass, not once a notification. Unreadable:
+            // the leases end and the rows are due again.
+            let channels = match taken.is_empty() {
+                true => Vec::new(),
+                false => match self.store.channels().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read channels; trying again later");
+                        continue;
+                    }
+                },
+            };
             for row in taken {
+                let Some(channel) = channels.iter().find(|c| c.id == row.channel).cloned() else {
+                    // Removed: given up, recorded.
+                    self.attempt(row, None).await;
+                    continue;
+                };
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     return;
                 };
                 let this = self.clone();
                 tokio::spawn(async move {
-                    this.attempt(row).await;
+                    this.attempt(row, Some(channel)).await;
                     drop(slot);
                 });
             }
@@ -290,14 +307,8 @@ impl Notifier {
 
     /// One attempt at `row`, recorded: delivered, due again after its
     /// backoff, or given up a day after it was queued.
-    async fn attempt(&self, row: OutboxRow) {
-        let channel = match self.store.channels().await {
-            Ok(all) => all.into_iter().find(|c| c.id == row.channel),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read channels; trying again later");
-                return;
-            }
-        };
+    /// `channel` is `None` when it was removed.
+    async fn attempt(&self, row: OutboxRow, channel: Option<ChannelRow>) {
         let result = match (&channel, serde_json::from_str::<Queued>(&row.notice)) {
             (None, _) => Err("the channel was removed".to_owned()),
             (_, Err(e)) => Err(format!("unreadable notification: {e}")),
