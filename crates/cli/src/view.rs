@@ -111,11 +111,19 @@ fn print_slos(s: &serde_json::Value) {
                 .filter_map(|b| Some(format!("{} {:.1}x", b[0].as_str()?, b[1].as_f64()?)))
                 .collect::<Vec<_>>()
                 .join("  ");
+            // What the figures rest on: requests, and quiet minutes that
+            // only the probes could judge.
+            let basis = match (o["requests"].as_u64(), o["quiet_minutes"].as_u64()) {
+                (Some(r), Some(q)) if q > 0 => format!("{r} req + {q} quiet min"),
+                (Some(r), _) => format!("{r} req"),
+                _ => "-".into(),
+            };
             vec![
                 cell(&o["name"]),
                 pct(&o["objective"]),
                 cell(&o["window"]),
                 pct(&o["attainment"]),
+                basis,
                 pct(&o["budget_remaining"]),
                 burns,
                 o["alert"].as_str().unwrap_or("-").to_owned(),
@@ -128,6 +136,7 @@ fn print_slos(s: &serde_json::Value) {
             "objective",
             "window",
             "attained",
+            "over",
             "budget left",
             "burn rates",
             "alert",

@@ -3,11 +3,32 @@
 //! Google SRE workbook. Pure arithmetic on [`Minute`]s; the caller loads
 //! them.
 //!
-//! The SLI is request-based: a minute contributes its requests, good ones
-//! being those not answered 5xx (and, for a latency SLO, answered within
-//! the threshold). A minute without a ready instance and without requests
-//! still counts as one bad event, so an outage nobody noticed burns budget
-//! too. Minutes inside a maintenance window count for nothing.
+//! The rules, so that a quiet service gets honest figures:
+//!
+//! - A minute **with requests** counts its requests: good ones are those
+//!   not answered 5xx (and, for a latency SLO, answered within the
+//!   threshold). Requests that met no ready instance were answered 502/503
+//!   by the proxy, so an outage under traffic is counted here.
+//! - A minute **without requests** is judged by the probes, by time: the
+//!   monitor looks about once a second, each look is 1/60 of an event, bad
+//!   when no instance was ready. A quiet minute watched throughout is one
+//!   event; seven seconds unready in it are 0.12 of a bad event, not a
+//!   whole one; a minute the monitor saw only part of (it started, the
+//!   unit appeared) is that part of an event. Rows from before looks were
+//!   counted are judged as a whole minute by their `ready` flag.
+//! - Minutes inside a maintenance window count for nothing; minutes nobody
+//!   measured (no row) count for nothing.
+//! - A budget is never smaller than the window's minutes allow: the bad
+//!   events a window may hold are `(1 − objective) × max(events, minutes)`,
+//!   with `minutes` the SLO window's whole length (a calendar month's
+//!   minutes, say) for the budget and the burn window's length for a burn
+//!   rate. A service that has been quiet, or that appeared an hour ago,
+//!   cannot overspend a month's budget in one bad second.
+//!
+//! So a service with no traffic that was unready for 7 s in an hour burns
+//! its 99.9 % budget at about 1.9× over that hour, while one that is down
+//! for five quiet minutes burns it at 1000× over five minutes and 83× over
+//! the hour, and pages.
 
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +51,9 @@ pub fn within(buckets: &[u64], threshold_us: u64) -> u64 {
         .sum()
 }
 
+/// The monitor looks about once a second.
+pub const LOOKS_PER_MINUTE: u32 = 60;
+
 /// One minute of one service, as measured.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Minute {
@@ -40,9 +64,34 @@ pub struct Minute {
     pub errors: u64,
     /// Requests answered within the latency SLO's threshold (non-5xx).
     pub fast: u64,
-    /// Whether some instance was ready during the whole minute.
-    pub ready: bool,
+    /// How often the monitor looked during the minute (about 60 when it
+    /// watched the whole minute).
+    pub looks: u32,
+    /// Looks at which no instance was ready.
+    pub unready_looks: u32,
     pub maintenance: bool,
+}
+
+impl Minute {
+    /// A minute of `total` requests, `errors` of them 5xx and the rest
+    /// fast, ready throughout.
+    pub fn serving(minute: i64, total: u64, errors: u64) -> Minute {
+        let errors = errors.min(total);
+        Minute {
+            minute,
+            total,
+            errors,
+            fast: total - errors,
+            looks: 60,
+            unready_looks: 0,
+            maintenance: false,
+        }
+    }
+
+    /// Whether no request came in: then the probes judge it.
+    pub fn quiet(&self) -> bool {
+        self.total == 0 && !self.maintenance
+    }
 }
 
 /// What an SLO counts.
@@ -53,36 +102,56 @@ pub enum Sli {
 }
 
 impl Minute {
-    /// (good, total) events of this minute for `sli`.
-    pub fn events(&self, sli: Sli) -> (u64, u64) {
+    /// (good, total) events of this minute for `sli` (see the module's
+    /// rules): fractional for a quiet minute that was partly unready.
+    pub fn events(&self, sli: Sli) -> (f64, f64) {
         if self.maintenance {
-            return (0, 0);
+            return (0.0, 0.0);
         }
         if self.total == 0 {
-            return if self.ready { (0, 0) } else { (0, 1) };
+            // Each look stands for about a second: a minute looked at
+            // throughout is one event, one the monitor saw only part of
+            // (it started, the unit appeared) that part of one.
+            let per_minute = f64::from(self.looks.max(LOOKS_PER_MINUTE));
+            let unready = self.unready_looks.min(self.looks);
+            return (
+                f64::from(self.looks - unready) / per_minute,
+                f64::from(self.looks) / per_minute,
+            );
         }
         let good = match sli {
             Sli::Availability => self.total - self.errors.min(self.total),
             Sli::Latency => self.fast.min(self.total),
         };
-        (good, self.total)
+        (good as f64, self.total as f64)
     }
 }
 
 /// Good and total events of `minutes` with `from <= minute < to`.
-pub fn count(minutes: &[Minute], sli: Sli, from: i64, to: i64) -> (u64, u64) {
+pub fn count(minutes: &[Minute], sli: Sli, from: i64, to: i64) -> (f64, f64) {
     minutes
         .iter()
         .filter(|m| m.minute >= from && m.minute < to)
         .map(|m| m.events(sli))
-        .fold((0, 0), |(g, t), (mg, mt)| (g + mg, t + mt))
+        .fold((0.0, 0.0), |(g, t), (mg, mt)| (g + mg, t + mt))
+}
+
+/// The bad events a window of `window_minutes` with `total` events may
+/// hold: never fewer than its minutes allow.
+fn allowed(objective: f64, total: f64, window_minutes: i64) -> f64 {
+    (1.0 - objective) * total.max(window_minutes.max(0) as f64)
 }
 
 /// Where an SLO stands over its window.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Standing {
-    pub good: u64,
-    pub total: u64,
+    /// Good events: requests, plus quiet minutes judged by the probes.
+    pub good: f64,
+    pub total: f64,
+    /// Requests counted.
+    pub requests: u64,
+    /// Minutes without requests, judged by the probes.
+    pub quiet_minutes: u64,
     /// good / total; 1.0 with no events.
     pub attainment: f64,
     /// Share of the error budget left: 1.0 untouched, 0 spent, below 0
@@ -90,16 +159,26 @@ pub struct Standing {
     pub budget_remaining: f64,
 }
 
-/// `objective` as a fraction (0.9995 for 99.95%).
-pub fn standing(minutes: &[Minute], sli: Sli, objective: f64, from: i64, to: i64) -> Standing {
+/// `objective` as a fraction (0.9995 for 99.95%), over the SLO window
+/// `[from, to)`; `window_minutes` is the window's whole length, which sets
+/// the smallest budget (a calendar month's minutes even on its first day).
+pub fn standing(
+    minutes: &[Minute],
+    sli: Sli,
+    objective: f64,
+    from: i64,
+    to: i64,
+    window_minutes: i64,
+) -> Standing {
     let (good, total) = count(minutes, sli, from, to);
-    let attainment = if total == 0 {
-        1.0
-    } else {
-        good as f64 / total as f64
+    let inside = || {
+        minutes
+            .iter()
+            .filter(move |m| m.minute >= from && m.minute < to && !m.maintenance)
     };
-    let allowed = (1.0 - objective) * total as f64;
-    let bad = (total - good) as f64;
+    let attainment = if total == 0.0 { 1.0 } else { good / total };
+    let bad = (total - good).max(0.0);
+    let allowed = allowed(objective, total, window_minutes);
     let budget_remaining = if allowed > 0.0 {
         1.0 - bad / allowed
     } else if bad > 0.0 {
@@ -110,14 +189,16 @@ pub fn standing(minutes: &[Minute], sli: Sli, objective: f64, from: i64, to: i64
     Standing {
         good,
         total,
+        requests: inside().map(|m| m.total).sum(),
+        quiet_minutes: inside().filter(|m| m.quiet()).count() as u64,
         attainment,
         budget_remaining,
     }
 }
 
 /// Burn rate over the `window_minutes` ending at `now` (exclusive): the
-/// error rate divided by the rate the objective allows. 1.0 spends the
-/// budget exactly over the SLO window; 0 with no events.
+/// bad events divided by those the objective allows in such a window. 1.0
+/// spends the budget exactly over the SLO window; 0 with no events.
 pub fn burn_rate(
     minutes: &[Minute],
     sli: Sli,
@@ -126,15 +207,15 @@ pub fn burn_rate(
     window_minutes: i64,
 ) -> f64 {
     let (good, total) = count(minutes, sli, now - window_minutes, now);
-    if total == 0 {
+    let bad = (total - good).max(0.0);
+    if bad == 0.0 {
         return 0.0;
     }
-    let error_rate = (total - good) as f64 / total as f64;
-    let allowed = 1.0 - objective;
+    let allowed = allowed(objective, total, window_minutes);
     if allowed <= 0.0 {
-        return if error_rate > 0.0 { f64::INFINITY } else { 0.0 };
+        return f64::INFINITY;
     }
-    error_rate / allowed
+    bad / allowed
 }
 
 /// How loudly to alert.
@@ -219,14 +300,7 @@ mod tests {
     /// which `errors` failed.
     fn minutes(end: i64, span: i64, total: u64, errors: u64) -> Vec<Minute> {
         (end - span..end)
-            .map(|minute| Minute {
-                minute,
-                total,
-                errors,
-                fast: total - errors,
-                ready: true,
-                maintenance: false,
-            })
+            .map(|minute| Minute::serving(minute, total, errors))
             .collect()
     }
 
@@ -333,7 +407,8 @@ mod tests {
                 total: 1000,
                 errors: 0,
                 fast: 1000,
-                ready: true,
+                looks: 60,
+                unready_looks: 0,
                 maintenance: false,
             })
             .collect();
@@ -353,14 +428,15 @@ mod tests {
             x.total = 0;
             x.errors = 0;
             x.fast = 0;
-            x.ready = false;
+            x.unready_looks = 60;
         }
-        let s = standing(&m, Sli::Availability, 0.9995, start, start + 43_200);
+        let s = standing(&m, Sli::Availability, 0.9995, start, start + 43_200, 43_200);
         // Counted: 43,200 − 60 (maintenance) − 30 (silent) minutes of 1000
         // requests, plus 30 silent bad events.
         let total = (43_200 - 60 - 30) * 1000 + 30;
         let bad = 100 * 1000 + 30;
-        assert_eq!((s.good, s.total), (total - bad, total));
+        assert_eq!((s.good, s.total), ((total - bad) as f64, total as f64));
+        assert_eq!((s.requests, s.quiet_minutes), ((43_200 - 90) * 1000, 30));
         let attainment = (total - bad) as f64 / total as f64;
         assert!((s.attainment - attainment).abs() < 1e-12);
         // Budget: 0.05% of 43,110,030 = 21,555.015 bad events allowed.
@@ -380,10 +456,136 @@ mod tests {
             total: 100,
             errors: 2,
             fast: 90,
-            ready: true,
+            looks: 60,
+            unready_looks: 0,
             maintenance: false,
         }];
-        assert_eq!(count(&m, Sli::Latency, NOW - 1, NOW), (90, 100));
-        assert_eq!(count(&m, Sli::Availability, NOW - 1, NOW), (98, 100));
+        assert_eq!(count(&m, Sli::Latency, NOW - 1, NOW), (90.0, 100.0));
+        assert_eq!(count(&m, Sli::Availability, NOW - 1, NOW), (98.0, 100.0));
+    }
+
+    /// `span` quiet minutes ending before `end`, ready throughout.
+    fn quiet(end: i64, span: i64) -> Vec<Minute> {
+        (end - span..end)
+            .map(|minute| Minute {
+                minute,
+                looks: 60,
+                ..Minute::default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_quiet_service_unready_for_seven_seconds_burns_twice_its_pace_and_pages_nobody() {
+        // The reported case: no traffic at all, one minute with 7 of its
+        // 60 looks unready. Alone, and after three quiet days.
+        let blip = Minute {
+            minute: NOW - 1,
+            looks: 60,
+            unready_looks: 7,
+            ..Minute::default()
+        };
+        for history in [vec![blip], {
+            let mut m = quiet(NOW - 1, 3 * 24 * 60);
+            m.push(blip);
+            m
+        }] {
+            let s = standing(
+                &history,
+                Sli::Availability,
+                SLO,
+                month_start(NOW),
+                NOW,
+                43_200,
+            );
+            let bad = 7.0 / 60.0;
+            assert!((s.total - s.good - bad).abs() < 1e-9, "{s:?}");
+            assert_eq!((s.requests, s.quiet_minutes), (0, s.total as u64));
+            // A month's budget at 99.9% is 43.2 minutes; 7 s spend 0.27% of it.
+            assert!(
+                (s.budget_remaining - (1.0 - bad / 43.2)).abs() < 1e-9,
+                "{s:?}"
+            );
+            let hour = burn_rate(&history, Sli::Availability, SLO, NOW, 60);
+            assert!((hour - bad / 0.06).abs() < 1e-9 && hour < 2.0, "{hour}");
+            let five = burn_rate(&history, Sli::Availability, SLO, NOW, 5);
+            assert!((five - bad / 0.005).abs() < 1e-9, "{five}");
+            assert_eq!(alert(&history, Sli::Availability, SLO, NOW), None);
+        }
+    }
+
+    #[test]
+    fn a_quiet_service_down_for_five_minutes_pages() {
+        let mut m = quiet(NOW - 5, 3 * 24 * 60);
+        m.extend((NOW - 5..NOW).map(|minute| Minute {
+            minute,
+            looks: 60,
+            unready_looks: 60,
+            ..Minute::default()
+        }));
+        let five = burn_rate(&m, Sli::Availability, SLO, NOW, 5);
+        assert!((five - 1000.0).abs() < 1e-6, "{five}");
+        let hour = burn_rate(&m, Sli::Availability, SLO, NOW, 60);
+        assert!((hour - 5.0 / 0.06).abs() < 1e-6, "{hour}");
+        assert_eq!(alert(&m, Sli::Availability, SLO, NOW), Some(Alert::Page));
+        // The same outage on a service that appeared six minutes ago: the
+        // hour still allows only what an hour's minutes allow.
+        let young: Vec<Minute> = m.iter().copied().filter(|x| x.minute >= NOW - 6).collect();
+        assert!((burn_rate(&young, Sli::Availability, SLO, NOW, 60) - hour).abs() < 1e-6);
+        assert_eq!(
+            alert(&young, Sli::Availability, SLO, NOW),
+            Some(Alert::Page)
+        );
+    }
+
+    #[test]
+    fn a_minute_with_requests_is_judged_by_them_not_by_its_probes() {
+        // Unready for half the minute, but every request was answered well
+        // (they came while it was ready): the requests decide.
+        let m = Minute {
+            unready_looks: 30,
+            ..Minute::serving(NOW - 1, 100, 0)
+        };
+        assert_eq!(m.events(Sli::Availability), (100.0, 100.0));
+        // A quiet minute the monitor saw 15 s of, 9 of them unready: a
+        // quarter of an event, 9/60 of it bad (not 9/15).
+        let m = Minute {
+            minute: NOW - 1,
+            looks: 15,
+            unready_looks: 9,
+            ..Minute::default()
+        };
+        assert_eq!(m.events(Sli::Availability), (6.0 / 60.0, 15.0 / 60.0));
+        // A quiet minute in maintenance counts for nothing, however unready.
+        let m = Minute {
+            minute: NOW - 1,
+            looks: 60,
+            unready_looks: 60,
+            maintenance: true,
+            ..Minute::default()
+        };
+        assert_eq!(m.events(Sli::Availability), (0.0, 0.0));
+        assert!(!m.quiet());
+    }
+
+    #[test]
+    fn a_budget_is_never_smaller_than_the_window_minutes_allow() {
+        // A service of 10 requests a day: one failed request in a 30-day
+        // window is one of at least 43,200 events' budget (43.2), not one
+        // of ten (0.01).
+        let m = vec![Minute::serving(NOW - 1, 10, 1)];
+        let s = standing(&m, Sli::Availability, SLO, NOW - 43_200, NOW, 43_200);
+        assert!((s.attainment - 0.9).abs() < 1e-12);
+        assert!(
+            (s.budget_remaining - (1.0 - 1.0 / 43.2)).abs() < 1e-9,
+            "{s:?}"
+        );
+        // A busy service's budget is its requests' share, as before.
+        let busy = minutes(NOW, 60, 100_000, 10);
+        let s = standing(&busy, Sli::Availability, SLO, NOW - 43_200, NOW, 43_200);
+        assert!(
+            (s.budget_remaining - (1.0 - 600.0 / 6_000.0)).abs() < 1e-9,
+            "{s:?}"
+        );
     }
 }

@@ -234,8 +234,10 @@ struct Rollup {
     minute: i64,
     /// Counters when the minute began.
     base: RequestCounts,
-    /// A ready instance at every look during the minute.
-    ready: bool,
+    /// Looks taken during the minute, and those that found no instance
+    /// ready (how a minute without requests is judged).
+    looks: u32,
+    unready_looks: u32,
 }
 
 impl Monitor {
@@ -711,10 +713,12 @@ impl Monitor {
                 } else {
                     RequestCounts::default()
                 },
-                ready: true,
+                looks: 0,
+                unready_looks: 0,
             });
-        entry.ready &= ready;
         if entry.minute == minute {
+            entry.looks += 1;
+            entry.unready_looks += u32::from(!ready);
             return Ok(());
         }
         let now = &svc.requests;
@@ -736,12 +740,16 @@ impl Monitor {
                 .enumerate()
                 .map(|(i, n)| delta(*n, entry.base.buckets.get(i).copied().unwrap_or(0)))
                 .collect(),
-            ready: entry.ready,
+            ready: entry.unready_looks == 0,
+            looks: i64::from(entry.looks),
+            unready_looks: i64::from(entry.unready_looks),
         };
+        // This look belongs to the new minute.
         *entry = Rollup {
             minute,
             base: now.clone(),
-            ready,
+            looks: 1,
+            unready_looks: u32::from(!ready),
         };
         let store = self.ops.engine.store.clone();
         store.record_minute(&row).await?;

@@ -22,8 +22,13 @@ pub struct SloReport {
     pub window: String,
     /// Latency threshold in ms, for a latency SLO.
     pub threshold_ms: Option<u64>,
-    pub good: u64,
-    pub total: u64,
+    /// Good and all events: requests, plus minutes without requests
+    /// judged by the probes (fractional when partly unready).
+    pub good: f64,
+    pub total: f64,
+    /// Requests counted, and minutes without requests.
+    pub requests: u64,
+    pub quiet_minutes: u64,
     pub attainment: f64,
     pub budget_remaining: f64,
     /// Burn rate by window (`5m`, `1h`, …).
@@ -45,13 +50,14 @@ pub async fn report(store: &Store, spec: &Spec, now: i64) -> Result<Vec<SloRepor
     let starts: Vec<i64> = spec
         .slo
         .iter()
-        .map(|s| window_start(&s.window, now))
+        .map(|s| window_start(&s.window, now).0)
         .collect();
     let from = starts.iter().copied().min().unwrap_or(now).min(now - 4320);
     let rows = store.minutes(service, "", from, now).await?;
     let windows = store.maintenance(Some(service)).await?;
     let mut out = Vec::new();
     for (slo, start) in spec.slo.iter().zip(starts) {
+        let window_minutes = window_start(&slo.window, now).1;
         let threshold_us = slo.threshold.map(|t| t.as_millis() * 1000);
         let minutes = to_minutes(&rows, &windows, threshold_us);
         let sli = if threshold_us.is_some() {
@@ -59,8 +65,9 @@ pub async fn report(store: &Store, spec: &Spec, now: i64) -> Result<Vec<SloRepor
         } else {
             Sli::Availability
         };
-        let objective = slo.objective.value() / 100.0;
-        let standing = slo::standing(&minutes, sli, objective, start, now);
+        // Rounded: 99.9 / 100 is 0.9990000000000001 in floating point.
+        let objective = (slo.objective.value() * 1e10).round() / 1e12;
+        let standing = slo::standing(&minutes, sli, objective, start, now, window_minutes);
         out.push(SloReport {
             name: slo.name.clone(),
             objective,
@@ -68,6 +75,8 @@ pub async fn report(store: &Store, spec: &Spec, now: i64) -> Result<Vec<SloRepor
             threshold_ms: slo.threshold.map(|t| t.as_millis()),
             good: standing.good,
             total: standing.total,
+            requests: standing.requests,
+            quiet_minutes: standing.quiet_minutes,
             attainment: standing.attainment,
             budget_remaining: standing.budget_remaining,
             burn_rates: BURN_WINDOWS
@@ -85,10 +94,19 @@ pub async fn report(store: &Store, spec: &Spec, now: i64) -> Result<Vec<SloRepor
     Ok(out)
 }
 
-fn window_start(window: &SloWindow, now: i64) -> i64 {
+/// Where the SLO window that holds `now` begins, and its whole length in
+/// minutes (a calendar month's from its first minute to its last).
+fn window_start(window: &SloWindow, now: i64) -> (i64, i64) {
     match window {
-        SloWindow::CalendarMonth => slo::month_start(now),
-        SloWindow::Rolling(d) => now - (d.as_millis() / 60_000) as i64,
+        SloWindow::CalendarMonth => {
+            let start = slo::month_start(now);
+            // The first minute of the next month: 32 days on is always in it.
+            (start, slo::month_start(start + 32 * 1440) - start)
+        }
+        SloWindow::Rolling(d) => {
+            let minutes = (d.as_millis() / 60_000) as i64;
+            (now - minutes, minutes)
+        }
     }
 }
 
@@ -118,12 +136,24 @@ pub fn to_minutes(
                 Some(t) => slo::within(&r.buckets, t).saturating_sub(errors),
                 None => total - errors.min(total),
             };
+            // Rows from before looks were counted: the whole minute by `ready`.
+            let (looks, unready_looks) = match r.looks {
+                0 => (
+                    slo::LOOKS_PER_MINUTE,
+                    if r.ready { 0 } else { slo::LOOKS_PER_MINUTE },
+                ),
+                n => (
+                    u32::try_from(n).unwrap_or(u32::MAX),
+                    u32::try_from(r.unready_looks.clamp(0, n)).unwrap_or(u32::MAX),
+                ),
+            };
             Minute {
                 minute: r.minute,
                 total,
                 errors,
                 fast,
-                ready: r.ready,
+                looks,
+                unready_looks,
                 maintenance: spans.iter().any(|(a, b)| r.minute >= *a && r.minute < *b),
             }
         })
@@ -141,4 +171,30 @@ pub fn in_maintenance(windows: &[MaintenanceRow], now: jiff::Timestamp) -> bool 
             _ => false,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minute_of(at: &str) -> i64 {
+        at.parse::<jiff::Timestamp>()
+            .expect("timestamp")
+            .as_second()
+            / 60
+    }
+
+    #[test]
+    fn a_calendar_month_window_is_as_long_as_its_month() {
+        let feb = minute_of("2026-02-14T10:00:00Z");
+        assert_eq!(
+            window_start(&SloWindow::CalendarMonth, feb),
+            (minute_of("2026-02-01T00:00:00Z"), 28 * 1440)
+        );
+        let dec = minute_of("2026-12-31T23:59:00Z");
+        assert_eq!(
+            window_start(&SloWindow::CalendarMonth, dec),
+            (minute_of("2026-12-01T00:00:00Z"), 31 * 1440)
+        );
+    }
 }

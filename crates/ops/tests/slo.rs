@@ -37,6 +37,8 @@ async fn standings_count_errors_latency_and_skip_maintenance() {
             errors,
             buckets: buckets.clone(),
             ready: true,
+            looks: 60,
+            unready_looks: 0,
         };
         store.record_minute(&row).await.expect("record");
     }
@@ -56,7 +58,8 @@ async fn standings_count_errors_latency_and_skip_maintenance() {
     let r = report(&store, &spec, now).await.expect("report");
     assert_eq!(r.len(), 2);
     // Availability: 115 counted minutes, 1000 bad in total.
-    assert_eq!((r[0].good, r[0].total), (115_000 - 1000, 115_000));
+    assert_eq!((r[0].good, r[0].total), (114_000.0, 115_000.0));
+    assert_eq!((r[0].requests, r[0].quiet_minutes), (115_000, 0));
     let allowed = 0.001 * 115_000.0;
     assert!(
         (r[0].budget_remaining - (1.0 - 1000.0 / allowed)).abs() < 1e-9,
@@ -73,6 +76,76 @@ async fn standings_count_errors_latency_and_skip_maintenance() {
     assert_eq!(burn(0, "5m"), Some(0.0));
     // Latency: 900 fast per minute, minus the minute's errors.
     assert_eq!(r[1].threshold_ms, Some(300));
-    assert_eq!(r[1].good, 115 * 900 - 1000);
-    assert_eq!(r[1].total, 115_000);
+    assert_eq!(r[1].good, (115 * 900 - 1000) as f64);
+    assert_eq!(r[1].total, 115_000.0);
+}
+
+/// The reported case, through the store: a service without traffic that
+/// was unready for 7 s of one minute (as the monitor counts looks), next to
+/// a minute stored before looks were counted (judged whole by `ready`).
+#[tokio::test]
+async fn a_quiet_service_is_judged_by_its_probes_and_its_budget_by_the_window() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("tandem.db"))
+        .await
+        .expect("store");
+    let spec = Spec::parse(
+        "tandem.yaml",
+        "service: { name: quiet }\nrun: { command: ./q }\nroute: { host: q.test }\nslo:\n  - { name: availability, objective: 99.9%, window: 30d }\n",
+    )
+    .expect("spec");
+    let now = now_minute();
+    let row = |minute: i64, looks: i64, unready_looks: i64, ready: bool| MinuteRow {
+        service: "quiet".into(),
+        env: String::new(),
+        minute,
+        total: 0,
+        errors: 0,
+        buckets: vec![0; 20],
+        ready,
+        looks,
+        unready_looks,
+    };
+    for minute in now - 60..now {
+        store
+            .record_minute(&row(minute, 60, 0, true))
+            .await
+            .expect("record");
+    }
+    store
+        .record_minute(&row(now - 1, 60, 7, false))
+        .await
+        .expect("record");
+    let r = report(&store, &spec, now).await.expect("report");
+    // Each quiet minute is one event; 7 of 60 looks unready is 7/60 bad.
+    let bad = 7.0 / 60.0;
+    assert_eq!((r[0].requests, r[0].quiet_minutes), (0, 60), "{r:?}");
+    assert!((r[0].total - r[0].good - bad).abs() < 1e-9, "{r:?}");
+    assert!((r[0].attainment - (1.0 - bad / 60.0)).abs() < 1e-9, "{r:?}");
+    // 30 days at 99.9% allow 43.2 bad minutes: 7 s spend 0.27% of them.
+    assert!(
+        (r[0].budget_remaining - (1.0 - bad / 43.2)).abs() < 1e-9,
+        "{r:?}"
+    );
+    assert!((burn_of(&r[0], "1h") - bad / 0.06).abs() < 1e-9, "{r:?}");
+    assert_eq!(r[0].alert, None);
+
+    // A row from before looks were counted, unready: a whole bad minute.
+    store
+        .record_minute(&row(now - 2, 0, 0, false))
+        .await
+        .expect("record");
+    let r = report(&store, &spec, now).await.expect("report");
+    assert!(
+        (burn_of(&r[0], "1h") - (1.0 + bad) / 0.06).abs() < 1e-9,
+        "{r:?}"
+    );
+}
+
+fn burn_of(r: &tandem_ops::slo::SloReport, w: &str) -> f64 {
+    r.burn_rates
+        .iter()
+        .find(|(n, _)| n == w)
+        .map(|(_, v)| *v)
+        .expect("window")
 }

@@ -15,7 +15,13 @@ pub struct MinuteRow {
     pub errors: i64,
     #[sqlx(json)]
     pub buckets: Vec<u64>,
+    /// A ready instance at every look.
     pub ready: bool,
+    /// Looks the monitor took during the minute (0 in rows from before it
+    /// counted them: judge those by `ready`).
+    pub looks: i64,
+    /// Looks at which no instance was ready.
+    pub unready_looks: i64,
 }
 
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
@@ -33,9 +39,11 @@ impl Store {
     /// Stores a minute (replacing one measured before, after a restart).
     pub async fn record_minute(&self, m: &MinuteRow) -> Result<()> {
         sqlx::query(
-            "INSERT INTO minutes (service, env, minute, total, errors, buckets, ready) VALUES (?, ?, ?, ?, ?, ?, ?)
+            "INSERT INTO minutes (service, env, minute, total, errors, buckets, ready, looks, unready_looks)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT(service, env, minute) DO UPDATE SET total = excluded.total, errors = excluded.errors,
-               buckets = excluded.buckets, ready = excluded.ready",
+               buckets = excluded.buckets, ready = excluded.ready, looks = excluded.looks,
+               unready_looks = excluded.unready_looks",
         )
         .bind(&m.service)
         .bind(&m.env)
@@ -44,6 +52,8 @@ impl Store {
         .bind(m.errors)
         .bind(serde_json::to_string(&m.buckets)?)
         .bind(m.ready)
+        .bind(m.looks)
+        .bind(m.unready_looks)
         .execute(&self.pool)
         .await?;
         Ok(())

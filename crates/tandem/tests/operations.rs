@@ -540,6 +540,112 @@ fn a_service_answering_with_errors_opens_an_error_ratio_incident() {
     );
 }
 
+/// The SLO of a service in `status -o json`.
+fn slo_of(env: &Env, service: &str) -> serde_json::Value {
+    env.status_json(service)["services"][0]["slo"][0].clone()
+}
+
+fn burn(slo: &serde_json::Value, window: &str) -> f64 {
+    slo["burn_rates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|b| b[0] == window)
+        .and_then(|b| b[1].as_f64())
+        .unwrap_or(f64::NAN)
+}
+
+/// Issue 17: the monitor rolls real minutes up, a quiet service that was
+/// unready for seven seconds is judged by its probes (a fraction of one
+/// minute, no page), and a service failing its requests burns its budget
+/// and opens a `burn-rate` page — both through the running server, across
+/// a real minute boundary.
+#[test]
+fn minutes_are_rolled_up_and_judge_a_quiet_blip_mildly_and_a_burning_service_with_a_page() {
+    let env = Env::start();
+    let slo = "slo:\n  - { name: availability, objective: 99.9%, window: calendar-month }\n";
+    let (quiet, quiet_health, _) = app(&env, "quiet");
+    let (burning, burning_health, _) = app(&env, "burning");
+    for dir in [&quiet, &burning] {
+        let spec = std::fs::read_to_string(dir.join("tandem.yaml")).expect("spec") + slo;
+        std::fs::write(dir.join("tandem.yaml"), spec).expect("spec");
+        assert_ok(&env.deploy(dir));
+    }
+    // The quiet one gets no request at all and is unready for about 7 s.
+    std::fs::remove_file(&quiet_health).expect("unready");
+    std::thread::sleep(Duration::from_secs(7));
+    std::fs::write(&quiet_health, "").expect("ready again");
+    // The burning one answers every request with 500.
+    std::fs::write(format!("{}.errors", burning_health.display()), "").expect("errors");
+    let load = Load::start(&env.proxy, "burning.test", 2);
+
+    // Once the minute the blip ended in is over (readiness returns within
+    // about a second), the monitor has stored it.
+    std::thread::sleep(Duration::from_secs(2));
+    let now = jiff::Timestamp::now().as_second();
+    std::thread::sleep(Duration::from_secs((60 - now % 60 + 3) as u64));
+    let quiet_slo = wait_until(
+        Duration::from_secs(10),
+        "the quiet service's minutes",
+        || {
+            let s = slo_of(&env, "quiet");
+            let bad = s["total"].as_f64()? - s["good"].as_f64()?;
+            (bad > 0.0).then_some(s)
+        },
+    );
+    let page = wait_until(Duration::from_secs(150), "a burn-rate page", || {
+        incidents(&env)
+            .into_iter()
+            .find(|i| i["kind"] == "burn-rate" && i["service"] == "burning")
+    });
+    let r = load.finish();
+    eprintln!(
+        "quiet: {quiet_slo}\nburning: {}; load ok={} failed={}",
+        page["summary"], r.ok, r.failed
+    );
+    let bad =
+        quiet_slo["total"].as_f64().expect("total") - quiet_slo["good"].as_f64().expect("good");
+    // About 7 of 60 looks (readiness needs up to a second either way).
+    assert!((2.0 / 60.0..=12.0 / 60.0).contains(&bad), "{quiet_slo}");
+    assert_eq!(quiet_slo["requests"], 0, "{quiet_slo}");
+    assert!(
+        quiet_slo["budget_remaining"].as_f64().expect("budget") > 0.99,
+        "{quiet_slo}"
+    );
+    assert!(burn(&quiet_slo, "1h") < 14.4 / 4.0, "{quiet_slo}");
+    assert!(quiet_slo["alert"].is_null(), "{quiet_slo}");
+    assert!(
+        incidents(&env)
+            .iter()
+            .all(|i| !(i["service"] == "quiet" && i["kind"] == "burn-rate")),
+        "a quiet blip pages nobody: {:?}",
+        incidents(&env)
+    );
+
+    assert_eq!(page["severity"], "page", "{page}");
+    assert!(
+        page["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("burns its error budget"),
+        "{page}"
+    );
+    let burning_slo = slo_of(&env, "burning");
+    assert!(
+        burning_slo["requests"].as_u64().expect("requests") > 0,
+        "{burning_slo}"
+    );
+    assert!(
+        burning_slo["attainment"].as_f64().expect("attainment") < 0.5,
+        "{burning_slo}"
+    );
+    assert!(
+        burn(&burning_slo, "5m") > 14.4 && burn(&burning_slo, "1h") > 14.4,
+        "{burning_slo}"
+    );
+    assert_eq!(burning_slo["alert"], "page", "{burning_slo}");
+}
+
 const HTTPS_RECEIVER: &str = r#"import http.server, ssl, sys
 class H(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
