@@ -23,7 +23,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::MethodFilter;
 use axum::{Json, Router};
 use serde::Deserialize;
 use tandem_engine::{Engine, EngineError, Reporter};
@@ -95,91 +95,123 @@ impl RecentStatus {
     }
 }
 
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/api/v1/health", get(health))
-        .route("/api/v1/openapi.json", get(openapi::document))
-        .route(
-            "/api/v1/services",
-            get(services).post(pipelines::add_service),
-        )
-        .route(
-            "/api/v1/services/{name}",
-            get(service).delete(pipelines::remove_service),
-        )
-        .route(
+/// The API's routes, built and recorded in one place: the router serves
+/// exactly what [`route_table`] lists, and a test holds that table equal to
+/// [`openapi::PATHS`] (documented, with who may call it).
+#[derive(Default)]
+struct Routes {
+    router: Router<AppState>,
+    table: Vec<(&'static str, &'static str)>,
+}
+
+impl Routes {
+    fn add<H, T>(mut self, method: Method, path: &'static str, handler: H) -> Self
+    where
+        H: axum::handler::Handler<T, AppState>,
+        T: 'static,
+    {
+        let (filter, name) = match method {
+            Method::Get => (MethodFilter::GET, "GET"),
+            Method::Post => (MethodFilter::POST, "POST"),
+            Method::Put => (MethodFilter::PUT, "PUT"),
+            Method::Delete => (MethodFilter::DELETE, "DELETE"),
+        };
+        self.router = self.router.route(path, axum::routing::on(filter, handler));
+        self.table.push((name, path));
+        self
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Method {
+    Get,
+    Post,
+    Put,
+    Delete,
+}
+use Method::{Delete as DELETE, Get as GET, Post as POST, Put as PUT};
+
+fn routes() -> Routes {
+    Routes::default()
+        .add(GET, "/api/v1/health", health)
+        .add(GET, "/api/v1/openapi.json", openapi::document)
+        .add(GET, "/api/v1/services", services)
+        .add(POST, "/api/v1/services", pipelines::add_service)
+        .add(GET, "/api/v1/services/{name}", service)
+        .add(DELETE, "/api/v1/services/{name}", pipelines::remove_service)
+        .add(
+            POST,
             "/api/v1/services/{name}/hooks/{provider}",
-            post(pipelines::hook),
+            pipelines::hook,
         )
-        .route("/api/v1/services/{name}/runs", post(pipelines::start_run))
-        .route("/api/v1/services/{name}/secrets", get(pipelines::secrets))
-        .route(
+        .add(POST, "/api/v1/services/{name}/runs", pipelines::start_run)
+        .add(GET, "/api/v1/services/{name}/secrets", pipelines::secrets)
+        .add(
+            PUT,
             "/api/v1/services/{name}/secrets/{secret}",
-            axum::routing::put(pipelines::set_secret).delete(pipelines::remove_secret),
+            pipelines::set_secret,
         )
-        .route("/api/v1/runs", get(pipelines::runs))
-        .route("/api/v1/runs/{id}", get(pipelines::run))
-        .route("/api/v1/runs/{id}/logs", get(pipelines::logs))
-        .route("/api/v1/runs/{id}/cancel", post(pipelines::cancel))
-        .route("/api/v1/runs/{id}/retry", post(pipelines::retry))
-        .route("/api/v1/runs/{id}/approve", post(pipelines::approve))
-        .route("/api/v1/runs/{id}/reject", post(pipelines::reject))
-        .route(
-            "/api/v1/services/{name}/policy",
-            get(pipelines::policy).put(pipelines::set_policy),
+        .add(
+            DELETE,
+            "/api/v1/services/{name}/secrets/{secret}",
+            pipelines::remove_secret,
         )
-        .route("/api/v1/services/{name}/releases", get(releases))
-        .route("/api/v1/services/{name}/rollback", post(rollback))
-        .route("/api/v1/services/{name}/logs", get(logs))
-        .route("/api/v1/deploys", post(deploy))
-        .route("/api/v1/status", get(status))
-        .route("/api/v1/incidents", get(ops::incidents))
-        .route("/api/v1/incidents/{id}", get(ops::incident))
-        .route("/api/v1/incidents/{id}/ack", post(ops::acknowledge))
-        .route("/api/v1/incidents/{id}/resolve", post(ops::resolve))
-        .route(
+        .add(GET, "/api/v1/runs", pipelines::runs)
+        .add(GET, "/api/v1/runs/{id}", pipelines::run)
+        .add(GET, "/api/v1/runs/{id}/logs", pipelines::logs)
+        .add(POST, "/api/v1/runs/{id}/cancel", pipelines::cancel)
+        .add(POST, "/api/v1/runs/{id}/retry", pipelines::retry)
+        .add(POST, "/api/v1/runs/{id}/approve", pipelines::approve)
+        .add(POST, "/api/v1/runs/{id}/reject", pipelines::reject)
+        .add(GET, "/api/v1/services/{name}/policy", pipelines::policy)
+        .add(PUT, "/api/v1/services/{name}/policy", pipelines::set_policy)
+        .add(GET, "/api/v1/services/{name}/releases", releases)
+        .add(POST, "/api/v1/services/{name}/rollback", rollback)
+        .add(GET, "/api/v1/services/{name}/logs", logs)
+        .add(POST, "/api/v1/deploys", deploy)
+        .add(GET, "/api/v1/status", status)
+        .add(GET, "/api/v1/incidents", ops::incidents)
+        .add(GET, "/api/v1/incidents/{id}", ops::incident)
+        .add(POST, "/api/v1/incidents/{id}/ack", ops::acknowledge)
+        .add(POST, "/api/v1/incidents/{id}/resolve", ops::resolve)
+        .add(
+            POST,
             "/api/v1/services/{name}/maintenance",
-            post(ops::schedule_maintenance),
+            ops::schedule_maintenance,
         )
-        .route(
+        .add(
+            POST,
             "/api/v1/services/{name}/maintenance-mode",
-            post(ops::maintenance_mode),
+            ops::maintenance_mode,
         )
-        .route("/api/v1/maintenance", get(ops::maintenance))
-        .route(
-            "/api/v1/maintenance/{id}",
-            axum::routing::delete(ops::remove_maintenance),
-        )
-        .route(
-            "/api/v1/channels",
-            get(ops::channels).post(ops::add_channel),
-        )
-        .route(
-            "/api/v1/channels/{id}",
-            axum::routing::delete(ops::remove_channel),
-        )
-        .route("/api/v1/events", get(events))
-        .route("/api/v1/audit/verify", get(audit_verify))
-        .route("/api/v1/backup", get(backup))
-        .route("/metrics", get(metrics))
-        .route("/api/v1/whoami", get(people::whoami))
-        .route("/api/v1/users", get(people::users).post(people::add_user))
-        .route(
-            "/api/v1/users/{name}",
-            axum::routing::delete(people::remove_user),
-        )
-        .route(
-            "/api/v1/tokens",
-            get(people::tokens).post(people::create_token),
-        )
-        .route(
-            "/api/v1/tokens/{id}",
-            axum::routing::delete(people::revoke_token),
-        )
-        .route(
-            "/api/v1/customers",
-            get(people::customers).post(people::add_customer),
-        )
+        .add(GET, "/api/v1/maintenance", ops::maintenance)
+        .add(DELETE, "/api/v1/maintenance/{id}", ops::remove_maintenance)
+        .add(GET, "/api/v1/channels", ops::channels)
+        .add(POST, "/api/v1/channels", ops::add_channel)
+        .add(DELETE, "/api/v1/channels/{id}", ops::remove_channel)
+        .add(GET, "/api/v1/events", events)
+        .add(GET, "/api/v1/audit/verify", audit_verify)
+        .add(GET, "/api/v1/backup", backup)
+        .add(GET, "/metrics", metrics)
+        .add(GET, "/api/v1/whoami", people::whoami)
+        .add(GET, "/api/v1/users", people::users)
+        .add(POST, "/api/v1/users", people::add_user)
+        .add(DELETE, "/api/v1/users/{name}", people::remove_user)
+        .add(GET, "/api/v1/tokens", people::tokens)
+        .add(POST, "/api/v1/tokens", people::create_token)
+        .add(DELETE, "/api/v1/tokens/{id}", people::revoke_token)
+        .add(GET, "/api/v1/customers", people::customers)
+        .add(POST, "/api/v1/customers", people::add_customer)
+}
+
+/// Every (method, path) the router serves, as the router spells the path.
+pub fn route_table() -> Vec<(&'static str, &'static str)> {
+    routes().table
+}
+
+pub fn router(state: AppState) -> Router {
+    routes()
+        .router
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::check,

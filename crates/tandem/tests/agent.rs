@@ -32,10 +32,42 @@ fn the_agent_raises_its_open_files_limit_to_the_hard_one() {
 fn upgrading_an_agent_that_cannot_hand_over_says_so_and_changes_nothing() {
     use std::io::{BufRead, BufReader, Write};
     let root = tempfile::tempdir().expect("tempdir");
+    // How a real agent refuses a request it does not know (as one from
+    // before `upgrade-agent` refuses `handover`): asked of a running one.
+    let real = root.path().join("real");
+    let mut agent = Command::new(bin())
+        .args(["agent", "--proxy-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(&real)
+        .spawn()
+        .expect("spawn agent");
+    wait_until(Duration::from_secs(10), "the agent's socket", || {
+        real.join("agent.sock").exists().then_some(())
+    });
+    let refusal = {
+        let conn =
+            std::os::unix::net::UnixStream::connect(real.join("agent.sock")).expect("connect");
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut answers = BufReader::new(conn.try_clone().expect("clone")).lines();
+        writeln!(&conn, "{}", util::agent_auth(&real)).expect("key");
+        assert!(
+            answers
+                .next()
+                .expect("an answer")
+                .expect("read")
+                .contains("ok")
+        );
+        writeln!(&conn, r#"{{"op":"handover_from_the_future"}}"#).expect("ask");
+        answers.next().expect("an answer").expect("read")
+    };
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert!(refusal.contains("bad request"), "{refusal}");
+
     let data = root.path().join("data");
     std::fs::create_dir_all(&data).expect("mkdir");
     // An agent from before `upgrade-agent`: it answers what it knows and
-    // refuses the rest, as the real protocol handler did.
+    // refuses the rest with the real agent's words.
     let old = std::os::unix::net::UnixListener::bind(data.join("agent.sock")).expect("bind");
     std::thread::spawn(move || {
         for conn in old.incoming().flatten() {
@@ -47,7 +79,7 @@ fn upgrading_an_agent_that_cannot_hand_over_says_so_and_changes_nothing() {
                 let answer = if line.contains("\"hello\"") {
                     r#"{"result":"hello","version":1,"pid":4242,"proxy_addr":"127.0.0.1:1","started_at_ms":0}"#
                 } else {
-                    r#"{"result":"error","message":"bad request: unknown variant `handover`, expected one of `hello`, `status`"}"#
+                    refusal.as_str()
                 };
                 let _ = writeln!(&conn, "{answer}");
             }

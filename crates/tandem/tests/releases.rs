@@ -1166,37 +1166,68 @@ fn a_second_deploy_of_a_service_says_it_waits_for_the_first() {
     });
 }
 
-#[test]
-fn a_failing_exec_liveness_probe_restarts_its_instance() {
-    let env = Env::start();
-    let dir = env.root.path().join("lively");
+/// Deploys `name` with `run` and a liveness probe `probe` that passes
+/// while `$STATE_DIRECTORY/alive` exists; removes it and returns the
+/// instance as restarted, after checking a passing probe restarted nothing.
+fn restarted_by_liveness(env: &Env, name: &str, run: &str, probe: &str) -> serde_json::Value {
+    let dir = env.root.path().join(name);
     std::fs::create_dir_all(&dir).expect("mkdir");
     std::fs::write(dir.join("index.html"), "alive").expect("page");
-    // Alive while its state directory says so; the probe is the service's
-    // own command, run as the instance is.
     std::fs::write(
         dir.join("tandem.yaml"),
-        "service:\n  name: lively\nrun:\n  command: touch $STATE_DIRECTORY/alive; exec python3 -m http.server $PORT --bind 127.0.0.1\n  state_dir: true\nroute:\n  host: lively.test\nhealth:\n  liveness: { exec: 'test -f $STATE_DIRECTORY/alive', interval: 200ms, failures: 2 }\n",
+        format!("service:\n  name: {name}\nrun:\n  command: {run}\n  state_dir: true\nroute:\n  host: {name}.test\nhealth:\n  liveness: {probe}\n"),
     )
     .expect("spec");
     assert_ok(&env.deploy(&dir));
-    let before = env.instances("lively")[0].clone();
-    std::thread::sleep(Duration::from_secs(1));
+    let before = env.instances(name)[0].clone();
+    std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
-        env.instances("lively")[0]["restarts"],
+        env.instances(name)[0]["restarts"],
         before["restarts"],
         "a passing probe restarts nothing"
     );
-    std::fs::remove_file(env.data().join("sandbox/state/lively/alive")).expect("rm");
+    std::fs::remove_file(env.data().join(format!("sandbox/state/{name}/alive"))).expect("rm");
     let restarted = util::wait_until(Duration::from_secs(10), "a restart", || {
-        let now = env.instances("lively")[0].clone();
+        let now = env.instances(name)[0].clone();
         (now["restarts"].as_u64() > before["restarts"].as_u64()).then_some(now)
     });
+    assert_ne!(restarted["pid"], before["pid"]);
+    restarted
+}
+
+#[test]
+fn a_failing_exec_liveness_probe_restarts_its_instance() {
+    let env = Env::start();
+    // The probe is the service's own command, run as the instance is.
+    let restarted = restarted_by_liveness(
+        &env,
+        "lively",
+        "touch $STATE_DIRECTORY/alive; exec python3 -m http.server $PORT --bind 127.0.0.1",
+        "{ exec: 'test -f $STATE_DIRECTORY/alive', interval: 200ms, failures: 2 }",
+    );
     let why = restarted["last_exit"].as_str().unwrap_or_default();
     assert!(why.contains("liveness failed 2 times"), "{restarted}");
-    assert_ne!(restarted["pid"], before["pid"]);
     // It made its file again and serves on.
     util::wait_until(Duration::from_secs(10), "serving again", || {
         (env.get("lively.test", "/").1 == "alive").then_some(())
     });
+}
+
+#[test]
+fn a_failing_http_liveness_probe_restarts_its_instance() {
+    let env = Env::start();
+    // It serves its state directory: `/alive` answers 200 while the file
+    // is there, 404 once it is gone.
+    let restarted = restarted_by_liveness(
+        &env,
+        "alive",
+        "cd $STATE_DIRECTORY && touch alive && exec python3 -m http.server $PORT --bind 127.0.0.1",
+        "{ http: /alive, interval: 200ms, failures: 3 }",
+    );
+    let why = restarted["last_exit"].as_str().unwrap_or_default();
+    assert!(why.contains("liveness failed 3 times"), "{restarted}");
+    assert!(
+        why.contains("404"),
+        "the probe says what it saw: {restarted}"
+    );
 }
