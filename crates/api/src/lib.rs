@@ -5,6 +5,7 @@
 //! answers with a stream of newline-delimited JSON progress events and goes on
 //! even when the client disconnects.
 
+mod audit;
 pub mod auth;
 pub mod error;
 pub mod openapi;
@@ -191,6 +192,9 @@ fn routes() -> Routes {
         .add(DELETE, "/api/v1/channels/{id}", ops::remove_channel)
         .add(GET, "/api/v1/events", events)
         .add(GET, "/api/v1/audit/verify", audit_verify)
+        .add(GET, "/api/v1/audit/key", audit::key)
+        .add(GET, "/api/v1/audit/checkpoint", audit::checkpoint)
+        .add(GET, "/api/v1/audit/consistency", audit::consistency)
         .add(GET, "/api/v1/backup", backup)
         .add(GET, "/metrics", metrics)
         .add(GET, "/api/v1/whoami", people::whoami)

@@ -45,7 +45,7 @@ fn schema<T: schemars::JsonSchema>() -> serde_json::Value {
     v
 }
 
-pub const PATHS: [Route; 49] = [
+pub const PATHS: [Route; 52] = [
     Route {
         path: "/api/v1/health",
         method: "get",
@@ -239,6 +239,28 @@ pub const PATHS: [Route; 49] = [
         method: "get",
         need: Need::Read,
         summary: "Verify the journal's hash chain",
+        ..Route::PLAIN
+    },
+    Route {
+        path: "/api/v1/audit/key",
+        method: "get",
+        need: Need::Signed,
+        summary: "The verifier key of the installation's log (C2SP signed-note form)",
+        ..Route::PLAIN
+    },
+    Route {
+        path: "/api/v1/audit/checkpoint",
+        method: "get",
+        need: Need::Signed,
+        summary: "The signed checkpoint of the journal as it stands (signed now if it grew since the last)",
+        ..Route::PLAIN
+    },
+    Route {
+        path: "/api/v1/audit/consistency",
+        method: "get",
+        need: Need::Signed,
+        summary: "The RFC 6962 proof that the journal now extends its first `from` events",
+        query: Some(schema::<crate::audit::ConsistencyQuery>),
         ..Route::PLAIN
     },
     Route {

@@ -10,6 +10,7 @@ macro_rules! outln {
     };
 }
 
+mod audit;
 mod backup;
 pub mod client;
 mod dataplane;
@@ -448,6 +449,18 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// The installation's keys a customer or auditor keeps.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Print the verifier key of the journal's signed checkpoints (C2SP
+    /// signed-note form: name+id+key); keep it to check checkpoints later.
+    Show,
 }
 
 #[derive(Subcommand, Debug)]
@@ -671,8 +684,25 @@ pub enum PipelinesCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum AuditCommand {
-    /// Walk the hash chain and name the first broken link.
-    Verify,
+    /// Walk the hash chain and name the first broken link; with
+    /// `--checkpoint`, also prove that the journal extends each signed
+    /// checkpoint in FILE (a witness's copy), naming where it diverges.
+    #[command(
+        after_help = "Examples:\n  tandem audit verify\n  tandem audit checkpoint > cp-$(date +%F).txt     # give it to a witness\n  tandem audit verify --checkpoint cp-2026-12-01.txt --key \"$(cat tandem.vkey)\""
+    )]
+    Verify {
+        /// Signed checkpoints (one or more notes, e.g. a copy of the
+        /// witness file `checkpoints.log`).
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Option<PathBuf>,
+        /// The verifier key to check them with (`tandem keys show`, kept
+        /// earlier); without it, the key the server names.
+        #[arg(long, requires = "checkpoint")]
+        key: Option<String>,
+    },
+    /// Sign a checkpoint of the journal as it stands and print it (a
+    /// C2SP tlog-checkpoint in a signed note).
+    Checkpoint,
     /// Print the journal's events, oldest first (`-o json`: one per line,
     /// hashes included).
     Events {
@@ -1036,8 +1066,21 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
         Command::Approve { run } => pipelines::act(&api(), run, "approve", fmt).await,
         Command::Reject { run, reason } => pipelines::reject(&api(), run, &reason, fmt).await,
         Command::Audit {
-            command: AuditCommand::Verify,
-        } => view::audit_verify(&api(), fmt).await,
+            command: AuditCommand::Verify { checkpoint, key },
+        } => {
+            let api = api();
+            view::audit_verify(&api, fmt).await?;
+            match checkpoint {
+                Some(file) => audit::verify_checkpoints(&api, &file, key.as_deref(), fmt).await,
+                None => Ok(()),
+            }
+        }
+        Command::Audit {
+            command: AuditCommand::Checkpoint,
+        } => audit::checkpoint(&api(), fmt).await,
+        Command::Keys {
+            command: KeysCommand::Show,
+        } => audit::key(&api(), fmt).await,
         Command::Audit {
             command: AuditCommand::Events { after, page },
         } => view::events(&api(), after, page, fmt).await,

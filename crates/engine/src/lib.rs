@@ -10,6 +10,7 @@ pub mod agent_client;
 pub mod artifact;
 pub mod backup;
 mod certs;
+pub mod checkpoints;
 mod faults;
 mod placement;
 pub mod progress;
@@ -83,6 +84,8 @@ pub struct Engine {
     keep_releases: usize,
     /// What confines build and test steps.
     pub sandbox: Arc<tandem_sandbox::Sandbox>,
+    /// Signed checkpoints of the journal.
+    pub checkpoints: Arc<checkpoints::Checkpoints>,
 }
 
 /// Default of [`Engine::keeping`].
@@ -128,6 +131,7 @@ impl Engine {
             locks: Arc::default(),
             keep_releases: KEEP_RELEASES,
             sandbox: Arc::new(tandem_sandbox::Sandbox::detect(data_dir, "builds")),
+            checkpoints: Arc::new(checkpoints::Checkpoints::new(data_dir)),
         }
     }
 

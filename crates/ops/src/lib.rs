@@ -7,6 +7,7 @@
 //! crash loops, cumulative request counters per route) and the store. It
 //! never acts on the data plane; the supervisor heals, the monitor reports.
 
+mod checkpoints;
 pub mod notify;
 pub mod slo;
 
@@ -104,6 +105,7 @@ impl Ops {
             journal_seen: None,
         };
         tokio::spawn(monitor.run());
+        tokio::spawn(checkpoints::run(self.clone()));
         // The outbox is sent from here on: what a server before this one
         // queued and did not deliver goes first.
         tokio::spawn(self.notifier.clone().dispatch());

@@ -98,6 +98,25 @@ impl Notifier {
         self.send_all(Notice::maintenance(window)).await;
     }
 
+    /// Publishes a signed checkpoint of the journal to every webhook
+    /// channel not scoped to a service or tier: witnesses outside the
+    /// installation (the receiver keeps what it got; the checkpoint is
+    /// public, and the webhook is signed like any other).
+    pub async fn publish_checkpoint(&self, checkpoint: &tandem_store::CheckpointRow) {
+        let channels = match self.store.channels().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read channels; the checkpoint is not published");
+                return;
+            }
+        };
+        let to: Vec<ChannelRow> = channels
+            .into_iter()
+            .filter(|c| c.kind == "webhook" && c.service.is_none() && c.tier.is_none())
+            .collect();
+        self.queue(&Notice::checkpoint(checkpoint), &to).await;
+    }
+
     /// Queues `notice` for each channel that wants it, in one write, and
     /// wakes the dispatcher.
     async fn send_all(&self, notice: Notice) {
@@ -497,6 +516,21 @@ impl Notice {
             }}),
             line,
             text,
+        }
+    }
+
+    fn checkpoint(c: &tandem_store::CheckpointRow) -> Notice {
+        let line = format!(
+            "[tandem] journal checkpoint: {} events, root {}",
+            c.size, c.root
+        );
+        Notice {
+            incident: 0,
+            service: String::new(),
+            event: "checkpoint.signed".into(),
+            json: serde_json::json!({ "checkpoint": c }),
+            text: format!("{line}\n\n{}", c.note),
+            line,
         }
     }
 

@@ -12,6 +12,10 @@ use std::path::{Path, PathBuf};
 /// Top-level entries other users may pass through (never list).
 pub const PASSABLE: [&str; 3] = ["artifacts", "sandbox", "work"];
 
+/// Files at the top of the data directory that anyone who knows their name
+/// may read: the journal's witness file of signed checkpoints.
+pub const PUBLIC: [&str; 1] = ["checkpoints.log"];
+
 /// An instance's private temporary directory, removed when it stops.
 pub fn tmp_dir(data_dir: &Path, instance: &str) -> PathBuf {
     data_dir.join("sandbox").join("tmp").join(name(instance))
@@ -165,8 +169,14 @@ pub fn harden(data_dir: &Path) -> std::io::Result<()> {
             .to_str()
             .is_some_and(|n| PASSABLE.contains(&n));
         let mode = meta.permissions().mode() & 0o7777;
+        let public = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| PUBLIC.contains(&n));
         let want = if passable && meta.is_dir() {
             0o711
+        } else if public && meta.is_file() {
+            0o644
         } else {
             mode & 0o700
         };

@@ -5,6 +5,7 @@
 //! and updates the read models in one transaction; writers are serialised so
 //! the chain has no forks.
 
+mod checkpoints;
 mod health;
 pub mod identity;
 mod ops;
@@ -73,6 +74,7 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+pub use checkpoints::CheckpointRow;
 pub use health::StorageFault;
 
 pub use ops::{ChannelRow, DeliveryRow, IncidentRow, NewIncident, NewNotice, OutboxRow};

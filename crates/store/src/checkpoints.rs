@@ -1,0 +1,63 @@
+//! Signed checkpoints as they were made, and the journal's hashes that the
+//! Merkle tree is built from (see `tandem_proof`).
+
+use serde::Serialize;
+
+use crate::{Result, Store, now_ts};
+
+/// A signed checkpoint of the journal's tree.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct CheckpointRow {
+    /// Events in the tree.
+    pub size: i64,
+    /// The root, lowercase hex.
+    pub root: String,
+    /// The signed note, as published.
+    pub note: String,
+    pub created_at: String,
+}
+
+impl Store {
+    /// The hashes (lowercase hex) of events `after + 1 ..= upto`, in order.
+    pub async fn event_hashes(&self, after: u64, upto: u64) -> Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT hash FROM events WHERE seq > ? AND seq <= ? ORDER BY seq")
+                .bind(after as i64)
+                .bind(upto as i64)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Records a checkpoint made just now (one of that size made before
+    /// is kept: the first signature of a size stands).
+    pub async fn record_checkpoint(
+        &self,
+        size: u64,
+        root: &str,
+        note: &str,
+    ) -> Result<CheckpointRow> {
+        sqlx::query(
+            "INSERT INTO checkpoints (size, root, note, created_at) VALUES (?, ?, ?, ?) ON CONFLICT(size) DO NOTHING",
+        )
+        .bind(size as i64)
+        .bind(root)
+        .bind(note)
+        .bind(now_ts())
+        .execute(&self.pool)
+        .await?;
+        Ok(sqlx::query_as("SELECT * FROM checkpoints WHERE size = ?")
+            .bind(size as i64)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// The checkpoint of the largest tree, if any.
+    pub async fn latest_checkpoint(&self) -> Result<Option<CheckpointRow>> {
+        Ok(
+            sqlx::query_as("SELECT * FROM checkpoints ORDER BY size DESC LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+}
