@@ -8,6 +8,7 @@ pub mod units;
 pub use spec::{Spec, SpecError};
 pub use units::{Duration, Percent};
 pub mod access;
+pub mod contract;
 pub mod journal;
 pub mod masking;
 pub mod protocol;

@@ -94,6 +94,38 @@ impl Minute {
     }
 }
 
+/// One hour of a service's minutes as the journal records them
+/// (`measurements.recorded`), so that availability can be computed from
+/// the log alone: each measured minute as `[offset in the hour, requests,
+/// 5xx, looks, unready looks]`. Minutes nobody measured are absent.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Measurements {
+    /// The environment (empty: production).
+    pub env: String,
+    /// The hour's first minute (Unix time / 60, a multiple of 60).
+    pub hour: i64,
+    pub minutes: Vec<(u32, u64, u64, u32, u32)>,
+}
+
+impl Measurements {
+    /// The minutes, as the SLO arithmetic reads them (no maintenance
+    /// marked; a latency threshold is not recorded).
+    pub fn to_minutes(&self) -> Vec<Minute> {
+        self.minutes
+            .iter()
+            .map(|&(offset, total, errors, looks, unready_looks)| Minute {
+                minute: self.hour + i64::from(offset),
+                total,
+                errors: errors.min(total),
+                fast: total - errors.min(total),
+                looks,
+                unready_looks,
+                maintenance: false,
+            })
+            .collect()
+    }
+}
+
 /// What an SLO counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sli {

@@ -1133,7 +1133,7 @@ impl Spec {
     }
 }
 
-fn locate(file: &str, e: &serde_saphyr::Error) -> SpecError {
+pub(crate) fn locate(file: &str, e: &serde_saphyr::Error) -> SpecError {
     let (line, column) = e
         .location()
         .map(|l| (l.line(), l.column()))

@@ -120,9 +120,10 @@ impl Percent {
     pub fn value(self) -> f64 {
         self.0
     }
-    /// The fraction, e.g. 0.9995.
+    /// The fraction, e.g. 0.9995 (rounded to 12 places: 99.9 / 100 is
+    /// 0.9990000000000001 in floating point).
     pub fn ratio(self) -> f64 {
-        self.0 / 100.0
+        (self.0 * 1e10).round() / 1e12
     }
 }
 

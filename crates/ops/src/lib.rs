@@ -65,6 +65,10 @@ fn repo_down_after() -> Duration {
         .unwrap_or(REPO_DOWN_AFTER)
 }
 
+/// Finished hours of minutes are journaled this far back (a server that
+/// was down catches up on its return).
+pub const MEASURE_BACK_MINUTES: i64 = 7 * 24 * 60;
+
 /// Minutes are kept this long (13 months and some).
 pub const KEEP_MINUTES: i64 = 400 * 24 * 60;
 
@@ -103,6 +107,7 @@ impl Ops {
             storage: None,
             storage_leftovers: true,
             journal_seen: None,
+            measured_minute: 0,
         };
         tokio::spawn(monitor.run());
         tokio::spawn(checkpoints::run(self.clone()));
@@ -212,6 +217,8 @@ struct Monitor {
     /// The journal read so far, for failed runs to tell (`None` before the
     /// first look: a restarted monitor does not tell old ones again).
     journal_seen: Option<u64>,
+    /// The minute finished hours were last looked for.
+    measured_minute: i64,
 }
 
 /// A storage fault from its first sighting to the first write that works.
@@ -252,6 +259,9 @@ impl Monitor {
             self.watch_storage().await;
             if let Err(e) = self.watch_delivery().await {
                 tracing::debug!(error = %e, "monitor: delivery look failed");
+            }
+            if let Err(e) = self.journal_hours().await {
+                tracing::debug!(error = %e, "monitor: measurements not journaled");
             }
             let asked = Instant::now();
             let status = match self.ops.engine.agent.status().await {
@@ -764,6 +774,52 @@ impl Monitor {
         {
             self.pruned_at = Some(Instant::now());
             store.prune_minutes(minute - KEEP_MINUTES).await?;
+        }
+        Ok(())
+    }
+
+    /// Commits each finished hour of production minutes (of the last
+    /// [`MEASURE_BACK_MINUTES`]) to the journal once, as
+    /// `measurements.recorded`: the record an SLA report is computed from.
+    /// An hour is finished once its last minute was stored (at the first
+    /// look of the minute after it), so it is looked for a minute later.
+    async fn journal_hours(&mut self) -> Result<(), StoreError> {
+        let now = slo::now_minute();
+        if self.measured_minute == now {
+            return Ok(());
+        }
+        self.measured_minute = now;
+        let store = &self.ops.engine.store;
+        let end = (now - 1).div_euclid(60) * 60;
+        for (service, hour) in store
+            .unmeasured_hours(end - MEASURE_BACK_MINUTES, end)
+            .await?
+        {
+            let rows = store.minutes(&service, "", hour, hour + 60).await?;
+            let m = tandem_core::slo::Measurements {
+                env: String::new(),
+                hour,
+                minutes: rows
+                    .iter()
+                    .map(|r| {
+                        // Rows from before looks were counted: by `ready`.
+                        let (looks, unready) = match r.looks {
+                            0 => (60, if r.ready { 0 } else { 60 }),
+                            n => (n.max(0) as u32, r.unready_looks.clamp(0, n) as u32),
+                        };
+                        (
+                            (r.minute - hour) as u32,
+                            r.total.max(0) as u64,
+                            r.errors.max(0) as u64,
+                            looks,
+                            unready,
+                        )
+                    })
+                    .collect(),
+            };
+            store
+                .journal_measurements(&service, &m, MONITOR_ACTOR)
+                .await?;
         }
         Ok(())
     }

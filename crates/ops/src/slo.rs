@@ -65,8 +65,7 @@ pub async fn report(store: &Store, spec: &Spec, now: i64) -> Result<Vec<SloRepor
         } else {
             Sli::Availability
         };
-        // Rounded: 99.9 / 100 is 0.9990000000000001 in floating point.
-        let objective = (slo.objective.value() * 1e10).round() / 1e12;
+        let objective = slo.objective.ratio();
         let standing = slo::standing(&minutes, sli, objective, start, now, window_minutes);
         out.push(SloReport {
             name: slo.name.clone(),

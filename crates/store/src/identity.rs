@@ -117,6 +117,56 @@ fn digest(token: &str) -> [u8; 32] {
 }
 
 impl Store {
+    /// Sets `customer`'s contract, journaled whole (`customer.contract_set`)
+    /// so that a report can be recomputed from the log.
+    pub async fn set_contract(
+        &self,
+        customer: &str,
+        contract: &tandem_core::contract::Contract,
+        actor: &str,
+    ) -> Result<Event> {
+        let payload = serde_json::json!({ "contract": contract });
+        self.writing(async move {
+            let _w = self.writer.lock().await;
+            let mut tx = self.pool.begin().await?;
+            let known: Option<String> = sqlx::query_scalar("SELECT id FROM customers WHERE id = ?")
+                .bind(customer)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if known.is_none() {
+                return Err(StoreError::NotFound(format!("no customer {customer}")));
+            }
+            let event = NewEvent::new(actor, "customer.contract_set")
+                .subject("customer", customer)
+                .payload(payload);
+            let e = append_in(&mut tx, event).await?;
+            tx.commit().await?;
+            Ok(e)
+        })
+        .await
+    }
+
+    /// `customer`'s contract as last set, if any.
+    pub async fn contract(
+        &self,
+        customer: &str,
+    ) -> Result<Option<tandem_core::contract::Contract>> {
+        let payload: Option<String> = sqlx::query_scalar(
+            "SELECT payload FROM events WHERE kind = 'customer.contract_set'
+               AND json_extract(subject, '$.customer') = ? ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(customer)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match payload {
+            Some(p) => {
+                let v: serde_json::Value = serde_json::from_str(&p)?;
+                serde_json::from_value(v["contract"].clone()).ok()
+            }
+            None => None,
+        })
+    }
+
     pub async fn add_customer(&self, id: &str, name: &str, actor: &str) -> Result<Event> {
         valid_name("customer", id)?;
         if name.trim().is_empty() || name.len() > 200 {

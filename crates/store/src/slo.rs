@@ -78,6 +78,57 @@ impl Store {
         .await?)
     }
 
+    /// Hours (service, first minute) of production minutes with `from <=
+    /// minute < to` not yet journaled as measurements.
+    pub async fn unmeasured_hours(&self, from: i64, to: i64) -> Result<Vec<(String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT DISTINCT m.service, (m.minute / 60) * 60 AS hour FROM minutes m
+             WHERE m.env = '' AND m.minute >= ? AND m.minute < ?
+               AND NOT EXISTS (SELECT 1 FROM measured d WHERE d.service = m.service AND d.env = ''
+                               AND d.hour = (m.minute / 60) * 60)
+             ORDER BY hour, m.service",
+        )
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Commits an hour of `service`'s minutes to the journal
+    /// (`measurements.recorded`), once: `None` if that hour was journaled
+    /// before.
+    pub async fn journal_measurements(
+        &self,
+        service: &str,
+        m: &tandem_core::slo::Measurements,
+        actor: &str,
+    ) -> Result<Option<Event>> {
+        self.writing(async move {
+            let _w = self.writer.lock().await;
+            let mut tx = self.pool.begin().await?;
+            let fresh = sqlx::query(
+                "INSERT INTO measured (service, env, hour) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(service)
+            .bind(&m.env)
+            .bind(m.hour)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if !fresh {
+                return Ok(None);
+            }
+            let event = NewEvent::new(actor, "measurements.recorded")
+                .subject("service", service)
+                .payload(serde_json::to_value(m)?);
+            let e = append_in(&mut tx, event).await?;
+            tx.commit().await?;
+            Ok(Some(e))
+        })
+        .await
+    }
+
     /// Drops minutes older than `before` (retention: 13 months and more).
     pub async fn prune_minutes(&self, before: i64) -> Result<u64> {
         Ok(sqlx::query("DELETE FROM minutes WHERE minute < ?")

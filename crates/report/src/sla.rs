@@ -1,0 +1,428 @@
+//! The SLA report of one customer and calendar month, from journal events
+//! alone: which services are the customer's (`service.created|updated`),
+//! their contract (`customer.contract_set`), the minutes measured
+//! (`measurements.recorded`), maintenance windows and when they were
+//! announced (`maintenance.scheduled|cancelled`), and incidents
+//! (`incident.opened|acknowledged|resolved`).
+//!
+//! The rules, per service and month (UTC):
+//! - A minute inside a maintenance window announced at least the
+//!   contract's notice before the window began is **excluded**; a window
+//!   announced later, or cancelled, excludes nothing.
+//! - A measured minute with requests is down by the share of them answered
+//!   5xx; a measured minute without requests by the share of the monitor's
+//!   looks (about one a second) that found no ready instance, and it
+//!   weighs the share of the minute that was watched (as `core::slo`).
+//! - A minute nobody measured (tandem itself was down) is **unmeasured**:
+//!   reported, and counted neither up nor down.
+//! - availability = 1 − downtime / measured; the error budget is
+//!   `(1 − objective) × (minutes − excluded)`; the credit is the
+//!   contract's largest step whose bound the availability is below.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+use tandem_core::contract::Contract;
+use tandem_core::journal::Event;
+use tandem_core::slo::{Measurements, Minute, Sli};
+
+use crate::{ReportError, r9};
+
+/// The signed checkpoint a report rests on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CheckpointRef {
+    pub origin: String,
+    pub size: u64,
+    /// Lowercase hex.
+    pub root: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SlaReport {
+    pub customer: String,
+    pub month: String,
+    /// The month's first and last instant (UTC).
+    pub from: String,
+    pub to: String,
+    pub checkpoint: Option<CheckpointRef>,
+    /// The contract in force (the last one set), as journaled.
+    pub contract: Option<Contract>,
+    pub services: Vec<ServiceSla>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ServiceSla {
+    pub service: String,
+    pub tier: String,
+    /// A fraction (0.999 for 99.9 %); none if the contract owes nothing.
+    pub objective: Option<f64>,
+    /// Minutes in the month.
+    pub minutes: u64,
+    /// Inside maintenance announced in time.
+    pub excluded_minutes: u64,
+    /// Neither excluded nor measured.
+    pub unmeasured_minutes: u64,
+    /// Measured minutes, by the share of each that was watched.
+    pub measured_minutes: f64,
+    pub downtime_minutes: f64,
+    pub availability: f64,
+    /// Share of the month's error budget spent (above 1: overspent).
+    pub budget_used: Option<f64>,
+    /// Share of the month's fee owed as service credit.
+    pub credit: f64,
+    pub maintenance: Vec<Window>,
+    pub incidents: Vec<Incident>,
+    pub daily: Vec<Day>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Window {
+    pub id: String,
+    pub starts_at: String,
+    pub ends_at: String,
+    pub announced_at: String,
+    pub reason: String,
+    /// Announced in time, and so excluded.
+    pub excluded: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Incident {
+    pub id: String,
+    pub kind: String,
+    pub severity: String,
+    /// Its summary when it opened.
+    pub cause: String,
+    pub opened_at: String,
+    pub resolved_at: Option<String>,
+    pub duration_s: Option<i64>,
+    pub release: Option<String>,
+    pub suspect_release: Option<String>,
+    pub resolved_by: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Day {
+    pub date: String,
+    pub availability: f64,
+    pub downtime_minutes: f64,
+    /// The month's budget left at the day's end (1: untouched).
+    pub budget_left: Option<f64>,
+}
+
+/// The first minute of `month` ("2026-11") and of the month after it.
+pub fn month_minutes(month: &str) -> Result<(i64, i64), ReportError> {
+    let bad = || ReportError::BadInput(format!("month {month:?}: expected YYYY-MM"));
+    let (y, m) = month.split_once('-').ok_or_else(bad)?;
+    if y.len() != 4 || m.len() != 2 {
+        return Err(bad());
+    }
+    let (y, m): (i16, i8) = (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+    let first = jiff::civil::Date::new(y, m, 1).map_err(|_| bad())?;
+    let next = first.last_of_month().tomorrow().map_err(|_| bad())?;
+    let minute = |d: jiff::civil::Date| -> Result<i64, ReportError> {
+        Ok(d.to_zoned_datetime(jiff::tz::TimeZone::UTC)
+            .map_err(|_| bad())?
+            .timestamp()
+            .as_second()
+            / 60)
+    };
+    Ok((minute(first)?, minute(next)?))
+}
+
+fn ts_minute(ts: &str) -> Option<i64> {
+    Some(
+        ts.parse::<jiff::Timestamp>()
+            .ok()?
+            .as_second()
+            .div_euclid(60),
+    )
+}
+
+fn ts_second(ts: &str) -> Option<i64> {
+    Some(ts.parse::<jiff::Timestamp>().ok()?.as_second())
+}
+
+fn minute_ts(minute: i64) -> String {
+    jiff::Timestamp::from_second(minute * 60)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+fn text(v: &serde_json::Value) -> Option<String> {
+    v.as_str().map(str::to_owned)
+}
+
+/// The services of `customer` in `events`, with their tier: a service's
+/// customer is the first one it was delivered to (as the store keeps it).
+pub fn services_of(events: &[Event], customer: &str) -> BTreeMap<String, String> {
+    let mut owner: BTreeMap<String, String> = BTreeMap::new();
+    let mut tier: BTreeMap<String, String> = BTreeMap::new();
+    for e in events {
+        if e.kind != "service.created" && e.kind != "service.updated" {
+            continue;
+        }
+        let Some(service) = e.subject.get("service") else {
+            continue;
+        };
+        if let Some(c) = e.payload["customer"].as_str() {
+            owner.entry(service.clone()).or_insert_with(|| c.to_owned());
+        }
+        if let Some(t) = e.payload["tier"].as_str() {
+            tier.insert(service.clone(), t.to_owned());
+        }
+    }
+    owner
+        .into_iter()
+        .filter(|(_, c)| c == customer)
+        .map(|(s, _)| {
+            let t = tier.get(&s).cloned().unwrap_or_default();
+            (s, t)
+        })
+        .collect()
+}
+
+/// Whether `e` is about `customer` or one of `services`: the events a
+/// report of theirs reads and a bundle of theirs holds.
+pub fn concerns(e: &Event, customer: &str, services: &BTreeSet<String>) -> bool {
+    e.subject.get("customer").is_some_and(|c| c == customer)
+        || e.subject
+            .get("service")
+            .is_some_and(|s| services.contains(s))
+}
+
+/// (weight, bad) of a measured minute: see the module's rules.
+fn judge(m: &Minute) -> (f64, f64) {
+    let (good, total) = m.events(Sli::Availability);
+    if m.total > 0 {
+        (1.0, (total - good) / total)
+    } else {
+        (total, total - good)
+    }
+}
+
+/// The SLA report of `customer` for `month` from `events` (any superset
+/// of those that concern them, in journal order).
+pub fn report(
+    events: &[Event],
+    customer: &str,
+    month: &str,
+    checkpoint: Option<CheckpointRef>,
+) -> Result<SlaReport, ReportError> {
+    let (from, to) = month_minutes(month)?;
+    let services = services_of(events, customer);
+    let contract = events
+        .iter()
+        .filter(|e| e.kind == "customer.contract_set")
+        .filter(|e| e.subject.get("customer").is_some_and(|c| c == customer))
+        .filter_map(|e| serde_json::from_value::<Contract>(e.payload["contract"].clone()).ok())
+        .next_back();
+    let notice_s = contract
+        .as_ref()
+        .map_or(0, |c| (c.notice.as_millis() / 1000) as i64);
+
+    // Per service: measured minutes of the month, windows, incidents.
+    let mut measured: BTreeMap<&str, BTreeMap<i64, Minute>> = BTreeMap::new();
+    let mut windows: BTreeMap<&str, BTreeMap<String, Window>> = BTreeMap::new();
+    let mut incidents: BTreeMap<&str, BTreeMap<String, Incident>> = BTreeMap::new();
+    for e in events {
+        let Some(service) = e.subject.get("service").map(String::as_str) else {
+            continue;
+        };
+        if !services.contains_key(service) {
+            continue;
+        }
+        match e.kind.as_str() {
+            "measurements.recorded" => {
+                let Ok(m) = serde_json::from_value::<Measurements>(e.payload.clone()) else {
+                    continue;
+                };
+                if !m.env.is_empty() || m.hour + 60 <= from || m.hour >= to {
+                    continue;
+                }
+                let into = measured.entry(service).or_default();
+                for minute in m.to_minutes() {
+                    if (from..to).contains(&minute.minute) {
+                        into.insert(minute.minute, minute);
+                    }
+                }
+            }
+            "maintenance.scheduled" => {
+                let id = e.subject.get("maintenance").cloned().unwrap_or_default();
+                let (Some(starts_at), Some(ends_at)) =
+                    (text(&e.payload["starts_at"]), text(&e.payload["ends_at"]))
+                else {
+                    continue;
+                };
+                let excluded = matches!(
+                    (ts_second(&e.ts), ts_second(&starts_at)),
+                    (Some(announced), Some(starts)) if announced + notice_s <= starts
+                );
+                windows.entry(service).or_default().insert(
+                    id.clone(),
+                    Window {
+                        id,
+                        starts_at,
+                        ends_at,
+                        announced_at: e.ts.clone(),
+                        reason: text(&e.payload["reason"]).unwrap_or_default(),
+                        excluded,
+                    },
+                );
+            }
+            "maintenance.cancelled" => {
+                if let Some(id) = e.subject.get("maintenance") {
+                    windows.entry(service).or_default().remove(id);
+                }
+            }
+            "incident.opened" => {
+                let id = e.subject.get("incident").cloned().unwrap_or_default();
+                incidents.entry(service).or_default().insert(
+                    id.clone(),
+                    Incident {
+                        id,
+                        kind: text(&e.payload["kind"]).unwrap_or_default(),
+                        severity: text(&e.payload["severity"]).unwrap_or_default(),
+                        cause: text(&e.payload["summary"]).unwrap_or_default(),
+                        opened_at: e.ts.clone(),
+                        resolved_at: None,
+                        duration_s: None,
+                        release: text(&e.payload["release"]),
+                        suspect_release: text(&e.payload["suspect_release"]),
+                        resolved_by: None,
+                    },
+                );
+            }
+            "incident.resolved" => {
+                let Some(i) = e
+                    .subject
+                    .get("incident")
+                    .and_then(|id| incidents.get_mut(service)?.get_mut(id))
+                else {
+                    continue;
+                };
+                i.resolved_at = Some(e.ts.clone());
+                i.duration_s = match (ts_second(&i.opened_at), ts_second(&e.ts)) {
+                    (Some(a), Some(b)) => Some(b - a),
+                    _ => None,
+                };
+                i.resolved_by = Some(e.actor.clone());
+            }
+            _ => {}
+        }
+    }
+
+    let mut out = Vec::new();
+    for (service, tier) in &services {
+        let objective = contract
+            .as_ref()
+            .and_then(|c| c.objective_for(service, tier));
+        let mut windows: Vec<Window> = windows
+            .remove(service.as_str())
+            .unwrap_or_default()
+            .into_values()
+            .filter(|w| {
+                // Those that touch the month.
+                matches!((ts_minute(&w.starts_at), ts_minute(&w.ends_at)), (Some(a), Some(b)) if a < to && b > from)
+            })
+            .collect();
+        windows.sort_by(|a, b| (&a.starts_at, &a.id).cmp(&(&b.starts_at, &b.id)));
+        let excluded_spans: Vec<(i64, i64)> = windows
+            .iter()
+            .filter(|w| w.excluded)
+            .filter_map(|w| {
+                let a = ts_second(&w.starts_at)?.div_euclid(60);
+                let b = (ts_second(&w.ends_at)? + 59).div_euclid(60);
+                Some((a, b))
+            })
+            .collect();
+        let minutes = measured.remove(service.as_str()).unwrap_or_default();
+        let (mut excluded, mut unmeasured) = (0u64, 0u64);
+        let (mut weight, mut down) = (0.0f64, 0.0f64);
+        let mut days: Vec<(i64, f64, f64)> = Vec::new(); // (first minute, weight, down)
+        for minute in from..to {
+            let day_start = from + (minute - from) / 1440 * 1440;
+            if days.last().is_none_or(|d| d.0 != day_start) {
+                days.push((day_start, 0.0, 0.0));
+            }
+            if excluded_spans
+                .iter()
+                .any(|(a, b)| (*a..*b).contains(&minute))
+            {
+                excluded += 1;
+                continue;
+            }
+            let Some(m) = minutes.get(&minute) else {
+                unmeasured += 1;
+                continue;
+            };
+            let (w, bad) = judge(m);
+            weight += w;
+            down += bad;
+            if let Some(d) = days.last_mut() {
+                d.1 += w;
+                d.2 += bad;
+            }
+        }
+        let total = (to - from) as u64;
+        let allowed = objective.map(|o| (1.0 - o) * (total - excluded) as f64);
+        // No budget at all (an objective of 100 %): no share of it.
+        let budget_used = allowed.filter(|a| *a > 0.0).map(|a| down / a);
+        let availability = if weight > 0.0 {
+            1.0 - down / weight
+        } else {
+            1.0
+        };
+        let mut spent = 0.0;
+        let daily = days
+            .iter()
+            .map(|&(start, w, d)| {
+                spent += d;
+                Day {
+                    date: minute_ts(start).get(..10).unwrap_or_default().to_owned(),
+                    availability: r9(if w > 0.0 { 1.0 - d / w } else { 1.0 }),
+                    downtime_minutes: r9(d),
+                    budget_left: allowed.filter(|a| *a > 0.0).map(|a| r9(1.0 - spent / a)),
+                }
+            })
+            .collect();
+        let mut incidents: Vec<Incident> = incidents
+            .remove(service.as_str())
+            .unwrap_or_default()
+            .into_values()
+            .filter(|i| {
+                let opened = ts_minute(&i.opened_at).unwrap_or(i64::MAX);
+                let resolved = i.resolved_at.as_deref().and_then(ts_minute);
+                opened < to && resolved.is_none_or(|r| r >= from)
+            })
+            .collect();
+        incidents.sort_by(|a, b| (&a.opened_at, &a.id).cmp(&(&b.opened_at, &b.id)));
+        out.push(ServiceSla {
+            service: service.clone(),
+            tier: tier.clone(),
+            objective,
+            minutes: total,
+            excluded_minutes: excluded,
+            unmeasured_minutes: unmeasured,
+            measured_minutes: r9(weight),
+            downtime_minutes: r9(down),
+            availability: r9(availability),
+            budget_used: budget_used.map(r9),
+            credit: contract
+                .as_ref()
+                .map_or(0.0, |c| c.credit_for(availability)),
+            maintenance: windows,
+            incidents,
+            daily,
+        });
+    }
+    Ok(SlaReport {
+        customer: customer.to_owned(),
+        month: month.to_owned(),
+        from: minute_ts(from),
+        to: minute_ts(to),
+        checkpoint,
+        contract,
+        services: out,
+    })
+}
