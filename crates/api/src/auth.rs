@@ -297,7 +297,7 @@ pub async fn check(State(s): State<AppState>, req: Request, next: Next) -> Respo
 }
 
 /// The customer of what the route's parameters name: `Some(customer)` for
-/// a service, run or incident (`Some(None)`: a service of nobody's, or
+/// a customer, or a service, run or incident (`Some(None)`: a service of nobody's, or
 /// nothing by that name), `None` when the route names none of them.
 async fn owner_of(
     s: &AppState,
@@ -311,6 +311,10 @@ async fn owner_of(
             .map(|(_, v)| v.as_str())
     };
     let store = &s.engine.store;
+    // A customer's route names the customer itself.
+    if let Some(name) = param("name").filter(|_| route.starts_with("/api/v1/customers/")) {
+        return Ok(Some(Some(name.to_owned())));
+    }
     let service =
         if let Some(name) = param("name").filter(|_| route.starts_with("/api/v1/services/")) {
             Some(name.to_owned())
@@ -352,6 +356,9 @@ async fn owner_of(
 
 fn not_found(route: &str, params: &[(String, String)]) -> String {
     match params.first() {
+        Some((k, v)) if k == "name" && route.starts_with("/api/v1/customers/") => {
+            format!("no customer {v}")
+        }
         Some((k, v)) if k == "name" => format!("no service {v}"),
         Some((_, v)) if route.starts_with("/api/v1/runs/") => format!("no run {v}"),
         Some((_, v)) => format!("no incident {v}"),

@@ -12,6 +12,7 @@ pub mod openapi;
 mod ops;
 mod people;
 mod pipelines;
+mod reports;
 pub mod serve;
 
 use std::collections::BTreeMap;
@@ -195,6 +196,14 @@ fn routes() -> Routes {
         .add(GET, "/api/v1/audit/key", audit::key)
         .add(GET, "/api/v1/audit/checkpoint", audit::checkpoint)
         .add(GET, "/api/v1/audit/consistency", audit::consistency)
+        .add(GET, "/api/v1/audit/export", reports::export)
+        .add(GET, "/api/v1/reports/sla", reports::sla)
+        .add(GET, "/api/v1/customers/{name}/contract", reports::contract)
+        .add(
+            PUT,
+            "/api/v1/customers/{name}/contract",
+            reports::set_contract,
+        )
         .add(GET, "/api/v1/backup", backup)
         .add(GET, "/metrics", metrics)
         .add(GET, "/api/v1/whoami", people::whoami)

@@ -45,7 +45,7 @@ fn schema<T: schemars::JsonSchema>() -> serde_json::Value {
     v
 }
 
-pub const PATHS: [Route; 52] = [
+pub const PATHS: [Route; 56] = [
     Route {
         path: "/api/v1/health",
         method: "get",
@@ -261,6 +261,37 @@ pub const PATHS: [Route; 52] = [
         need: Need::Signed,
         summary: "The RFC 6962 proof that the journal now extends its first `from` events",
         query: Some(schema::<crate::audit::ConsistencyQuery>),
+        ..Route::PLAIN
+    },
+    Route {
+        path: "/api/v1/audit/export",
+        method: "get",
+        need: Need::CustomerRead,
+        summary: "A bundle of a customer's events with their proofs, checkable offline (`tandem verify`)",
+        query: Some(schema::<crate::reports::ExportQuery>),
+        ..Route::PLAIN
+    },
+    Route {
+        path: "/api/v1/reports/sla",
+        method: "get",
+        need: Need::CustomerRead,
+        summary: "A customer's SLA report for a month, computed from the journal (canonical JSON, CSV or HTML)",
+        query: Some(schema::<crate::reports::SlaQuery>),
+        ..Route::PLAIN
+    },
+    Route {
+        path: "/api/v1/customers/{name}/contract",
+        method: "get",
+        need: Need::CustomerRead,
+        summary: "A customer's contract as last set",
+        ..Route::PLAIN
+    },
+    Route {
+        path: "/api/v1/customers/{name}/contract",
+        method: "put",
+        need: Need::Admin,
+        summary: "Set a customer's contract (objectives, maintenance notice, credits; journaled whole)",
+        body: Some(schema::<crate::reports::ContractBody>),
         ..Route::PLAIN
     },
     Route {

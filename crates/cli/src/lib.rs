@@ -20,6 +20,7 @@ mod output;
 mod people;
 mod pipelines;
 mod release;
+mod report;
 mod run;
 mod spec;
 mod view;
@@ -140,6 +141,12 @@ fn server_url(value: &str) -> Result<String, String> {
 pub enum Format {
     Table,
     Json,
+    /// Reports only.
+    Csv,
+    /// Reports only.
+    Html,
+    /// Reports only (not built yet).
+    Pdf,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -454,6 +461,48 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Reports computed from the journal (`-o json|csv|html`).
+    Report {
+        #[command(subcommand)]
+        command: ReportCommand,
+    },
+    /// Check a bundle (`tandem audit export`, `report sla --bundle`) with
+    /// the installation's verifier key alone: no server, no data directory.
+    #[command(
+        after_help = "Examples:\n  tandem verify acme-2026-11.json --key \"$(cat tandem.vkey)\"\n  tandem verify acme-2026-11.json --key \"$(cat tandem.vkey)\" --sla 2026-11 > report.json"
+    )]
+    Verify {
+        /// The bundle.
+        file: PathBuf,
+        /// The verifier key (`tandem keys show`), kept from before.
+        #[arg(long)]
+        key: String,
+        /// Also recompute the SLA report of this month (YYYY-MM) from the
+        /// bundle and print it as canonical JSON.
+        #[arg(long, value_name = "MONTH")]
+        sla: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ReportCommand {
+    /// A customer's SLA report for a month: availability by minute with
+    /// maintenance announced in time excluded, downtime, incidents,
+    /// budget and the credit owed by their contract.
+    #[command(
+        after_help = "Examples:\n  tandem report sla --customer acme --month 2026-11\n  tandem report sla --customer acme --month 2026-11 -o html > acme-2026-11.html\n  tandem report sla --customer acme --month 2026-11 -o json --bundle acme-2026-11.json"
+    )]
+    Sla {
+        #[arg(long)]
+        customer: String,
+        /// YYYY-MM (UTC).
+        #[arg(long)]
+        month: String,
+        /// Also write the bundle of the events and checkpoint the report
+        /// rests on to this (new) file.
+        #[arg(long, value_name = "FILE")]
+        bundle: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -703,6 +752,21 @@ pub enum AuditCommand {
     /// Sign a checkpoint of the journal as it stands and print it (a
     /// C2SP tlog-checkpoint in a signed note).
     Checkpoint,
+    /// Write a bundle of a customer's events, with their proofs, to a new
+    /// file; `tandem verify` checks it offline.
+    Export {
+        #[arg(long)]
+        customer: String,
+        /// First day (YYYY-MM-DD) or instant (RFC 3339), UTC.
+        #[arg(long)]
+        from: String,
+        /// The day (or instant) after the last.
+        #[arg(long)]
+        to: String,
+        /// The new file to write (`-o` is the output format).
+        #[arg(long, short = 'f', value_name = "FILE")]
+        file: PathBuf,
+    },
     /// Print the journal's events, oldest first (`-o json`: one per line,
     /// hashes included).
     Events {
@@ -781,6 +845,13 @@ pub enum CustomersCommand {
         #[arg(long)]
         name: String,
     },
+    /// Show a customer's contract, or set it from a YAML file (objectives,
+    /// maintenance notice, credit steps; see docs in ARCHITECTURE.md).
+    Contract {
+        id: String,
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
 }
 
 /// Runs a parsed command line.
@@ -789,6 +860,12 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
     let http = client::Api::connector(cli.cacert.as_deref())?;
     let api = || client::Api::new(&cli.server, token.clone(), http.clone());
     let fmt = cli.output;
+    let report = matches!(cli.command, Command::Report { .. });
+    if matches!(fmt, Format::Csv | Format::Html | Format::Pdf) && !report {
+        return Err(exit::Exit::bad_input(
+            "-o csv, html and pdf are for reports (tandem report …); other commands print a table or -o json",
+        ));
+    }
     match cli.command {
         Command::Up {
             data,
@@ -893,6 +970,9 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
         Command::Customers {
             command: Some(CustomersCommand::Add { id, name }),
         } => people::add_customer(&api(), &id, &name, fmt).await,
+        Command::Customers {
+            command: Some(CustomersCommand::Contract { id, file }),
+        } => report::contract(&api(), &id, file.as_deref(), fmt).await,
         Command::Services { command: None } => view::services(&api(), fmt).await,
         Command::Services {
             command:
@@ -1081,6 +1161,24 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
         Command::Keys {
             command: KeysCommand::Show,
         } => audit::key(&api(), fmt).await,
+        Command::Audit {
+            command:
+                AuditCommand::Export {
+                    customer,
+                    from,
+                    to,
+                    file,
+                },
+        } => report::export(&api(), &customer, &from, &to, &file, fmt).await,
+        Command::Report {
+            command:
+                ReportCommand::Sla {
+                    customer,
+                    month,
+                    bundle,
+                },
+        } => report::sla(&api(), &customer, &month, bundle.as_deref(), fmt).await,
+        Command::Verify { file, key, sla } => report::verify(&file, &key, sla.as_deref(), fmt),
         Command::Audit {
             command: AuditCommand::Events { after, page },
         } => view::events(&api(), after, page, fmt).await,

@@ -23,6 +23,12 @@ pub fn write_line(args: std::fmt::Arguments<'_>) {
     }
 }
 
+/// Writes `text` as it is (a report), with the same care as `write_line`.
+pub fn write_all(text: &str) {
+    let text = text.strip_suffix('\n').unwrap_or(text);
+    write_line(format_args!("{text}"));
+}
+
 /// Prints rows under a header, columns padded to their widest cell; says
 /// so on stderr when there are none (stdout then stays empty).
 pub fn table(header: &[&str], rows: &[Vec<String>]) {

@@ -35,7 +35,7 @@ pub fn validate(path: &Path, fmt: Format) -> CmdResult {
     }
     match fmt {
         Format::Json => crate::output::json(&serde_json::to_value(&spec).unwrap_or_default()),
-        Format::Table => outln!("{}: ok (service {})", file.display(), spec.service.name),
+        _ => outln!("{}: ok (service {})", file.display(), spec.service.name),
     }
     Ok(())
 }

@@ -30,6 +30,8 @@ pub enum CheckpointError {
     BadHash { seq: u64, hash: String },
     #[error("no checkpoint of {from} events: the journal has {size}")]
     Beyond { from: u64, size: u64 },
+    #[error("no signed checkpoint of {0} events (the journal may be empty)")]
+    NoCheckpoint(u64),
 }
 
 /// The journal's tree as far as it was read, and the key that signs it.
@@ -178,6 +180,74 @@ impl Checkpoints {
                 .iter()
                 .map(|h| hex(h))
                 .collect(),
+        })
+    }
+}
+
+impl Checkpoints {
+    /// The checkpoint of `at` events (made before: a report names it), or
+    /// the journal's as it stands.
+    pub async fn at(
+        &self,
+        store: &Store,
+        at: Option<u64>,
+    ) -> Result<CheckpointRow, CheckpointError> {
+        let row = match at {
+            Some(size) => store.checkpoint_at(size).await?,
+            None => self.checkpoint(store).await?,
+        };
+        row.ok_or_else(|| CheckpointError::NoCheckpoint(at.unwrap_or(0)))
+    }
+
+    /// The events of `customer` that a report or bundle for the minutes
+    /// `[from, to)` rests on, at the checkpoint `cp`.
+    pub async fn events_for(
+        store: &Store,
+        customer: &str,
+        from: i64,
+        to: i64,
+        cp: &CheckpointRow,
+    ) -> Result<Vec<tandem_core::journal::Event>, CheckpointError> {
+        let events = store.events_for_customer(customer, cp.size as u64).await?;
+        Ok(tandem_report::sla::select(events, customer, from, to))
+    }
+
+    /// A bundle of `customer`'s events for the minutes `[from, to)` at the
+    /// checkpoint `cp`, with the batch proof of their inclusion and the
+    /// consistency proof from the checkpoint before it.
+    pub async fn export(
+        &self,
+        store: &Store,
+        customer: &str,
+        (from, to): (i64, i64),
+        (from_text, to_text): (&str, &str),
+        cp: &CheckpointRow,
+    ) -> Result<tandem_proof::bundle::Bundle, CheckpointError> {
+        let events = Self::events_for(store, customer, from, to, cp).await?;
+        let size = cp.size as u64;
+        let tree = Tree::new(Self::leaves(store, 0, size).await?);
+        let indices: Vec<u64> = events.iter().map(|e| e.seq - 1).collect();
+        let proof = if indices.is_empty() {
+            Vec::new()
+        } else {
+            tree.batch_proof(&indices, size)
+        };
+        let previous = match store.checkpoint_before(size).await? {
+            Some(p) if p.size > 0 => Some(tandem_proof::bundle::Previous {
+                proof: tandem_proof::bundle::to_hex(&tree.consistency_proof(p.size as u64, size)),
+                checkpoint: p.note,
+            }),
+            _ => None,
+        };
+        Ok(tandem_proof::bundle::Bundle {
+            format: tandem_proof::bundle::FORMAT.into(),
+            customer: customer.to_owned(),
+            from: from_text.to_owned(),
+            to: to_text.to_owned(),
+            checkpoint: cp.note.clone(),
+            events,
+            proof: tandem_proof::bundle::to_hex(&proof),
+            previous,
         })
     }
 }

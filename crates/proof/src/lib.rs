@@ -3,5 +3,6 @@
 //! checkpoints of it ([`checkpoint`]). Pure: the store feeds it event
 //! hashes, the engine keeps its key file.
 
+pub mod bundle;
 pub mod checkpoint;
 pub mod merkle;

@@ -163,6 +163,78 @@ impl Tree {
     }
 }
 
+impl Tree {
+    /// The proof that the leaves at `indices` (sorted, each below `size`)
+    /// are in the tree of `size` leaves, all at once: the hashes of the
+    /// largest subtrees of RFC 6962's recursion that hold none of them,
+    /// left to right. With the leaves themselves it gives back the root
+    /// ([`batch_root`]); for one leaf it is its inclusion proof's hashes
+    /// in another order.
+    pub fn batch_proof(&self, indices: &[u64], size: u64) -> Vec<Hash> {
+        assert!(size <= self.len(), "no tree of {size}");
+        let mut out = Vec::new();
+        self.gaps(indices, 0, size, &mut out);
+        out
+    }
+
+    fn gaps(&self, indices: &[u64], from: u64, to: u64, out: &mut Vec<Hash>) {
+        if !holds(indices, from, to) {
+            out.push(self.subtree(from, to));
+            return;
+        }
+        if to - from == 1 {
+            return;
+        }
+        let k = split(to - from);
+        self.gaps(indices, from, from + k, out);
+        self.gaps(indices, from + k, to, out);
+    }
+}
+
+/// Whether a sorted `indices` holds one in `[from, to)`.
+fn holds(indices: &[u64], from: u64, to: u64) -> bool {
+    let i = indices.partition_point(|x| *x < from);
+    indices.get(i).is_some_and(|x| *x < to)
+}
+
+/// The root of the tree of `size` leaves from some of its leaves, as
+/// (index, leaf hash) sorted by index, and their [`Tree::batch_proof`];
+/// `None` if the proof does not fit them (too short, too long, an index
+/// out of the tree or out of order).
+pub fn batch_root(size: u64, leaves: &[(u64, Hash)], proof: &[Hash]) -> Option<Hash> {
+    if size == 0
+        || leaves.is_empty()
+        || leaves.windows(2).any(|w| w[0].0 >= w[1].0)
+        || leaves.last().is_some_and(|l| l.0 >= size)
+    {
+        return None;
+    }
+    let indices: Vec<u64> = leaves.iter().map(|l| l.0).collect();
+    let mut proof = proof.iter();
+    let mut next_leaf = leaves.iter();
+    let root = rebuild(&indices, 0, size, &mut next_leaf, &mut proof)?;
+    proof.next().is_none().then_some(root)
+}
+
+fn rebuild<'a>(
+    indices: &[u64],
+    from: u64,
+    to: u64,
+    leaves: &mut impl Iterator<Item = &'a (u64, Hash)>,
+    proof: &mut impl Iterator<Item = &'a Hash>,
+) -> Option<Hash> {
+    if !holds(indices, from, to) {
+        return proof.next().copied();
+    }
+    if to - from == 1 {
+        return leaves.next().map(|l| l.1);
+    }
+    let k = split(to - from);
+    let left = rebuild(indices, from, from + k, leaves, proof)?;
+    let right = rebuild(indices, from + k, to, leaves, proof)?;
+    Some(node_hash(&left, &right))
+}
+
 /// The right edge of a growing tree: the roots of its perfect subtrees,
 /// largest first. Appending is O(log n); so is the root.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -394,6 +466,46 @@ mod tests {
             tree.consistency_proof(3, 7),
             vec![leaves[2], leaves[3], mth(&leaves[0..2]), mth(&leaves[4..7])]
         );
+    }
+
+    #[test]
+    fn a_batch_proof_gives_back_the_root_and_nothing_else_does() {
+        let leaves: Vec<Hash> = (0..37u64).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+        let tree = Tree::new(leaves.clone());
+        for size in [1u64, 2, 5, 16, 37] {
+            let root = tree.root(size);
+            for picked in [
+                vec![0u64],
+                vec![size - 1],
+                (0..size).step_by(3).collect::<Vec<_>>(),
+                (0..size).collect(),
+            ] {
+                let proof = tree.batch_proof(&picked, size);
+                let with: Vec<(u64, Hash)> =
+                    picked.iter().map(|i| (*i, leaves[*i as usize])).collect();
+                assert_eq!(
+                    batch_root(size, &with, &proof),
+                    Some(root),
+                    "{size} {picked:?}"
+                );
+                // An altered leaf, a missing hash, one too many: not the root.
+                let mut altered = with.clone();
+                altered[0].1[0] ^= 1;
+                assert_ne!(batch_root(size, &altered, &proof), Some(root));
+                if !proof.is_empty() {
+                    assert_eq!(batch_root(size, &with, &proof[1..]), None);
+                }
+                let mut longer = proof.clone();
+                longer.push(root);
+                assert_eq!(batch_root(size, &with, &longer), None);
+                // A leaf moved to another index: not the root.
+                if size > 1 && picked.len() == 1 {
+                    let moved = vec![((picked[0] + 1) % size, with[0].1)];
+                    let p = tree.batch_proof(&[moved[0].0], size);
+                    assert_ne!(batch_root(size, &moved, &p), Some(root));
+                }
+            }
+        }
     }
 
     proptest! {

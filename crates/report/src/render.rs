@@ -204,12 +204,14 @@ body{{font:14px/1.4 system-ui,sans-serif;margin:2em;max-width:60em}}table{{borde
             out.push_str("</table>");
         }
         if !s.incidents.is_empty() {
-            out.push_str("<h3>Incidents</h3><table><tr><th>#</th><th>opened</th><th>resolved</th><th>duration</th><th>cause</th><th>release</th></tr>");
+            out.push_str("<h3>Incidents</h3><table><tr><th>#</th><th>kind</th><th>opened</th><th>resolved</th><th>duration</th><th>cause</th><th>release</th></tr>");
             for i in &s.incidents {
                 let _ = write!(
                     out,
-                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    "<tr><td>{}</td><td>{} ({})</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                     esc(&i.id),
+                    esc(&i.kind),
+                    esc(&i.severity),
                     esc(&i.opened_at),
                     esc(i.resolved_at.as_deref().unwrap_or("open")),
                     i.duration_s

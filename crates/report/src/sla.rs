@@ -191,6 +191,24 @@ pub fn concerns(e: &Event, customer: &str, services: &BTreeSet<String>) -> bool 
             .is_some_and(|s| services.contains(s))
 }
 
+/// Of `events` (in journal order), those a bundle for `customer` and the
+/// minutes `[from, to)` holds, and a report of theirs reads: every event
+/// about them or their services, but measurements only of the hours that
+/// touch `[from, to)`.
+pub fn select(events: Vec<Event>, customer: &str, from: i64, to: i64) -> Vec<Event> {
+    let services: BTreeSet<String> = services_of(&events, customer).into_keys().collect();
+    events
+        .into_iter()
+        .filter(|e| concerns(e, customer, &services))
+        .filter(|e| {
+            e.kind != "measurements.recorded"
+                || e.payload["hour"]
+                    .as_i64()
+                    .is_some_and(|h| h < to && h + 60 > from)
+        })
+        .collect()
+}
+
 /// (weight, bad) of a measured minute: see the module's rules.
 fn judge(m: &Minute) -> (f64, f64) {
     let (good, total) = m.events(Sli::Availability);

@@ -53,7 +53,10 @@ pub fn local_key(dir: &Path, name: &str) -> std::io::Result<String> {
     let mut key = [0u8; 32];
     random_bytes(&mut key);
     let key = hex(&key);
-    let tmp = keys.join(format!(".{name}.{}", std::process::id()));
+    // Its own temporary name: two threads of one process may make it at once.
+    let mut nonce = [0u8; 8];
+    random_bytes(&mut nonce);
+    let tmp = keys.join(format!(".{name}.{}.{}", std::process::id(), hex(&nonce)));
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -182,6 +185,25 @@ impl Sealer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn threads_making_one_local_key_at_once_all_get_the_same_one() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let keys: Vec<String> = std::thread::scope(|s| {
+                let made: Vec<_> = (0..8)
+                    .map(|_| s.spawn(|| local_key(dir.path(), "log.seed")))
+                    .collect();
+                made.into_iter()
+                    .map(|h| h.join().expect("thread").expect("a key"))
+                    .collect()
+            });
+            assert!(
+                keys.iter().all(|k| k == &keys[0] && k.len() == 64),
+                "{keys:?}"
+            );
+        }
+    }
 
     #[test]
     fn a_sealed_value_opens_with_its_key_only_and_shows_nothing_in_clear() {

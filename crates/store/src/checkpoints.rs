@@ -3,6 +3,8 @@
 
 use serde::Serialize;
 
+use tandem_core::journal::Event;
+
 use crate::{Result, Store, now_ts};
 
 /// A signed checkpoint of the journal's tree.
@@ -37,19 +39,62 @@ impl Store {
         root: &str,
         note: &str,
     ) -> Result<CheckpointRow> {
-        sqlx::query(
-            "INSERT INTO checkpoints (size, root, note, created_at) VALUES (?, ?, ?, ?) ON CONFLICT(size) DO NOTHING",
-        )
-        .bind(size as i64)
-        .bind(root)
-        .bind(note)
-        .bind(now_ts())
-        .execute(&self.pool)
+        self.writing(async {
+            let _w = self.writer.lock().await;
+            sqlx::query(
+                "INSERT INTO checkpoints (size, root, note, created_at) VALUES (?, ?, ?, ?) ON CONFLICT(size) DO NOTHING",
+            )
+            .bind(size as i64)
+            .bind(root)
+            .bind(note)
+            .bind(now_ts())
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
         .await?;
         Ok(sqlx::query_as("SELECT * FROM checkpoints WHERE size = ?")
             .bind(size as i64)
             .fetch_one(&self.pool)
             .await?)
+    }
+
+    /// The checkpoint of the tree of `size` events, if one was made.
+    pub async fn checkpoint_at(&self, size: u64) -> Result<Option<CheckpointRow>> {
+        Ok(sqlx::query_as("SELECT * FROM checkpoints WHERE size = ?")
+            .bind(size as i64)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// The largest checkpoint of fewer than `size` events, if any.
+    pub async fn checkpoint_before(&self, size: u64) -> Result<Option<CheckpointRow>> {
+        Ok(
+            sqlx::query_as("SELECT * FROM checkpoints WHERE size < ? ORDER BY size DESC LIMIT 1")
+                .bind(size as i64)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Events up to `upto` that name `customer`, or a service ever
+    /// delivered to them, in order: a superset of what concerns them (the
+    /// report crate's `select` narrows it by the log's own rules).
+    pub async fn events_for_customer(&self, customer: &str, upto: u64) -> Result<Vec<Event>> {
+        let rows = sqlx::query(
+            "SELECT * FROM events WHERE seq <= ?1 AND (
+                json_extract(subject, '$.customer') = ?2
+                OR json_extract(subject, '$.service') IN (
+                    SELECT json_extract(subject, '$.service') FROM events
+                    WHERE kind IN ('service.created', 'service.updated')
+                      AND json_extract(payload, '$.customer') = ?2))
+             ORDER BY seq",
+        )
+        .bind(upto as i64)
+        .bind(customer)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(crate::event_row).collect()
     }
 
     /// The checkpoint of the largest tree, if any.

@@ -38,25 +38,32 @@ pub struct MaintenanceRow {
 impl Store {
     /// Stores a minute (replacing one measured before, after a restart).
     pub async fn record_minute(&self, m: &MinuteRow) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO minutes (service, env, minute, total, errors, buckets, ready, looks, unready_looks)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT(service, env, minute) DO UPDATE SET total = excluded.total, errors = excluded.errors,
-               buckets = excluded.buckets, ready = excluded.ready, looks = excluded.looks,
-               unready_looks = excluded.unready_looks",
-        )
-        .bind(&m.service)
-        .bind(&m.env)
-        .bind(m.minute)
-        .bind(m.total)
-        .bind(m.errors)
-        .bind(serde_json::to_string(&m.buckets)?)
-        .bind(m.ready)
-        .bind(m.looks)
-        .bind(m.unready_looks)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let buckets = serde_json::to_string(&m.buckets)?;
+        // Under the writer lock like every write: a write outside it can
+        // make another's transaction fail to upgrade (SQLITE_BUSY).
+        self.writing(async {
+            let _w = self.writer.lock().await;
+            sqlx::query(
+                "INSERT INTO minutes (service, env, minute, total, errors, buckets, ready, looks, unready_looks)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                 ON CONFLICT(service, env, minute) DO UPDATE SET total = excluded.total, errors = excluded.errors,
+                   buckets = excluded.buckets, ready = excluded.ready, looks = excluded.looks,
+                   unready_looks = excluded.unready_looks",
+            )
+            .bind(&m.service)
+            .bind(&m.env)
+            .bind(m.minute)
+            .bind(m.total)
+            .bind(m.errors)
+            .bind(&buckets)
+            .bind(m.ready)
+            .bind(m.looks)
+            .bind(m.unready_looks)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Minutes of a service environment with `from <= minute < to`.
@@ -131,11 +138,15 @@ impl Store {
 
     /// Drops minutes older than `before` (retention: 13 months and more).
     pub async fn prune_minutes(&self, before: i64) -> Result<u64> {
-        Ok(sqlx::query("DELETE FROM minutes WHERE minute < ?")
-            .bind(before)
-            .execute(&self.pool)
-            .await?
-            .rows_affected())
+        self.writing(async {
+            let _w = self.writer.lock().await;
+            Ok(sqlx::query("DELETE FROM minutes WHERE minute < ?")
+                .bind(before)
+                .execute(&self.pool)
+                .await?
+                .rows_affected())
+        })
+        .await
     }
 
     pub async fn add_maintenance(

@@ -83,7 +83,7 @@ fn a_witness_copy_of_signed_checkpoints_catches_a_consistent_rewrite_and_names_w
     assert_ok(&key);
     let key = String::from_utf8_lossy(&key.stdout).trim().to_owned();
     assert!(
-        key.starts_with("tandem/") && key.split('+').count() == 3,
+        key.starts_with("tandem/") && key.splitn(3, '+').count() == 3,
         "{key}"
     );
 
@@ -240,4 +240,225 @@ fn checkpoints_are_signed_as_the_journal_grows_and_published_to_webhook_witnesse
             .any(|(k, v)| k == "webhook-signature" && v.starts_with("v1,")),
         "{request:?}"
     );
+}
+
+/// Writes a service of `customer` whose readiness is the file `ok` in its
+/// state directory; returns its directory.
+fn customer_app(env: &Env, name: &str, customer: &str) -> std::path::PathBuf {
+    let dir = env.root.path().join(name);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(
+        dir.join("tandem.yaml"),
+        format!(
+            "service:\n  name: {name}\n  customer: {customer}\n  tier: critical\nrun:\n  command: cd $STATE_DIRECTORY && touch ok && exec python3 -m http.server $PORT --bind 127.0.0.1\n  state_dir: true\nroute:\n  host: {name}.test\nhealth:\n  readiness: {{ http: /ok, interval: 200ms, failures: 1 }}\nrelease:\n  deploy_timeout: 20s\n"
+        ),
+    )
+    .expect("spec");
+    dir
+}
+
+fn python() -> String {
+    std::env::var("TANDEM_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+#[test]
+fn a_customers_bundle_verifies_offline_twice_and_recomputes_the_servers_report_byte_for_byte() {
+    let env = Env::start();
+    for (id, name) in [("acme", "ACME Corp"), ("globex", "Globex")] {
+        assert_ok(&env.tandem(&["customers", "add", id, "--name", name]));
+    }
+    let contract = env.root.path().join("contract.yaml");
+    std::fs::write(
+        &contract,
+        "notice: 72h\nobjectives:\n  - { tier: critical, objective: 99.9% }\ncredits:\n  - { below: 99.9%, credit: 10% }\n",
+    )
+    .expect("contract");
+    assert_ok(&env.tandem(&[
+        "customers",
+        "contract",
+        "acme",
+        "--file",
+        contract.to_str().expect("utf-8"),
+    ]));
+    // Bad input: said where, exit 2, nothing set.
+    let bad = env.root.path().join("bad.yaml");
+    std::fs::write(&bad, "notice: 72h\nobjectives: []\n").expect("bad");
+    let out = env.tandem(&[
+        "customers",
+        "contract",
+        "acme",
+        "--file",
+        bad.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", said(&out));
+    assert!(said(&out).contains("at least one"), "{}", said(&out));
+
+    assert_ok(&env.deploy(&customer_app(&env, "shop", "acme")));
+    assert_ok(&env.deploy(&customer_app(&env, "other", "globex")));
+    // An incident of acme's: unready until the file is back.
+    let ok = env.data().join("sandbox/state/shop/ok");
+    std::fs::remove_file(&ok).expect("unready");
+    let incidents = || {
+        let out = env.tandem(&["incidents", "-o", "json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+    };
+    util::wait_until(std::time::Duration::from_secs(15), "an incident", || {
+        incidents()
+            .as_array()?
+            .iter()
+            .find(|i| i["service"] == "shop")
+            .cloned()
+    });
+    std::fs::write(&ok, "").expect("ready again");
+    util::wait_until(std::time::Duration::from_secs(15), "its resolution", || {
+        incidents()
+            .as_array()?
+            .iter()
+            .find(|i| i["service"] == "shop" && i["status"] == "resolved")
+            .cloned()
+    });
+    // And a maintenance window, announced now for an hour from now.
+    let now = jiff::Timestamp::now();
+    let (from, to) = (
+        (now + jiff::SignedDuration::from_hours(1)).to_string(),
+        (now + jiff::SignedDuration::from_hours(2)).to_string(),
+    );
+    assert_ok(&env.tandem(&[
+        "maintenance",
+        "add",
+        "shop",
+        "--from",
+        &from,
+        "--to",
+        &to,
+        "--reason",
+        "upgrade",
+    ]));
+
+    let key = env.tandem(&["keys", "show"]);
+    let key = String::from_utf8_lossy(&key.stdout).trim().to_owned();
+    let month = now
+        .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+        .strftime("%Y-%m")
+        .to_string();
+    let bundle = env.root.path().join("acme.json");
+    let bundle_arg = bundle.to_str().expect("utf-8");
+    let sla = |format: &str, extra: &[&str]| {
+        let mut args = vec![
+            "report",
+            "sla",
+            "--customer",
+            "acme",
+            "--month",
+            &month,
+            "-o",
+            format,
+        ];
+        args.extend_from_slice(extra);
+        env.tandem(&args)
+    };
+    let out = sla("json", &["--bundle", bundle_arg]);
+    assert_ok(&out);
+    let server = String::from_utf8_lossy(&out.stdout).trim_end().to_owned();
+    let report: serde_json::Value = serde_json::from_str(&server).expect("json");
+    let shop = &report["services"][0];
+    assert_eq!(shop["service"], "shop", "{report}");
+    assert_eq!(
+        report["services"].as_array().map(Vec::len),
+        Some(1),
+        "acme's only: {report}"
+    );
+    assert_eq!(shop["objective"], 0.999);
+    let incident = &shop["incidents"][0];
+    assert_eq!(incident["kind"], "no-ready-instance", "{report}");
+    assert!(
+        incident["duration_s"].as_i64().is_some() && incident["resolved_at"].is_string(),
+        "{report}"
+    );
+    assert_eq!(
+        shop["maintenance"][0]["excluded"], false,
+        "announced an hour ahead, notice 72h: {report}"
+    );
+
+    // Offline, with the key alone: verified, and the same report, byte for byte.
+    let out = env.tandem(&["verify", bundle_arg, "--key", &key, "--sla", &month]);
+    assert_ok(&out);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), server);
+    assert!(said(&out).contains("unaltered"), "{}", said(&out));
+    // The second verifier, of ~200 lines of Python, agrees.
+    let py = |file: &str| {
+        std::process::Command::new(python())
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../contrib/verify_bundle.py"
+            ))
+            .arg(file)
+            .arg("--key")
+            .arg(&key)
+            .output()
+            .expect("python")
+    };
+    let out = py(bundle_arg);
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+
+    // Nothing of globex's in it but hashes.
+    let text = std::fs::read_to_string(&bundle).expect("bundle");
+    let parsed: serde_json::Value = serde_json::from_str(&text).expect("bundle json");
+    let events = parsed["events"].as_array().expect("events");
+    assert!(events.len() > 5, "{}", events.len());
+    assert!(
+        !text.contains("globex") && !text.contains("other.test"),
+        "another customer's data leaked"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e["subject"]["service"] == "shop" || e["subject"]["customer"] == "acme")
+    );
+
+    // Altered, the bundle fails both verifiers, naming the event.
+    let mut altered = parsed.clone();
+    altered["events"][1]["actor"] = serde_json::json!("user:mallory");
+    let seq = altered["events"][1]["seq"].clone();
+    let tampered = env.root.path().join("tampered.json");
+    std::fs::write(&tampered, altered.to_string()).expect("write");
+    let out = env.tandem(&["verify", tampered.to_str().expect("utf-8"), "--key", &key]);
+    assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+    assert!(
+        said(&out).contains(&format!("event {seq}")),
+        "{}",
+        said(&out)
+    );
+    let out = py(tampered.to_str().expect("utf-8"));
+    assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+    assert!(
+        said(&out).contains(&format!("event {seq}")),
+        "{}",
+        said(&out)
+    );
+    // A dropped event: the proof no longer gives the signed root.
+    let mut dropped = parsed.clone();
+    dropped["events"].as_array_mut().expect("events").remove(2);
+    std::fs::write(&tampered, dropped.to_string()).expect("write");
+    let out = env.tandem(&["verify", tampered.to_str().expect("utf-8"), "--key", &key]);
+    assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+    assert_eq!(py(tampered.to_str().expect("utf-8")).status.code(), Some(1));
+
+    // HTML with SVG charts, CSV.
+    let out = sla("html", &[]);
+    assert_ok(&out);
+    let html = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        html.contains("<svg") && html.contains("no-ready-instance"),
+        "{html}"
+    );
+    let out = sla("csv", &[]);
+    assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("customer,month,service"));
+    // An unknown customer is said so (exit 2), and -o csv elsewhere is refused.
+    let out = env.tandem(&["report", "sla", "--customer", "initech", "--month", &month]);
+    assert_eq!(out.status.code(), Some(2), "{}", said(&out));
+    assert!(said(&out).contains("no customer initech"), "{}", said(&out));
+    let out = env.tandem(&["status", "-o", "csv"]);
+    assert_eq!(out.status.code(), Some(2), "{}", said(&out));
 }

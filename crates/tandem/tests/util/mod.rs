@@ -214,8 +214,15 @@ impl Env {
             }
         }
         self.said = said;
-        // Keep draining stderr so the server never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
+        // Keep draining stderr so the server never blocks on a full pipe;
+        // its errors go to the test's output (shown when a test fails).
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if line.contains("ERROR") || line.contains("error") {
+                    eprintln!("server: {line}");
+                }
+            }
+        });
         self.up = Some(child);
     }
 

@@ -1,0 +1,230 @@
+//! Reports and bundles for a customer, and their contract: what a
+//! customer receives and can check (see `tandem_report` and
+//! `tandem_proof::bundle`). A customer's people reach their own customer
+//! only; another customer is unknown (404).
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use tandem_engine::checkpoints::Checkpoints;
+use tandem_report::sla::CheckpointRef;
+
+use crate::{ApiError, AppState, Caller};
+
+/// The customer asked for, else the caller's own (a customer's person).
+fn customer_of(caller: &Caller, asked: Option<String>) -> Result<String, ApiError> {
+    asked
+        .or_else(|| caller.identity.customer.clone())
+        .ok_or_else(|| ApiError::BadInput("customer=… is needed".into()))
+}
+
+/// The last month that has ended (UTC), as `YYYY-MM`.
+fn last_month() -> String {
+    let today = jiff::Timestamp::now()
+        .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+        .date();
+    let last = today.first_of_month().yesterday().unwrap_or(today);
+    format!("{:04}-{:02}", last.year(), last.month())
+}
+
+/// `customer` if it exists and the caller may see it, else 404.
+async fn customer_seen(s: &AppState, caller: &Caller, customer: &str) -> Result<(), ApiError> {
+    let known = s
+        .engine
+        .store
+        .customers()
+        .await?
+        .iter()
+        .any(|c| c.id == customer);
+    if known && caller.sees(Some(customer)) {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound(format!("no customer {customer}")))
+    }
+}
+
+fn report_error(e: tandem_report::ReportError) -> ApiError {
+    match e {
+        tandem_report::ReportError::BadInput(m) => ApiError::BadInput(m),
+        e => ApiError::Internal(e.to_string()),
+    }
+}
+
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SlaQuery {
+    /// The customer; a customer's person's own if not given.
+    customer: Option<String>,
+    /// `YYYY-MM` (UTC); the last month that has ended if not given.
+    month: Option<String>,
+    /// `json` (canonical, RFC 8785; the default), `csv` or `html`.
+    format: Option<String>,
+    /// The checkpoint (its event count) to rest on: one made before, so
+    /// that the report and its bundle are of the same log.
+    at: Option<u64>,
+}
+
+/// The SLA report of a customer and month.
+pub(crate) async fn sla(
+    State(s): State<AppState>,
+    caller: Caller,
+    Query(q): Query<SlaQuery>,
+) -> Result<Response, ApiError> {
+    let customer = customer_of(&caller, q.customer)?;
+    let month = q.month.unwrap_or_else(last_month);
+    customer_seen(&s, &caller, &customer).await?;
+    let (from, to) = tandem_report::sla::month_minutes(&month).map_err(report_error)?;
+    let checkpoints = &s.engine.checkpoints;
+    let cp = checkpoints.at(&s.engine.store, q.at).await?;
+    let events = Checkpoints::events_for(&s.engine.store, &customer, from, to, &cp).await?;
+    let origin = checkpoints.key()?.name().to_owned();
+    let checkpoint = CheckpointRef {
+        origin,
+        size: cp.size as u64,
+        root: cp.root.clone(),
+    };
+    let report = tandem_report::sla::report(&events, &customer, &month, Some(checkpoint))
+        .map_err(report_error)?;
+    let (kind, body) = match q.format.as_deref().unwrap_or("json") {
+        "json" => (
+            "application/json",
+            tandem_report::canonical(&report).map_err(report_error)?,
+        ),
+        "csv" => (
+            "text/csv; charset=utf-8",
+            tandem_report::render::csv(&report),
+        ),
+        "html" => (
+            "text/html; charset=utf-8",
+            tandem_report::render::html(&report),
+        ),
+        other => {
+            return Err(ApiError::BadInput(format!(
+                "format {other:?}: json, csv or html"
+            )));
+        }
+    };
+    Ok(([(header::CONTENT_TYPE, kind)], body).into_response())
+}
+
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ExportQuery {
+    /// The customer; a customer's person's own if not given.
+    customer: Option<String>,
+    /// First day (`YYYY-MM-DD`) or instant (RFC 3339), UTC; with `to`,
+    /// the last month that has ended if not given.
+    from: Option<String>,
+    /// Day or instant after the last (exclusive).
+    to: Option<String>,
+    /// The checkpoint (its event count) to rest on; else the journal's now.
+    at: Option<u64>,
+}
+
+/// A minute from a day (`2026-11-01`) or an instant.
+fn minute_of(what: &str, text: &str) -> Result<i64, ApiError> {
+    let ts = if text.len() == 10 {
+        text.parse::<jiff::civil::Date>()
+            .ok()
+            .and_then(|d| d.to_zoned_datetime(jiff::tz::TimeZone::UTC).ok())
+            .map(|z| z.timestamp())
+    } else {
+        text.parse::<jiff::Timestamp>().ok()
+    };
+    ts.map(|t| t.as_second().div_euclid(60)).ok_or_else(|| {
+        ApiError::BadInput(format!(
+            "{what} {text:?}: a day (2026-11-01) or an instant (2026-11-01T00:00:00Z)"
+        ))
+    })
+}
+
+/// A bundle of a customer's events, checkable offline.
+pub(crate) async fn export(
+    State(s): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ExportQuery>,
+) -> Result<Response, ApiError> {
+    let customer = customer_of(&caller, q.customer)?;
+    customer_seen(&s, &caller, &customer).await?;
+    let (from_text, to_text) = match (q.from, q.to) {
+        (Some(f), Some(t)) => (f, t),
+        (None, None) => {
+            let (f, t) = tandem_report::sla::month_minutes(&last_month()).map_err(report_error)?;
+            let day = |m: i64| {
+                jiff::Timestamp::from_second(m * 60)
+                    .map(|t| t.to_string())
+                    .unwrap_or_default()
+            };
+            (day(f), day(t))
+        }
+        _ => {
+            return Err(ApiError::BadInput(
+                "give both from and to, or neither".into(),
+            ));
+        }
+    };
+    let (from, to) = (minute_of("from", &from_text)?, minute_of("to", &to_text)?);
+    if from >= to {
+        return Err(ApiError::BadInput(format!(
+            "from {from_text} is not before to {to_text}"
+        )));
+    }
+    let cp = s.engine.checkpoints.at(&s.engine.store, q.at).await?;
+    let bundle = s
+        .engine
+        .checkpoints
+        .export(
+            &s.engine.store,
+            &customer,
+            (from, to),
+            (&from_text, &to_text),
+            &cp,
+        )
+        .await?;
+    Ok(Json(bundle).into_response())
+}
+
+/// A customer's contract as last set.
+pub(crate) async fn contract(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    customer_seen(&s, &caller, &name).await?;
+    match s.engine.store.contract(&name).await? {
+        Some(c) => Ok(Json(c).into_response()),
+        None => Err(ApiError::NotFound(format!(
+            "customer {name} has no contract yet"
+        ))),
+    }
+}
+
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ContractBody {
+    /// The file's name, for errors.
+    file: Option<String>,
+    /// The contract as YAML.
+    text: String,
+}
+
+/// Sets a customer's contract (journaled whole).
+pub(crate) async fn set_contract(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Json(body): Json<ContractBody>,
+) -> Result<Response, ApiError> {
+    customer_seen(&s, &caller, &name).await?;
+    let file = body.file.as_deref().unwrap_or("contract.yaml");
+    let contract = tandem_core::contract::Contract::parse(file, &body.text).map_err(|e| {
+        ApiError::BadInput(format!("{}:{}:{}: {}", e.file, e.line, e.column, e.message))
+    })?;
+    s.engine
+        .store
+        .set_contract(&name, &contract, &caller.actor())
+        .await?;
+    Ok(Json(contract).into_response())
+}

@@ -1,0 +1,166 @@
+//! A bundle: some of the journal's events, proven to be in the signed log
+//! and unaltered, checkable with nothing but the installation's verifier
+//! key — no server, no data directory.
+//!
+//! ```json
+//! { "format": "tandem-bundle/1", "customer": "acme", "from": "…", "to": "…",
+//!   "checkpoint": "<signed note: origin, size N, root>",
+//!   "events": [ …events as journaled, by seq… ],
+//!   "proof": [ "<hex>", … ],
+//!   "previous": { "checkpoint": "<an earlier signed note>", "proof": [ "<hex>", … ] } }
+//! ```
+//!
+//! `proof` is the batch inclusion proof of all the events at once
+//! ([`crate::merkle::Tree::batch_proof`]: the hashes of the largest
+//! subtrees holding none of them): the events of others are present only
+//! as those hashes. `previous` links the bundle's checkpoint to the one
+//! before it (an RFC 6962 consistency proof), so a holder of earlier
+//! checkpoints sees the log only grew.
+
+use serde::{Deserialize, Serialize};
+use tandem_core::journal::{Event, NewEvent, canonical_bytes, hex, sha256_hex, unhex};
+
+use crate::checkpoint::{self, Checkpoint, CheckpointError};
+use crate::merkle::{self, Hash};
+
+pub const FORMAT: &str = "tandem-bundle/1";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Bundle {
+    pub format: String,
+    pub customer: String,
+    pub from: String,
+    pub to: String,
+    pub checkpoint: String,
+    pub events: Vec<Event>,
+    pub proof: Vec<String>,
+    pub previous: Option<Previous>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Previous {
+    pub checkpoint: String,
+    pub proof: Vec<String>,
+}
+
+/// What a bundle was shown to be.
+#[derive(Clone, Debug)]
+pub struct Verified {
+    pub checkpoint: Checkpoint,
+    /// The earlier checkpoint the log was shown to extend.
+    pub previous: Option<Checkpoint>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("not a bundle: {0}")]
+    Malformed(String),
+    #[error("the bundle's checkpoint: {0}")]
+    Checkpoint(CheckpointError),
+    #[error("event {seq}: {why}")]
+    Event { seq: u64, why: String },
+    #[error(
+        "the events are not those of the signed log at {size} events: the batch proof does not give its root"
+    )]
+    NotInLog { size: u64 },
+    #[error("the previous checkpoint ({old} events): {why}")]
+    Previous { old: u64, why: String },
+}
+
+fn hashes(hexes: &[String], what: &str) -> Result<Vec<Hash>, BundleError> {
+    hexes
+        .iter()
+        .map(|h| {
+            unhex(h).and_then(|b| b.try_into().ok()).ok_or_else(|| {
+                BundleError::Malformed(format!("{what}: {h:?} is not 32 bytes of hex"))
+            })
+        })
+        .collect()
+}
+
+/// The hash an event's content gives (whatever its `hash` field says).
+pub fn content_hash(e: &Event) -> Result<String, serde_json::Error> {
+    let new = NewEvent {
+        actor: e.actor.clone(),
+        kind: e.kind.clone(),
+        subject: e.subject.clone(),
+        payload: e.payload.clone(),
+    };
+    Ok(sha256_hex(&canonical_bytes(e.seq, &e.ts, &new, &e.prev)?))
+}
+
+impl Bundle {
+    /// Checks everything a bundle claims with `verifier_key` alone: the
+    /// checkpoint's signature, each event's hash from its content, the
+    /// links between consecutive events, that the events are in the
+    /// signed log (the batch proof), and the previous checkpoint's
+    /// consistency.
+    pub fn verify(&self, verifier_key: &str) -> Result<Verified, BundleError> {
+        if self.format != FORMAT {
+            return Err(BundleError::Malformed(format!(
+                "format {:?}, expected {FORMAT}",
+                self.format
+            )));
+        }
+        let cp =
+            checkpoint::open(&self.checkpoint, verifier_key).map_err(BundleError::Checkpoint)?;
+        let mut leaves = Vec::with_capacity(self.events.len());
+        let mut last: Option<&Event> = None;
+        for e in &self.events {
+            let fail = |why: String| BundleError::Event { seq: e.seq, why };
+            if e.seq == 0 || e.seq > cp.size {
+                return Err(fail(format!("not in a log of {} events", cp.size)));
+            }
+            if let Some(p) = last {
+                if e.seq <= p.seq {
+                    return Err(fail(format!("after event {}: out of order", p.seq)));
+                }
+                if e.seq == p.seq + 1 && e.prev != p.hash {
+                    return Err(fail(format!("its prev is not event {}'s hash", p.seq)));
+                }
+            }
+            let computed = content_hash(e).map_err(|x| fail(format!("cannot be encoded: {x}")))?;
+            if computed != e.hash {
+                return Err(fail(format!(
+                    "content does not match its hash (stored {}, computed {computed})",
+                    e.hash
+                )));
+            }
+            let data = unhex(&e.hash).ok_or_else(|| fail("its hash is not hex".into()))?;
+            leaves.push((e.seq - 1, merkle::leaf_hash(&data)));
+            last = Some(e);
+        }
+        let proof = hashes(&self.proof, "proof")?;
+        if merkle::batch_root(cp.size, &leaves, &proof) != Some(cp.root) {
+            return Err(BundleError::NotInLog { size: cp.size });
+        }
+        let previous = match &self.previous {
+            None => None,
+            Some(p) => {
+                let old = checkpoint::open(&p.checkpoint, verifier_key).map_err(|e| {
+                    BundleError::Previous {
+                        old: 0,
+                        why: e.to_string(),
+                    }
+                })?;
+                let proof = hashes(&p.proof, "previous proof")?;
+                if !merkle::verify_consistency(old.size, cp.size, &old.root, &cp.root, &proof) {
+                    return Err(BundleError::Previous {
+                        old: old.size,
+                        why: format!("the log at {} events does not extend it", cp.size),
+                    });
+                }
+                Some(old)
+            }
+        };
+        Ok(Verified {
+            checkpoint: cp,
+            previous,
+        })
+    }
+}
+
+/// Hex of hashes, for a bundle.
+pub fn to_hex(hashes: &[Hash]) -> Vec<String> {
+    hashes.iter().map(|h| hex(h)).collect()
+}
