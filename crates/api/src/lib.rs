@@ -198,6 +198,9 @@ fn routes() -> Routes {
         .add(GET, "/api/v1/audit/consistency", audit::consistency)
         .add(GET, "/api/v1/audit/export", reports::export)
         .add(GET, "/api/v1/reports/sla", reports::sla)
+        .add(GET, "/api/v1/reports/dora", reports::dora)
+        .add(GET, "/api/v1/reports/changes", reports::changes)
+        .add(GET, "/api/v1/trace", reports::trace)
         .add(GET, "/api/v1/customers/{name}/contract", reports::contract)
         .add(
             PUT,

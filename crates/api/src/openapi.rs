@@ -45,7 +45,7 @@ fn schema<T: schemars::JsonSchema>() -> serde_json::Value {
     v
 }
 
-pub const PATHS: [Route; 56] = [
+pub const PATHS: [Route; 59] = [
     Route {
         path: "/api/v1/health",
         method: "get",
@@ -277,6 +277,30 @@ pub const PATHS: [Route; 56] = [
         need: Need::CustomerRead,
         summary: "A customer's SLA report for a month, computed from the journal (canonical JSON, CSV or HTML)",
         query: Some(schema::<crate::reports::SlaQuery>),
+        ..Route::PLAIN
+    },
+    Route {
+        path: "/api/v1/reports/dora",
+        method: "get",
+        need: Need::CustomerRead,
+        summary: "DORA metrics (frequency, lead time, change failure rate, recovery time, rework rate) per service and in total",
+        query: Some(schema::<crate::reports::DoraQuery>),
+        ..Route::PLAIN
+    },
+    Route {
+        path: "/api/v1/reports/changes",
+        method: "get",
+        need: Need::CustomerRead,
+        summary: "Change evidence: a row per production change of a customer's services in a month",
+        query: Some(schema::<crate::reports::ChangesQuery>),
+        ..Route::PLAIN
+    },
+    Route {
+        path: "/api/v1/trace",
+        method: "get",
+        need: Need::CustomerRead,
+        summary: "A change from commit to run, stages, approvals, release, deployments and incidents",
+        query: Some(schema::<crate::reports::TraceQuery>),
         ..Route::PLAIN
     },
     Route {

@@ -228,3 +228,195 @@ pub(crate) async fn set_contract(
         .await?;
     Ok(Json(contract).into_response())
 }
+
+/// The services `caller` may see of those asked: one service, a
+/// customer's, or all.
+async fn services_for(
+    s: &AppState,
+    caller: &Caller,
+    service: Option<&str>,
+    customer: Option<&str>,
+) -> Result<Vec<String>, ApiError> {
+    let seen = caller.services(&s.engine.store).await?;
+    let rows = s.engine.store.services().await?;
+    if let Some(name) = service {
+        return match rows.iter().find(|r| r.name == name) {
+            Some(r) if crate::auth::visible(&seen, &r.name) => Ok(vec![r.name.clone()]),
+            _ => Err(ApiError::NotFound(format!("no service {name}"))),
+        };
+    }
+    if let Some(c) = customer {
+        customer_seen(s, caller, c).await?;
+    }
+    Ok(rows
+        .into_iter()
+        .filter(|r| crate::auth::visible(&seen, &r.name))
+        .filter(|r| customer.is_none_or(|c| r.customer.as_deref() == Some(c)))
+        .map(|r| r.name)
+        .collect())
+}
+
+/// An instant from a day or an instant, as RFC 3339.
+fn instant(what: &str, text: &str) -> Result<String, ApiError> {
+    let minute = minute_of(what, text)?;
+    Ok(jiff::Timestamp::from_second(minute * 60)
+        .map(|t| t.to_string())
+        .unwrap_or_default())
+}
+
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DoraQuery {
+    service: Option<String>,
+    customer: Option<String>,
+    /// Day or instant; 30 days before `to` if not given.
+    from: Option<String>,
+    /// Day or instant (exclusive); now if not given.
+    to: Option<String>,
+}
+
+/// The DORA metrics of one service, a customer's or all, per service and
+/// in total.
+pub(crate) async fn dora(
+    State(s): State<AppState>,
+    caller: Caller,
+    Query(q): Query<DoraQuery>,
+) -> Result<Response, ApiError> {
+    let customer = q.customer.or_else(|| caller.identity.customer.clone());
+    let services = services_for(&s, &caller, q.service.as_deref(), customer.as_deref()).await?;
+    let to = match q.to {
+        Some(t) => instant("to", &t)?,
+        None => jiff::Timestamp::now().to_string(),
+    };
+    let from = match q.from {
+        Some(f) => instant("from", &f)?,
+        None => to
+            .parse::<jiff::Timestamp>()
+            .ok()
+            .and_then(|t| {
+                t.checked_sub(jiff::SignedDuration::from_hours(30 * 24))
+                    .ok()
+            })
+            .map(|t| t.to_string())
+            .unwrap_or_default(),
+    };
+    let events = s.engine.store.events_about(&services, false).await?;
+    Ok(Json(tandem_report::dora::report(
+        &events,
+        &from,
+        &to,
+        Some(&services),
+    ))
+    .into_response())
+}
+
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ChangesQuery {
+    /// The customer; a customer's person's own if not given.
+    customer: Option<String>,
+    /// `YYYY-MM`; the last month that has ended if not given.
+    month: Option<String>,
+    /// `json` (the default) or `csv`.
+    format: Option<String>,
+}
+
+/// Change evidence: a row per production change of a customer's services.
+pub(crate) async fn changes(
+    State(s): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ChangesQuery>,
+) -> Result<Response, ApiError> {
+    let customer = customer_of(&caller, q.customer)?;
+    let month = q.month.unwrap_or_else(last_month);
+    let services = services_for(&s, &caller, None, Some(&customer)).await?;
+    let (from, to) = tandem_report::sla::month_minutes(&month).map_err(report_error)?;
+    let ts = |m: i64| {
+        jiff::Timestamp::from_second(m * 60)
+            .map(|t| t.to_string())
+            .unwrap_or_default()
+    };
+    let events = s.engine.store.events_about(&services, true).await?;
+    let set = services.into_iter().collect();
+    let rows = tandem_report::changes::report(&events, &set, &ts(from), &ts(to));
+    match q.format.as_deref().unwrap_or("json") {
+        "json" => Ok(Json(rows).into_response()),
+        "csv" => Ok((
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            tandem_report::changes::csv(&rows),
+        )
+            .into_response()),
+        other => Err(ApiError::BadInput(format!("format {other:?}: json or csv"))),
+    }
+}
+
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TraceQuery {
+    /// A commit (at least 7 hex digits of it).
+    commit: Option<String>,
+    /// `SERVICE/rN`.
+    release: Option<String>,
+    incident: Option<i64>,
+}
+
+/// A change's way from commit to production and the incidents it caused.
+pub(crate) async fn trace(
+    State(s): State<AppState>,
+    caller: Caller,
+    Query(q): Query<TraceQuery>,
+) -> Result<Response, ApiError> {
+    use tandem_report::trace::From;
+    let store = &s.engine.store;
+    let (services, from) = match (q.commit, q.release, q.incident) {
+        (Some(c), None, None) => {
+            if c.len() < 7 || !c.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(ApiError::BadInput(format!(
+                    "commit {c:?}: at least 7 hex digits of it"
+                )));
+            }
+            (
+                store.services_with_commit(&c).await?,
+                From::Commit(c.to_lowercase()),
+            )
+        }
+        (None, Some(r), None) => {
+            let Some((service, release)) = r.split_once('/') else {
+                return Err(ApiError::BadInput(format!(
+                    "release {r:?}: SERVICE/rN (shop/r3)"
+                )));
+            };
+            (
+                vec![service.to_owned()],
+                From::Release {
+                    service: service.to_owned(),
+                    release: release.to_owned(),
+                },
+            )
+        }
+        (None, None, Some(id)) => {
+            let incident = store
+                .incident(id)
+                .await?
+                .ok_or_else(|| ApiError::NotFound(format!("no incident {id}")))?;
+            (vec![incident.service], From::Incident(id.to_string()))
+        }
+        _ => {
+            return Err(ApiError::BadInput(
+                "give one of commit=, release= or incident=".into(),
+            ));
+        }
+    };
+    let seen = caller.services(store).await?;
+    let services: Vec<String> = services
+        .into_iter()
+        .filter(|svc| crate::auth::visible(&seen, svc))
+        .collect();
+    let events = store.events_about(&services, false).await?;
+    match tandem_report::trace::trace(&events, &from) {
+        Some(t) => Ok(Json(t).into_response()),
+        None => Err(ApiError::NotFound(
+            "nothing in the journal leads from there".into(),
+        )),
+    }
+}

@@ -466,6 +466,15 @@ pub enum Command {
         #[command(subcommand)]
         command: ReportCommand,
     },
+    /// Follow a change: commit → run → stages → approvals → release →
+    /// deployments → incidents it caused → who resolved them.
+    #[command(
+        after_help = "Examples:\n  tandem trace 3f9c1a2                        # a commit\n  tandem trace shop/r12                       # a release\n  tandem trace 7                              # an incident"
+    )]
+    Trace {
+        /// A commit (7+ hex digits), a release (SERVICE/rN) or an incident.
+        target: String,
+    },
     /// Check a bundle (`tandem audit export`, `report sla --bundle`) with
     /// the installation's verifier key alone: no server, no data directory.
     #[command(
@@ -502,6 +511,34 @@ pub enum ReportCommand {
         /// rests on to this (new) file.
         #[arg(long, value_name = "FILE")]
         bundle: Option<PathBuf>,
+    },
+    /// DORA metrics: deployment frequency, lead time for changes, change
+    /// failure rate, failed deployment recovery time, rework rate — per
+    /// service and in total, with their bands.
+    #[command(
+        after_help = "Examples:\n  tandem report dora                          # every service, the last 30 days\n  tandem report dora --customer acme --from 2026-11-01 --to 2026-12-01\n  tandem report dora --service shop -o json"
+    )]
+    Dora {
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long)]
+        customer: Option<String>,
+        /// Day (YYYY-MM-DD) or instant; 30 days before --to by default.
+        #[arg(long)]
+        from: Option<String>,
+        /// Day or instant (exclusive); now by default.
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Change evidence: a row per production change of a customer's
+    /// services (commit, author, tests, approvers, incidents), flagging
+    /// unapproved and self-approved ones (`-o csv` or `-o json`).
+    Changes {
+        #[arg(long)]
+        customer: String,
+        /// YYYY-MM (UTC).
+        #[arg(long)]
+        month: String,
     },
 }
 
@@ -1178,6 +1215,28 @@ pub async fn dispatch(cli: Cli) -> CmdResult {
                     bundle,
                 },
         } => report::sla(&api(), &customer, &month, bundle.as_deref(), fmt).await,
+        Command::Report {
+            command:
+                ReportCommand::Dora {
+                    service,
+                    customer,
+                    from,
+                    to,
+                },
+        } => {
+            report::dora(
+                &api(),
+                service.as_deref(),
+                customer.as_deref(),
+                (from.as_deref(), to.as_deref()),
+                fmt,
+            )
+            .await
+        }
+        Command::Report {
+            command: ReportCommand::Changes { customer, month },
+        } => report::changes(&api(), &customer, &month, fmt).await,
+        Command::Trace { target } => report::trace(&api(), &target, fmt).await,
         Command::Verify { file, key, sla } => report::verify(&file, &key, sla.as_deref(), fmt),
         Command::Audit {
             command: AuditCommand::Events { after, page },

@@ -244,3 +244,266 @@ pub fn verify(file: &Path, key: &str, sla: Option<&str>, fmt: Format) -> CmdResu
     }
     Ok(())
 }
+
+/// `tandem report dora`: the five metrics per service and in total.
+pub async fn dora(
+    api: &Api,
+    service: Option<&str>,
+    customer: Option<&str>,
+    (from, to): (Option<&str>, Option<&str>),
+    fmt: Format,
+) -> CmdResult {
+    let mut query = Vec::new();
+    for (k, v) in [
+        ("service", service),
+        ("customer", customer),
+        ("from", from),
+        ("to", to),
+    ] {
+        if let Some(v) = v {
+            query.push(format!("{k}={v}"));
+        }
+    }
+    let v = api
+        .get(&format!("/api/v1/reports/dora?{}", query.join("&")))
+        .await?;
+    if fmt == Format::Json {
+        json(&v);
+        return Ok(());
+    }
+    let secs = |x: &serde_json::Value| {
+        x.as_f64().map_or("-".into(), |s| match s {
+            s if s < 120.0 => format!("{s:.0}s"),
+            s if s < 7200.0 => format!("{:.0}m", s / 60.0),
+            s if s < 172_800.0 => format!("{:.1}h", s / 3600.0),
+            s => format!("{:.1}d", s / 86_400.0),
+        })
+    };
+    let pct = |x: &serde_json::Value| {
+        x.as_f64()
+            .map_or("-".into(), |r| format!("{:.1}%", r * 100.0))
+    };
+    let rows: Vec<Vec<String>> = v["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(std::iter::once(&v["total"]))
+        .map(|d| {
+            vec![
+                d["service"].as_str().unwrap_or("?").to_owned(),
+                format!(
+                    "{} ({:.2}/day, {})",
+                    d["deployments"],
+                    d["deployments_per_day"].as_f64().unwrap_or(0.0),
+                    d["deployment_frequency_band"].as_str().unwrap_or("-")
+                ),
+                format!(
+                    "{} ({})",
+                    secs(&d["lead_time_median_s"]),
+                    d["lead_time_band"].as_str().unwrap_or("-")
+                ),
+                format!(
+                    "{} ({})",
+                    pct(&d["change_failure_rate"]),
+                    d["change_failure_band"].as_str().unwrap_or("-")
+                ),
+                format!(
+                    "{} ({})",
+                    secs(&d["recovery_median_s"]),
+                    d["recovery_band"].as_str().unwrap_or("-")
+                ),
+                pct(&d["rework_rate"]),
+            ]
+        })
+        .collect();
+    crate::output::table(
+        &[
+            "service",
+            "deployments",
+            "lead time",
+            "change failure",
+            "recovery",
+            "rework",
+        ],
+        &rows,
+    );
+    outln!(
+        "from {} to {}",
+        v["from"].as_str().unwrap_or("?"),
+        v["to"].as_str().unwrap_or("?")
+    );
+    Ok(())
+}
+
+/// `tandem report changes`: change evidence, a row per production change.
+pub async fn changes(api: &Api, customer: &str, month: &str, fmt: Format) -> CmdResult {
+    let base = format!("/api/v1/reports/changes?customer={customer}&month={month}");
+    match fmt {
+        Format::Csv => {
+            crate::output::write_all(&api.get_text(&format!("{base}&format=csv")).await?);
+            return Ok(());
+        }
+        Format::Html | Format::Pdf => {
+            return Err(Exit::bad_input(
+                "change evidence is -o json, csv or a table",
+            ));
+        }
+        _ => {}
+    }
+    let v = api.get(&base).await?;
+    if fmt == Format::Json {
+        json(&v);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let mut flags = Vec::new();
+            if c["unapproved"] == true {
+                flags.push("UNAPPROVED");
+            }
+            if c["self_approved"] == true {
+                flags.push("SELF-APPROVED");
+            }
+            vec![
+                format!(
+                    "{} {}",
+                    c["service"].as_str().unwrap_or("?"),
+                    c["release"].as_str().unwrap_or("?")
+                ),
+                c["deployed_at"].as_str().unwrap_or("").to_owned(),
+                c["commit"]
+                    .as_str()
+                    .map(|s| s.chars().take(10).collect())
+                    .unwrap_or_else(|| "-".into()),
+                c["author"].as_str().unwrap_or("-").to_owned(),
+                c["tests"].as_str().unwrap_or("-").to_owned(),
+                c["approvers"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|x| x.as_str())
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "-".into()),
+                c["incidents"].as_array().map_or(0, Vec::len).to_string(),
+                flags.join(" "),
+            ]
+        })
+        .collect();
+    crate::output::table(
+        &[
+            "change",
+            "deployed",
+            "commit",
+            "author",
+            "tests",
+            "approvers",
+            "incidents",
+            "flags",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+/// `tandem trace TARGET`: a commit (7+ hex digits), a release
+/// (`SERVICE/rN`) or an incident (its number).
+pub async fn trace(api: &Api, target: &str, fmt: Format) -> CmdResult {
+    let query = if target.contains('/') {
+        format!("release={target}")
+    } else if target.len() >= 7 && target.bytes().all(|b| b.is_ascii_hexdigit()) {
+        format!("commit={target}")
+    } else if let Ok(n) = target.trim_start_matches('#').parse::<u64>() {
+        format!("incident={n}")
+    } else {
+        return Err(Exit::bad_input(format!(
+            "{target:?}: a commit (7+ hex digits), a release (shop/r3) or an incident number"
+        )));
+    };
+    let t = api.get(&format!("/api/v1/trace?{query}")).await?;
+    if fmt == Format::Json {
+        json(&t);
+        return Ok(());
+    }
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+    match t["commit"].as_str() {
+        Some(c) => outln!(
+            "{} commit {c} by {} at {}",
+            s(&t["service"]),
+            s(&t["author"]),
+            s(&t["committed_at"])
+        ),
+        None => outln!(
+            "{} (no commit: deployed from a directory)",
+            s(&t["service"])
+        ),
+    }
+    let release_lines = |r: &serde_json::Value, indent: &str| {
+        let mut lines = vec![format!("release {}", s(&r["release"]))];
+        for d in r["deployments"].as_array().into_iter().flatten() {
+            lines.push(format!(
+                "  {} in {} at {} by {}",
+                s(&d["outcome"]),
+                s(&d["env"]),
+                s(&d["at"]),
+                s(&d["by"])
+            ));
+        }
+        for i in r["incidents"].as_array().into_iter().flatten() {
+            let end = match i["resolved_at"].as_str() {
+                Some(at) => format!("resolved at {at} by {}", s(&i["resolved_by"])),
+                None => "still open".into(),
+            };
+            lines.push(format!(
+                "  incident {} ({}) opened at {}: {}; {end}",
+                s(&i["incident"]),
+                s(&i["kind"]),
+                s(&i["opened_at"]),
+                s(&i["summary"])
+            ));
+        }
+        lines
+            .into_iter()
+            .map(|l| format!("{indent}{l}"))
+            .collect::<Vec<_>>()
+    };
+    for run in t["runs"].as_array().into_iter().flatten() {
+        outln!(
+            "└─ run {} {} (queued {})",
+            s(&run["run"]),
+            s(&run["status"]),
+            s(&run["queued_at"])
+        );
+        for st in run["stages"].as_array().into_iter().flatten() {
+            let took = st["duration_ms"]
+                .as_u64()
+                .map(|ms| format!(" in {:.1}s", ms as f64 / 1000.0))
+                .unwrap_or_default();
+            outln!("   ├─ stage {} {}{took}", s(&st["stage"]), s(&st["status"]));
+        }
+        for a in run["approvals"].as_array().into_iter().flatten() {
+            outln!(
+                "   ├─ {} by {} at {}",
+                s(&a["decision"]),
+                s(&a["by"]),
+                s(&a["at"])
+            );
+        }
+        if run["release"].is_object() {
+            for line in release_lines(&run["release"], "   └─ ") {
+                outln!("{line}");
+            }
+        }
+    }
+    for r in t["releases"].as_array().into_iter().flatten() {
+        for line in release_lines(r, "└─ ") {
+            outln!("{line}");
+        }
+    }
+    Ok(())
+}

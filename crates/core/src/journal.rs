@@ -78,6 +78,43 @@ pub fn canonical_bytes(
     serde_json_canonicalizer::to_vec(&body)
 }
 
+/// The bytes an event's hash covers, from the event as it stands: the
+/// same as [`canonical_bytes`] without copying the event (verifying a
+/// million events is mostly this). The top-level keys are ASCII, so their
+/// RFC 8785 order is fixed; each value is canonicalised on its own.
+pub fn event_bytes(e: &Event) -> Result<Vec<u8>, serde_json::Error> {
+    let mut out = Vec::with_capacity(256);
+    let mut field = |key: &str, value: &dyn erased::Canon| -> Result<(), serde_json::Error> {
+        out.push(if out.is_empty() { b'{' } else { b',' });
+        out.push(b'"');
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(b"\":");
+        value.write(&mut out)
+    };
+    field("actor", &e.actor.as_str())?;
+    field("kind", &e.kind.as_str())?;
+    field("payload", &&e.payload)?;
+    field("prev", &e.prev.as_str())?;
+    field("seq", &e.seq)?;
+    field("subject", &&e.subject)?;
+    field("ts", &e.ts.as_str())?;
+    out.push(b'}');
+    Ok(out)
+}
+
+mod erased {
+    /// A value written in RFC 8785 form.
+    pub trait Canon {
+        fn write(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error>;
+    }
+
+    impl<T: serde::Serialize> Canon for T {
+        fn write(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+            serde_json_canonicalizer::to_writer(self, out)
+        }
+    }
+}
+
 /// Lowercase hex SHA-256.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
@@ -173,17 +210,9 @@ impl Verifier {
                 found: e.prev.clone(),
             });
         }
-        let new = NewEvent {
-            actor: e.actor.clone(),
-            kind: e.kind.clone(),
-            subject: e.subject.clone(),
-            payload: e.payload.clone(),
-        };
-        let bytes = canonical_bytes(e.seq, &e.ts, &new, &e.prev).map_err(|err| {
-            ChainError::Unencodable {
-                seq: e.seq,
-                reason: err.to_string(),
-            }
+        let bytes = event_bytes(e).map_err(|err| ChainError::Unencodable {
+            seq: e.seq,
+            reason: err.to_string(),
         })?;
         let computed = sha256_hex(&bytes);
         if computed != e.hash {
@@ -379,6 +408,30 @@ mod tests {
                     "{err:?}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn event_bytes_are_the_canonical_bytes_without_a_copy() {
+        for (payload, subject) in [
+            (
+                serde_json::json!({ "b": 1, "a": [1.5, "x\u{1f}\"", null], "é": { "z": true } }),
+                "svc",
+            ),
+            (serde_json::json!("plain"), "\u{10000}\u{e000}"),
+            (serde_json::json!({ "\u{e000}": 1, "\u{10000}": 2 }), "x"),
+        ] {
+            let new = NewEvent::new("user:ann", "thing.done")
+                .subject("service", subject)
+                .subject("\u{10000}", "a")
+                .subject("\u{e000}", "b")
+                .payload(payload);
+            let e =
+                seal(42, "2026-12-08T00:00:00.000Z".into(), new.clone(), GENESIS).expect("seal");
+            assert_eq!(
+                event_bytes(&e).expect("bytes"),
+                canonical_bytes(42, &e.ts, &new, GENESIS).expect("canonical")
+            );
         }
     }
 }

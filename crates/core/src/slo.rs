@@ -96,15 +96,72 @@ impl Minute {
 
 /// One hour of a service's minutes as the journal records them
 /// (`measurements.recorded`), so that availability can be computed from
-/// the log alone: each measured minute as `[offset in the hour, requests,
-/// 5xx, looks, unready looks]`. Minutes nobody measured are absent.
+/// the log alone. In the journal the minutes are one compact string (a
+/// month of a thousand services is 744,000 such events): 60 fields
+/// separated by `;`, the hour's minutes in order, each
+/// `requests,5xx,looks,unready looks`, or empty for a minute nobody
+/// measured — `"100,0,60,0;100,2,60,0;;0,0,60,7;…"`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Measurements {
     /// The environment (empty: production).
     pub env: String,
     /// The hour's first minute (Unix time / 60, a multiple of 60).
     pub hour: i64,
+    /// Measured minutes: (offset in the hour, requests, 5xx, looks,
+    /// unready looks).
+    #[serde(with = "compact_minutes")]
     pub minutes: Vec<(u32, u64, u64, u32, u32)>,
+}
+
+/// A measured minute as the journal writes it.
+pub type Measured = (u32, u64, u64, u32, u32);
+
+/// Reads the journal's minute string, calling `each` for every measured
+/// minute; `None` if the string is not one.
+pub fn each_measured(text: &str, mut each: impl FnMut(Measured)) -> Option<()> {
+    for (offset, field) in text.split(';').enumerate() {
+        if offset >= 60 {
+            return None;
+        }
+        if field.is_empty() {
+            continue;
+        }
+        let mut n = field.split(',');
+        let mut next = || n.next()?.parse::<u64>().ok();
+        let (total, errors, looks, unready) = (next()?, next()?, next()?, next()?);
+        each((
+            offset as u32,
+            total,
+            errors,
+            u32::try_from(looks).ok()?,
+            u32::try_from(unready).ok()?,
+        ));
+    }
+    Some(())
+}
+
+mod compact_minutes {
+    use super::Measured;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(minutes: &[Measured], s: S) -> Result<S::Ok, S::Error> {
+        let mut fields = vec![String::new(); 60];
+        for &(offset, total, errors, looks, unready) in minutes {
+            if let Some(f) = fields.get_mut(offset as usize) {
+                *f = format!("{total},{errors},{looks},{unready}");
+            }
+        }
+        s.serialize_str(&fields.join(";"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Measured>, D::Error> {
+        let text = String::deserialize(d)?;
+        let mut out = Vec::new();
+        super::each_measured(&text, |m| out.push(m)).ok_or_else(|| {
+            serde::de::Error::custom("not 60 minutes of requests,5xx,looks,unready")
+        })?;
+        Ok(out)
+    }
 }
 
 impl Measurements {
@@ -113,16 +170,25 @@ impl Measurements {
     pub fn to_minutes(&self) -> Vec<Minute> {
         self.minutes
             .iter()
-            .map(|&(offset, total, errors, looks, unready_looks)| Minute {
-                minute: self.hour + i64::from(offset),
-                total,
-                errors: errors.min(total),
-                fast: total - errors.min(total),
-                looks,
-                unready_looks,
-                maintenance: false,
-            })
+            .map(|&m| measured_minute(self.hour, m))
             .collect()
+    }
+}
+
+/// A measured minute of the hour starting at `hour`, as the SLO arithmetic
+/// reads it.
+pub fn measured_minute(
+    hour: i64,
+    (offset, total, errors, looks, unready_looks): Measured,
+) -> Minute {
+    Minute {
+        minute: hour + i64::from(offset),
+        total,
+        errors: errors.min(total),
+        fast: total - errors.min(total),
+        looks,
+        unready_looks,
+        maintenance: false,
     }
 }
 
@@ -619,5 +685,25 @@ mod tests {
             (s.budget_remaining - (1.0 - 600.0 / 6_000.0)).abs() < 1e-9,
             "{s:?}"
         );
+    }
+
+    #[test]
+    fn measurements_travel_as_one_compact_string_and_come_back() {
+        let m = Measurements {
+            env: String::new(),
+            hour: 60 * 29_000,
+            minutes: vec![(0, 100, 2, 60, 0), (3, 0, 0, 60, 7), (59, 5, 5, 58, 58)],
+        };
+        let v = serde_json::to_value(&m).expect("json");
+        let text = v["minutes"].as_str().expect("a string");
+        assert_eq!(text.split(';').count(), 60);
+        assert!(text.starts_with("100,2,60,0;;;0,0,60,7;"), "{text}");
+        assert!(text.ends_with(";5,5,58,58"), "{text}");
+        let back: Measurements = serde_json::from_value(v).expect("back");
+        assert_eq!(back, m);
+        for bad in ["1,2,3", "a,b,c,d", &";".repeat(60)] {
+            let v = serde_json::json!({ "env": "", "hour": 0, "minutes": bad });
+            assert!(serde_json::from_value::<Measurements>(v).is_err(), "{bad}");
+        }
     }
 }

@@ -18,7 +18,7 @@
 //! checkpoints sees the log only grew.
 
 use serde::{Deserialize, Serialize};
-use tandem_core::journal::{Event, NewEvent, canonical_bytes, hex, sha256_hex, unhex};
+use tandem_core::journal::{Event, event_bytes, hex, sha256_hex, unhex};
 
 use crate::checkpoint::{self, Checkpoint, CheckpointError};
 use crate::merkle::{self, Hash};
@@ -80,13 +80,27 @@ fn hashes(hexes: &[String], what: &str) -> Result<Vec<Hash>, BundleError> {
 
 /// The hash an event's content gives (whatever its `hash` field says).
 pub fn content_hash(e: &Event) -> Result<String, serde_json::Error> {
-    let new = NewEvent {
-        actor: e.actor.clone(),
-        kind: e.kind.clone(),
-        subject: e.subject.clone(),
-        payload: e.payload.clone(),
-    };
-    Ok(sha256_hex(&canonical_bytes(e.seq, &e.ts, &new, &e.prev)?))
+    Ok(sha256_hex(&event_bytes(e)?))
+}
+
+/// Each event's own check (its hash from its content) and its leaf hash;
+/// the first that fails stops it.
+fn leaves_of(events: &[Event]) -> Result<Vec<(u64, Hash)>, BundleError> {
+    events
+        .iter()
+        .map(|e| {
+            let fail = |why: String| BundleError::Event { seq: e.seq, why };
+            let computed = content_hash(e).map_err(|x| fail(format!("cannot be encoded: {x}")))?;
+            if computed != e.hash {
+                return Err(fail(format!(
+                    "content does not match its hash (stored {}, computed {computed})",
+                    e.hash
+                )));
+            }
+            let data = unhex(&e.hash).ok_or_else(|| fail("its hash is not hex".into()))?;
+            Ok((e.seq.wrapping_sub(1), merkle::leaf_hash(&data)))
+        })
+        .collect()
 }
 
 impl Bundle {
@@ -104,7 +118,6 @@ impl Bundle {
         }
         let cp =
             checkpoint::open(&self.checkpoint, verifier_key).map_err(BundleError::Checkpoint)?;
-        let mut leaves = Vec::with_capacity(self.events.len());
         let mut last: Option<&Event> = None;
         for e in &self.events {
             let fail = |why: String| BundleError::Event { seq: e.seq, why };
@@ -119,16 +132,28 @@ impl Bundle {
                     return Err(fail(format!("its prev is not event {}'s hash", p.seq)));
                 }
             }
-            let computed = content_hash(e).map_err(|x| fail(format!("cannot be encoded: {x}")))?;
-            if computed != e.hash {
-                return Err(fail(format!(
-                    "content does not match its hash (stored {}, computed {computed})",
-                    e.hash
-                )));
-            }
-            let data = unhex(&e.hash).ok_or_else(|| fail("its hash is not hex".into()))?;
-            leaves.push((e.seq - 1, merkle::leaf_hash(&data)));
             last = Some(e);
+        }
+        // Hashing is the work: on every core, each part in order.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let chunk = self.events.len().div_ceil(cores).max(1);
+        let parts: Vec<Result<Vec<(u64, Hash)>, BundleError>> = std::thread::scope(|s| {
+            let running: Vec<_> = self
+                .events
+                .chunks(chunk)
+                .map(|part| s.spawn(move || leaves_of(part)))
+                .collect();
+            running
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(BundleError::Malformed("a worker failed".into())))
+                })
+                .collect()
+        });
+        let mut leaves = Vec::with_capacity(self.events.len());
+        for part in parts {
+            leaves.extend(part?);
         }
         let proof = hashes(&self.proof, "proof")?;
         if merkle::batch_root(cp.size, &leaves, &proof) != Some(cp.root) {

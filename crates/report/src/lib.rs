@@ -2,8 +2,11 @@
 //! customer holding a bundle of the same events compute the same bytes
 //! (canonical JSON, RFC 8785). Each module states its rules in its doc.
 
+pub mod changes;
+pub mod dora;
 pub mod render;
 pub mod sla;
+pub mod trace;
 
 /// Why a report could not be made.
 #[derive(Debug, thiserror::Error)]

@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 use tandem_core::contract::Contract;
 use tandem_core::journal::Event;
-use tandem_core::slo::{Measurements, Minute, Sli};
+use tandem_core::slo::{Minute, Sli, each_measured, measured_minute};
 
 use crate::{ReportError, r9};
 
@@ -240,7 +240,8 @@ pub fn report(
         .map_or(0, |c| (c.notice.as_millis() / 1000) as i64);
 
     // Per service: measured minutes of the month, windows, incidents.
-    let mut measured: BTreeMap<&str, BTreeMap<i64, Minute>> = BTreeMap::new();
+    // (hour, minute string) of each service's measurements in the month.
+    let mut measured: BTreeMap<&str, Vec<(i64, &str)>> = BTreeMap::new();
     let mut windows: BTreeMap<&str, BTreeMap<String, Window>> = BTreeMap::new();
     let mut incidents: BTreeMap<&str, BTreeMap<String, Incident>> = BTreeMap::new();
     for e in events {
@@ -252,18 +253,18 @@ pub fn report(
         }
         match e.kind.as_str() {
             "measurements.recorded" => {
-                let Ok(m) = serde_json::from_value::<Measurements>(e.payload.clone()) else {
+                let (Some(hour), Some(minutes)) =
+                    (e.payload["hour"].as_i64(), e.payload["minutes"].as_str())
+                else {
                     continue;
                 };
-                if !m.env.is_empty() || m.hour + 60 <= from || m.hour >= to {
+                if e.payload["env"].as_str().is_some_and(|env| !env.is_empty())
+                    || hour + 60 <= from
+                    || hour >= to
+                {
                     continue;
                 }
-                let into = measured.entry(service).or_default();
-                for minute in m.to_minutes() {
-                    if (from..to).contains(&minute.minute) {
-                        into.insert(minute.minute, minute);
-                    }
-                }
+                measured.entry(service).or_default().push((hour, minutes));
             }
             "maintenance.scheduled" => {
                 let id = e.subject.get("maintenance").cloned().unwrap_or_default();
@@ -354,7 +355,19 @@ pub fn report(
                 Some((a, b))
             })
             .collect();
-        let minutes = measured.remove(service.as_str()).unwrap_or_default();
+        // The month's minutes, measured or not (a later record of a
+        // minute stands).
+        let mut minutes: Vec<Option<Minute>> = vec![None; (to - from) as usize];
+        for (hour, text) in measured.remove(service.as_str()).unwrap_or_default() {
+            let _ = each_measured(text, |m| {
+                let minute = measured_minute(hour, m);
+                if let Some(slot) = minutes.get_mut((minute.minute - from) as usize)
+                    && minute.minute >= from
+                {
+                    *slot = Some(minute);
+                }
+            });
+        }
         let (mut excluded, mut unmeasured) = (0u64, 0u64);
         let (mut weight, mut down) = (0.0f64, 0.0f64);
         let mut days: Vec<(i64, f64, f64)> = Vec::new(); // (first minute, weight, down)
@@ -370,7 +383,7 @@ pub fn report(
                 excluded += 1;
                 continue;
             }
-            let Some(m) = minutes.get(&minute) else {
+            let Some(m) = &minutes[(minute - from) as usize] else {
                 unmeasured += 1;
                 continue;
             };

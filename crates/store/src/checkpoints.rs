@@ -97,6 +97,36 @@ impl Store {
         rows.iter().map(crate::event_row).collect()
     }
 
+    /// Events about any of `services` and, with `users`, every
+    /// `user.added` (who was added with which e-mail), in order.
+    pub async fn events_about(&self, services: &[String], users: bool) -> Result<Vec<Event>> {
+        let rows = sqlx::query(
+            "SELECT * FROM events WHERE json_extract(subject, '$.service') IN (SELECT value FROM json_each(?1))
+               OR (?2 AND kind = 'user.added')
+             ORDER BY seq",
+        )
+        .bind(serde_json::to_string(services)?)
+        .bind(users)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(crate::event_row).collect()
+    }
+
+    /// The services that had a run of a commit starting with `prefix`
+    /// (hex digits only).
+    pub async fn services_with_commit(&self, prefix: &str) -> Result<Vec<String>> {
+        if !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(Vec::new());
+        }
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT json_extract(subject, '$.service') FROM events
+             WHERE kind = 'run.queued' AND json_extract(payload, '$.commit') LIKE ? || '%'",
+        )
+        .bind(prefix.to_lowercase())
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// The checkpoint of the largest tree, if any.
     pub async fn latest_checkpoint(&self) -> Result<Option<CheckpointRow>> {
         Ok(

@@ -237,6 +237,50 @@ fn pushes_flow_to_production_by_registration_and_polling_and_a_failing_test_stop
         "{succeeded}"
     );
     assert_ok(&env.tandem(&["audit", "verify"]));
+
+    // Issue 18: the second commit traced from its hash to production, and
+    // from its release back to the same tree.
+    let out = env.tandem(&["trace", &c2[..10]]);
+    assert_ok(&out);
+    let tree = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        format!("commit {c2} by Ada Lovelace <ada@example.test>"),
+        "stage test succeeded".into(),
+        "release r2".into(),
+        "release.succeeded in production".into(),
+    ] {
+        assert!(tree.contains(&line), "{line:?} in\n{tree}");
+    }
+    let by_release = env.tandem(&["trace", "shop/r2", "-o", "json"]);
+    assert_ok(&by_release);
+    let by_release: serde_json::Value = serde_json::from_slice(&by_release.stdout).expect("json");
+    assert_eq!(by_release["commit"], c2.as_str());
+    assert_eq!(by_release["runs"][0]["status"], "succeeded", "{by_release}");
+    // A failed run made no release and no deployment: in its trace alone.
+    let failed = env.tandem(&["trace", &c3, "-o", "json"]);
+    let failed: serde_json::Value = serde_json::from_slice(&failed.stdout).expect("json");
+    assert_eq!(failed["runs"][0]["status"], "failed", "{failed}");
+    assert!(failed["runs"][0]["release"].is_null(), "{failed}");
+    // DORA over the same journal: two deployments, each with a lead time
+    // from its commit, none failed.
+    let dora = env.tandem(&["report", "dora", "--service", "shop", "-o", "json"]);
+    assert_ok(&dora);
+    let dora: serde_json::Value = serde_json::from_slice(&dora.stdout).expect("json");
+    let shop = &dora["services"][0];
+    assert_eq!(
+        (shop["deployments"].as_u64(), shop["lead_times"].as_u64()),
+        (Some(2), Some(2)),
+        "{dora}"
+    );
+    assert!(
+        shop["lead_time_median_s"]
+            .as_f64()
+            .is_some_and(|s| s > 0.0 && s < 600.0),
+        "{dora}"
+    );
+    assert_eq!(shop["failed_deployments"], 0, "{dora}");
+    assert_eq!(shop["lead_time_band"], "elite", "{dora}");
+    assert_ok(&env.tandem(&["report", "dora"]));
 }
 
 type Header = (&'static str, String);

@@ -455,6 +455,33 @@ fn a_customers_bundle_verifies_offline_twice_and_recomputes_the_servers_report_b
     let out = sla("csv", &[]);
     assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("customer,month,service"));
+    // Change evidence: shop's release went live from a directory, so no
+    // run and no approval — flagged; globex's is not in acme's rows.
+    let out = env.tandem(&[
+        "report",
+        "changes",
+        "--customer",
+        "acme",
+        "--month",
+        &month,
+        "-o",
+        "csv",
+    ]);
+    assert_ok(&out);
+    let rows = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = rows.lines().collect();
+    assert_eq!(lines.len(), 2, "{rows}");
+    assert!(
+        lines[1].starts_with("shop,r1,") && lines[1].ends_with(",true,false"),
+        "{rows}"
+    );
+    let out = env.tandem(&["report", "changes", "--customer", "acme", "--month", &month]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("UNAPPROVED"),
+        "{}",
+        said(&out)
+    );
+
     // An unknown customer is said so (exit 2), and -o csv elsewhere is refused.
     let out = env.tandem(&["report", "sla", "--customer", "initech", "--month", &month]);
     assert_eq!(out.status.code(), Some(2), "{}", said(&out));
