@@ -108,11 +108,104 @@ mod erased {
         fn write(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error>;
     }
 
-    impl<T: serde::Serialize> Canon for T {
+    impl Canon for &str {
         fn write(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
-            serde_json_canonicalizer::to_writer(self, out)
+            // serde_json escapes a string exactly as RFC 8785 does.
+            serde_json::to_writer(&mut *out, self)
         }
     }
+
+    impl Canon for u64 {
+        fn write(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+            out.extend_from_slice(self.to_string().as_bytes());
+            Ok(())
+        }
+    }
+
+    impl Canon for &serde_json::Value {
+        fn write(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+            super::canonical_value(self, out)
+        }
+    }
+
+    impl Canon for &std::collections::BTreeMap<String, String> {
+        fn write(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+            let mut entries: Vec<(&String, &String)> = self.iter().collect();
+            entries.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
+            out.push(b'{');
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                serde_json::to_writer(&mut *out, k)?;
+                out.push(b':');
+                serde_json::to_writer(&mut *out, v)?;
+            }
+            out.push(b'}');
+            Ok(())
+        }
+    }
+}
+
+/// Writes `v` in RFC 8785 form: object keys in UTF-16 order, strings as
+/// serde_json escapes them (the same rules), integers as they are, and
+/// any other number as the canonicaliser writes it (ECMAScript's form).
+pub fn canonical_value(v: &serde_json::Value, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+    use serde_json::Value;
+    match v {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+            (Some(u), _) if u < 1 << 53 => out.extend_from_slice(u.to_string().as_bytes()),
+            (_, Some(i)) if i.unsigned_abs() < 1 << 53 => {
+                out.extend_from_slice(i.to_string().as_bytes())
+            }
+            _ => serde_json_canonicalizer::to_writer(n, &mut *out)?,
+        },
+        Value::String(s) => serde_json::to_writer(&mut *out, s)?,
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                canonical_value(item, out)?;
+            }
+            out.push(b']');
+        }
+        Value::Object(map) => {
+            let in_order = |a: &&String, b: &&String| a.encode_utf16().cmp(b.encode_utf16());
+            let write = |entries: &mut dyn Iterator<Item = (&String, &Value)>,
+                         out: &mut Vec<u8>|
+             -> Result<(), serde_json::Error> {
+                out.push(b'{');
+                for (i, (k, item)) in entries.enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    serde_json::to_writer(&mut *out, k)?;
+                    out.push(b':');
+                    canonical_value(item, out)?;
+                }
+                out.push(b'}');
+                Ok(())
+            };
+            // Most objects come in order already: no copy to sort then.
+            let sorted = map
+                .keys()
+                .zip(map.keys().skip(1))
+                .all(|(a, b)| in_order(&a, &b).is_le());
+            if sorted {
+                write(&mut map.iter(), out)?;
+            } else {
+                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                entries.sort_by(|a, b| in_order(&a.0, &b.0));
+                write(&mut entries.into_iter(), out)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Lowercase hex SHA-256.
@@ -129,6 +222,25 @@ pub fn hex(bytes: &[u8]) -> String {
         out.push(DIGITS[usize::from(b & 0xf)] as char);
     }
     out
+}
+
+/// A 32-byte hash from 64 hex digits, without allocating.
+pub fn unhex32(s: &str) -> Option<[u8; 32]> {
+    let b = s.as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = digit(b[2 * i])? << 4 | digit(b[2 * i + 1])?;
+    }
+    Some(out)
 }
 
 /// The bytes of lowercase or uppercase hex; `None` for anything else.
@@ -432,6 +544,54 @@ mod tests {
                 event_bytes(&e).expect("bytes"),
                 canonical_bytes(42, &e.ts, &new, GENESIS).expect("canonical")
             );
+        }
+    }
+
+    fn arbitrary_json() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::Bool),
+            any::<i64>().prop_map(|n| serde_json::json!(n)),
+            any::<u64>().prop_map(|n| serde_json::json!(n)),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(|f| serde_json::json!(f)),
+            "\\PC{0,8}|[\\x00-\\x1f\"\\\\\u{7f}\u{e000}\u{10000}]{0,4}"
+                .prop_map(serde_json::Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+                proptest::collection::vec(("[a-z\u{e000}\u{10000}é]{0,3}", inner), 0..4)
+                    .prop_map(|kv| serde_json::Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn our_canonical_form_is_the_canonicalizers(v in arbitrary_json()) {
+            let mut ours = Vec::new();
+            canonical_value(&v, &mut ours).expect("ours");
+            let theirs = serde_json_canonicalizer::to_vec(&v).expect("theirs");
+            proptest::prop_assert_eq!(String::from_utf8_lossy(&ours), String::from_utf8_lossy(&theirs));
+        }
+    }
+
+    #[test]
+    fn unhex32_reads_a_hash_and_nothing_else() {
+        let h = sha256_hex(b"x");
+        assert_eq!(unhex32(&h).map(|b| b.to_vec()), unhex(&h));
+        assert_eq!(unhex32(&h.to_uppercase()).map(|b| b.to_vec()), unhex(&h));
+        for bad in [
+            "",
+            &h[..63],
+            &format!("{}g", &h[..63]),
+            &format!("{h}00"),
+            &format!("+{}", &h[1..]),
+        ] {
+            assert_eq!(unhex32(bad), None, "{bad}");
         }
     }
 }

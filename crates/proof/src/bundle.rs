@@ -18,7 +18,8 @@
 //! checkpoints sees the log only grew.
 
 use serde::{Deserialize, Serialize};
-use tandem_core::journal::{Event, event_bytes, hex, sha256_hex, unhex};
+use sha2::Digest;
+use tandem_core::journal::{Event, event_bytes, hex, sha256_hex, unhex, unhex32};
 
 use crate::checkpoint::{self, Checkpoint, CheckpointError};
 use crate::merkle::{self, Hash};
@@ -90,15 +91,16 @@ fn leaves_of(events: &[Event]) -> Result<Vec<(u64, Hash)>, BundleError> {
         .iter()
         .map(|e| {
             let fail = |why: String| BundleError::Event { seq: e.seq, why };
-            let computed = content_hash(e).map_err(|x| fail(format!("cannot be encoded: {x}")))?;
-            if computed != e.hash {
+            let bytes = event_bytes(e).map_err(|x| fail(format!("cannot be encoded: {x}")))?;
+            let computed: Hash = sha2::Sha256::digest(&bytes).into();
+            if unhex32(&e.hash) != Some(computed) {
                 return Err(fail(format!(
-                    "content does not match its hash (stored {}, computed {computed})",
-                    e.hash
+                    "content does not match its hash (stored {}, computed {})",
+                    e.hash,
+                    hex(&computed)
                 )));
             }
-            let data = unhex(&e.hash).ok_or_else(|| fail("its hash is not hex".into()))?;
-            Ok((e.seq.wrapping_sub(1), merkle::leaf_hash(&data)))
+            Ok((e.seq.wrapping_sub(1), merkle::leaf_hash(&computed)))
         })
         .collect()
 }

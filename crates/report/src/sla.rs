@@ -239,12 +239,15 @@ pub fn report(
         .as_ref()
         .map_or(0, |c| (c.notice.as_millis() / 1000) as i64);
 
-    // Per service: measured minutes of the month, windows, incidents.
-    // (hour, minute string) of each service's measurements in the month.
-    let mut measured: BTreeMap<&str, Vec<(i64, &str)>> = BTreeMap::new();
+    // Per service: measured minutes of the month (the bulk: read on every
+    // core), windows, incidents.
+    let mut measured = measurements(events, &services, from, to);
     let mut windows: BTreeMap<&str, BTreeMap<String, Window>> = BTreeMap::new();
     let mut incidents: BTreeMap<&str, BTreeMap<String, Incident>> = BTreeMap::new();
     for e in events {
+        if e.kind == "measurements.recorded" {
+            continue;
+        }
         let Some(service) = e.subject.get("service").map(String::as_str) else {
             continue;
         };
@@ -252,20 +255,6 @@ pub fn report(
             continue;
         }
         match e.kind.as_str() {
-            "measurements.recorded" => {
-                let (Some(hour), Some(minutes)) =
-                    (e.payload["hour"].as_i64(), e.payload["minutes"].as_str())
-                else {
-                    continue;
-                };
-                if e.payload["env"].as_str().is_some_and(|env| !env.is_empty())
-                    || hour + 60 <= from
-                    || hour >= to
-                {
-                    continue;
-                }
-                measured.entry(service).or_default().push((hour, minutes));
-            }
             "maintenance.scheduled" => {
                 let id = e.subject.get("maintenance").cloned().unwrap_or_default();
                 let (Some(starts_at), Some(ends_at)) =
@@ -331,122 +320,44 @@ pub fn report(
         }
     }
 
-    let mut out = Vec::new();
-    for (service, tier) in &services {
-        let objective = contract
-            .as_ref()
-            .and_then(|c| c.objective_for(service, tier));
-        let mut windows: Vec<Window> = windows
-            .remove(service.as_str())
-            .unwrap_or_default()
-            .into_values()
-            .filter(|w| {
-                // Those that touch the month.
-                matches!((ts_minute(&w.starts_at), ts_minute(&w.ends_at)), (Some(a), Some(b)) if a < to && b > from)
-            })
-            .collect();
-        windows.sort_by(|a, b| (&a.starts_at, &a.id).cmp(&(&b.starts_at, &b.id)));
-        let excluded_spans: Vec<(i64, i64)> = windows
-            .iter()
-            .filter(|w| w.excluded)
-            .filter_map(|w| {
-                let a = ts_second(&w.starts_at)?.div_euclid(60);
-                let b = (ts_second(&w.ends_at)? + 59).div_euclid(60);
-                Some((a, b))
-            })
-            .collect();
-        // The month's minutes, measured or not (a later record of a
-        // minute stands).
-        let mut minutes: Vec<Option<Minute>> = vec![None; (to - from) as usize];
-        for (hour, text) in measured.remove(service.as_str()).unwrap_or_default() {
-            let _ = each_measured(text, |m| {
-                let minute = measured_minute(hour, m);
-                if let Some(slot) = minutes.get_mut((minute.minute - from) as usize)
-                    && minute.minute >= from
-                {
-                    *slot = Some(minute);
-                }
-            });
-        }
-        let (mut excluded, mut unmeasured) = (0u64, 0u64);
-        let (mut weight, mut down) = (0.0f64, 0.0f64);
-        let mut days: Vec<(i64, f64, f64)> = Vec::new(); // (first minute, weight, down)
-        for minute in from..to {
-            let day_start = from + (minute - from) / 1440 * 1440;
-            if days.last().is_none_or(|d| d.0 != day_start) {
-                days.push((day_start, 0.0, 0.0));
-            }
-            if excluded_spans
-                .iter()
-                .any(|(a, b)| (*a..*b).contains(&minute))
-            {
-                excluded += 1;
-                continue;
-            }
-            let Some(m) = &minutes[(minute - from) as usize] else {
-                unmeasured += 1;
-                continue;
-            };
-            let (w, bad) = judge(m);
-            weight += w;
-            down += bad;
-            if let Some(d) = days.last_mut() {
-                d.1 += w;
-                d.2 += bad;
-            }
-        }
-        let total = (to - from) as u64;
-        let allowed = objective.map(|o| (1.0 - o) * (total - excluded) as f64);
-        // No budget at all (an objective of 100 %): no share of it.
-        let budget_used = allowed.filter(|a| *a > 0.0).map(|a| down / a);
-        let availability = if weight > 0.0 {
-            1.0 - down / weight
-        } else {
-            1.0
-        };
-        let mut spent = 0.0;
-        let daily = days
-            .iter()
-            .map(|&(start, w, d)| {
-                spent += d;
-                Day {
-                    date: minute_ts(start).get(..10).unwrap_or_default().to_owned(),
-                    availability: r9(if w > 0.0 { 1.0 - d / w } else { 1.0 }),
-                    downtime_minutes: r9(d),
-                    budget_left: allowed.filter(|a| *a > 0.0).map(|a| r9(1.0 - spent / a)),
-                }
-            })
-            .collect();
-        let mut incidents: Vec<Incident> = incidents
-            .remove(service.as_str())
-            .unwrap_or_default()
-            .into_values()
-            .filter(|i| {
-                let opened = ts_minute(&i.opened_at).unwrap_or(i64::MAX);
-                let resolved = i.resolved_at.as_deref().and_then(ts_minute);
-                opened < to && resolved.is_none_or(|r| r >= from)
-            })
-            .collect();
-        incidents.sort_by(|a, b| (&a.opened_at, &a.id).cmp(&(&b.opened_at, &b.id)));
-        out.push(ServiceSla {
+    // Each service on its own, on every core.
+    let inputs: Vec<Input> = services
+        .iter()
+        .map(|(service, tier)| Input {
             service: service.clone(),
             tier: tier.clone(),
-            objective,
-            minutes: total,
-            excluded_minutes: excluded,
-            unmeasured_minutes: unmeasured,
-            measured_minutes: r9(weight),
-            downtime_minutes: r9(down),
-            availability: r9(availability),
-            budget_used: budget_used.map(r9),
-            credit: contract
-                .as_ref()
-                .map_or(0.0, |c| c.credit_for(availability)),
-            maintenance: windows,
-            incidents,
-            daily,
-        });
-    }
+            windows: windows
+                .remove(service.as_str())
+                .unwrap_or_default()
+                .into_values()
+                .collect(),
+            incidents: incidents
+                .remove(service.as_str())
+                .unwrap_or_default()
+                .into_values()
+                .collect(),
+            hours: measured.remove(service.as_str()).unwrap_or_default(),
+        })
+        .collect();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = inputs.len().div_ceil(cores).max(1);
+    let terms = contract.as_ref();
+    let out: Vec<ServiceSla> = std::thread::scope(|s| {
+        let running: Vec<_> = inputs
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|i| service_sla(i, terms, from, to))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        running
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
     Ok(SlaReport {
         customer: customer.to_owned(),
         month: month.to_owned(),
@@ -456,4 +367,188 @@ pub fn report(
         contract,
         services: out,
     })
+}
+
+/// What one service's figures are computed from.
+struct Input<'a> {
+    service: String,
+    tier: String,
+    windows: Vec<Window>,
+    incidents: Vec<Incident>,
+    /// (hour, minute string) of its measurements.
+    hours: Vec<(i64, &'a str)>,
+}
+
+/// One service's figures for the minutes `[from, to)`.
+fn service_sla(input: &Input<'_>, contract: Option<&Contract>, from: i64, to: i64) -> ServiceSla {
+    let objective = contract.and_then(|c| c.objective_for(&input.service, &input.tier));
+    let mut windows: Vec<Window> = input
+        .windows
+        .iter()
+        .filter(|w| {
+            // Those that touch the month.
+            matches!((ts_minute(&w.starts_at), ts_minute(&w.ends_at)), (Some(a), Some(b)) if a < to && b > from)
+        })
+        .cloned()
+        .collect();
+    windows.sort_by(|a, b| (&a.starts_at, &a.id).cmp(&(&b.starts_at, &b.id)));
+    // Excluded minutes: the windows announced in time, merged, in the month.
+    let mut spans: Vec<(i64, i64)> = windows
+        .iter()
+        .filter(|w| w.excluded)
+        .filter_map(|w| {
+            let a = ts_second(&w.starts_at)?.div_euclid(60).max(from);
+            let b = (ts_second(&w.ends_at)? + 59).div_euclid(60).min(to);
+            (a < b).then_some((a, b))
+        })
+        .collect();
+    spans.sort_unstable();
+    let mut merged: Vec<(i64, i64)> = Vec::new();
+    for (a, b) in spans {
+        match merged.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => merged.push((a, b)),
+        }
+    }
+    let excluded: u64 = merged.iter().map(|(a, b)| (b - a) as u64).sum();
+    // Hours in order, each once (the last record of an hour stands).
+    let mut hours = input.hours.clone();
+    hours.reverse();
+    hours.sort_by_key(|h| h.0);
+    hours.dedup_by_key(|h| h.0);
+    let days_n = ((to - from) as usize).div_ceil(1440);
+    let mut days = vec![(0.0f64, 0.0f64); days_n];
+    let (mut weight, mut down, mut measured) = (0.0f64, 0.0f64, 0u64);
+    for (hour, text) in hours {
+        let _ = each_measured(text, |m| {
+            let minute = measured_minute(hour, m);
+            if minute.minute < from
+                || minute.minute >= to
+                || merged
+                    .iter()
+                    .any(|(a, b)| (*a..*b).contains(&minute.minute))
+            {
+                return;
+            }
+            let (w, bad) = judge(&minute);
+            measured += 1;
+            weight += w;
+            down += bad;
+            let day = &mut days[((minute.minute - from) / 1440) as usize];
+            day.0 += w;
+            day.1 += bad;
+        });
+    }
+    let total = (to - from) as u64;
+    let unmeasured = total - excluded - measured;
+    let allowed = objective.map(|o| (1.0 - o) * (total - excluded) as f64);
+    // No budget at all (an objective of 100 %): no share of it.
+    let budget_used = allowed.filter(|a| *a > 0.0).map(|a| down / a);
+    let availability = if weight > 0.0 {
+        1.0 - down / weight
+    } else {
+        1.0
+    };
+    let mut spent = 0.0;
+    let daily = days
+        .iter()
+        .enumerate()
+        .map(|(i, &(w, d))| {
+            spent += d;
+            Day {
+                date: minute_ts(from + i as i64 * 1440)
+                    .get(..10)
+                    .unwrap_or_default()
+                    .to_owned(),
+                availability: r9(if w > 0.0 { 1.0 - d / w } else { 1.0 }),
+                downtime_minutes: r9(d),
+                budget_left: allowed.filter(|a| *a > 0.0).map(|a| r9(1.0 - spent / a)),
+            }
+        })
+        .collect();
+    let mut incidents: Vec<Incident> = input
+        .incidents
+        .iter()
+        .filter(|i| {
+            let opened = ts_minute(&i.opened_at).unwrap_or(i64::MAX);
+            let resolved = i.resolved_at.as_deref().and_then(ts_minute);
+            opened < to && resolved.is_none_or(|r| r >= from)
+        })
+        .cloned()
+        .collect();
+    incidents.sort_by(|a, b| (&a.opened_at, &a.id).cmp(&(&b.opened_at, &b.id)));
+    ServiceSla {
+        service: input.service.clone(),
+        tier: input.tier.clone(),
+        objective,
+        minutes: total,
+        excluded_minutes: excluded,
+        unmeasured_minutes: unmeasured,
+        measured_minutes: r9(weight),
+        downtime_minutes: r9(down),
+        availability: r9(availability),
+        budget_used: budget_used.map(r9),
+        credit: contract.map_or(0.0, |c| c.credit_for(availability)),
+        maintenance: windows,
+        incidents,
+        daily,
+    }
+}
+
+/// (hour, minute string) of each service's production measurements that
+/// touch `[from, to)`, in journal order.
+fn measurements<'a>(
+    events: &'a [Event],
+    services: &BTreeMap<String, String>,
+    from: i64,
+    to: i64,
+) -> BTreeMap<&'a str, Vec<(i64, &'a str)>> {
+    let wanted: std::collections::HashSet<&str> = services.keys().map(String::as_str).collect();
+    let read = |part: &'a [Event]| {
+        let mut found: std::collections::HashMap<&'a str, Vec<(i64, &'a str)>> =
+            std::collections::HashMap::new();
+        for e in part {
+            if e.kind != "measurements.recorded" {
+                continue;
+            }
+            let Some(service) = e.subject.get("service").map(String::as_str) else {
+                continue;
+            };
+            if !wanted.contains(service) {
+                continue;
+            }
+            let (Some(hour), Some(minutes)) =
+                (e.payload["hour"].as_i64(), e.payload["minutes"].as_str())
+            else {
+                continue;
+            };
+            if e.payload["env"].as_str().is_some_and(|env| !env.is_empty())
+                || hour + 60 <= from
+                || hour >= to
+            {
+                continue;
+            }
+            found.entry(service).or_default().push((hour, minutes));
+        }
+        found
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = events.len().div_ceil(cores).max(1);
+    let parts: Vec<_> = std::thread::scope(|s| {
+        let running: Vec<_> = events
+            .chunks(chunk)
+            .map(|part| s.spawn(move || read(part)))
+            .collect();
+        running
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    let mut all: BTreeMap<&'a str, Vec<(i64, &'a str)>> = BTreeMap::new();
+    for part in parts {
+        for (service, hours) in part {
+            all.entry(service).or_default().extend(hours);
+        }
+    }
+    all
 }
