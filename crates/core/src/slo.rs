@@ -124,22 +124,23 @@ pub fn each_measured(text: &str, mut each: impl FnMut(Measured)) -> Option<()> {
     let mut offset = 0u32;
     let mut fields = [0u64; 4];
     let (mut field, mut digits) = (0usize, 0u32);
-    let mut end_minute = |offset: u32, field: usize, digits: u32, fields: &[u64; 4]| -> Option<()> {
-        match (field, digits) {
-            (0, 0) => Some(()), // nobody measured it
-            (3, 1..) => {
-                each((
-                    offset,
-                    fields[0],
-                    fields[1],
-                    u32::try_from(fields[2]).ok()?,
-                    u32::try_from(fields[3]).ok()?,
-                ));
-                Some(())
+    let mut end_minute =
+        |offset: u32, field: usize, digits: u32, fields: &[u64; 4]| -> Option<()> {
+            match (field, digits) {
+                (0, 0) => Some(()), // nobody measured it
+                (3, 1..) => {
+                    each((
+                        offset,
+                        fields[0],
+                        fields[1],
+                        u32::try_from(fields[2]).ok()?,
+                        u32::try_from(fields[3]).ok()?,
+                    ));
+                    Some(())
+                }
+                _ => None,
             }
-            _ => None,
-        }
-    };
+        };
     for &b in text.as_bytes() {
         match b {
             b'0'..=b'9' => {
@@ -729,7 +730,17 @@ mod tests {
         assert!(text.ends_with(";5,5,58,58"), "{text}");
         let back: Measurements = serde_json::from_value(v).expect("back");
         assert_eq!(back, m);
-        for bad in ["1,2,3", "a,b,c,d", &";".repeat(60), "1,2,3,4,5", ",1,2,3", "1,,2,3", "1,2,3,", "1,2,3,99999999999", "-1,2,3,4"] {
+        for bad in [
+            "1,2,3",
+            "a,b,c,d",
+            &";".repeat(60),
+            "1,2,3,4,5",
+            ",1,2,3",
+            "1,,2,3",
+            "1,2,3,",
+            "1,2,3,99999999999",
+            "-1,2,3,4",
+        ] {
             let v = serde_json::json!({ "env": "", "hour": 0, "minutes": bad });
             assert!(serde_json::from_value::<Measurements>(v).is_err(), "{bad}");
         }
