@@ -59,7 +59,7 @@ pub(crate) struct SlaQuery {
     customer: Option<String>,
     /// `YYYY-MM` (UTC); the last month that has ended if not given.
     month: Option<String>,
-    /// `json` (canonical, RFC 8785; the default), `csv` or `html`.
+    /// `json` (canonical, RFC 8785; the default), `csv`, `html` or `pdf`.
     format: Option<String>,
     /// The checkpoint (its event count) to rest on: one made before, so
     /// that the report and its bundle are of the same log.
@@ -100,9 +100,13 @@ pub(crate) async fn sla(
             "text/html; charset=utf-8",
             tandem_report::render::html(&report),
         ),
+        "pdf" => {
+            let pdf = tandem_report::render::pdf(&report);
+            return Ok(([(header::CONTENT_TYPE, "application/pdf")], pdf).into_response());
+        }
         other => {
             return Err(ApiError::BadInput(format!(
-                "format {other:?}: json, csv or html"
+                "format {other:?}: json, csv, html or pdf"
             )));
         }
     };

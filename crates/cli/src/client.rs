@@ -125,19 +125,24 @@ impl Api {
     /// The body of a GET as it came, for what must keep its bytes (a
     /// canonical report, CSV, HTML).
     pub async fn get_text(&self, path: &str) -> Result<String, Exit> {
+        String::from_utf8(self.get_bytes(path).await?)
+            .map_err(|_| Exit::failure("the server's answer is not UTF-8"))
+    }
+
+    /// The body of a GET as bytes (a PDF).
+    pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, Exit> {
         let resp = self.send(Method::GET, path, None).await?;
         if resp.status() != StatusCode::OK {
             json_or_exit(resp).await?;
             return Err(Exit::failure("the server answered without a body"));
         }
-        let body = resp
+        Ok(resp
             .into_body()
             .collect()
             .await
             .map_err(|e| Exit::failure(format!("connection to the server broke: {e}")))?
-            .to_bytes();
-        String::from_utf8(body.to_vec())
-            .map_err(|_| Exit::failure("the server's answer is not UTF-8"))
+            .to_bytes()
+            .to_vec())
     }
 
     pub async fn post(

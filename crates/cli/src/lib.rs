@@ -145,7 +145,7 @@ pub enum Format {
     Csv,
     /// Reports only.
     Html,
-    /// Reports only (not built yet).
+    /// Reports only.
     Pdf,
 }
 
@@ -461,7 +461,7 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
-    /// Reports computed from the journal (`-o json|csv|html`).
+    /// Reports computed from the journal (`-o json|csv|html|pdf`).
     Report {
         #[command(subcommand)]
         command: ReportCommand,
@@ -499,7 +499,7 @@ pub enum ReportCommand {
     /// maintenance announced in time excluded, downtime, incidents,
     /// budget and the credit owed by their contract.
     #[command(
-        after_help = "Examples:\n  tandem report sla --customer acme --month 2026-11\n  tandem report sla --customer acme --month 2026-11 -o html > acme-2026-11.html\n  tandem report sla --customer acme --month 2026-11 -o json --bundle acme-2026-11.json"
+        after_help = "Examples:\n  tandem report sla --customer acme --month 2026-11\n  tandem report sla --customer acme --month 2026-11 -o html > acme-2026-11.html\n  tandem report sla --customer acme --month 2026-11 -o pdf > acme-2026-11.pdf\n  tandem report sla --customer acme --month 2026-11 -o json --bundle acme-2026-11.json"
     )]
     Sla {
         #[arg(long)]

@@ -23,6 +23,20 @@ pub fn write_line(args: std::fmt::Arguments<'_>) {
     }
 }
 
+/// Writes bytes as they are (a PDF), with the same care as `write_line`.
+pub fn write_bytes(bytes: &[u8]) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("error: cannot write the output: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
 /// Writes `text` as it is (a report), with the same care as `write_line`.
 pub fn write_all(text: &str) {
     let text = text.strip_suffix('\n').unwrap_or(text);

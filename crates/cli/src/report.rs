@@ -48,9 +48,8 @@ pub async fn sla(
             crate::output::write_all(&text);
         }
         Format::Pdf => {
-            return Err(Exit::bad_input(
-                "-o pdf is not built yet: use -o html and print it to PDF",
-            ));
+            let pdf = api.get_bytes(&format!("{base}&format=pdf&at={at}")).await?;
+            crate::output::write_bytes(&pdf);
         }
         Format::Table => {
             for s in report["services"].as_array().into_iter().flatten() {

@@ -231,3 +231,232 @@ body{{font:14px/1.4 system-ui,sans-serif;margin:2em;max-width:60em}}table{{borde
     out.push_str("</body></html>\n");
     out
 }
+
+/// Text the PDF's built-in Helvetica can show (WinAnsi): anything else
+/// becomes `?`.
+fn latin(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if (' '..='~').contains(&c) || ('\u{a0}'..='\u{ff}').contains(&c) {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
+/// The report as a PDF (A4, printpdf with the PDF's built-in fonts: no
+/// font files needed): the same figures as the HTML, daily availability as
+/// bars, incidents and maintenance listed.
+pub fn pdf(r: &SlaReport) -> Vec<u8> {
+    use printpdf::{
+        BuiltinFont, Color, LinePoint, Mm, Op, PaintMode, PdfDocument, PdfFontHandle, PdfPage,
+        PdfSaveOptions, Point, Polygon, PolygonRing, Pt, Rgb, TextItem, WindingOrder,
+    };
+    struct Pages {
+        done: Vec<Vec<Op>>,
+        ops: Vec<Op>,
+        y: f32,
+    }
+    impl Pages {
+        /// A line of text at the cursor, then down.
+        fn line(&mut self, size: f32, bold: bool, text: &str) {
+            self.room(size * 0.5 + 2.0);
+            let font = if bold {
+                BuiltinFont::HelveticaBold
+            } else {
+                BuiltinFont::Helvetica
+            };
+            self.ops.extend([
+                Op::StartTextSection,
+                Op::SetTextCursor {
+                    pos: Point::new(Mm(18.0), Mm(self.y)),
+                },
+                Op::SetFont {
+                    font: PdfFontHandle::Builtin(font),
+                    size: Pt(size),
+                },
+                Op::ShowText {
+                    items: vec![TextItem::Text(latin(text))],
+                },
+                Op::EndTextSection,
+            ]);
+            self.y -= size * 0.45 + 1.5;
+        }
+        /// A new page if fewer than `mm` are left.
+        fn room(&mut self, mm: f32) {
+            if self.y - mm < 15.0 {
+                self.done.push(std::mem::take(&mut self.ops));
+                self.y = 280.0;
+            }
+        }
+        fn rect(&mut self, (x, y, w, h): (f32, f32, f32, f32), (r, g, b): (f32, f32, f32)) {
+            let p = |x: f32, y: f32| LinePoint {
+                p: Point::new(Mm(x), Mm(y)),
+                bezier: false,
+            };
+            self.ops.push(Op::SetFillColor {
+                col: Color::Rgb(Rgb {
+                    r,
+                    g,
+                    b,
+                    icc_profile: None,
+                }),
+            });
+            self.ops.push(Op::DrawPolygon {
+                polygon: Polygon {
+                    rings: vec![PolygonRing {
+                        points: vec![p(x, y), p(x + w, y), p(x + w, y + h), p(x, y + h)],
+                    }],
+                    mode: PaintMode::Fill,
+                    winding_order: WindingOrder::NonZero,
+                },
+            });
+            self.ops.push(Op::SetFillColor {
+                col: Color::Rgb(Rgb {
+                    r: 0.0,
+                    g: 0.0,
+                    b: 0.0,
+                    icc_profile: None,
+                }),
+            });
+        }
+    }
+    let mut p = Pages {
+        done: Vec::new(),
+        ops: Vec::new(),
+        y: 280.0,
+    };
+    p.line(
+        18.0,
+        true,
+        &format!("SLA report: {}, {}", r.customer, r.month),
+    );
+    p.line(10.0, false, &format!("From {} to {} (UTC)", r.from, r.to));
+    if let Some(c) = &r.checkpoint {
+        p.line(
+            8.0,
+            false,
+            &format!(
+                "Signed checkpoint of {} at {} events, root {}",
+                c.origin, c.size, c.root
+            ),
+        );
+    }
+    for s in &r.services {
+        p.room(70.0);
+        p.y -= 4.0;
+        p.line(14.0, true, &s.service);
+        for line in [
+            format!(
+                "Objective: {}",
+                s.objective.map(pct).unwrap_or_else(|| "none".into())
+            ),
+            format!("Availability: {}", pct(s.availability)),
+            format!("Downtime: {:.2} min", s.downtime_minutes),
+            format!(
+                "Excluded (maintenance announced in time): {} min",
+                s.excluded_minutes
+            ),
+            format!("Unmeasured: {} min", s.unmeasured_minutes),
+            format!(
+                "Error budget used: {}",
+                s.budget_used.map(pct).unwrap_or_else(|| "-".into())
+            ),
+            format!("Service credit: {}", pct(s.credit)),
+        ] {
+            p.line(10.0, false, &line);
+        }
+        // Daily availability: a bar a day, from the worst day (or the
+        // objective) to 100 %.
+        let floor = s
+            .daily
+            .iter()
+            .map(|d| d.availability)
+            .chain(s.objective)
+            .fold(1.0f64, f64::min)
+            .min(0.999);
+        let (height, width) = (30.0f32, 174.0f32);
+        p.room(height + 8.0);
+        let base = p.y - height;
+        let bar = width / s.daily.len().max(1) as f32;
+        for (i, d) in s.daily.iter().enumerate() {
+            let h = ((d.availability - floor) / (1.0 - floor)) as f32 * height;
+            let bad = s.objective.is_some_and(|o| d.availability < o);
+            let colour = if bad {
+                (0.8, 0.2, 0.2)
+            } else {
+                (0.23, 0.47, 0.33)
+            };
+            p.rect(
+                (
+                    18.0 + i as f32 * bar,
+                    base,
+                    (bar - 0.6).max(0.2),
+                    h.max(0.3),
+                ),
+                colour,
+            );
+        }
+        p.y = base - 2.0;
+        p.line(
+            7.0,
+            false,
+            &format!("Daily availability, {} to 100%", pct(floor)),
+        );
+        if !s.maintenance.is_empty() {
+            p.line(11.0, true, "Maintenance");
+            for w in &s.maintenance {
+                p.line(
+                    8.0,
+                    false,
+                    &format!(
+                        "{} to {}, announced {}: {} ({})",
+                        w.starts_at,
+                        w.ends_at,
+                        w.announced_at,
+                        w.reason,
+                        if w.excluded {
+                            "excluded"
+                        } else {
+                            "counted: announced too late"
+                        }
+                    ),
+                );
+            }
+        }
+        if !s.incidents.is_empty() {
+            p.line(11.0, true, "Incidents");
+            for i in &s.incidents {
+                p.line(
+                    8.0,
+                    false,
+                    &format!(
+                        "#{} {} ({}) opened {}, {}{}: {}",
+                        i.id,
+                        i.kind,
+                        i.severity,
+                        i.opened_at,
+                        i.resolved_at
+                            .as_deref()
+                            .map_or("still open".into(), |at| format!("resolved {at}")),
+                        i.duration_s
+                            .map(|d| format!(" after {}m {}s", d / 60, d % 60))
+                            .unwrap_or_default(),
+                        i.cause
+                    ),
+                );
+            }
+        }
+    }
+    p.done.push(p.ops);
+    let pages = p
+        .done
+        .into_iter()
+        .map(|ops| PdfPage::new(Mm(210.0), Mm(297.0), ops))
+        .collect();
+    PdfDocument::new(&latin(&format!("SLA report {} {}", r.customer, r.month)))
+        .with_pages(pages)
+        .save(&PdfSaveOptions::default(), &mut Vec::new())
+}

@@ -444,6 +444,32 @@ fn a_customers_bundle_verifies_offline_twice_and_recomputes_the_servers_report_b
     assert_eq!(out.status.code(), Some(1), "{}", said(&out));
     assert_eq!(py(tampered.to_str().expect("utf-8")).status.code(), Some(1));
 
+    // A PDF whose text holds the figures (read back by pdftotext).
+    let out = sla("pdf", &[]);
+    assert_ok(&out);
+    assert!(out.stdout.starts_with(b"%PDF-"), "not a PDF");
+    let pdf = env.root.path().join("acme.pdf");
+    std::fs::write(&pdf, &out.stdout).expect("pdf");
+    let text = std::process::Command::new("pdftotext")
+        .arg(&pdf)
+        .arg("-")
+        .output()
+        .expect("pdftotext (poppler-utils)");
+    let text = String::from_utf8_lossy(&text.stdout);
+    let availability = format!(
+        "{:.4}%",
+        shop["availability"].as_f64().expect("availability") * 100.0
+    );
+    for want in [
+        "SLA report: acme".to_string(),
+        format!("Availability: {availability}"),
+        "Objective: 99.9000%".into(),
+        "no-ready-instance".into(),
+        "announced too late".into(),
+    ] {
+        assert!(text.contains(&want), "{want:?} in the PDF's text:\n{text}");
+    }
+
     // HTML with SVG charts, CSV.
     let out = sla("html", &[]);
     assert_ok(&out);
