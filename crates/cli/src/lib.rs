@@ -466,8 +466,8 @@ pub enum Command {
         #[command(subcommand)]
         command: ReportCommand,
     },
-    /// Follow a change: commit → run → stages → approvals → release →
-    /// deployments → incidents it caused → who resolved them.
+    /// Follow a change: commit, run, stages, approvals, release,
+    /// deployments, incidents it caused, who resolved them.
     #[command(
         after_help = "Examples:\n  tandem trace 3f9c1a2                        # a commit\n  tandem trace shop/r12                       # a release\n  tandem trace 7                              # an incident"
     )]
@@ -513,7 +513,7 @@ pub enum ReportCommand {
         bundle: Option<PathBuf>,
     },
     /// DORA metrics: deployment frequency, lead time for changes, change
-    /// failure rate, failed deployment recovery time, rework rate — per
+    /// failure rate, failed deployment recovery time, rework rate; per
     /// service and in total, with their bands.
     #[command(
         after_help = "Examples:\n  tandem report dora                          # every service, the last 30 days\n  tandem report dora --customer acme --from 2026-11-01 --to 2026-12-01\n  tandem report dora --service shop -o json"

@@ -63,16 +63,20 @@ fn esc(s: &str) -> String {
 const W: f64 = 620.0;
 const H: f64 = 160.0;
 
-/// Daily availability as bars, scaled from the month's worst day (or the
-/// objective, whichever is lower) to 100 %.
-fn availability_chart(s: &ServiceSla) -> String {
-    let floor = s
-        .daily
+/// Where a chart of daily availability starts: the month's worst day or
+/// the objective, whichever is lower (and below 99.9 % at least).
+fn chart_floor(s: &ServiceSla) -> f64 {
+    s.daily
         .iter()
         .map(|d| d.availability)
         .chain(s.objective)
         .fold(1.0f64, f64::min)
-        .min(0.999);
+        .min(0.999)
+}
+
+/// Daily availability as bars, from [`chart_floor`] to 100 %.
+fn availability_chart(s: &ServiceSla) -> String {
+    let floor = chart_floor(s);
     let n = s.daily.len().max(1) as f64;
     let bar = W / n;
     let y = |a: f64| H - (a - floor) / (1.0 - floor) * H;
@@ -370,13 +374,7 @@ pub fn pdf(r: &SlaReport) -> Vec<u8> {
         }
         // Daily availability: a bar a day, from the worst day (or the
         // objective) to 100 %.
-        let floor = s
-            .daily
-            .iter()
-            .map(|d| d.availability)
-            .chain(s.objective)
-            .fold(1.0f64, f64::min)
-            .min(0.999);
+        let floor = chart_floor(s);
         let (height, width) = (30.0f32, 174.0f32);
         p.room(height + 8.0);
         let base = p.y - height;
