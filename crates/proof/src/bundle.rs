@@ -301,15 +301,8 @@ impl<'de> serde::de::Visitor<'de> for Streaming {
                 other => return Err(A::Error::unknown_field(other, FIELDS)),
             }
         }
-        for field in [
-            "format",
-            "customer",
-            "from",
-            "to",
-            "checkpoint",
-            "events",
-            "proof",
-        ] {
+        // All are needed but the previous checkpoint.
+        for field in FIELDS.iter().copied().filter(|f| *f != "previous") {
             if !seen.contains(field) {
                 return Err(A::Error::missing_field(field));
             }

@@ -13,7 +13,7 @@ use util::{Env, assert_ok};
 
 /// Rewrites the journal in `db` as someone holding the file could:
 /// `alter` gives event `k` another actor, `delete` removes it and renumbers
-/// the ones after; every later hash is recomputed (JCS as tandem hashes),
+/// the ones after, `swap` exchanges it with the next; every later hash is recomputed (JCS as tandem hashes),
 /// so the chain verifies again.
 const REWRITE: &str = r#"
 import hashlib, json, sqlite3, sys
@@ -25,6 +25,8 @@ rows = c.execute("SELECT seq, ts, actor, kind, subject, payload, prev, hash FROM
 c.execute("DELETE FROM events WHERE seq >= ?", (k,))
 if mode == "delete":
     rows = rows[1:]
+if mode == "swap":
+    rows[0], rows[1] = rows[1], rows[0]
 prev = c.execute("SELECT hash FROM events WHERE seq = ?", (k - 1,)).fetchone()
 prev = prev[0] if prev else "0" * 64
 for i, (seq, ts, actor, kind, subject, payload, _, _) in enumerate(rows):
@@ -154,13 +156,26 @@ fn a_witness_copy_of_signed_checkpoints_catches_a_consistent_rewrite_and_names_w
     // Rewrites the stopped server's database, starts it again, and
     // returns what verifying against the witness copy says (it fails,
     // while the hash chain alone holds: every hash was recomputed).
+    // Each rewrite starts from the journal as the witness saw it: the
+    // database files as they were, put back before each.
+    env.kill_up();
+    let pristine = env.root.path().join("pristine");
+    std::fs::create_dir_all(&pristine).expect("mkdir");
+    let files = ["tandem.db", "tandem.db-wal", "tandem.db-shm"];
+    for f in files {
+        let _ = std::fs::copy(env.data().join(f), pristine.join(f));
+    }
     let mut rewritten = |mode: &str, k: u64| {
-        env.kill_up();
+        for f in files {
+            let _ = std::fs::remove_file(env.data().join(f));
+            let _ = std::fs::copy(pristine.join(f), env.data().join(f));
+        }
         rewrite(&env.data().join("tandem.db"), mode, k);
         env.up_again();
         assert_ok(&env.tandem(&["audit", "verify"]));
         let out = verify(&env);
         assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+        env.kill_up();
         said(&out)
     };
 
@@ -171,6 +186,15 @@ fn a_witness_copy_of_signed_checkpoints_catches_a_consistent_rewrite_and_names_w
         told.contains(&format!("diverges from the checkpoint of {size2} events"))
             && told.contains(&format!("events 1..={size1} are as signed"))
             && told.contains(&format!("an event in {}..={size2}", size1 + 1)),
+        "{told}"
+    );
+
+    // Two events after the first checkpoint exchanged (reordered), every
+    // hash recomputed: the first checkpoint still holds, the second not.
+    let told = rewritten("swap", size1 + 1);
+    assert!(
+        told.contains(&format!("diverges from the checkpoint of {size2} events"))
+            && told.contains(&format!("events 1..={size1} are as signed")),
         "{told}"
     );
 
