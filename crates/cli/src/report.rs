@@ -174,12 +174,11 @@ pub async fn contract(api: &Api, customer: &str, file: Option<&Path>, fmt: Forma
 pub fn verify(file: &Path, key: &str, sla: Option<&str>, fmt: Format) -> CmdResult {
     let text =
         std::fs::read(file).map_err(|e| Exit::bad_input(format!("{}: {e}", file.display())))?;
-    let (bundle, verified) = Bundle::read_verified(&text, key).map_err(|e| match e {
-        tandem_proof::bundle::BundleError::Malformed(why) => {
-            Exit::bad_input(format!("{}: not a bundle: {why}", file.display()))
-        }
-        e => Exit::failure(format!("{}: {e}", file.display())),
-    })?;
+    let bundle: Bundle = serde_json::from_slice(&text)
+        .map_err(|e| Exit::bad_input(format!("{}: not a bundle: {e}", file.display())))?;
+    let verified = bundle
+        .verify(key)
+        .map_err(|e| Exit::failure(format!("{}: {e}", file.display())))?;
     // Nothing of another customer: every event is about this one or a
     // service of theirs, by the log's own rules.
     let services: BTreeSet<String> =

@@ -132,56 +132,6 @@ impl Bundle {
         self.verify_with(verifier_key, parts)
     }
 
-    /// Reads a bundle and checks it as [`Bundle::verify`] does, hashing
-    /// its events while the rest of it is still being read (reading is
-    /// half the work of a large bundle).
-    pub fn read_verified(
-        bytes: &[u8],
-        verifier_key: &str,
-    ) -> Result<(Bundle, Verified), BundleError> {
-        use std::sync::{Arc, Mutex, mpsc};
-        type Done = (usize, Vec<Event>, Result<Vec<(u64, Hash)>, BundleError>);
-        let (to_hash, batches) = mpsc::sync_channel::<(usize, Vec<Event>)>(16);
-        let batches = Arc::new(Mutex::new(batches));
-        let (done_tx, done) = mpsc::channel::<Done>();
-        let hash_all = |batches: &Mutex<mpsc::Receiver<(usize, Vec<Event>)>>,
-                        done: &mpsc::Sender<Done>| loop {
-            let next = batches
-                .lock()
-                .map_err(|_| ())
-                .and_then(|b| b.recv().map_err(|_| ()));
-            let Ok((i, batch)) = next else { break };
-            let leaves = leaves_of(&batch);
-            if done.send((i, batch, leaves)).is_err() {
-                break;
-            }
-        };
-        let shell = std::thread::scope(|s| {
-            let (b, d) = (Arc::clone(&batches), done_tx.clone());
-            let worker = s.spawn(move || hash_all(&b, &d));
-            let mut de = serde_json::Deserializer::from_slice(bytes);
-            let read = serde::de::DeserializeSeed::deserialize(Streaming { to_hash }, &mut de)
-                .and_then(|shell| de.end().map(|()| shell));
-            // The sender is gone: what is left is hashed here too.
-            hash_all(&batches, &done_tx);
-            drop(done_tx);
-            let _ = worker.join();
-            read
-        })
-        .map_err(|e| BundleError::Malformed(e.to_string()))?;
-        let mut parts: Vec<Done> = done.into_iter().collect();
-        parts.sort_by_key(|p| p.0);
-        let mut events = Vec::with_capacity(parts.iter().map(|p| p.1.len()).sum());
-        let mut leaves = Vec::with_capacity(parts.len());
-        for (_, batch, part) in parts {
-            events.extend(batch);
-            leaves.push(part);
-        }
-        let bundle = Bundle { events, ..shell };
-        let verified = bundle.verify_with(verifier_key, leaves)?;
-        Ok((bundle, verified))
-    }
-
     /// The checks, given each part's leaves (or its first bad event).
     fn verify_with(
         &self,
@@ -246,121 +196,6 @@ impl Bundle {
     }
 }
 
-/// Reads a bundle's object, sending its events away in batches as they
-/// are read; the bundle comes back without them.
-struct Streaming {
-    to_hash: std::sync::mpsc::SyncSender<(usize, Vec<Event>)>,
-}
-
-/// Events a batch.
-const BATCH: usize = 4096;
-
-impl<'de> serde::de::DeserializeSeed<'de> for Streaming {
-    type Value = Bundle;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Bundle, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for Streaming {
-    type Value = Bundle;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a tandem bundle")
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Bundle, A::Error> {
-        use serde::de::Error;
-        let mut shell = Bundle {
-            format: String::new(),
-            customer: String::new(),
-            from: String::new(),
-            to: String::new(),
-            checkpoint: String::new(),
-            events: Vec::new(),
-            proof: Vec::new(),
-            previous: None,
-        };
-        let mut seen = std::collections::BTreeSet::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if !seen.insert(key.clone()) {
-                return Err(A::Error::custom(format!("{key} twice")));
-            }
-            match key.as_str() {
-                "format" => shell.format = map.next_value()?,
-                "customer" => shell.customer = map.next_value()?,
-                "from" => shell.from = map.next_value()?,
-                "to" => shell.to = map.next_value()?,
-                "checkpoint" => shell.checkpoint = map.next_value()?,
-                "proof" => shell.proof = map.next_value()?,
-                "previous" => shell.previous = map.next_value()?,
-                "events" => map.next_value_seed(Events {
-                    to_hash: self.to_hash.clone(),
-                })?,
-                other => return Err(A::Error::unknown_field(other, FIELDS)),
-            }
-        }
-        // All are needed but the previous checkpoint.
-        for field in FIELDS.iter().copied().filter(|f| *f != "previous") {
-            if !seen.contains(field) {
-                return Err(A::Error::missing_field(field));
-            }
-        }
-        Ok(shell)
-    }
-}
-
-const FIELDS: &[&str] = &[
-    "format",
-    "customer",
-    "from",
-    "to",
-    "checkpoint",
-    "events",
-    "proof",
-    "previous",
-];
-
-struct Events {
-    to_hash: std::sync::mpsc::SyncSender<(usize, Vec<Event>)>,
-}
-
-impl<'de> serde::de::DeserializeSeed<'de> for Events {
-    type Value = ();
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for Events {
-    type Value = ();
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a list of events")
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let mut batch = Vec::with_capacity(BATCH);
-        let mut index = 0;
-        while let Some(e) = seq.next_element::<Event>()? {
-            batch.push(e);
-            if batch.len() == BATCH {
-                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-                if self.to_hash.send((index, full)).is_err() {
-                    return Err(serde::de::Error::custom("the hashing stopped"));
-                }
-                index += 1;
-            }
-        }
-        if !batch.is_empty() && self.to_hash.send((index, batch)).is_err() {
-            return Err(serde::de::Error::custom("the hashing stopped"));
-        }
-        Ok(())
-    }
-}
-
 /// Hex of hashes, for a bundle.
 pub fn to_hex(hashes: &[Hash]) -> Vec<String> {
     hashes.iter().map(|h| hex(h)).collect()
@@ -409,33 +244,22 @@ mod tests {
     }
 
     #[test]
-    fn read_while_hashed_it_verifies_as_a_parsed_one_does_and_names_a_bad_event() {
-        // More events than a batch, so several batches race.
+    fn a_bundle_read_back_verifies_and_a_bad_event_is_named() {
+        // More events than one part, so every core has some.
         let picked: Vec<u64> = (0..10_000).filter(|i| i % 3 != 0).collect();
         let (b, key) = bundle(10_000, &picked);
         let text = serde_json::to_vec(&b).expect("json");
-        let (read, verified) = Bundle::read_verified(&text, &key).expect("verified");
+        let read: Bundle = serde_json::from_slice(&text).expect("read");
         assert_eq!(read.events.len(), picked.len());
-        assert_eq!(
-            read.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
-            picked.iter().map(|i| i + 1).collect::<Vec<_>>()
-        );
-        assert_eq!(verified.checkpoint.size, 10_000);
-        b.verify(&key).expect("the parsed one too");
+        assert_eq!(read.verify(&key).expect("verified").checkpoint.size, 10_000);
 
-        // An event changed deep inside: named, by both.
+        // An event changed deep inside: named.
         let mut bad = b.clone();
         bad.events[5000].actor = "user:mallory".into();
         let seq = bad.events[5000].seq;
-        let text = serde_json::to_vec(&bad).expect("json");
-        for err in [
-            Bundle::read_verified(&text, &key).err(),
-            bad.verify(&key).err(),
-        ] {
-            match err {
-                Some(BundleError::Event { seq: s, .. }) => assert_eq!(s, seq),
-                other => panic!("{other:?}"),
-            }
+        match bad.verify(&key) {
+            Err(BundleError::Event { seq: s, .. }) => assert_eq!(s, seq),
+            other => panic!("{other:?}"),
         }
         // An event left out: the proof no longer gives the root.
         let mut short = b;
@@ -444,16 +268,5 @@ mod tests {
             short.verify(&key),
             Err(BundleError::NotInLog { .. })
         ));
-        // Not a bundle: said so, nothing read as one.
-        for text in [
-            &b"{\"format\": 1}"[..],
-            b"[]",
-            b"{\"format\":\"tandem-bundle/1\",\"extra\":1}",
-        ] {
-            assert!(matches!(
-                Bundle::read_verified(text, &key),
-                Err(BundleError::Malformed(_))
-            ));
-        }
     }
 }
