@@ -42,7 +42,9 @@ def number(x):
     if isinstance(x, bool):
         raise Bad("not a number")
     if isinstance(x, int):
-        return str(x)
+        if abs(x) <= 2**53:
+            return str(x)
+        x = float(x)  # RFC 8785 numbers are doubles
     if not math.isfinite(x):
         raise Bad("JSON has no NaN or infinity")
     if x == 0:
@@ -225,8 +227,10 @@ def verify(bundle, key):
             raise Bad(f"the log at {size} events does not extend the checkpoint at {old}")
     customer, owner = bundle["customer"], {}
     for e in bundle["events"]:
-        if e["kind"] in ("service.created", "service.updated") and isinstance(e["payload"].get("customer"), str):
-            owner.setdefault(e["subject"].get("service"), e["payload"]["customer"])
+        payload, service = e["payload"], e["subject"].get("service")
+        if e["kind"] in ("service.created", "service.updated") and service is not None \
+                and isinstance(payload, dict) and isinstance(payload.get("customer"), str):
+            owner.setdefault(service, payload["customer"])
     theirs = {s for s, c in owner.items() if c == customer}
     for e in bundle["events"]:
         if e["subject"].get("customer") != customer and e["subject"].get("service") not in theirs:
@@ -247,7 +251,7 @@ def main():
         return 2
     try:
         size, root, n = verify(bundle, a.key)
-    except (Bad, KeyError, ValueError, TypeError) as e:
+    except (Bad, KeyError, ValueError, TypeError, AttributeError) as e:
         print(f"error: {a.bundle}: {e}", file=sys.stderr)
         return 1
     print(f"{a.bundle}: {n} event(s) of {bundle['customer']}, all in the log at {size} events (root {root.hex()}), unaltered")

@@ -14,6 +14,7 @@ impl From<CheckpointError> for ApiError {
         match e {
             CheckpointError::Store(s) => s.into(),
             CheckpointError::Beyond { .. } => ApiError::BadInput(e.to_string()),
+            CheckpointError::Diverged(_) => ApiError::Conflict(e.to_string()),
             e => ApiError::Internal(e.to_string()),
         }
     }

@@ -107,10 +107,13 @@ pub async fn verify_checkpoints(
             .get(&format!("/api/v1/audit/consistency?from={}", cp.size))
             .await;
         let standing = match v {
-            Err(e) => Standing::Diverged(format!(
-                "the journal has no {} events any more ({e})",
-                cp.size
+            // Refused as asking for more events than there are (exit 2):
+            // the journal is shorter than what was signed.
+            Err(e) if e.code == 2 => Standing::Diverged(format!(
+                "the journal has no {} events any more ({})",
+                cp.size, e.message
             )),
+            Err(e) => return Err(e),
             Ok(v) => {
                 let size = v["size"].as_u64().unwrap_or(0);
                 let root = hash(&v["root"], "root")?;

@@ -199,6 +199,24 @@ pub fn verify(file: &Path, key: &str, sla: Option<&str>, fmt: Format) -> CmdResu
     }
     let cp = &verified.checkpoint;
     if let Some(month) = sla {
+        // The bundle must cover the month (its range is not signed: a
+        // month outside it would be reported from nothing).
+        let (first, next) =
+            tandem_report::sla::month_minutes(month).map_err(|e| Exit::bad_input(e.to_string()))?;
+        let day = |t: &str| t.get(..10).unwrap_or(t).to_owned();
+        let as_day = |m: i64| {
+            jiff::Timestamp::from_second(m * 60)
+                .map(|t| t.to_string().get(..10).unwrap_or_default().to_owned())
+                .unwrap_or_default()
+        };
+        if day(&bundle.from) > as_day(first) || day(&bundle.to) < as_day(next) {
+            return Err(Exit::bad_input(format!(
+                "{}: the bundle covers {} to {}, not all of {month}",
+                file.display(),
+                bundle.from,
+                bundle.to
+            )));
+        }
         let checkpoint = tandem_report::sla::CheckpointRef {
             origin: cp.origin.clone(),
             size: cp.size,

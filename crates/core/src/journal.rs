@@ -208,6 +208,26 @@ pub fn canonical_value(v: &serde_json::Value, out: &mut Vec<u8>) -> Result<(), s
     Ok(())
 }
 
+/// The first number in `v` that RFC 8785 cannot hash exactly: an integer
+/// beyond ±2^53 is hashed as the nearest double, so two such values could
+/// share a hash. The journal refuses them (write them as strings).
+pub fn inexact_number(v: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) => {
+            let exact = match (n.as_u64(), n.as_i64()) {
+                (Some(u), _) => u <= 1 << 53,
+                (_, Some(i)) => i.unsigned_abs() <= 1 << 53,
+                _ => true, // a float is a double already
+            };
+            (!exact).then(|| n.to_string())
+        }
+        Value::Array(items) => items.iter().find_map(inexact_number),
+        Value::Object(map) => map.values().find_map(inexact_number),
+        _ => None,
+    }
+}
+
 /// Lowercase hex SHA-256.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
@@ -593,5 +613,18 @@ mod tests {
         ] {
             assert_eq!(unhex32(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn integers_a_double_cannot_hold_are_found() {
+        assert_eq!(
+            inexact_number(&serde_json::json!({ "a": [1, 2.5, 9007199254740992_u64] })),
+            None
+        );
+        assert_eq!(
+            inexact_number(&serde_json::json!({ "a": { "b": 9007199254740993_u64 } })),
+            Some("9007199254740993".into())
+        );
+        assert!(inexact_number(&serde_json::json!([-9007199254740993_i64])).is_some());
     }
 }

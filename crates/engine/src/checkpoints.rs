@@ -32,6 +32,10 @@ pub enum CheckpointError {
     Beyond { from: u64, size: u64 },
     #[error("no signed checkpoint of {0} events (the journal may be empty)")]
     NoCheckpoint(u64),
+    #[error(
+        "the journal no longer extends the checkpoint signed at {0} events: it is not signed again (`tandem audit verify` and `tandem restore`)"
+    )]
+    Diverged(u64),
 }
 
 /// The journal's tree as far as it was read, and the key that signs it.
@@ -112,11 +116,7 @@ impl Checkpoints {
         if size == 0 {
             return Ok(None);
         }
-        if let Some(latest) = store.latest_checkpoint().await?
-            && latest.size as u64 == size
-        {
-            return Ok(Some(latest));
-        }
+        let latest = store.latest_checkpoint().await?;
         // Read on from where the tree stands, unless the journal is no
         // longer what was read (shorter, or its last leaf changed): then
         // from the start.
@@ -143,16 +143,53 @@ impl Checkpoints {
             );
             *frontier = Frontier::default();
         }
+        // Never sign a tree that does not extend the last one signed: its
+        // root is checked on the way (a journal rewritten under a running
+        // server, or found so at a start, is refused, not signed anew).
+        let signed = latest
+            .as_ref()
+            .map(|l| (l.size as u64, l.root.clone()))
+            .filter(|(n, _)| *n >= frontier.size() && *n <= size);
+        let diverged = |frontier: &Frontier| {
+            signed
+                .as_ref()
+                .is_some_and(|(n, root)| frontier.size() == *n && hex(&frontier.root()) != *root)
+        };
         let from = frontier.size();
+        let mut bad = diverged(frontier);
         for leaf in Self::leaves(store, from, size).await? {
+            if bad {
+                break;
+            }
             frontier.push(leaf);
+            bad = diverged(frontier);
+        }
+        if bad {
+            let n = signed.map_or(0, |(n, _)| n);
+            *frontier = Frontier::default();
+            *last = None;
+            tracing::error!(
+                size = n,
+                "the journal no longer extends its last signed checkpoint; nothing more is signed"
+            );
+            return Err(CheckpointError::Diverged(n));
         }
         *last = store.event_hashes(size - 1, size).await?.pop();
+        // Unchanged since the last: that one (now checked) stands.
+        if let Some(latest) = latest
+            && latest.size as u64 == size
+        {
+            return Ok(Some(latest));
+        }
         let root = frontier.root();
         let note = key
             .sign(size, root)
             .map_err(|e| CheckpointError::Key(e.to_string()))?;
         let row = store.record_checkpoint(size, &hex(&root), &note).await?;
+        if row.root != hex(&root) {
+            // One of that size was signed before, with another root.
+            return Err(CheckpointError::Diverged(size));
+        }
         if let Err(e) = append(&self.witness_file(), &row.note) {
             tracing::error!(error = %e, file = %self.witness_file().display(), "cannot append the checkpoint to the witness file");
         }
@@ -227,11 +264,7 @@ impl Checkpoints {
         let size = cp.size as u64;
         let tree = Tree::new(Self::leaves(store, 0, size).await?);
         let indices: Vec<u64> = events.iter().map(|e| e.seq - 1).collect();
-        let proof = if indices.is_empty() {
-            Vec::new()
-        } else {
-            tree.batch_proof(&indices, size)
-        };
+        let proof = tree.batch_proof(&indices, size);
         let previous = match store.checkpoint_before(size).await? {
             Some(p) if p.size > 0 => Some(tandem_proof::bundle::Previous {
                 proof: tandem_proof::bundle::to_hex(&tree.consistency_proof(p.size as u64, size)),

@@ -93,7 +93,9 @@ fn leaves_of(events: &[Event]) -> Result<Vec<(u64, Hash)>, BundleError> {
             let fail = |why: String| BundleError::Event { seq: e.seq, why };
             let bytes = event_bytes(e).map_err(|x| fail(format!("cannot be encoded: {x}")))?;
             let computed: Hash = sha2::Sha256::digest(&bytes).into();
-            if unhex32(&e.hash) != Some(computed) {
+            // Lowercase, as tandem writes it (and the Python verifier reads it).
+            if e.hash.bytes().any(|b| b.is_ascii_uppercase()) || unhex32(&e.hash) != Some(computed)
+            {
                 return Err(fail(format!(
                     "content does not match its hash (stored {}, computed {})",
                     e.hash,

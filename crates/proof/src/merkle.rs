@@ -198,12 +198,12 @@ fn holds(indices: &[u64], from: u64, to: u64) -> bool {
 }
 
 /// The root of the tree of `size` leaves from some of its leaves, as
-/// (index, leaf hash) sorted by index, and their [`Tree::batch_proof`];
-/// `None` if the proof does not fit them (too short, too long, an index
+/// (index, leaf hash) sorted by index, and their [`Tree::batch_proof`]
+/// (with none, the proof is the root itself); `None` if the proof does
+/// not fit them (too short, too long, an index
 /// out of the tree or out of order).
 pub fn batch_root(size: u64, leaves: &[(u64, Hash)], proof: &[Hash]) -> Option<Hash> {
     if size == 0
-        || leaves.is_empty()
         || leaves.windows(2).any(|w| w[0].0 >= w[1].0)
         || leaves.last().is_some_and(|l| l.0 >= size)
     {

@@ -114,7 +114,7 @@ pub struct Day {
 pub fn month_minutes(month: &str) -> Result<(i64, i64), ReportError> {
     let bad = || ReportError::BadInput(format!("month {month:?}: expected YYYY-MM"));
     let (y, m) = month.split_once('-').ok_or_else(bad)?;
-    if y.len() != 4 || m.len() != 2 {
+    if y.len() != 4 || m.len() != 2 || !(y.bytes().chain(m.bytes())).all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }
     let (y, m): (i16, i8) = (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
@@ -233,15 +233,27 @@ pub fn report(
         .iter()
         .filter(|e| e.kind == "customer.contract_set")
         .filter(|e| e.subject.get("customer").is_some_and(|c| c == customer))
-        .filter_map(|e| serde_json::from_value::<Contract>(e.payload["contract"].clone()).ok())
-        .next_back();
+        .filter_map(|e| {
+            let c = serde_json::from_value::<Contract>(e.payload["contract"].clone()).ok()?;
+            Some((ts_minute(&e.ts).unwrap_or(i64::MAX), c))
+        })
+        // The one in force when the month began; else the first set during
+        // it (a contract signed mid-month covers that month). Never one
+        // set after the month: it cannot change what was owed.
+        .fold(None::<(i64, Contract)>, |kept, (at, c)| match kept {
+            _ if at >= to => kept,
+            Some((k, _)) if k >= from && at > k => kept,
+            Some((k, _)) if at > from && k <= from => kept,
+            _ => Some((at, c)),
+        })
+        .map(|(_, c)| c);
     let notice_s = contract
         .as_ref()
         .map_or(0, |c| (c.notice.as_millis() / 1000) as i64);
 
     // Per service: measured minutes of the month (the bulk: read on every
     // core), windows, incidents.
-    let mut measured = measurements(events, &services, from, to);
+    let mut measured = measurements(events, &services, from, to)?;
     let mut windows: BTreeMap<&str, BTreeMap<String, Window>> = BTreeMap::new();
     let mut incidents: BTreeMap<&str, BTreeMap<String, Incident>> = BTreeMap::new();
     for e in events {
@@ -355,9 +367,15 @@ pub fn report(
             .collect();
         running
             .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
-    });
+            .map(|h| {
+                h.join()
+                    .map_err(|_| ReportError::Encode("a report worker failed".into()))
+            })
+            .collect::<Result<Vec<Vec<ServiceSla>>, _>>()
+    })?
+    .into_iter()
+    .flatten()
+    .collect();
     Ok(SlaReport {
         customer: customer.to_owned(),
         month: month.to_owned(),
@@ -397,8 +415,10 @@ fn service_sla(input: &Input<'_>, contract: Option<&Contract>, from: i64, to: i6
         .iter()
         .filter(|w| w.excluded)
         .filter_map(|w| {
-            let a = ts_second(&w.starts_at)?.div_euclid(60).max(from);
-            let b = (ts_second(&w.ends_at)? + 59).div_euclid(60).min(to);
+            // Whole minutes inside the window only: a minute it covers in
+            // part still counts (rounding outward would hide downtime).
+            let a = (ts_second(&w.starts_at)? + 59).div_euclid(60).max(from);
+            let b = ts_second(&w.ends_at)?.div_euclid(60).min(to);
             (a < b).then_some((a, b))
         })
         .collect();
@@ -420,7 +440,12 @@ fn service_sla(input: &Input<'_>, contract: Option<&Contract>, from: i64, to: i6
     let mut days = vec![(0.0f64, 0.0f64); days_n];
     let (mut weight, mut down, mut measured) = (0.0f64, 0.0f64, 0u64);
     for (hour, text) in hours {
-        let _ = each_measured(text, |m| {
+        // A malformed hour counts for nothing, not for its first minutes.
+        let mut read = Vec::with_capacity(60);
+        if each_measured(text, |m| read.push(m)).is_none() {
+            continue;
+        }
+        read.into_iter().for_each(|m| {
             let minute = measured_minute(hour, m);
             if minute.minute < from
                 || minute.minute >= to
@@ -440,7 +465,7 @@ fn service_sla(input: &Input<'_>, contract: Option<&Contract>, from: i64, to: i6
         });
     }
     let total = (to - from) as u64;
-    let unmeasured = total - excluded - measured;
+    let unmeasured = total.saturating_sub(excluded + measured);
     let allowed = objective.map(|o| (1.0 - o) * (total - excluded) as f64);
     // No budget at all (an objective of 100 %): no share of it.
     let budget_used = allowed.filter(|a| *a > 0.0).map(|a| down / a);
@@ -488,12 +513,16 @@ fn service_sla(input: &Input<'_>, contract: Option<&Contract>, from: i64, to: i6
         downtime_minutes: r9(down),
         availability: r9(availability),
         budget_used: budget_used.map(r9),
-        credit: contract.map_or(0.0, |c| c.credit_for(availability)),
+        // On the figure shown: 99.9000% is not "below 99.9%".
+        credit: contract.map_or(0.0, |c| c.credit_for(r9(availability))),
         maintenance: windows,
         incidents,
         daily,
     }
 }
+
+/// Each service's (hour, minute string) measurements.
+type Hours<'a> = BTreeMap<&'a str, Vec<(i64, &'a str)>>;
 
 /// (hour, minute string) of each service's production measurements that
 /// touch `[from, to)`, in journal order.
@@ -502,7 +531,7 @@ fn measurements<'a>(
     services: &BTreeMap<String, String>,
     from: i64,
     to: i64,
-) -> BTreeMap<&'a str, Vec<(i64, &'a str)>> {
+) -> Result<Hours<'a>, ReportError> {
     let wanted: std::collections::HashSet<&str> = services.keys().map(String::as_str).collect();
     let read = |part: &'a [Event]| {
         let mut found: std::collections::HashMap<&'a str, Vec<(i64, &'a str)>> =
@@ -523,6 +552,7 @@ fn measurements<'a>(
                 continue;
             };
             if e.payload["env"].as_str().is_some_and(|env| !env.is_empty())
+                || hour % 60 != 0
                 || hour + 60 <= from
                 || hour >= to
             {
@@ -541,14 +571,17 @@ fn measurements<'a>(
             .collect();
         running
             .into_iter()
-            .map(|h| h.join().unwrap_or_default())
-            .collect()
-    });
+            .map(|h| {
+                h.join()
+                    .map_err(|_| ReportError::Encode("a report worker failed".into()))
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })?;
     let mut all: BTreeMap<&'a str, Vec<(i64, &'a str)>> = BTreeMap::new();
     for part in parts {
         for (service, hours) in part {
             all.entry(service).or_default().extend(hours);
         }
     }
-    all
+    Ok(all)
 }

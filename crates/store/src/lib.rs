@@ -680,6 +680,12 @@ async fn append_in(
             _ => {}
         }
     }
+    if let Some(n) = journal::inexact_number(&event.payload) {
+        return Err(StoreError::Invalid(format!(
+            "{}: the number {n} is beyond what the journal's hash holds exactly (±2^53); write it as a string",
+            event.kind
+        )));
+    }
     let last: Option<(i64, String)> =
         sqlx::query_as("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
             .fetch_optional(&mut **tx)

@@ -177,6 +177,14 @@ fn a_witness_copy_of_signed_checkpoints_catches_a_consistent_rewrite_and_names_w
         assert_ok(&env.tandem(&["audit", "verify"]));
         let out = verify(&env);
         assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+        // And the server does not sign the rewritten journal.
+        let signed = env.tandem(&["audit", "checkpoint"]);
+        assert_ne!(signed.status.code(), Some(0), "{}", said(&signed));
+        assert!(
+            said(&signed).contains("no longer extends"),
+            "{}",
+            said(&signed)
+        );
         env.kill_up();
         said(&out)
     };
