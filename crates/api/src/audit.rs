@@ -45,6 +45,9 @@ pub(crate) struct ConsistencyQuery {
     /// The size of the earlier tree (a checkpoint's event count; 1 if
     /// not given).
     from: Option<u64>,
+    /// The size of the later tree (a signed checkpoint's); the journal
+    /// now if not given.
+    to: Option<u64>,
 }
 
 /// The proof that the journal now extends its first `from` events.
@@ -55,7 +58,7 @@ pub(crate) async fn consistency(
     Ok(Json(
         s.engine
             .checkpoints
-            .consistency(&s.engine.store, q.from.unwrap_or(1))
+            .consistency(&s.engine.store, q.from.unwrap_or(1), q.to)
             .await?,
     ))
 }

@@ -117,6 +117,17 @@ impl Checkpoints {
             return Ok(None);
         }
         let latest = store.latest_checkpoint().await?;
+        if let Some(l) = &latest
+            && l.size as u64 > size
+        {
+            // Shorter than what was signed: nothing signed can extend it.
+            tracing::error!(
+                signed = l.size,
+                now = size,
+                "the journal is shorter than its last signed checkpoint; nothing more is signed"
+            );
+            return Err(CheckpointError::Diverged(l.size as u64));
+        }
         // Read on from where the tree stands, unless the journal is no
         // longer what was read (shorter, or its last leaf changed): then
         // from the start.
@@ -201,9 +212,13 @@ impl Checkpoints {
         &self,
         store: &Store,
         from: u64,
+        to: Option<u64>,
     ) -> Result<Consistency, CheckpointError> {
-        let size = store.last_seq().await?;
-        if from == 0 || from > size {
+        // To the journal now, or to a signed size of it (the caller then
+        // checks the proof against that checkpoint's root, not ours).
+        let now = store.last_seq().await?;
+        let size = to.unwrap_or(now);
+        if from == 0 || from > size || size > now {
             return Err(CheckpointError::Beyond { from, size });
         }
         let tree = Tree::new(Self::leaves(store, 0, size).await?);

@@ -130,6 +130,12 @@ fn a_witness_copy_of_signed_checkpoints_catches_a_consistent_rewrite_and_names_w
     };
     let out = verify(&env);
     assert_ok(&out);
+    // Proven against a checkpoint signed now, not the server's word.
+    assert!(
+        !said(&out).contains("signs no checkpoint"),
+        "{}",
+        said(&out)
+    );
     // (The server signs one of its own at its first start too.)
     assert!(
         said(&out).contains(&format!("(largest: {size2} events)")),
@@ -177,6 +183,12 @@ fn a_witness_copy_of_signed_checkpoints_catches_a_consistent_rewrite_and_names_w
         assert_ok(&env.tandem(&["audit", "verify"]));
         let out = verify(&env);
         assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+        // With no fresh signed checkpoint to prove against, it says so.
+        assert!(
+            said(&out).contains("signs no checkpoint now"),
+            "{}",
+            said(&out)
+        );
         // And the server does not sign the rewritten journal.
         let signed = env.tandem(&["audit", "checkpoint"]);
         assert_ne!(signed.status.code(), Some(0), "{}", said(&signed));
