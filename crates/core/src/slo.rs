@@ -193,17 +193,6 @@ mod compact_minutes {
     }
 }
 
-impl Measurements {
-    /// The minutes, as the SLO arithmetic reads them (no maintenance
-    /// marked; a latency threshold is not recorded).
-    pub fn to_minutes(&self) -> Vec<Minute> {
-        self.minutes
-            .iter()
-            .map(|&m| measured_minute(self.hour, m))
-            .collect()
-    }
-}
-
 /// A measured minute of the hour starting at `hour`, as the SLO arithmetic
 /// reads it.
 pub fn measured_minute(

@@ -802,11 +802,7 @@ impl Monitor {
                 minutes: rows
                     .iter()
                     .map(|r| {
-                        // Rows from before looks were counted: by `ready`.
-                        let (looks, unready) = match r.looks {
-                            0 => (60, if r.ready { 0 } else { 60 }),
-                            n => (n.max(0) as u32, r.unready_looks.clamp(0, n) as u32),
-                        };
+                        let (looks, unready) = r.looks();
                         (
                             (r.minute - hour) as u32,
                             r.total.max(0) as u64,

@@ -135,17 +135,7 @@ pub fn to_minutes(
                 Some(t) => slo::within(&r.buckets, t).saturating_sub(errors),
                 None => total - errors.min(total),
             };
-            // Rows from before looks were counted: the whole minute by `ready`.
-            let (looks, unready_looks) = match r.looks {
-                0 => (
-                    slo::LOOKS_PER_MINUTE,
-                    if r.ready { 0 } else { slo::LOOKS_PER_MINUTE },
-                ),
-                n => (
-                    u32::try_from(n).unwrap_or(u32::MAX),
-                    u32::try_from(r.unready_looks.clamp(0, n)).unwrap_or(u32::MAX),
-                ),
-            };
+            let (looks, unready_looks) = r.looks();
             Minute {
                 minute: r.minute,
                 total,

@@ -19,7 +19,7 @@
 
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
-use tandem_core::journal::{Event, event_bytes, hex, sha256_hex, unhex, unhex32};
+use tandem_core::journal::{Event, event_bytes, hex, unhex, unhex32};
 
 use crate::checkpoint::{self, Checkpoint, CheckpointError};
 use crate::merkle::{self, Hash};
@@ -77,11 +77,6 @@ fn hashes(hexes: &[String], what: &str) -> Result<Vec<Hash>, BundleError> {
             })
         })
         .collect()
-}
-
-/// The hash an event's content gives (whatever its `hash` field says).
-pub fn content_hash(e: &Event) -> Result<String, serde_json::Error> {
-    Ok(sha256_hex(&event_bytes(e)?))
 }
 
 /// Each event's own check (its hash from its content) and its leaf hash;

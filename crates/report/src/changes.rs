@@ -177,38 +177,15 @@ pub fn csv(changes: &[Change]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn event(
-        seq: u64,
-        ts: &str,
-        actor: &str,
-        kind: &str,
-        subject: &[(&str, &str)],
-        payload: serde_json::Value,
-    ) -> Event {
-        Event {
-            seq,
-            ts: ts.into(),
-            actor: actor.into(),
-            kind: kind.into(),
-            subject: subject
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            payload,
-            prev: String::new(),
-            hash: String::new(),
-        }
-    }
+    use crate::testing::{event, merged};
 
     #[test]
     fn each_production_change_is_a_row_flagged_when_unapproved_or_self_approved() {
         let c = |commit: &str, author: &str, extra: serde_json::Value| {
-            let mut p = serde_json::json!({ "commit": commit, "author": author });
-            if let (Some(p), serde_json::Value::Object(x)) = (p.as_object_mut(), extra) {
-                p.extend(x);
-            }
-            p
+            merged(
+                &serde_json::json!({ "commit": commit, "author": author }),
+                extra,
+            )
         };
         let t = "2026-11-05T10:00:00Z";
         let events = vec![

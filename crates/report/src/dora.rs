@@ -346,19 +346,15 @@ mod tests {
             subject: &[(&str, &str)],
             payload: serde_json::Value,
         ) {
-            self.0.push(Event {
-                seq: self.0.len() as u64 + 1,
-                ts: ts.into(),
-                actor: "system:test".into(),
-                kind: kind.into(),
-                subject: subject
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
+            let seq = self.0.len() as u64 + 1;
+            self.0.push(crate::testing::event(
+                seq,
+                ts,
+                "system:test",
+                kind,
+                subject,
                 payload,
-                prev: String::new(),
-                hash: String::new(),
-            });
+            ));
         }
 
         /// A run of `commit` committed at `committed` whose release `r`

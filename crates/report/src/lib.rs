@@ -31,3 +31,41 @@ pub fn r9(x: f64) -> f64 {
 pub fn canonical<T: serde::Serialize>(report: &T) -> Result<String, ReportError> {
     serde_json_canonicalizer::to_string(report).map_err(|e| ReportError::Encode(e.to_string()))
 }
+
+/// Events made up for the tests: only what the reports read.
+#[cfg(test)]
+pub(crate) mod testing {
+    use tandem_core::journal::Event;
+
+    pub fn event(
+        seq: u64,
+        ts: &str,
+        actor: &str,
+        kind: &str,
+        subject: &[(&str, &str)],
+        payload: serde_json::Value,
+    ) -> Event {
+        Event {
+            seq,
+            ts: ts.into(),
+            actor: actor.into(),
+            kind: kind.into(),
+            subject: subject
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            payload,
+            prev: String::new(),
+            hash: String::new(),
+        }
+    }
+
+    /// `base` with the fields of `extra` added (both objects).
+    pub fn merged(base: &serde_json::Value, extra: serde_json::Value) -> serde_json::Value {
+        let mut out = base.clone();
+        if let (Some(o), serde_json::Value::Object(x)) = (out.as_object_mut(), extra) {
+            o.extend(x);
+        }
+        out
+    }
+}

@@ -288,32 +288,14 @@ mod tests {
         subject: &[(&str, &str)],
         payload: serde_json::Value,
     ) -> Event {
-        Event {
-            seq: 0,
-            ts: "2026-11-05T10:00:00Z".into(),
-            actor: actor.into(),
-            kind: kind.into(),
-            subject: subject
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            payload,
-            prev: String::new(),
-            hash: String::new(),
-        }
+        crate::testing::event(0, "2026-11-05T10:00:00Z", actor, kind, subject, payload)
     }
 
     #[test]
     fn a_commit_a_release_and_an_incident_lead_to_the_same_tree() {
         let run = [("service", "shop"), ("run", "4")];
         let commit = serde_json::json!({ "commit": "3f9c1a2b7d", "author": "Ann", "committed_at": "2026-11-05T09:00:00Z" });
-        let with = |extra: serde_json::Value| {
-            let mut p = commit.clone();
-            if let (Some(p), serde_json::Value::Object(x)) = (p.as_object_mut(), extra) {
-                p.extend(x);
-            }
-            p
-        };
+        let with = |extra: serde_json::Value| crate::testing::merged(&commit, extra);
         let events = vec![
             event("run.queued", "system:poller", &run, commit.clone()),
             event(

@@ -35,6 +35,21 @@ pub struct MaintenanceRow {
     pub created_at: String,
 }
 
+impl MinuteRow {
+    /// (looks, unready looks) as the SLO arithmetic counts them: rows from
+    /// before looks were counted (0) are a whole minute, judged by `ready`.
+    pub fn looks(&self) -> (u32, u32) {
+        let whole = tandem_core::slo::LOOKS_PER_MINUTE;
+        match self.looks {
+            n if n <= 0 => (whole, if self.ready { 0 } else { whole }),
+            n => (
+                u32::try_from(n).unwrap_or(u32::MAX),
+                u32::try_from(self.unready_looks.clamp(0, n)).unwrap_or(u32::MAX),
+            ),
+        }
+    }
+}
+
 impl Store {
     /// Stores a minute (replacing one measured before, after a restart).
     pub async fn record_minute(&self, m: &MinuteRow) -> Result<()> {
