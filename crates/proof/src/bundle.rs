@@ -259,10 +259,31 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // An event left out: the proof no longer gives the root.
-        let mut short = b;
+        let mut short = b.clone();
         short.events.remove(10);
         assert!(matches!(
             short.verify(&key),
+            Err(BundleError::NotInLog { .. })
+        ));
+        // A hash in capitals is not the one tandem wrote (nor one the
+        // Python verifier takes).
+        let mut shouting = b;
+        shouting.events[0].hash = shouting.events[0].hash.to_uppercase();
+        assert!(matches!(
+            shouting.verify(&key),
+            Err(BundleError::Event { .. })
+        ));
+    }
+
+    #[test]
+    fn a_bundle_of_no_events_verifies_with_the_root_as_its_proof() {
+        let (empty, key) = bundle(10, &[]);
+        assert_eq!(empty.proof.len(), 1, "the whole tree as one gap");
+        assert_eq!(empty.verify(&key).expect("verified").checkpoint.size, 10);
+        let (mut wrong, _) = bundle(10, &[]);
+        wrong.proof = vec![hex(&[0; 32])];
+        assert!(matches!(
+            wrong.verify(&key),
             Err(BundleError::NotInLog { .. })
         ));
     }

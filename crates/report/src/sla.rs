@@ -585,3 +585,157 @@ fn measurements<'a>(
     }
     Ok(all)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::event;
+
+    const MONTH: &str = "2026-11";
+
+    fn contract(notice: &str, objective: &str) -> serde_json::Value {
+        serde_json::json!({ "contract": {
+            "notice": notice,
+            "objectives": [{ "objective": objective }],
+            "credits": [{ "below": "99.9%", "credit": "10%" }],
+        } })
+    }
+
+    /// A month of acme's `shop`: every minute measured with 100 requests,
+    /// the minutes in `down` all answered 5xx; plus `extra` events.
+    fn month(down: std::ops::Range<i64>, extra: Vec<Event>) -> Vec<Event> {
+        let (from, to) = month_minutes(MONTH).expect("month");
+        let mut events = vec![event(
+            1,
+            "2026-10-01T00:00:00Z",
+            "user:ann",
+            "service.created",
+            &[("service", "shop")],
+            serde_json::json!({ "customer": "acme", "tier": "critical" }),
+        )];
+        events.extend(extra);
+        for hour in (from..to).step_by(60) {
+            let minutes: Vec<String> = (hour..hour + 60)
+                .map(|m| format!("100,{},60,0", if down.contains(&m) { 100 } else { 0 }))
+                .collect();
+            events.push(event(
+                0,
+                "2026-12-01T00:00:00Z",
+                "system:monitor",
+                "measurements.recorded",
+                &[("service", "shop")],
+                serde_json::json!({ "env": "", "hour": hour, "minutes": minutes.join(";") }),
+            ));
+        }
+        events
+    }
+
+    fn set(ts: &str, body: serde_json::Value) -> Event {
+        event(
+            0,
+            ts,
+            "user:ann",
+            "customer.contract_set",
+            &[("customer", "acme")],
+            body,
+        )
+    }
+
+    #[test]
+    fn the_contract_in_force_when_the_month_began_decides_not_one_set_later() {
+        let before = set("2026-10-15T00:00:00Z", contract("72h", "99.9%"));
+        let during = set("2026-11-10T00:00:00Z", contract("72h", "99.5%"));
+        let after = set("2026-12-02T00:00:00Z", contract("72h", "90%"));
+        let objective = |extra: Vec<Event>| {
+            report(&month(0..0, extra), "acme", MONTH, None)
+                .expect("report")
+                .services[0]
+                .objective
+        };
+        assert_eq!(
+            objective(vec![before, during.clone(), after.clone()]),
+            Some(0.999)
+        );
+        // None before the month: the first set during it covers it.
+        assert_eq!(objective(vec![during, after.clone()]), Some(0.995));
+        // Only one set after the month: it owes nothing for this month.
+        assert_eq!(objective(vec![after]), None);
+    }
+
+    #[test]
+    fn a_window_excludes_only_the_whole_minutes_inside_it() {
+        let (from, _) = month_minutes(MONTH).expect("month");
+        // 10:00:30 to 10:10:30 on the month's second day, announced long
+        // before; down from 10:00 to 10:11. Excluded: 10:01..10:10 (9
+        // minutes); the two partly covered minutes count as down.
+        let start = from + 1440 + 600;
+        let at = |m: i64, s: i64| {
+            jiff::Timestamp::from_second(m * 60 + s)
+                .expect("ts")
+                .to_string()
+        };
+        let window = event(
+            0,
+            "2026-10-01T00:00:00Z",
+            "user:ann",
+            "maintenance.scheduled",
+            &[("service", "shop"), ("maintenance", "1")],
+            serde_json::json!({ "starts_at": at(start, 30), "ends_at": at(start + 10, 30), "reason": "r" }),
+        );
+        let extra = vec![
+            set("2026-10-01T00:00:00Z", contract("72h", "99.9%")),
+            window,
+        ];
+        let s = &report(&month(start..start + 11, extra), "acme", MONTH, None)
+            .expect("report")
+            .services[0];
+        assert_eq!(s.excluded_minutes, 9);
+        assert_eq!(s.downtime_minutes, 2.0);
+        assert!(s.maintenance[0].excluded);
+    }
+
+    #[test]
+    fn a_malformed_hour_counts_for_nothing_and_credit_follows_the_figure_shown() {
+        let (from, to) = month_minutes(MONTH).expect("month");
+        let mut events = month(
+            0..0,
+            vec![set("2026-10-01T00:00:00Z", contract("72h", "99.9%"))],
+        );
+        // The first hour's string broken after its first minutes.
+        let first = events
+            .iter_mut()
+            .find(|e| e.kind == "measurements.recorded")
+            .expect("hour");
+        first.payload["minutes"] = serde_json::json!("100,100,60,0;100,100,60,0;oops");
+        let s = &report(&events, "acme", MONTH, None)
+            .expect("report")
+            .services[0];
+        assert_eq!(s.unmeasured_minutes, 60, "the whole hour, not 58 of it");
+        assert_eq!(s.downtime_minutes, 0.0);
+        // Down exactly 0.1 % of the month (43.2 of 43,200 minutes: 43
+        // whole ones and a fifth of the 44th): 99.9000 % shown, and 99.9 %
+        // is not "below 99.9 %".
+        assert_eq!(to - from, 43_200);
+        let mut exact = month(
+            from..from + 43,
+            vec![set("2026-10-01T00:00:00Z", contract("72h", "99.9%"))],
+        );
+        let first = exact
+            .iter_mut()
+            .find(|e| e.kind == "measurements.recorded")
+            .expect("hour");
+        let mut fields: Vec<String> = first.payload["minutes"]
+            .as_str()
+            .expect("minutes")
+            .split(';')
+            .map(str::to_owned)
+            .collect();
+        fields[43] = "100,20,60,0".into();
+        first.payload["minutes"] = serde_json::json!(fields.join(";"));
+        let s = &report(&exact, "acme", MONTH, None)
+            .expect("report")
+            .services[0];
+        assert_eq!(s.availability, 0.999);
+        assert_eq!(s.credit, 0.0);
+    }
+}

@@ -729,6 +729,22 @@ fn event_row(row: &sqlx::sqlite::SqliteRow) -> Result<Event> {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn the_journal_refuses_a_number_its_hash_cannot_hold_and_keeps_nothing_of_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("t.db")).await.expect("store");
+        let big = NewEvent::new("user:ann", "thing.done")
+            .payload(serde_json::json!({ "bytes": 9_007_199_254_740_993_u64 }));
+        match store.append(big).await {
+            Err(StoreError::Invalid(why)) => assert!(why.contains("9007199254740993"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(store.last_seq().await.expect("seq"), 0);
+        let fine = NewEvent::new("user:ann", "thing.done")
+            .payload(serde_json::json!({ "bytes": 9_007_199_254_740_992_u64 }));
+        store.append(fine).await.expect("within 2^53");
+    }
+
     #[test]
     fn a_service_declares_the_environments_its_spec_has() {
         let row = ServiceRow {
