@@ -45,6 +45,10 @@ pub struct Checkpoints {
     /// The tree's right edge and the hash of the last leaf read, to notice
     /// a journal that changed under it.
     read: tokio::sync::Mutex<(Frontier, Option<String>)>,
+    /// Held while a whole tree is built (a consistency proof, an export:
+    /// ~64 bytes an event): one at a time, so that callers — any signed-in
+    /// person may ask — cannot multiply that memory.
+    whole: tokio::sync::Mutex<()>,
 }
 
 /// A consistency proof from a tree of `from` events to the journal now.
@@ -65,6 +69,7 @@ impl Checkpoints {
             data_dir: data_dir.to_owned(),
             key: OnceLock::new(),
             read: tokio::sync::Mutex::default(),
+            whole: tokio::sync::Mutex::default(),
         }
     }
 
@@ -221,6 +226,7 @@ impl Checkpoints {
         if from == 0 || from > size || size > now {
             return Err(CheckpointError::Beyond { from, size });
         }
+        let _one = self.whole.lock().await;
         let tree = Tree::new(Self::leaves(store, 0, size).await?);
         Ok(Consistency {
             from,
@@ -277,6 +283,7 @@ impl Checkpoints {
     ) -> Result<tandem_proof::bundle::Bundle, CheckpointError> {
         let events = Self::events_for(store, customer, from, to, cp).await?;
         let size = cp.size as u64;
+        let _one = self.whole.lock().await;
         let tree = Tree::new(Self::leaves(store, 0, size).await?);
         let indices: Vec<u64> = events.iter().map(|e| e.seq - 1).collect();
         let proof = tree.batch_proof(&indices, size);
