@@ -156,11 +156,7 @@ pub(crate) async fn export(
         (Some(f), Some(t)) => (f, t),
         (None, None) => {
             let (f, t) = tandem_report::sla::month_minutes(&last_month()).map_err(report_error)?;
-            let day = |m: i64| {
-                jiff::Timestamp::from_second(m * 60)
-                    .map(|t| t.to_string())
-                    .unwrap_or_default()
-            };
+            let day = tandem_report::sla::minute_ts;
             (day(f), day(t))
         }
         _ => {
@@ -263,9 +259,7 @@ async fn services_for(
 /// An instant from a day or an instant, as RFC 3339.
 fn instant(what: &str, text: &str) -> Result<String, ApiError> {
     let minute = minute_of(what, text)?;
-    Ok(jiff::Timestamp::from_second(minute * 60)
-        .map(|t| t.to_string())
-        .unwrap_or_default())
+    Ok(tandem_report::sla::minute_ts(minute))
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -335,11 +329,7 @@ pub(crate) async fn changes(
     let month = q.month.unwrap_or_else(last_month);
     let services = services_for(&s, &caller, None, Some(&customer)).await?;
     let (from, to) = tandem_report::sla::month_minutes(&month).map_err(report_error)?;
-    let ts = |m: i64| {
-        jiff::Timestamp::from_second(m * 60)
-            .map(|t| t.to_string())
-            .unwrap_or_default()
-    };
+    let ts = tandem_report::sla::minute_ts;
     let events = s.engine.store.events_about(&services, true).await?;
     let set = services.into_iter().collect();
     let rows = tandem_report::changes::report(&events, &set, &ts(from), &ts(to));

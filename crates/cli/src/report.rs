@@ -204,11 +204,7 @@ pub fn verify(file: &Path, key: &str, sla: Option<&str>, fmt: Format) -> CmdResu
         let (first, next) =
             tandem_report::sla::month_minutes(month).map_err(|e| Exit::bad_input(e.to_string()))?;
         let day = |t: &str| t.get(..10).unwrap_or(t).to_owned();
-        let as_day = |m: i64| {
-            jiff::Timestamp::from_second(m * 60)
-                .map(|t| t.to_string().get(..10).unwrap_or_default().to_owned())
-                .unwrap_or_default()
-        };
+        let as_day = |m: i64| day(&tandem_report::sla::minute_ts(m));
         if day(&bundle.from) > as_day(first) || day(&bundle.to) < as_day(next) {
             return Err(Exit::bad_input(format!(
                 "{}: the bundle covers {} to {}, not all of {month}",

@@ -143,7 +143,8 @@ fn ts_second(ts: &str) -> Option<i64> {
     Some(ts.parse::<jiff::Timestamp>().ok()?.as_second())
 }
 
-fn minute_ts(minute: i64) -> String {
+/// The instant a minute (Unix time / 60) begins, RFC 3339.
+pub fn minute_ts(minute: i64) -> String {
     jiff::Timestamp::from_second(minute * 60)
         .map(|t| t.to_string())
         .unwrap_or_default()
