@@ -149,3 +149,80 @@ fn burn_of(r: &tandem_ops::slo::SloReport, w: &str) -> f64 {
         .map(|(_, v)| *v)
         .expect("window")
 }
+
+/// The hours the monitor still has to journal: those with stored minutes
+/// and no `measurements.recorded` yet — each once, whatever is asked.
+#[tokio::test]
+async fn finished_hours_are_found_until_journaled_and_journaled_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("tandem.db"))
+        .await
+        .expect("store");
+    let hour = (now_minute() / 60 - 3) * 60;
+    for (service, env, minute) in [
+        ("shop", "", hour + 5),
+        ("shop", "", hour + 65),
+        ("blog", "", hour + 70),
+        ("shop", "staging", hour + 10),
+    ] {
+        let row = MinuteRow {
+            service: service.into(),
+            env: env.into(),
+            minute,
+            total: 10,
+            errors: 1,
+            buckets: vec![0; 20],
+            ready: true,
+            looks: 60,
+            unready_looks: 0,
+        };
+        store.record_minute(&row).await.expect("record");
+    }
+    let found = store
+        .unmeasured_hours(hour, hour + 120)
+        .await
+        .expect("hours");
+    assert_eq!(
+        found,
+        vec![
+            ("shop".to_string(), hour),
+            ("blog".to_string(), hour + 60),
+            ("shop".to_string(), hour + 60),
+        ],
+        "production only, by hour"
+    );
+    let m = tandem_core::slo::Measurements {
+        env: String::new(),
+        hour,
+        minutes: vec![(5, 10, 1, 60, 0)],
+    };
+    assert!(
+        store
+            .journal_measurements("shop", &m, "system:monitor")
+            .await
+            .expect("journal")
+            .is_some()
+    );
+    assert!(
+        store
+            .journal_measurements("shop", &m, "system:monitor")
+            .await
+            .expect("again")
+            .is_none()
+    );
+    let found = store
+        .unmeasured_hours(hour, hour + 120)
+        .await
+        .expect("hours");
+    assert_eq!(found.len(), 2);
+    assert!(!found.contains(&("shop".to_string(), hour)));
+    let recorded = store.events(0, 100).await.expect("events");
+    let e = recorded
+        .iter()
+        .find(|e| e.kind == "measurements.recorded")
+        .expect("journaled");
+    assert_eq!(
+        e.payload["minutes"].as_str().map(|s| s.split(';').count()),
+        Some(60)
+    );
+}
